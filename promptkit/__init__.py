@@ -1,0 +1,68 @@
+"""promptkit: typed prompt templates for GPT-style models.
+
+A prompt is code: a typed template (instruction, demonstrations, query) rendered with Jinja2 from
+pydantic-typed input, sent through one backend interface, and parsed and validated into the
+declared output type.
+
+Heavy parts load on first use (PEP 562), so ``import promptkit`` is quick and never imports
+torch, transformers or openai.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attempt",
+    "Example",
+    "Prompt",
+    "Result",
+    "__version__",
+    "backends",
+    "bundled_templates",
+    "errors",
+    "get_backend",
+    "load_prompt",
+    "parse_output",
+    "save_prompt",
+]
+
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "Attempt": ("promptkit.runloop", "Attempt"),
+    "Example": ("promptkit.prompt", "Example"),
+    "Prompt": ("promptkit.prompt", "Prompt"),
+    "Result": ("promptkit.runloop", "Result"),
+    "backends": ("promptkit.backends", None),
+    "bundled_templates": ("promptkit.files", "bundled_templates"),
+    "errors": ("promptkit.errors", None),
+    "get_backend": ("promptkit.backends", "get_backend"),
+    "load_prompt": ("promptkit.files", "load_prompt"),
+    "parse_output": ("promptkit.parsing", "parse_output"),
+    "save_prompt": ("promptkit.files", "save_prompt"),
+}
+
+if TYPE_CHECKING:
+    from . import backends, errors
+    from .backends import get_backend
+    from .files import bundled_templates, load_prompt, save_prompt
+    from .parsing import parse_output
+    from .prompt import Example, Prompt
+    from .runloop import Attempt, Result
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'promptkit' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,101 @@
+"""Backends: one interface to every model, resolved from a spec string by :func:`get_backend`.
+
+Backends that need heavy libraries (torch, transformers, openai) are imported only when a spec
+asks for them, so ``import promptkit`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any, NamedTuple
+
+from ..errors import ConfigurationError
+from .base import (
+    Backend,
+    Capabilities,
+    Completion,
+    GenerationConfig,
+    Message,
+    PromptInput,
+    Usage,
+)
+from .scripted import Request, ScriptedBackend
+
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "Completion",
+    "GenerationConfig",
+    "Message",
+    "PromptInput",
+    "Request",
+    "ScriptedBackend",
+    "Usage",
+    "available_backends",
+    "get_backend",
+]
+
+ENTRY_POINT_GROUP = "promptkit.backends"
+
+
+class _Builtin(NamedTuple):
+    module: str  # where the factory lives (imported on first use)
+    factory: str  # a callable (arg: str, **options) -> Backend
+    extra: str | None  # the pip extra that installs its dependencies
+    usage: str  # the spec's shape, for error messages
+
+
+_BUILTIN: dict[str, _Builtin] = {
+    "scripted": _Builtin(
+        "promptkit.backends.scripted", "from_spec", None, "scripted[:REPLIES.json]"
+    ),
+}
+
+
+def available_backends() -> dict[str, str]:
+    """Every backend name that :func:`get_backend` knows, with its spec shape."""
+    names = {name: b.usage for name, b in _BUILTIN.items()}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        names.setdefault(ep.name, f"{ep.name}[:ARG] (plugin {ep.value})")
+    return names
+
+
+def get_backend(spec: str, **options: Any) -> Backend:
+    """Build a backend from a spec string such as ``"scripted"`` or ``"hf:gpt2"``.
+
+    The part before the first ``:`` names the backend, the rest is its argument (a model name,
+    path or deployment). ``options`` go to the backend's constructor. Third-party backends
+    register a factory under the ``promptkit.backends`` entry-point group.
+
+    Raises ConfigurationError for an unknown name or a backend whose dependencies are not
+    installed (naming the extra to install).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigurationError(
+            f"a backend spec must be a non-empty string such as 'scripted', got {spec!r}"
+        )
+    name, _, arg = spec.strip().partition(":")
+    builtin = _BUILTIN.get(name)
+    if builtin is not None:
+        try:
+            module = importlib.import_module(builtin.module)
+        except ImportError as exc:
+            missing = getattr(exc, "name", None) or str(exc)
+            extra = f"pip install 'promptkit[{builtin.extra}]'" if builtin.extra else ""
+            raise ConfigurationError(
+                f"backend {name!r} needs {missing!r}, which is not installed; {extra}".rstrip("; ")
+            ) from exc
+        factory = getattr(module, builtin.factory)
+    else:
+        matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not matches:
+            known = ", ".join(sorted(available_backends().values()))
+            raise ConfigurationError(f"unknown backend {name!r} in spec {spec!r}; known: {known}")
+        factory = matches[0].load()
+    backend = factory(arg, **options)
+    if not isinstance(backend, Backend):
+        raise ConfigurationError(
+            f"backend factory for {name!r} returned {type(backend).__name__}, not a Backend"
+        )
+    return backend

@@ -1,0 +1,224 @@
+"""The ``promptkit`` command: parses arguments, calls the library, turns errors into exit codes.
+
+Every error is one line on stderr (``error: ...``) and a non-zero exit code, never a traceback
+(set ``PROMPTKIT_DEBUG=1`` to see one):
+
+    1  other promptkit errors        3  the output never validated
+    2  bad usage, input or template  4  the backend failed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import BackendError, OutputValidationError, PromptkitError, UsageError
+
+EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (OutputValidationError, 3),
+    (BackendError, 4),
+    (UsageError, 2),
+    (PromptkitError, 1),
+)
+
+
+class _Group(click.Group):
+    """Converts library errors into one line and an exit code, at the edge only."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except PromptkitError as exc:
+            _fail(str(exc), next(code for kind, code in EXIT_CODES if isinstance(exc, kind)))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as exc:
+            if os.environ.get("PROMPTKIT_DEBUG"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (set PROMPTKIT_DEBUG=1 for a "
+                  "traceback, and please report it)", 70)
+
+
+def _fail(message: str, code: int) -> typing.NoReturn:
+    click.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="promptkit")
+def cli() -> None:
+    """promptkit: typed prompt templates for GPT-style models."""
+
+
+@cli.command("templates")
+def templates_command() -> None:
+    """List the bundled templates with one-line descriptions."""
+    from .files import bundled_templates, load_prompt
+
+    bundled = bundled_templates()
+    width = max((len(name) for name in bundled), default=0)
+    for name, path in bundled.items():
+        description = load_prompt(path).description or ""
+        click.echo(f"{name:<{width}}  {' '.join(description.split())}")
+
+
+@cli.command("check")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+def check_command(files: Sequence[str], strict: bool) -> None:
+    """Validate template FILES; print each problem with its line number."""
+    from .check import check_template
+
+    failed = False
+    for file in files:
+        problems = check_template(file)
+        for problem in problems:
+            click.echo(str(problem), err=problem.severity == "error")
+        failed |= any(p.severity == "error" or strict for p in problems)
+        if not problems:
+            click.echo(f"{file}: ok")
+    if failed:
+        sys.exit(2)
+
+
+def _input_options(function: Any) -> Any:
+    function = click.option("--shots", type=click.IntRange(min=0),
+                            help="Number of demonstrations to show (default: the template's).")(
+        function)
+    function = click.option("--sample", is_flag=True,
+                            help="Start from the template's sample inputs.")(function)
+    function = click.option("--inputs-json", "inputs_json", metavar="JSON",
+                            help="Inputs as a JSON object (or @path to a JSON file).")(function)
+    function = click.option("-i", "--input", "input_pairs", multiple=True, metavar="KEY=VALUE",
+                            help="An input value; KEY=@path reads it from a file. Repeatable.")(
+        function)
+    return click.argument("file")(function)
+
+
+def _collect_inputs(prompt: Any, pairs: Sequence[str], inputs_json: str | None,
+                    sample: bool) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    if sample:
+        value = prompt.metadata.get("sample")
+        if not isinstance(value, dict):
+            raise UsageError(f"template {prompt.name!r} has no sample inputs; pass -i KEY=VALUE")
+        inputs.update(value)
+    if inputs_json:
+        text = _read_at(inputs_json, "--inputs-json")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--inputs-json is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise UsageError("--inputs-json must be a JSON object of input names to values")
+        inputs.update(data)
+    fields = prompt.input_type.model_fields
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"-i expects KEY=VALUE or KEY=@path, got {pair!r}")
+        value = _read_at(raw, f"-i {key}")
+        annotation = fields[key].annotation if key in fields else str
+        inputs[key] = value if annotation is str else _maybe_json(value)
+    return inputs
+
+
+def _read_at(value: str, what: str) -> str:
+    if not value.startswith("@"):
+        return value
+    try:
+        return Path(value[1:]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{what}: cannot read {value[1:]!r}: {exc}") from None
+
+
+def _maybe_json(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+@cli.command("render")
+@_input_options
+@click.option("--style", type=click.Choice(["chat", "completion"]),
+              help="Render as chat messages or one completion string (default: the template's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rendering as JSON.")
+def render_command(file: str, input_pairs: Sequence[str], inputs_json: str | None, sample: bool,
+                   shots: int | None, style: str | None, as_json: bool) -> None:
+    """Render template FILE with the given inputs and print it."""
+    from .files import load_prompt
+
+    prompt = load_prompt(file)
+    inputs = _collect_inputs(prompt, input_pairs, inputs_json, sample)
+    rendered = prompt.render(inputs, shots=shots, style=style)  # type: ignore[arg-type]
+    if as_json:
+        click.echo(json.dumps(rendered, ensure_ascii=False, indent=2))
+    elif isinstance(rendered, str):
+        click.echo(rendered)
+    else:
+        click.echo("\n\n".join(f"{m['role']}:\n{m['content']}" for m in rendered))
+
+
+@cli.command("run")
+@_input_options
+@click.option("--backend", "backend_spec", envvar="PROMPTKIT_BACKEND", required=True,
+              metavar="SPEC", help="Backend spec, e.g. hf:gpt2 (env: PROMPTKIT_BACKEND).")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Answers to try before giving up (re-asking with the error).")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Most tokens to generate.")
+@click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature.")
+@click.option("--seed", type=int, help="Seed for sampling.")
+@click.option("--json", "as_json", is_flag=True, help="Print the validated output as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every attempt to stderr.")
+def run_command(file: str, input_pairs: Sequence[str], inputs_json: str | None, sample: bool,
+                shots: int | None, backend_spec: str, max_attempts: int, max_tokens: int | None,
+                temperature: float | None, seed: int | None, as_json: bool,
+                verbose: bool) -> None:
+    """Run template FILE on a backend and print the validated output."""
+    from .backends import get_backend
+    from .backends.base import GenerationConfig
+    from .files import load_prompt
+
+    prompt = load_prompt(file)
+    inputs = _collect_inputs(prompt, input_pairs, inputs_json, sample)
+    backend = get_backend(backend_spec)
+    changes = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature),
+                                 ("seed", seed)) if v is not None}
+    config = (prompt.config or GenerationConfig()).replace(**changes)
+    try:
+        result = prompt.run(inputs, backend=backend, shots=shots, max_attempts=max_attempts,
+                            config=config)
+    except OutputValidationError as exc:
+        if verbose:
+            _print_attempts(exc.attempts)
+        raise
+    if verbose:
+        _print_attempts(result.attempts)
+    value = prompt.output.adapter.dump_python(result.output, mode="json")
+    if as_json:
+        click.echo(json.dumps(value, ensure_ascii=False))
+    elif isinstance(value, str):
+        click.echo(value)
+    else:
+        click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def _print_attempts(attempts: Sequence[Any]) -> None:
+    for number, attempt in enumerate(attempts, start=1):
+        verdict = attempt.error or "accepted"
+        click.echo(f"--- attempt {number}: {verdict}\n{attempt.text}", err=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``promptkit`` console script."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="promptkit")

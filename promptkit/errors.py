@@ -1,0 +1,153 @@
+"""Every exception promptkit raises, in one tree.
+
+Errors of *use* (something the caller can fix in their code, template or settings) sit apart from
+errors of the *world* (a model that answered badly, a service that failed)::
+
+    PromptkitError
+    ├── UsageError                     the caller asked for something that cannot work
+    │   ├── TemplateError              a template cannot be parsed, loaded or rendered
+    │   │   └── MissingVariableError   the template uses variables that were not given
+    │   ├── InputValidationError       the inputs do not match the prompt's input type
+    │   ├── ConfigurationError         a backend spec, option or setting is wrong or missing
+    │   ├── UnsupportedCapabilityError the backend cannot do what was asked (names both)
+    │   └── ContextWindowError         the prompt does not fit the model's context window
+    ├── OutputValidationError          the model's text never became a valid output
+    │   └── OutputParseError           one text could not be parsed/validated (no attempts run)
+    └── BackendError                   the model or service failed (``retryable`` says if a retry can help)
+
+Every error's message says what was wrong and how to fix it. Secrets never appear in a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .prompt import Attempt
+
+__all__ = [
+    "BackendError",
+    "ConfigurationError",
+    "ContextWindowError",
+    "InputValidationError",
+    "MissingVariableError",
+    "OutputParseError",
+    "OutputValidationError",
+    "PromptkitError",
+    "TemplateError",
+    "UnsupportedCapabilityError",
+    "UsageError",
+]
+
+
+class PromptkitError(Exception):
+    """The root of every error promptkit raises."""
+
+
+class UsageError(PromptkitError):
+    """The caller asked for something that cannot work; the fix is in their code or files."""
+
+
+class TemplateError(UsageError):
+    """A template cannot be parsed, loaded or rendered.
+
+    ``source`` names the file (or ``"<string>"``) and ``line`` the 1-based line, when known.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None):
+        self.source = source
+        self.line = line
+        self.reason = message
+        if source is not None and line is not None:
+            message = f"{source}:{line}: {message}"
+        elif source is not None:
+            message = f"{source}: {message}"
+        super().__init__(message)
+
+
+class MissingVariableError(TemplateError):
+    """A template uses variables that were not given; ``names`` lists every one of them."""
+
+    def __init__(
+        self,
+        names: Iterable[str],
+        *,
+        available: Iterable[str] = (),
+        source: str | None = None,
+        line: int | None = None,
+    ):
+        self.names = tuple(sorted(set(names)))
+        self.available = tuple(sorted(set(available)))
+        listed = ", ".join(repr(n) for n in self.names)
+        message = f"template uses undefined variable(s) {listed}"
+        if self.available:
+            message += f"; the defined inputs are: {', '.join(self.available)}"
+        message += ". Declare them as inputs or pass values for them."
+        super().__init__(message, source=source, line=line)
+
+
+class InputValidationError(UsageError):
+    """The inputs given to a prompt do not match its input type (pydantic's message kept)."""
+
+
+class ConfigurationError(UsageError):
+    """A backend spec, option, file or setting is wrong or missing."""
+
+
+class UnsupportedCapabilityError(UsageError):
+    """The backend cannot do what was asked; ``backend`` and ``capability`` name both."""
+
+    def __init__(self, backend: str, capability: str, hint: str = ""):
+        self.backend = backend
+        self.capability = capability
+        message = f"backend {backend!r} does not support {capability}"
+        if hint:
+            message += f"; {hint}"
+        super().__init__(message)
+
+
+class ContextWindowError(UsageError):
+    """The prompt (plus the tokens asked for) does not fit the model's context window."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_tokens: int | None = None,
+        max_tokens: int | None = None,
+        context_window: int | None = None,
+    ):
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_window = context_window
+        super().__init__(message)
+
+
+class OutputValidationError(PromptkitError):
+    """The model's output never parsed and validated into the declared output type.
+
+    ``attempts`` holds every attempt (rendered prompt, raw text, error), ``raw_text`` the last
+    raw text, so nothing the model said is lost.
+    """
+
+    def __init__(self, message: str, *, attempts: Sequence[Attempt] = (), raw_text: str = ""):
+        self.attempts: tuple[Attempt, ...] = tuple(attempts)
+        self.raw_text = raw_text
+        super().__init__(message)
+
+
+class OutputParseError(OutputValidationError):
+    """One text could not be parsed or validated into the output type (``raw_text`` keeps it)."""
+
+    def __init__(self, message: str, *, raw_text: str):
+        super().__init__(message, raw_text=raw_text)
+
+
+class BackendError(PromptkitError):
+    """The model or service failed. ``retryable`` says whether trying again can help."""
+
+    def __init__(self, message: str, *, backend: str | None = None, retryable: bool = False):
+        self.backend = backend
+        self.retryable = retryable
+        super().__init__(f"{backend}: {message}" if backend else message)

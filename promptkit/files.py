@@ -1,0 +1,382 @@
+"""Template files (``.prompty``): load them into typed :class:`~promptkit.Prompt` s and save back.
+
+A file is YAML front matter between ``---`` lines and a Jinja2 body. Prompty's keys (name,
+description, model, inputs, outputs, sample, template) keep their meaning; promptkit's additions
+live beside them: ``examples`` (``[{input: {...}, output: ...}]``), ``output`` (``labels: [...]``,
+``type: integer|number|boolean|string|array``, or ``schema: {...}``), ``shots`` and
+``format_instructions``. Unknown keys are kept (``prompt.metadata``) and written back on save.
+
+In the body, the ``system:`` block is the task instruction, the last ``user:`` block the query
+template, and any blocks between them fixed turns. A body without role lines is one query
+template (completion style unless ``model.api`` says chat).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from .backends.base import GenerationConfig
+from .errors import ConfigurationError, TemplateError
+from .prompt import Example, Prompt
+from .schema import type_from_schema
+from .templating import Segment, split_roles
+
+__all__ = ["bundled_templates", "load_prompt", "parse_prompty", "save_prompt"]
+
+# Keys that become parts of the Prompt; every other key is kept in ``prompt.metadata``.
+_BUILT_KEYS = {"name", "description", "model", "inputs", "outputs", "examples", "output", "shots",
+               "format_instructions"}
+_CONFIG_KEYS = {f for f in GenerationConfig.__dataclass_fields__}
+_SUBSTITUTION = re.compile(r"\$\{(env|file):([^}]*)\}")
+_INPUT_TYPES: dict[str, Any] = {
+    "string": str, "str": str, "integer": int, "int": int, "number": float, "float": float,
+    "boolean": bool, "bool": bool, "array": list, "list": list, "object": dict, "dict": dict,
+}
+_SIMPLE_OUTPUTS: dict[str, Any] = {"string": str, "integer": int, "number": float,
+                                   "boolean": bool}
+
+
+def bundled_templates() -> dict[str, Path]:
+    """The templates that ship with promptkit: name -> path."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "_bundled_templates", here.parent / "templates"):
+        if folder.is_dir():
+            return {p.stem: p for p in sorted(folder.glob("*.prompty"))}
+    return {}
+
+
+def resolve_template_path(path: str | os.PathLike[str]) -> Path:
+    """A file path, or the name of a bundled template; raises TemplateError if neither."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    bundled = bundled_templates()
+    if str(path) in bundled:
+        return bundled[str(path)]
+    names = ", ".join(bundled) or "none found"
+    raise TemplateError(
+        f"no template file {str(path)!r} (not a file, and not a bundled template; bundled: {names})"
+    )
+
+
+@dataclass
+class ParsedFile:
+    """A template file split into parts, with line numbers, before building the Prompt."""
+
+    path: str
+    front: dict[str, Any]
+    body: str
+    body_line: int  # file line of the body's first line
+    key_lines: dict[str, int] = field(default_factory=dict)  # top-level and input key -> line
+
+
+def parse_prompty(text: str, path: str = "<string>") -> ParsedFile:
+    """Split a template file into front matter (parsed YAML) and body; errors carry lines."""
+    import yaml
+
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != "---":
+        return ParsedFile(path, {}, text, 1)
+    end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
+    if end is None:
+        raise TemplateError("front matter opened with '---' on line 1 is never closed by a "
+                            "'---' line", source=path, line=1)
+    yaml_text = "".join(lines[1:end])
+    try:
+        node = yaml.compose(yaml_text, Loader=yaml.SafeLoader)
+        front = yaml.safe_load(yaml_text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 2 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise TemplateError(f"invalid YAML front matter: {problem}", source=path, line=line)
+    if not isinstance(front, dict):
+        raise TemplateError("front matter must be a YAML mapping of keys to values",
+                            source=path, line=2)
+    key_lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key_lines[str(key_node.value)] = key_node.start_mark.line + 2
+            if key_node.value == "inputs" and isinstance(value_node, yaml.MappingNode):
+                for input_key, _ in value_node.value:
+                    key_lines[f"inputs.{input_key.value}"] = input_key.start_mark.line + 2
+    return ParsedFile(path, front, "".join(lines[end + 1 :]), end + 2, key_lines)
+
+
+def _substitute(value: Any, folder: Path, source: str) -> Any:
+    """Apply ``${env:VAR}``, ``${env:VAR:default}`` and ``${file:path}`` recursively."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, folder, source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, folder, source) for v in value]
+    if not isinstance(value, str):
+        return value
+    whole = _SUBSTITUTION.fullmatch(value.strip())
+    if whole and whole.group(1) == "file":
+        return _read_data_file(folder / whole.group(2).strip(), source)
+    return _SUBSTITUTION.sub(lambda m: _env_or_text(m, source), value)
+
+
+def _env_or_text(match: re.Match[str], source: str) -> str:
+    kind, body = match.groups()
+    if kind == "file":
+        raise TemplateError(f"${{file:{body}}} must be a whole value, not part of a string",
+                            source=source)
+    name, has_default, default = body.partition(":")
+    if name in os.environ:
+        return os.environ[name]
+    if has_default:
+        return default
+    raise ConfigurationError(
+        f"{source}: environment variable {name!r} is not set; set it, or give a default "
+        f"as ${{env:{name}:default}}"
+    )
+
+
+def _read_data_file(path: Path, source: str) -> Any:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TemplateError(f"cannot read ${{file:...}} {str(path)!r}: {exc.strerror}",
+                            source=source) from None
+    try:
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise TemplateError(f"${{file:...}} {str(path)!r} is not valid JSON/YAML: {exc}",
+                            source=source) from None
+
+
+def load_prompt(path: str | os.PathLike[str]) -> Prompt[Any]:
+    """Load a ``.prompty`` template file (or a bundled template by name) as a typed Prompt.
+
+    Raises TemplateError (with file and line) for a missing or malformed file, an unknown
+    template format, an undeclared variable or an unsupported schema.
+    """
+    file = resolve_template_path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TemplateError(f"cannot read template file: {exc}", source=str(file)) from None
+    return prompt_from_text(text, source=str(file), folder=file.parent)
+
+
+def prompt_from_text(text: str, *, source: str = "<string>", folder: Path | None = None
+                     ) -> Prompt[Any]:
+    """Build a Prompt from the text of a template file."""
+    parsed = parse_prompty(text, source)
+    return _build(parsed, folder or Path.cwd())
+
+
+def _build(parsed: ParsedFile, folder: Path) -> Prompt[Any]:
+    src = parsed.path
+    model = parsed.front.get("model") or {}
+    front = {k: v for k, v in parsed.front.items() if k != "model"}
+    front = _substitute(front, folder, src)  # model.* is left raw: it may reference secrets
+    if not isinstance(model, dict):
+        raise TemplateError("'model' must be a mapping", source=src, line=parsed.key_lines.get("model"))
+    _check_template_format(front.get("template"), src, parsed.key_lines.get("template"))
+    style = _style(model, src)
+    segments = split_roles_or_fail(parsed.body, parsed.body_line, src)
+    parts = _body_parts(segments, src)
+    if style is None:
+        style = "completion" if parts["plain"] else "chat"
+    input_type = _input_type(front.get("inputs"), front.get("sample"), src, parsed.key_lines)
+    output_type = _output_type(front, src, parsed.key_lines)
+    examples = _examples(front.get("examples", []), src, parsed.key_lines.get("examples"))
+    shots = front.get("shots")
+    if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool)):
+        raise TemplateError(f"'shots' must be a whole number, got {shots!r}", source=src,
+                            line=parsed.key_lines.get("shots"))
+    metadata = {k: v for k, v in front.items() if k not in _BUILT_KEYS}
+    if parsed.front.get("model") is not None:
+        metadata["model"] = model
+    try:
+        config = _config(model.get("parameters") or {})
+    except ConfigurationError as exc:
+        raise TemplateError(str(exc), source=src, line=parsed.key_lines.get("model")) from None
+    return Prompt(
+        query=parts["query"],
+        instruction=parts["instruction"],
+        turns=parts["turns"],
+        input_type=input_type,
+        output_type=output_type,
+        examples=examples,
+        style=style,
+        shots=shots,
+        format_instructions=bool(front.get("format_instructions", True)),
+        config=config,
+        name=front.get("name") or Path(src).stem,
+        description=front.get("description"),
+        metadata=metadata,
+        _template_lines=parts["lines"],
+        _source=src,
+    )
+
+
+def split_roles_or_fail(body: str, first_line: int, source: str) -> list[Segment]:
+    try:
+        return split_roles(body, first_line)
+    except TemplateError as exc:
+        raise TemplateError(exc.reason, source=source, line=exc.line) from None
+
+
+def _check_template_format(template: Any, source: str, line: int | None) -> None:
+    fmt = template.get("format") if isinstance(template, dict) else template
+    if fmt not in (None, "jinja2", "jinja"):
+        raise TemplateError(f"template format {fmt!r} is not supported; promptkit renders jinja2",
+                            source=source, line=line)
+
+
+def _style(model: dict[str, Any], source: str) -> Literal["chat", "completion"] | None:
+    api = model.get("api")
+    if api in (None, "chat", "completion"):
+        return api
+    raise TemplateError(f"model.api must be 'chat' or 'completion', got {api!r}", source=source)
+
+
+def _body_parts(segments: list[Segment], source: str) -> dict[str, Any]:
+    if not segments:
+        raise TemplateError("the template body is empty; write the query after the front matter",
+                            source=source)
+    if len(segments) == 1 and segments[0].role is None:
+        only = segments[0]
+        return {"plain": True, "query": only.source.strip("\n"), "instruction": "", "turns": [],
+                "lines": {"query": only.line + _leading_newlines(only.source)}}
+    last = segments[-1]
+    if last.role != "user":
+        raise TemplateError("the body must end with a 'user:' block holding the query",
+                            source=source, line=last.line)
+    lines = {"query": last.line + _leading_newlines(last.source)}
+    instruction: list[str] = []
+    turns: list[tuple[str, str]] = []
+    for i, seg in enumerate(segments[:-1]):
+        if seg.role in (None, "system") and not turns:
+            instruction.append(seg.source.strip("\n"))
+            lines.setdefault("instruction", seg.line + _leading_newlines(seg.source))
+        else:
+            lines[f"turn{len(turns)}"] = seg.line + _leading_newlines(seg.source)
+            turns.append((seg.role or "system", seg.source.strip("\n")))
+    return {"plain": False, "query": last.source.strip("\n"), "instruction": "\n\n".join(instruction),
+            "turns": turns, "lines": lines}
+
+
+def _leading_newlines(text: str) -> int:
+    return len(text) - len(text.lstrip("\n"))
+
+
+def _input_type(inputs: Any, sample: Any, source: str, key_lines: dict[str, int]) -> Any:
+    from pydantic import ConfigDict, Field, create_model
+
+    if inputs is None:
+        if isinstance(sample, dict) and sample:
+            inputs = {k: {"type": _json_type(v)} for k, v in sample.items()}
+        else:
+            return None  # inferred from the body's variables
+    if not isinstance(inputs, dict):
+        raise TemplateError("'inputs' must map each input name to its spec", source=source,
+                            line=key_lines.get("inputs"))
+    fields: dict[str, Any] = {}
+    for name, spec in inputs.items():
+        line = key_lines.get(f"inputs.{name}")
+        if not isinstance(name, str) or not name.isidentifier():
+            raise TemplateError(f"input name {name!r} is not a valid identifier", source=source,
+                                line=line)
+        if not isinstance(spec, dict):
+            spec = {"type": _json_type(spec), "default": spec}
+        kind = spec.get("type", "string")
+        if "enum" in spec:
+            annotation: Any = Literal[tuple(spec["enum"])]
+        elif kind in _INPUT_TYPES:
+            annotation = _INPUT_TYPES[kind]
+        else:
+            raise TemplateError(
+                f"input {name!r} has unknown type {kind!r}; use one of "
+                "string, integer, number, boolean, array, object", source=source, line=line)
+        description = spec.get("description")
+        if "default" in spec:
+            default = spec["default"]
+            if default is None:
+                annotation = Optional[annotation]
+            fields[name] = (annotation, Field(default, description=description))
+        elif spec.get("required", True) is False:
+            fields[name] = (Optional[annotation], Field(None, description=description))
+        else:
+            fields[name] = (annotation, Field(..., description=description))
+    return create_model("Inputs", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def _json_type(value: Any) -> str:
+    for kind, python in (("boolean", bool), ("integer", int), ("number", float),
+                         ("array", list), ("object", dict)):
+        if isinstance(value, python):
+            return kind
+    return "string"
+
+
+def _output_type(front: dict[str, Any], source: str, key_lines: dict[str, int]) -> Any:
+    output, outputs = front.get("output"), front.get("outputs")
+    if output is None and outputs is None:
+        return str
+    if output is None:
+        if not isinstance(outputs, dict):
+            raise TemplateError("'outputs' must map output names to specs", source=source,
+                                line=key_lines.get("outputs"))
+        schema = {"type": "object", "properties": {
+            k: (v if isinstance(v, dict) else {"type": "string"}) for k, v in outputs.items()},
+            "required": list(outputs)}
+        return type_from_schema(schema, source=source)
+    line = key_lines.get("output")
+    if not isinstance(output, dict):
+        raise TemplateError("'output' must be a mapping such as {labels: [...]}, {type: integer} "
+                            "or {schema: {...}}", source=source, line=line)
+    try:
+        if "labels" in output:
+            labels = output["labels"]
+            if not isinstance(labels, list) or not labels or not all(
+                    isinstance(x, str) for x in labels):
+                raise TemplateError("output.labels must be a non-empty list of strings")
+            return Literal[tuple(labels)]
+        if "schema" in output:
+            return type_from_schema(output["schema"], name=output.get("name", "Output"))
+        kind = output.get("type")
+        if kind in _SIMPLE_OUTPUTS or kind == "array":
+            return type_from_schema(output)
+        raise TemplateError("output needs 'labels', 'schema' or a 'type' (string, integer, "
+                            f"number, boolean, array), got keys {sorted(output)}")
+    except TemplateError as exc:
+        raise TemplateError(exc.reason, source=source, line=line) from None
+
+
+def _examples(raw: Any, source: str, line: int | None) -> list[Example]:
+    if not isinstance(raw, list):
+        raise TemplateError("'examples' must be a list of {input: {...}, output: ...}",
+                            source=source, line=line)
+    examples = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or set(item) != {"input", "output"}:
+            raise TemplateError(f"example {i} must have exactly the keys 'input' and 'output'",
+                                source=source, line=line)
+        examples.append(Example(input=item["input"], output=item["output"]))
+    return examples
+
+
+def _config(parameters: Mapping[str, Any]) -> GenerationConfig | None:
+    known = {k: v for k, v in parameters.items() if k in _CONFIG_KEYS}
+    return GenerationConfig(**known) if known else None
+
+
+def save_prompt(prompt: Prompt[Any], path: str | os.PathLike[str]) -> Path:
+    """Write a Prompt as a ``.prompty`` file that :func:`load_prompt` reads back identically."""
+    from .filewriter import dump_prompty
+
+    target = Path(path)
+    target.write_text(dump_prompty(prompt), encoding="utf-8")
+    return target

@@ -1,0 +1,300 @@
+"""Text -> output type: find the answer in what a model wrote, then validate it with pydantic.
+
+:class:`OutputSpec` describes an output type once (its kind, labels, JSON schema, how to ask for
+it and how to write a demonstration's answer) and parses text into it. :func:`parse_output` is
+the one-shot form. Every failure is an :class:`~promptkit.errors.OutputParseError` that keeps the
+raw text; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import typing
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from .errors import OutputParseError, TemplateError
+
+__all__ = ["OutputSpec", "extract_json", "output_spec", "parse_output"]
+
+Kind = Literal["text", "label", "json", "integer", "number", "boolean"]
+
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON|json5)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_TRUE = {"true", "yes", "y", "1"}
+_FALSE = {"false", "no", "n", "0"}
+_MAX_JSON_STARTS = 256  # bound the scan for JSON in long prose
+_LABEL_PUNCTUATION = " \t\r\n\"'`.,;:!?*()[]{}"
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip ``Annotated[...]`` to find the type underneath."""
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+class OutputSpec:
+    """How one output type is asked for, written in demonstrations, and parsed from text."""
+
+    def __init__(self, output_type: Any):
+        self.type = output_type
+        try:
+            self.adapter: TypeAdapter[Any] = TypeAdapter(output_type)
+        except Exception as exc:  # pydantic raises several types for unusable annotations
+            raise TemplateError(
+                f"cannot use {output_type!r} as an output type: {exc}. Use a pydantic model, str, "
+                "int, float, bool, list[str], Literal[...] labels or an Enum."
+            ) from exc
+        inner = _unwrap(output_type)
+        self.labels: tuple[str, ...] = ()
+        self._label_values: dict[str, Any] = {}
+        self.kind: Kind
+        if typing.get_origin(inner) is Literal:
+            values = typing.get_args(inner)
+            self._set_labels({str(v): v for v in values})
+        elif isinstance(inner, type) and issubclass(inner, enum.Enum):
+            self._set_labels({str(m.value): m for m in inner})
+        elif inner is str:
+            self.kind = "text"
+        elif inner is bool:
+            self.kind = "boolean"
+        elif inner is int:
+            self.kind = "integer"
+        elif inner is float:
+            self.kind = "number"
+        else:
+            self.kind = "json"
+        self._schema: dict[str, Any] | None = None
+
+    def _set_labels(self, values: dict[str, Any]) -> None:
+        if not values:
+            raise TemplateError("a label output type needs at least one label")
+        self.kind = "label"
+        self.labels = tuple(values)
+        self._label_values = values
+        self._by_squashed = {_squash(label): label for label in values}
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The output type's JSON schema."""
+        if self._schema is None:
+            self._schema = self.adapter.json_schema()
+        return self._schema
+
+    @property
+    def is_object(self) -> bool:
+        inner = _unwrap(self.type)
+        return isinstance(inner, type) and issubclass(inner, BaseModel)
+
+    def format_instructions(self) -> str:
+        """One sentence telling the model how to answer (empty for free text)."""
+        if self.kind == "label":
+            return "Answer with exactly one of: " + ", ".join(self.labels) + "."
+        if self.kind == "integer":
+            return "Answer with a whole number."
+        if self.kind == "number":
+            return "Answer with a number."
+        if self.kind == "boolean":
+            return "Answer with true or false."
+        if self.kind == "json":
+            if self.schema == {"items": {"type": "string"}, "type": "array"}:
+                return "Answer with a JSON array of strings."
+            compact = json.dumps(
+                _without_titles(self.schema), separators=(",", ":"), ensure_ascii=False
+            )
+            noun = "a JSON object" if self.is_object else "JSON"
+            return f"Answer with {noun} that matches this JSON schema: {compact}"
+        return ""
+
+    def validate(self, value: Any) -> Any:
+        """Validate a Python value (an example's output) into the output type."""
+        if self.kind == "label" and isinstance(value, str):
+            return self._match_label(value)
+        return self.adapter.validate_python(value)
+
+    def serialize(self, value: Any) -> str:
+        """Write a valid output the way the model is asked to answer (for demonstrations)."""
+        if self.kind == "label":
+            return str(value.value) if isinstance(value, enum.Enum) else str(value)
+        if self.kind == "text":
+            return str(value)
+        return self.adapter.dump_json(value).decode()
+
+    def parse(self, text: str) -> Any:
+        """Parse a model's text into the output type; raises OutputParseError keeping the text."""
+        if not isinstance(text, str):
+            raise OutputParseError(
+                f"expected the model's text as a string, got {type(text).__name__}",
+                raw_text=repr(text),
+            )
+        try:
+            if self.kind == "label":
+                return self._match_label(text)
+            if self.kind == "text":
+                value: Any = text.strip()
+            elif self.kind == "json":
+                value = self._find_json(text)
+            elif self.kind == "boolean":
+                value = self._find_boolean(text)
+            else:
+                value = self._find_number(text)
+            return self.adapter.validate_python(value)
+        except ValidationError as exc:
+            raise OutputParseError(_describe(exc), raw_text=text) from None
+        except _NotFound as exc:
+            raise OutputParseError(str(exc), raw_text=text) from None
+
+    def _match_label(self, text: str) -> Any:
+        answer = _squash(text.strip(_LABEL_PUNCTUATION))
+        if answer in self._by_squashed:
+            return self._label_values[self._by_squashed[answer]]
+        if answer.startswith(("{", "[")) or text.lstrip().startswith(("{", "[")):
+            found = _first_json(text)
+            if isinstance(found, str) and _squash(found) in self._by_squashed:
+                return self._label_values[self._by_squashed[_squash(found)]]
+        # "Positive. The review praises ..." -> the label that the answer starts with.
+        starts = [
+            label
+            for key, label in self._by_squashed.items()
+            if answer.startswith(key) and not answer[len(key) : len(key) + 1].isalnum()
+        ]
+        if starts:
+            return self._label_values[max(starts, key=len)]
+        raise OutputParseError(
+            f"answer {_preview(text)} is not one of the allowed labels: " + ", ".join(self.labels),
+            raw_text=text,
+        )
+
+    def _find_json(self, text: str) -> Any:
+        want_object = self.is_object
+        for value in _json_candidates(text):
+            if not want_object or isinstance(value, dict):
+                return value
+        what = "a JSON object" if want_object else "a JSON value"
+        raise _NotFound(f"no {what} found in the answer {_preview(text)}")
+
+    @staticmethod
+    def _find_number(text: str) -> Any:
+        stripped = text.strip()
+        try:
+            return json.loads(stripped)
+        except ValueError:
+            pass
+        match = _NUMBER.search(stripped)
+        if match is None:
+            raise _NotFound(f"no number found in the answer {_preview(text)}")
+        number = match.group()
+        return float(number) if any(c in number for c in ".eE") else int(number)
+
+    @staticmethod
+    def _find_boolean(text: str) -> bool:
+        words = text.strip(_LABEL_PUNCTUATION).split()
+        word = words[0].strip(_LABEL_PUNCTUATION).casefold() if words else ""
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise _NotFound(f"answer {_preview(text)} is not true/false or yes/no")
+
+
+class _NotFound(Exception):
+    """Internal: the answer's shape was not found; becomes an OutputParseError."""
+
+
+def _without_titles(schema: Any) -> Any:
+    """A schema without pydantic's generated ``title`` keywords (noise in a prompt)."""
+    if isinstance(schema, dict):
+        return {
+            key: (
+                {name: _without_titles(sub) for name, sub in value.items()}
+                if key in ("properties", "$defs")
+                else _without_titles(value)
+            )
+            for key, value in schema.items()
+            if key != "title"
+        }
+    if isinstance(schema, list):
+        return [_without_titles(item) for item in schema]
+    return schema
+
+
+def _preview(text: str, limit: int = 80) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= limit else flat[: limit - 3] + "...")
+
+
+def _describe(exc: ValidationError) -> str:
+    """pydantic's errors as one line each: ``field.path: message``."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "answer"
+        lines.append(f"{where}: {error['msg']}")
+    return "the answer does not validate: " + "; ".join(lines)
+
+
+def _json_candidates(text: str) -> Iterator[Any]:
+    """JSON values in ``text``: fenced blocks first, then the whole text, then embedded ones."""
+    for block in _FENCE.findall(text):
+        yield from _embedded_json(block)
+    stripped = text.strip()
+    try:
+        yield json.loads(stripped)
+    except ValueError:
+        pass
+    yield from _embedded_json(text)
+
+
+def _embedded_json(text: str) -> Iterator[Any]:
+    decoder = json.JSONDecoder()
+    starts = [i for i, c in enumerate(text) if c in "{["][:_MAX_JSON_STARTS]
+    end = 0
+    for start in starts:
+        if start < end:
+            continue  # inside a value already returned
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except ValueError:
+            continue
+        yield value
+
+
+def _first_json(text: str) -> Any:
+    return next(_json_candidates(text), None)
+
+
+def extract_json(text: str) -> Any:
+    """The first JSON value in ``text`` (fenced block, whole text, or embedded in prose).
+
+    Raises OutputParseError when there is none.
+    """
+    for value in _json_candidates(text):
+        return value
+    raise OutputParseError(f"no JSON found in {_preview(text)}", raw_text=text)
+
+
+@lru_cache(maxsize=256)
+def _cached_spec(output_type: Any) -> OutputSpec:
+    return OutputSpec(output_type)
+
+
+def output_spec(output_type: Any) -> OutputSpec:
+    """The (cached) :class:`OutputSpec` of an output type."""
+    try:
+        return _cached_spec(output_type)
+    except TypeError:  # unhashable annotation
+        return OutputSpec(output_type)
+
+
+def parse_output(text: str, output_type: Any) -> Any:
+    """Parse a model's text into ``output_type``; raises OutputParseError keeping the text."""
+    return output_spec(output_type).parse(text)

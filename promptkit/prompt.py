@@ -1,0 +1,414 @@
+"""Typed prompts: :class:`Prompt` renders typed input into text or chat messages and runs it.
+
+A prompt is a task *instruction*, *demonstrations* (:class:`Example`) and a *query* template.
+Demonstrations are rendered with the same query template as the real query and their outputs
+written the way the model is asked to answer, so zero-, one- and few-shot renderings differ only
+in the number of demonstrations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from .backends.base import GenerationConfig, Message, PromptInput, Usage
+from .errors import (
+    InputValidationError,
+    MissingVariableError,
+    PromptkitError,
+    TemplateError,
+    UsageError,
+)
+from .parsing import OutputSpec, output_spec
+from .runloop import Attempt, Result, RunLoop
+from .templating import CompiledTemplate
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
+__all__ = ["Attempt", "Example", "Prompt", "Result", "Style"]
+
+OutputT = TypeVar("OutputT")
+Style = Literal["chat", "completion"]
+STYLES: tuple[Style, ...] = ("chat", "completion")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One demonstration: an input (a mapping or an instance of the input type) and its output."""
+
+    input: Mapping[str, Any] | BaseModel
+    output: Any
+
+
+@dataclass(frozen=True)
+class _Turn:
+    role: str
+    template: CompiledTemplate
+
+
+def _context(instance: BaseModel) -> dict[str, Any]:
+    return dict(instance)
+
+
+class Prompt(Generic[OutputT]):
+    """A typed prompt template.
+
+    Args:
+        query: Jinja2 template of the question, over the input type's fields.
+        instruction: Jinja2 template of the task description (may use the inputs too).
+        input_type: pydantic model of the inputs; inferred (every variable required) if omitted.
+        output_type: what the answer is parsed and validated into.
+        examples: demonstrations, in order of preference.
+        system: a system message put before the instruction (chat) or above it (completion).
+        style: the preferred rendering, ``"chat"`` messages or one ``"completion"`` string;
+            :meth:`run` switches to the form the backend speaks.
+        shots: how many examples to show by default (all when None).
+        format_instructions: add a sentence saying how to answer (labels, JSON schema, ...).
+        turns: fixed ``(role, template)`` messages between the instruction and the examples.
+        config: default generation settings for :meth:`run`.
+        name, description, metadata: carried along (template files keep unknown keys here).
+
+    Raises TemplateError (bad template syntax or unsafe access), MissingVariableError (a
+    template uses a name the input type lacks), InputValidationError (an example's input or
+    output does not validate).
+    """
+
+    def __init__(
+        self,
+        *,
+        query: str,
+        instruction: str = "",
+        input_type: type[BaseModel] | None = None,
+        output_type: Any = str,
+        examples: Sequence[Example] = (),
+        system: str | None = None,
+        style: Style = "chat",
+        shots: int | None = None,
+        format_instructions: bool = True,
+        turns: Sequence[tuple[str, str]] = (),
+        config: GenerationConfig | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        _template_lines: Mapping[str, int] | None = None,
+        _source: str | None = None,
+    ):
+        if style not in STYLES:
+            raise UsageError(f"style must be 'chat' or 'completion', got {style!r}")
+        source = _source or (f"prompt {name!r}" if name else "<prompt>")
+        lines = dict(_template_lines or {})
+        self.name = name
+        self.description = description
+        self.style: Style = style
+        self.system = system
+        self.format_instructions = format_instructions
+        self.config = config
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.source = source
+
+        def compile_part(part: str, text: str) -> CompiledTemplate:
+            return CompiledTemplate(text, name=source, first_line=lines.get(part, 1))
+
+        self.instruction = compile_part("instruction", instruction)
+        self.query = compile_part("query", query)
+        self.turns = tuple(
+            _Turn(role, compile_part(f"turn{i}", text)) for i, (role, text) in enumerate(turns)
+        )
+        for role, _ in turns:
+            if role not in ("user", "assistant", "system"):
+                raise TemplateError(f"turn role must be user, assistant or system, not {role!r}")
+        templates = [self.instruction, self.query, *(t.template for t in self.turns)]
+        used = frozenset().union(*(t.variables for t in templates))
+        self.input_type = input_type or _infer_input_type(used)
+        declared = set(self.input_type.model_fields)
+        missing = used - declared
+        if missing:
+            first = min(
+                (t.variable_lines.get(v, t.first_line), v) for t in templates for v in missing
+                if v in t.variables
+            )
+            raise MissingVariableError(missing, available=declared, source=source, line=first[0])
+        self.output: OutputSpec = output_spec(output_type)
+        self.output_type = output_type
+        self.examples: tuple[Example, ...] = tuple(examples)
+        self._example_inputs = [self._validate_example(i, e) for i, e in enumerate(self.examples)]
+        if shots is not None and not 0 <= shots <= len(self.examples):
+            raise UsageError(
+                f"shots={shots} but the prompt has {len(self.examples)} example(s); "
+                f"choose 0..{len(self.examples)}"
+            )
+        self.shots = shots
+        self._demos: list[tuple[str, str]] | None = None
+        self._header_cache: dict[bool, str] = {}
+
+    def __repr__(self) -> str:
+        output = getattr(self.output_type, "__name__", repr(self.output_type))
+        return (
+            f"<Prompt {self.name or 'unnamed'!s}: style={self.style}, "
+            f"output={output}, examples={len(self.examples)}>"
+        )
+
+    # -- inputs and examples ------------------------------------------------------------------
+
+    def validate_inputs(self, inputs: Mapping[str, Any] | BaseModel) -> BaseModel:
+        """Validate inputs against the input type; raises InputValidationError naming fields."""
+        if isinstance(inputs, self.input_type):
+            return inputs
+        if isinstance(inputs, BaseModel):
+            inputs = dict(inputs)
+        if not isinstance(inputs, Mapping):
+            raise InputValidationError(
+                f"inputs must be a mapping or a {self.input_type.__name__} instance, "
+                f"got {type(inputs).__name__}"
+            )
+        try:
+            return self.input_type.model_validate(inputs)
+        except ValidationError as exc:
+            raise InputValidationError(_input_problems(exc, self.input_type)) from None
+
+    def _validate_example(self, index: int, example: Example) -> BaseModel:
+        if not isinstance(example, Example):
+            raise InputValidationError(
+                f"example {index} must be a pk.Example(input=..., output=...), "
+                f"got {type(example).__name__}"
+            )
+        try:
+            validated = self.validate_inputs(example.input)
+        except InputValidationError as exc:
+            raise InputValidationError(f"example {index} input: {exc}") from None
+        try:
+            self.output.validate(example.output)
+        except (ValidationError, UsageError, ValueError) as exc:
+            raise InputValidationError(
+                f"example {index} output {example.output!r} is not a valid "
+                f"{getattr(self.output_type, '__name__', self.output_type)}: {exc}"
+            ) from None
+        return validated
+
+    # -- rendering ----------------------------------------------------------------------------
+
+    def render(
+        self,
+        inputs: Mapping[str, Any] | BaseModel,
+        shots: int | None = None,
+        *,
+        style: Style | None = None,
+    ) -> PromptInput:
+        """Render to one string (completion style) or a list of chat messages (chat style).
+
+        Raises InputValidationError for bad inputs or shots, TemplateError if rendering fails.
+        """
+        context = _context(self.validate_inputs(inputs))
+        return self._render_context(context, self._shots(shots), style or self.style)
+
+    def _shots(self, shots: int | None) -> int:
+        if shots is None:
+            return len(self.examples) if self.shots is None else self.shots
+        if not isinstance(shots, int) or not 0 <= shots <= len(self.examples):
+            raise InputValidationError(
+                f"shots={shots!r} but the prompt has {len(self.examples)} example(s); "
+                f"choose 0..{len(self.examples)}"
+            )
+        return shots
+
+    def _render_context(self, context: dict[str, Any], shots: int, style: Style) -> PromptInput:
+        header = self._header(context, completion=style == "completion")
+        turns = [(t.role, t.template.render(context).strip()) for t in self.turns]
+        demos = self._demonstrations()[:shots]
+        query = self.query.render(context).strip()
+        if style == "completion":
+            parts = [header] if header else []
+            parts.extend(text for _, text in turns)
+            parts.extend(f"{q} {a}" for q, a in demos)
+            parts.append(query)
+            return "\n\n".join(parts)
+        messages: list[Message] = []
+        if header:
+            messages.append(Message(role="system", content=header))
+        messages.extend(Message(role=role, content=text) for role, text in turns)
+        for q, a in demos:
+            messages.append(Message(role="user", content=q))
+            messages.append(Message(role="assistant", content=a))
+        messages.append(Message(role="user", content=query))
+        return messages
+
+    def _header(self, context: dict[str, Any], *, completion: bool) -> str:
+        cacheable = self.instruction.constant
+        if cacheable and completion in self._header_cache:
+            return self._header_cache[completion]
+        parts = [
+            self.system or "",
+            self.instruction.render(context).strip(),
+            self.output.format_instructions() if self.format_instructions else "",
+        ]
+        header = "\n\n".join(p.strip() for p in parts if p.strip())
+        if cacheable:
+            self._header_cache[completion] = header
+        return header
+
+    def _demonstrations(self) -> list[tuple[str, str]]:
+        """Each example as (rendered query, answer text), computed once."""
+        if self._demos is None:
+            self._demos = [
+                (
+                    self.query.render(_context(validated)).strip(),
+                    self.output.serialize(self.output.validate(example.output)),
+                )
+                for validated, example in zip(self._example_inputs, self.examples)
+            ]
+        return self._demos
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _loop(
+        self,
+        inputs: Mapping[str, Any] | BaseModel,
+        backend: Backend,
+        shots: int | None,
+        max_attempts: int,
+        config: GenerationConfig | None,
+        style: Style | None,
+    ) -> RunLoop[OutputT]:
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise UsageError(f"max_attempts must be a positive integer, got {max_attempts!r}")
+        chosen = style or self.style
+        if chosen == "chat" and not backend.capabilities.chat:
+            chosen = "completion"
+        elif chosen == "completion" and not backend.capabilities.completion:
+            chosen = "chat"
+        count = self._shots(shots)
+        rendered = self._render_context(_context(self.validate_inputs(inputs)), count, chosen)
+        config = config or self.config or GenerationConfig()
+        if chosen == "completion" and count and not config.stop:
+            config = config.replace(stop=("\n\n",))  # the demonstrations' separator
+        return RunLoop(rendered, chosen, config, self.output, max_attempts, examples_used=count)
+
+    def run(
+        self,
+        inputs: Mapping[str, Any] | BaseModel,
+        *,
+        backend: Backend,
+        shots: int | None = None,
+        max_attempts: int = 3,
+        config: GenerationConfig | None = None,
+        style: Style | None = None,
+    ) -> Result[OutputT]:
+        """Render, generate, parse and validate; re-ask with the error on failure.
+
+        Returns a :class:`Result`. Raises OutputValidationError (carrying every attempt) when
+        ``max_attempts`` answers all fail, InputValidationError for bad inputs, and whatever the
+        backend raises (BackendError, ContextWindowError, ...).
+        """
+        loop = self._loop(inputs, backend, shots, max_attempts, config, style)
+        while True:
+            request = loop.next_request()
+            done = loop.accept(backend.generate(request.prompt, request.config))
+            if done is not None:
+                return done
+
+    async def arun(
+        self,
+        inputs: Mapping[str, Any] | BaseModel,
+        *,
+        backend: Backend,
+        shots: int | None = None,
+        max_attempts: int = 3,
+        config: GenerationConfig | None = None,
+        style: Style | None = None,
+    ) -> Result[OutputT]:
+        """The async twin of :meth:`run`."""
+        loop = self._loop(inputs, backend, shots, max_attempts, config, style)
+        while True:
+            request = loop.next_request()
+            done = loop.accept(await backend.agenerate(request.prompt, request.config))
+            if done is not None:
+                return done
+
+    def run_batch(
+        self,
+        inputs: Sequence[Mapping[str, Any] | BaseModel],
+        *,
+        backend: Backend,
+        concurrency: int = 4,
+        return_exceptions: bool = False,
+        **options: Any,
+    ) -> list[Result[OutputT] | Exception]:
+        """Run many inputs with at most ``concurrency`` in flight; results keep input order.
+
+        With ``return_exceptions=True`` a failed item's promptkit error takes its place in the
+        list instead of being raised.
+        """
+        _check_concurrency(concurrency)
+
+        def one(item: Mapping[str, Any] | BaseModel) -> Result[OutputT] | Exception:
+            return _capture(lambda: self.run(item, backend=backend, **options), return_exceptions)
+
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            return list(pool.map(one, inputs))
+
+    async def arun_batch(
+        self,
+        inputs: Sequence[Mapping[str, Any] | BaseModel],
+        *,
+        backend: Backend,
+        concurrency: int = 4,
+        return_exceptions: bool = False,
+        **options: Any,
+    ) -> list[Result[OutputT] | Exception]:
+        """The async twin of :meth:`run_batch`."""
+        _check_concurrency(concurrency)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(item: Mapping[str, Any] | BaseModel) -> Result[OutputT] | Exception:
+            async with gate:
+                try:
+                    return await self.arun(item, backend=backend, **options)
+                except Exception as exc:
+                    if return_exceptions and isinstance(exc, PromptkitError):
+                        return exc
+                    raise
+
+        return list(await asyncio.gather(*(one(i) for i in inputs)))
+
+
+def _capture(call: Callable[[], Any], return_exceptions: bool) -> Any:
+    try:
+        return call()
+    except PromptkitError as exc:
+        if return_exceptions:
+            return exc
+        raise
+
+
+def _check_concurrency(concurrency: int) -> None:
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise UsageError(f"concurrency must be a positive integer, got {concurrency!r}")
+
+
+def _infer_input_type(names: frozenset[str]) -> type[BaseModel]:
+    fields: dict[str, Any] = {name: (Any, ...) for name in sorted(names)}
+    model: type[BaseModel] = create_model(
+        "Inputs", __config__=ConfigDict(extra="forbid"), **fields
+    )
+    return model
+
+
+def _input_problems(exc: ValidationError, model: type[BaseModel]) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "inputs"
+        if error["type"] == "missing":
+            problems.append(f"missing input {where!r}")
+        elif error["type"] == "extra_forbidden":
+            problems.append(f"unknown input {where!r}")
+        else:
+            problems.append(f"input {where!r}: {error['msg']} (got {error['input']!r:.60})")
+    fields = ", ".join(model.model_fields) or "none"
+    return "invalid inputs: " + "; ".join(problems) + f". The inputs are: {fields}."
+

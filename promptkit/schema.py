@@ -1,0 +1,155 @@
+"""JSON Schema -> Python type (pydantic models for objects), for output types declared in files.
+
+Covers what structured-output schemas use: objects (nested, required/optional, additional
+properties), arrays (items, min/max items), enums and consts, strings (length, pattern),
+numbers and integers (bounds), booleans, null, ``anyOf``/``oneOf`` and type lists, ``$ref`` to
+``$defs``/``definitions``, descriptions and defaults. Anything else is a TemplateError naming the
+keyword, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import ConfigDict, Field, create_model
+
+from .errors import TemplateError
+
+__all__ = ["type_from_schema"]
+
+_ANNOTATION_KEYS = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
+                    "$defs", "definitions", "format", "deprecated", "readOnly", "writeOnly"}
+_SUPPORTED = {
+    "object": {"type", "properties", "required", "additionalProperties"},
+    "array": {"type", "items", "minItems", "maxItems"},
+    "string": {"type", "minLength", "maxLength", "pattern", "enum", "const"},
+    "integer": {"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum",
+                "const"},
+    "number": {"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum",
+               "const"},
+    "boolean": {"type", "enum", "const"},
+    "null": {"type"},
+}
+_SCALARS: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool,
+                            "null": type(None)}
+_CONSTRAINTS = {"minLength": "min_length", "maxLength": "max_length", "pattern": "pattern",
+                "minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt",
+                "exclusiveMaximum": "lt", "minItems": "min_length", "maxItems": "max_length"}
+
+
+def type_from_schema(schema: Any, *, name: str = "Output", source: str | None = None) -> Any:
+    """Build the Python type that validates exactly what ``schema`` describes.
+
+    Raises TemplateError naming the keyword or construct that is not supported.
+    """
+    if not isinstance(schema, dict):
+        raise TemplateError(f"a JSON schema must be a mapping, got {type(schema).__name__}",
+                            source=source)
+    defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    return _Builder(defs, source).build(schema, name)
+
+
+class _Builder:
+    def __init__(self, defs: dict[str, Any], source: str | None):
+        self.defs = defs
+        self.source = source
+        self.models: dict[str, Any] = {}
+
+    def fail(self, message: str) -> TemplateError:
+        return TemplateError(f"unsupported JSON schema: {message}", source=self.source)
+
+    def build(self, schema: Any, name: str) -> Any:
+        if schema is True or schema == {}:
+            return Any
+        if not isinstance(schema, dict):
+            raise self.fail(f"expected a schema object at {name!r}, got {schema!r}")
+        if "$ref" in schema:
+            return self.ref(schema["$ref"])
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                options = [self.build(s, f"{name}Option{i}") for i, s in enumerate(schema[key])]
+                return Union[tuple(options)]
+        if "enum" in schema or "const" in schema:
+            values = schema["enum"] if "enum" in schema else [schema["const"]]
+            if not values:
+                raise self.fail(f"{name!r} has an empty enum")
+            return Literal[tuple(values)]
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            options = [self.build({**schema, "type": k}, name) for k in kind]
+            return Union[tuple(options)]
+        if kind is None:
+            if "properties" in schema:
+                kind = "object"
+            else:
+                raise self.fail(f"{name!r} has no 'type' (or anyOf/enum/$ref)")
+        if kind not in _SUPPORTED:
+            raise self.fail(f"type {kind!r} at {name!r}")
+        unknown = set(schema) - _SUPPORTED[kind] - _ANNOTATION_KEYS
+        if unknown:
+            raise self.fail(f"keyword(s) {', '.join(sorted(unknown))} at {name!r}")
+        if kind == "object":
+            return self.object(schema, name)
+        if kind == "array":
+            item = self.build(schema.get("items", True), f"{name}Item")
+            return self.constrained(list[item], schema)  # type: ignore[valid-type]
+        return self.constrained(_SCALARS[kind], schema)
+
+    def constrained(self, base: Any, schema: dict[str, Any]) -> Any:
+        options = {_CONSTRAINTS[k]: v for k, v in schema.items() if k in _CONSTRAINTS}
+        if "pattern" in options:
+            try:
+                re.compile(options["pattern"])
+            except re.error as exc:
+                raise self.fail(f"invalid pattern {options['pattern']!r}: {exc}") from None
+        return Annotated[base, Field(**options)] if options else base
+
+    def object(self, schema: dict[str, Any], name: str) -> Any:
+        properties = schema.get("properties", {})
+        if not properties:
+            extra = schema.get("additionalProperties", True)
+            value = Any if extra is True else self.build(extra, f"{name}Value")
+            return dict[str, value]  # type: ignore[valid-type]
+        required = set(schema.get("required", []))
+        unknown_required = required - set(properties)
+        if unknown_required:
+            raise self.fail(f"{name!r} requires undeclared properties {sorted(unknown_required)}")
+        fields: dict[str, Any] = {}
+        for prop, sub in properties.items():
+            if not prop.isidentifier() or prop.startswith("_"):
+                raise self.fail(f"property name {prop!r} at {name!r} is not a Python identifier")
+            annotation = self.build(sub, _camel(name, prop))
+            description = sub.get("description") if isinstance(sub, dict) else None
+            if prop in required:
+                fields[prop] = (annotation, Field(..., description=description))
+            else:
+                default = sub.get("default") if isinstance(sub, dict) else None
+                fields[prop] = (Optional[annotation], Field(default, description=description))
+        extra = "forbid" if schema.get("additionalProperties") is False else "ignore"
+        title = schema.get("title") or name
+        model = create_model(_identifier(title), __config__=ConfigDict(extra=extra), **fields)
+        if schema.get("description"):
+            model.__doc__ = schema["description"]
+        return model
+
+    def ref(self, ref: Any) -> Any:
+        match = re.fullmatch(r"#/(?:\$defs|definitions)/(.+)", str(ref))
+        if not match or match.group(1) not in self.defs:
+            raise self.fail(f"$ref {ref!r} (only local #/$defs/NAME references are supported)")
+        key = match.group(1)
+        if key not in self.models:
+            self.models[key] = None  # recursion guard
+            self.models[key] = self.build(self.defs[key], _identifier(key))
+        elif self.models[key] is None:
+            raise self.fail(f"recursive $ref {ref!r}")
+        return self.models[key]
+
+
+def _camel(parent: str, prop: str) -> str:
+    return parent + "".join(part.capitalize() for part in prop.split("_"))
+
+
+def _identifier(text: str) -> str:
+    cleaned = re.sub(r"\W+", "_", str(text)).strip("_") or "Model"
+    return cleaned if not cleaned[0].isdigit() else f"M{cleaned}"
