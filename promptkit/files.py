@@ -253,7 +253,7 @@ def _body_parts(segments: list[Segment], source: str) -> dict[str, Any]:
     last = segments[-1]
     if last.role != "user":
         raise TemplateError("the body must end with a 'user:' block holding the query",
-                            source=source, line=last.line)
+                            source=source, line=last.line - 1)
     lines = {"query": last.line + _leading_newlines(last.source)}
     instruction: list[str] = []
     turns: list[tuple[str, str]] = []
@@ -291,9 +291,11 @@ def _input_type(inputs: Any, sample: Any, source: str, key_lines: dict[str, int]
                                 line=line)
         if not isinstance(spec, dict):
             spec = {"type": _json_type(spec), "default": spec}
-        kind = spec.get("type", "string")
-        if "enum" in spec:
-            annotation: Any = Literal[tuple(spec["enum"])]
+        kind = spec.get("type")
+        if kind is None:
+            annotation: Any = Literal[tuple(spec["enum"])] if "enum" in spec else Any
+        elif "enum" in spec:
+            annotation = Literal[tuple(spec["enum"])]
         elif kind in _INPUT_TYPES:
             annotation = _INPUT_TYPES[kind]
         else:
@@ -342,7 +344,9 @@ def _output_type(front: dict[str, Any], source: str, key_lines: dict[str, int]) 
             labels = output["labels"]
             if not isinstance(labels, list) or not labels or not all(
                     isinstance(x, str) for x in labels):
-                raise TemplateError("output.labels must be a non-empty list of strings")
+                raise TemplateError(
+                    "output.labels must be a non-empty list of strings (quote labels such as "
+                    "'yes', 'no', 'on' or 'off', which YAML reads as booleans)")
             return Literal[tuple(labels)]
         if "schema" in output:
             return type_from_schema(output["schema"], name=output.get("name", "Output"))

@@ -83,7 +83,9 @@ def _inputs(prompt: Prompt[Any]) -> dict[str, Any]:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
             annotation = _unwrap(args[0])
-        if typing.get_origin(annotation) is Literal:
+        if annotation is Any:
+            pass
+        elif typing.get_origin(annotation) is Literal:
             spec["type"] = "string"
             spec["enum"] = list(typing.get_args(annotation))
         else:

@@ -180,8 +180,8 @@ class OutputSpec:
         for value in _json_candidates(text):
             if not want_object or isinstance(value, dict):
                 return value
-        what = "a JSON object" if want_object else "a JSON value"
-        raise _NotFound(f"no {what} found in the answer {_preview(text)}")
+        what = "no JSON object" if want_object else "no JSON value"
+        raise _NotFound(f"{what} found in the answer {_preview(text)}")
 
     @staticmethod
     def _find_number(text: str) -> Any:

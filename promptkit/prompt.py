@@ -184,7 +184,7 @@ class Prompt(Generic[OutputT]):
             raise InputValidationError(f"example {index} input: {exc}") from None
         try:
             self.output.validate(example.output)
-        except (ValidationError, UsageError, ValueError) as exc:
+        except (ValidationError, PromptkitError, ValueError) as exc:
             raise InputValidationError(
                 f"example {index} output {example.output!r} is not a valid "
                 f"{getattr(self.output_type, '__name__', self.output_type)}: {exc}"

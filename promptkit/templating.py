@@ -109,7 +109,7 @@ class CompiledTemplate:
             tree = _ENV.parse(source)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(exc.message or "syntax error", source=name, line=self._line(exc))
-        _reject_private_access(tree, name, self._line)
+        _reject_private_access(tree, name, self._line_of)
         self.variables: frozenset[str] = frozenset(meta.find_undeclared_variables(tree))
         self.variable_lines: dict[str, int] = {}
         for node in tree.find_all(nodes.Name):

@@ -151,6 +151,10 @@ def messages_to_text(messages: Sequence[Message]) -> str:
 
 def check_messages(messages: Sequence[Any]) -> list[Message]:
     """Validate a list of chat messages; raises InputValidationError naming the bad one."""
+    if not isinstance(messages, (list, tuple)):
+        raise InputValidationError(
+            f"a prompt must be a string or a list of messages, got {type(messages).__name__}"
+        )
     if not messages:
         raise InputValidationError("the prompt has no messages; pass at least one user message")
     checked: list[Message] = []

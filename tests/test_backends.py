@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+import promptkit as pk
+from promptkit.backends import Backend, Capabilities, Completion, GenerationConfig, ScriptedBackend
+from promptkit.backends.base import cut_at_stop, messages_to_text
+from promptkit.errors import (
+    BackendError,
+    ConfigurationError,
+    InputValidationError,
+    UnsupportedCapabilityError,
+)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [({"max_tokens": 0}, "max_tokens"), ({"temperature": -0.1}, "temperature"),
+     ({"top_p": 0}, "top_p"), ({"top_k": 0}, "top_k"), ({"stop": [""]}, "stop"),
+     ({"seed": "x"}, "seed")],
+)
+def test_generation_config_rejects_bad_values(options, match):
+    with pytest.raises(ConfigurationError, match=match):
+        GenerationConfig(**options)
+
+
+def test_generation_config_normalises_stop_and_replaces():
+    config = GenerationConfig(stop="\n")
+    assert config.stop == ("\n",)
+    assert config.replace(max_tokens=5).max_tokens == 5
+    with pytest.raises(ConfigurationError):
+        config.replace(max_tokens=-1)
+
+
+def test_scripted_backend_records_requests_and_cuts_at_stop():
+    backend = ScriptedBackend(["hello world\nmore", "second"])
+    completion = backend.generate("Say hi", GenerationConfig(stop=("\n",)))
+    assert completion.text == "hello world"
+    assert completion.usage.prompt_tokens == 2 and completion.usage.completion_tokens == 2
+    backend.generate([{"role": "user", "content": "again"}])
+    assert [r.prompt for r in backend.requests] == ["Say hi", [{"role": "user", "content": "again"}]]
+    assert backend.remaining == 0
+    with pytest.raises(BackendError, match="ran out of scripted replies after 2"):
+        backend.generate("third")
+
+
+def test_scripted_backend_replies_can_be_callables_or_exceptions():
+    backend = ScriptedBackend([lambda r: r.prompt.upper(), ValueError("boom")])
+    assert backend.generate("abc").text == "ABC"
+    with pytest.raises(ValueError, match="boom"):
+        backend.generate("x")
+    backend.enqueue("late")
+    assert backend.generate("x").text == "late"
+
+
+def test_streaming_joins_back_to_the_reply():
+    backend = ScriptedBackend(["one  two three"])
+    pieces = list(backend.stream("go"))
+    assert len(pieces) == 3 and "".join(pieces) == "one  two three"
+
+
+def test_agenerate():
+    backend = ScriptedBackend(["async"])
+    assert asyncio.run(backend.agenerate("x")).text == "async"
+
+
+def test_chat_messages_are_flattened_for_completion_only_backends():
+    backend = ScriptedBackend(["ok"], chat=False)
+    backend.generate([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
+    assert backend.requests[0].prompt == "System: S\n\nUser: U\n\nAssistant:"
+    assert messages_to_text([]) == "Assistant:"
+
+
+def test_text_is_wrapped_as_a_user_message_for_chat_only_backends():
+    class ChatOnly(Backend):
+        name = "chat-only"
+        capabilities = Capabilities(completion=False, chat=True)
+
+        def _chat(self, messages, config):
+            return Completion(text=json.dumps(messages))
+
+    assert json.loads(ChatOnly().generate("hi").text) == [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("prompt", ["", [], [{"role": "wizard", "content": "x"}],
+                                    [{"role": "user"}], 42])
+def test_bad_prompts_are_input_errors(prompt):
+    with pytest.raises(InputValidationError):
+        ScriptedBackend(["x"]).generate(prompt)
+
+
+def test_missing_capabilities_name_backend_and_capability():
+    backend = ScriptedBackend([], name="mock")
+    with pytest.raises(UnsupportedCapabilityError) as info:
+        backend.loglikelihood("a", "b")
+    assert info.value.backend == "mock" and info.value.capability == "loglikelihood"
+    assert "'mock' does not support loglikelihood" in str(info.value)
+    with pytest.raises(UnsupportedCapabilityError, match="perplexity"):
+        backend.perplexity("text")
+
+
+def test_cut_at_stop_uses_the_earliest_stop():
+    assert cut_at_stop("a.b!c", [".", "!"]) == ("a", True)
+    assert cut_at_stop("abc", ["x"]) == ("abc", False)
+
+
+def test_get_backend_scripted_with_options_and_files(tmp_path):
+    backend = pk.get_backend("scripted", replies=["a"])
+    assert isinstance(backend, ScriptedBackend) and backend.generate("x").text == "a"
+    path = tmp_path / "replies.json"
+    path.write_text(json.dumps(["from file"]))
+    assert pk.get_backend(f"scripted:{path}").generate("x").text == "from file"
+    path.write_text('"line one"\n\n"line two"\n')
+    assert pk.get_backend(f"scripted:{path}").remaining == 2
+    path.write_text('"ok"\nnot json\n')
+    with pytest.raises(ConfigurationError, match="line 2"):
+        pk.get_backend(f"scripted:{path}")
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        pk.get_backend(f"scripted:{tmp_path / 'missing.json'}")
+
+
+@pytest.mark.parametrize("spec", ["nope:model", "", "  "])
+def test_unknown_backend_specs(spec):
+    with pytest.raises(ConfigurationError):
+        pk.get_backend(spec)
+
+
+def test_unknown_backend_lists_the_known_ones():
+    with pytest.raises(ConfigurationError, match="known: .*scripted"):
+        pk.get_backend("nope")
+
+
+def test_missing_dependency_names_the_extra(monkeypatch):
+    from promptkit import backends
+
+    monkeypatch.setitem(backends._BUILTIN, "fake", backends._Builtin(
+        "promptkit_missing_module_for_test", "make", "local", "fake:PATH"))
+    with pytest.raises(ConfigurationError, match=r"pip install 'promptkit\[local\]'"):
+        pk.get_backend("fake:x")
+
+
+def test_repr_has_no_secrets():
+    assert repr(ScriptedBackend([], name="mine")) == "<ScriptedBackend 'mine'>"

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal, Optional
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, Field
+
+from promptkit import parse_output
+from promptkit.errors import OutputParseError, PromptkitError
+from promptkit.parsing import extract_json
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+class Nested(BaseModel):
+    people: list[Person]
+    note: Optional[str] = None
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    DARK_BLUE = "dark blue"
+
+
+Sentiment = Literal["positive", "negative"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "Ada", "age": 36}',
+        'Sure! Here it is: {"name": "Ada", "age": 36} Hope that helps {really}.',
+        'Here:\n```json\n{"name": "Ada", "age": 36}\n```\nThe age is an estimate.',
+        '```\n{"name": "Ada",\n "age": 36}\n```',
+        'Not this {broken json, but this {"name": "Ada", "age": 36}',
+        '[1, 2] then {"name": "Ada", "age": 36}',
+    ],
+)
+def test_json_is_found_in_prose_and_fences(text):
+    assert parse_output(text, Person) == Person(name="Ada", age=36)
+
+
+def test_validation_errors_name_the_field_and_keep_the_text():
+    text = '{"name": "Ada", "age": "old"}'
+    with pytest.raises(OutputParseError) as info:
+        parse_output(text, Person)
+    assert "age" in str(info.value) and info.value.raw_text == text
+
+
+def test_missing_json_is_a_clear_error():
+    with pytest.raises(OutputParseError, match="no JSON object found"):
+        parse_output("I don't know", Person)
+
+
+def test_nested_models_and_lists():
+    text = 'Result: {"people": [{"name": "A", "age": 1}, {"name": "B", "age": 2}]}'
+    assert parse_output(text, Nested).people[1].name == "B"
+    assert parse_output('["a", "b"]', list[str]) == ["a", "b"]
+    assert parse_output('The list: ["a", "b"].', list[str]) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("positive", "positive"), ("  Positive \n", "positive"), ("NEGATIVE.", "negative"),
+     ('"negative"', "negative"), ("Positive. The review praises the cast.", "positive"),
+     ("**negative**", "negative")],
+)
+def test_labels_match_case_and_whitespace_insensitively(text, expected):
+    assert parse_output(text, Sentiment) == expected
+
+
+def test_unknown_label_lists_the_allowed_ones():
+    with pytest.raises(OutputParseError, match="allowed labels: positive, negative"):
+        parse_output("neutral", Sentiment)
+    with pytest.raises(OutputParseError):
+        parse_output("positively great", Sentiment)
+
+
+def test_enum_labels_and_multiword_labels():
+    assert parse_output("Dark   Blue", Colour) is Colour.DARK_BLUE
+    assert parse_output("red", Colour) is Colour.RED
+
+
+@pytest.mark.parametrize(
+    "text, tp, expected",
+    [("42", int, 42), ("The answer is 2.", int, 2), (" -7 ", int, -7), ("3.5", float, 3.5),
+     ("about 1e3 units", float, 1000.0), ("yes", bool, True), ("False.", bool, False),
+     ("  hello world \n", str, "hello world")],
+)
+def test_scalars(text, tp, expected):
+    assert parse_output(text, tp) == expected
+
+
+def test_scalar_constraints_are_validated():
+    with pytest.raises(OutputParseError, match="greater than or equal to 0"):
+        parse_output("-1", Annotated[int, Field(ge=0)])
+    with pytest.raises(OutputParseError):
+        parse_output("2.5", int)
+    with pytest.raises(OutputParseError, match="no number"):
+        parse_output("none", int)
+    with pytest.raises(OutputParseError, match="true/false"):
+        parse_output("perhaps", bool)
+
+
+def test_extract_json():
+    assert extract_json('x {"a": [1, {"b": 2}]} y') == {"a": [1, {"b": 2}]}
+    with pytest.raises(OutputParseError):
+        extract_json("no json here")
+
+
+OUTPUT_TYPES: list[Any] = [
+    Person, Nested, Sentiment, Colour, int, float, bool, str, list[str],
+    Annotated[int, Field(ge=0, le=10)], dict[str, int],
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(
+    st.text(),
+    st.text(alphabet='{}[]",:0123456789 truefalsnul\n`json-.eE', max_size=60),
+    st.builds(lambda a, b: f"{a}```json\n{b}\n```", st.text(max_size=20), st.text(max_size=40)),
+), output_type=st.sampled_from(OUTPUT_TYPES))
+def test_arbitrary_text_raises_only_promptkit_errors(text, output_type):
+    try:
+        parse_output(text, output_type)
+    except PromptkitError as exc:
+        assert isinstance(exc, OutputParseError)
+        assert exc.raw_text == text
