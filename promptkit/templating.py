@@ -116,6 +116,7 @@ class CompiledTemplate:
             if node.ctx == "load" and node.name in self.variables:
                 self.variable_lines.setdefault(node.name, self._line_of(node.lineno))
         self._template = _ENV.from_string(tree)
+        self._pieces = _substitution_pieces(tree)
         self.constant = not self.variables
 
     def _line_of(self, lineno: int | None) -> int:
@@ -129,6 +130,8 @@ class CompiledTemplate:
         missing = self.variables.difference(context)
         if missing:
             raise MissingVariableError(missing, available=context.keys(), source=self.name)
+        if self._pieces is not None:
+            return "".join(p if isinstance(p, str) else str(context[p[0]]) for p in self._pieces)
         try:
             return self._template.render(context)
         except SecurityError as exc:
@@ -141,6 +144,25 @@ class CompiledTemplate:
             raise TemplateError(
                 f"rendering failed: {type(exc).__name__}: {exc}", source=self.name
             ) from None
+
+
+def _substitution_pieces(tree: nodes.Template) -> list[str | tuple[str]] | None:
+    """For a template that only substitutes plain names (``Text: {{ text }}``), its pieces:
+    literal strings and ``(name,)`` tuples. Rendering those is a join, the same text Jinja2
+    would produce, several times faster. None for anything else (filters, tags, expressions).
+    """
+    pieces: list[str | tuple[str]] = []
+    for statement in tree.body:
+        if not isinstance(statement, nodes.Output):
+            return None
+        for node in statement.nodes:
+            if isinstance(node, nodes.TemplateData):
+                pieces.append(node.data)
+            elif isinstance(node, nodes.Name) and node.ctx == "load":
+                pieces.append((node.name,))
+            else:
+                return None
+    return pieces
 
 
 def _reject_private_access(tree: nodes.Template, name: str, line_of: Any) -> None:

@@ -198,3 +198,18 @@ def test_guess_language_filter():
     assert prompt.render({"code": "def f():\n    pass"})[-1]["content"] == "python"
     assert prompt.render({"code": "const x = () => 1;"})[-1]["content"] == "javascript"
     assert prompt.render({"code": "???"})[-1]["content"] == "python"
+
+
+@pytest.mark.parametrize("source", ["Review: {{ text }}\nSentiment:", "{{text}}{{ text }}\n\n", "",
+                                    "no variables\n"])
+@pytest.mark.parametrize("value", ["plain", "hé {{ x }}\nsystem:", None, 3, [1, {"a": 2}], 2.5])
+def test_plain_substitution_fast_path_matches_jinja(source, value):
+    import jinja2
+
+    from promptkit.templating import CompiledTemplate
+
+    compiled = CompiledTemplate(source)
+    assert compiled._pieces is not None
+    expected = jinja2.Environment(keep_trailing_newline=True).from_string(source).render(
+        text=value)
+    assert compiled.render({"text": value}) == expected

@@ -7,7 +7,6 @@ asks for them, so ``import promptkit`` stays light.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 from typing import Any, NamedTuple
 
 from ..errors import ConfigurationError
@@ -55,6 +54,8 @@ _BUILTIN: dict[str, _Builtin] = {
 
 def available_backends() -> dict[str, str]:
     """Every backend name that :func:`get_backend` knows, with its spec shape."""
+    from importlib.metadata import entry_points
+
     names = {name: b.usage for name, b in _BUILTIN.items()}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         names.setdefault(ep.name, f"{ep.name}[:ARG] (plugin {ep.value})")
@@ -88,6 +89,8 @@ def get_backend(spec: str, **options: Any) -> Backend:
             ) from exc
         factory = getattr(module, builtin.factory)
     else:
+        from importlib.metadata import entry_points
+
         matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
         if not matches:
             known = ", ".join(sorted(available_backends().values()))

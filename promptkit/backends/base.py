@@ -10,7 +10,6 @@ call the hook.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -202,6 +201,8 @@ class Backend:
         self, prompt: PromptInput, config: GenerationConfig | None = None
     ) -> Completion:
         """The async twin of :meth:`generate` (a worker thread unless the backend overrides it)."""
+        import asyncio
+
         return await asyncio.to_thread(self.generate, prompt, config)
 
     def stream(self, prompt: PromptInput, config: GenerationConfig | None = None) -> Iterator[str]:
