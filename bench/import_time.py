@@ -25,15 +25,12 @@ CASES = {
 
 
 def measure(statement: str, runs: int) -> float:
-    code = (
-        "import time; t = time.perf_counter()\n"
-        f"{statement}\n"
-        "print(time.perf_counter() - t)"
-    )
+    code = f"import time; t = time.perf_counter()\n{statement}\nprint(time.perf_counter() - t)"
     times = []
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
         times.append(float(out.stdout))
     return statistics.median(times)
 
@@ -46,9 +43,13 @@ def main() -> None:
     for name, seconds in results.items():
         print(f"{name:<48} {seconds * 1000:8.1f} ms")
     light = results["import promptkit"] / results["baseline: import jinja2, pydantic"]
-    full = (results["import promptkit + first use of Prompt"]
-            / results["baseline: jinja2.sandbox + pydantic.BaseModel"])
-    print(f"ratio import promptkit / import jinja2, pydantic:          {light:.2f}x (target < 1.5x)")
+    full = (
+        results["import promptkit + first use of Prompt"]
+        / results["baseline: jinja2.sandbox + pydantic.BaseModel"]
+    )
+    print(
+        f"ratio import promptkit / import jinja2, pydantic:          {light:.2f}x (target < 1.5x)"
+    )
     print(f"ratio promptkit with Prompt / jinja2.sandbox + BaseModel:  {full:.2f}x")
     ok = results["import promptkit"] < 0.15 and light < 1.5
     print("import target:", "met" if ok else "NOT met")

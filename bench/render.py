@@ -25,9 +25,13 @@ class Review(BaseModel):
     text: str
 
 
-REVIEWS = [("A joy from start to finish.", "positive"), ("Wooden acting, no plot.", "negative"),
-           ("Works exactly as described.", "positive"), ("Broke after two days.", "negative"),
-           ("The best purchase this year.", "positive")]
+REVIEWS = [
+    ("A joy from start to finish.", "positive"),
+    ("Wooden acting, no plot.", "negative"),
+    ("Works exactly as described.", "positive"),
+    ("Broke after two days.", "negative"),
+    ("The best purchase this year.", "positive"),
+]
 
 
 def build(query: str = "Review: {{ text }}\nSentiment:") -> tuple[pk.Prompt, jinja2.Template]:
@@ -39,8 +43,10 @@ def build(query: str = "Review: {{ text }}\nSentiment:") -> tuple[pk.Prompt, jin
         examples=[pk.Example(input={"text": t}, output=label) for t, label in REVIEWS],
         style="completion",
     )
-    header = ("Decide whether each review is positive or negative.\n\n"
-              "Answer with exactly one of: positive, negative.\n\n")
+    header = (
+        "Decide whether each review is positive or negative.\n\n"
+        "Answer with exactly one of: positive, negative.\n\n"
+    )
     demos = "".join(f"Review: {t}\nSentiment: {label}\n\n" for t, label in REVIEWS)
     completion = jinja2.Template(header + demos + query, keep_trailing_newline=True)
     return prompt, completion
@@ -55,8 +61,9 @@ def rate(function: Callable[[], object], seconds: float) -> float:
     return count / elapsed
 
 
-def best_rates(functions: dict[str, Callable[[], object]], seconds: float,
-               rounds: int = 5) -> dict[str, float]:
+def best_rates(
+    functions: dict[str, Callable[[], object]], seconds: float, rounds: int = 5
+) -> dict[str, float]:
     """Best rate of each function over interleaved rounds (noise on a shared machine only ever
     slows a round down, so the best round is the least disturbed)."""
     best = dict.fromkeys(functions, 0.0)
@@ -74,15 +81,20 @@ def main() -> None:
     ok = True
     # A query of plain substitutions (the common case) renders by a join; one with a filter
     # goes through Jinja2 itself. Both are measured.
-    for label, query in (("plain query", "Review: {{ text }}\nSentiment:"),
-                         ("query with a filter", "Review: {{ text | trim }}\nSentiment:")):
+    for label, query in (
+        ("plain query", "Review: {{ text }}\nSentiment:"),
+        ("query with a filter", "Review: {{ text | trim }}\nSentiment:"),
+    ):
         prompt, baseline = build(query)
         assert prompt.render(inputs) == baseline.render(inputs), "renderings must be identical"
-        rates = best_rates({
-            "ours": lambda: prompt.render(inputs),  # noqa: B023
-            "base": lambda: baseline.render(inputs),  # noqa: B023
-            "chat": lambda: prompt.render(inputs, style="chat"),  # noqa: B023
-        }, args.seconds)
+        rates = best_rates(
+            {
+                "ours": lambda: prompt.render(inputs),  # noqa: B023
+                "base": lambda: baseline.render(inputs),  # noqa: B023
+                "chat": lambda: prompt.render(inputs, style="chat"),  # noqa: B023
+            },
+            args.seconds,
+        )
         ours_rate, base_rate, chat_rate = rates["ours"], rates["base"], rates["chat"]
         slowdown = base_rate / ours_rate
         print(f"[{label}]")
@@ -92,6 +104,7 @@ def main() -> None:
         print(f"  ratio: promptkit takes {slowdown:.2f}x the baseline's time (target <= 2x)")
         ok &= ours_rate >= 10_000 and slowdown <= 2
     print("render target:", "met" if ok else "NOT met")
+
 
 if __name__ == "__main__":
     main()

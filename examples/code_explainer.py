@@ -13,12 +13,16 @@ from pathlib import Path
 
 import promptkit as pk
 
-SCRIPTED_REVIEW = json.dumps({
-    "summary": "Defines the command-line entry point of this example.",
-    "methods": [{"name": "main", "walkthrough": "Parses arguments, loads the template, runs it."}],
-    "potential_issues": ["Reads the whole file into memory."],
-    "optimizations": ["Stream very large files in chunks."],
-})
+SCRIPTED_REVIEW = json.dumps(
+    {
+        "summary": "Defines the command-line entry point of this example.",
+        "methods": [
+            {"name": "main", "walkthrough": "Parses arguments, loads the template, runs it."}
+        ],
+        "potential_issues": ["Reads the whole file into memory."],
+        "optimizations": ["Stream very large files in chunks."],
+    }
+)
 
 
 def main() -> None:
@@ -29,10 +33,17 @@ def main() -> None:
     args = parser.parse_args()
 
     explainer = pk.load_prompt("code_explanation")
-    inputs = {"code": Path(args.file).read_text(encoding="utf-8"),
-              "answer_language": args.language}
-    backend = (pk.get_backend(args.backend) if args.backend
-               else pk.backends.ScriptedBackend([SCRIPTED_REVIEW]))
+    inputs = {"code": Path(args.file).read_text(encoding="utf-8"), "answer_language": args.language}
+    backend = (
+        pk.get_backend(args.backend)
+        if args.backend
+        else pk.backends.ScriptedBackend([SCRIPTED_REVIEW])
+    )
+    if not args.backend:
+        print("No --backend given: this is the prompt a model would receive.\n")
+        for message in explainer.render(inputs):
+            print(f"[{message['role']}]\n{message['content']}\n")
+        print("The typed result below comes from a scripted reply, not a model.\n")
     explanation = explainer.run(inputs, backend=backend).output
 
     print("Summary:", explanation.summary)

@@ -1,7 +1,7 @@
 """A few-shot classifier: the same prompt rendered with 0, 1 and 3 demonstrations.
 
-    python examples/few_shot_classifier.py                 # offline, scripted replies
-    python examples/few_shot_classifier.py --backend SPEC
+python examples/few_shot_classifier.py                 # offline, scripted replies
+python examples/few_shot_classifier.py --backend SPEC
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ prompt = pk.Prompt(
     examples=[
         pk.Example(input={"headline": "Striker scores twice in cup final"}, output="sports"),
         pk.Example(input={"headline": "Parliament passes new budget"}, output="politics"),
-        pk.Example(input={"headline": "Chipmaker unveils faster laptop processor"},
-                   output="technology"),
+        pk.Example(
+            input={"headline": "Chipmaker unveils faster laptop processor"}, output="technology"
+        ),
     ],
 )
 
@@ -37,8 +38,11 @@ def main() -> None:
         print(f"--- {shots}-shot prompt ---")
         print(prompt.render(headline, shots=shots))
 
-    backend = pk.get_backend(args.backend) if args.backend else pk.backends.ScriptedBackend(
-        [" Politics\n\nHeadline: ..."] * 3)
+    backend = (
+        pk.get_backend(args.backend)
+        if args.backend
+        else pk.backends.ScriptedBackend([" Politics\n\nHeadline: ..."] * 3)
+    )
     for shots in (0, 1, 3):
         result = prompt.run(headline, backend=backend, shots=shots)
         print(f"{shots}-shot answer: {result.output}")

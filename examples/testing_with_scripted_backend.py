@@ -3,7 +3,8 @@
 Your app takes a backend as a parameter; in tests you hand it a ScriptedBackend with the replies
 you want, then assert on what your app did and on the requests it sent.
 
-    python examples/testing_with_scripted_backend.py    # or: pytest examples/testing_with_scripted_backend.py
+    python examples/testing_with_scripted_backend.py
+    pytest examples/testing_with_scripted_backend.py
 """
 
 from __future__ import annotations

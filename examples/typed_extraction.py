@@ -1,7 +1,7 @@
 """Typed extraction: a pydantic model in, validated records out.
 
-    python examples/typed_extraction.py                 # offline, scripted replies
-    python examples/typed_extraction.py --backend SPEC  # e.g. openai:gpt-4o-mini, hf:gpt2
+python examples/typed_extraction.py                 # offline, scripted replies
+python examples/typed_extraction.py --backend SPEC  # e.g. openai:gpt-4o-mini, hf:gpt2
 """
 
 from __future__ import annotations
@@ -47,10 +47,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backend", help="backend spec (default: scripted replies)")
     args = parser.parse_args()
-    backend = pk.get_backend(args.backend) if args.backend else pk.backends.ScriptedBackend(SCRIPTED)
+    backend = (
+        pk.get_backend(args.backend) if args.backend else pk.backends.ScriptedBackend(SCRIPTED)
+    )
 
     result = prompt.run(
-        {"text": "The router dies every hour and my whole office is offline. I want my money back."},
+        {"text": "The router dies hourly and the whole office is offline. I want my money back."},
         backend=backend,
     )
     issue: Issue = result.output

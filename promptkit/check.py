@@ -58,13 +58,24 @@ def check_template(path: str | os.PathLike[str]) -> list[Problem]:
     inputs = parsed.front.get("inputs")
     if isinstance(inputs, dict):
         for name in sorted(set(used) - set(inputs), key=lambda n: used[n]):
-            problems.append(Problem(source, used[name], "error",
-                                    f"the body uses {name!r}, which is not a declared input; "
-                                    "add it under 'inputs'"))
+            problems.append(
+                Problem(
+                    source,
+                    used[name],
+                    "error",
+                    f"the body uses {name!r}, which is not a declared input; add it under 'inputs'",
+                )
+            )
         for name in inputs:
             if name not in used:
-                problems.append(Problem(source, parsed.key_lines.get(f"inputs.{name}"), "warning",
-                                        f"input {name!r} is declared but never used in the body"))
+                problems.append(
+                    Problem(
+                        source,
+                        parsed.key_lines.get(f"inputs.{name}"),
+                        "warning",
+                        f"input {name!r} is declared but never used in the body",
+                    )
+                )
     if any(p.severity == "error" for p in problems):
         return problems
     try:
@@ -74,11 +85,16 @@ def check_template(path: str | os.PathLike[str]) -> list[Problem]:
             try:
                 prompt.validate_inputs(sample)
             except PromptkitError as exc:
-                problems.append(Problem(source, parsed.key_lines.get("sample"), "error",
-                                        f"the sample does not fit the inputs: {exc}"))
+                problems.append(
+                    Problem(
+                        source,
+                        parsed.key_lines.get("sample"),
+                        "error",
+                        f"the sample does not fit the inputs: {exc}",
+                    )
+                )
     except TemplateError as exc:
         problems.append(Problem(source, exc.line, "error", exc.reason))
     except PromptkitError as exc:
         problems.append(Problem(source, None, "error", str(exc)))
     return problems
-

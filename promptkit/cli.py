@@ -44,8 +44,11 @@ class _Group(click.Group):
         except Exception as exc:
             if os.environ.get("PROMPTKIT_DEBUG"):
                 raise
-            _fail(f"internal error: {type(exc).__name__}: {exc} (set PROMPTKIT_DEBUG=1 for a "
-                  "traceback, and please report it)", 70)
+            _fail(
+                f"internal error: {type(exc).__name__}: {exc} (set PROMPTKIT_DEBUG=1 for a "
+                "traceback, and please report it)",
+                70,
+            )
 
 
 def _fail(message: str, code: int) -> typing.NoReturn:
@@ -91,21 +94,34 @@ def check_command(files: Sequence[str], strict: bool) -> None:
 
 
 def _input_options(function: Any) -> Any:
-    function = click.option("--shots", type=click.IntRange(min=0),
-                            help="Number of demonstrations to show (default: the template's).")(
-        function)
-    function = click.option("--sample", is_flag=True,
-                            help="Start from the template's sample inputs.")(function)
-    function = click.option("--inputs-json", "inputs_json", metavar="JSON",
-                            help="Inputs as a JSON object (or @path to a JSON file).")(function)
-    function = click.option("-i", "--input", "input_pairs", multiple=True, metavar="KEY=VALUE",
-                            help="An input value; KEY=@path reads it from a file. Repeatable.")(
-        function)
+    function = click.option(
+        "--shots",
+        type=click.IntRange(min=0),
+        help="Number of demonstrations to show (default: the template's).",
+    )(function)
+    function = click.option(
+        "--sample", is_flag=True, help="Start from the template's sample inputs."
+    )(function)
+    function = click.option(
+        "--inputs-json",
+        "inputs_json",
+        metavar="JSON",
+        help="Inputs as a JSON object (or @path to a JSON file).",
+    )(function)
+    function = click.option(
+        "-i",
+        "--input",
+        "input_pairs",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="An input value; KEY=@path reads it from a file. Repeatable.",
+    )(function)
     return click.argument("file")(function)
 
 
-def _collect_inputs(prompt: Any, pairs: Sequence[str], inputs_json: str | None,
-                    sample: bool) -> dict[str, Any]:
+def _collect_inputs(
+    prompt: Any, pairs: Sequence[str], inputs_json: str | None, sample: bool
+) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     if sample:
         value = prompt.metadata.get("sample")
@@ -150,11 +166,21 @@ def _maybe_json(value: str) -> Any:
 
 @cli.command("render")
 @_input_options
-@click.option("--style", type=click.Choice(["chat", "completion"]),
-              help="Render as chat messages or one completion string (default: the template's).")
+@click.option(
+    "--style",
+    type=click.Choice(["chat", "completion"]),
+    help="Render as chat messages or one completion string (default: the template's).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the rendering as JSON.")
-def render_command(file: str, input_pairs: Sequence[str], inputs_json: str | None, sample: bool,
-                   shots: int | None, style: str | None, as_json: bool) -> None:
+def render_command(
+    file: str,
+    input_pairs: Sequence[str],
+    inputs_json: str | None,
+    sample: bool,
+    shots: int | None,
+    style: str | None,
+    as_json: bool,
+) -> None:
     """Render template FILE with the given inputs and print it."""
     from .files import load_prompt
 
@@ -171,19 +197,40 @@ def render_command(file: str, input_pairs: Sequence[str], inputs_json: str | Non
 
 @cli.command("run")
 @_input_options
-@click.option("--backend", "backend_spec", envvar="PROMPTKIT_BACKEND", required=True,
-              metavar="SPEC", help="Backend spec, e.g. hf:gpt2 (env: PROMPTKIT_BACKEND).")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Answers to try before giving up (re-asking with the error).")
+@click.option(
+    "--backend",
+    "backend_spec",
+    envvar="PROMPTKIT_BACKEND",
+    required=True,
+    metavar="SPEC",
+    help="Backend spec, e.g. hf:gpt2 (env: PROMPTKIT_BACKEND).",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Answers to try before giving up (re-asking with the error).",
+)
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Most tokens to generate.")
 @click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature.")
 @click.option("--seed", type=int, help="Seed for sampling.")
 @click.option("--json", "as_json", is_flag=True, help="Print the validated output as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every attempt to stderr.")
-def run_command(file: str, input_pairs: Sequence[str], inputs_json: str | None, sample: bool,
-                shots: int | None, backend_spec: str, max_attempts: int, max_tokens: int | None,
-                temperature: float | None, seed: int | None, as_json: bool,
-                verbose: bool) -> None:
+def run_command(
+    file: str,
+    input_pairs: Sequence[str],
+    inputs_json: str | None,
+    sample: bool,
+    shots: int | None,
+    backend_spec: str,
+    max_attempts: int,
+    max_tokens: int | None,
+    temperature: float | None,
+    seed: int | None,
+    as_json: bool,
+    verbose: bool,
+) -> None:
     """Run template FILE on a backend and print the validated output."""
     from .backends import get_backend
     from .backends.base import GenerationConfig
@@ -192,12 +239,16 @@ def run_command(file: str, input_pairs: Sequence[str], inputs_json: str | None, 
     prompt = load_prompt(file)
     inputs = _collect_inputs(prompt, input_pairs, inputs_json, sample)
     backend = get_backend(backend_spec)
-    changes = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature),
-                                 ("seed", seed)) if v is not None}
+    changes = {
+        k: v
+        for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed))
+        if v is not None
+    }
     config = (prompt.config or GenerationConfig()).replace(**changes)
     try:
-        result = prompt.run(inputs, backend=backend, shots=shots, max_attempts=max_attempts,
-                            config=config)
+        result = prompt.run(
+            inputs, backend=backend, shots=shots, max_attempts=max_attempts, config=config
+        )
     except OutputValidationError as exc:
         if verbose:
             _print_attempts(exc.attempts)

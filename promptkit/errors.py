@@ -13,7 +13,7 @@ errors of the *world* (a model that answered badly, a service that failed)::
     │   └── ContextWindowError         the prompt does not fit the model's context window
     ├── OutputValidationError          the model's text never became a valid output
     │   └── OutputParseError           one text could not be parsed/validated (no attempts run)
-    └── BackendError                   the model or service failed (``retryable`` says if a retry can help)
+    └── BackendError                   the model or service failed (``retryable``: can a retry help)
 
 Every error's message says what was wrong and how to fix it. Secrets never appear in a message.
 """

@@ -30,16 +30,34 @@ from .templating import Segment, split_roles
 __all__ = ["bundled_templates", "load_prompt", "parse_prompty", "save_prompt"]
 
 # Keys that become parts of the Prompt; every other key is kept in ``prompt.metadata``.
-_BUILT_KEYS = {"name", "description", "model", "inputs", "outputs", "examples", "output", "shots",
-               "format_instructions"}
+_BUILT_KEYS = {
+    "name",
+    "description",
+    "model",
+    "inputs",
+    "outputs",
+    "examples",
+    "output",
+    "shots",
+    "format_instructions",
+}
 _CONFIG_KEYS = {f for f in GenerationConfig.__dataclass_fields__}
 _SUBSTITUTION = re.compile(r"\$\{(env|file):([^}]*)\}")
 _INPUT_TYPES: dict[str, Any] = {
-    "string": str, "str": str, "integer": int, "int": int, "number": float, "float": float,
-    "boolean": bool, "bool": bool, "array": list, "list": list, "object": dict, "dict": dict,
+    "string": str,
+    "str": str,
+    "integer": int,
+    "int": int,
+    "number": float,
+    "float": float,
+    "boolean": bool,
+    "bool": bool,
+    "array": list,
+    "list": list,
+    "object": dict,
+    "dict": dict,
 }
-_SIMPLE_OUTPUTS: dict[str, Any] = {"string": str, "integer": int, "number": float,
-                                   "boolean": bool}
+_SIMPLE_OUTPUTS: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool}
 
 
 def bundled_templates() -> dict[str, Path]:
@@ -85,8 +103,11 @@ def parse_prompty(text: str, path: str = "<string>") -> ParsedFile:
         return ParsedFile(path, {}, text, 1)
     end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
     if end is None:
-        raise TemplateError("front matter opened with '---' on line 1 is never closed by a "
-                            "'---' line", source=path, line=1)
+        raise TemplateError(
+            "front matter opened with '---' on line 1 is never closed by a '---' line",
+            source=path,
+            line=1,
+        )
     yaml_text = "".join(lines[1:end])
     try:
         node = yaml.compose(yaml_text, Loader=yaml.SafeLoader)
@@ -95,10 +116,13 @@ def parse_prompty(text: str, path: str = "<string>") -> ParsedFile:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
-        raise TemplateError(f"invalid YAML front matter: {problem}", source=path, line=line)
+        raise TemplateError(
+            f"invalid YAML front matter: {problem}", source=path, line=line
+        ) from None
     if not isinstance(front, dict):
-        raise TemplateError("front matter must be a YAML mapping of keys to values",
-                            source=path, line=2)
+        raise TemplateError(
+            "front matter must be a YAML mapping of keys to values", source=path, line=2
+        )
     key_lines: dict[str, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
@@ -126,8 +150,9 @@ def _substitute(value: Any, folder: Path, source: str) -> Any:
 def _env_or_text(match: re.Match[str], source: str) -> str:
     kind, body = match.groups()
     if kind == "file":
-        raise TemplateError(f"${{file:{body}}} must be a whole value, not part of a string",
-                            source=source)
+        raise TemplateError(
+            f"${{file:{body}}} must be a whole value, not part of a string", source=source
+        )
     name, has_default, default = body.partition(":")
     if name in os.environ:
         return os.environ[name]
@@ -145,13 +170,15 @@ def _read_data_file(path: Path, source: str) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise TemplateError(f"cannot read ${{file:...}} {str(path)!r}: {exc.strerror}",
-                            source=source) from None
+        raise TemplateError(
+            f"cannot read ${{file:...}} {str(path)!r}: {exc.strerror}", source=source
+        ) from None
     try:
         return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise TemplateError(f"${{file:...}} {str(path)!r} is not valid JSON/YAML: {exc}",
-                            source=source) from None
+        raise TemplateError(
+            f"${{file:...}} {str(path)!r} is not valid JSON/YAML: {exc}", source=source
+        ) from None
 
 
 def load_prompt(path: str | os.PathLike[str]) -> Prompt[Any]:
@@ -168,8 +195,9 @@ def load_prompt(path: str | os.PathLike[str]) -> Prompt[Any]:
     return prompt_from_text(text, source=str(file), folder=file.parent)
 
 
-def prompt_from_text(text: str, *, source: str = "<string>", folder: Path | None = None
-                     ) -> Prompt[Any]:
+def prompt_from_text(
+    text: str, *, source: str = "<string>", folder: Path | None = None
+) -> Prompt[Any]:
     """Build a Prompt from the text of a template file."""
     parsed = parse_prompty(text, source)
     return _build(parsed, folder or Path.cwd())
@@ -181,7 +209,9 @@ def _build(parsed: ParsedFile, folder: Path) -> Prompt[Any]:
     front = {k: v for k, v in parsed.front.items() if k != "model"}
     front = _substitute(front, folder, src)  # model.* is left raw: it may reference secrets
     if not isinstance(model, dict):
-        raise TemplateError("'model' must be a mapping", source=src, line=parsed.key_lines.get("model"))
+        raise TemplateError(
+            "'model' must be a mapping", source=src, line=parsed.key_lines.get("model")
+        )
     _check_template_format(front.get("template"), src, parsed.key_lines.get("template"))
     style = _style(model, src)
     segments = split_roles_or_fail(parsed.body, parsed.body_line, src)
@@ -193,8 +223,11 @@ def _build(parsed: ParsedFile, folder: Path) -> Prompt[Any]:
     examples = _examples(front.get("examples", []), src, parsed.key_lines.get("examples"))
     shots = front.get("shots")
     if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool)):
-        raise TemplateError(f"'shots' must be a whole number, got {shots!r}", source=src,
-                            line=parsed.key_lines.get("shots"))
+        raise TemplateError(
+            f"'shots' must be a whole number, got {shots!r}",
+            source=src,
+            line=parsed.key_lines.get("shots"),
+        )
     metadata = {k: v for k, v in front.items() if k not in _BUILT_KEYS}
     if parsed.front.get("model") is not None:
         metadata["model"] = model
@@ -231,8 +264,11 @@ def split_roles_or_fail(body: str, first_line: int, source: str) -> list[Segment
 def _check_template_format(template: Any, source: str, line: int | None) -> None:
     fmt = template.get("format") if isinstance(template, dict) else template
     if fmt not in (None, "jinja2", "jinja"):
-        raise TemplateError(f"template format {fmt!r} is not supported; promptkit renders jinja2",
-                            source=source, line=line)
+        raise TemplateError(
+            f"template format {fmt!r} is not supported; promptkit renders jinja2",
+            source=source,
+            line=line,
+        )
 
 
 def _style(model: dict[str, Any], source: str) -> Literal["chat", "completion"] | None:
@@ -244,28 +280,42 @@ def _style(model: dict[str, Any], source: str) -> Literal["chat", "completion"] 
 
 def _body_parts(segments: list[Segment], source: str) -> dict[str, Any]:
     if not segments:
-        raise TemplateError("the template body is empty; write the query after the front matter",
-                            source=source)
+        raise TemplateError(
+            "the template body is empty; write the query after the front matter", source=source
+        )
     if len(segments) == 1 and segments[0].role is None:
         only = segments[0]
-        return {"plain": True, "query": only.source.strip("\n"), "instruction": "", "turns": [],
-                "lines": {"query": only.line + _leading_newlines(only.source)}}
+        return {
+            "plain": True,
+            "query": only.source.strip("\n"),
+            "instruction": "",
+            "turns": [],
+            "lines": {"query": only.line + _leading_newlines(only.source)},
+        }
     last = segments[-1]
     if last.role != "user":
-        raise TemplateError("the body must end with a 'user:' block holding the query",
-                            source=source, line=last.line - 1)
+        raise TemplateError(
+            "the body must end with a 'user:' block holding the query",
+            source=source,
+            line=last.line - 1,
+        )
     lines = {"query": last.line + _leading_newlines(last.source)}
     instruction: list[str] = []
     turns: list[tuple[str, str]] = []
-    for i, seg in enumerate(segments[:-1]):
+    for seg in segments[:-1]:
         if seg.role in (None, "system") and not turns:
             instruction.append(seg.source.strip("\n"))
             lines.setdefault("instruction", seg.line + _leading_newlines(seg.source))
         else:
             lines[f"turn{len(turns)}"] = seg.line + _leading_newlines(seg.source)
             turns.append((seg.role or "system", seg.source.strip("\n")))
-    return {"plain": False, "query": last.source.strip("\n"), "instruction": "\n\n".join(instruction),
-            "turns": turns, "lines": lines}
+    return {
+        "plain": False,
+        "query": last.source.strip("\n"),
+        "instruction": "\n\n".join(instruction),
+        "turns": turns,
+        "lines": lines,
+    }
 
 
 def _leading_newlines(text: str) -> int:
@@ -281,14 +331,18 @@ def _input_type(inputs: Any, sample: Any, source: str, key_lines: dict[str, int]
         else:
             return None  # inferred from the body's variables
     if not isinstance(inputs, dict):
-        raise TemplateError("'inputs' must map each input name to its spec", source=source,
-                            line=key_lines.get("inputs"))
+        raise TemplateError(
+            "'inputs' must map each input name to its spec",
+            source=source,
+            line=key_lines.get("inputs"),
+        )
     fields: dict[str, Any] = {}
     for name, spec in inputs.items():
         line = key_lines.get(f"inputs.{name}")
         if not isinstance(name, str) or not name.isidentifier():
-            raise TemplateError(f"input name {name!r} is not a valid identifier", source=source,
-                                line=line)
+            raise TemplateError(
+                f"input name {name!r} is not a valid identifier", source=source, line=line
+            )
         if not isinstance(spec, dict):
             spec = {"type": _json_type(spec), "default": spec}
         kind = spec.get("type")
@@ -301,7 +355,10 @@ def _input_type(inputs: Any, sample: Any, source: str, key_lines: dict[str, int]
         else:
             raise TemplateError(
                 f"input {name!r} has unknown type {kind!r}; use one of "
-                "string, integer, number, boolean, array, object", source=source, line=line)
+                "string, integer, number, boolean, array, object",
+                source=source,
+                line=line,
+            )
         description = spec.get("description")
         if "default" in spec:
             default = spec["default"]
@@ -316,8 +373,13 @@ def _input_type(inputs: Any, sample: Any, source: str, key_lines: dict[str, int]
 
 
 def _json_type(value: Any) -> str:
-    for kind, python in (("boolean", bool), ("integer", int), ("number", float),
-                         ("array", list), ("object", dict)):
+    for kind, python in (
+        ("boolean", bool),
+        ("integer", int),
+        ("number", float),
+        ("array", list),
+        ("object", dict),
+    ):
         if isinstance(value, python):
             return kind
     return "string"
@@ -329,45 +391,66 @@ def _output_type(front: dict[str, Any], source: str, key_lines: dict[str, int]) 
         return str
     if output is None:
         if not isinstance(outputs, dict):
-            raise TemplateError("'outputs' must map output names to specs", source=source,
-                                line=key_lines.get("outputs"))
-        schema = {"type": "object", "properties": {
-            k: (v if isinstance(v, dict) else {"type": "string"}) for k, v in outputs.items()},
-            "required": list(outputs)}
+            raise TemplateError(
+                "'outputs' must map output names to specs",
+                source=source,
+                line=key_lines.get("outputs"),
+            )
+        schema = {
+            "type": "object",
+            "properties": {
+                k: (v if isinstance(v, dict) else {"type": "string"}) for k, v in outputs.items()
+            },
+            "required": list(outputs),
+        }
         return type_from_schema(schema, source=source)
     line = key_lines.get("output")
     if not isinstance(output, dict):
-        raise TemplateError("'output' must be a mapping such as {labels: [...]}, {type: integer} "
-                            "or {schema: {...}}", source=source, line=line)
+        raise TemplateError(
+            "'output' must be a mapping such as {labels: [...]}, {type: integer} "
+            "or {schema: {...}}",
+            source=source,
+            line=line,
+        )
     try:
         if "labels" in output:
             labels = output["labels"]
-            if not isinstance(labels, list) or not labels or not all(
-                    isinstance(x, str) for x in labels):
+            if (
+                not isinstance(labels, list)
+                or not labels
+                or not all(isinstance(x, str) for x in labels)
+            ):
                 raise TemplateError(
                     "output.labels must be a non-empty list of strings (quote labels such as "
-                    "'yes', 'no', 'on' or 'off', which YAML reads as booleans)")
+                    "'yes', 'no', 'on' or 'off', which YAML reads as booleans)"
+                )
             return Literal[tuple(labels)]
         if "schema" in output:
             return type_from_schema(output["schema"], name=output.get("name", "Output"))
         kind = output.get("type")
         if kind in _SIMPLE_OUTPUTS or kind == "array":
             return type_from_schema(output)
-        raise TemplateError("output needs 'labels', 'schema' or a 'type' (string, integer, "
-                            f"number, boolean, array), got keys {sorted(output)}")
+        raise TemplateError(
+            "output needs 'labels', 'schema' or a 'type' (string, integer, "
+            f"number, boolean, array), got keys {sorted(output)}"
+        )
     except TemplateError as exc:
         raise TemplateError(exc.reason, source=source, line=line) from None
 
 
 def _examples(raw: Any, source: str, line: int | None) -> list[Example]:
     if not isinstance(raw, list):
-        raise TemplateError("'examples' must be a list of {input: {...}, output: ...}",
-                            source=source, line=line)
+        raise TemplateError(
+            "'examples' must be a list of {input: {...}, output: ...}", source=source, line=line
+        )
     examples = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or set(item) != {"input", "output"}:
-            raise TemplateError(f"example {i} must have exactly the keys 'input' and 'output'",
-                                source=source, line=line)
+            raise TemplateError(
+                f"example {i} must have exactly the keys 'input' and 'output'",
+                source=source,
+                line=line,
+            )
         examples.append(Example(input=item["input"], output=item["output"]))
     return examples
 

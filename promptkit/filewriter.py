@@ -14,8 +14,14 @@ from .prompt import Prompt
 
 __all__ = ["dump_prompty"]
 
-_TYPE_NAMES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean",
-                               list: "array", dict: "object"}
+_TYPE_NAMES: dict[Any, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+}
 
 
 def dump_prompty(prompt: Prompt[Any]) -> str:
@@ -39,10 +45,13 @@ def dump_prompty(prompt: Prompt[Any]) -> str:
         front["output"] = output
     if prompt.examples:
         front["examples"] = [
-            {"input": validated.model_dump(mode="json"),
-             "output": prompt.output.adapter.dump_python(
-                 prompt.output.validate(example.output), mode="json")}
-            for validated, example in zip(prompt._example_inputs, prompt.examples)
+            {
+                "input": validated.model_dump(mode="json"),
+                "output": prompt.output.adapter.dump_python(
+                    prompt.output.validate(example.output), mode="json"
+                ),
+            }
+            for validated, example in zip(prompt._example_inputs, prompt.examples, strict=True)
         ]
     if prompt.shots is not None:
         front["shots"] = prompt.shots
@@ -108,6 +117,6 @@ def _output(prompt: Prompt[Any]) -> dict[str, Any] | None:
     if spec.kind == "label":
         return {"labels": list(spec.labels)}
     inner = _unwrap(spec.type)
-    if inner in (int, float, bool) or isinstance(inner, type) and issubclass(inner, enum.Enum):
+    if inner in (int, float, bool) or (isinstance(inner, type) and issubclass(inner, enum.Enum)):
         return {**{k: v for k, v in spec.schema.items() if k != "title"}}
     return {"schema": spec.schema}

@@ -246,11 +246,12 @@ def _json_candidates(text: str) -> Iterator[Any]:
     """JSON values in ``text``: fenced blocks first, then the whole text, then embedded ones."""
     for block in _FENCE.findall(text):
         yield from _embedded_json(block)
-    stripped = text.strip()
     try:
-        yield json.loads(stripped)
+        whole = json.loads(text.strip())
     except ValueError:
         pass
+    else:
+        yield whole
     yield from _embedded_json(text)
 
 

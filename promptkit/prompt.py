@@ -8,13 +8,13 @@ in the number of demonstrations.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from .backends.base import GenerationConfig, Message, PromptInput, Usage
+from .backends.base import GenerationConfig, Message, PromptInput
 from .errors import (
     InputValidationError,
     MissingVariableError,
@@ -130,7 +130,9 @@ class Prompt(Generic[OutputT]):
         missing = used - declared
         if missing:
             first = min(
-                (t.variable_lines.get(v, t.first_line), v) for t in templates for v in missing
+                (t.variable_lines.get(v, t.first_line), v)
+                for t in templates
+                for v in missing
                 if v in t.variables
             )
             raise MissingVariableError(missing, available=declared, source=source, line=first[0])
@@ -260,7 +262,7 @@ class Prompt(Generic[OutputT]):
                     self.query.render(_context(validated)).strip(),
                     self.output.serialize(self.output.validate(example.output)),
                 )
-                for validated, example in zip(self._example_inputs, self.examples)
+                for validated, example in zip(self._example_inputs, self.examples, strict=True)
             ]
         return self._demos
 
@@ -349,7 +351,12 @@ class Prompt(Generic[OutputT]):
         _check_concurrency(concurrency)
 
         def one(item: Mapping[str, Any] | BaseModel) -> Result[OutputT] | Exception:
-            return _capture(lambda: self.run(item, backend=backend, **options), return_exceptions)
+            try:
+                return self.run(item, backend=backend, **options)
+            except PromptkitError as exc:
+                if return_exceptions:
+                    return exc
+                raise
 
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             return list(pool.map(one, inputs))
@@ -381,15 +388,6 @@ class Prompt(Generic[OutputT]):
         return list(await asyncio.gather(*(one(i) for i in inputs)))
 
 
-def _capture(call: Callable[[], Any], return_exceptions: bool) -> Any:
-    try:
-        return call()
-    except PromptkitError as exc:
-        if return_exceptions:
-            return exc
-        raise
-
-
 def _check_concurrency(concurrency: int) -> None:
     if not isinstance(concurrency, int) or concurrency < 1:
         raise UsageError(f"concurrency must be a positive integer, got {concurrency!r}")
@@ -397,9 +395,7 @@ def _check_concurrency(concurrency: int) -> None:
 
 def _infer_input_type(names: frozenset[str]) -> type[BaseModel]:
     fields: dict[str, Any] = {name: (Any, ...) for name in sorted(names)}
-    model: type[BaseModel] = create_model(
-        "Inputs", __config__=ConfigDict(extra="forbid"), **fields
-    )
+    model: type[BaseModel] = create_model("Inputs", __config__=ConfigDict(extra="forbid"), **fields)
     return model
 
 
@@ -415,4 +411,3 @@ def _input_problems(exc: ValidationError, model: type[BaseModel]) -> str:
             problems.append(f"input {where!r}: {error['msg']} (got {error['input']!r:.60})")
     fields = ", ".join(model.model_fields) or "none"
     return "invalid inputs: " + "; ".join(problems) + f". The inputs are: {fields}."
-

@@ -125,7 +125,9 @@ class RunLoop(Generic[OutputT]):
         except OutputParseError as exc:
             error = str(exc)
             self._attempts.append(
-                Attempt(request.prompt, completion.text, error, completion.usage, now - self._sent_at)
+                Attempt(
+                    request.prompt, completion.text, error, completion.usage, now - self._sent_at
+                )
             )
             if len(self._attempts) >= self._max_attempts:
                 raise OutputValidationError(

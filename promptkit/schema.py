@@ -18,24 +18,64 @@ from .errors import TemplateError
 
 __all__ = ["type_from_schema"]
 
-_ANNOTATION_KEYS = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
-                    "$defs", "definitions", "format", "deprecated", "readOnly", "writeOnly"}
+_ANNOTATION_KEYS = {
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$schema",
+    "$id",
+    "$comment",
+    "$defs",
+    "definitions",
+    "format",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+}
 _SUPPORTED = {
     "object": {"type", "properties", "required", "additionalProperties"},
     "array": {"type", "items", "minItems", "maxItems"},
     "string": {"type", "minLength", "maxLength", "pattern", "enum", "const"},
-    "integer": {"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum",
-                "const"},
-    "number": {"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum",
-               "const"},
+    "integer": {
+        "type",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "enum",
+        "const",
+    },
+    "number": {
+        "type",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "enum",
+        "const",
+    },
     "boolean": {"type", "enum", "const"},
     "null": {"type"},
 }
-_SCALARS: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool,
-                            "null": type(None)}
-_CONSTRAINTS = {"minLength": "min_length", "maxLength": "max_length", "pattern": "pattern",
-                "minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt",
-                "exclusiveMaximum": "lt", "minItems": "min_length", "maxItems": "max_length"}
+_SCALARS: dict[str, Any] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "null": type(None),
+}
+_CONSTRAINTS = {
+    "minLength": "min_length",
+    "maxLength": "max_length",
+    "pattern": "pattern",
+    "minimum": "ge",
+    "maximum": "le",
+    "exclusiveMinimum": "gt",
+    "exclusiveMaximum": "lt",
+    "minItems": "min_length",
+    "maxItems": "max_length",
+}
 
 
 def type_from_schema(schema: Any, *, name: str = "Output", source: str | None = None) -> Any:
@@ -44,8 +84,9 @@ def type_from_schema(schema: Any, *, name: str = "Output", source: str | None = 
     Raises TemplateError naming the keyword or construct that is not supported.
     """
     if not isinstance(schema, dict):
-        raise TemplateError(f"a JSON schema must be a mapping, got {type(schema).__name__}",
-                            source=source)
+        raise TemplateError(
+            f"a JSON schema must be a mapping, got {type(schema).__name__}", source=source
+        )
     defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
     return _Builder(defs, source).build(schema, name)
 
@@ -108,8 +149,8 @@ class _Builder:
     def object(self, schema: dict[str, Any], name: str) -> Any:
         properties = schema.get("properties", {})
         if not properties:
-            extra = schema.get("additionalProperties", True)
-            value = Any if extra is True else self.build(extra, f"{name}Value")
+            values = schema.get("additionalProperties", True)
+            value = Any if values is True else self.build(values, f"{name}Value")
             return dict[str, value]  # type: ignore[valid-type]
         required = set(schema.get("required", []))
         unknown_required = required - set(properties)
@@ -126,7 +167,9 @@ class _Builder:
             else:
                 default = sub.get("default") if isinstance(sub, dict) else None
                 fields[prop] = (Optional[annotation], Field(default, description=description))
-        extra = "forbid" if schema.get("additionalProperties") is False else "ignore"
+        extra: Literal["forbid", "ignore"] = (
+            "forbid" if schema.get("additionalProperties") is False else "ignore"
+        )
         title = schema.get("title") or name
         model = create_model(_identifier(title), __config__=ConfigDict(extra=extra), **fields)
         if schema.get("description"):

@@ -15,7 +15,8 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import MissingVariableError, TemplateError
 
@@ -108,7 +109,9 @@ class CompiledTemplate:
         try:
             tree = _ENV.parse(source)
         except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(exc.message or "syntax error", source=name, line=self._line(exc))
+            raise TemplateError(
+                exc.message or "syntax error", source=name, line=self._line(exc)
+            ) from None
         _reject_private_access(tree, name, self._line_of)
         self.variables: frozenset[str] = frozenset(meta.find_undeclared_variables(tree))
         self.variable_lines: dict[str, int] = {}
@@ -135,7 +138,9 @@ class CompiledTemplate:
         try:
             return self._template.render(context)
         except SecurityError as exc:
-            raise TemplateError(f"unsafe template operation refused: {exc}", source=self.name)
+            raise TemplateError(
+                f"unsafe template operation refused: {exc}", source=self.name
+            ) from None
         except jinja2.UndefinedError as exc:
             raise TemplateError(f"{exc.message}", source=self.name) from None
         except jinja2.TemplateError as exc:
@@ -183,6 +188,8 @@ def _lineno(node: nodes.Node, line_of: Any) -> int:
     return int(line_of(node.lineno))
 
 
-def compile_template(source: str, *, name: str = "<template>", first_line: int = 1) -> CompiledTemplate:
+def compile_template(
+    source: str, *, name: str = "<template>", first_line: int = 1
+) -> CompiledTemplate:
     """Compile template source (see :class:`CompiledTemplate`)."""
     return CompiledTemplate(source, name=name, first_line=first_line)

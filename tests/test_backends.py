@@ -18,9 +18,14 @@ from promptkit.errors import (
 
 @pytest.mark.parametrize(
     "options, match",
-    [({"max_tokens": 0}, "max_tokens"), ({"temperature": -0.1}, "temperature"),
-     ({"top_p": 0}, "top_p"), ({"top_k": 0}, "top_k"), ({"stop": [""]}, "stop"),
-     ({"seed": "x"}, "seed")],
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_k": 0}, "top_k"),
+        ({"stop": [""]}, "stop"),
+        ({"seed": "x"}, "seed"),
+    ],
 )
 def test_generation_config_rejects_bad_values(options, match):
     with pytest.raises(ConfigurationError, match=match):
@@ -41,7 +46,10 @@ def test_scripted_backend_records_requests_and_cuts_at_stop():
     assert completion.text == "hello world"
     assert completion.usage.prompt_tokens == 2 and completion.usage.completion_tokens == 2
     backend.generate([{"role": "user", "content": "again"}])
-    assert [r.prompt for r in backend.requests] == ["Say hi", [{"role": "user", "content": "again"}]]
+    assert [r.prompt for r in backend.requests] == [
+        "Say hi",
+        [{"role": "user", "content": "again"}],
+    ]
     assert backend.remaining == 0
     with pytest.raises(BackendError, match="ran out of scripted replies after 2"):
         backend.generate("third")
@@ -85,8 +93,9 @@ def test_text_is_wrapped_as_a_user_message_for_chat_only_backends():
     assert json.loads(ChatOnly().generate("hi").text) == [{"role": "user", "content": "hi"}]
 
 
-@pytest.mark.parametrize("prompt", ["", [], [{"role": "wizard", "content": "x"}],
-                                    [{"role": "user"}], 42])
+@pytest.mark.parametrize(
+    "prompt", ["", [], [{"role": "wizard", "content": "x"}], [{"role": "user"}], 42]
+)
 def test_bad_prompts_are_input_errors(prompt):
     with pytest.raises(InputValidationError):
         ScriptedBackend(["x"]).generate(prompt)
@@ -136,8 +145,11 @@ def test_unknown_backend_lists_the_known_ones():
 def test_missing_dependency_names_the_extra(monkeypatch):
     from promptkit import backends
 
-    monkeypatch.setitem(backends._BUILTIN, "fake", backends._Builtin(
-        "promptkit_missing_module_for_test", "make", "local", "fake:PATH"))
+    monkeypatch.setitem(
+        backends._BUILTIN,
+        "fake",
+        backends._Builtin("promptkit_missing_module_for_test", "make", "local", "fake:PATH"),
+    )
     with pytest.raises(ConfigurationError, match=r"pip install 'promptkit\[local\]'"):
         pk.get_backend("fake:x")
 

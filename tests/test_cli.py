@@ -31,19 +31,31 @@ def test_templates_lists_every_bundled_template(invoke):
 
 def test_render_with_inputs_files_and_json(invoke, write):
     code = write("snippet.py", "def f():\n    return 1\n")
-    result = invoke("render", "code_explanation", "-i", f"code=@{code}",
-                    "-i", "answer_language=French")
+    result = invoke(
+        "render", "code_explanation", "-i", f"code=@{code}", "-i", "answer_language=French"
+    )
     assert result.exit_code == 0, result.output
     assert "system:\n" in result.output and "def f():" in result.output
     assert "in French" in result.output
-    result = invoke("render", "sentiment", "--inputs-json", '{"text": "Great!"}', "--shots", "0",
-                    "--json")
+    result = invoke(
+        "render", "sentiment", "--inputs-json", '{"text": "Great!"}', "--shots", "0", "--json"
+    )
     assert json.loads(result.output).endswith("Review: Great!\nSentiment:")
 
 
 def test_render_parses_non_string_inputs_as_json(invoke):
-    result = invoke("render", "multiple_choice", "-i", "context=c", "-i", "question=q",
-                    "-i", 'answers=["yes", "no"]', "--shots", "0")
+    result = invoke(
+        "render",
+        "multiple_choice",
+        "-i",
+        "context=c",
+        "-i",
+        "question=q",
+        "-i",
+        'answers=["yes", "no"]',
+        "--shots",
+        "0",
+    )
     assert result.exit_code == 0, result.output
     assert "0. yes\n1. no" in result.output
 
@@ -58,11 +70,17 @@ def test_run_prints_validated_output(invoke, write):
     replies = write("r.json", json.dumps([" Positive! Clearly."]))
     result = invoke("run", "sentiment", "--sample", "--backend", f"scripted:{replies}")
     assert result.exit_code == 0 and result.output == "positive\n"
-    replies = write("r2.json", json.dumps(['{"name": "Maria Rossi", "age": 29, "city": "Milan",'
-                                           ' "date": "2024-09-02"}']))
+    replies = write(
+        "r2.json",
+        json.dumps(['{"name": "Maria Rossi", "age": 29, "city": "Milan", "date": "2024-09-02"}']),
+    )
     result = invoke("run", "extract", "--sample", "--backend", f"scripted:{replies}", "--json")
-    assert json.loads(result.output) == {"name": "Maria Rossi", "age": 29, "city": "Milan",
-                                         "date": "2024-09-02"}
+    assert json.loads(result.output) == {
+        "name": "Maria Rossi",
+        "age": 29,
+        "city": "Milan",
+        "date": "2024-09-02",
+    }
 
 
 def test_run_backend_from_environment(invoke, write, monkeypatch):
@@ -74,8 +92,16 @@ def test_run_backend_from_environment(invoke, write, monkeypatch):
 
 def test_run_that_never_validates_exits_3_with_one_line(invoke, write):
     replies = write("r.json", json.dumps(["maybe", "unsure"]))
-    result = invoke("run", "sentiment", "--sample", "--backend", f"scripted:{replies}",
-                    "--max-attempts", "2", "-v")
+    result = invoke(
+        "run",
+        "sentiment",
+        "--sample",
+        "--backend",
+        f"scripted:{replies}",
+        "--max-attempts",
+        "2",
+        "-v",
+    )
     assert result.exit_code == 3
     assert "--- attempt 1: answer 'maybe'" in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -111,13 +137,18 @@ def test_check_clean_file(invoke):
 
 
 def test_check_reports_problems_with_line_numbers(invoke, write):
-    path = write("bad.prompty", "---\nname: bad\ninputs:\n  text: {type: string}\n"
-                                "  unused: {type: string}\n---\nuser:\n{{ text }} {{ typo }}\n")
+    path = write(
+        "bad.prompty",
+        "---\nname: bad\ninputs:\n  text: {type: string}\n"
+        "  unused: {type: string}\n---\nuser:\n{{ text }} {{ typo }}\n",
+    )
     result = invoke("check", str(path))
     assert result.exit_code == 2
     assert f"{path}:8: error: the body uses 'typo'" in result.stderr
-    warning_only = write("warn.prompty", "---\ninputs:\n  text: {type: string}\n"
-                                         "  unused: {type: string}\n---\n{{ text }}\n")
+    warning_only = write(
+        "warn.prompty",
+        "---\ninputs:\n  text: {type: string}\n  unused: {type: string}\n---\n{{ text }}\n",
+    )
     result = invoke("check", str(warning_only))
     assert result.exit_code == 0
     assert f"{warning_only}:4: warning: input 'unused' is declared but never used" in result.output
@@ -128,12 +159,16 @@ def test_check_reports_yaml_and_schema_errors(invoke, write):
     path = write("y.prompty", "---\nname: [\n---\nhi\n")
     result = invoke("check", str(path))
     assert result.exit_code == 2 and f"{path}:3: error: invalid YAML" in result.stderr
-    path = write("s.prompty", "---\noutput:\n  schema: {type: object, properties: {a: "
-                              "{type: string, format: email, not: {}}}}\n---\nhi\n")
+    path = write(
+        "s.prompty",
+        "---\noutput:\n  schema: {type: object, properties: {a: "
+        "{type: string, format: email, not: {}}}}\n---\nhi\n",
+    )
     result = invoke("check", str(path))
     assert result.exit_code == 2 and f"{path}:2: error: unsupported JSON schema" in result.stderr
-    path = write("t.prompty", "---\nsample: {text: 1}\ninputs: {text: {type: string}}\n---\n"
-                              "{{ text }}\n")
+    path = write(
+        "t.prompty", "---\nsample: {text: 1}\ninputs: {text: {type: string}}\n---\n{{ text }}\n"
+    )
     result = invoke("check", str(path))
     assert result.exit_code == 2 and "the sample does not fit" in result.stderr
 
@@ -141,10 +176,12 @@ def test_check_reports_yaml_and_schema_errors(invoke, write):
 def test_console_script_runs_without_traceback(tmp_path):
     exe = shutil.which("promptkit")
     command = [exe] if exe else [sys.executable, "-m", "promptkit"]
-    ok = subprocess.run([*command, "render", "summarize", "-i", "text=Hi."],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [*command, "render", "summarize", "-i", "text=Hi."], capture_output=True, text=True
+    )
     assert ok.returncode == 0 and ok.stdout == "Hi.\n\nTL;DR:\n"
-    bad = subprocess.run([*command, "render", str(tmp_path / "missing.prompty")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [*command, "render", str(tmp_path / "missing.prompty")], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
     assert "Traceback" not in bad.stderr and len(bad.stderr.splitlines()) == 1

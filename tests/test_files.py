@@ -59,9 +59,13 @@ def test_plain_body_is_a_completion_template_with_typed_defaults():
 def test_env_and_file_substitution(write, monkeypatch):
     monkeypatch.setenv("PK_TEST_LABEL", "positive")
     monkeypatch.delenv("PK_TEST_UNSET", raising=False)
-    write("schema.json", json.dumps({"type": "object", "properties": {"n": {"type": "integer"}},
-                                     "required": ["n"]}))
-    path = write("t.prompty", """---
+    write(
+        "schema.json",
+        json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}),
+    )
+    path = write(
+        "t.prompty",
+        """---
 name: subst
 description: ${env:PK_TEST_UNSET:fallback text}
 inputs:
@@ -70,11 +74,13 @@ output:
   schema: ${file:schema.json}
 ---
 {{ text }}
-""")
+""",
+    )
     prompt = pk.load_prompt(path)
     assert prompt.description == "fallback text"
     assert prompt.render({}) == [{"role": "user", "content": "positive"}] or prompt.render(
-        {}).endswith("positive")
+        {}
+    ).endswith("positive")
     assert prompt.output.parse('{"n": 3}').n == 3
     path.write_text(path.read_text().replace("PK_TEST_UNSET:fallback text", "PK_TEST_UNSET"))
     with pytest.raises(ConfigurationError, match="PK_TEST_UNSET"):
@@ -82,7 +88,9 @@ output:
 
 
 def test_promptkit_keys_labels_examples_and_shots(write):
-    path = write("s.prompty", """---
+    path = write(
+        "s.prompty",
+        """---
 name: s
 model: {api: chat}
 inputs:
@@ -100,7 +108,8 @@ Is it a?
 
 user:
 {{ text }}
-""")
+""",
+    )
     prompt = pk.load_prompt(path)
     assert prompt.output.labels == ("yes", "no")
     assert prompt.render({"text": "c"}) == [
@@ -115,8 +124,10 @@ def test_unknown_keys_are_kept_and_ignored(write):
     path = write("u.prompty", "---\nname: u\nfuture_key: {a: 1}\nsample: {x: 1}\n---\n{{ x }}\n")
     prompt = pk.load_prompt(path)
     assert prompt.metadata["future_key"] == {"a": 1}
-    assert prompt.render({"x": 5}) == [{"role": "user", "content": "5"}] or prompt.render(
-        {"x": 5}) == "5"
+    assert (
+        prompt.render({"x": 5}) == [{"role": "user", "content": "5"}]
+        or prompt.render({"x": 5}) == "5"
+    )
 
 
 @pytest.mark.parametrize(
@@ -130,8 +141,12 @@ def test_unknown_keys_are_kept_and_ignored(write):
         ("---\nname: x\n---\nuser:\nhi\nassistant:\nprefill\n", 6, "end with a 'user:'"),
         ("---\ntemplate: mustache\n---\nhi\n", 2, "mustache"),
         ("---\noutput: {type: wizard}\n---\nhi\n", 2, "output needs"),
-        ("---\noutput: {schema: {type: object, properties: {a: {type: string}}, allOf: []}}\n"
-         "---\nhi\n", 2, "allOf"),
+        (
+            "---\noutput: {schema: {type: object, properties: {a: {type: string}}, allOf: []}}\n"
+            "---\nhi\n",
+            2,
+            "allOf",
+        ),
         ("---\nname: x\n---\nuser:\n{% if %}\n", 5, "Expected an expression"),
         ("---\nname: x\n---\nfunction:\nhi\n", 4, "not supported"),
     ],
@@ -171,20 +186,35 @@ def _python_prompts():
         mode: Literal["a", "b"] = "a"
         n: int = 2
 
-    yield pk.Prompt(instruction="Extract {{ mode }}.", query="T: {{ text }} {{ n }}",
-                    input_type=In, output_type=Person, system="Be {{ careful }}.",
-                    examples=[pk.Example(input={"text": "Al, 3"}, output={"name": "Al", "age": 3})],
-                    name="py")
-    yield pk.Prompt(query="Q: {{ q }}\nA:", output_type=Literal["x", "y"], style="completion",
-                    examples=[pk.Example(input={"q": "1"}, output="x")], shots=1,
-                    config=pk.backends.GenerationConfig(max_tokens=3, stop=["\n"]),
-                    format_instructions=False)
+    yield pk.Prompt(
+        instruction="Extract {{ mode }}.",
+        query="T: {{ text }} {{ n }}",
+        input_type=In,
+        output_type=Person,
+        system="Be {{ careful }}.",
+        examples=[pk.Example(input={"text": "Al, 3"}, output={"name": "Al", "age": 3})],
+        name="py",
+    )
+    yield pk.Prompt(
+        query="Q: {{ q }}\nA:",
+        output_type=Literal["x", "y"],
+        style="completion",
+        examples=[pk.Example(input={"q": "1"}, output="x")],
+        shots=1,
+        config=pk.backends.GenerationConfig(max_tokens=3, stop=["\n"]),
+        format_instructions=False,
+    )
     yield pk.Prompt(query="{{ q }}", output_type=int, turns=[("user", "hi"), ("assistant", "yo")])
 
 
-@pytest.mark.parametrize("prompt", [*_python_prompts(), *map(pk.load_prompt, [
-    *pk.bundled_templates().values(), *DATA.glob("*.prompty")])],
-    ids=lambda p: p.name or "prompt")
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        *_python_prompts(),
+        *map(pk.load_prompt, [*pk.bundled_templates().values(), *DATA.glob("*.prompty")]),
+    ],
+    ids=lambda p: p.name or "prompt",
+)
 def test_save_then_load_round_trips(prompt, tmp_path):
     saved = pk.save_prompt(prompt, tmp_path / "out.prompty")
     again = pk.load_prompt(saved)
@@ -192,7 +222,8 @@ def test_save_then_load_round_trips(prompt, tmp_path):
     for style in ("chat", "completion"):
         for shots in range(len(prompt.examples) + 1):
             assert again.render(sample, shots=shots, style=style) == prompt.render(
-                sample, shots=shots, style=style)
+                sample, shots=shots, style=style
+            )
     assert again.output.schema == prompt.output.schema
     assert again.config == prompt.config and again.shots == prompt.shots
     assert again.style == prompt.style
@@ -201,5 +232,8 @@ def test_save_then_load_round_trips(prompt, tmp_path):
 
 
 def _fill(prompt):
-    return {name: ("1" if info.annotation is str else 1)
-            for name, info in prompt.input_type.model_fields.items() if info.is_required()}
+    return {
+        name: ("1" if info.annotation is str else 1)
+        for name, info in prompt.input_type.model_fields.items()
+        if info.is_required()
+    }

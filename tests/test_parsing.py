@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import pytest
 from hypothesis import given, settings
@@ -20,7 +20,7 @@ class Person(BaseModel):
 
 class Nested(BaseModel):
     people: list[Person]
-    note: Optional[str] = None
+    note: str | None = None
 
 
 class Colour(enum.Enum):
@@ -67,9 +67,14 @@ def test_nested_models_and_lists():
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("positive", "positive"), ("  Positive \n", "positive"), ("NEGATIVE.", "negative"),
-     ('"negative"', "negative"), ("Positive. The review praises the cast.", "positive"),
-     ("**negative**", "negative")],
+    [
+        ("positive", "positive"),
+        ("  Positive \n", "positive"),
+        ("NEGATIVE.", "negative"),
+        ('"negative"', "negative"),
+        ("Positive. The review praises the cast.", "positive"),
+        ("**negative**", "negative"),
+    ],
 )
 def test_labels_match_case_and_whitespace_insensitively(text, expected):
     assert parse_output(text, Sentiment) == expected
@@ -89,9 +94,16 @@ def test_enum_labels_and_multiword_labels():
 
 @pytest.mark.parametrize(
     "text, tp, expected",
-    [("42", int, 42), ("The answer is 2.", int, 2), (" -7 ", int, -7), ("3.5", float, 3.5),
-     ("about 1e3 units", float, 1000.0), ("yes", bool, True), ("False.", bool, False),
-     ("  hello world \n", str, "hello world")],
+    [
+        ("42", int, 42),
+        ("The answer is 2.", int, 2),
+        (" -7 ", int, -7),
+        ("3.5", float, 3.5),
+        ("about 1e3 units", float, 1000.0),
+        ("yes", bool, True),
+        ("False.", bool, False),
+        ("  hello world \n", str, "hello world"),
+    ],
 )
 def test_scalars(text, tp, expected):
     assert parse_output(text, tp) == expected
@@ -115,17 +127,29 @@ def test_extract_json():
 
 
 OUTPUT_TYPES: list[Any] = [
-    Person, Nested, Sentiment, Colour, int, float, bool, str, list[str],
-    Annotated[int, Field(ge=0, le=10)], dict[str, int],
+    Person,
+    Nested,
+    Sentiment,
+    Colour,
+    int,
+    float,
+    bool,
+    str,
+    list[str],
+    Annotated[int, Field(ge=0, le=10)],
+    dict[str, int],
 ]
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.one_of(
-    st.text(),
-    st.text(alphabet='{}[]",:0123456789 truefalsnul\n`json-.eE', max_size=60),
-    st.builds(lambda a, b: f"{a}```json\n{b}\n```", st.text(max_size=20), st.text(max_size=40)),
-), output_type=st.sampled_from(OUTPUT_TYPES))
+@given(
+    text=st.one_of(
+        st.text(),
+        st.text(alphabet='{}[]",:0123456789 truefalsnul\n`json-.eE', max_size=60),
+        st.builds(lambda a, b: f"{a}```json\n{b}\n```", st.text(max_size=20), st.text(max_size=40)),
+    ),
+    output_type=st.sampled_from(OUTPUT_TYPES),
+)
 def test_arbitrary_text_raises_only_promptkit_errors(text, output_type):
     try:
         parse_output(text, output_type)

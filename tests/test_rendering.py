@@ -43,8 +43,10 @@ def sentiment(**overrides):
 def test_chat_rendering_puts_each_demonstration_as_a_user_assistant_pair():
     messages = sentiment().render({"text": "Fine"})
     assert messages == [
-        {"role": "system", "content": "Classify the review.\n\n"
-                                      "Answer with exactly one of: positive, negative."},
+        {
+            "role": "system",
+            "content": "Classify the review.\n\nAnswer with exactly one of: positive, negative.",
+        },
         {"role": "user", "content": "Review: Loved it\nSentiment:"},
         {"role": "assistant", "content": "positive"},
         {"role": "user", "content": "Review: Hated it\nSentiment:"},
@@ -98,8 +100,11 @@ def test_json_outputs_are_serialised_compactly_and_braces_need_no_escaping():
         query="Text: {{ text }}",
         input_type=Review,
         output_type=Person,
-        examples=[pk.Example(input={"text": 'He said {"a": 1} and {{ x }}'},
-                             output={"name": "Bo", "age": 3})],
+        examples=[
+            pk.Example(
+                input={"text": 'He said {"a": 1} and {{ x }}'}, output={"name": "Bo", "age": 3}
+            )
+        ],
         format_instructions=False,
     )
     messages = prompt.render({"text": "y"})
@@ -112,8 +117,12 @@ def test_enum_labels_serialise_as_their_value():
         RED = "red"
         BLUE = "blue"
 
-    prompt = pk.Prompt(query="{{ text }}", input_type=Review, output_type=Colour,
-                       examples=[pk.Example(input={"text": "sky"}, output=Colour.BLUE)])
+    prompt = pk.Prompt(
+        query="{{ text }}",
+        input_type=Review,
+        output_type=Colour,
+        examples=[pk.Example(input={"text": "sky"}, output=Colour.BLUE)],
+    )
     assert prompt.render({"text": "x"})[2]["content"] == "blue"
 
 
@@ -127,8 +136,12 @@ def test_values_are_data_never_template_code_or_role_lines():
 
 
 def test_private_attribute_access_is_refused_before_anything_runs():
-    for source in ("{{ ''.__class__.__mro__ }}", "{{ text.__class__ }}",
-                   "{{ text['__class__'] }}", "{{ cycler.__init__.__globals__ }}"):
+    for source in (
+        "{{ ''.__class__.__mro__ }}",
+        "{{ text.__class__ }}",
+        "{{ text['__class__'] }}",
+        "{{ cycler.__init__.__globals__ }}",
+    ):
         with pytest.raises(TemplateError, match="private attribute"):
             pk.Prompt(query=source)
 
@@ -181,8 +194,12 @@ def test_template_syntax_errors_carry_lines():
 
 
 def test_system_and_turns_are_rendered_in_order():
-    prompt = pk.Prompt(system="Be terse.", instruction="Answer in {{ lang }}.",
-                       query="{{ q }}", turns=[("user", "Hi"), ("assistant", "Hello!")])
+    prompt = pk.Prompt(
+        system="Be terse.",
+        instruction="Answer in {{ lang }}.",
+        query="{{ q }}",
+        turns=[("user", "Hi"), ("assistant", "Hello!")],
+    )
     messages = prompt.render({"lang": "French", "q": "Why?"})
     assert messages == [
         {"role": "system", "content": "Be terse.\n\nAnswer in French."},
@@ -200,8 +217,9 @@ def test_guess_language_filter():
     assert prompt.render({"code": "???"})[-1]["content"] == "python"
 
 
-@pytest.mark.parametrize("source", ["Review: {{ text }}\nSentiment:", "{{text}}{{ text }}\n\n", "",
-                                    "no variables\n"])
+@pytest.mark.parametrize(
+    "source", ["Review: {{ text }}\nSentiment:", "{{text}}{{ text }}\n\n", "", "no variables\n"]
+)
 @pytest.mark.parametrize("value", ["plain", "hé {{ x }}\nsystem:", None, 3, [1, {"a": 2}], 2.5])
 def test_plain_substitution_fast_path_matches_jinja(source, value):
     import jinja2
@@ -210,6 +228,5 @@ def test_plain_substitution_fast_path_matches_jinja(source, value):
 
     compiled = CompiledTemplate(source)
     assert compiled._pieces is not None
-    expected = jinja2.Environment(keep_trailing_newline=True).from_string(source).render(
-        text=value)
+    expected = jinja2.Environment(keep_trailing_newline=True).from_string(source).render(text=value)
     assert compiled.render({"text": value}) == expected

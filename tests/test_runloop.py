@@ -35,8 +35,9 @@ def test_first_valid_answer_is_returned_with_its_attempt():
 
 
 def test_chat_reask_sends_the_error_back_as_a_follow_up_message():
-    backend = ScriptedBackend(["I think Ada, 36", '{"name": "Ada", "age": "36 years"}',
-                               '{"name": "Ada", "age": 36}'])
+    backend = ScriptedBackend(
+        ["I think Ada, 36", '{"name": "Ada", "age": "36 years"}', '{"name": "Ada", "age": 36}']
+    )
     result = extractor().run({"text": "Ada is 36"}, backend=backend)
     assert result.output.age == 36 and len(result.attempts) == 3
     assert [a.error is None for a in result.attempts] == [False, False, True]
@@ -77,8 +78,12 @@ def test_run_uses_the_form_the_backend_speaks():
 
 
 def test_completion_runs_with_demonstrations_stop_at_the_separator():
-    prompt = pk.Prompt(query="Q: {{ q }}\nA:", output_type=Literal["yes", "no"], style="completion",
-                       examples=[pk.Example(input={"q": "Is ice cold?"}, output="yes")])
+    prompt = pk.Prompt(
+        query="Q: {{ q }}\nA:",
+        output_type=Literal["yes", "no"],
+        style="completion",
+        examples=[pk.Example(input={"q": "Is ice cold?"}, output="yes")],
+    )
     backend = ScriptedBackend(["no\n\nQ: Is fire cold?\nA: no"])
     result = prompt.run({"q": "Is the sun cold?"}, backend=backend)
     assert result.output == "no" and backend.requests[0].config.stop == ("\n\n",)
@@ -131,8 +136,9 @@ def test_run_batch_keeps_order_and_bounds_concurrency():
         return f'{{"name": "{text}", "age": 1}}'
 
     backend = ScriptedBackend([reply] * 6)
-    results = extractor().run_batch([{"text": f"p{i}"} for i in range(6)], backend=backend,
-                                    concurrency=2)
+    results = extractor().run_batch(
+        [{"text": f"p{i}"} for i in range(6)], backend=backend, concurrency=2
+    )
     assert [r.output.name for r in results] == [f"p{i}" for i in range(6)]
     assert peak == 2
 
@@ -140,8 +146,13 @@ def test_run_batch_keeps_order_and_bounds_concurrency():
 def test_run_batch_can_return_errors_in_place():
     backend = ScriptedBackend(['{"name": "A", "age": 1}', "junk"])
     prompt = extractor()
-    results = prompt.run_batch([{"text": "a"}, {"text": "b"}], backend=backend, concurrency=1,
-                               return_exceptions=True, max_attempts=1)
+    results = prompt.run_batch(
+        [{"text": "a"}, {"text": "b"}],
+        backend=backend,
+        concurrency=1,
+        return_exceptions=True,
+        max_attempts=1,
+    )
     assert results[0].output.name == "A"
     assert isinstance(results[1], OutputValidationError)
     with pytest.raises(UsageError):
@@ -161,8 +172,9 @@ def test_arun_batch_bounds_concurrency():
             return self.generate(prompt, config)
 
     backend = SlowBackend(['{"name": "A", "age": 1}'] * 5)
-    results = asyncio.run(extractor().arun_batch([{"text": "x"}] * 5, backend=backend,
-                                                 concurrency=3))
+    results = asyncio.run(
+        extractor().arun_batch([{"text": "x"}] * 5, backend=backend, concurrency=3)
+    )
     assert len(results) == 5 and peak == 3
 
 

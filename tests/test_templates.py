@@ -14,12 +14,16 @@ BUNDLED = pk.bundled_templates()
 
 # A valid answer per template, as a model would write it (with some chatter around it).
 ANSWERS = {
-    "code_explanation": "Here is the review:\n```json\n" + json.dumps({
-        "summary": "Computes the arithmetic mean of a list.",
-        "methods": [{"name": "mean", "walkthrough": "Sums the values, divides by the count."}],
-        "potential_issues": ["Divides by zero on an empty list."],
-        "optimizations": ["Use sum(values) / len(values) or statistics.fmean."],
-    }) + "\n```",
+    "code_explanation": "Here is the review:\n```json\n"
+    + json.dumps(
+        {
+            "summary": "Computes the arithmetic mean of a list.",
+            "methods": [{"name": "mean", "walkthrough": "Sums the values, divides by the count."}],
+            "potential_issues": ["Divides by zero on an empty list."],
+            "optimizations": ["Use sum(values) / len(values) or statistics.fmean."],
+        }
+    )
+    + "\n```",
     "sentiment": " positive",
     "entailment": "Entailment",
     "similarity": "same",
@@ -72,8 +76,12 @@ def test_code_explanation_output_and_language_defaults():
     prompt = pk.load_prompt("code_explanation")
     output = prompt.output.parse(ANSWERS["code_explanation"])
     assert output.methods[0].name == "mean"
-    assert set(type(output).model_fields) == {"summary", "methods", "potential_issues",
-                                             "optimizations"}
+    assert set(type(output).model_fields) == {
+        "summary",
+        "methods",
+        "potential_issues",
+        "optimizations",
+    }
     rust = prompt.render({"code": "fn main() { let mut x = 1; }", "answer_language": "German"})
     assert "senior rust engineer" in rust[0]["content"]
     assert "Write every explanation in German." in rust[0]["content"]

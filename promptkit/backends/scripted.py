@@ -98,7 +98,7 @@ class ScriptedBackend(Backend):
         if isinstance(reply, BaseException):
             raise reply
         text = reply(request) if callable(reply) else reply
-        text, stopped = cut_at_stop(text, config.stop)
+        text, _ = cut_at_stop(text, config.stop)
         usage = Usage(prompt_tokens=_count_words(prompt), completion_tokens=len(text.split()))
         return Completion(text=text, usage=usage, finish_reason="stop")
 
