@@ -34,7 +34,7 @@ def check_template(path: str | os.PathLike[str]) -> list[Problem]:
     """
     try:
         file = resolve_template_path(path)
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
     except (PromptkitError, OSError, UnicodeDecodeError) as exc:
         return [Problem(str(path), None, "error", str(exc))]
     source = str(file)

@@ -189,7 +189,7 @@ def load_prompt(path: str | os.PathLike[str]) -> Prompt[Any]:
     """
     file = resolve_template_path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise TemplateError(f"cannot read template file: {exc}", source=str(file)) from None
     return prompt_from_text(text, source=str(file), folder=file.parent)
@@ -199,7 +199,7 @@ def prompt_from_text(
     text: str, *, source: str = "<string>", folder: Path | None = None
 ) -> Prompt[Any]:
     """Build a Prompt from the text of a template file."""
-    parsed = parse_prompty(text, source)
+    parsed = parse_prompty(text.replace("\r\n", "\n"), source)
     return _build(parsed, folder or Path.cwd())
 
 

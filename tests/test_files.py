@@ -237,3 +237,16 @@ def _fill(prompt):
         for name, info in prompt.input_type.model_fields.items()
         if info.is_required()
     }
+
+
+def test_windows_line_endings_and_byte_order_mark(tmp_path):
+    text = "---\nname: w\ninputs: {q: {type: string}}\n---\nsystem:\nBe brief.\n\nuser:\n{{ q }}\n"
+    path = tmp_path / "w.prompty"
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    assert pk.load_prompt(path).render({"q": "Hi"}) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]
+    from promptkit.check import check_template
+
+    assert check_template(path) == []

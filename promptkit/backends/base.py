@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict, Union
+from typing import Any, Literal, TypedDict, TypeVar, Union
 
 from ..errors import ConfigurationError, InputValidationError, UnsupportedCapabilityError
 
@@ -30,6 +30,7 @@ __all__ = [
     "messages_to_text",
 ]
 
+R = TypeVar("R")
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
@@ -186,16 +187,7 @@ class Backend:
 
     def generate(self, prompt: PromptInput, config: GenerationConfig | None = None) -> Completion:
         """Generate a completion for a text prompt or a list of chat messages."""
-        config = config or GenerationConfig()
-        if isinstance(prompt, str):
-            self._check_text(prompt)
-            if self.capabilities.completion:
-                return self._complete(prompt, config)
-            return self._chat([Message(role="user", content=prompt)], config)
-        messages = check_messages(prompt)
-        if self.capabilities.chat:
-            return self._chat(messages, config)
-        return self._complete(messages_to_text(messages), config)
+        return self._route(prompt, config or GenerationConfig(), self._complete, self._chat)
 
     async def agenerate(
         self, prompt: PromptInput, config: GenerationConfig | None = None
@@ -209,15 +201,25 @@ class Backend:
         """Yield the completion's text in pieces as it is produced."""
         self.require("streaming")
         config = config or GenerationConfig()
+        return self._route(prompt, config, self._stream_complete, self._stream_chat)
+
+    def _route(
+        self,
+        prompt: PromptInput,
+        config: GenerationConfig,
+        on_text: Callable[[str, GenerationConfig], R],
+        on_chat: Callable[[list[Message], GenerationConfig], R],
+    ) -> R:
+        """Validate the prompt and send it to the hook for the form the backend speaks."""
         if isinstance(prompt, str):
             self._check_text(prompt)
             if self.capabilities.completion:
-                return self._stream_complete(prompt, config)
-            return self._stream_chat([Message(role="user", content=prompt)], config)
+                return on_text(prompt, config)
+            return on_chat([Message(role="user", content=prompt)], config)
         messages = check_messages(prompt)
         if self.capabilities.chat:
-            return self._stream_chat(messages, config)
-        return self._stream_complete(messages_to_text(messages), config)
+            return on_chat(messages, config)
+        return on_text(messages_to_text(messages), config)
 
     def loglikelihood(self, context: str, continuation: str) -> float:
         """Sum of the log-probabilities of ``continuation``'s tokens given ``context``."""
