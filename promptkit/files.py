@@ -249,8 +249,8 @@ def _build(parsed: ParsedFile, folder: Path) -> Prompt[Any]:
         name=front.get("name") or Path(src).stem,
         description=front.get("description"),
         metadata=metadata,
-        _template_lines=parts["lines"],
-        _source=src,
+        first_lines=parts["lines"],
+        source=src,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -73,11 +73,81 @@ class Prompt(Generic[OutputT]):
         turns: fixed ``(role, template)`` messages between the instruction and the examples.
         config: default generation settings for :meth:`run`.
         name, description, metadata: carried along (template files keep unknown keys here).
+        source: names the template in error messages (a file path for template files).
+        first_lines: the file line where each part starts (``"instruction"``, ``"query"``,
+            ``"turn0"``...), so that errors point at the right line of the file.
 
     Raises TemplateError (bad template syntax or unsafe access), MissingVariableError (a
     template uses a name the input type lacks), InputValidationError (an example's input or
     output does not validate).
     """
+
+    # The output type decides the type of ``result.output``: a class gives its instances, no
+    # output type gives str, and special forms (Literal[...], Annotated[...]) give Any.
+    @overload
+    def __init__(
+        self: Prompt[OutputT],
+        *,
+        query: str,
+        output_type: type[OutputT],
+        instruction: str = ...,
+        input_type: type[BaseModel] | None = ...,
+        examples: Sequence[Example] = ...,
+        system: str | None = ...,
+        style: Style = ...,
+        shots: int | None = ...,
+        format_instructions: bool = ...,
+        turns: Sequence[tuple[str, str]] = ...,
+        config: GenerationConfig | None = ...,
+        name: str | None = ...,
+        description: str | None = ...,
+        metadata: Mapping[str, Any] | None = ...,
+        source: str | None = ...,
+        first_lines: Mapping[str, int] | None = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Prompt[str],
+        *,
+        query: str,
+        instruction: str = ...,
+        input_type: type[BaseModel] | None = ...,
+        examples: Sequence[Example] = ...,
+        system: str | None = ...,
+        style: Style = ...,
+        shots: int | None = ...,
+        format_instructions: bool = ...,
+        turns: Sequence[tuple[str, str]] = ...,
+        config: GenerationConfig | None = ...,
+        name: str | None = ...,
+        description: str | None = ...,
+        metadata: Mapping[str, Any] | None = ...,
+        source: str | None = ...,
+        first_lines: Mapping[str, int] | None = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Prompt[Any],
+        *,
+        query: str,
+        output_type: Any,
+        instruction: str = ...,
+        input_type: type[BaseModel] | None = ...,
+        examples: Sequence[Example] = ...,
+        system: str | None = ...,
+        style: Style = ...,
+        shots: int | None = ...,
+        format_instructions: bool = ...,
+        turns: Sequence[tuple[str, str]] = ...,
+        config: GenerationConfig | None = ...,
+        name: str | None = ...,
+        description: str | None = ...,
+        metadata: Mapping[str, Any] | None = ...,
+        source: str | None = ...,
+        first_lines: Mapping[str, int] | None = ...,
+    ) -> None: ...
 
     def __init__(
         self,
@@ -96,13 +166,13 @@ class Prompt(Generic[OutputT]):
         name: str | None = None,
         description: str | None = None,
         metadata: Mapping[str, Any] | None = None,
-        _template_lines: Mapping[str, int] | None = None,
-        _source: str | None = None,
-    ):
+        source: str | None = None,
+        first_lines: Mapping[str, int] | None = None,
+    ) -> None:
         if style not in STYLES:
             raise UsageError(f"style must be 'chat' or 'completion', got {style!r}")
-        source = _source or (f"prompt {name!r}" if name else "<prompt>")
-        lines = dict(_template_lines or {})
+        source = source or (f"prompt {name!r}" if name else "<prompt>")
+        lines = dict(first_lines or {})
         self.name = name
         self.description = description
         self.style: Style = style

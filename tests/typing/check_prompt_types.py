@@ -1,0 +1,28 @@
+"""Static typing checks, run by mypy in CI (.ci/run): the output type flows to result.output."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from typing_extensions import assert_type
+
+import promptkit as pk
+from promptkit.backends import ScriptedBackend
+
+
+class Person(BaseModel):
+    name: str
+
+
+def check() -> None:
+    backend = ScriptedBackend([])
+    typed = pk.Prompt(query="{{ text }}", output_type=Person)
+    assert_type(typed, pk.Prompt[Person])
+    assert_type(typed.run({"text": "x"}, backend=backend).output, Person)
+    plain = pk.Prompt(query="{{ text }}")
+    assert_type(plain.run({"text": "x"}, backend=backend).output, str)
+    number = pk.Prompt(query="{{ text }}", output_type=int)
+    assert_type(number.run({"text": "x"}, backend=backend).output, int)
+    labels = pk.Prompt(query="{{ text }}", output_type=Literal["a", "b"])
+    assert_type(labels, pk.Prompt[Any])
