@@ -325,6 +325,7 @@ def _leading_newlines(text: str) -> int:
 def _input_type(inputs: Any, sample: Any, source: str, key_lines: dict[str, int]) -> Any:
     from pydantic import ConfigDict, Field, create_model
 
+    inputs = _properties_as_mapping(inputs, "inputs", source, key_lines)
     if inputs is None:
         if isinstance(sample, dict) and sample:
             inputs = {k: {"type": _json_type(v)} for k, v in sample.items()}
@@ -345,7 +346,7 @@ def _input_type(inputs: Any, sample: Any, source: str, key_lines: dict[str, int]
             )
         if not isinstance(spec, dict):
             spec = {"type": _json_type(spec), "default": spec}
-        kind = spec.get("type")
+        kind = spec.get("type", spec.get("kind"))
         if kind is None:
             annotation: Any = Literal[tuple(spec["enum"])] if "enum" in spec else Any
         elif "enum" in spec:
@@ -372,6 +373,25 @@ def _input_type(inputs: Any, sample: Any, source: str, key_lines: dict[str, int]
     return create_model("Inputs", __config__=ConfigDict(extra="forbid"), **fields)
 
 
+def _properties_as_mapping(value: Any, key: str, source: str, key_lines: dict[str, int]) -> Any:
+    """Prompty 2 writes inputs/outputs as a list of ``{name, kind, ...}``; make it a mapping."""
+    if not isinstance(value, list):
+        return value
+    mapping: dict[str, Any] = {}
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise TemplateError(
+                f"each entry of '{key}' needs a 'name', got {item!r}",
+                source=source,
+                line=key_lines.get(key),
+            )
+        spec = {k: v for k, v in item.items() if k != "name"}
+        if "kind" in spec and "type" not in spec:
+            spec["type"] = spec.pop("kind")
+        mapping[item["name"]] = spec
+    return mapping
+
+
 def _json_type(value: Any) -> str:
     for kind, python in (
         ("boolean", bool),
@@ -386,7 +406,8 @@ def _json_type(value: Any) -> str:
 
 
 def _output_type(front: dict[str, Any], source: str, key_lines: dict[str, int]) -> Any:
-    output, outputs = front.get("output"), front.get("outputs")
+    output = front.get("output")
+    outputs = _properties_as_mapping(front.get("outputs"), "outputs", source, key_lines)
     if output is None and outputs is None:
         return str
     if output is None:
@@ -398,9 +419,7 @@ def _output_type(front: dict[str, Any], source: str, key_lines: dict[str, int]) 
             )
         schema = {
             "type": "object",
-            "properties": {
-                k: (v if isinstance(v, dict) else {"type": "string"}) for k, v in outputs.items()
-            },
+            "properties": {k: _output_property(v) for k, v in outputs.items()},
             "required": list(outputs),
         }
         return type_from_schema(schema, source=source)
@@ -436,6 +455,18 @@ def _output_type(front: dict[str, Any], source: str, key_lines: dict[str, int]) 
         )
     except TemplateError as exc:
         raise TemplateError(exc.reason, source=source, line=line) from None
+
+
+_SCHEMA_KEYS = {"type", "description", "enum", "items", "properties", "minimum", "maximum"}
+
+
+def _output_property(spec: Any) -> dict[str, Any]:
+    """A Prompty ``outputs`` entry as a JSON schema (its other keys, e.g. ``example``, dropped)."""
+    if not isinstance(spec, dict):
+        return {"type": "string"}
+    schema = {k: v for k, v in spec.items() if k in _SCHEMA_KEYS}
+    schema.setdefault("type", "string")
+    return schema
 
 
 def _examples(raw: Any, source: str, line: int | None) -> list[Example]:

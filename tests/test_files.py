@@ -250,3 +250,38 @@ def test_windows_line_endings_and_byte_order_mark(tmp_path):
     from promptkit.check import check_template
 
     assert check_template(path) == []
+
+
+def test_prompty_2_property_lists_for_inputs_and_outputs(write):
+    path = write(
+        "v2.prompty",
+        """---
+name: v2
+inputs:
+  - name: question
+    kind: string
+    description: What to answer.
+  - name: tone
+    kind: string
+    default: friendly
+outputs:
+  - name: answer
+    kind: string
+  - name: confidence
+    kind: number
+    example: 0.9
+---
+system:
+Answer in a {{ tone }} tone.
+
+user:
+{{ question }}
+""",
+    )
+    prompt = pk.load_prompt(path)
+    assert prompt.input_type.model_fields["question"].description == "What to answer."
+    assert prompt.render({"question": "Why?"})[0]["content"].startswith("Answer in a friendly")
+    output = prompt.output.parse('{"answer": "Because.", "confidence": 0.5}')
+    assert output.answer == "Because." and output.confidence == 0.5
+    with pytest.raises(pk.errors.OutputParseError):
+        prompt.output.parse('{"answer": "Because."}')
