@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import PromptkitError, TemplateError
-from .files import _build, parse_prompty, resolve_template_path
+from .files import build_prompt, parse_prompty, resolve_template_path
 from .templating import CompiledTemplate, split_roles
 
 __all__ = ["Problem", "check_template"]
@@ -79,7 +79,7 @@ def check_template(path: str | os.PathLike[str]) -> list[Problem]:
     if any(p.severity == "error" for p in problems):
         return problems
     try:
-        prompt = _build(parsed, file.parent)
+        prompt = build_prompt(parsed, file.parent)
         sample = prompt.metadata.get("sample")
         if isinstance(sample, dict):
             try:

@@ -27,7 +27,13 @@ from .prompt import Example, Prompt
 from .schema import type_from_schema
 from .templating import Segment, split_roles
 
-__all__ = ["bundled_templates", "load_prompt", "parse_prompty", "save_prompt"]
+__all__ = [
+    "build_prompt",
+    "bundled_templates",
+    "load_prompt",
+    "parse_prompty",
+    "save_prompt",
+]
 
 # Keys that become parts of the Prompt; every other key is kept in ``prompt.metadata``.
 _BUILT_KEYS = {
@@ -200,10 +206,11 @@ def prompt_from_text(
 ) -> Prompt[Any]:
     """Build a Prompt from the text of a template file."""
     parsed = parse_prompty(text.replace("\r\n", "\n"), source)
-    return _build(parsed, folder or Path.cwd())
+    return build_prompt(parsed, folder or Path.cwd())
 
 
-def _build(parsed: ParsedFile, folder: Path) -> Prompt[Any]:
+def build_prompt(parsed: ParsedFile, folder: Path) -> Prompt[Any]:
+    """Build the Prompt of a parsed template file (``folder`` resolves ``${file:...}``)."""
     src = parsed.path
     model = parsed.front.get("model") or {}
     front = {k: v for k, v in parsed.front.items() if k != "model"}
@@ -214,7 +221,7 @@ def _build(parsed: ParsedFile, folder: Path) -> Prompt[Any]:
         )
     _check_template_format(front.get("template"), src, parsed.key_lines.get("template"))
     style = _style(model, src)
-    segments = split_roles_or_fail(parsed.body, parsed.body_line, src)
+    segments = _segments(parsed.body, parsed.body_line, src)
     parts = _body_parts(segments, src)
     if style is None:
         style = "completion" if parts["plain"] else "chat"
@@ -254,7 +261,7 @@ def _build(parsed: ParsedFile, folder: Path) -> Prompt[Any]:
     )
 
 
-def split_roles_or_fail(body: str, first_line: int, source: str) -> list[Segment]:
+def _segments(body: str, first_line: int, source: str) -> list[Segment]:
     try:
         return split_roles(body, first_line)
     except TemplateError as exc:

@@ -31,7 +31,6 @@ __all__ = [
 ]
 
 R = TypeVar("R")
-Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
 
