@@ -49,6 +49,9 @@ _BUILTIN: dict[str, _Builtin] = {
     "scripted": _Builtin(
         "promptkit.backends.scripted", "from_spec", None, "scripted[:REPLIES.json]"
     ),
+    "scratch": _Builtin(
+        "promptkit.backends.scratch.backend", "from_spec", "local", "scratch:MODEL_FOLDER"
+    ),
 }
 
 

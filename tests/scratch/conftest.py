@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from promptkit.backends.scratch.tokenizer import Tokenizer  # noqa: E402
+
+GPT2_TOKENIZER = Path(__file__).resolve().parents[3] / "shared" / "data" / "gpt2-tokenizer"
+CORPUS = (
+    "The quick brown fox jumps over the lazy dog. "
+    "A journey of a thousand miles begins with a single step. "
+    "To be, or not to be, that is the question. "
+) * 20
+
+
+def tokenizer_files(folder: Path) -> Tokenizer:
+    """GPT-2's real tokenizer when ../shared/data is present, else one trained here."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if (GPT2_TOKENIZER / "tokenizer.json").is_file():
+        for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+            shutil.copy(GPT2_TOKENIZER / name, folder / name)
+        return Tokenizer.from_folder(folder)
+    tokenizer = Tokenizer.train([CORPUS], vocab_size=400)
+    tokenizer.save(folder)
+    return tokenizer
+
+
+def make_hf_gpt2(folder: Path, **config: int) -> Path:
+    """A randomly initialised transformers GPT-2, saved with save_pretrained, plus tokenizer."""
+    tokenizer = tokenizer_files(folder)
+    torch.manual_seed(0)
+    options = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128}
+    options.update(config)
+    hf_config = transformers.GPT2Config(
+        vocab_size=tokenizer.vocab_size,
+        bos_token_id=tokenizer.eot_id,
+        eos_token_id=tokenizer.eot_id,
+        **options,
+    )
+    transformers.GPT2LMHeadModel(hf_config).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_hf_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def hf_model(hf_folder: Path):
+    return transformers.GPT2LMHeadModel.from_pretrained(hf_folder).eval()
+
+
+@pytest.fixture(scope="session")
+def backend(hf_folder: Path):
+    import promptkit as pk
+
+    return pk.get_backend(f"scratch:{hf_folder}", device="cpu")

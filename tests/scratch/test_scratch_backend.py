@@ -1,0 +1,203 @@
+"""The scratch backend: generation (KV cache, batching, sampling, stops, streaming) and scoring,
+checked against transformers on the same weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import promptkit as pk
+from promptkit.backends import GenerationConfig
+from promptkit.backends.scratch import backend as scratch_backend
+from promptkit.errors import ConfigurationError, ContextWindowError, InputValidationError
+
+PROMPTS = ["The quick brown fox", "To be", "A journey of a thousand miles begins with"]
+
+
+def hf_greedy(hf_model, tokenizer, prompt, max_new):
+    ids = torch.tensor([tokenizer.encode(prompt)])
+    with torch.no_grad():
+        out = hf_model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, ids.size(1) :].tolist()
+
+
+def test_greedy_generation_matches_transformers(backend, hf_model):
+    tokenizer = backend.tokenizer
+    for prompt in PROMPTS:
+        expected = hf_greedy(hf_model, tokenizer, prompt, 12)
+        got = tokenizer.encode(backend.generate(prompt, GenerationConfig(max_tokens=12)).text)
+        if tokenizer.eot_id in expected:
+            expected = expected[: expected.index(tokenizer.eot_id)]
+        assert tokenizer.decode(got) == tokenizer.decode(expected)
+
+
+def test_batched_generation_equals_generating_alone(backend):
+    config = GenerationConfig(max_tokens=10)
+    batch = backend.generate_batch(PROMPTS, config)
+    assert [c.text for c in batch] == [backend.generate(p, config).text for p in PROMPTS]
+    sampled = GenerationConfig(max_tokens=10, temperature=1.0, seed=7)
+    assert [c.text for c in backend.generate_batch(PROMPTS, sampled)] == [
+        backend.generate(p, sampled).text for p in PROMPTS
+    ]
+
+
+def test_usage_and_finish_reason(backend):
+    completion = backend.generate("To be", GenerationConfig(max_tokens=5))
+    assert completion.usage.prompt_tokens == len(backend.tokenizer.encode("To be"))
+    assert completion.usage.completion_tokens <= 5
+    assert completion.finish_reason in ("length", "stop")
+
+
+def test_seeded_sampling_is_repeatable_and_temperature_matters(backend):
+    config = GenerationConfig(max_tokens=15, temperature=1.5, seed=3)
+    first = backend.generate("To be", config).text
+    assert backend.generate("To be", config).text == first
+    assert backend.generate("To be", config.replace(seed=4)).text != first
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(backend):
+    greedy = backend.generate("To be", GenerationConfig(max_tokens=8)).text
+    for config in (
+        GenerationConfig(max_tokens=8, temperature=2.0, top_k=1, seed=1),
+        GenerationConfig(max_tokens=8, temperature=2.0, top_p=1e-9, seed=1),
+    ):
+        assert backend.generate("To be", config).text == greedy
+
+
+def test_sample_next_filters():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    generators = [torch.Generator().manual_seed(0)]
+    top2 = GenerationConfig(temperature=1.0, top_k=2)
+    draws = {scratch_backend.sample_next(logits, top2, generators).item() for _ in range(50)}
+    assert draws == {2, 3}
+    nucleus = GenerationConfig(temperature=1.0, top_p=0.6)  # p(3)=0.64 alone covers it
+    assert {scratch_backend.sample_next(logits, nucleus, generators).item() for _ in range(50)} == {
+        3
+    }
+
+
+def test_stop_sequences_cut_the_text_and_stop_generation(backend):
+    text = backend.generate("To be", GenerationConfig(max_tokens=20)).text
+    assert len(text) > 3
+    stop = text[2:4]
+    cut = backend.generate("To be", GenerationConfig(max_tokens=20, stop=(stop,)))
+    assert cut.text == text[: text.index(stop)] and cut.finish_reason == "stop"
+    assert cut.usage.completion_tokens < 20
+
+
+def test_streaming_yields_the_same_text(backend):
+    for config in (
+        GenerationConfig(max_tokens=12),
+        GenerationConfig(max_tokens=12, stop=("e",)),
+        GenerationConfig(max_tokens=12, temperature=1.0, seed=2),
+    ):
+        pieces = list(backend.stream("The quick brown fox", config))
+        assert "".join(pieces) == backend.generate("The quick brown fox", config).text
+        assert len(pieces) > 1 or len("".join(pieces)) < 3
+
+
+def test_too_long_prompt_is_a_context_window_error(backend):
+    long_prompt = "fox " * 200
+    with pytest.raises(ContextWindowError) as info:
+        backend.generate(long_prompt, GenerationConfig(max_tokens=4))
+    assert info.value.context_window == 128 and info.value.prompt_tokens > 128
+    with pytest.raises(ContextWindowError):
+        backend.generate("To be", GenerationConfig(max_tokens=128))
+    with pytest.raises(InputValidationError):
+        backend.generate("")
+
+
+def test_loglikelihood_matches_transformers(backend, hf_model):
+    tokenizer = backend.tokenizer
+    pairs = [("The quick brown", " fox"), ("To be, or not", " to be, that is"), ("", "The")]
+    for (context, continuation), (score, _) in zip(pairs, backend.loglikelihood_batch(pairs)):
+        ctx = tokenizer.encode(context) if context else [tokenizer.eot_id]
+        cont = tokenizer.encode(continuation)
+        with torch.no_grad():
+            logprobs = hf_model(torch.tensor([ctx + cont])).logits[0].log_softmax(-1)
+        expected = sum(logprobs[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
+        assert score == pytest.approx(expected, abs=1e-4)
+        assert backend.loglikelihood(context, continuation) == pytest.approx(score, abs=1e-5)
+
+
+def test_greedy_flag(backend):
+    greedy = backend.generate("The quick brown fox", GenerationConfig(max_tokens=3)).text
+    (score, is_greedy), (_, other) = backend.loglikelihood_batch(
+        [("The quick brown fox", greedy), ("The quick brown fox", " zebra crossing")]
+    )
+    assert is_greedy and not other and score < 0
+
+
+def test_chunked_scoring_equals_unchunked(backend, monkeypatch):
+    pairs = [("The quick", " brown fox jumps over the lazy dog"), ("To", " be or not")]
+    full = backend.loglikelihood_batch(pairs)
+    monkeypatch.setattr(scratch_backend, "SCORE_CHUNK", 3)
+    monkeypatch.setattr(scratch_backend, "SCORE_BATCH", 1)
+    chunked = backend.loglikelihood_batch(pairs)
+    for (a, ga), (b, gb) in zip(full, chunked):
+        assert a == pytest.approx(b, abs=1e-4) and ga == gb
+
+
+def hf_sliding_perplexity(hf_model, ids, window, stride):
+    """The transformers documentation's sliding-window perplexity, computed independently."""
+    nll, count, prev_end = 0.0, 0, 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + window, len(ids))
+        chunk = torch.tensor([ids[begin:end]])
+        with torch.no_grad():
+            logprobs = hf_model(chunk).logits[0, :-1].log_softmax(-1)
+        targets = chunk[0, 1:]
+        new = end - max(prev_end, begin + 1)
+        token_lp = logprobs[-new:].gather(1, targets[-new:, None])
+        nll -= token_lp.sum().item()
+        count += new
+        prev_end = end
+        if end == len(ids):
+            break
+    return math.exp(nll / count), count
+
+
+@pytest.mark.parametrize("stride", [32, 64, 128])
+def test_sliding_window_perplexity_matches_transformers(backend, hf_model, stride):
+    text = "The quick brown fox jumps over the lazy dog. To be, or not to be. " * 12
+    ids = backend.tokenizer.encode(text)
+    assert len(ids) > 128
+    expected, count = hf_sliding_perplexity(hf_model, ids, 128, stride)
+    stats = backend.perplexity_stats(text, stride=stride)
+    assert stats.tokens == count
+    if stride < 128:
+        assert count == len(ids) - 1  # every token after the first, once
+    assert stats.perplexity == pytest.approx(expected, rel=1e-4)
+    assert backend.perplexity(text, stride=stride) == pytest.approx(expected, rel=1e-4)
+
+
+def test_perplexity_bad_input(backend):
+    with pytest.raises(InputValidationError, match="stride"):
+        backend.perplexity("some text here", stride=1000)
+    with pytest.raises(InputValidationError, match="fewer than 2"):
+        backend.perplexity("a")
+
+
+def test_spec_errors(tmp_path):
+    with pytest.raises(ConfigurationError, match="needs a model folder"):
+        pk.get_backend("scratch")
+    with pytest.raises(ConfigurationError, match="no model folder"):
+        pk.get_backend(f"scratch:{tmp_path / 'nope'}")
+    with pytest.raises(ConfigurationError, match="unknown option"):
+        pk.get_backend(f"scratch:{tmp_path}", temperature=1)
+
+
+def test_prompt_runs_on_the_scratch_backend(backend):
+    prompt = pk.Prompt(query="{{ text }}", style="completion")
+    result = prompt.run({"text": "To be"}, backend=backend, config=GenerationConfig(max_tokens=5))
+    assert result.usage.prompt_tokens == len(backend.tokenizer.encode("To be"))
+    assert isinstance(result.output, str)
