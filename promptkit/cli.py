@@ -264,6 +264,67 @@ def run_command(
         click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
+@cli.command("train")
+@click.option("--corpus", required=True, help="A text file, or a folder of .txt files.")
+@click.option("--out", required=True, help="Folder for the checkpoint (model, config, tokenizer).")
+@click.option("--preset", default="small", show_default=True, help="Model shape.")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Micro-batches per optimizer step.")
+@click.option("--context-length", type=click.IntRange(min=8), help="Sequence length.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--tokenizer", help="Folder holding a tokenizer to use (default: train a BPE).")
+@click.option("--vocab-size", type=click.IntRange(min=257), default=4096, show_default=True)
+@click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True)
+@click.option("--seed", type=int, default=1337, show_default=True)
+@click.option("--device", help="cpu or cuda (default: cuda when available).")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+def train_command(**options: Any) -> None:
+    """Pretrain promptkit's own GPT on a corpus (next-token prediction)."""
+    from .backends.scratch.train import TrainConfig, train
+    from .progress import TrainingProgress
+
+    config = TrainConfig(**options)
+    with TrainingProgress(config.steps) as progress:
+        result = train(config, on_step=progress.update)
+    last = result.history[-1] if result.history else {}
+    click.echo(
+        f"saved {result.out} after {result.steps} steps ({result.tokens_seen:,} tokens); "
+        f"validation perplexity {last.get('val_perplexity', float('nan')):.2f} vs unigram "
+        f"baseline {result.unigram_perplexity:.2f}"
+    )
+
+
+@cli.command("perplexity")
+@click.argument("path")
+@click.option("--backend", "backend_spec", envvar="PROMPTKIT_BACKEND", required=True,
+              metavar="SPEC", help="Backend spec, e.g. scratch:DIR (env: PROMPTKIT_BACKEND).")
+@click.option("--stride", type=click.IntRange(min=1), help="Tokens each window advances.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def perplexity_command(path: str, backend_spec: str, stride: int | None, as_json: bool) -> None:
+    """Perplexity of the text file PATH under a model (sliding window)."""
+    from .backends import get_backend
+
+    text = _read_at("@" + path, "PATH")
+    backend = get_backend(backend_spec)
+    stats_of = getattr(backend, "perplexity_stats", None)
+    if stats_of is None:
+        backend.require("perplexity")
+        figures: dict[str, Any] = {"perplexity": backend.perplexity(text, stride=stride)}
+    else:
+        stats = stats_of(text, stride=stride)
+        figures = {"tokens": stats.tokens, "mean_nll": stats.mean_nll,
+                   "perplexity": stats.perplexity}
+    if as_json:
+        click.echo(json.dumps(figures))
+    else:
+        click.echo("  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+                             for k, v in figures.items()))
+
+
 def _print_attempts(attempts: Sequence[Any]) -> None:
     for number, attempt in enumerate(attempts, start=1):
         verdict = attempt.error or "accepted"

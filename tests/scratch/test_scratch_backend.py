@@ -119,7 +119,9 @@ def test_too_long_prompt_is_a_context_window_error(backend):
 def test_loglikelihood_matches_transformers(backend, hf_model):
     tokenizer = backend.tokenizer
     pairs = [("The quick brown", " fox"), ("To be, or not", " to be, that is"), ("", "The")]
-    for (context, continuation), (score, _) in zip(pairs, backend.loglikelihood_batch(pairs)):
+    for (context, continuation), (score, _) in zip(
+        pairs, backend.loglikelihood_batch(pairs), strict=True
+    ):
         ctx = tokenizer.encode(context) if context else [tokenizer.eot_id]
         cont = tokenizer.encode(continuation)
         with torch.no_grad():
@@ -143,7 +145,7 @@ def test_chunked_scoring_equals_unchunked(backend, monkeypatch):
     monkeypatch.setattr(scratch_backend, "SCORE_CHUNK", 3)
     monkeypatch.setattr(scratch_backend, "SCORE_BATCH", 1)
     chunked = backend.loglikelihood_batch(pairs)
-    for (a, ga), (b, gb) in zip(full, chunked):
+    for (a, ga), (b, gb) in zip(full, chunked, strict=True):
         assert a == pytest.approx(b, abs=1e-4) and ga == gb
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from ...errors import ConfigurationError, ContextWindowError, InputValidationError
 from ..base import Backend, Capabilities, Completion, GenerationConfig, Usage, cut_at_stop
@@ -260,7 +260,10 @@ class ScratchBackend(Backend):
             for i, seq in enumerate(sequences):  # right padding: causal attention ignores it
                 batch[i, : len(seq)] = torch.tensor(seq)
             hidden = self.model(batch.to(self.device))  # (B, T, C)
-            rows, cols, targets, owners = [], [], [], []
+            rows: list[int] = []
+            cols: list[int] = []
+            targets: list[int] = []
+            owners: list[int] = []
             for i, (context_ids, continuation_ids) in enumerate(group):
                 first = len(context_ids) - 1
                 count = len(continuation_ids)

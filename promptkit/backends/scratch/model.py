@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigurationError
 
-__all__ = ["PRESETS", "GPT", "GPTConfig", "KVCache", "attention_mask", "preset"]
+__all__ = ["GPT", "PRESETS", "GPTConfig", "KVCache", "attention_mask", "preset"]
 
 
 class KVCache:
@@ -105,7 +105,8 @@ class CausalSelfAttention(nn.Module):
             is_causal=mask is None and T > 1,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
-        return self.resid_dropout(self.c_proj(y))
+        out: torch.Tensor = self.resid_dropout(self.c_proj(y))
+        return out
 
 
 class MLP(nn.Module):
@@ -119,7 +120,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        out: torch.Tensor = self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return out
 
 
 class Block(nn.Module):
@@ -140,7 +142,8 @@ class Block(nn.Module):
         past: int,
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), mask, cache, past)
-        return x + self.mlp(self.ln_2(x))
+        out: torch.Tensor = x + self.mlp(self.ln_2(x))
+        return out
 
 
 @dataclass(frozen=True)

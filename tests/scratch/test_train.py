@@ -1,0 +1,130 @@
+"""Pretraining: loss falls below the unigram baseline, runs repeat under a seed, resume works."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import promptkit as pk
+from promptkit.backends.scratch.checkpoint import load_checkpoint
+from promptkit.backends.scratch.train import TrainConfig, lr_at, train
+from promptkit.cli import cli
+from promptkit.errors import ConfigurationError, UsageError
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = random.Random(0)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma"]
+    lines = []
+    for _ in range(600):  # a learnable pattern: each word is followed by its successor
+        start = rng.randrange(len(words))
+        lines.append(" ".join(words[(start + i) % len(words)] for i in range(8)) + ".")
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def settings(corpus, out, **overrides):
+    options = dict(corpus=str(corpus), out=str(out), preset="tiny", steps=40, batch_size=8,
+                   context_length=32, lr=3e-3, min_lr=3e-4, warmup=5, vocab_size=300,
+                   eval_every=20, eval_batches=4, checkpoint_every=0, seed=1, device="cpu")
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def test_validation_perplexity_falls_well_below_the_unigram_baseline(corpus, tmp_path):
+    seen = []
+    result = train(settings(corpus, tmp_path / "run"), on_step=lambda s, m: seen.append((s, m)))
+    assert [s for s, _ in seen] == list(range(1, 41))
+    assert all(m["tokens_per_s"] > 0 and m["lr"] > 0 for _, m in seen)
+    assert [h["step"] for h in result.history] == [20, 40]
+    assert result.final_val_perplexity < result.unigram_perplexity / 2
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["step"] == 40 and saved["training"]["preset"] == "tiny"
+    log = (tmp_path / "run" / "training_log.jsonl").read_text().splitlines()
+    assert len(log) == 2
+
+
+def test_same_seed_same_run(corpus, tmp_path):
+    first = train(settings(corpus, tmp_path / "a", steps=6, eval_every=3))
+    second = train(settings(corpus, tmp_path / "b", steps=6, eval_every=3))
+    assert first.history == second.history
+    model_a, _ = load_checkpoint(tmp_path / "a")
+    model_b, _ = load_checkpoint(tmp_path / "b")
+    for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_resume_continues_exactly(corpus, tmp_path):
+    straight = train(settings(corpus, tmp_path / "straight", steps=8, eval_every=4))
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_step_4(step, metrics):
+        if step == 4:
+            raise Crash
+
+    config = settings(corpus, tmp_path / "resumed", steps=8, eval_every=4, checkpoint_every=4)
+    with pytest.raises(Crash):
+        train(config, on_step=crash_after_step_4)
+    config.resume = True
+    resumed = train(config)
+    assert resumed.history == straight.history
+    a, _ = load_checkpoint(tmp_path / "straight")
+    b, _ = load_checkpoint(tmp_path / "resumed")
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in
+               zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(corpus="x", out="y", steps=100, warmup=10, lr=1.0, min_lr=0.1)
+    assert lr_at(0, config) == pytest.approx(0.1)
+    assert lr_at(9, config) == pytest.approx(1.0)
+    assert lr_at(10, config) == pytest.approx(1.0)
+    assert lr_at(55, config) == pytest.approx(0.55)
+    assert lr_at(100, config) == pytest.approx(0.1)
+
+
+def test_bad_training_input(corpus, tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("too short")
+    with pytest.raises(UsageError, match="fewer than one context window"):
+        train(settings(small, tmp_path / "o"))
+    with pytest.raises(ConfigurationError, match="unknown preset"):
+        train(settings(corpus, tmp_path / "o", preset="enormous"))
+    with pytest.raises(ConfigurationError, match="no corpus"):
+        train(settings(tmp_path / "missing.txt", tmp_path / "o"))
+    with pytest.raises(ConfigurationError, match="nothing to resume"):
+        train(settings(corpus, tmp_path / "fresh", resume=True))
+    with pytest.raises(ConfigurationError, match="steps must be positive"):
+        train(settings(corpus, tmp_path / "o", steps=0))
+
+
+def test_trained_model_is_a_backend_and_cli_trains_from_a_folder(corpus, tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "one.txt").write_text(corpus.read_text())
+    result = CliRunner().invoke(cli, [
+        "train", "--corpus", str(folder), "--out", str(tmp_path / "model"), "--preset", "tiny",
+        "--steps", "4", "--eval-every", "2", "--vocab-size", "300", "--context-length", "32",
+        "--batch-size", "4", "--warmup", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "saved" in result.output and "unigram baseline" in result.output
+    backend = pk.get_backend(f"scratch:{tmp_path / 'model'}", device="cpu")
+    completion = backend.generate("alpha beta", pk.backends.GenerationConfig(max_tokens=5))
+    assert completion.usage.completion_tokens <= 5
+    text = tmp_path / "eval.txt"
+    text.write_text("alpha beta gamma delta omega sigma alpha beta gamma.")
+    out = CliRunner().invoke(cli, ["perplexity", str(text), "--backend",
+                                   f"scratch:{tmp_path / 'model'}", "--json"])
+    assert out.exit_code == 0, out.output
+    figures = json.loads(out.output)
+    assert figures["tokens"] > 0 and figures["perplexity"] > 1
