@@ -270,8 +270,13 @@ def run_command(
 @click.option("--preset", default="small", show_default=True, help="Model shape.")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Micro-batches per optimizer step.")
+@click.option(
+    "--grad-accum",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Micro-batches per optimizer step.",
+)
 @click.option("--context-length", type=click.IntRange(min=8), help="Sequence length.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True)
@@ -300,8 +305,14 @@ def train_command(**options: Any) -> None:
 
 @cli.command("perplexity")
 @click.argument("path")
-@click.option("--backend", "backend_spec", envvar="PROMPTKIT_BACKEND", required=True,
-              metavar="SPEC", help="Backend spec, e.g. scratch:DIR (env: PROMPTKIT_BACKEND).")
+@click.option(
+    "--backend",
+    "backend_spec",
+    envvar="PROMPTKIT_BACKEND",
+    required=True,
+    metavar="SPEC",
+    help="Backend spec, e.g. scratch:DIR (env: PROMPTKIT_BACKEND).",
+)
 @click.option("--stride", type=click.IntRange(min=1), help="Tokens each window advances.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def perplexity_command(path: str, backend_spec: str, stride: int | None, as_json: bool) -> None:
@@ -316,13 +327,19 @@ def perplexity_command(path: str, backend_spec: str, stride: int | None, as_json
         figures: dict[str, Any] = {"perplexity": backend.perplexity(text, stride=stride)}
     else:
         stats = stats_of(text, stride=stride)
-        figures = {"tokens": stats.tokens, "mean_nll": stats.mean_nll,
-                   "perplexity": stats.perplexity}
+        figures = {
+            "tokens": stats.tokens,
+            "mean_nll": stats.mean_nll,
+            "perplexity": stats.perplexity,
+        }
     if as_json:
         click.echo(json.dumps(figures))
     else:
-        click.echo("  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
-                             for k, v in figures.items()))
+        click.echo(
+            "  ".join(
+                f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in figures.items()
+            )
+        )
 
 
 def _print_attempts(attempts: Sequence[Any]) -> None:

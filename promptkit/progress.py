@@ -13,8 +13,13 @@ class TrainingProgress:
 
     def __init__(self, total_steps: int):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-        from rich.progress import TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
             TextColumn("[bold]train"),
@@ -31,8 +36,12 @@ class TrainingProgress:
         self._progress.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         self._progress.stop()
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:
@@ -44,6 +53,7 @@ class TrainingProgress:
                 f"step {step}: loss {metrics['loss']:.3f}{self._validation} "
                 f"({metrics['tokens_per_s']:,.0f} tok/s)"
             )
-        status = (f"loss {metrics['loss']:.3f} {metrics['tokens_per_s']:,.0f} tok/s"
-                  f"{self._validation}")
+        status = (
+            f"loss {metrics['loss']:.3f} {metrics['tokens_per_s']:,.0f} tok/s{self._validation}"
+        )
         self._progress.update(self._task, completed=step, status=status)

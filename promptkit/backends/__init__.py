@@ -49,6 +49,7 @@ _BUILTIN: dict[str, _Builtin] = {
     "scripted": _Builtin(
         "promptkit.backends.scripted", "from_spec", None, "scripted[:REPLIES.json]"
     ),
+    "hf": _Builtin("promptkit.backends.hf", "from_spec", "local", "hf:NAME_OR_FOLDER"),
     "scratch": _Builtin(
         "promptkit.backends.scratch.backend", "from_spec", "local", "scratch:MODEL_FOLDER"
     ),

@@ -9,38 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from ...errors import ConfigurationError, ContextWindowError, InputValidationError
-from ..base import Backend, Capabilities, Completion, GenerationConfig, Usage, cut_at_stop
+from ...errors import ConfigurationError, ContextWindowError
+from ..base import Capabilities, Completion, GenerationConfig, Usage, cut_at_stop
+from ..local import LocalScoring, safe_prefix
 from .model import GPT
 from .tokenizer import Tokenizer
 
-__all__ = ["PerplexityStats", "ScratchBackend", "from_spec", "sample_next"]
-
-SCORE_CHUNK = 256  # positions whose logits are materialised at once when scoring
-SCORE_BATCH = 8  # sequences per forward pass when scoring
-
-
-@dataclass(frozen=True)
-class PerplexityStats:
-    """Perplexity of a text: ``exp(nll_sum / tokens)`` over the ``tokens`` scored."""
-
-    tokens: int
-    nll_sum: float
-
-    @property
-    def mean_nll(self) -> float:
-        return self.nll_sum / self.tokens
-
-    @property
-    def perplexity(self) -> float:
-        return float(torch.tensor(self.mean_nll, dtype=torch.float64).exp())
+__all__ = ["ScratchBackend", "from_spec", "sample_next"]
 
 
 def sample_next(
@@ -69,7 +49,7 @@ def sample_next(
     return torch.cat(rows)
 
 
-class ScratchBackend(Backend):
+class ScratchBackend(LocalScoring):
     """promptkit's own GPT (``scratch:PATH``): generate, stream, loglikelihood, perplexity."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, *, name: str = "scratch"):
@@ -85,9 +65,12 @@ class ScratchBackend(Backend):
     def device(self) -> torch.device:
         return self.model.wte.weight.device
 
-    def count_tokens(self, text: str) -> int:
-        """Exact number of tokens the model sees for ``text``."""
-        return len(self.tokenizer.encode(text))
+    def _hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden: torch.Tensor = self.model(ids)
+        return hidden
+
+    def _output_matrix(self) -> torch.Tensor:
+        return self.model.output_matrix()
 
     # -- generation ---------------------------------------------------------------------------
 
@@ -102,19 +85,30 @@ class ScratchBackend(Backend):
         for prompt in prompts:
             self._check_text(prompt)
         encoded = self.tokenizer.encode_batch(prompts)
-        outputs: list[list[int]] = [[] for _ in prompts]
-        reasons = ["length"] * len(prompts)
-        for row, token, reason in self._decode(encoded, config):
-            if token is not None:
-                outputs[row].append(token)
-            if reason is not None:
-                reasons[row] = reason
+        outputs, reasons = self.generate_ids(encoded, config)
         completions = []
         for ids, reason, prompt_ids in zip(outputs, reasons, encoded, strict=True):
             text, _ = cut_at_stop(self.tokenizer.decode(ids), config.stop)
             usage = Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(ids))
             completions.append(Completion(text=text, usage=usage, finish_reason=reason))  # type: ignore[arg-type]
         return completions
+
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        config: GenerationConfig,
+        *,
+        stop_at_end_of_text: bool = True,
+    ) -> tuple[list[list[int]], list[str]]:
+        """Token-level generation: the new ids of each prompt and why each ended."""
+        outputs: list[list[int]] = [[] for _ in prompts]
+        reasons = ["length"] * len(prompts)
+        for row, token, reason in self._decode(prompts, config, stop_at_end_of_text):
+            if token is not None:
+                outputs[row].append(token)
+            if reason is not None:
+                reasons[row] = reason
+        return outputs, reasons
 
     def _stream_complete(self, text: str, config: GenerationConfig) -> Iterator[str]:
         ids: list[int] = []
@@ -126,7 +120,7 @@ class ScratchBackend(Backend):
             decoded, stopped = cut_at_stop(self.tokenizer.decode(ids), config.stop)
             if stopped:
                 break
-            ready = _safe_prefix(decoded, config.stop)
+            ready = safe_prefix(decoded, config.stop)
             if len(ready) > sent:
                 yield ready[sent:]
                 sent = len(ready)
@@ -136,7 +130,7 @@ class ScratchBackend(Backend):
 
     @torch.inference_mode()
     def _decode(
-        self, prompts: list[list[int]], config: GenerationConfig
+        self, prompts: list[list[int]], config: GenerationConfig, stop_at_end_of_text: bool = True
     ) -> Iterator[tuple[int, int | None, str | None]]:
         """Yield ``(row, token or None, finish reason or None)`` as tokens are produced.
 
@@ -182,7 +176,7 @@ class ScratchBackend(Backend):
             for row, token in enumerate(chosen):
                 if not alive[row]:
                     continue
-                if token == eot:
+                if token == eot and stop_at_end_of_text:
                     alive[row] = False
                     yield row, None, "stop"
                     continue
@@ -216,132 +210,6 @@ class ScratchBackend(Backend):
         return generators
 
     # -- scoring ------------------------------------------------------------------------------
-
-    def _loglikelihood(self, context: str, continuation: str) -> float:
-        return self.loglikelihood_batch([(context, continuation)])[0][0]
-
-    def loglikelihood_batch(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        """For each ``(context, continuation)``: the continuation's summed log-probability and
-        whether greedy decoding would have produced exactly it.
-
-        Context and continuation are tokenized separately; an empty context is GPT-2's
-        end-of-text token.
-        """
-        requests = []
-        for context, continuation in pairs:
-            if not continuation:
-                raise InputValidationError("continuation is empty; there is nothing to score")
-            context_ids = self.tokenizer.encode(context) if context else [self.tokenizer.eot_id]
-            requests.append((context_ids, self.tokenizer.encode(continuation)))
-        return self.score_ids(requests)
-
-    @torch.inference_mode()
-    def score_ids(
-        self, requests: Sequence[tuple[list[int], list[int]]]
-    ) -> list[tuple[float, bool]]:
-        """Token-level form of :meth:`loglikelihood_batch`."""
-        window = self.model.config.context_length
-        results: list[tuple[float, bool]] = []
-        for start in range(0, len(requests), SCORE_BATCH):
-            group = requests[start : start + SCORE_BATCH]
-            sequences = []
-            for context_ids, continuation_ids in group:
-                total = len(context_ids) + len(continuation_ids) - 1
-                if total > window:
-                    raise ContextWindowError(
-                        f"context and continuation have {total + 1} tokens; the model sees "
-                        f"{window} at most",
-                        prompt_tokens=total + 1,
-                        context_window=window,
-                    )
-                sequences.append((context_ids + continuation_ids)[:-1])
-            width = max(len(s) for s in sequences)
-            batch = torch.zeros((len(group), width), dtype=torch.long)
-            for i, seq in enumerate(sequences):  # right padding: causal attention ignores it
-                batch[i, : len(seq)] = torch.tensor(seq)
-            hidden = self.model(batch.to(self.device))  # (B, T, C)
-            rows: list[int] = []
-            cols: list[int] = []
-            targets: list[int] = []
-            owners: list[int] = []
-            for i, (context_ids, continuation_ids) in enumerate(group):
-                first = len(context_ids) - 1
-                count = len(continuation_ids)
-                rows += [i] * count
-                cols += range(first, first + count)
-                targets += continuation_ids
-                owners += [i] * count
-            picked = hidden[torch.tensor(rows), torch.tensor(cols)]  # (N, C)
-            logprobs, greedy = self._token_logprobs(
-                picked, torch.tensor(targets, device=self.device)
-            )
-            sums = torch.zeros(len(group), dtype=torch.float64).index_add_(
-                0, torch.tensor(owners), logprobs.double().cpu()
-            )
-            misses = torch.zeros(len(group), dtype=torch.long).index_add_(
-                0, torch.tensor(owners), (~greedy).long().cpu()
-            )
-            results.extend(zip(sums.tolist(), (misses == 0).tolist(), strict=True))
-        return results
-
-    def _token_logprobs(
-        self, hidden: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability of each target under the logits of ``hidden`` ``(N, C)``, and whether
-        it is the argmax, a chunk of positions at a time."""
-        logprobs, greedy = [], []
-        weight = self.model.output_weight
-        for start in range(0, hidden.size(0), SCORE_CHUNK):
-            logits = F.linear(hidden[start : start + SCORE_CHUNK], weight)  # (chunk, vocab)
-            chunk_targets = targets[start : start + SCORE_CHUNK]
-            picked = logits.gather(1, chunk_targets[:, None]).squeeze(1)
-            logprobs.append(picked - torch.logsumexp(logits, dim=-1))
-            greedy.append(logits.argmax(dim=-1) == chunk_targets)
-        return torch.cat(logprobs), torch.cat(greedy)
-
-    def _perplexity(self, text: str, stride: int | None) -> float:
-        return self.perplexity_stats(text, stride).perplexity
-
-    @torch.inference_mode()
-    def perplexity_stats(self, text: str, stride: int | None = None) -> PerplexityStats:
-        """Sliding-window perplexity: windows of the context length advance by ``stride``
-        (default half the window) and score only their new tokens, so each token after the
-        first is scored once with up to ``context - stride`` tokens of history. (With
-        ``stride`` equal to the window, the first token of each window has no history and is
-        not scored.)
-        """
-        window = self.model.config.context_length
-        stride = stride or max(1, window // 2)
-        if stride > window:
-            raise InputValidationError(f"stride {stride} exceeds the context window of {window}")
-        ids = self.tokenizer.encode(text)
-        if len(ids) < 2:
-            raise InputValidationError("the text has fewer than 2 tokens; nothing to score")
-        nll, scored, previous_end = 0.0, 0, 0
-        for begin in range(0, len(ids), stride):
-            end = min(begin + window, len(ids))
-            new = end - max(previous_end, begin + 1)  # tokens first seen here, with history
-            chunk = torch.tensor(ids[begin:end], device=self.device)[None]
-            hidden = self.model(chunk)[0, :-1]  # predicts tokens begin+1 .. end-1
-            targets = chunk[0, 1:]
-            logprobs, _ = self._token_logprobs(hidden[-new:], targets[-new:])
-            nll -= float(logprobs.double().sum())
-            scored += new
-            previous_end = end
-            if end == len(ids):
-                break
-        return PerplexityStats(tokens=scored, nll_sum=nll)
-
-
-def _safe_prefix(text: str, stops: Sequence[str]) -> str:
-    """The part of streamed text that can be sent: no half-decoded character at the end, and
-    nothing that might be the start of a stop sequence."""
-    text = text.rstrip("\ufffd")
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:size]):
-                return text[: len(text) - size]
-    return text
 
 
 def from_spec(arg: str, *, device: str | None = None, **options: Any) -> ScratchBackend:

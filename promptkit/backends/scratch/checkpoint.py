@@ -3,7 +3,7 @@
 A promptkit checkpoint is one folder: ``config.json`` (``{"format": "promptkit-gpt", "model":
 {...}}``), ``model.safetensors`` and ``tokenizer.json``. A Hugging Face GPT-2 folder holds
 ``config.json`` (``model_type: gpt2``) and ``model.safetensors`` or ``pytorch_model.bin``; its
-tensors are mapped by name onto ours, Conv1D weights transposed.
+tensors are mapped by name onto ours (the same names without ``transformer.``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ __all__ = ["FORMAT", "load_checkpoint", "load_hf_gpt2", "save_checkpoint"]
 
 FORMAT = "promptkit-gpt"
 
-# GPT-2's Conv1D layers store weights as (in, out); nn.Linear wants (out, in).
-TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# GPT-2's Conv1D layers store weights as (in, out); our Linear stores a narrowing layer (such as
+# mlp.c_proj, 3072 -> 768) as (out, in), so those are transposed on import, the others copied.
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Buffers that old GPT-2 checkpoints carry and that hold no learned weights.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -110,8 +111,10 @@ def config_from_hf(config: dict[str, Any], source: str) -> GPTConfig:
 def load_hf_gpt2(folder: str | os.PathLike[str], config: dict[str, Any] | None = None) -> GPT:
     """Import a Hugging Face GPT-2 checkpoint folder into our GPT, naming every tensor.
 
-    Keys lose their ``transformer.`` prefix; the four Conv1D weights per block are transposed.
-    Raises ConfigurationError naming the first missing, unexpected or mis-shaped tensor.
+    Keys lose their ``transformer.`` prefix; Conv1D weights (:data:`CONV1D`) are transposed
+    where our Linear stores them ``(out, in)``. Raises ConfigurationError naming the first
+    missing, unexpected or
+    mis-shaped tensor.
     """
     root = Path(folder)
     if config is None:
@@ -123,7 +126,9 @@ def load_hf_gpt2(folder: str | os.PathLike[str], config: dict[str, Any] | None =
         name = key.removeprefix("transformer.")
         if name.endswith(IGNORED_SUFFIXES):
             continue
-        state[name] = tensor.t() if name.endswith(TRANSPOSED) else tensor
+        if name.endswith(CONV1D) and model.get_submodule(name.removesuffix(".weight")).transposed:
+            tensor = tensor.t()
+        state[name] = tensor
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)  # tied: the token embedding is the output matrix
     _load_state(model, state, root)
@@ -157,10 +162,12 @@ def _load_state(model: GPT, state: dict[str, torch.Tensor], root: Path) -> None:
             f"({len(missing)} missing, {len(unexpected)} unexpected)"
         )
     for name, tensor in expected.items():
-        if tuple(state[name].shape) != tuple(tensor.shape):
+        found, needed = tuple(state[name].shape), tuple(tensor.shape)
+        if found != needed:
+            hint = " (transposed: an (out, in) nn.Linear layout?)" if found == needed[::-1] else ""
             raise ConfigurationError(
                 f"weights in {str(root)!r} do not fit the model: tensor {name!r} has shape "
-                f"{tuple(state[name].shape)}, the model needs {tuple(tensor.shape)}"
+                f"{found}, the model needs {needed}{hint}"
             )
     with torch.no_grad():
         for name, parameter in model.state_dict().items():

@@ -21,6 +21,45 @@ from ...errors import ConfigurationError
 __all__ = ["GPT", "PRESETS", "GPTConfig", "KVCache", "attention_mask", "preset"]
 
 
+FEW_ROWS = 32  # up to this many rows, (W @ x^T)^T beats x @ W^T for (out, in) weights on CPU
+
+
+def rows_times(
+    weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x @ weight.T + bias`` for a ``(out, in)`` weight, by the faster route for the rows."""
+    flat = x.reshape(-1, x.size(-1))  # (N, in)
+    if not 1 < flat.size(0) <= FEW_ROWS:
+        return F.linear(x, weight, bias)
+    # (out, N): a large-by-small product, efficient for a few rows
+    y = weight @ flat.t() if bias is None else torch.addmm(bias[:, None], weight, flat.t())
+    return y.t().reshape(*x.shape[:-1], weight.size(0))
+
+
+class Linear(nn.Module):
+    """``y = x W + b``, with ``W`` laid out for fast decoding on a CPU.
+
+    Decoding multiplies a few vectors by large matrices, bound by how fast weights stream from
+    memory; which layout streams fastest depends on the shape (bench/decode.py). A widening
+    layer keeps ``(in, out)`` as GPT-2's Conv1D; a narrowing or square one keeps nn.Linear's
+    ``(out, in)`` (``transposed``) and, for a few rows, computes ``(W x^T)^T``.
+    """
+
+    def __init__(self, n_in: int, n_out: int, bias: bool = True):
+        super().__init__()
+        self.transposed = n_out <= n_in
+        shape = (n_out, n_in) if self.transposed else (n_in, n_out)
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transposed:
+            return rows_times(self.weight, x, self.bias)
+        flat = x.reshape(-1, x.size(-1))  # (B*T, in)
+        y = flat @ self.weight if self.bias is None else torch.addmm(self.bias, flat, self.weight)
+        return y.view(*x.shape[:-1], self.weight.size(1))  # (B, T, out)
+
+
 class KVCache:
     """Preallocated keys and values of every layer: ``(B, n_head, capacity, head_size)`` each.
 
@@ -72,8 +111,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
 
@@ -115,8 +154,8 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = config.n_inner or 4 * config.n_embd
-        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,9 +269,9 @@ class GPT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, (Linear, nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
+        if isinstance(module, (Linear, nn.Linear)) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
     @property
@@ -271,8 +310,26 @@ class GPT(nn.Module):
         return self.ln_f(x)  # type: ignore[no-any-return]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Project hidden states to vocabulary logits: ``(..., n_embd) -> (..., vocab)``."""
-        return F.linear(hidden, self.output_weight)
+        """Project hidden states to vocabulary logits: ``(..., n_embd) -> (..., vocab)``.
+
+        Without gradients it multiplies by a cached ``(n_embd, vocab)`` copy of the output
+        matrix (the fast layout, see :class:`Linear`), refreshed whenever the weights change.
+        """
+        if torch.is_grad_enabled() and self.output_weight.requires_grad:
+            return F.linear(hidden, self.output_weight)
+        rows = hidden.numel() // hidden.size(-1)
+        if 1 < rows <= FEW_ROWS:
+            return rows_times(self.output_weight, hidden)
+        return hidden @ self.output_matrix()
+
+    def output_matrix(self) -> torch.Tensor:
+        """The output matrix as ``(n_embd, vocab)``, cached until the weights change."""
+        weight = self.output_weight
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
+        if getattr(self, "_output_key", None) != key:
+            self._output_t = weight.detach().t().contiguous()
+            self._output_key = key
+        return self._output_t
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         weight = self.wte.weight

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from ...errors import ConfigurationError, UsageError
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -90,7 +90,9 @@ def read_corpus(path: str | os.PathLike[str]) -> list[str]:
     root = Path(path)
     files = sorted(root.rglob("*.txt")) if root.is_dir() else [root]
     if not files or not all(f.is_file() for f in files):
-        raise ConfigurationError(f"no corpus at {str(root)!r}: give a text file or a folder of .txt")
+        raise ConfigurationError(
+            f"no corpus at {str(root)!r}: give a text file or a folder of .txt"
+        )
     try:
         return [f.read_text(encoding="utf-8") for f in files]
     except UnicodeDecodeError as exc:
@@ -105,7 +107,9 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def _split(ids: torch.Tensor, config: TrainConfig, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(
+    ids: torch.Tensor, config: TrainConfig, window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     cut = int(len(ids) * (1 - config.val_fraction))
     train_ids, val_ids = ids[:cut], ids[cut:]
     for name, part in (("training", train_ids), ("validation", val_ids)):
@@ -140,8 +144,9 @@ def _loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _validate(model: GPT, val_ids: torch.Tensor, config: TrainConfig, window: int, device: str
-              ) -> float:
+def _validate(
+    model: GPT, val_ids: torch.Tensor, config: TrainConfig, window: int, device: str
+) -> float:
     model.eval()
     generator = torch.Generator().manual_seed(config.seed + 1)  # the same batches every time
     losses = [
@@ -155,8 +160,10 @@ def _validate(model: GPT, val_ids: torch.Tensor, config: TrainConfig, window: in
 def _optimizer(model: GPT, config: TrainConfig, device: str) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), fused=device == "cuda")
 
 
@@ -216,22 +223,33 @@ def train(config: TrainConfig, on_step: Progress | None = None) -> TrainResult:
         total = 0.0
         for _ in range(config.grad_accum):
             loss = _loss(model, *_batch(train_ids, config.batch_size, window, generator, device))
-            (loss / config.grad_accum).backward()
+            (loss / config.grad_accum).backward()  # type: ignore[no-untyped-call]
             total += loss.item() / config.grad_accum
         if config.clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         result.tokens_seen += tokens_per_step
-        metrics = {"loss": total, "lr": lr_at(step, config),
-                   "tokens_per_s": tokens_per_step / (time.perf_counter() - began)}
+        metrics = {
+            "loss": total,
+            "lr": lr_at(step, config),
+            "tokens_per_s": tokens_per_step / (time.perf_counter() - began),
+        }
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:
             val_loss = _validate(model, val_ids, config, window, device)
             metrics.update(val_loss=val_loss, val_perplexity=math.exp(val_loss))
-            result.history.append({"step": done, "train_loss": total, "val_loss": val_loss,
-                                   "val_perplexity": math.exp(val_loss)})
-        if done == config.steps or (config.checkpoint_every and done % config.checkpoint_every == 0):
+            result.history.append(
+                {
+                    "step": done,
+                    "train_loss": total,
+                    "val_loss": val_loss,
+                    "val_perplexity": math.exp(val_loss),
+                }
+            )
+        if done == config.steps or (
+            config.checkpoint_every and done % config.checkpoint_every == 0
+        ):
             _save(model, tokenizer, optimizer, generator, result, done, config, out)
         result.steps = done
         if on_step is not None:
@@ -239,15 +257,36 @@ def train(config: TrainConfig, on_step: Progress | None = None) -> TrainResult:
     return result
 
 
-def _save(model: GPT, tokenizer: Tokenizer, optimizer: torch.optim.Optimizer,
-          generator: torch.Generator, result: TrainResult, step: int, config: TrainConfig,
-          out: Path) -> None:
+def _save(
+    model: GPT,
+    tokenizer: Tokenizer,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    result: TrainResult,
+    step: int,
+    config: TrainConfig,
+    out: Path,
+) -> None:
     training = {k: v for k, v in asdict(config).items() if k not in ("out", "resume")}
-    save_checkpoint(model, tokenizer, out, step=step, training=training,
-                    unigram_perplexity=result.unigram_perplexity)
-    torch.save({"optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "step": step,
-                "tokens_seen": result.tokens_seen, "history": result.history}, out / STATE_FILE)
+    save_checkpoint(
+        model,
+        tokenizer,
+        out,
+        step=step,
+        training=training,
+        unigram_perplexity=result.unigram_perplexity,
+    )
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "tokens_seen": result.tokens_seen,
+            "history": result.history,
+        },
+        out / STATE_FILE,
+    )
     with (out / LOG_FILE).open("w", encoding="utf-8") as log:
         for row in result.history:
             log.write(json.dumps(row) + "\n")

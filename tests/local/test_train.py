@@ -30,9 +30,23 @@ def corpus(tmp_path_factory):
 
 
 def settings(corpus, out, **overrides):
-    options = dict(corpus=str(corpus), out=str(out), preset="tiny", steps=40, batch_size=8,
-                   context_length=32, lr=3e-3, min_lr=3e-4, warmup=5, vocab_size=300,
-                   eval_every=20, eval_batches=4, checkpoint_every=0, seed=1, device="cpu")
+    options = dict(
+        corpus=str(corpus),
+        out=str(out),
+        preset="tiny",
+        steps=40,
+        batch_size=8,
+        context_length=32,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup=5,
+        vocab_size=300,
+        eval_every=20,
+        eval_batches=4,
+        checkpoint_every=0,
+        seed=1,
+        device="cpu",
+    )
     options.update(overrides)
     return TrainConfig(**options)
 
@@ -57,8 +71,9 @@ def test_same_seed_same_run(corpus, tmp_path):
     assert first.history == second.history
     model_a, _ = load_checkpoint(tmp_path / "a")
     model_b, _ = load_checkpoint(tmp_path / "b")
-    for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items(),
-                                 strict=True):
+    for (name, a), (_, b) in zip(
+        model_a.state_dict().items(), model_b.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
 
 
@@ -80,8 +95,10 @@ def test_resume_continues_exactly(corpus, tmp_path):
     assert resumed.history == straight.history
     a, _ = load_checkpoint(tmp_path / "straight")
     b, _ = load_checkpoint(tmp_path / "resumed")
-    assert all(torch.allclose(x, y, atol=1e-6) for x, y in
-               zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(
+        torch.allclose(x, y, atol=1e-6)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 def test_learning_rate_schedule():
@@ -112,10 +129,32 @@ def test_trained_model_is_a_backend_and_cli_trains_from_a_folder(corpus, tmp_pat
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "one.txt").write_text(corpus.read_text())
-    result = CliRunner().invoke(cli, [
-        "train", "--corpus", str(folder), "--out", str(tmp_path / "model"), "--preset", "tiny",
-        "--steps", "4", "--eval-every", "2", "--vocab-size", "300", "--context-length", "32",
-        "--batch-size", "4", "--warmup", "1", "--device", "cpu"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--corpus",
+            str(folder),
+            "--out",
+            str(tmp_path / "model"),
+            "--preset",
+            "tiny",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--vocab-size",
+            "300",
+            "--context-length",
+            "32",
+            "--batch-size",
+            "4",
+            "--warmup",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "saved" in result.output and "unigram baseline" in result.output
     backend = pk.get_backend(f"scratch:{tmp_path / 'model'}", device="cpu")
@@ -123,8 +162,9 @@ def test_trained_model_is_a_backend_and_cli_trains_from_a_folder(corpus, tmp_pat
     assert completion.usage.completion_tokens <= 5
     text = tmp_path / "eval.txt"
     text.write_text("alpha beta gamma delta omega sigma alpha beta gamma.")
-    out = CliRunner().invoke(cli, ["perplexity", str(text), "--backend",
-                                   f"scratch:{tmp_path / 'model'}", "--json"])
+    out = CliRunner().invoke(
+        cli, ["perplexity", str(text), "--backend", f"scratch:{tmp_path / 'model'}", "--json"]
+    )
     assert out.exit_code == 0, out.output
     figures = json.loads(out.output)
     assert figures["tokens"] > 0 and figures["perplexity"] > 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import promptkit as pk
-from promptkit.backends import GenerationConfig
+from promptkit.backends import GenerationConfig, local
 from promptkit.backends.scratch import backend as scratch_backend
 from promptkit.errors import ConfigurationError, ContextWindowError, InputValidationError
 
@@ -142,8 +142,8 @@ def test_greedy_flag(backend):
 def test_chunked_scoring_equals_unchunked(backend, monkeypatch):
     pairs = [("The quick", " brown fox jumps over the lazy dog"), ("To", " be or not")]
     full = backend.loglikelihood_batch(pairs)
-    monkeypatch.setattr(scratch_backend, "SCORE_CHUNK", 3)
-    monkeypatch.setattr(scratch_backend, "SCORE_BATCH", 1)
+    monkeypatch.setattr(local, "SCORE_CHUNK", 3)
+    monkeypatch.setattr(local, "SCORE_BATCH", 1)
     chunked = backend.loglikelihood_batch(pairs)
     for (a, ga), (b, gb) in zip(full, chunked, strict=True):
         assert a == pytest.approx(b, abs=1e-4) and ga == gb

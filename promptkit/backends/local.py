@@ -1,0 +1,218 @@
+"""Machinery shared by the local (PyTorch) backends: chunked scoring and perplexity.
+
+A local backend provides its tokenizer (``encode``, ``eot_id``), ``_hidden_states`` (final
+hidden states of a batch of token ids) and ``_output_weight`` (the matrix that maps them to
+logits); :class:`LocalScoring` builds log-likelihoods and sliding-window perplexity on top, so
+that every local backend scores with exactly the same semantics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import ContextWindowError, InputValidationError
+from .base import Backend
+
+__all__ = ["LocalScoring", "PerplexityStats", "safe_prefix"]
+
+SCORE_CHUNK = 4096  # positions scored together (their logits exist one block at a time)
+VOCAB_BLOCK = 2048  # vocabulary entries per block of the online log-sum-exp
+SCORE_BATCH = 8  # sequences per forward pass when scoring
+
+
+@dataclass(frozen=True)
+class PerplexityStats:
+    """Perplexity of a text: ``exp(nll_sum / tokens)`` over the ``tokens`` scored."""
+
+    tokens: int
+    nll_sum: float
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll_sum / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.mean_nll) if self.mean_nll < 700 else math.inf
+
+
+class LocalScoring(Backend):
+    """Scoring for backends that hold a model: see the module docstring for the hooks."""
+
+    tokenizer: Any  # encode(text) -> list[int], eot_id: int
+
+    @property
+    def device(self) -> torch.device:
+        raise NotImplementedError
+
+    def _hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states ``(B, T, C)`` of token ids ``(B, T)`` (right padding is fine)."""
+        raise NotImplementedError
+
+    def _output_matrix(self) -> torch.Tensor:
+        """The ``(C, vocab)`` output matrix: logits are ``hidden @ matrix``."""
+        raise NotImplementedError
+
+    def count_tokens(self, text: str) -> int:
+        """Exact number of tokens the model sees for ``text``."""
+        return len(self.tokenizer.encode(text))
+
+    def _window(self) -> int:
+        if self.context_window is None:
+            raise NotImplementedError
+        return self.context_window
+
+    def _loglikelihood(self, context: str, continuation: str) -> float:
+        return self.loglikelihood_batch([(context, continuation)])[0][0]
+
+    def loglikelihood_batch(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """For each ``(context, continuation)``: the continuation's summed log-probability and
+        whether greedy decoding would have produced exactly it.
+
+        Context and continuation are tokenized separately; an empty context is GPT-2's
+        end-of-text token.
+        """
+        requests = []
+        for context, continuation in pairs:
+            if not continuation:
+                raise InputValidationError("continuation is empty; there is nothing to score")
+            context_ids = self.tokenizer.encode(context) if context else [self.tokenizer.eot_id]
+            requests.append((context_ids, self.tokenizer.encode(continuation)))
+        return self.score_ids(requests)
+
+    @torch.inference_mode()
+    def score_ids(
+        self, requests: Sequence[tuple[list[int], list[int]]]
+    ) -> list[tuple[float, bool]]:
+        """Token-level form of :meth:`loglikelihood_batch`."""
+        window = self._window()
+        results: list[tuple[float, bool]] = []
+        for start in range(0, len(requests), SCORE_BATCH):
+            group = requests[start : start + SCORE_BATCH]
+            sequences = []
+            for context_ids, continuation_ids in group:
+                total = len(context_ids) + len(continuation_ids) - 1
+                if total > window:
+                    raise ContextWindowError(
+                        f"context and continuation have {total + 1} tokens; the model sees "
+                        f"{window} at most",
+                        prompt_tokens=total + 1,
+                        context_window=window,
+                    )
+                sequences.append((context_ids + continuation_ids)[:-1])
+            width = max(len(s) for s in sequences)
+            batch = torch.zeros((len(group), width), dtype=torch.long)
+            for i, seq in enumerate(sequences):  # right padding: causal attention ignores it
+                batch[i, : len(seq)] = torch.tensor(seq)
+            hidden = self._hidden_states(batch.to(self.device))  # (B, T, C)
+            rows: list[int] = []
+            cols: list[int] = []
+            targets: list[int] = []
+            owners: list[int] = []
+            for i, (context_ids, continuation_ids) in enumerate(group):
+                first = len(context_ids) - 1
+                count = len(continuation_ids)
+                rows += [i] * count
+                cols += range(first, first + count)
+                targets += continuation_ids
+                owners += [i] * count
+            picked = hidden[torch.tensor(rows), torch.tensor(cols)]  # (N, C)
+            logprobs, greedy = self._token_logprobs(
+                picked, torch.tensor(targets, device=self.device)
+            )
+            sums = torch.zeros(len(group), dtype=torch.float64).index_add_(
+                0, torch.tensor(owners), logprobs.double().cpu()
+            )
+            misses = torch.zeros(len(group), dtype=torch.long).index_add_(
+                0, torch.tensor(owners), (~greedy).long().cpu()
+            )
+            results.extend(zip(sums.tolist(), (misses == 0).tolist(), strict=True))
+        return results
+
+    def _token_logprobs(
+        self, hidden: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of each target under the logits of ``hidden`` ``(N, C)``, and whether
+        it is the argmax.
+
+        The vocabulary is swept in blocks with an online log-sum-exp (a running maximum and a
+        rescaled running sum), so at most ``SCORE_CHUNK x VOCAB_BLOCK`` logits exist at once, and
+        each block's product is a cache-friendly matrix multiplication.
+        """
+        logprobs, greedy = [], []
+        matrix = self._output_matrix()  # (C, vocab)
+        vocab = matrix.size(1)
+        for start in range(0, hidden.size(0), SCORE_CHUNK):
+            rows = hidden[start : start + SCORE_CHUNK]  # (n, C)
+            wanted = targets[start : start + SCORE_CHUNK]
+            n = rows.size(0)
+            running_max = torch.full((n,), float("-inf"), device=rows.device)
+            running_sum = torch.zeros(n, device=rows.device)
+            best_index = torch.zeros(n, dtype=torch.long, device=rows.device)
+            picked = torch.zeros(n, device=rows.device)
+            for first in range(0, vocab, VOCAB_BLOCK):
+                logits = rows @ matrix[:, first : first + VOCAB_BLOCK]  # (n, block)
+                inside = (wanted >= first) & (wanted < first + logits.size(1))
+                if inside.any():
+                    where = inside.nonzero().squeeze(1)
+                    picked[where] = logits[where, wanted[where] - first]
+                block_max, block_index = logits.max(dim=-1)
+                better = block_max > running_max
+                best_index = torch.where(better, block_index + first, best_index)
+                new_max = torch.maximum(running_max, block_max)
+                running_sum = running_sum * torch.exp(running_max - new_max) + logits.sub_(
+                    new_max[:, None]
+                ).exp_().sum(dim=-1)
+                running_max = new_max
+            logprobs.append(picked - (running_sum.log() + running_max))
+            greedy.append(best_index == wanted)
+        return torch.cat(logprobs), torch.cat(greedy)
+
+    def _perplexity(self, text: str, stride: int | None) -> float:
+        return self.perplexity_stats(text, stride).perplexity
+
+    @torch.inference_mode()
+    def perplexity_stats(self, text: str, stride: int | None = None) -> PerplexityStats:
+        """Sliding-window perplexity: windows of the context length advance by ``stride``
+        (default half the window) and score only their new tokens, so each token after the
+        first is scored once with up to ``context - stride`` tokens of history. (With
+        ``stride`` equal to the window, the first token of each window has no history and is
+        not scored.)
+        """
+        window = self._window()
+        stride = stride or max(1, window // 2)
+        if stride > window:
+            raise InputValidationError(f"stride {stride} exceeds the context window of {window}")
+        ids = self.tokenizer.encode(text)
+        if len(ids) < 2:
+            raise InputValidationError("the text has fewer than 2 tokens; nothing to score")
+        nll, scored, previous_end = 0.0, 0, 0
+        for begin in range(0, len(ids), stride):
+            end = min(begin + window, len(ids))
+            new = end - max(previous_end, begin + 1)  # tokens first seen here, with history
+            chunk = torch.tensor(ids[begin:end], device=self.device)[None]
+            hidden = self._hidden_states(chunk)[0, :-1]  # predicts tokens begin+1 .. end-1
+            targets = chunk[0, 1:]
+            logprobs, _ = self._token_logprobs(hidden[-new:], targets[-new:])
+            nll -= float(logprobs.double().sum())
+            scored += new
+            previous_end = end
+            if end == len(ids):
+                break
+        return PerplexityStats(tokens=scored, nll_sum=nll)
+
+
+def safe_prefix(text: str, stops: Sequence[str]) -> str:
+    """The part of streamed text that can be sent: no half-decoded character at the end, and
+    nothing that might be the start of a stop sequence."""
+    text = text.rstrip("\ufffd")
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:size]):
+                return text[: len(text) - size]
+    return text
