@@ -192,7 +192,7 @@ def test_perplexity_bad_input(backend):
 def test_spec_errors(tmp_path):
     with pytest.raises(ConfigurationError, match="needs a model folder"):
         pk.get_backend("scratch")
-    with pytest.raises(ConfigurationError, match="no model folder"):
+    with pytest.raises(ConfigurationError, match="no model folder.*Hugging Face hub"):
         pk.get_backend(f"scratch:{tmp_path / 'nope'}")
     with pytest.raises(ConfigurationError, match="unknown option"):
         pk.get_backend(f"scratch:{tmp_path}", temperature=1)

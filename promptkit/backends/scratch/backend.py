@@ -172,8 +172,8 @@ class ScratchBackend(LocalScoring):
         texts = [""] * batch
         generated: list[list[int]] = [[] for _ in prompts]
         for step in range(config.max_tokens):
-            chosen = sample_next(logits, config, generators).tolist()
-            for row, token in enumerate(chosen):
+            next_tokens = sample_next(logits, config, generators)  # (B,)
+            for row, token in enumerate(next_tokens.tolist()):
                 if not alive[row]:
                     continue
                 if token == eot and stop_at_end_of_text:
@@ -189,9 +189,8 @@ class ScratchBackend(LocalScoring):
                         yield row, None, "stop"
             if not any(alive) or step == config.max_tokens - 1:
                 break
-            next_tokens = torch.tensor(chosen, device=device)[:, None]  # (B, 1)
             hidden = self.model(
-                next_tokens,
+                next_tokens[:, None],  # (B, 1)
                 positions=(lengths + step)[:, None],
                 key_valid=key_valid[:, : longest + step + 1] if padded else None,
                 cache=cache,
@@ -212,8 +211,33 @@ class ScratchBackend(LocalScoring):
     # -- scoring ------------------------------------------------------------------------------
 
 
+HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt"]
+
+
+def _from_hub(name: str) -> Path:
+    """The local folder of a hub model (downloaded once, then cached by huggingface_hub)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ConfigurationError(
+            f"scratch: no model folder at {name!r} (and huggingface_hub, needed to fetch a hub "
+            "model by name, is not installed)"
+        ) from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception as exc:  # network, authentication and not-found errors all land here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigurationError(
+            f"scratch: no model folder at {name!r}, and it could not be fetched from the Hugging "
+            f"Face hub ({first}); give a local folder, or download it once where the network "
+            "allows"
+        ) from None
+
+
 def from_spec(arg: str, *, device: str | None = None, **options: Any) -> ScratchBackend:
-    """``scratch:PATH``: a promptkit checkpoint folder or a Hugging Face GPT-2 folder."""
+    """``scratch:PATH``: a promptkit checkpoint folder or a Hugging Face GPT-2 folder; a name
+    that is no folder (``scratch:gpt2``) is fetched from the Hugging Face hub where the network
+    allows (or found in its local cache)."""
     from .checkpoint import load_checkpoint
 
     if options:
@@ -225,7 +249,7 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
         )
     path = Path(os.path.expanduser(arg))
     if not path.is_dir():
-        raise ConfigurationError(f"scratch: no model folder at {str(path)!r}")
+        path = _from_hub(arg)
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_checkpoint(path, device=chosen)
     return ScratchBackend(model, tokenizer, name=f"scratch:{path}")

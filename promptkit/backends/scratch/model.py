@@ -40,14 +40,14 @@ class Linear(nn.Module):
     """``y = x W + b``, with ``W`` laid out for fast decoding on a CPU.
 
     Decoding multiplies a few vectors by large matrices, bound by how fast weights stream from
-    memory; which layout streams fastest depends on the shape (bench/decode.py). A widening
-    layer keeps ``(in, out)`` as GPT-2's Conv1D; a narrowing or square one keeps nn.Linear's
+    memory; which layout streams fastest depends on the shape (bench/decode.py). A widening or
+    square layer keeps ``(in, out)`` as GPT-2's Conv1D; a narrowing one keeps nn.Linear's
     ``(out, in)`` (``transposed``) and, for a few rows, computes ``(W x^T)^T``.
     """
 
     def __init__(self, n_in: int, n_out: int, bias: bool = True):
         super().__init__()
-        self.transposed = n_out <= n_in
+        self.transposed = n_out < n_in
         shape = (n_out, n_in) if self.transposed else (n_in, n_out)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
