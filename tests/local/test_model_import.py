@@ -155,6 +155,15 @@ def test_checkpoint_round_trip(tmp_path, hf_folder):
     model, tokenizer = load_checkpoint(hf_folder)
     save_checkpoint(model, tokenizer, tmp_path / "ckpt", step=3)
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["step"] == 3
+    ours_file = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    theirs = load_file(str(hf_folder / "model.safetensors"))
+    for name in (
+        "h.0.attn.c_attn.weight",
+        "h.0.attn.c_proj.weight",
+        "h.1.mlp.c_fc.weight",
+        "h.1.mlp.c_proj.weight",
+    ):  # files keep GPT-2's (in, out) layout
+        assert torch.equal(ours_file[name], theirs[f"transformer.{name}"]), name
     again, tokenizer_again = load_checkpoint(tmp_path / "ckpt")
     ids = torch.randint(0, 100, (1, 10))
     with torch.no_grad():

@@ -1,8 +1,9 @@
 """Checkpoints: promptkit's own folders, and Hugging Face GPT-2 folders imported tensor by tensor.
 
 A promptkit checkpoint is one folder: ``config.json`` (``{"format": "promptkit-gpt", "model":
-{...}}``), ``model.safetensors`` and ``tokenizer.json``. A Hugging Face GPT-2 folder holds
-``config.json`` (``model_type: gpt2``) and ``model.safetensors`` or ``pytorch_model.bin``; its
+{...}}``), ``model.safetensors`` and ``tokenizer.json``. Files store every projection weight
+as ``(in, out)``, GPT-2's Conv1D layout, whatever layout the model uses in memory. A Hugging
+Face GPT-2 folder holds ``config.json`` (``model_type: gpt2``) and ``model.safetensors`` or ``pytorch_model.bin``; its
 tensors are mapped by name onto ours (the same names without ``transformer.``).
 """
 
@@ -38,7 +39,10 @@ def save_checkpoint(
 
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {
+        name: (_in_out(model, name, v)).detach().contiguous().cpu()
+        for name, v in model.state_dict().items()
+    }
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
     save_file(state, str(root / "model.safetensors"), metadata={"format": FORMAT})
@@ -65,7 +69,9 @@ def load_checkpoint(
         raise ConfigurationError(f"{config_path} is not valid JSON: {exc}") from None
     if config.get("format") == FORMAT:
         model = GPT(GPTConfig.from_dict(config["model"]))
-        state = _read_tensors(root, ("model.safetensors",))
+        state = {
+            k: _in_out(model, k, v) for k, v in _read_tensors(root, ("model.safetensors",)).items()
+        }
         _load_state(model, state, root)
         tokenizer = Tokenizer.from_folder(root)
     elif config.get("model_type") == "gpt2":
@@ -126,13 +132,21 @@ def load_hf_gpt2(folder: str | os.PathLike[str], config: dict[str, Any] | None =
         name = key.removeprefix("transformer.")
         if name.endswith(IGNORED_SUFFIXES):
             continue
-        if name.endswith(CONV1D) and model.get_submodule(name.removesuffix(".weight")).transposed:
-            tensor = tensor.t()
-        state[name] = tensor
+        state[name] = _in_out(model, name, tensor)
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)  # tied: the token embedding is the output matrix
     _load_state(model, state, root)
     return model
+
+
+def _in_out(model: GPT, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Swap a weight between the file layout, (in, out) as GPT-2's Conv1D, and the model's
+    layout (a transposed Linear keeps (out, in)); the same swap both ways."""
+    if name.endswith(CONV1D) and getattr(
+        model.get_submodule(name.removesuffix(".weight")), "transposed", False
+    ):
+        return tensor.t()
+    return tensor
 
 
 def _read_tensors(root: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
