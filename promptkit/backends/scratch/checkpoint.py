@@ -3,8 +3,9 @@
 A promptkit checkpoint is one folder: ``config.json`` (``{"format": "promptkit-gpt", "model":
 {...}}``), ``model.safetensors`` and ``tokenizer.json``. Files store every projection weight
 as ``(in, out)``, GPT-2's Conv1D layout, whatever layout the model uses in memory. A Hugging
-Face GPT-2 folder holds ``config.json`` (``model_type: gpt2``) and ``model.safetensors`` or ``pytorch_model.bin``; its
-tensors are mapped by name onto ours (the same names without ``transformer.``).
+Face GPT-2 folder holds ``config.json`` (``model_type: gpt2``) and ``model.safetensors`` or
+``pytorch_model.bin``; its tensors are mapped by name onto ours (the same names without
+``transformer.``).
 """
 
 from __future__ import annotations
