@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import BackendError, ConfigurationError, ContextWindowError
+from ..errors import BackendError, ConfigurationError
 from .base import Capabilities, Completion, GenerationConfig, Usage, cut_at_stop
 from .local import LocalScoring, safe_prefix
 
@@ -95,19 +95,6 @@ class HFBackend(LocalScoring):
             kwargs.update(stop_strings=list(config.stop), tokenizer=self.tokenizer.hf)
         return kwargs
 
-    def _check_window(self, lengths: Sequence[int], config: GenerationConfig) -> None:
-        window = self.context_window
-        for i, length in enumerate(lengths):
-            if window is not None and length + config.max_tokens > window:
-                raise ContextWindowError(
-                    f"prompt {i} has {length} tokens and max_tokens is {config.max_tokens}: "
-                    f"{length + config.max_tokens} do not fit the context window of {window}; "
-                    "shorten the prompt or ask for fewer tokens",
-                    prompt_tokens=length,
-                    max_tokens=config.max_tokens,
-                    context_window=window,
-                )
-
     def _inputs(self, prompts: Sequence[str], config: GenerationConfig) -> dict[str, Any]:
         for prompt in prompts:
             self._check_text(prompt)
@@ -116,7 +103,7 @@ class HFBackend(LocalScoring):
         if hf.pad_token_id is None:
             hf.pad_token = hf.eos_token
         encoded = hf(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        self._check_window(encoded["attention_mask"].sum(-1).tolist(), config)
+        self.check_fits(encoded["attention_mask"].sum(-1).tolist(), config)
         return {k: v.to(self.device) for k, v in encoded.items()}
 
     def _complete(self, text: str, config: GenerationConfig) -> Completion:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import ContextWindowError, InputValidationError
-from .base import Backend
+from .base import Backend, GenerationConfig
 
 __all__ = ["LocalScoring", "PerplexityStats", "safe_prefix"]
 
@@ -61,6 +61,20 @@ class LocalScoring(Backend):
     def count_tokens(self, text: str) -> int:
         """Exact number of tokens the model sees for ``text``."""
         return len(self.tokenizer.encode(text))
+
+    def check_fits(self, prompt_lengths: Sequence[int], config: GenerationConfig) -> None:
+        """Raise ContextWindowError unless every prompt plus ``max_tokens`` fits the window."""
+        window = self.context_window
+        for i, length in enumerate(prompt_lengths):
+            if window is not None and length + config.max_tokens > window:
+                raise ContextWindowError(
+                    f"prompt {i} has {length} tokens and max_tokens is {config.max_tokens}: "
+                    f"{length + config.max_tokens} do not fit the context window of {window}; "
+                    "shorten the prompt or ask for fewer tokens",
+                    prompt_tokens=length,
+                    max_tokens=config.max_tokens,
+                    context_window=window,
+                )
 
     def _window(self) -> int:
         if self.context_window is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ...errors import ConfigurationError, ContextWindowError
+from ...errors import ConfigurationError
 from ..base import Capabilities, Completion, GenerationConfig, Usage, cut_at_stop
 from ..local import LocalScoring, safe_prefix
 from .model import GPT
@@ -136,17 +136,7 @@ class ScratchBackend(LocalScoring):
 
         Raises ContextWindowError when a prompt plus ``max_tokens`` does not fit.
         """
-        window = self.model.config.context_length
-        for i, ids in enumerate(prompts):
-            if len(ids) + config.max_tokens > window:
-                raise ContextWindowError(
-                    f"prompt {i} has {len(ids)} tokens and max_tokens is {config.max_tokens}: "
-                    f"{len(ids) + config.max_tokens} do not fit the context window of {window}; "
-                    "shorten the prompt or ask for fewer tokens",
-                    prompt_tokens=len(ids),
-                    max_tokens=config.max_tokens,
-                    context_window=window,
-                )
+        self.check_fits([len(ids) for ids in prompts], config)
         batch, longest = len(prompts), max(len(ids) for ids in prompts)
         device = self.device
         eot = self.tokenizer.eot_id
