@@ -119,6 +119,16 @@ def _input_options(function: Any) -> Any:
     return click.argument("file")(function)
 
 
+_backend_option = click.option(
+    "--backend",
+    "backend_spec",
+    envvar="PROMPTKIT_BACKEND",
+    required=True,
+    metavar="SPEC",
+    help="Backend spec, e.g. hf:gpt2 or scratch:DIR (env: PROMPTKIT_BACKEND).",
+)
+
+
 def _collect_inputs(
     prompt: Any, pairs: Sequence[str], inputs_json: str | None, sample: bool
 ) -> dict[str, Any]:
@@ -197,14 +207,7 @@ def render_command(
 
 @cli.command("run")
 @_input_options
-@click.option(
-    "--backend",
-    "backend_spec",
-    envvar="PROMPTKIT_BACKEND",
-    required=True,
-    metavar="SPEC",
-    help="Backend spec, e.g. hf:gpt2 (env: PROMPTKIT_BACKEND).",
-)
+@_backend_option
 @click.option(
     "--max-attempts",
     type=click.IntRange(min=1),
@@ -305,14 +308,7 @@ def train_command(**options: Any) -> None:
 
 @cli.command("perplexity")
 @click.argument("path")
-@click.option(
-    "--backend",
-    "backend_spec",
-    envvar="PROMPTKIT_BACKEND",
-    required=True,
-    metavar="SPEC",
-    help="Backend spec, e.g. scratch:DIR (env: PROMPTKIT_BACKEND).",
-)
+@_backend_option
 @click.option("--stride", type=click.IntRange(min=1), help="Tokens each window advances.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def perplexity_command(path: str, backend_spec: str, stride: int | None, as_json: bool) -> None:
