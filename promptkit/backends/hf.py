@@ -106,9 +106,6 @@ class HFBackend(LocalScoring):
         self.check_fits(encoded["attention_mask"].sum(-1).tolist(), config)
         return {k: v.to(self.device) for k, v in encoded.items()}
 
-    def _complete(self, text: str, config: GenerationConfig) -> Completion:
-        return self.generate_batch([text], config)[0]
-
     def generate_batch(
         self, prompts: Sequence[str], config: GenerationConfig | None = None
     ) -> list[Completion]:

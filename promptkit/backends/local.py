@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import ContextWindowError, InputValidationError
-from .base import Backend, GenerationConfig
+from .base import Backend, Completion, GenerationConfig
 
 __all__ = ["LocalScoring", "PerplexityStats", "safe_prefix"]
 
@@ -57,6 +57,15 @@ class LocalScoring(Backend):
     def _output_matrix(self) -> torch.Tensor:
         """The ``(C, vocab)`` output matrix: logits are ``hidden @ matrix``."""
         raise NotImplementedError
+
+    def generate_batch(
+        self, prompts: Sequence[str], config: GenerationConfig | None = None
+    ) -> list[Completion]:
+        """Generate for several text prompts at once."""
+        raise NotImplementedError
+
+    def _complete(self, text: str, config: GenerationConfig) -> Completion:
+        return self.generate_batch([text], config)[0]
 
     def count_tokens(self, text: str) -> int:
         """Exact number of tokens the model sees for ``text``."""

@@ -74,9 +74,6 @@ class ScratchBackend(LocalScoring):
 
     # -- generation ---------------------------------------------------------------------------
 
-    def _complete(self, text: str, config: GenerationConfig) -> Completion:
-        return self.generate_batch([text], config)[0]
-
     def generate_batch(
         self, prompts: Sequence[str], config: GenerationConfig | None = None
     ) -> list[Completion]:
