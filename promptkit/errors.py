@@ -10,6 +10,7 @@ errors of the *world* (a model that answered badly, a service that failed)::
     │   ├── InputValidationError       the inputs do not match the prompt's input type
     │   ├── ConfigurationError         a backend spec, option or setting is wrong or missing
     │   ├── UnsupportedCapabilityError the backend cannot do what was asked (names both)
+    │   ├── ConstraintError            the output type cannot become (or meet) a decoding constraint
     │   └── ContextWindowError         the prompt does not fit the model's context window
     ├── OutputValidationError          the model's text never became a valid output
     │   └── OutputParseError           one text could not be parsed/validated (no attempts run)
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BackendError",
     "ConfigurationError",
+    "ConstraintError",
     "ContextWindowError",
     "InputValidationError",
     "MissingVariableError",
@@ -104,6 +106,19 @@ class UnsupportedCapabilityError(UsageError):
         message = f"backend {backend!r} does not support {capability}"
         if hint:
             message += f"; {hint}"
+        super().__init__(message)
+
+
+class ConstraintError(UsageError):
+    """An output type cannot be turned into a decoding constraint, or cannot be met.
+
+    ``feature`` names what llguidance does not support (or ``None`` when the problem is the
+    request, e.g. ``max_tokens`` too small for any valid output). Run with
+    ``constrained="fallback"`` to fall back to parse-and-re-ask, or ``constrained=False``.
+    """
+
+    def __init__(self, message: str, *, feature: str | None = None):
+        self.feature = feature
         super().__init__(message)
 
 

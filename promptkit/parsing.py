@@ -14,15 +14,16 @@ import re
 import typing
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from .constraints import Lark, Regex
 from .errors import OutputParseError, TemplateError
 
 __all__ = ["OutputSpec", "extract_json", "output_spec", "parse_output"]
 
-Kind = Literal["text", "label", "json", "integer", "number", "boolean"]
+Kind = Literal["text", "grammar", "label", "json", "integer", "number", "boolean"]
 
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|json5)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -39,6 +40,15 @@ def _unwrap(tp: Any) -> Any:
     return tp
 
 
+def _metadata(tp: Any) -> list[Any]:
+    """The ``Annotated`` metadata of ``tp`` (outermost last)."""
+    found: list[Any] = []
+    while typing.get_origin(tp) is typing.Annotated:
+        found = [*tp.__metadata__, *found]
+        tp = typing.get_args(tp)[0]
+    return found
+
+
 def _squash(text: str) -> str:
     return " ".join(text.split()).casefold()
 
@@ -47,6 +57,8 @@ class OutputSpec:
     """How one output type is asked for, written in demonstrations, and parsed from text."""
 
     def __init__(self, output_type: Any):
+        if isinstance(output_type, (Regex, Lark)):
+            output_type = Annotated[str, output_type]
         self.type = output_type
         try:
             self.adapter: TypeAdapter[Any] = TypeAdapter(output_type)
@@ -56,6 +68,10 @@ class OutputSpec:
                 "int, float, bool, list[str], Literal[...] labels or an Enum."
             ) from exc
         inner = _unwrap(output_type)
+        # Regex(...) / Lark(...) on a str output: the text itself is constrained.
+        self.text_constraint: Regex | Lark | None = next(
+            (m for m in _metadata(output_type) if isinstance(m, (Regex, Lark))), None
+        )
         self.labels: tuple[str, ...] = ()
         self._label_values: dict[str, Any] = {}
         self.kind: Kind
@@ -65,7 +81,7 @@ class OutputSpec:
         elif isinstance(inner, type) and issubclass(inner, enum.Enum):
             self._set_labels({str(m.value): m for m in inner})
         elif inner is str:
-            self.kind = "text"
+            self.kind = "text" if self.text_constraint is None else "grammar"
         elif inner is bool:
             self.kind = "boolean"
         elif inner is int:
@@ -106,6 +122,12 @@ class OutputSpec:
             return "Answer with a number."
         if self.kind == "boolean":
             return "Answer with true or false."
+        if self.kind == "grammar":
+            constraint = self.text_constraint
+            if isinstance(constraint, Regex):
+                return f"Answer with text that matches the regular expression {constraint.pattern}"
+            assert constraint is not None
+            return "Answer in the format of this Lark grammar:\n" + constraint.grammar.strip()
         if self.kind == "json":
             if self.schema == {"items": {"type": "string"}, "type": "array"}:
                 return "Answer with a JSON array of strings."
@@ -142,6 +164,8 @@ class OutputSpec:
                 return self._match_label(text)
             if self.kind == "text":
                 value: Any = text.strip()
+            elif self.kind == "grammar":
+                value = self._find_match(text)
             elif self.kind == "json":
                 value = self._find_json(text)
             elif self.kind == "boolean":
@@ -182,6 +206,12 @@ class OutputSpec:
                 return value
         what = "no JSON object" if want_object else "no JSON value"
         raise _NotFound(f"{what} found in the answer {_preview(text)}")
+
+    def _find_match(self, text: str) -> str:
+        """The text itself when it matches the constraint, else the text without surrounding
+        whitespace (validation reports the mismatch)."""
+        assert self.text_constraint is not None
+        return text if self.text_constraint.matches(text) else text.strip()
 
     @staticmethod
     def _find_number(text: str) -> Any:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, TypeVar, Union
 
+from ..constraints import Grammar
 from ..errors import ConfigurationError, InputValidationError, UnsupportedCapabilityError
 
 __all__ = [
@@ -57,6 +58,9 @@ class GenerationConfig:
     top_k: int | None = None  # keep only the k most likely tokens (None = all)
     stop: tuple[str, ...] = ()  # cut the text at the first of these (the stop is not kept)
     seed: int | None = None  # make sampling repeatable
+    # constrain decoding to this grammar (backends with token masks); the grammar decides where
+    # the answer ends, so ``stop`` is not applied to constrained output
+    grammar: Grammar | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -76,8 +80,15 @@ class GenerationConfig:
             problems.append(f"stop must hold non-empty strings, got {self.stop!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             problems.append(f"seed must be an integer or None, got {self.seed!r}")
+        if self.grammar is not None and not isinstance(self.grammar, Grammar):
+            problems.append(f"grammar must be a promptkit Grammar or None, got {self.grammar!r}")
         if problems:
             raise ConfigurationError("invalid GenerationConfig: " + "; ".join(problems))
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        """The stop sequences that apply: none under a grammar, which decides the end itself."""
+        return () if self.grammar is not None else self.stop
 
     def replace(self, **changes: Any) -> GenerationConfig:
         """A copy with some fields changed (validated again)."""
@@ -210,6 +221,8 @@ class Backend:
         on_chat: Callable[[list[Message], GenerationConfig], R],
     ) -> R:
         """Validate the prompt and send it to the hook for the form the backend speaks."""
+        if config.grammar is not None:
+            self.require("token_masks")
         if isinstance(prompt, str):
             self._check_text(prompt)
             if self.capabilities.completion:

@@ -91,8 +91,8 @@ class HFBackend(LocalScoring):
                 top_p=config.top_p,
                 top_k=config.top_k or 0,
             )
-        if config.stop:
-            kwargs.update(stop_strings=list(config.stop), tokenizer=self.tokenizer.hf)
+        if config.stops:
+            kwargs.update(stop_strings=list(config.stops), tokenizer=self.tokenizer.hf)
         return kwargs
 
     def _inputs(self, prompts: Sequence[str], config: GenerationConfig) -> dict[str, Any]:
@@ -125,7 +125,7 @@ class HFBackend(LocalScoring):
         ):
             ended = self.tokenizer.eot_id in row
             new = row[: row.index(self.tokenizer.eot_id)] if ended else row
-            text, stopped = cut_at_stop(self.tokenizer.decode(new), config.stop)
+            text, stopped = cut_at_stop(self.tokenizer.decode(new), config.stops)
             usage = Usage(prompt_tokens=int(prompt_mask.sum()), completion_tokens=len(new))
             completions.append(
                 Completion(
@@ -152,8 +152,8 @@ class HFBackend(LocalScoring):
         received, sent = "", 0
         for piece in streamer:
             received += piece
-            cut, stopped = cut_at_stop(received, config.stop)
-            ready = cut if stopped else safe_prefix(received, config.stop)
+            cut, stopped = cut_at_stop(received, config.stops)
+            ready = cut if stopped else safe_prefix(received, config.stops)
             if len(ready) > sent:
                 yield ready[sent:]
                 sent = len(ready)
@@ -166,7 +166,7 @@ class HFBackend(LocalScoring):
             raise BackendError(f"generation failed: {failures[0]}", backend=self.name) from (
                 failures[0]
             )
-        final, _ = cut_at_stop(received, config.stop)
+        final, _ = cut_at_stop(received, config.stops)
         if len(final) > sent:
             yield final[sent:]
 

@@ -17,6 +17,7 @@ import torch
 from ...errors import ConfigurationError
 from ..base import Capabilities, Completion, GenerationConfig, Usage, cut_at_stop
 from ..local import LocalScoring, safe_prefix
+from ..masking import TokenMasker, llg_tokenizer
 from .model import GPT
 from .tokenizer import Tokenizer
 
@@ -58,7 +59,13 @@ class ScratchBackend(LocalScoring):
         self.name = name
         self.context_window = model.config.context_length
         self.capabilities = Capabilities(
-            completion=True, chat=False, streaming=True, loglikelihood=True, perplexity=True
+            completion=True,
+            chat=False,
+            streaming=True,
+            loglikelihood=True,
+            perplexity=True,
+            token_masks=True,
+            json_schema=True,
         )
 
     @property
@@ -85,7 +92,7 @@ class ScratchBackend(LocalScoring):
         outputs, reasons = self.generate_ids(encoded, config)
         completions = []
         for ids, reason, prompt_ids in zip(outputs, reasons, encoded, strict=True):
-            text, _ = cut_at_stop(self.tokenizer.decode(ids), config.stop)
+            text, _ = cut_at_stop(self.tokenizer.decode(ids), config.stops)
             usage = Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(ids))
             completions.append(Completion(text=text, usage=usage, finish_reason=reason))  # type: ignore[arg-type]
         return completions
@@ -114,14 +121,14 @@ class ScratchBackend(LocalScoring):
             if token is None:
                 continue
             ids.append(token)
-            decoded, stopped = cut_at_stop(self.tokenizer.decode(ids), config.stop)
+            decoded, stopped = cut_at_stop(self.tokenizer.decode(ids), config.stops)
             if stopped:
                 break
-            ready = safe_prefix(decoded, config.stop)
+            ready = safe_prefix(decoded, config.stops)
             if len(ready) > sent:
                 yield ready[sent:]
                 sent = len(ready)
-        final, _ = cut_at_stop(self.tokenizer.decode(ids), config.stop)
+        final, _ = cut_at_stop(self.tokenizer.decode(ids), config.stops)
         if len(final) > sent:
             yield final[sent:]
 
@@ -135,6 +142,7 @@ class ScratchBackend(LocalScoring):
         """
         self.check_fits([len(ids) for ids in prompts], config)
         batch, longest = len(prompts), max(len(ids) for ids in prompts)
+        masker = self._masker(config, batch) if config.grammar is not None else None
         device = self.device
         eot = self.tokenizer.eot_id
         tokens = torch.full((batch, longest), eot, dtype=torch.long)
@@ -156,33 +164,78 @@ class ScratchBackend(LocalScoring):
         )
         logits = self.model.logits(hidden[:, -1])  # (B, vocab)
         alive = [True] * batch
-        texts = [""] * batch
         generated: list[list[int]] = [[] for _ in prompts]
-        for step in range(config.max_tokens):
+        used = 0  # cache slots filled after the prompts (the same for every row)
+        while True:
+            live = [row for row in range(batch) if alive[row]]
+            if masker is not None:
+                masker.apply(logits, live)
             next_tokens = sample_next(logits, config, generators)  # (B,)
-            for row, token in enumerate(next_tokens.tolist()):
-                if not alive[row]:
-                    continue
-                if token == eot and stop_at_end_of_text:
-                    alive[row] = False
-                    yield row, None, "stop"
-                    continue
-                generated[row].append(token)
-                yield row, token, None
-                if config.stop:
-                    texts[row] = self.tokenizer.decode(generated[row])
-                    if cut_at_stop(texts[row], config.stop)[1]:
-                        alive[row] = False
-                        yield row, None, "stop"
-            if not any(alive) or step == config.max_tokens - 1:
+            feed = [[token] for token in next_tokens.tolist()]
+            for row in live:
+                token = feed[row][0]
+                yield from self._take(
+                    row, token, generated, alive, masker, config, stop_at_end_of_text
+                )
+            if masker is not None:  # fast-forward: tokens the grammar forces need no sampling
+                forced = {row: masker.forced(row) for row in range(batch) if alive[row]}
+                count = min((len(f) for f in forced.values()), default=0)
+                count = min(count, config.max_tokens - used - 1)
+                for row, ahead in forced.items():
+                    for token in ahead[:count]:
+                        feed[row].append(token)
+                        yield from self._take(row, token, generated, alive, masker, config, True)
+                for row in range(batch):
+                    feed[row] += [eot] * (1 + max(count, 0) - len(feed[row]))
+            used += len(feed[0])
+            if not any(alive) or used >= config.max_tokens:
                 break
+            width = len(feed[0])
+            steps = torch.arange(width, device=device)
             hidden = self.model(
-                next_tokens[:, None],  # (B, 1)
-                positions=(lengths + step)[:, None],
-                key_valid=key_valid[:, : longest + step + 1] if padded else None,
+                torch.tensor(feed, device=device),  # (B, width)
+                positions=(lengths + used - width)[:, None] + steps,
+                key_valid=key_valid[:, : longest + used] if padded else None,
                 cache=cache,
             )
             logits = self.model.logits(hidden[:, -1])
+
+    def _take(
+        self,
+        row: int,
+        token: int,
+        generated: list[list[int]],
+        alive: list[bool],
+        masker: TokenMasker | None,
+        config: GenerationConfig,
+        stop_at_eot: bool,
+    ) -> Iterator[tuple[int, int | None, str | None]]:
+        """Record that ``row`` took ``token``: yield it, and the finish reason when it ends."""
+        if not alive[row]:
+            return
+        if masker is not None:
+            masker.advance(row, token)
+        if token == self.tokenizer.eot_id and (masker is not None or stop_at_eot):
+            alive[row] = False
+            yield row, None, "stop"
+            return
+        generated[row].append(token)
+        yield row, token, None
+        if masker is not None:
+            if masker.finished(row):
+                alive[row] = False
+                yield row, None, "stop"
+        elif config.stops and cut_at_stop(self.tokenizer.decode(generated[row]), config.stops)[1]:
+            alive[row] = False
+            yield row, None, "stop"
+
+    def _masker(self, config: GenerationConfig, batch: int) -> TokenMasker:
+        assert config.grammar is not None
+        vocab = self.model.config.vocab_size
+        tokenizer = llg_tokenizer(self.tokenizer, self.tokenizer.to_llguidance, vocab)
+        return TokenMasker(
+            config.grammar, tokenizer, batch=batch, vocab_size=vocab, max_tokens=config.max_tokens
+        )
 
     def _generators(self, batch: int, seed: int | None) -> list[torch.Generator]:
         generators = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ...errors import ConfigurationError
 
@@ -51,6 +52,14 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    def to_llguidance(self, vocab_size: int) -> Any:
+        """This tokenizer for llguidance (constrained decoding), over ``vocab_size`` model rows."""
+        from ...constraints import _llguidance
+
+        return _llguidance().LLTokenizer(
+            self._tokenizer.to_str(), n_vocab=vocab_size, eos_token=self.eot_id
+        )
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         path = Path(folder) / "tokenizer.json"

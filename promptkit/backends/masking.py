@@ -1,0 +1,254 @@
+"""The token mask shared by the local backends: a grammar decides which tokens may come next.
+
+:class:`TokenMasker` holds one llguidance matcher per sequence of a batch. Each step it computes
+the allowed tokens of every live row (in parallel, into one bitmask) and applies them to the
+logits in eager PyTorch; after sampling, :meth:`TokenMasker.advance` feeds the chosen token to
+the row's matcher, and :meth:`TokenMasker.forced` says which tokens the grammar now forces (the
+scratch backend feeds them without sampling: fast-forward). transformers' ``generate`` uses the
+same masker through :class:`~promptkit.backends.hf.GrammarLogitsProcessor`.
+
+The token budget is part of the constraint: each row keeps a short valid ending of its answer
+(found on a byte-level view of the grammar). When the tokens left come close to what that ending
+needs, only tokens that still leave room to finish are allowed (the most likely ones, checked one
+by one), and when nothing else fits the ending is forced. So an answer is complete and valid when
+``max_tokens`` runs out, and ``max_tokens`` too small for any valid answer is an error before
+generation starts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..constraints import Grammar, _llguidance, shortest_ending
+from ..errors import BackendError, ConstraintError
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher, LLTokenizer
+
+__all__ = ["TokenMasker", "llg_tokenizer"]
+
+NEAR = 16  # start guarding the budget this many tokens before the ending must begin
+CANDIDATES = 8  # most likely tokens checked one by one near the end of the budget
+
+_TOKENIZERS: weakref.WeakKeyDictionary[Any, dict[int, LLTokenizer]] = weakref.WeakKeyDictionary()
+_TOKENIZERS_LOCK = threading.Lock()
+_EXECUTOR: list[Any] = []
+
+
+def llg_tokenizer(owner: Any, build: Callable[[int], LLTokenizer], vocab_size: int) -> LLTokenizer:
+    """The llguidance tokenizer of ``owner`` (a tokenizer object) for a model vocabulary of
+    ``vocab_size``: built once by ``build(vocab_size)`` (about 0.3 s for GPT-2), then cached."""
+    with _TOKENIZERS_LOCK:
+        per_owner = _TOKENIZERS.setdefault(owner, {})
+        if vocab_size not in per_owner:
+            per_owner[vocab_size] = build(vocab_size)
+        return per_owner[vocab_size]
+
+
+def _executor() -> Any:
+    if not _EXECUTOR:
+        threads = max(1, min(4, (os.cpu_count() or 1) // 2))
+        _EXECUTOR.append(_llguidance().LLExecutor(num_threads=threads))
+    return _EXECUTOR[0]
+
+
+class _Row:
+    """The constraint state of one sequence."""
+
+    def __init__(self, matcher: LLMatcher, byte_matcher: LLMatcher):
+        self.matcher = matcher
+        self.bytes = byte_matcher
+        self.produced = 0  # tokens consumed so far
+        self.ending: list[int] | None = None  # a valid ending from the current state (cached)
+        self.forced: list[int] = []  # an ending being forced because the budget requires it
+
+
+class TokenMasker:
+    """Allowed-token masks for a batch of ``batch`` sequences constrained by ``grammar``.
+
+    Raises ConstraintError when the grammar cannot be compiled, or when ``max_tokens`` cannot
+    hold any valid answer.
+    """
+
+    def __init__(
+        self,
+        grammar: Grammar,
+        tokenizer: LLTokenizer,
+        *,
+        batch: int,
+        vocab_size: int,
+        max_tokens: int,
+    ):
+        llg = _llguidance()
+        compiled = grammar.compiled()
+        if tokenizer.vocab_size != vocab_size:
+            raise ValueError(
+                f"the llguidance tokenizer has {tokenizer.vocab_size} tokens, the model "
+                f"{vocab_size}; build it with n_vocab={vocab_size}"
+            )
+        self.grammar = grammar
+        self.tokenizer = tokenizer
+        self.eos = tokenizer.eos_token
+        self.vocab_size = vocab_size
+        self.max_tokens = max_tokens
+        self._token_bytes: dict[int, bytes] = {}
+        self.rows: list[_Row] = []
+        first = llg.LLMatcher(tokenizer, compiled, log_level=0)
+        if first.is_error():
+            raise ConstraintError(
+                f"llguidance cannot use {grammar.describe()}: {first.get_error()}",
+                feature=first.get_error(),
+            )
+        first_bytes = grammar.byte_matcher()
+        for i in range(batch):
+            matcher = first if i == 0 else first.deep_copy()
+            self.rows.append(_Row(matcher, first_bytes if i == 0 else first_bytes.deep_copy()))
+        self._check_budget()
+        words = (vocab_size + 31) // 32
+        self._bitmask = torch.full((batch, words), -1, dtype=torch.int32)
+        self._shifts = torch.arange(32, dtype=torch.int32)
+
+    def _check_budget(self) -> None:
+        ending = self._ending(self.rows[0])
+        if ending is not None and len(ending) > self.max_tokens:
+            text = self.tokenizer.decode_str(ending)
+            raise ConstraintError(
+                f"max_tokens={self.max_tokens} is too small for any valid answer: the shortest "
+                f"answer found, {text!r}, takes {len(ending)} tokens; raise max_tokens to at "
+                f"least {len(ending)}"
+            )
+
+    # -- per step -----------------------------------------------------------------------------
+
+    def apply(self, logits: torch.Tensor, rows: Sequence[int]) -> None:
+        """Set to -inf, in place, the logits ``(B, vocab)`` of every token that ``rows`` may not
+        take next (other rows are left alone)."""
+        free = [i for i in rows if not (self.rows[i].forced or self.rows[i].matcher.is_stopped())]
+        bitmask = self._bitmask
+        if free:
+            matchers = [(self.rows[i].matcher, i) for i in free]
+            _executor().unsafe_compute_mask_ptr(
+                matchers, bitmask.data_ptr(), bitmask.size(1) * 4, bitmask.size(0)
+            )
+        for i in rows:
+            row = self.rows[i]
+            if row.forced or row.matcher.is_stopped():
+                only = row.forced[0] if row.forced else self.eos
+                bitmask[i].zero_()
+                bitmask[i, only // 32] = _bit(only % 32)
+        index = torch.tensor(list(rows), dtype=torch.long)
+        bits = (bitmask[index].unsqueeze(-1) >> self._shifts) & 1  # (R, words, 32)
+        allowed = bits.view(len(rows), -1)[:, : logits.size(-1)].bool().to(logits.device)
+        on_device = index.to(logits.device)
+        logits[on_device] = logits[on_device].masked_fill(~allowed, float("-inf"))
+        for i in free:
+            self._guard_budget(i, logits[i])
+
+    def _guard_budget(self, i: int, logits: torch.Tensor) -> None:
+        """Near the end of the budget, keep only tokens after which the answer can still end."""
+        row = self.rows[i]
+        left = self.max_tokens - row.produced
+        ending = self._ending(row)
+        if ending is None or left - len(ending) > NEAR:
+            return
+        if ending and len(ending) >= left:  # no room for anything else: force the ending
+            row.forced = list(ending)
+            self._only(logits, [ending[0]])
+            return
+        keep = [ending[0]] if ending else [self.eos]
+        finite = torch.isfinite(logits)
+        count = min(CANDIDATES, int(finite.sum()))
+        for token in torch.topk(logits, count).indices.tolist():
+            if token in keep:
+                continue
+            if token == self.eos or self._fits_after(row, token, left - 1):
+                keep.append(token)
+        self._only(logits, keep)
+
+    @staticmethod
+    def _only(logits: torch.Tensor, tokens: list[int]) -> None:
+        kept = logits[tokens].clone()
+        logits.fill_(float("-inf"))
+        logits[tokens] = kept
+        if not torch.isfinite(kept).any():  # the forced token was masked by nothing but -inf
+            logits[tokens] = 0.0
+
+    def _fits_after(self, row: _Row, token: int, left: int) -> bool:
+        after = row.bytes.deep_copy()
+        if not after.consume_tokens(list(self._bytes(token))):
+            return False
+        tail = shortest_ending(after, 4 * left + 16)
+        return tail is not None and len(self._tokens(row, tail, token)) <= left
+
+    def advance(self, i: int, token: int) -> None:
+        """Feed the token that row ``i`` took to its matcher."""
+        row = self.rows[i]
+        if row.forced:
+            row.forced.pop(0)
+        if not row.matcher.consume_token(token):
+            raise BackendError(
+                f"constrained decoding went wrong: token {token} was refused by the grammar "
+                f"({row.matcher.get_error()})"
+            )
+        if token != self.eos:
+            row.bytes.consume_tokens(list(self._bytes(token)))
+        row.produced += 1
+        row.ending = None
+
+    def forced(self, i: int) -> list[int]:
+        """Tokens row ``i`` must take next, whatever the model says (possibly none)."""
+        row = self.rows[i]
+        if row.forced:
+            return list(row.forced)
+        if row.matcher.is_stopped():
+            return []
+        return list(row.matcher.compute_ff_tokens())
+
+    def finished(self, i: int) -> bool:
+        """Whether row ``i``'s answer is complete and nothing more may follow."""
+        return bool(self.rows[i].matcher.is_stopped())
+
+    # -- endings ------------------------------------------------------------------------------
+
+    def _ending(self, row: _Row) -> list[int] | None:
+        """Tokens of a short valid ending from the row's state (None when none was found)."""
+        if row.ending is None:
+            if row.matcher.is_accepting():
+                row.ending = []
+            else:
+                tail = shortest_ending(row.bytes, 4 * (self.max_tokens - row.produced) + 16)
+                if tail is None:
+                    return None
+                row.ending = self._tokens(row, tail, None)
+        return row.ending
+
+    def _tokens(self, row: _Row, tail: bytes, after: int | None) -> list[int]:
+        """``tail`` as tokens the row's matcher accepts (after ``after``, when given)."""
+        tokens = list(self.tokenizer.tokenize_bytes(tail))
+        matcher = row.matcher
+        if after is not None:
+            matcher = matcher.deep_copy()
+            matcher.consume_token(after)
+        if matcher.validate_tokens(tokens) == len(tokens):
+            return tokens
+        single = [self.tokenizer.tokenize_bytes(bytes([b])) for b in tail]
+        if all(len(t) == 1 for t in single):
+            return [t[0] for t in single]
+        return tokens
+
+    def _bytes(self, token: int) -> bytes:
+        found = self._token_bytes.get(token)
+        if found is None:
+            found = self._token_bytes[token] = self.tokenizer.decode_bytes([token])
+        return found
+
+
+def _bit(position: int) -> int:
+    """The int32 value with one bit set (bit 31 is the sign bit)."""
+    return (1 << position) - (1 << 32) if position == 31 else 1 << position
