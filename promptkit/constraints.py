@@ -208,7 +208,8 @@ def _feature(message: str) -> str:
     for line in lines:
         if line.startswith("error:"):
             return line[len("error:") :].strip()
-    return lines[0] if lines else message
+    first = re.sub(r"^at \d+\(\d+\): ", "", lines[0] if lines else message)
+    return first.removeprefix("failed to compile JSON schema: ")
 
 
 def grammar_for(spec: OutputSpec) -> Grammar | None:

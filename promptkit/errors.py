@@ -113,12 +113,14 @@ class ConstraintError(UsageError):
     """An output type cannot be turned into a decoding constraint, or cannot be met.
 
     ``feature`` names what llguidance does not support (or ``None`` when the problem is the
-    request, e.g. ``max_tokens`` too small for any valid output). Run with
+    request, e.g. ``max_tokens`` too small for any valid output, when ``min_tokens`` says how
+    many the shortest valid answer found takes). Run with
     ``constrained="fallback"`` to fall back to parse-and-re-ask, or ``constrained=False``.
     """
 
-    def __init__(self, message: str, *, feature: str | None = None):
+    def __init__(self, message: str, *, feature: str | None = None, min_tokens: int | None = None):
         self.feature = feature
+        self.min_tokens = min_tokens  # tokens the shortest valid answer found needs
         super().__init__(message)
 
 

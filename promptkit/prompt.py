@@ -8,18 +8,22 @@ in the number of demonstrations.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .backends.base import GenerationConfig, Message, PromptInput
+from .constraints import Grammar, grammar_for
 from .errors import (
+    ConstraintError,
     InputValidationError,
     MissingVariableError,
     PromptkitError,
     TemplateError,
+    UnsupportedCapabilityError,
     UsageError,
 )
 from .parsing import OutputSpec, output_spec
@@ -29,10 +33,12 @@ from .templating import CompiledTemplate
 if TYPE_CHECKING:
     from .backends.base import Backend
 
-__all__ = ["Attempt", "Example", "Prompt", "Result", "Style"]
+__all__ = ["Attempt", "Constrained", "Example", "Prompt", "Result", "Style"]
 
+logger = logging.getLogger("promptkit")
 OutputT = TypeVar("OutputT")
 Style = Literal["chat", "completion"]
+Constrained = Union[bool, Literal["fallback"], None]
 STYLES: tuple[Style, ...] = ("chat", "completion")
 
 
@@ -346,6 +352,7 @@ class Prompt(Generic[OutputT]):
         max_attempts: int,
         config: GenerationConfig | None,
         style: Style | None,
+        constrained: Constrained,
     ) -> RunLoop[OutputT]:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise UsageError(f"max_attempts must be a positive integer, got {max_attempts!r}")
@@ -359,7 +366,45 @@ class Prompt(Generic[OutputT]):
         config = config or self.config or GenerationConfig()
         if chosen == "completion" and count and not config.stop:
             config = config.replace(stop=("\n\n",))  # the demonstrations' separator
+        grammar = self.constraint(backend, constrained)
+        if grammar is not None:
+            config = config.replace(grammar=grammar)
         return RunLoop(rendered, chosen, config, self.output, max_attempts, examples_used=count)
+
+    def constraint(self, backend: Backend, constrained: Constrained = None) -> Grammar | None:
+        """The grammar that decoding on ``backend`` is constrained to, or None.
+
+        ``constrained``: None (the default) constrains structured output types (labels, JSON,
+        numbers, regexes, grammars) on backends with token masks; True also requires such a
+        backend (UnsupportedCapabilityError otherwise); False never constrains; ``"fallback"``
+        is None that falls back to parse-and-re-ask when llguidance cannot compile the output
+        type (instead of raising ConstraintError).
+        """
+        if constrained not in (None, True, False, "fallback"):
+            raise UsageError(
+                f"constrained must be None, True, False or 'fallback', got {constrained!r}"
+            )
+        if constrained is False:
+            return None
+        grammar = grammar_for(self.output)
+        if grammar is None:
+            return None
+        if not backend.capabilities.token_masks:
+            if constrained is True:
+                raise UnsupportedCapabilityError(
+                    backend.name,
+                    "constrained decoding (token masks)",
+                    "use a local backend (scratch, hf), or run with constrained=None",
+                )
+            return None
+        try:
+            grammar.compiled()
+        except ConstraintError as exc:
+            if constrained != "fallback":
+                raise
+            logger.info("constraints off for %s, parsing and re-asking instead: %s", self, exc)
+            return None
+        return grammar
 
     def run(
         self,
@@ -370,14 +415,20 @@ class Prompt(Generic[OutputT]):
         max_attempts: int = 3,
         config: GenerationConfig | None = None,
         style: Style | None = None,
+        constrained: Constrained = None,
     ) -> Result[OutputT]:
         """Render, generate, parse and validate; re-ask with the error on failure.
 
+        On backends with token masks (scratch, hf) a structured output type also constrains
+        decoding, so the first answer is already valid; see :meth:`constraint` for
+        ``constrained``.
+
         Returns a :class:`Result`. Raises OutputValidationError (carrying every attempt) when
-        ``max_attempts`` answers all fail, InputValidationError for bad inputs, and whatever the
-        backend raises (BackendError, ContextWindowError, ...).
+        ``max_attempts`` answers all fail, InputValidationError for bad inputs, ConstraintError
+        when the output type cannot be a constraint (or ``max_tokens`` cannot hold any valid
+        answer), and whatever the backend raises (BackendError, ContextWindowError, ...).
         """
-        loop = self._loop(inputs, backend, shots, max_attempts, config, style)
+        loop = self._loop(inputs, backend, shots, max_attempts, config, style, constrained)
         while True:
             request = loop.next_request()
             done = loop.accept(backend.generate(request.prompt, request.config))
@@ -393,9 +444,10 @@ class Prompt(Generic[OutputT]):
         max_attempts: int = 3,
         config: GenerationConfig | None = None,
         style: Style | None = None,
+        constrained: Constrained = None,
     ) -> Result[OutputT]:
         """The async twin of :meth:`run`."""
-        loop = self._loop(inputs, backend, shots, max_attempts, config, style)
+        loop = self._loop(inputs, backend, shots, max_attempts, config, style, constrained)
         while True:
             request = loop.next_request()
             done = loop.accept(await backend.agenerate(request.prompt, request.config))

@@ -45,6 +45,7 @@ class Result(Generic[OutputT]):
     usage: Usage  # token counts summed over all attempts
     latency_s: float  # wall time of the whole run
     examples_used: int  # how many demonstrations the prompt showed
+    constrained: bool = False  # whether decoding was constrained to the output type's grammar
 
 
 @dataclass(frozen=True)
@@ -152,4 +153,5 @@ class RunLoop(Generic[OutputT]):
             usage=usage,
             latency_s=now - self._started,
             examples_used=self._examples_used,
+            constrained=request.config.grammar is not None,
         )

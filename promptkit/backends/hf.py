@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..errors import BackendError, ConfigurationError
 from .base import Capabilities, Completion, GenerationConfig, Usage, cut_at_stop
 from .local import LocalScoring, safe_prefix
+from .masking import TokenMasker, llg_tokenizer
 
-__all__ = ["HFBackend", "from_spec", "load_model"]
+__all__ = ["GrammarLogitsProcessor", "HFBackend", "from_spec", "load_model"]
 
 _CACHE: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 _CACHE_LOCK = threading.Lock()
@@ -48,6 +50,43 @@ class _Tokenizer:
         return str(self.hf.decode(list(ids), skip_special_tokens=False))
 
 
+class GrammarLogitsProcessor(LogitsProcessor):
+    """transformers' hook onto promptkit's :class:`~promptkit.backends.masking.TokenMasker`.
+
+    Pass it to ``model.generate(..., logits_processor=LogitsProcessorList([processor]))`` with
+    ``max_new_tokens`` equal to the masker's ``max_tokens``. Each call feeds the tokens sampled
+    at the previous step to the matchers, then masks what may not come next; rows whose answer
+    is complete may only end (EOS).
+    """
+
+    def __init__(self, masker: TokenMasker, prompt_width: int):
+        self.masker = masker
+        self.prompt_width = prompt_width
+        self.done = [False] * len(masker.rows)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.size(1) > self.prompt_width:
+            for row, token in enumerate(input_ids[:, -1].tolist()):
+                if self.done[row]:
+                    continue
+                self.masker.advance(row, token)
+                if token == self.masker.eos:
+                    self.done[row] = True
+        live = [row for row in range(len(self.done)) if not self.done[row]]
+        if live:
+            self.masker.apply(scores, live)
+        return scores
+
+    def complete(self, sequences: torch.Tensor) -> list[bool]:
+        """After ``generate``: feed the last tokens and say which rows' answers are complete."""
+        if sequences.size(1) > self.prompt_width:
+            for row, token in enumerate(sequences[:, -1].tolist()):
+                if not self.done[row]:
+                    self.masker.advance(row, token)
+                    self.done[row] = token == self.masker.eos
+        return [self.done[row] or self.masker.finished(row) for row in range(len(self.done))]
+
+
 class HFBackend(LocalScoring):
     """A transformers causal LM: generate (batched), stream, loglikelihood, perplexity."""
 
@@ -60,7 +99,13 @@ class HFBackend(LocalScoring):
             config, "max_position_embeddings", None
         )
         self.capabilities = Capabilities(
-            completion=True, chat=False, streaming=True, loglikelihood=True, perplexity=True
+            completion=True,
+            chat=False,
+            streaming=True,
+            loglikelihood=True,
+            perplexity=True,
+            token_masks=True,
+            json_schema=True,
         )
 
     @property
@@ -95,6 +140,39 @@ class HFBackend(LocalScoring):
             kwargs.update(stop_strings=list(config.stops), tokenizer=self.tokenizer.hf)
         return kwargs
 
+    def grammar_processor(
+        self, config: GenerationConfig, batch: int, prompt_width: int
+    ) -> GrammarLogitsProcessor:
+        """The logits processor that constrains ``generate`` to ``config.grammar``."""
+        assert config.grammar is not None
+        vocab = int(self.model.get_output_embeddings().weight.size(0))
+        tokenizer = llg_tokenizer(self.tokenizer.hf, self._llguidance_tokenizer, vocab)
+        masker = TokenMasker(
+            config.grammar, tokenizer, batch=batch, vocab_size=vocab, max_tokens=config.max_tokens
+        )
+        return GrammarLogitsProcessor(masker, prompt_width)
+
+    def _llguidance_tokenizer(self, vocab_size: int) -> Any:
+        from llguidance.hf import from_tokenizer
+
+        try:
+            return from_tokenizer(
+                self.tokenizer.hf, n_vocab=vocab_size, eos_token=self.tokenizer.eot_id
+            )
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"{self.name}: constrained decoding needs a fast (Rust) tokenizer: {exc}"
+            ) from None
+
+    def _call_kwargs(self, inputs: dict[str, Any], config: GenerationConfig) -> dict[str, Any]:
+        """Everything ``generate`` gets for these inputs: ids, options and the grammar."""
+        kwargs = {**inputs, **self.generate_kwargs(config)}
+        if config.grammar is not None:
+            ids = inputs["input_ids"]
+            processor = self.grammar_processor(config, ids.size(0), ids.size(1))
+            kwargs["logits_processor"] = LogitsProcessorList([processor])
+        return kwargs
+
     def _inputs(self, prompts: Sequence[str], config: GenerationConfig) -> dict[str, Any]:
         for prompt in prompts:
             self._check_text(prompt)
@@ -114,14 +192,17 @@ class HFBackend(LocalScoring):
 
         config = config or GenerationConfig()
         inputs = self._inputs(prompts, config)
+        kwargs = self._call_kwargs(inputs, config)
         if config.seed is not None:
             set_seed(config.seed)
         with torch.inference_mode():
-            output = self.model.generate(**inputs, **self.generate_kwargs(config))
+            output = self.model.generate(**kwargs)
         width = inputs["input_ids"].size(1)
+        processors = kwargs.get("logits_processor") or [None]
+        complete = processors[0].complete(output) if processors[0] else [False] * len(output)
         completions = []
-        for row, prompt_mask in zip(
-            output[:, width:].tolist(), inputs["attention_mask"], strict=True
+        for row, prompt_mask, grammar_done in zip(
+            output[:, width:].tolist(), inputs["attention_mask"], complete, strict=True
         ):
             ended = self.tokenizer.eot_id in row
             new = row[: row.index(self.tokenizer.eot_id)] if ended else row
@@ -129,7 +210,9 @@ class HFBackend(LocalScoring):
             usage = Usage(prompt_tokens=int(prompt_mask.sum()), completion_tokens=len(new))
             completions.append(
                 Completion(
-                    text=text, usage=usage, finish_reason="stop" if ended or stopped else "length"
+                    text=text,
+                    usage=usage,
+                    finish_reason="stop" if ended or stopped or grammar_done else "length",
                 )
             )
         return completions
@@ -141,9 +224,9 @@ class HFBackend(LocalScoring):
         streamer = TextIteratorStreamer(
             self.tokenizer.hf, skip_prompt=True, skip_special_tokens=True
         )
+        kwargs = {**self._call_kwargs(inputs, config), "streamer": streamer}
         if config.seed is not None:
             set_seed(config.seed)
-        kwargs = {**inputs, **self.generate_kwargs(config), "streamer": streamer}
         failures: list[BaseException] = []
         worker = threading.Thread(
             target=self._generate_into, args=(kwargs, streamer, failures), daemon=True

@@ -35,6 +35,7 @@ __all__ = ["TokenMasker", "llg_tokenizer"]
 
 NEAR = 16  # start guarding the budget this many tokens before the ending must begin
 CANDIDATES = 8  # most likely tokens checked one by one near the end of the budget
+ENDING_LIMIT = 8192  # bytes searched for a valid ending before giving up on one
 
 _TOKENIZERS: weakref.WeakKeyDictionary[Any, dict[int, LLTokenizer]] = weakref.WeakKeyDictionary()
 _TOKENIZERS_LOCK = threading.Lock()
@@ -121,7 +122,8 @@ class TokenMasker:
             raise ConstraintError(
                 f"max_tokens={self.max_tokens} is too small for any valid answer: the shortest "
                 f"answer found, {text!r}, takes {len(ending)} tokens; raise max_tokens to at "
-                f"least {len(ending)}"
+                f"least {len(ending)}",
+                min_tokens=len(ending),
             )
 
     # -- per step -----------------------------------------------------------------------------
@@ -183,7 +185,7 @@ class TokenMasker:
         after = row.bytes.deep_copy()
         if not after.consume_tokens(list(self._bytes(token))):
             return False
-        tail = shortest_ending(after, 4 * left + 16)
+        tail = shortest_ending(after, ENDING_LIMIT)
         return tail is not None and len(self._tokens(row, tail, token)) <= left
 
     def advance(self, i: int, token: int) -> None:
@@ -222,7 +224,7 @@ class TokenMasker:
             if row.matcher.is_accepting():
                 row.ending = []
             else:
-                tail = shortest_ending(row.bytes, 4 * (self.max_tokens - row.produced) + 16)
+                tail = shortest_ending(row.bytes, ENDING_LIMIT)
                 if tail is None:
                     return None
                 row.ending = self._tokens(row, tail, None)
