@@ -18,7 +18,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Attempt",
     "Example",
+    "Lark",
     "Prompt",
+    "Regex",
     "Result",
     "__version__",
     "backends",
@@ -33,7 +35,9 @@ __all__ = [
 _LAZY: dict[str, tuple[str, str | None]] = {
     "Attempt": ("promptkit.runloop", "Attempt"),
     "Example": ("promptkit.prompt", "Example"),
+    "Lark": ("promptkit.constraints", "Lark"),
     "Prompt": ("promptkit.prompt", "Prompt"),
+    "Regex": ("promptkit.constraints", "Regex"),
     "Result": ("promptkit.runloop", "Result"),
     "backends": ("promptkit.backends", None),
     "bundled_templates": ("promptkit.files", "bundled_templates"),
@@ -47,6 +51,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 if TYPE_CHECKING:
     from . import backends, errors
     from .backends import get_backend
+    from .constraints import Lark, Regex
     from .files import bundled_templates, load_prompt, save_prompt
     from .parsing import parse_output
     from .prompt import Example, Prompt

@@ -281,15 +281,17 @@ def shortest_ending(matcher: LLMatcher, limit: int) -> bytes | None:
             if not matcher.consume_tokens(list(forced)):
                 return None
             out += forced
-            taken.clear()
+            if any(byte in _CLOSERS for byte in forced):
+                taken.clear()
             continue
         mask = _mask(matcher)
         if mask >> BYTE_EOS & 1:
             return bytes(out)
-        allowed = [byte for byte in _ORDER if mask >> byte & 1]
-        if not allowed:
-            return None
-        chosen = next((b for b in allowed if (mask, b) not in taken), allowed[0])
+        chosen = next((b for b in _ORDER if mask >> b & 1 and (mask, b) not in taken), -1)
+        if chosen < 0:  # every allowed byte was taken here before: take the best-ranked one
+            chosen = next((b for b in _ORDER if mask >> b & 1), -1)
+            if chosen < 0:
+                return None
         if not matcher.consume_token(chosen):
             return None
         out.append(chosen)

@@ -3,7 +3,8 @@
 A file is YAML front matter between ``---`` lines and a Jinja2 body. Prompty's keys (name,
 description, model, inputs, outputs, sample, template) keep their meaning; promptkit's additions
 live beside them: ``examples`` (``[{input: {...}, output: ...}]``), ``output`` (``labels: [...]``,
-``type: integer|number|boolean|string|array``, or ``schema: {...}``), ``shots`` and
+``type: integer|number|boolean|string|array``, ``regex: ...``, ``lark: ...`` or
+``schema: {...}``), ``shots`` and
 ``format_instructions``. Unknown keys are kept (``prompt.metadata``) and written back on save.
 
 In the body, the ``system:`` block is the task instruction, the last ``user:`` block the query
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .backends.base import GenerationConfig
+from .constraints import Lark, Regex
 from .errors import ConfigurationError, TemplateError
 from .prompt import Example, Prompt
 from .schema import type_from_schema
@@ -433,8 +435,8 @@ def _output_type(front: dict[str, Any], source: str, key_lines: dict[str, int]) 
     line = key_lines.get("output")
     if not isinstance(output, dict):
         raise TemplateError(
-            "'output' must be a mapping such as {labels: [...]}, {type: integer} "
-            "or {schema: {...}}",
+            "'output' must be a mapping such as {labels: [...]}, {type: integer}, "
+            "{regex: '...'} or {schema: {...}}",
             source=source,
             line=line,
         )
@@ -453,11 +455,17 @@ def _output_type(front: dict[str, Any], source: str, key_lines: dict[str, int]) 
             return Literal[tuple(labels)]
         if "schema" in output:
             return type_from_schema(output["schema"], name=output.get("name", "Output"))
+        for key in ("regex", "lark"):
+            if key in output:
+                text = output[key]
+                if not isinstance(text, str):
+                    raise TemplateError(f"output.{key} must be a string, got {text!r}")
+                return Regex(text) if key == "regex" else Lark(text)
         kind = output.get("type")
         if kind in _SIMPLE_OUTPUTS or kind == "array":
             return type_from_schema(output)
         raise TemplateError(
-            "output needs 'labels', 'schema' or a 'type' (string, integer, "
+            "output needs 'labels', 'schema', 'regex', 'lark' or a 'type' (string, integer, "
             f"number, boolean, array), got keys {sorted(output)}"
         )
     except TemplateError as exc:

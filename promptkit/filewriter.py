@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from .constraints import Lark, Regex
 from .parsing import _unwrap
 from .prompt import Prompt
 
@@ -116,6 +117,10 @@ def _output(prompt: Prompt[Any]) -> dict[str, Any] | None:
         return None
     if spec.kind == "label":
         return {"labels": list(spec.labels)}
+    if isinstance(spec.text_constraint, Regex):
+        return {"regex": spec.text_constraint.pattern}
+    if isinstance(spec.text_constraint, Lark):
+        return {"lark": spec.text_constraint.grammar}
     inner = _unwrap(spec.type)
     if inner in (int, float, bool) or (isinstance(inner, type) and issubclass(inner, enum.Enum)):
         return {**{k: v for k, v in spec.schema.items() if k != "title"}}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overloa
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .backends.base import GenerationConfig, Message, PromptInput
-from .constraints import Grammar, grammar_for
+from .constraints import Grammar, Lark, Regex, grammar_for
 from .errors import (
     ConstraintError,
     InputValidationError,
@@ -117,6 +117,28 @@ class Prompt(Generic[OutputT]):
         self: Prompt[str],
         *,
         query: str,
+        instruction: str = ...,
+        input_type: type[BaseModel] | None = ...,
+        examples: Sequence[Example] = ...,
+        system: str | None = ...,
+        style: Style = ...,
+        shots: int | None = ...,
+        format_instructions: bool = ...,
+        turns: Sequence[tuple[str, str]] = ...,
+        config: GenerationConfig | None = ...,
+        name: str | None = ...,
+        description: str | None = ...,
+        metadata: Mapping[str, Any] | None = ...,
+        source: str | None = ...,
+        first_lines: Mapping[str, int] | None = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Prompt[str],
+        *,
+        query: str,
+        output_type: Regex | Lark,
         instruction: str = ...,
         input_type: type[BaseModel] | None = ...,
         examples: Sequence[Example] = ...,

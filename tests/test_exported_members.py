@@ -13,7 +13,9 @@ def test_all_is_locked_and_sorted():
     assert promptkit.__all__ == [
         "Attempt",
         "Example",
+        "Lark",
         "Prompt",
+        "Regex",
         "Result",
         "__version__",
         "backends",

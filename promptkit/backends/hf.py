@@ -148,7 +148,12 @@ class HFBackend(LocalScoring):
         vocab = int(self.model.get_output_embeddings().weight.size(0))
         tokenizer = llg_tokenizer(self.tokenizer.hf, self._llguidance_tokenizer, vocab)
         masker = TokenMasker(
-            config.grammar, tokenizer, batch=batch, vocab_size=vocab, max_tokens=config.max_tokens
+            config.grammar,
+            tokenizer,
+            batch=batch,
+            vocab_size=vocab,
+            max_tokens=config.max_tokens,
+            greedy=config.temperature == 0,
         )
         return GrammarLogitsProcessor(masker, prompt_width)
 

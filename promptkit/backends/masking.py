@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from ..constraints import Grammar, _llguidance, shortest_ending
@@ -35,6 +36,8 @@ __all__ = ["TokenMasker", "llg_tokenizer"]
 
 NEAR = 16  # start guarding the budget this many tokens before the ending must begin
 CANDIDATES = 8  # most likely tokens checked one by one near the end of the budget
+SLACK = 8  # until this close to NEAR, the ending is looked for only every REFRESH tokens
+REFRESH = 4
 ENDING_LIMIT = 8192  # bytes searched for a valid ending before giving up on one
 
 _TOKENIZERS: weakref.WeakKeyDictionary[Any, dict[int, LLTokenizer]] = weakref.WeakKeyDictionary()
@@ -66,12 +69,19 @@ class _Row:
         self.matcher = matcher
         self.bytes = byte_matcher
         self.produced = 0  # tokens consumed so far
-        self.ending: list[int] | None = None  # a valid ending from the current state (cached)
+        self.tail: bytes | None = None  # a valid ending from the current state (cached)
+        self.ending: list[int] | None = None  # ``tail`` as tokens (cached)
+        self.ending_length = 0  # length of the last ending found
+        self.since = 0  # tokens taken since it was found
+        self.endings_after: dict[int, tuple[bytes, list[int]]] = {}  # after candidate tokens
         self.forced: list[int] = []  # an ending being forced because the budget requires it
 
 
 class TokenMasker:
     """Allowed-token masks for a batch of ``batch`` sequences constrained by ``grammar``.
+
+    ``greedy``: decoding takes the most likely token (so near the end of the budget only that
+    one needs checking).
 
     Raises ConstraintError when the grammar cannot be compiled, or when ``max_tokens`` cannot
     hold any valid answer.
@@ -85,6 +95,7 @@ class TokenMasker:
         batch: int,
         vocab_size: int,
         max_tokens: int,
+        greedy: bool = False,
     ):
         llg = _llguidance()
         compiled = grammar.compiled()
@@ -98,6 +109,7 @@ class TokenMasker:
         self.eos = tokenizer.eos_token
         self.vocab_size = vocab_size
         self.max_tokens = max_tokens
+        self.candidates = 1 if greedy else CANDIDATES  # greedy takes the top token or nothing
         self._token_bytes: dict[int, bytes] = {}
         self.rows: list[_Row] = []
         first = llg.LLMatcher(tokenizer, compiled, log_level=0)
@@ -113,7 +125,6 @@ class TokenMasker:
         self._check_budget()
         words = (vocab_size + 31) // 32
         self._bitmask = torch.full((batch, words), -1, dtype=torch.int32)
-        self._shifts = torch.arange(32, dtype=torch.int32)
 
     def _check_budget(self) -> None:
         ending = self._ending(self.rows[0])
@@ -133,10 +144,14 @@ class TokenMasker:
         take next (other rows are left alone)."""
         free = [i for i in rows if not (self.rows[i].forced or self.rows[i].matcher.is_stopped())]
         bitmask = self._bitmask
-        if free:
+        width = bitmask.size(1) * 4
+        if len(free) == 1:  # one row: no need for the thread pool
+            row_mask = bitmask[free[0]]
+            self.rows[free[0]].matcher.unsafe_compute_mask_ptr(row_mask.data_ptr(), width)
+        elif free:
             matchers = [(self.rows[i].matcher, i) for i in free]
             _executor().unsafe_compute_mask_ptr(
-                matchers, bitmask.data_ptr(), bitmask.size(1) * 4, bitmask.size(0)
+                matchers, bitmask.data_ptr(), width, bitmask.size(0)
             )
         for i in rows:
             row = self.rows[i]
@@ -144,18 +159,29 @@ class TokenMasker:
                 only = row.forced[0] if row.forced else self.eos
                 bitmask[i].zero_()
                 bitmask[i, only // 32] = _bit(only % 32)
-        index = torch.tensor(list(rows), dtype=torch.long)
-        bits = (bitmask[index].unsqueeze(-1) >> self._shifts) & 1  # (R, words, 32)
-        allowed = bits.view(len(rows), -1)[:, : logits.size(-1)].bool().to(logits.device)
-        on_device = index.to(logits.device)
-        logits[on_device] = logits[on_device].masked_fill(~allowed, float("-inf"))
+        blocked = self._blocked(rows, logits.size(-1)).to(logits.device)
+        if len(rows) == len(self.rows):
+            logits.masked_fill_(blocked, float("-inf"))
+        else:
+            on_device = torch.tensor(list(rows), dtype=torch.long, device=logits.device)
+            logits[on_device] = logits[on_device].masked_fill(blocked, float("-inf"))
         for i in free:
             self._guard_budget(i, logits[i])
+
+    def _blocked(self, rows: Sequence[int], vocab: int) -> torch.Tensor:
+        """``(len(rows), vocab)`` booleans, True where the token is not allowed."""
+        packed = self._bitmask.numpy().view(np.uint8)  # little-endian: bit t % 8 of byte t // 8
+        if len(rows) < len(self.rows):
+            packed = packed[list(rows)]
+        bits = np.unpackbits(np.invert(packed), axis=-1, bitorder="little", count=vocab)
+        return torch.from_numpy(bits).view(torch.bool)  # 0/1 bytes reinterpreted, no copy
 
     def _guard_budget(self, i: int, logits: torch.Tensor) -> None:
         """Near the end of the budget, keep only tokens after which the answer can still end."""
         row = self.rows[i]
         left = self.max_tokens - row.produced
+        if row.tail is None and left > row.ending_length + NEAR + SLACK and row.since < REFRESH:
+            return  # not yet near the end of the budget: looking every few tokens is enough
         ending = self._ending(row)
         if ending is None or left - len(ending) > NEAR:
             return
@@ -164,9 +190,12 @@ class TokenMasker:
             self._only(logits, [ending[0]])
             return
         keep = [ending[0]] if ending else [self.eos]
-        finite = torch.isfinite(logits)
-        count = min(CANDIDATES, int(finite.sum()))
-        for token in torch.topk(logits, count).indices.tolist():
+        if self.candidates == 1:
+            candidates = [int(logits.argmax())]
+        else:
+            count = min(self.candidates, int(torch.isfinite(logits).sum()))
+            candidates = torch.topk(logits, count).indices.tolist()
+        for token in candidates:
             if token in keep:
                 continue
             if token == self.eos or self._fits_after(row, token, left - 1):
@@ -182,11 +211,16 @@ class TokenMasker:
             logits[tokens] = 0.0
 
     def _fits_after(self, row: _Row, token: int, left: int) -> bool:
+        """Whether an ending of at most ``left`` tokens follows ``token`` (kept for advance)."""
         after = row.bytes.deep_copy()
         if not after.consume_tokens(list(self._bytes(token))):
             return False
         tail = shortest_ending(after, ENDING_LIMIT)
-        return tail is not None and len(self._tokens(row, tail, token)) <= left
+        if tail is None:
+            return False
+        ending = self._tokens(row, tail, token)
+        row.endings_after[token] = (tail, ending)
+        return len(ending) <= left
 
     def advance(self, i: int, token: int) -> None:
         """Feed the token that row ``i`` took to its matcher."""
@@ -201,7 +235,17 @@ class TokenMasker:
         if token != self.eos:
             row.bytes.consume_tokens(list(self._bytes(token)))
         row.produced += 1
-        row.ending = None
+        row.since += 1
+        taken = self._bytes(token) if token != self.eos else b""
+        if row.tail is not None and row.tail.startswith(taken):
+            row.tail = row.tail[len(taken) :]  # the rest of the ending still ends the answer
+            row.ending = row.ending[1:] if row.ending and row.ending[0] == token else None
+        elif token in row.endings_after:  # found when the token was checked
+            row.tail, row.ending = row.endings_after[token]
+            row.ending_length, row.since = len(row.ending), 0
+        else:
+            row.tail = row.ending = None
+        row.endings_after.clear()
 
     def forced(self, i: int) -> list[int]:
         """Tokens row ``i`` must take next, whatever the model says (possibly none)."""
@@ -220,14 +264,15 @@ class TokenMasker:
 
     def _ending(self, row: _Row) -> list[int] | None:
         """Tokens of a short valid ending from the row's state (None when none was found)."""
+        if row.tail is None:
+            tail = b"" if row.matcher.is_accepting() else shortest_ending(row.bytes, ENDING_LIMIT)
+            if tail is None:
+                return None
+            row.tail, row.ending = tail, None
+            row.since = 0
         if row.ending is None:
-            if row.matcher.is_accepting():
-                row.ending = []
-            else:
-                tail = shortest_ending(row.bytes, ENDING_LIMIT)
-                if tail is None:
-                    return None
-                row.ending = self._tokens(row, tail, None)
+            row.ending = self._tokens(row, row.tail, None)
+            row.ending_length = len(row.ending)
         return row.ending
 
     def _tokens(self, row: _Row, tail: bytes, after: int | None) -> list[int]:

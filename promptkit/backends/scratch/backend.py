@@ -234,7 +234,12 @@ class ScratchBackend(LocalScoring):
         vocab = self.model.config.vocab_size
         tokenizer = llg_tokenizer(self.tokenizer, self.tokenizer.to_llguidance, vocab)
         return TokenMasker(
-            config.grammar, tokenizer, batch=batch, vocab_size=vocab, max_tokens=config.max_tokens
+            config.grammar,
+            tokenizer,
+            batch=batch,
+            vocab_size=vocab,
+            max_tokens=config.max_tokens,
+            greedy=config.temperature == 0,
         )
 
     def _generators(self, batch: int, seed: int | None) -> list[torch.Generator]:

@@ -1,0 +1,167 @@
+"""Cost of constrained decoding: the token mask vs the model step, GPT-2 small, random weights.
+
+    python bench/constrained.py [--threads 2] [--new 64] [--runs 3]
+
+The same model (our GPT-2 small, random weights, float32, CPU), the same prompt (the bundled
+``extract`` template rendered with its sample, about 300 tokens) and the same number of new
+tokens, decoded greedily without and with the output type's grammar. Prints:
+
+- the median and mean time per decoding step spent in the token masker (computing the allowed
+  tokens, applying them to the logits, feeding the chosen token, fast-forward and budget
+  checks), in microseconds, and that mean as a fraction of an unconstrained step (target <= 5%);
+- the end-to-end time per new token, constrained vs unconstrained (fast-forward lets the
+  constrained side skip the model for tokens the grammar forces);
+- grammar preparation for every bundled template with a structured output type, after the
+  tokenizer is cached (target < 10 ms): compiling the grammar and creating the matcher.
+
+Needs GPT-2's tokenizer files from ../shared/data/gpt2-tokenizer (a real 50k vocabulary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import promptkit as pk
+from promptkit.backends import GenerationConfig
+from promptkit.backends.base import messages_to_text
+from promptkit.backends.masking import TokenMasker, llg_tokenizer
+from promptkit.backends.scratch.backend import ScratchBackend
+from promptkit.backends.scratch.model import GPT, PRESETS
+from promptkit.backends.scratch.tokenizer import Tokenizer
+from promptkit.constraints import _compile, grammar_for
+
+TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
+
+
+def timed(owner: Any, name: str, into: list[tuple[str, float]]) -> Callable[[], None]:
+    """Record the wall time of every call of ``owner.name``; returns the undo."""
+    original = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            into.append((name, time.perf_counter() - began))
+
+    setattr(owner, name, wrapper)
+    return lambda: setattr(owner, name, original)
+
+
+def per_step(calls: list[tuple[str, float]]) -> list[float]:
+    """Masker time of each decoding step: an ``apply`` and the calls that follow it."""
+    steps: list[float] = []
+    for name, seconds in calls:
+        if name == "apply" or not steps:
+            steps.append(0.0)
+        steps[-1] += seconds
+    return steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--new", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    if not (TOKENIZER / "tokenizer.json").is_file():
+        sys.exit(f"needs GPT-2's tokenizer in {TOKENIZER}")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.from_folder(TOKENIZER)
+    backend = ScratchBackend(GPT(PRESETS["gpt2"]).eval(), tokenizer)
+    vocab = backend.model.config.vocab_size
+
+    began = time.perf_counter()
+    llg = llg_tokenizer(tokenizer, tokenizer.to_llguidance, vocab)
+    print(f"llguidance tokenizer built once in {time.perf_counter() - began:.2f} s (then cached)")
+
+    extract = pk.load_prompt("extract")
+    prompt = messages_to_text(extract.render(extract.metadata["sample"]))  # type: ignore[arg-type]
+    grammar = grammar_for(extract.output)
+    plain = GenerationConfig(max_tokens=args.new)
+    constrained = plain.replace(grammar=grammar)
+    print(
+        f"{args.threads} threads, GPT-2 small (random weights), prompt "
+        f"{backend.count_tokens(prompt)} tokens, {args.new} new tokens, greedy"
+    )
+
+    forward: list[tuple[str, float]] = []
+    undo = timed(backend.model, "forward", forward)
+    plain_steps: list[float] = []
+    seconds_per_token: dict[str, list[float]] = {"plain": [], "constrained": []}
+    for _ in range(args.runs):
+        forward.clear()
+        began = time.perf_counter()
+        completion = backend.generate(prompt, plain)
+        seconds_per_token["plain"].append(
+            (time.perf_counter() - began) / completion.usage.completion_tokens
+        )
+        plain_steps += [seconds for _, seconds in forward[1:]]  # after the prompt's pass
+    undo()
+
+    calls: list[tuple[str, float]] = []
+    undos = [timed(TokenMasker, name, calls) for name in ("apply", "advance", "forced")]
+    masker_steps: list[float] = []
+    apply_calls: list[float] = []
+    text = ""
+    for _ in range(args.runs):
+        calls.clear()
+        began = time.perf_counter()
+        completion = backend.generate(prompt, constrained)
+        seconds_per_token["constrained"].append(
+            (time.perf_counter() - began) / completion.usage.completion_tokens
+        )
+        masker_steps += per_step(calls)
+        apply_calls += [seconds for name, seconds in calls if name == "apply"]
+        text = completion.text
+    for undo in undos:
+        undo()
+
+    step = statistics.median(plain_steps)
+    mean = statistics.mean(masker_steps)
+    print(
+        f"unconstrained model step: median {step * 1e3:.2f} ms\n"
+        f"token masker per step: median {statistics.median(masker_steps) * 1e6:.0f} us, "
+        f"mean {mean * 1e6:.0f} us = {mean / step:.1%} of a step (target <= 5%)\n"
+        f"  of which the mask (compute, apply, budget guard): median "
+        f"{statistics.median(apply_calls) * 1e6:.0f} us, max {max(apply_calls) * 1e6:.0f} us"
+    )
+    plain_token = statistics.median(seconds_per_token["plain"])
+    constrained_token = statistics.median(seconds_per_token["constrained"])
+    print(
+        f"time per new token: unconstrained {plain_token * 1e3:.2f} ms, constrained "
+        f"{constrained_token * 1e3:.2f} ms ({constrained_token / plain_token:.2f}x; "
+        "fast-forward skips the model for tokens the grammar forces)"
+    )
+    valid = grammar is not None and grammar.matches(text)
+    print(f"constrained answer (valid: {valid}): {text[:100]!r}")
+
+    print("grammar preparation (tokenizer cached), per bundled template:")
+    worst = 0.0
+    for name in pk.bundled_templates():
+        template_grammar = grammar_for(pk.load_prompt(name).output)
+        if template_grammar is None:
+            continue
+        times = []
+        for _ in range(5):
+            _compile.cache_clear()
+            began = time.perf_counter()
+            TokenMasker(template_grammar, llg, batch=1, vocab_size=vocab, max_tokens=256)
+            times.append(time.perf_counter() - began)
+        best = min(times)
+        worst = max(worst, best)
+        print(f"  {name:18s} {best * 1e3:6.2f} ms")
+    print(f"slowest {worst * 1e3:.2f} ms (target < 10 ms)")
+
+
+if __name__ == "__main__":
+    main()
