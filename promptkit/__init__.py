@@ -28,6 +28,7 @@ __all__ = [
     "errors",
     "get_backend",
     "load_prompt",
+    "multiple_choice",
     "parse_output",
     "save_prompt",
 ]
@@ -44,6 +45,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "errors": ("promptkit.errors", None),
     "get_backend": ("promptkit.backends", "get_backend"),
     "load_prompt": ("promptkit.files", "load_prompt"),
+    "multiple_choice": ("promptkit.scoring", "multiple_choice"),
     "parse_output": ("promptkit.parsing", "parse_output"),
     "save_prompt": ("promptkit.files", "save_prompt"),
 }
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from .parsing import parse_output
     from .prompt import Example, Prompt
     from .runloop import Attempt, Result
+    from .scoring import multiple_choice
 
 
 def __getattr__(name: str) -> Any:

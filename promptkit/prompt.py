@@ -32,6 +32,7 @@ from .templating import CompiledTemplate
 
 if TYPE_CHECKING:
     from .backends.base import Backend
+    from .scoring import Classification
 
 __all__ = ["Attempt", "Constrained", "Example", "Prompt", "Result", "Style"]
 
@@ -475,6 +476,65 @@ class Prompt(Generic[OutputT]):
             done = loop.accept(await backend.agenerate(request.prompt, request.config))
             if done is not None:
                 return done
+
+    def classify(
+        self,
+        inputs: Mapping[str, Any] | BaseModel,
+        *,
+        backend: Backend,
+        shots: int | None = None,
+        normalize: bool = False,
+        calibrate: bool = False,
+        content_free: str = "N/A",
+    ) -> Classification:
+        """Choose the label by likelihood: score each label's verbalisation as a continuation
+        of the rendered prompt (completion form) and take the most probable.
+
+        ``normalize`` divides each label's log-probability by its length in tokens;
+        ``calibrate`` divides the label probabilities by those given for a content-free input
+        (every text field set to ``content_free``) before choosing. Needs a label output type
+        (``Literal`` / ``Enum`` / ``labels:``) and a backend that scores
+        (UnsupportedCapabilityError otherwise).
+        """
+        from .scoring import Classification, _softmax, score_continuations
+        from .scoring import calibrate as calibrated_by
+
+        if self.output.kind != "label":
+            raise UsageError(
+                "classify needs a label output type (Literal[...], an Enum or labels: [...]); "
+                f"this prompt's output is {self.output.kind}"
+            )
+        backend.require("loglikelihood")
+        count = self._shots(shots)
+        validated = self.validate_inputs(inputs)
+        labels = self.output.labels
+        verbalised = [" " + label for label in labels]  # as demonstrations write answers
+
+        def label_probabilities(context: dict[str, Any]) -> tuple[list[float], tuple[float, ...]]:
+            text = self._render_context(context, count, "completion")
+            assert isinstance(text, str)
+            scored = score_continuations(backend, text, verbalised)
+            scores = [score for score, _ in scored]
+            decisive = [s / max(n, 1) for s, n in scored] if normalize else scores
+            return scores, _softmax(decisive)
+
+        scores, probabilities = label_probabilities(_context(validated))
+        calibrated = None
+        if calibrate:
+            blank = {
+                key: content_free if isinstance(value, str) else value
+                for key, value in _context(validated).items()
+            }
+            calibrated = calibrated_by(probabilities, label_probabilities(blank)[1])
+        decisive = calibrated or probabilities
+        best = max(range(len(labels)), key=decisive.__getitem__)
+        return Classification(
+            label=self.output.validate(labels[best]),
+            labels=labels,
+            scores=tuple(scores),
+            probabilities=probabilities,
+            calibrated=calibrated,
+        )
 
     def run_batch(
         self,

@@ -23,6 +23,7 @@ def test_all_is_locked_and_sorted():
         "errors",
         "get_backend",
         "load_prompt",
+        "multiple_choice",
         "parse_output",
         "save_prompt",
     ]

@@ -108,25 +108,37 @@ class LocalScoring(Backend):
             requests.append((context_ids, self.tokenizer.encode(continuation)))
         return self.score_ids(requests)
 
+    def score_choices(self, context: str, choices: Sequence[str]) -> list[tuple[float, int]]:
+        """Each choice's summed log-probability as a continuation of ``context``, and its number
+        of tokens (context and choices tokenized separately, as in :meth:`loglikelihood_batch`).
+        """
+        context_ids = self.tokenizer.encode(context) if context else [self.tokenizer.eot_id]
+        continuations = []
+        for i, choice in enumerate(choices):
+            if not isinstance(choice, str) or not choice:
+                raise InputValidationError(f"choice {i} is empty or not a string: {choice!r}")
+            continuations.append(self.tokenizer.encode(choice))
+        scores = self.score_choice_ids(context_ids, continuations)
+        return [(score, len(ids)) for score, ids in zip(scores, continuations, strict=True)]
+
+    def score_choice_ids(
+        self, context_ids: list[int], continuations: Sequence[list[int]]
+    ) -> list[float]:
+        """Token-level form of :meth:`score_choices` (one full sequence per choice here; the
+        scratch backend runs the shared context once)."""
+        return [score for score, _ in self.score_ids([(context_ids, c) for c in continuations])]
+
     @torch.inference_mode()
     def score_ids(
         self, requests: Sequence[tuple[list[int], list[int]]]
     ) -> list[tuple[float, bool]]:
         """Token-level form of :meth:`loglikelihood_batch`."""
-        window = self._window()
         results: list[tuple[float, bool]] = []
         for start in range(0, len(requests), SCORE_BATCH):
             group = requests[start : start + SCORE_BATCH]
             sequences = []
             for context_ids, continuation_ids in group:
-                total = len(context_ids) + len(continuation_ids) - 1
-                if total > window:
-                    raise ContextWindowError(
-                        f"context and continuation have {total + 1} tokens; the model sees "
-                        f"{window} at most",
-                        prompt_tokens=total + 1,
-                        context_window=window,
-                    )
+                self._check_length(len(context_ids) + len(continuation_ids) - 1)
                 sequences.append((context_ids + continuation_ids)[:-1])
             width = max(len(s) for s in sequences)
             batch = torch.zeros((len(group), width), dtype=torch.long)
@@ -156,6 +168,15 @@ class LocalScoring(Backend):
             )
             results.extend(zip(sums.tolist(), (misses == 0).tolist(), strict=True))
         return results
+
+    def _check_length(self, total: int) -> None:
+        window = self._window()
+        if total > window:
+            raise ContextWindowError(
+                f"context and continuation have {total} tokens; the model sees {window} at most",
+                prompt_tokens=total,
+                context_window=window,
+            )
 
     def _token_logprobs(
         self, hidden: torch.Tensor, targets: torch.Tensor

@@ -255,6 +255,45 @@ class ScratchBackend(LocalScoring):
 
     # -- scoring ------------------------------------------------------------------------------
 
+    @torch.inference_mode()
+    def score_choice_ids(
+        self, context_ids: list[int], continuations: Sequence[list[int]]
+    ) -> list[float]:
+        """Score every continuation of one context, running the context once: its keys and
+        values are cached, repeated for each choice, and only the choices' own tokens go
+        through the model again."""
+        if not continuations:
+            return []
+        longest = max(len(c) for c in continuations)
+        self._check_length(len(context_ids) + longest - 1)
+        count, width = len(continuations), longest - 1
+        cache = self.model.new_cache(1, len(context_ids) + width)
+        context = torch.tensor([context_ids], device=self.device)
+        last = self.model(context, cache=cache)[:, -1]  # (1, C): predicts each first token
+        rows, targets = [], []
+        if width:
+            cache.select(torch.zeros(count, dtype=torch.long, device=self.device))
+            batch = torch.zeros((count, width), dtype=torch.long)
+            for i, ids in enumerate(continuations):  # right padding: causal attention ignores it
+                batch[i, : len(ids) - 1] = torch.tensor(ids[:-1], dtype=torch.long)
+            positions = len(context_ids) + torch.arange(width, device=self.device)
+            hidden = self.model(
+                batch.to(self.device), positions=positions.expand(count, -1), cache=cache
+            )  # (count, width, C)
+        owners = []
+        for i, ids in enumerate(continuations):
+            rows.append(last[0])
+            rows += [hidden[i, j] for j in range(len(ids) - 1)]
+            targets += ids
+            owners += [i] * len(ids)
+        logprobs, _ = self._token_logprobs(
+            torch.stack(rows), torch.tensor(targets, device=self.device)
+        )
+        sums = torch.zeros(count, dtype=torch.float64).index_add_(
+            0, torch.tensor(owners), logprobs.double().cpu()
+        )
+        return [float(x) for x in sums]
+
 
 HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt"]
 

@@ -1,0 +1,122 @@
+"""Answers chosen by likelihood, the GPT-1/GPT-2 way: score each candidate, take the best.
+
+:func:`multiple_choice` scores each choice as a continuation of one context (GPT-1's input
+transformation for multiple choice: one sequence per answer); on the scratch backend the
+context runs through the model once and its key/value cache serves every choice.
+:meth:`promptkit.Prompt.classify` scores each label's verbalisation after the rendered prompt,
+optionally calibrated against a content-free input (Zhao et al., 2021: divide by the
+probabilities the model gives the labels for ``"N/A"``).
+
+Scores are summed log-probabilities; ``normalize=True`` divides each by its length (tokens on
+local backends, characters elsewhere) so long answers are not penalised for their length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import InputValidationError
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
+__all__ = ["ChoiceResult", "Classification", "multiple_choice", "score_continuations"]
+
+
+@dataclass(frozen=True)
+class ChoiceResult:
+    """The chosen answer of a multiple-choice question and the evidence for it."""
+
+    index: int  # the chosen answer (highest score)
+    choices: tuple[str, ...]
+    scores: tuple[float, ...]  # summed log-probability of each choice
+    lengths: tuple[int, ...]  # tokens (local backends) or characters of each choice
+    normalized: bool  # whether the choice was made on per-length scores
+
+    @property
+    def choice(self) -> str:
+        return self.choices[self.index]
+
+    @property
+    def probabilities(self) -> tuple[float, ...]:
+        """The choices' scores (per length when normalized) as a distribution over them."""
+        return _softmax(self._decisive())
+
+    def _decisive(self) -> list[float]:
+        if not self.normalized:
+            return list(self.scores)
+        return [s / max(n, 1) for s, n in zip(self.scores, self.lengths, strict=True)]
+
+
+@dataclass(frozen=True)
+class Classification:
+    """A label chosen by likelihood, with per-label log-probabilities and probabilities."""
+
+    label: Any  # the chosen label, as the prompt's output type (str, Literal value or Enum)
+    labels: tuple[str, ...]
+    scores: tuple[float, ...]  # summed log-probability of each label's verbalisation
+    probabilities: tuple[float, ...]  # softmax over the (normalized) scores
+    calibrated: tuple[float, ...] | None  # divided by the content-free probabilities, renormalized
+
+
+def score_continuations(
+    backend: Backend, context: str, continuations: Sequence[str]
+) -> list[tuple[float, int]]:
+    """Each continuation's summed log-probability after ``context`` and its length.
+
+    Raises UnsupportedCapabilityError when the backend cannot score, InputValidationError for
+    no or empty continuations.
+    """
+    backend.require("loglikelihood")
+    if isinstance(continuations, str) or not continuations:
+        raise InputValidationError("give at least one choice (a list of strings)")
+    shared = getattr(backend, "score_choices", None)
+    if shared is not None:
+        scored: list[tuple[float, int]] = shared(context, list(continuations))
+        return scored
+    results = []
+    for i, text in enumerate(continuations):
+        if not isinstance(text, str) or not text:
+            raise InputValidationError(f"choice {i} is empty or not a string: {text!r}")
+        results.append((backend.loglikelihood(context, text), len(text)))
+    return results
+
+
+def multiple_choice(
+    context: str, choices: Sequence[str], *, backend: Backend, normalize: bool = False
+) -> ChoiceResult:
+    """Score each choice as a continuation of ``context`` and pick the most likely.
+
+    ``normalize=True`` picks by log-probability per token (per character on backends that do
+    not count tokens).
+    """
+    scored = score_continuations(backend, context, choices)
+    result = ChoiceResult(
+        index=0,
+        choices=tuple(choices),
+        scores=tuple(s for s, _ in scored),
+        lengths=tuple(n for _, n in scored),
+        normalized=normalize,
+    )
+    decisive = result._decisive()
+    best = max(range(len(decisive)), key=decisive.__getitem__)
+    return ChoiceResult(best, result.choices, result.scores, result.lengths, normalize)
+
+
+def _softmax(values: Sequence[float]) -> tuple[float, ...]:
+    top = max(values)
+    if top == -math.inf:
+        return tuple(1.0 / len(values) for _ in values)
+    weights = [math.exp(v - top) for v in values]
+    total = sum(weights)
+    return tuple(w / total for w in weights)
+
+
+def calibrate(probabilities: Sequence[float], content_free: Sequence[float]) -> tuple[float, ...]:
+    """Divide each probability by the one given for a content-free input; renormalize."""
+    ratios = [p / max(q, 1e-30) for p, q in zip(probabilities, content_free, strict=True)]
+    total = sum(ratios)
+    return tuple(r / total for r in ratios)
