@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overloa
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from .backends.base import GenerationConfig, Message, PromptInput
+from .backends.base import GenerationConfig, Message, PromptInput, messages_to_text
 from .constraints import Grammar, Lark, Regex, grammar_for
+from .demos import Selection, Strategy
 from .errors import (
     ConstraintError,
+    ContextWindowError,
     InputValidationError,
     MissingVariableError,
     PromptkitError,
@@ -300,13 +302,80 @@ class Prompt(Generic[OutputT]):
         shots: int | None = None,
         *,
         style: Style | None = None,
+        select: Selection | Strategy | None = None,
     ) -> PromptInput:
         """Render to one string (completion style) or a list of chat messages (chat style).
+
+        ``shots`` demonstrations are shown, chosen by ``select`` (default: the examples' own
+        order; see :mod:`promptkit.demos`).
 
         Raises InputValidationError for bad inputs or shots, TemplateError if rendering fails.
         """
         context = _context(self.validate_inputs(inputs))
-        return self._render_context(context, self._shots(shots), style or self.style)
+        selection = Selection.of(select)
+        chosen = self._choose(context, self._shots(shots), selection)
+        return self._render_context(context, self._display(chosen, selection), style or self.style)
+
+    def _choose(self, context: dict[str, Any], count: int, selection: Selection) -> list[int]:
+        """Indices of the ``count`` most wanted examples for this input, most wanted first."""
+        if count == 0:
+            return []
+        if selection.strategy == "first" and not selection.balanced:
+            return list(range(count))
+        demos = self._demonstrations()
+        query = self.query.render(context).strip()
+        ranked = selection.rank(query, [q for q, _ in demos], [a for _, a in demos])
+        return ranked[:count]
+
+    @staticmethod
+    def _display(chosen: list[int], selection: Selection) -> list[int]:
+        return chosen[::-1] if selection.relevance_last else chosen
+
+    def _fit(
+        self,
+        context: dict[str, Any],
+        chosen: list[int],
+        selection: Selection,
+        style: Style,
+        backend: Backend,
+        config: GenerationConfig,
+    ) -> tuple[PromptInput, list[int], list[tuple[int, str]]]:
+        """Render, dropping the least wanted demonstrations until the prompt plus
+        ``max_tokens`` fits the backend's context window (counted with its own tokenizer).
+
+        Returns the rendering, the demonstrations shown and the dropped ones with the reason.
+        Raises ContextWindowError when the instruction and query alone do not fit.
+        """
+        chosen = list(chosen)
+        rendered = self._render_context(context, self._display(chosen, selection), style)
+        window = backend.context_window
+        count_tokens = getattr(backend, "count_tokens", None)
+        if window is None or count_tokens is None:
+            return rendered, chosen, []
+        dropped: list[tuple[int, str]] = []
+        while True:
+            text = rendered if isinstance(rendered, str) else messages_to_text(rendered)
+            tokens = int(count_tokens(text))
+            if tokens + config.max_tokens <= window:
+                return rendered, chosen, dropped
+            if not chosen:
+                raise ContextWindowError(
+                    f"the instruction and query alone take {tokens} tokens; with max_tokens "
+                    f"{config.max_tokens} they do not fit the context window of {window} "
+                    "(demonstrations were dropped first); shorten the input or lower max_tokens",
+                    prompt_tokens=tokens,
+                    max_tokens=config.max_tokens,
+                    context_window=window,
+                )
+            gone = chosen.pop()
+            dropped.append(
+                (
+                    gone,
+                    f"did not fit: {tokens} prompt tokens + max_tokens {config.max_tokens} > "
+                    f"context window {window}",
+                )
+            )
+            rendered = self._render_context(context, self._display(chosen, selection), style)
 
     def _shots(self, shots: int | None) -> int:
         if shots is None:
@@ -318,10 +387,14 @@ class Prompt(Generic[OutputT]):
             )
         return shots
 
-    def _render_context(self, context: dict[str, Any], shots: int, style: Style) -> PromptInput:
+    def _render_context(
+        self, context: dict[str, Any], shown: Sequence[int], style: Style
+    ) -> PromptInput:
+        """Render with the examples ``shown`` (indices, in display order)."""
         header = self._header(context, completion=style == "completion")
         turns = [(t.role, t.template.render(context).strip()) for t in self.turns]
-        demos = self._demonstrations()[:shots]
+        every = self._demonstrations()
+        demos = [every[i] for i in shown]
         query = self.query.render(context).strip()
         if style == "completion":
             parts = [header] if header else []
@@ -376,6 +449,7 @@ class Prompt(Generic[OutputT]):
         config: GenerationConfig | None,
         style: Style | None,
         constrained: Constrained,
+        select: Selection | Strategy | None = None,
     ) -> RunLoop[OutputT]:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise UsageError(f"max_attempts must be a positive integer, got {max_attempts!r}")
@@ -385,14 +459,25 @@ class Prompt(Generic[OutputT]):
         elif chosen == "completion" and not backend.capabilities.completion:
             chosen = "chat"
         count = self._shots(shots)
-        rendered = self._render_context(_context(self.validate_inputs(inputs)), count, chosen)
+        context = _context(self.validate_inputs(inputs))
+        selection = Selection.of(select)
         config = config or self.config or GenerationConfig()
         if chosen == "completion" and count and not config.stop:
             config = config.replace(stop=("\n\n",))  # the demonstrations' separator
         grammar = self.constraint(backend, constrained)
         if grammar is not None:
             config = config.replace(grammar=grammar)
-        return RunLoop(rendered, chosen, config, self.output, max_attempts, examples_used=count)
+        ranked = self._choose(context, count, selection)
+        rendered, shown, dropped = self._fit(context, ranked, selection, chosen, backend, config)
+        return RunLoop(
+            rendered,
+            chosen,
+            config,
+            self.output,
+            max_attempts,
+            demonstrations=tuple(self._display(shown, selection)),
+            dropped=tuple(dropped),
+        )
 
     def constraint(self, backend: Backend, constrained: Constrained = None) -> Grammar | None:
         """The grammar that decoding on ``backend`` is constrained to, or None.
@@ -439,8 +524,14 @@ class Prompt(Generic[OutputT]):
         config: GenerationConfig | None = None,
         style: Style | None = None,
         constrained: Constrained = None,
+        select: Selection | Strategy | None = None,
     ) -> Result[OutputT]:
         """Render, generate, parse and validate; re-ask with the error on failure.
+
+        Demonstrations: the first ``shots`` of the examples ranked by ``select`` (see
+        :mod:`promptkit.demos`); on backends that count tokens, the least wanted are dropped
+        until the prompt plus ``max_tokens`` fits the context window (``result.dropped`` says
+        which and why).
 
         On backends with token masks (scratch, hf) a structured output type also constrains
         decoding, so the first answer is already valid; see :meth:`constraint` for
@@ -451,7 +542,7 @@ class Prompt(Generic[OutputT]):
         when the output type cannot be a constraint (or ``max_tokens`` cannot hold any valid
         answer), and whatever the backend raises (BackendError, ContextWindowError, ...).
         """
-        loop = self._loop(inputs, backend, shots, max_attempts, config, style, constrained)
+        loop = self._loop(inputs, backend, shots, max_attempts, config, style, constrained, select)
         while True:
             request = loop.next_request()
             done = loop.accept(backend.generate(request.prompt, request.config))
@@ -468,9 +559,10 @@ class Prompt(Generic[OutputT]):
         config: GenerationConfig | None = None,
         style: Style | None = None,
         constrained: Constrained = None,
+        select: Selection | Strategy | None = None,
     ) -> Result[OutputT]:
         """The async twin of :meth:`run`."""
-        loop = self._loop(inputs, backend, shots, max_attempts, config, style, constrained)
+        loop = self._loop(inputs, backend, shots, max_attempts, config, style, constrained, select)
         while True:
             request = loop.next_request()
             done = loop.accept(await backend.agenerate(request.prompt, request.config))
@@ -486,6 +578,7 @@ class Prompt(Generic[OutputT]):
         normalize: bool = False,
         calibrate: bool = False,
         content_free: str = "N/A",
+        select: Selection | Strategy | None = None,
     ) -> Classification:
         """Choose the label by likelihood: score each label's verbalisation as a continuation
         of the rendered prompt (completion form) and take the most probable.
@@ -507,11 +600,13 @@ class Prompt(Generic[OutputT]):
         backend.require("loglikelihood")
         count = self._shots(shots)
         validated = self.validate_inputs(inputs)
+        selection = Selection.of(select)
+        shown = self._display(self._choose(_context(validated), count, selection), selection)
         labels = self.output.labels
         verbalised = [" " + label for label in labels]  # as demonstrations write answers
 
         def label_probabilities(context: dict[str, Any]) -> tuple[list[float], tuple[float, ...]]:
-            text = self._render_context(context, count, "completion")
+            text = self._render_context(context, shown, "completion")
             assert isinstance(text, str)
             scored = score_continuations(backend, text, verbalised)
             scores = [score for score, _ in scored]

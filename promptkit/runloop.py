@@ -44,8 +44,14 @@ class Result(Generic[OutputT]):
     attempts: tuple[Attempt, ...]  # every attempt, the accepted one last
     usage: Usage  # token counts summed over all attempts
     latency_s: float  # wall time of the whole run
-    examples_used: int  # how many demonstrations the prompt showed
+    demonstrations: tuple[int, ...] = ()  # indices of the examples shown, in display order
+    dropped: tuple[tuple[int, str], ...] = ()  # examples chosen but left out, and why
     constrained: bool = False  # whether decoding was constrained to the output type's grammar
+
+    @property
+    def examples_used(self) -> int:
+        """How many demonstrations the prompt showed."""
+        return len(self.demonstrations)
 
 
 @dataclass(frozen=True)
@@ -99,13 +105,15 @@ class RunLoop(Generic[OutputT]):
         spec: OutputSpec,
         max_attempts: int,
         *,
-        examples_used: int,
+        demonstrations: tuple[int, ...] = (),
+        dropped: tuple[tuple[int, str], ...] = (),
     ):
         self._request = Request(prompt, config)
         self._reask = REASK[style]
         self._spec = spec
         self._max_attempts = max_attempts
-        self._examples_used = examples_used
+        self._demonstrations = demonstrations
+        self._dropped = dropped
         self._attempts: list[Attempt] = []
         self._started = time.perf_counter()
         self._sent_at = self._started
@@ -152,6 +160,7 @@ class RunLoop(Generic[OutputT]):
             attempts=tuple(self._attempts),
             usage=usage,
             latency_s=now - self._started,
-            examples_used=self._examples_used,
+            demonstrations=self._demonstrations,
+            dropped=self._dropped,
             constrained=request.config.grammar is not None,
         )

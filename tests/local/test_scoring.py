@@ -102,3 +102,14 @@ def test_classify_calibrates_against_a_content_free_input(backend):
 def test_classify_needs_labels(backend):
     with pytest.raises(UsageError, match="label output type"):
         pk.Prompt(query="{{ q }}").classify({"q": "x"}, backend=backend)
+
+
+def test_a_few_shot_template_fits_a_small_window_by_dropping_demonstrations(backend):
+    prompt = pk.load_prompt("sentiment")  # four demonstrations: too long for 128 tokens
+    config = pk.backends.GenerationConfig(max_tokens=4)
+    result = prompt.run(prompt.metadata["sample"], backend=backend, config=config)
+    assert result.dropped and len(result.demonstrations) < len(prompt.examples)
+    assert all("context window 128" in reason for _, reason in result.dropped)
+    sent = result.attempts[0].prompt
+    assert isinstance(sent, str) and backend.count_tokens(sent) + 4 <= 128
+    assert result.constrained and result.output in ("positive", "negative")
