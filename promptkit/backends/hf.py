@@ -94,6 +94,7 @@ class HFBackend(LocalScoring):
         self.model = model.eval()
         self.tokenizer = _Tokenizer(hf_tokenizer)
         self.name = name
+        self.weights_path: Path | None = None  # the weights file, when loaded from a folder
         config = model.config
         self.context_window = getattr(config, "n_positions", None) or getattr(
             config, "max_position_embeddings", None
@@ -355,4 +356,8 @@ def from_spec(
     if not arg:
         raise ConfigurationError("hf needs a model: hf:gpt2 or hf:/path/to/folder")
     model, tokenizer = load_model(arg, device=device, dtype=dtype)
-    return HFBackend(model, tokenizer, name=f"hf:{arg}")
+    backend = HFBackend(model, tokenizer, name=f"hf:{arg}")
+    folder = Path(os.path.expanduser(arg))
+    weights = [folder / name for name in _WEIGHT_FILES if (folder / name).is_file()]
+    backend.weights_path = weights[0] if weights else None
+    return backend

@@ -57,6 +57,7 @@ class ScratchBackend(LocalScoring):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
+        self.weights_path: Path | None = None  # the weights file, when loaded from one
         self.context_window = model.config.context_length
         self.capabilities = Capabilities(
             completion=True,
@@ -336,4 +337,6 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
         path = _from_hub(arg)
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_checkpoint(path, device=chosen)
-    return ScratchBackend(model, tokenizer, name=f"scratch:{path}")
+    backend = ScratchBackend(model, tokenizer, name=f"scratch:{path}")
+    backend.weights_path = path / "model.safetensors"
+    return backend
