@@ -338,6 +338,146 @@ def perplexity_command(path: str, backend_spec: str, stride: int | None, as_json
         )
 
 
+@cli.command("eval")
+@click.argument("file")
+@click.option("--data", "data_path", required=True, help="JSONL dataset: inputs + expected.")
+@_backend_option
+@click.option(
+    "--shots", default="0", show_default=True, help="Shot counts to evaluate, e.g. 0,1,3."
+)
+@click.option("--out", "out_dir", help="Folder for report.json, report.md and accuracy.png.")
+@click.option("--pool", "pool_path", help="JSONL demonstrations (default: the template's).")
+@click.option("--expected-key", default="expected", show_default=True, help="Field of the answer.")
+@click.option("--vs", "other_file", help="A second template to compare on the same data.")
+@click.option(
+    "--select",
+    type=click.Choice(["first", "random", "similar", "mmr"]),
+    default="first",
+    show_default=True,
+    help="How demonstrations are chosen for each item.",
+)
+@click.option("--balanced", is_flag=True, help="Interleave labels among demonstrations.")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Most tokens to generate.")
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Answers to try per item (re-asking with the error).",
+)
+@click.option("--no-cache", is_flag=True, help="Do not use the response cache.")
+@click.option(
+    "--cache-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Response cache size limit in MB.",
+)
+def eval_command(
+    file: str,
+    data_path: str,
+    backend_spec: str,
+    shots: str,
+    out_dir: str | None,
+    pool_path: str | None,
+    expected_key: str,
+    other_file: str | None,
+    select: str,
+    balanced: bool,
+    max_tokens: int | None,
+    max_attempts: int,
+    no_cache: bool,
+    cache_size: int,
+) -> None:
+    """Evaluate template FILE on a dataset for each shot count; write a report."""
+    from .backends import get_backend
+    from .backends.base import Backend, GenerationConfig
+    from .demos import Selection
+    from .evaluate import (
+        check_shots,
+        evaluate,
+        load_dataset,
+        markdown,
+        mcnemar,
+        pool_from,
+        write_report,
+    )
+    from .files import load_prompt
+    from .progress import ItemProgress
+
+    counts = _shot_counts(shots)
+    prompts = {}
+    for path in [file, *([other_file] if other_file else [])]:
+        prompt = load_prompt(path)
+        prompts[prompt.name or Path(path).stem] = prompt
+    if other_file and len(prompts) < 2:
+        raise UsageError("the two templates have the same name; rename one to compare them")
+    plans = {}  # per template: its dataset items and demonstration pool, checked up front
+    for name, prompt in prompts.items():
+        items = load_dataset(data_path, prompt, expected_key=expected_key)
+        pool = (
+            pool_from(load_dataset(pool_path, prompt, expected_key=expected_key))
+            if pool_path
+            else list(prompt.examples)
+        )
+        check_shots(counts, pool)
+        plans[name] = (items, pool)
+    backend: Backend = get_backend(backend_spec)
+    if not no_cache:
+        from .cache import CachedBackend, ResponseCache
+
+        backend = CachedBackend(backend, ResponseCache(max_bytes=cache_size * 1024 * 1024))
+    selection = Selection(select, balanced=balanced)  # type: ignore[arg-type]
+    runs = {}
+    total = sum(len(items) for items, _ in plans.values()) * len(counts)
+    with ItemProgress(total) as progress:
+        for name, prompt in prompts.items():
+            items, pool = plans[name]
+            config = prompt.config or GenerationConfig()
+            if max_tokens is not None:
+                config = config.replace(max_tokens=max_tokens)
+            runs[name] = evaluate(
+                prompt,
+                items,
+                backend=backend,
+                shots=counts,
+                pool=pool,
+                select=selection,
+                config=config,
+                max_attempts=max_attempts,
+                on_item=progress.advance,
+            )
+    comparisons = []
+    if other_file:
+        one, two = runs.values()
+        pairs = zip(one, two, strict=True)
+        comparisons = [mcnemar(a.correct, b.correct, a.shots) for a, b in pairs]
+    folder = Path(out_dir or f"eval-{next(iter(prompts))}")
+    written = write_report(
+        folder, runs, backend=backend_spec, data=data_path, comparisons=comparisons
+    )
+    for name, reports in runs.items():
+        click.echo(markdown(name, reports))
+    for comparison in comparisons:
+        click.echo(
+            f"shots {comparison.shots}: only first right {comparison.only_first}, only second "
+            f"right {comparison.only_second}, McNemar p = {comparison.p_value:.3g}"
+        )
+    calls = getattr(backend, "calls", None)
+    cache_note = f"; {calls} model call(s), the rest from the cache" if calls is not None else ""
+    click.echo(f"wrote {', '.join(str(p) for p in written)}{cache_note}")
+
+
+def _shot_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--shots takes comma-separated whole numbers, got {text!r}") from None
+    if not counts or any(c < 0 for c in counts):
+        raise UsageError(f"--shots takes comma-separated whole numbers >= 0, got {text!r}")
+    return counts
+
+
 def _print_attempts(attempts: Sequence[Any]) -> None:
     for number, attempt in enumerate(attempts, start=1):
         verdict = attempt.error or "accepted"

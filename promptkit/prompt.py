@@ -8,6 +8,7 @@ in the number of demonstrations.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -258,6 +259,20 @@ class Prompt(Generic[OutputT]):
         )
 
     # -- inputs and examples ------------------------------------------------------------------
+
+    def with_examples(self, examples: Sequence[Example]) -> Prompt[OutputT]:
+        """A copy of this prompt with other demonstrations (validated), sharing its templates.
+
+        Raises InputValidationError when an example does not match the input or output type.
+        """
+        other = copy.copy(self)
+        other.examples = tuple(examples)
+        other._example_inputs = [other._validate_example(i, e) for i, e in enumerate(examples)]
+        if self.shots is not None and self.shots > len(other.examples):
+            other.shots = None
+        other._demos = None
+        other._header_cache = {}
+        return other
 
     def validate_inputs(self, inputs: Mapping[str, Any] | BaseModel) -> BaseModel:
         """Validate inputs against the input type; raises InputValidationError naming fields."""
