@@ -220,6 +220,7 @@ def render_command(
 @click.option("--seed", type=int, help="Seed for sampling.")
 @click.option("--json", "as_json", is_flag=True, help="Print the validated output as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every attempt to stderr.")
+@click.option("--no-cache", is_flag=True, help="Do not use the response cache.")
 def run_command(
     file: str,
     input_pairs: Sequence[str],
@@ -233,15 +234,20 @@ def run_command(
     seed: int | None,
     as_json: bool,
     verbose: bool,
+    no_cache: bool,
 ) -> None:
-    """Run template FILE on a backend and print the validated output."""
+    """Run template FILE on a backend and print the validated output.
+
+    Deterministic requests (temperature 0, or a --seed) are answered from the response cache
+    when they were asked before (see promptkit.cache); --no-cache turns it off.
+    """
     from .backends import get_backend
     from .backends.base import GenerationConfig
     from .files import load_prompt
 
     prompt = load_prompt(file)
     inputs = _collect_inputs(prompt, input_pairs, inputs_json, sample)
-    backend = get_backend(backend_spec)
+    backend = _with_cache(get_backend(backend_spec), not no_cache)
     changes = {
         k: v
         for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed))
@@ -422,11 +428,7 @@ def eval_command(
         )
         check_shots(counts, pool)
         plans[name] = (items, pool)
-    backend: Backend = get_backend(backend_spec)
-    if not no_cache:
-        from .cache import CachedBackend, ResponseCache
-
-        backend = CachedBackend(backend, ResponseCache(max_bytes=cache_size * 1024 * 1024))
+    backend: Backend = _with_cache(get_backend(backend_spec), not no_cache, cache_size)
     selection = Selection(select, balanced=balanced)  # type: ignore[arg-type]
     runs = {}
     total = sum(len(items) for items, _ in plans.values()) * len(counts)
@@ -466,6 +468,15 @@ def eval_command(
     calls = getattr(backend, "calls", None)
     cache_note = f"; {calls} model call(s), the rest from the cache" if calls is not None else ""
     click.echo(f"wrote {', '.join(str(p) for p in written)}{cache_note}")
+
+
+def _with_cache(backend: Any, enabled: bool, size_mb: int = 256) -> Any:
+    """The backend behind the response cache, unless disabled."""
+    if not enabled:
+        return backend
+    from .cache import CachedBackend, ResponseCache
+
+    return CachedBackend(backend, ResponseCache(max_bytes=size_mb * 1024 * 1024))
 
 
 def _shot_counts(text: str) -> list[int]:

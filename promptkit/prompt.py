@@ -364,13 +364,12 @@ class Prompt(Generic[OutputT]):
         chosen = list(chosen)
         rendered = self._render_context(context, self._display(chosen, selection), style)
         window = backend.context_window
-        count_tokens = getattr(backend, "count_tokens", None)
-        if window is None or count_tokens is None:
+        if window is None:
             return rendered, chosen, []
         dropped: list[tuple[int, str]] = []
         while True:
             text = rendered if isinstance(rendered, str) else messages_to_text(rendered)
-            tokens = int(count_tokens(text))
+            tokens = backend.count_tokens(text)
             if tokens + config.max_tokens <= window:
                 return rendered, chosen, dropped
             if not chosen:

@@ -19,3 +19,9 @@ def write(tmp_path: Path):
         return path
 
     return _write
+
+
+@pytest.fixture(autouse=True)
+def isolated_response_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch):
+    """Each test gets its own response cache (never the user's ~/.cache/promptkit)."""
+    monkeypatch.setenv("PROMPTKIT_CACHE_DIR", str(tmp_path_factory.mktemp("response-cache")))

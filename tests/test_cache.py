@@ -120,3 +120,18 @@ def test_default_location(monkeypatch, tmp_path):
     monkeypatch.delenv("PROMPTKIT_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_path() == tmp_path / "xdg" / "promptkit" / "responses.sqlite"
+
+
+def test_cli_run_answers_a_repeated_request_from_the_cache(tmp_path):
+    from click.testing import CliRunner
+
+    from promptkit.cli import cli
+
+    replies = tmp_path / "replies.json"
+    replies.write_text('["positive"]')
+    args = ["run", "sentiment", "--sample", "--backend", f"scripted:{replies}"]
+    assert CliRunner().invoke(cli, args).output.strip() == "positive"
+    replies.write_text("[]")  # nothing left to answer with: only the cache can
+    assert CliRunner().invoke(cli, args).output.strip() == "positive"
+    refused = CliRunner().invoke(cli, [*args, "--no-cache"])
+    assert refused.exit_code == 4 and "ran out of scripted replies" in refused.output

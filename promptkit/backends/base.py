@@ -249,6 +249,15 @@ class Backend:
         value = self._perplexity(text, stride)
         return math.inf if math.isnan(value) else value
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` for fitting prompts to ``context_window``.
+
+        This default is an estimate — one token per four characters, rounded up (the usual
+        rule of thumb for English with GPT-style BPE tokenizers). Local backends count exactly
+        with their own tokenizer.
+        """
+        return -(-len(text) // 4)
+
     def require(self, capability: str) -> None:
         """Raise UnsupportedCapabilityError unless the backend declares ``capability``."""
         if not getattr(self.capabilities, capability, False):
