@@ -46,7 +46,7 @@ def main() -> None:
     items = [
         EvalItem(
             i + 1,
-            {"text": f"Review {i}: a {rng.choice(WORDS)} {rng.choice(NOUNS)}, {rng.choice(WORDS)}."},
+            {"text": f"Review {i}: {rng.choice(WORDS)} {rng.choice(NOUNS)}, {rng.choice(WORDS)}."},
             rng.choice(["positive", "negative"]),
         )
         for i in range(args.items)
