@@ -470,6 +470,52 @@ def eval_command(
     click.echo(f"wrote {', '.join(str(p) for p in written)}{cache_note}")
 
 
+@cli.command("serve")
+@_backend_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--api-key",
+    envvar="PROMPTKIT_API_KEY",
+    help="Require this key from clients (env: PROMPTKIT_API_KEY).",
+)
+@click.option("--model-name", help="The model name clients ask for (default: the spec).")
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1024),
+    default=1024 * 1024,
+    show_default=True,
+    help="Largest request body in bytes.",
+)
+def serve_command(
+    backend_spec: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    model_name: str | None,
+    max_body: int,
+) -> None:
+    """Serve a backend as an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
+    try:
+        import uvicorn
+
+        from .server import create_app
+    except ImportError as exc:
+        raise UsageError(
+            f"promptkit serve needs FastAPI and uvicorn ({exc}); pip install 'promptkit[serve]'"
+        ) from None
+    from .backends import get_backend
+
+    backend = get_backend(backend_spec)
+    app = create_app(backend, model_name=model_name, api_key=api_key, max_body_bytes=max_body)
+    click.echo(
+        f"serving {backend.name} as {model_name or backend.name!r} on http://{host}:{port}/v1"
+        + (" (API key required)" if api_key else ""),
+        err=True,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 def _with_cache(backend: Any, enabled: bool, size_mb: int = 256) -> Any:
     """The backend behind the response cache, unless disabled."""
     if not enabled:

@@ -162,9 +162,20 @@ class OutputParseError(OutputValidationError):
 
 
 class BackendError(PromptkitError):
-    """The model or service failed. ``retryable`` says whether trying again can help."""
+    """The model or service failed. ``retryable`` says whether trying again can help; ``kind``
+    names the failure where the service said (``authentication``, ``permission``,
+    ``rate_limit``, ``timeout``, ``connection``, ``content_filter``, ``bad_request``,
+    ``not_found``, ``server``)."""
 
-    def __init__(self, message: str, *, backend: str | None = None, retryable: bool = False):
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str | None = None,
+        retryable: bool = False,
+        kind: str | None = None,
+    ):
         self.backend = backend
         self.retryable = retryable
+        self.kind = kind
         super().__init__(f"{backend}: {message}" if backend else message)

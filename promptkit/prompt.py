@@ -497,10 +497,11 @@ class Prompt(Generic[OutputT]):
         """The grammar that decoding on ``backend`` is constrained to, or None.
 
         ``constrained``: None (the default) constrains structured output types (labels, JSON,
-        numbers, regexes, grammars) on backends with token masks; True also requires such a
-        backend (UnsupportedCapabilityError otherwise); False never constrains; ``"fallback"``
-        is None that falls back to parse-and-re-ask when llguidance cannot compile the output
-        type (instead of raising ConstraintError).
+        numbers, regexes, grammars) on backends with token masks, and object output types on
+        backends with structured output (the OpenAI API's ``response_format``); True also
+        requires such a backend (UnsupportedCapabilityError otherwise); False never
+        constrains; ``"fallback"`` is None that falls back to parse-and-re-ask when llguidance
+        cannot compile the output type (instead of raising ConstraintError).
         """
         if constrained not in (None, True, False, "fallback"):
             raise UsageError(
@@ -511,7 +512,10 @@ class Prompt(Generic[OutputT]):
         grammar = grammar_for(self.output)
         if grammar is None:
             return None
-        if not backend.capabilities.token_masks:
+        structured = grammar.kind == "json_schema" and self.output.is_object
+        if not backend.capabilities.token_masks and not (
+            structured and backend.capabilities.json_schema
+        ):
             if constrained is True:
                 raise UnsupportedCapabilityError(
                     backend.name,

@@ -53,6 +53,8 @@ _BUILTIN: dict[str, _Builtin] = {
     "scratch": _Builtin(
         "promptkit.backends.scratch.backend", "from_spec", "local", "scratch:MODEL_FOLDER"
     ),
+    "openai": _Builtin("promptkit.backends.openai", "from_spec", "openai", "openai:MODEL"),
+    "azure": _Builtin("promptkit.backends.openai", "azure_from_spec", "openai", "azure:DEPLOYMENT"),
 }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, TypeVar, Union
 
@@ -207,6 +207,20 @@ class Backend:
 
         return await asyncio.to_thread(self.generate, prompt, config)
 
+    async def astream(
+        self, prompt: PromptInput, config: GenerationConfig | None = None
+    ) -> AsyncIterator[str]:
+        """The async twin of :meth:`stream` (a worker thread unless the backend overrides it)."""
+        import asyncio
+
+        pieces = self.stream(prompt, config)
+        done = object()
+        while True:
+            piece = await asyncio.to_thread(next, pieces, done)
+            if piece is done:
+                return
+            yield piece  # type: ignore[misc]
+
     def stream(self, prompt: PromptInput, config: GenerationConfig | None = None) -> Iterator[str]:
         """Yield the completion's text in pieces as it is produced."""
         self.require("streaming")
@@ -221,7 +235,10 @@ class Backend:
         on_chat: Callable[[list[Message], GenerationConfig], R],
     ) -> R:
         """Validate the prompt and send it to the hook for the form the backend speaks."""
-        if config.grammar is not None:
+        grammar = config.grammar
+        if grammar is not None and not (
+            grammar.kind == "json_schema" and self.capabilities.json_schema
+        ):
             self.require("token_masks")
         if isinstance(prompt, str):
             self._check_text(prompt)

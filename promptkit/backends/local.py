@@ -108,6 +108,26 @@ class LocalScoring(Backend):
             requests.append((context_ids, self.tokenizer.encode(continuation)))
         return self.score_ids(requests)
 
+    @torch.inference_mode()
+    def token_logprobs(self, text: str) -> list[tuple[str, float | None, int]]:
+        """Each token of ``text``: its text, its log-probability given the tokens before it
+        (None for the first), and its character offset."""
+        ids = self.tokenizer.encode(text)
+        if not ids:
+            raise InputValidationError("the text is empty; there is nothing to score")
+        self._check_length(len(ids))
+        values: list[float | None] = [None]
+        if len(ids) > 1:
+            hidden = self._hidden_states(torch.tensor([ids], device=self.device))[0, :-1]
+            scores, _ = self._token_logprobs(hidden, torch.tensor(ids[1:], device=self.device))
+            values += [float(v) for v in scores]
+        tokens, offset = [], 0
+        for i, value in enumerate(values):
+            piece = self.tokenizer.decode([ids[i]])
+            tokens.append((piece, value, offset))
+            offset = len(self.tokenizer.decode(ids[: i + 1]))
+        return tokens
+
     def score_choices(self, context: str, choices: Sequence[str]) -> list[tuple[float, int]]:
         """Each choice's summed log-probability as a continuation of ``context``, and its number
         of tokens (context and choices tokenized separately, as in :meth:`loglikelihood_batch`).
