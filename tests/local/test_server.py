@@ -9,13 +9,12 @@ import threading
 
 import pytest
 from pydantic import BaseModel
+from servers import serve_in_thread
 
 import promptkit as pk
 from promptkit.backends import GenerationConfig
 from promptkit.backends.openai import OpenAIBackend, azure_from_spec, from_spec
 from promptkit.errors import BackendError, ConfigurationError, ContextWindowError
-
-from .conftest import serve_in_thread
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")

@@ -1,0 +1,164 @@
+"""The openai:/azure: backends' mapping of parameters and errors, against a fake local server."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+import promptkit as pk
+from promptkit.backends import GenerationConfig
+from promptkit.backends.openai import from_spec, request_params, response_format
+from promptkit.constraints import Grammar
+from promptkit.errors import BackendError, ConfigurationError, ContextWindowError
+
+openai = pytest.importorskip("openai")
+fastapi = pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from servers import serve_in_thread  # noqa: E402
+
+KEY = "sk-live-abcdefghijklmnop123456"
+
+
+def fake_api(behaviour: dict[str, Any]) -> Any:
+    """A server whose chat endpoint answers as ``behaviour`` says and counts its calls."""
+    from fastapi.responses import JSONResponse
+
+    app = fastapi.FastAPI()
+    behaviour.setdefault("calls", 0)
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> Any:
+        behaviour["calls"] += 1
+        if behaviour.get("sleep"):
+            time.sleep(behaviour["sleep"])
+        status, body = behaviour["status"], behaviour.get("body", {})
+        headers = behaviour.get("headers", {})
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    return app
+
+
+def error(message: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "x", "param": None, "code": code}}
+
+
+def ok_reply(finish: str = "stop") -> dict[str, Any]:
+    return {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": finish}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+
+
+@pytest.mark.parametrize(
+    "status, body, kind, retryable, calls",
+    [
+        (429, error("Rate limit reached"), "rate_limit", True, 3),
+        (500, error("boom"), "server", True, 3),
+        (403, error("no access"), "permission", False, 1),
+        (404, error("The model does not exist"), "not_found", False, 1),
+        (400, error("bad", "content_filter"), "content_filter", False, 1),
+        (401, error(f"Incorrect API key provided: {KEY}"), "authentication", False, 1),
+    ],
+)
+def test_errors_are_mapped_and_retried_by_the_sdk(status, body, kind, retryable, calls):
+    behaviour = {"status": status, "body": body, "headers": {"retry-after": "0"}}
+    with serve_in_thread(fake_api(behaviour)) as url:
+        backend = from_spec("m", base_url=f"{url}/v1", api_key=KEY, max_retries=2)
+        with pytest.raises(BackendError) as caught:
+            backend.generate([{"role": "user", "content": "x"}], GenerationConfig(max_tokens=2))
+        backend.close()
+    assert (caught.value.kind, caught.value.retryable) == (kind, retryable)
+    assert behaviour["calls"] == calls  # 429 and 5xx: retried (Retry-After honoured)
+    assert isinstance(caught.value.__cause__, openai.APIStatusError)
+    for text in (str(caught.value), str(caught.value.__cause__), repr(backend)):
+        assert KEY not in text and "abcdefghij" not in text
+
+
+def test_context_length_and_content_filtered_answers():
+    behaviour = {"status": 400, "body": error("too long", "context_length_exceeded")}
+    with serve_in_thread(fake_api(behaviour)) as url:
+        backend = from_spec("m", base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        with pytest.raises(ContextWindowError):
+            backend.generate([{"role": "user", "content": "x"}])
+        behaviour.update(status=200, body=ok_reply("content_filter"))
+        with pytest.raises(BackendError) as caught:
+            backend.generate([{"role": "user", "content": "x"}])
+        assert caught.value.kind == "content_filter"
+        behaviour.update(body=ok_reply())
+        completion = backend.generate([{"role": "user", "content": "x"}])
+        assert completion.text == "hi" and completion.usage.total_tokens == 4
+        backend.close()
+
+
+def test_timeouts_are_retryable_errors():
+    behaviour = {"status": 200, "body": ok_reply(), "sleep": 1.0}
+    with serve_in_thread(fake_api(behaviour)) as url:
+        backend = from_spec("m", base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=0.2)
+        with pytest.raises(BackendError) as caught:
+            backend.generate([{"role": "user", "content": "x"}])
+        backend.close()
+    assert caught.value.kind == "timeout" and caught.value.retryable
+
+
+def test_parameters_are_mapped_in_one_place():
+    config = GenerationConfig(max_tokens=7, temperature=0.3, stop=("a", "b"), seed=1)
+    assert request_params("gpt-4o-mini", config, chat=True) == {
+        "max_tokens": 7,
+        "temperature": 0.3,
+        "top_p": 1.0,
+        "stop": ["a", "b"],
+        "seed": 1,
+    }
+    reasoning = request_params("o3-mini", config, chat=True)
+    assert reasoning["max_completion_tokens"] == 7 and "temperature" not in reasoning
+    with pytest.raises(ConfigurationError, match="top_k"):
+        request_params("gpt-4o", GenerationConfig(top_k=5), chat=True)
+    with pytest.raises(ConfigurationError, match="at most 4 stop"):
+        request_params("gpt-4o", GenerationConfig(stop=tuple("abcde")), chat=True)
+
+
+class Strict(BaseModel):
+    name: str
+    age: int
+
+
+class Loose(BaseModel):
+    name: str
+    nickname: str | None = None
+
+
+def test_structured_output_is_strict_when_the_schema_allows():
+    strict = response_format(Grammar.json_schema(Strict.model_json_schema()))
+    assert strict["type"] == "json_schema" and strict["json_schema"]["strict"] is True
+    assert strict["json_schema"]["schema"]["additionalProperties"] is False
+    assert response_format(Grammar.json_schema(Loose.model_json_schema())) == {
+        "type": "json_object"
+    }
+
+
+def test_configuration_from_the_environment(monkeypatch):
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        pk.get_backend("openai:gpt-4o-mini")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    backend = pk.get_backend("openai:gpt-4o-mini")
+    assert backend.context_window == 128_000 and backend.capabilities.chat
+    assert not backend.capabilities.completion and not backend.capabilities.loglikelihood
+    assert KEY not in repr(backend)
+    with pytest.raises(pk.errors.UnsupportedCapabilityError):
+        backend.loglikelihood("a", "b")
+    assert backend.count_tokens("x" * 40) >= 1
+    with pytest.raises(ConfigurationError, match="unknown option"):
+        pk.get_backend("openai:gpt-4o-mini", temperature=0)
+    backend.close()
