@@ -479,6 +479,8 @@ class Prompt(Generic[OutputT]):
         if chosen == "completion" and count and not config.stop:
             config = config.replace(stop=("\n\n",))  # the demonstrations' separator
         grammar = self.constraint(backend, constrained)
+        if grammar is not None and not backend.capabilities.token_masks and chosen != "chat":
+            grammar = None  # structured output (response_format) exists only for chat
         if grammar is not None:
             config = config.replace(grammar=grammar)
         ranked = self._choose(context, count, selection)

@@ -162,3 +162,72 @@ def test_configuration_from_the_environment(monkeypatch):
     with pytest.raises(ConfigurationError, match="unknown option"):
         pk.get_backend("openai:gpt-4o-mini", temperature=0)
     backend.close()
+
+
+def test_a_429_with_retry_after_then_success_is_retried():
+    from fastapi.responses import JSONResponse
+
+    app = fastapi.FastAPI()
+    seen = {"calls": 0, "times": []}
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> Any:
+        seen["calls"] += 1
+        seen["times"].append(time.monotonic())
+        if seen["calls"] == 1:
+            return JSONResponse(error("slow down"), status_code=429, headers={"retry-after": "1"})
+        return JSONResponse(ok_reply())
+
+    with serve_in_thread(app) as url:
+        backend = from_spec("m", base_url=f"{url}/v1", api_key=KEY, max_retries=2)
+        assert backend.generate([{"role": "user", "content": "x"}]).text == "hi"
+        backend.close()
+    assert seen["calls"] == 2
+    assert seen["times"][1] - seen["times"][0] >= 0.9  # waited as Retry-After said
+
+
+def test_malformed_json_and_dropped_connections_are_typed_errors():
+    import socket
+    import threading
+
+    from fastapi.responses import Response
+
+    app = fastapi.FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> Any:
+        return Response("this is { not json", media_type="application/json")
+
+    with serve_in_thread(app) as url:
+        backend = from_spec("m", base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        with pytest.raises(BackendError) as caught:
+            backend.generate([{"role": "user", "content": "x"}])
+        backend.close()
+    assert caught.value.kind == "bad_response" and "base URL" in str(caught.value)
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted = []
+
+    def drop() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            connection.recv(65536)
+            connection.close()  # hang up without answering
+
+    threading.Thread(target=drop, daemon=True).start()
+    port = listener.getsockname()[1]
+    backend = from_spec("m", base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=1)
+    began = time.monotonic()
+    with pytest.raises(BackendError) as dropped:
+        backend.generate([{"role": "user", "content": "x"}])
+    backend.close()
+    listener.close()
+    assert dropped.value.kind == "connection" and dropped.value.retryable
+    assert len(accepted) == 2 and time.monotonic() - began < 30
+    assert KEY not in str(dropped.value)

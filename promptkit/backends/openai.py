@@ -159,6 +159,12 @@ def map_error(exc: Exception, backend: str, secrets: Sequence[str] = ()) -> Exce
         return BackendError(
             f"cannot connect: {message}", backend=backend, retryable=True, kind="connection"
         )
+    if isinstance(exc, openai.APIResponseValidationError):
+        return BackendError(
+            f"the service's response does not have the expected shape: {message}",
+            backend=backend,
+            kind="bad_response",
+        )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         code = _error_code(exc)
@@ -234,6 +240,8 @@ class OpenAIBackend(Backend):
             return function(**kwargs)
         except openai.OpenAIError as exc:
             raise map_error(exc, self.name, self._secrets) from exc
+        except ValueError as exc:  # a body that is not JSON
+            raise self._bad_response(exc) from exc
 
     async def _acall(self, function: Callable[..., Any], **kwargs: Any) -> Any:
         import openai
@@ -242,6 +250,17 @@ class OpenAIBackend(Backend):
             return await function(**kwargs)
         except openai.OpenAIError as exc:
             raise map_error(exc, self.name, self._secrets) from exc
+        except ValueError as exc:
+            raise self._bad_response(exc) from exc
+
+    def _bad_response(self, exc: Exception) -> BackendError:
+        return BackendError(
+            f"the service answered with something that is not a valid API response "
+            f"({scrub(str(exc), self._secrets)}); check that the base URL points at an "
+            "OpenAI-compatible API",
+            backend=self.name,
+            kind="bad_response",
+        )
 
     def _chat_kwargs(self, messages: list[Message], config: GenerationConfig) -> dict[str, Any]:
         kwargs: dict[str, Any] = {

@@ -225,3 +225,28 @@ def test_azure_backend_configuration(url, monkeypatch):
     assert isinstance(remote, OpenAIBackend) and remote.name == "azure:tiny"
     assert isinstance(remote.generate("Hi", GenerationConfig(max_tokens=3)).text, str)
     remote.close()
+
+
+@pytest.fixture(scope="module")
+def wide_url(tmp_path_factory):
+    from .conftest import make_hf_gpt2
+
+    folder = make_hf_gpt2(tmp_path_factory.mktemp("serve-wide"), n_positions=1024)
+    with serve_in_thread(create_app(pk.get_backend(f"scratch:{folder}"), model_name="w")) as base:
+        yield base
+
+
+@pytest.mark.parametrize("name", pk.bundled_templates())
+def test_bundled_templates_run_end_to_end_through_the_server(wide_url, name):
+    remote = from_spec("w", base_url=f"{wide_url}/v1", completions=True, max_retries=0)
+    prompt = pk.load_prompt(name)
+    config = (prompt.config or GenerationConfig()).replace(max_tokens=48)
+    try:
+        result = prompt.run(prompt.metadata["sample"], backend=remote, config=config)
+        assert prompt.output.parse(result.text) == result.output
+        assert result.constrained == (prompt.style == "chat" and prompt.output.is_object)
+    except pk.errors.OutputValidationError as exc:  # random weights, unconstrained: re-asked
+        assert prompt.style == "completion" or not prompt.output.is_object
+        assert len(exc.attempts) == 3 and all(a.error for a in exc.attempts)
+    finally:
+        remote.close()
