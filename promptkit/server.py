@@ -20,12 +20,15 @@ the model one at a time (a queue in front of it), so concurrent clients never sh
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import queue as queue_module
 import secrets
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any, Union
 
 from fastapi import FastAPI, Request
@@ -34,7 +37,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from .backends.base import Backend, Completion, GenerationConfig, Message, check_messages
+from .backends.base import (
+    Backend,
+    Completion,
+    GenerationConfig,
+    Message,
+    check_messages,
+    messages_to_text,
+)
 from .constraints import Grammar
 from .errors import (
     ConstraintError,
@@ -101,35 +111,14 @@ def create_app(
 ) -> Any:
     """The FastAPI application serving ``backend`` as ``model_name`` (default: its name)."""
     name = model_name or backend.name
-    queue = threading.Lock()  # one request at a time reaches the model
+    worker = _Worker(backend)
+    queue = worker.lock  # one call at a time reaches the model
     app = FastAPI(
         title="promptkit serve",
         description=f"An OpenAI-compatible API over the promptkit backend {backend.name!r}.",
         version="1",
     )
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return _error_response(
-                ApiError(413, f"the request body exceeds {max_body_bytes} bytes")
-            )
-        if api_key is not None and request.url.path not in ("/openapi.json", "/docs"):
-            given = request.headers.get("api-key") or ""
-            bearer = request.headers.get("authorization", "")
-            if bearer.lower().startswith("bearer "):
-                given = given or bearer[7:].strip()
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                return _error_response(
-                    ApiError(
-                        401,
-                        "missing or wrong API key (send Authorization: Bearer KEY)",
-                        "authentication_error",
-                        code="invalid_api_key",
-                    )
-                )
-        return await call_next(request)
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Any:
@@ -158,21 +147,25 @@ def create_app(
         with queue:
             try:
                 return function(*args)
-            except ContextWindowError as exc:
-                raise ApiError(400, str(exc), code="context_length_exceeded") from exc
-            except (ConstraintError, UnsupportedCapabilityError, InputValidationError) as exc:
-                raise ApiError(400, str(exc)) from exc
-            except UsageError as exc:
-                raise ApiError(400, str(exc)) from exc
             except PromptkitError as exc:
-                raise ApiError(500, str(exc), "server_error") from exc
+                raise _api_error(exc) from exc
+
+    async def generate(prompt: Any, config: GenerationConfig) -> Completion:
+        """Through the worker, which batches concurrent requests with the same settings."""
+        try:
+            completion: Completion = await asyncio.wrap_future(worker.submit(prompt, config))
+        except PromptkitError as exc:
+            raise _api_error(exc) from exc
+        return completion
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "promptkit"}],
-        }
+    async def models() -> Any:
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": name, "object": "model", "created": 0, "owned_by": "promptkit"}],
+            }
+        )
 
     async def chat(body: ChatRequest) -> Any:
         check_model(body.model)
@@ -191,22 +184,24 @@ def create_app(
             )
         results: list[Completion] = []
         for config in configs:
-            results.append(await run_in_threadpool(run, backend.generate, messages, config))
-        return {
-            "id": ident,
-            "object": "chat.completion",
-            "created": created,
-            "model": name,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": c.text},
-                    "finish_reason": c.finish_reason,
-                }
-                for i, c in enumerate(results)
-            ],
-            "usage": _usage(results),
-        }
+            results.append(await generate(messages, config))
+        return JSONResponse(
+            {
+                "id": ident,
+                "object": "chat.completion",
+                "created": created,
+                "model": name,
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": c.text},
+                        "finish_reason": c.finish_reason,
+                    }
+                    for i, c in enumerate(results)
+                ],
+                "usage": _usage(results),
+            }
+        )
 
     def _chat_chunks(
         config: GenerationConfig, messages: list[Message], ident: str, created: int
@@ -255,7 +250,7 @@ def create_app(
                 generated = [Completion(text="", finish_reason="length")] * body.n
             else:
                 generated = [
-                    await run_in_threadpool(run, backend.generate, prompt, config)
+                    await generate(prompt, config)
                     for config in _configs(body, body.max_tokens, None)
                 ]
             for completion in generated:
@@ -274,14 +269,16 @@ def create_app(
                     }
                 )
                 results.append(completion)
-        return {
-            "id": ident,
-            "object": "text_completion",
-            "created": created,
-            "model": name,
-            "choices": choices,
-            "usage": _usage(results),
-        }
+        return JSONResponse(
+            {
+                "id": ident,
+                "object": "text_completion",
+                "created": created,
+                "model": name,
+                "choices": choices,
+                "usage": _usage(results),
+            }
+        )
 
     def _completion_chunks(
         config: GenerationConfig, prompt: str, ident: str, created: int
@@ -340,6 +337,146 @@ def create_app(
         return await completions(body)
 
     return app
+
+
+def _api_error(exc: PromptkitError) -> ApiError:
+    if isinstance(exc, ContextWindowError):
+        return ApiError(400, str(exc), code="context_length_exceeded")
+    if isinstance(exc, (ConstraintError, UnsupportedCapabilityError, InputValidationError)):
+        return ApiError(400, str(exc))
+    if isinstance(exc, UsageError):
+        return ApiError(400, str(exc))
+    return ApiError(500, str(exc), "server_error")
+
+
+class _Worker:
+    """The one thread that generates: it takes the waiting requests and runs those with the
+    same settings as one batch (``generate_batch``) when the backend has it; each request
+    gets what it would get alone."""
+
+    def __init__(self, backend: Backend, max_batch: int = 32):
+        self.backend = backend
+        self.max_batch = max_batch
+        self.lock = threading.Lock()
+        self._queue: queue_module.SimpleQueue[tuple[Any, GenerationConfig, Future[Any]]] = (
+            queue_module.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="promptkit-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt: Any, config: GenerationConfig) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((prompt, config, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            waiting = [self._queue.get()]
+            while len(waiting) < self.max_batch:
+                try:
+                    waiting.append(self._queue.get_nowait())
+                except queue_module.Empty:
+                    break
+            groups: dict[GenerationConfig, list[tuple[Any, Future[Any]]]] = {}
+            for prompt, config, future in waiting:
+                groups.setdefault(config, []).append((prompt, future))
+            for config, group in groups.items():
+                self._serve(config, group)
+
+    def _serve(self, config: GenerationConfig, group: list[tuple[Any, Future[Any]]]) -> None:
+        batch = getattr(self.backend, "generate_batch", None)
+        texts = [self._as_text(prompt) for prompt, _ in group]
+        with self.lock:
+            if batch is not None and len(group) > 1 and all(t is not None for t in texts):
+                try:
+                    results = batch(texts, config)
+                except Exception as exc:  # each request then fails with the same error
+                    for _, future in group:
+                        future.set_exception(exc)
+                    return
+                for (_, future), result in zip(group, results, strict=True):
+                    future.set_result(result)
+                return
+            for prompt, future in group:
+                try:
+                    future.set_result(self.backend.generate(prompt, config))
+                except Exception as exc:
+                    future.set_exception(exc)
+
+    def _as_text(self, prompt: Any) -> str | None:
+        """The prompt as the text a completion-only backend sees (None: send it as is)."""
+        if isinstance(prompt, str):
+            return prompt
+        if self.backend.capabilities.chat:
+            return None
+        return messages_to_text(prompt)
+
+
+class _Guard:
+    """Pure ASGI middleware: the body size limit and the API key, before any routing."""
+
+    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int):
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
+        length = headers.get("content-length", b"")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            await _send(
+                send, ApiError(413, f"the request body exceeds {self.max_body_bytes} bytes")
+            )
+            return
+        if self.api_key is not None and scope["path"] not in ("/openapi.json", "/docs"):
+            given = headers.get("api-key", b"")
+            bearer = headers.get("authorization", b"")
+            if not given and bearer.lower().startswith(b"bearer "):
+                given = bearer[7:].strip()
+            if not hmac.compare_digest(given, self.api_key):
+                error = ApiError(
+                    401,
+                    "missing or wrong API key (send Authorization: Bearer KEY)",
+                    "authentication_error",
+                    code="invalid_api_key",
+                )
+                await _send(send, error)
+                return
+        await self.app(scope, _limited(receive, self.max_body_bytes), send)
+
+
+def _limited(receive: Any, limit: int) -> Any:
+    """``receive`` that fails a body (also one sent in chunks) longer than ``limit``."""
+    seen = 0
+
+    async def wrapped() -> Any:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise ApiError(413, f"the request body exceeds {limit} bytes")
+        return message
+
+    return wrapped
+
+
+async def _send(send: Any, error: ApiError) -> None:
+    body = json.dumps(error.body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _azure(deployment: str, request: Request, body: _Request) -> None:
