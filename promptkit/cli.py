@@ -127,6 +127,30 @@ _backend_option = click.option(
     metavar="SPEC",
     help="Backend spec, e.g. hf:gpt2 or scratch:DIR (env: PROMPTKIT_BACKEND).",
 )
+_template_backend_option = click.option(
+    "--backend",
+    "backend_spec",
+    envvar="PROMPTKIT_BACKEND",
+    metavar="SPEC",
+    help="Backend spec, e.g. hf:gpt2 or scratch:DIR (env: PROMPTKIT_BACKEND); default: the "
+    "template's model.configuration.",
+)
+
+
+def _backend_for(spec: str | None, prompt: Any) -> Any:
+    """--backend when given (it always wins), else the template's model.configuration."""
+    from .backends import get_backend
+    from .files import backend_from_prompt
+
+    if spec:
+        return get_backend(spec)
+    backend = backend_from_prompt(prompt)
+    if backend is None:
+        raise UsageError(
+            "no backend: pass --backend SPEC (or set PROMPTKIT_BACKEND), or declare "
+            "model.configuration in the template"
+        )
+    return backend
 
 
 def _collect_inputs(
@@ -207,7 +231,7 @@ def render_command(
 
 @cli.command("run")
 @_input_options
-@_backend_option
+@_template_backend_option
 @click.option(
     "--max-attempts",
     type=click.IntRange(min=1),
@@ -227,7 +251,7 @@ def run_command(
     inputs_json: str | None,
     sample: bool,
     shots: int | None,
-    backend_spec: str,
+    backend_spec: str | None,
     max_attempts: int,
     max_tokens: int | None,
     temperature: float | None,
@@ -241,13 +265,12 @@ def run_command(
     Deterministic requests (temperature 0, or a --seed) are answered from the response cache
     when they were asked before (see promptkit.cache); --no-cache turns it off.
     """
-    from .backends import get_backend
     from .backends.base import GenerationConfig
     from .files import load_prompt
 
     prompt = load_prompt(file)
     inputs = _collect_inputs(prompt, input_pairs, inputs_json, sample)
-    backend = _with_cache(get_backend(backend_spec), not no_cache)
+    backend = _with_cache(_backend_for(backend_spec, prompt), not no_cache)
     changes = {
         k: v
         for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed))
@@ -347,7 +370,7 @@ def perplexity_command(path: str, backend_spec: str, stride: int | None, as_json
 @cli.command("eval")
 @click.argument("file")
 @click.option("--data", "data_path", required=True, help="JSONL dataset: inputs + expected.")
-@_backend_option
+@_template_backend_option
 @click.option(
     "--shots", default="0", show_default=True, help="Shot counts to evaluate, e.g. 0,1,3."
 )
@@ -382,7 +405,7 @@ def perplexity_command(path: str, backend_spec: str, stride: int | None, as_json
 def eval_command(
     file: str,
     data_path: str,
-    backend_spec: str,
+    backend_spec: str | None,
     shots: str,
     out_dir: str | None,
     pool_path: str | None,
@@ -396,7 +419,6 @@ def eval_command(
     cache_size: int,
 ) -> None:
     """Evaluate template FILE on a dataset for each shot count; write a report."""
-    from .backends import get_backend
     from .backends.base import Backend, GenerationConfig
     from .demos import Selection
     from .evaluate import (
@@ -428,7 +450,8 @@ def eval_command(
         )
         check_shots(counts, pool)
         plans[name] = (items, pool)
-    backend: Backend = _with_cache(get_backend(backend_spec), not no_cache, cache_size)
+    first = next(iter(prompts.values()))
+    backend: Backend = _with_cache(_backend_for(backend_spec, first), not no_cache, cache_size)
     selection = Selection(select, balanced=balanced)  # type: ignore[arg-type]
     runs = {}
     total = sum(len(items) for items, _ in plans.values()) * len(counts)
@@ -456,7 +479,7 @@ def eval_command(
         comparisons = [mcnemar(a.correct, b.correct, a.shots) for a, b in pairs]
     folder = Path(out_dir or f"eval-{next(iter(prompts))}")
     written = write_report(
-        folder, runs, backend=backend_spec, data=data_path, comparisons=comparisons
+        folder, runs, backend=backend.name, data=data_path, comparisons=comparisons
     )
     for name, reports in runs.items():
         click.echo(markdown(name, reports))

@@ -231,3 +231,57 @@ def test_malformed_json_and_dropped_connections_are_typed_errors():
     assert dropped.value.kind == "connection" and dropped.value.retryable
     assert len(accepted) == 2 and time.monotonic() - began < 30
     assert KEY not in str(dropped.value)
+
+
+PROMPTY = """---
+name: configured
+model:
+  api: chat
+  configuration:
+    type: {kind}
+{settings}
+---
+user:
+{{{{ q }}}}
+"""
+
+
+def test_templates_choose_their_backend_from_model_configuration(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from promptkit.cli import cli
+    from promptkit.files import backend_from_prompt
+
+    monkeypatch.setenv("MY_ENDPOINT", "https://example.invalid")
+    monkeypatch.setenv("MY_KEY", KEY)
+    azure = tmp_path / "azure.prompty"
+    azure.write_text(
+        PROMPTY.format(
+            kind="azure_openai",
+            settings="    azure_deployment: gpt4o\n    azure_endpoint: ${env:MY_ENDPOINT}\n"
+            "    api_version: 2024-06-01\n    api_key: ${env:MY_KEY}",
+        )
+    )
+    prompt = pk.load_prompt(azure)
+    assert prompt.metadata["model"]["configuration"]["api_key"] == "${env:MY_KEY}"  # not read
+    backend = backend_from_prompt(prompt)
+    assert backend is not None and backend.name == "azure:gpt4o" and KEY not in repr(backend)
+    backend.close()  # type: ignore[attr-defined]
+    plain = tmp_path / "openai.prompty"
+    plain.write_text(
+        PROMPTY.format(kind="openai", settings="    name: gpt-4o-mini\n    api_key: ${env:MY_KEY}")
+    )
+    chosen = backend_from_prompt(pk.load_prompt(plain))
+    assert chosen is not None and chosen.name == "openai:gpt-4o-mini"
+    chosen.close()  # type: ignore[attr-defined]
+    assert backend_from_prompt(pk.load_prompt("sentiment")) is None
+    odd = tmp_path / "odd.prompty"
+    odd.write_text(PROMPTY.format(kind="serverless", settings="    name: x"))
+    with pytest.raises(ConfigurationError, match="serverless"):
+        backend_from_prompt(pk.load_prompt(odd))
+    monkeypatch.delenv("MY_KEY")
+    with pytest.raises(ConfigurationError, match="MY_KEY"):
+        backend_from_prompt(pk.load_prompt(azure))
+    monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
+    missing = CliRunner().invoke(cli, ["run", "sentiment", "--sample"])
+    assert missing.exit_code == 2 and "no backend" in missing.output
