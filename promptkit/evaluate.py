@@ -149,12 +149,7 @@ def evaluate(
     Raises UsageError when a shot count exceeds the pool (or the pool is empty).
     """
     pool = list(prompt.examples if pool is None else pool)
-    for count in shots:
-        if count < 0:
-            raise UsageError(f"shots must be >= 0, got {count}")
-        if count > len(pool):
-            what = "the demonstration pool is empty" if not pool else f"the pool has {len(pool)}"
-            raise UsageError(f"shots={count} but {what}; give a larger --pool or fewer shots")
+    check_shots(shots, pool)
     base = prompt.with_examples(pool)
     variants: dict[tuple[int, ...], Prompt[Any]] = {(): base}
     reports = []

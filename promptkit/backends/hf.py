@@ -18,8 +18,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..errors import BackendError, ConfigurationError
-from .base import Capabilities, Completion, GenerationConfig, Usage, cut_at_stop
-from .local import LocalScoring, safe_prefix
+from .base import Completion, GenerationConfig, Usage, cut_at_stop
+from .local import LOCAL_CAPABILITIES, LocalScoring, safe_prefix
 from .masking import TokenMasker, llg_tokenizer
 
 __all__ = ["GrammarLogitsProcessor", "HFBackend", "from_spec", "load_model"]
@@ -99,15 +99,7 @@ class HFBackend(LocalScoring):
         self.context_window = getattr(config, "n_positions", None) or getattr(
             config, "max_position_embeddings", None
         )
-        self.capabilities = Capabilities(
-            completion=True,
-            chat=False,
-            streaming=True,
-            loglikelihood=True,
-            perplexity=True,
-            token_masks=True,
-            json_schema=True,
-        )
+        self.capabilities = LOCAL_CAPABILITIES
 
     @property
     def device(self) -> torch.device:

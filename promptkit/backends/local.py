@@ -16,13 +16,24 @@ from typing import Any
 import torch
 
 from ..errors import ContextWindowError, InputValidationError
-from .base import Backend, Completion, GenerationConfig
+from .base import Backend, Capabilities, Completion, GenerationConfig
 
-__all__ = ["LocalScoring", "PerplexityStats", "safe_prefix"]
+__all__ = ["LOCAL_CAPABILITIES", "LocalScoring", "PerplexityStats", "safe_prefix"]
 
 SCORE_CHUNK = 4096  # positions scored together (their logits exist one block at a time)
 VOCAB_BLOCK = 2048  # vocabulary entries per block of the online log-sum-exp
 SCORE_BATCH = 8  # sequences per forward pass when scoring
+
+# What every local backend can do: text in, streaming, scoring, and token masks.
+LOCAL_CAPABILITIES = Capabilities(
+    completion=True,
+    chat=False,
+    streaming=True,
+    loglikelihood=True,
+    perplexity=True,
+    token_masks=True,
+    json_schema=True,
+)
 
 
 @dataclass(frozen=True)

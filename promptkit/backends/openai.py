@@ -330,10 +330,7 @@ class OpenAIBackend(Backend):
 
         try:
             for chunk in stream:
-                if not chunk.choices:
-                    continue
-                choice = chunk.choices[0]
-                piece = (choice.delta.content if chat else choice.text) or ""
+                piece = _chunk_text(chunk, chat)
                 if piece:
                     yield piece
         except openai.OpenAIError as exc:
@@ -396,11 +393,9 @@ class OpenAIBackend(Backend):
             )
         try:
             async for chunk in stream:
-                if chunk.choices:
-                    choice = chunk.choices[0]
-                    piece = (choice.delta.content if chat else choice.text) or ""
-                    if piece:
-                        yield piece
+                piece = _chunk_text(chunk, chat)
+                if piece:
+                    yield piece
         except openai.OpenAIError as exc:
             raise map_error(exc, self.name, self._secrets) from exc
 
@@ -448,6 +443,14 @@ class OpenAIBackend(Backend):
             return len(tiktoken.encoding_for_model(self.model).encode(text))
         except Exception:  # not installed, unknown model, or the encoding cannot be fetched
             return super().count_tokens(text)
+
+
+def _chunk_text(chunk: Any, chat: bool) -> str:
+    """The text a streamed chunk adds (chat: the delta's content; completions: the text)."""
+    if not chunk.choices:
+        return ""
+    choice = chunk.choices[0]
+    return str((choice.delta.content if chat else choice.text) or "")
 
 
 def _option(options: dict[str, Any], key: str, env: str | None = None) -> Any:

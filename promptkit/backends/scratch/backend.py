@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from ...errors import ConfigurationError
-from ..base import Capabilities, Completion, GenerationConfig, Usage, cut_at_stop
-from ..local import LocalScoring, safe_prefix
+from ..base import Completion, GenerationConfig, Usage, cut_at_stop
+from ..local import LOCAL_CAPABILITIES, LocalScoring, safe_prefix
 from ..masking import TokenMasker, llg_tokenizer
 from .model import GPT
 from .tokenizer import Tokenizer
@@ -59,15 +59,7 @@ class ScratchBackend(LocalScoring):
         self.name = name
         self.weights_path: Path | None = None  # the weights file, when loaded from one
         self.context_window = model.config.context_length
-        self.capabilities = Capabilities(
-            completion=True,
-            chat=False,
-            streaming=True,
-            loglikelihood=True,
-            perplexity=True,
-            token_masks=True,
-            json_schema=True,
-        )
+        self.capabilities = LOCAL_CAPABILITIES
 
     @property
     def device(self) -> torch.device:
