@@ -239,6 +239,9 @@ class CachedBackend(Backend):
     def loglikelihood(self, context: str, continuation: str) -> float:
         return self.backend.loglikelihood(context, continuation)
 
+    def count_tokens(self, text: str) -> int:
+        return self.backend.count_tokens(text)
+
     def perplexity(self, text: str, stride: int | None = None) -> float:
         return self.backend.perplexity(text, stride)
 

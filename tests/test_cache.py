@@ -135,3 +135,16 @@ def test_cli_run_answers_a_repeated_request_from_the_cache(tmp_path):
     assert CliRunner().invoke(cli, args).output.strip() == "positive"
     refused = CliRunner().invoke(cli, [*args, "--no-cache"])
     assert refused.exit_code == 4 and "ran out of scripted replies" in refused.output
+
+
+def test_the_wrapper_counts_tokens_like_the_wrapped_backend(cache):
+    class Counting(ScriptedBackend):
+        def count_tokens(self, text: str) -> int:
+            return 1000
+
+        def score_choices(self, context: str, choices: list[str]) -> list[tuple[float, int]]:
+            return [(-1.0, 1) for _ in choices]
+
+    backend = CachedBackend(Counting([], context_window=10), cache)
+    assert backend.count_tokens("x") == 1000 and backend.context_window == 10
+    assert backend.score_choices("a", ["b"]) == [(-1.0, 1)]
