@@ -493,6 +493,34 @@ def eval_command(
     click.echo(f"wrote {', '.join(str(p) for p in written)}{cache_note}")
 
 
+@cli.command("corpus")
+@click.option("--out", "out_path", required=True, help="The JSONL file to write.")
+@click.option("--documents", type=click.IntRange(min=1), default=20000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "heldout"]),
+    default="train",
+    show_default=True,
+    help="Which names, label words and phrasings to use (held out ones are for evaluation).",
+)
+@click.option("--family", "families", multiple=True, help="Only these task families.")
+def corpus_command(
+    out_path: str, documents: int, seed: int, split: str, families: Sequence[str]
+) -> None:
+    """Generate a training corpus in the formats promptkit renders (see promptkit.corpus)."""
+    from .corpus import write_corpus
+
+    path = write_corpus(
+        out_path,
+        documents,
+        seed=seed,
+        split="heldout" if split == "heldout" else "train",
+        families=list(families) or None,
+    )
+    click.echo(f"wrote {documents} documents to {path}")
+
+
 @cli.command("serve")
 @_backend_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")

@@ -86,17 +86,37 @@ class TrainResult:
 
 
 def read_corpus(path: str | os.PathLike[str]) -> list[str]:
-    """The documents of a corpus: one text file, or every ``.txt`` file under a folder."""
+    """The documents of a corpus: one text file, every ``.txt`` file under a folder, or a
+    ``.jsonl`` file with one document per line (``{"text": ...}``, as ``promptkit corpus``
+    writes)."""
     root = Path(path)
     files = sorted(root.rglob("*.txt")) if root.is_dir() else [root]
     if not files or not all(f.is_file() for f in files):
         raise ConfigurationError(
-            f"no corpus at {str(root)!r}: give a text file or a folder of .txt"
+            f"no corpus at {str(root)!r}: give a text file, a folder of .txt, or a .jsonl file"
         )
     try:
-        return [f.read_text(encoding="utf-8") for f in files]
+        texts = [f.read_text(encoding="utf-8") for f in files]
     except UnicodeDecodeError as exc:
         raise ConfigurationError(f"corpus file is not UTF-8 text: {exc}") from None
+    if len(files) == 1 and files[0].suffix == ".jsonl":
+        return _jsonl_documents(texts[0], files[0])
+    return texts
+
+
+def _jsonl_documents(text: str, path: Path) -> list[str]:
+    documents = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise ConfigurationError(f"{path}:{number}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ConfigurationError(f"{path}:{number}: expected an object with a 'text' string")
+        documents.append(record["text"])
+    return documents
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
