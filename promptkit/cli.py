@@ -138,7 +138,8 @@ _template_backend_option = click.option(
 
 
 def _backend_for(spec: str | None, prompt: Any) -> Any:
-    """--backend when given (it always wins), else the template's model.configuration."""
+    """--backend when given (it always wins), else the template's model.configuration, else
+    the shipped promptkit-mini."""
     from .backends import get_backend
     from .files import backend_from_prompt
 
@@ -146,6 +147,10 @@ def _backend_for(spec: str | None, prompt: Any) -> Any:
         return get_backend(spec)
     backend = backend_from_prompt(prompt)
     if backend is None:
+        from .models import mini_path
+
+        if mini_path() is not None:
+            return get_backend()  # the shipped promptkit-mini
         raise UsageError(
             "no backend: pass --backend SPEC (or set PROMPTKIT_BACKEND), or declare "
             "model.configuration in the template"
@@ -297,7 +302,11 @@ def run_command(
 
 
 @cli.command("train")
-@click.option("--corpus", required=True, help="A text file, or a folder of .txt files.")
+@click.option(
+    "--corpus",
+    help="A text file, a folder of .txt files, or a .jsonl file (required unless --preset mini, "
+    "which generates its own).",
+)
 @click.option("--out", required=True, help="Folder for the checkpoint (model, config, tokenizer).")
 @click.option("--preset", default="small", show_default=True, help="Model shape.")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
@@ -319,11 +328,29 @@ def run_command(
 @click.option("--seed", type=int, default=1337, show_default=True)
 @click.option("--device", help="cpu or cuda (default: cuda when available).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
-def train_command(**options: Any) -> None:
-    """Pretrain promptkit's own GPT on a corpus (next-token prediction)."""
-    from .backends.scratch.train import TrainConfig, train
+@click.pass_context
+def train_command(ctx: click.Context, /, **options: Any) -> None:
+    """Pretrain promptkit's own GPT on a corpus (next-token prediction).
+
+    --preset mini is the recipe of promptkit-mini: it generates the corpus and uses the
+    recipe's settings unless they are given here.
+    """
+    from .backends.scratch.train import MINI_CORPUS, MINI_RECIPE, TrainConfig, train
     from .progress import TrainingProgress
 
+    if options["preset"] == "mini":
+        for name, value in MINI_RECIPE.items():
+            if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
+                options[name] = value
+        if not options["corpus"]:
+            from .corpus import write_corpus
+
+            path = Path(options["out"]) / "corpus.jsonl"
+            if not path.is_file():
+                write_corpus(path, MINI_CORPUS["documents"], seed=MINI_CORPUS["seed"])
+            options["corpus"] = str(path)
+    if not options["corpus"]:
+        raise UsageError("--corpus is required (except with --preset mini)")
     config = TrainConfig(**options)
     with TrainingProgress(config.steps) as progress:
         result = train(config, on_step=progress.update)
@@ -505,11 +532,21 @@ def eval_command(
     help="Which names, label words and phrasings to use (held out ones are for evaluation).",
 )
 @click.option("--family", "families", multiple=True, help="Only these task families.")
+@click.option("--eval-dir", help="Also write held-out evaluation sets into this folder.")
 def corpus_command(
-    out_path: str, documents: int, seed: int, split: str, families: Sequence[str]
+    out_path: str,
+    documents: int,
+    seed: int,
+    split: str,
+    families: Sequence[str],
+    eval_dir: str | None,
 ) -> None:
     """Generate a training corpus in the formats promptkit renders (see promptkit.corpus)."""
-    from .corpus import write_corpus
+    from .corpus import write_corpus, write_eval_tasks
+
+    if eval_dir:
+        files = write_eval_tasks(eval_dir, seed=seed)
+        click.echo(f"wrote {len(files)} evaluation files to {eval_dir}")
 
     path = write_corpus(
         out_path,

@@ -36,7 +36,15 @@ from .backends.base import messages_to_text
 from .errors import UsageError
 from .prompt import Example, Prompt, Style
 
-__all__ = ["FAMILIES", "Document", "Split", "generate", "split_of", "write_corpus"]
+__all__ = [
+    "FAMILIES",
+    "Document",
+    "Split",
+    "generate",
+    "split_of",
+    "write_corpus",
+    "write_eval_tasks",
+]
 
 Split = Literal["train", "heldout"]
 
@@ -66,7 +74,7 @@ CITIES = _words(
 GROUPS = {
     "animal": "cat dog horse cow sheep goat tiger lion wolf bear fox mouse rabbit eagle owl duck",
     "fruit": "apple pear plum cherry lemon orange mango grape peach banana melon kiwi fig lime",
-    "color": "red blue green yellow purple orange pink brown black white grey violet teal gold",
+    "color": "red blue green yellow purple pink brown black white grey violet teal gold navy",
     "tool": "hammer saw drill wrench chisel shovel rake axe pliers ladder spanner file trowel",
     "country": "France Spain Peru Japan Kenya Chile Egypt India Norway Brazil Canada Italy Ghana",
     "vehicle": "car bus truck train bicycle tram boat ship plane scooter van taxi ferry wagon",
@@ -400,3 +408,52 @@ def generate(
     for _ in range(count):
         family = rng.choices(chosen, weights)[0]
         yield Document(family, FAMILIES[family][0](rng, split))
+
+
+def write_eval_tasks(
+    folder: str | os.PathLike[str], *, tasks: int = 4, seed: int = 0
+) -> list[Path]:
+    """Held-out evaluation sets for ``promptkit eval``: ``classify-N.prompty`` (a
+    demonstration-defined classification whose label words and phrasing were never trained on;
+    its 8 examples are the demonstration pool) with ``classify-N.jsonl`` (other words of the
+    same groups), and ``extract.jsonl`` (sentences about held-out people, for the bundled
+    ``extract`` template). Returns the files written."""
+    from .files import save_prompt
+
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"promptkit-eval:{seed}")
+    written = []
+    for number in range(1, tasks + 1):
+        groups = rng.sample(sorted(GROUPS), 2)
+        labels = _label_words(rng, "heldout", 2)
+        words = {g: rng.sample(GROUPS[g].split(), len(GROUPS[g].split())) for g in groups}
+        pool = [
+            Example(input={"text": words[g][i]}, output=label)
+            for i in range(4)
+            for g, label in zip(groups, labels, strict=True)
+        ]
+        prompt: Prompt[Any] = Prompt(
+            instruction=rng.choice(_part(INSTRUCTIONS["classify"], "heldout")),
+            query="Input: {{ text }}\nLabel:",
+            output_type=Literal[tuple(labels)],
+            examples=pool,
+            style="completion",
+            name=f"classify-{number}",
+            description=f"Held-out: {groups[0]} -> {labels[0]}, {groups[1]} -> {labels[1]}.",
+        )
+        template = root / f"classify-{number}.prompty"
+        save_prompt(prompt, template)
+        data = root / f"classify-{number}.jsonl"
+        with data.open("w", encoding="utf-8") as out:
+            for group, label in zip(groups, labels, strict=True):
+                for word in words[group][4:]:
+                    out.write(json.dumps({"text": word, "expected": label}) + "\n")
+        written += [template, data]
+    extract = root / "extract.jsonl"
+    with extract.open("w", encoding="utf-8") as out:
+        for _ in range(50):
+            sentence, record = person(rng, "heldout")
+            out.write(json.dumps({"text": sentence, "expected": record}) + "\n")
+    written.append(extract)
+    return written

@@ -68,8 +68,13 @@ def available_backends() -> dict[str, str]:
     return names
 
 
-def get_backend(spec: str, **options: Any) -> Backend:
+DEFAULT_SPEC = "scratch"  # promptkit-mini, shipped in the package
+
+
+def get_backend(spec: str | None = None, **options: Any) -> Backend:
     """Build a backend from a spec string such as ``"scripted"`` or ``"hf:gpt2"``.
+
+    Without a spec: ``$PROMPTKIT_BACKEND``, else the shipped promptkit-mini (``scratch``).
 
     The part before the first ``:`` names the backend, the rest is its argument (a model name,
     path or deployment). ``options`` go to the backend's constructor. Third-party backends
@@ -78,6 +83,10 @@ def get_backend(spec: str, **options: Any) -> Backend:
     Raises ConfigurationError for an unknown name or a backend whose dependencies are not
     installed (naming the extra to install).
     """
+    if spec is None:
+        import os
+
+        spec = os.environ.get("PROMPTKIT_BACKEND") or DEFAULT_SPEC
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigurationError(
             f"a backend spec must be a non-empty string such as 'scripted', got {spec!r}"

@@ -314,16 +314,21 @@ def _from_hub(name: str) -> Path:
 def from_spec(arg: str, *, device: str | None = None, **options: Any) -> ScratchBackend:
     """``scratch:PATH``: a promptkit checkpoint folder or a Hugging Face GPT-2 folder; a name
     that is no folder (``scratch:gpt2``) is fetched from the Hugging Face hub where the network
-    allows (or found in its local cache)."""
+    allows (or found in its local cache); plain ``scratch`` is the shipped promptkit-mini."""
     from .checkpoint import load_checkpoint
 
     if options:
         raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")
     if not arg:
-        raise ConfigurationError(
-            "scratch needs a model folder: scratch:PATH (a checkpoint from `promptkit train` or a "
-            "Hugging Face GPT-2 folder)"
-        )
+        from ...models import mini_path
+
+        shipped = mini_path()
+        if shipped is None:
+            raise ConfigurationError(
+                "scratch needs a model folder: scratch:PATH (a checkpoint from `promptkit train` "
+                "or a Hugging Face GPT-2 folder); this copy of promptkit ships no default model"
+            )
+        arg = str(shipped)
     path = Path(os.path.expanduser(arg))
     if not path.is_dir():
         path = _from_hub(arg)

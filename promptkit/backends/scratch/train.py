@@ -26,7 +26,21 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .model import GPT, preset
 from .tokenizer import Tokenizer
 
-__all__ = ["TrainConfig", "TrainResult", "read_corpus", "train"]
+__all__ = ["MINI_CORPUS", "MINI_RECIPE", "TrainConfig", "TrainResult", "read_corpus", "train"]
+
+# promptkit-mini: ``promptkit train --preset mini --out DIR`` generates this corpus (see
+# promptkit.corpus) into DIR/corpus.jsonl and trains with these settings (about 40 minutes on
+# 2 CPU cores). Options given on the command line still win.
+MINI_CORPUS = {"documents": 24000, "seed": 0}
+MINI_RECIPE = {
+    "steps": 2200,
+    "batch_size": 8,
+    "warmup": 100,
+    "eval_every": 200,
+    "checkpoint_every": 500,
+    "seed": 0,
+    "vocab_size": 4096,
+}
 
 STATE_FILE = "trainer_state.pt"
 LOG_FILE = "training_log.jsonl"
