@@ -168,3 +168,37 @@ def test_trained_model_is_a_backend_and_cli_trains_from_a_folder(corpus, tmp_pat
     assert out.exit_code == 0, out.output
     figures = json.loads(out.output)
     assert figures["tokens"] > 0 and figures["perplexity"] > 1
+
+
+def test_the_mini_recipe_generates_its_corpus_and_applies_its_settings(tmp_path, monkeypatch):
+    from promptkit.backends.scratch import train as train_module
+
+    monkeypatch.setattr(train_module, "MINI_CORPUS", {"documents": 120, "seed": 0})
+    out = tmp_path / "mini"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--preset",
+            "mini",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--vocab-size",
+            "600",
+            "--eval-every",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    corpus = [json.loads(line) for line in (out / "corpus.jsonl").read_text().splitlines()]
+    assert len(corpus) == 120
+    model, _ = load_checkpoint(out)
+    assert model.config.context_length == 512 and model.config.n_layer == 4
+    training = json.loads((out / "config.json").read_text())["training"]
+    assert training["batch_size"] == train_module.MINI_RECIPE["batch_size"]
+    assert training["seed"] == train_module.MINI_RECIPE["seed"]
+    assert training["steps"] == 2  # given on the command line: it wins
+    missing = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "--corpus is required" in missing.output
