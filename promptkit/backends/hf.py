@@ -137,17 +137,9 @@ class HFBackend(LocalScoring):
         self, config: GenerationConfig, batch: int, prompt_width: int
     ) -> GrammarLogitsProcessor:
         """The logits processor that constrains ``generate`` to ``config.grammar``."""
-        assert config.grammar is not None
         vocab = int(self.model.get_output_embeddings().weight.size(0))
         tokenizer = llg_tokenizer(self.tokenizer.hf, self._llguidance_tokenizer, vocab)
-        masker = TokenMasker(
-            config.grammar,
-            tokenizer,
-            batch=batch,
-            vocab_size=vocab,
-            max_tokens=config.max_tokens,
-            greedy=config.temperature == 0,
-        )
+        masker = TokenMasker.for_request(config, tokenizer, batch=batch, vocab_size=vocab)
         return GrammarLogitsProcessor(masker, prompt_width)
 
     def _llguidance_tokenizer(self, vocab_size: int) -> Any:

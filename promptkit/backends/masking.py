@@ -28,6 +28,7 @@ import torch
 
 from ..constraints import Grammar, _llguidance, shortest_ending
 from ..errors import BackendError, ConstraintError
+from .base import GenerationConfig
 
 if TYPE_CHECKING:
     from llguidance import LLMatcher, LLTokenizer
@@ -125,6 +126,22 @@ class TokenMasker:
         self._check_budget()
         words = (vocab_size + 31) // 32
         self._bitmask = torch.full((batch, words), -1, dtype=torch.int32)
+
+    @classmethod
+    def for_request(
+        cls, config: GenerationConfig, tokenizer: LLTokenizer, *, batch: int, vocab_size: int
+    ) -> TokenMasker:
+        """The masker of a generation request (``config.grammar`` must be set)."""
+        if config.grammar is None:
+            raise ValueError("the request has no grammar to constrain to")
+        return cls(
+            config.grammar,
+            tokenizer,
+            batch=batch,
+            vocab_size=vocab_size,
+            max_tokens=config.max_tokens,
+            greedy=config.temperature == 0,
+        )
 
     def _check_budget(self) -> None:
         ending = self._ending(self.rows[0])

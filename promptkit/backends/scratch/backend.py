@@ -223,17 +223,9 @@ class ScratchBackend(LocalScoring):
             yield row, None, "stop"
 
     def _masker(self, config: GenerationConfig, batch: int) -> TokenMasker:
-        assert config.grammar is not None
         vocab = self.model.config.vocab_size
         tokenizer = llg_tokenizer(self.tokenizer, self.tokenizer.to_llguidance, vocab)
-        return TokenMasker(
-            config.grammar,
-            tokenizer,
-            batch=batch,
-            vocab_size=vocab,
-            max_tokens=config.max_tokens,
-            greedy=config.temperature == 0,
-        )
+        return TokenMasker.for_request(config, tokenizer, batch=batch, vocab_size=vocab)
 
     def _generators(self, batch: int, seed: int | None) -> list[torch.Generator]:
         generators = []
