@@ -413,6 +413,13 @@ def perplexity_command(path: str, backend_spec: str, stride: int | None, as_json
     help="How demonstrations are chosen for each item.",
 )
 @click.option("--balanced", is_flag=True, help="Interleave labels among demonstrations.")
+@click.option(
+    "--method",
+    type=click.Choice(["generate", "score"]),
+    default="generate",
+    show_default=True,
+    help="generate an answer, or (labels only) choose the label by likelihood.",
+)
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Most tokens to generate.")
 @click.option(
     "--max-attempts",
@@ -440,6 +447,7 @@ def eval_command(
     other_file: str | None,
     select: str,
     balanced: bool,
+    method: str,
     max_tokens: int | None,
     max_attempts: int,
     no_cache: bool,
@@ -498,6 +506,7 @@ def eval_command(
                 config=config,
                 max_attempts=max_attempts,
                 on_item=progress.advance,
+                method="score" if method == "score" else "generate",
             )
     comparisons = []
     if other_file:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
@@ -143,11 +143,19 @@ def evaluate(
     config: GenerationConfig | None = None,
     max_attempts: int = 1,
     on_item: Callable[[], None] | None = None,
+    method: Literal["generate", "score"] = "generate",
 ) -> list[ShotReport]:
     """Run ``prompt`` on every item for each shot count; ``on_item`` is called after each run.
 
-    Raises UsageError when a shot count exceeds the pool (or the pool is empty).
+    ``method="score"`` chooses a label by likelihood (:meth:`Prompt.classify`) instead of
+    generating an answer: label output types only, on backends that score.
+    Raises UsageError when a shot count exceeds the pool (or the pool is empty), or for
+    ``score`` on an output type that is not a label set.
     """
+    if method not in ("generate", "score"):
+        raise UsageError(f"method must be 'generate' or 'score', got {method!r}")
+    if method == "score" and prompt.output.kind != "label":
+        raise UsageError("method 'score' needs a label output type (labels, Literal or Enum)")
     pool = list(prompt.examples if pool is None else pool)
     check_shots(shots, pool)
     base = prompt.with_examples(pool)
@@ -167,18 +175,28 @@ def evaluate(
             output: Any = None
             ok = False
             try:
-                result = runner.run(
-                    item.inputs,
-                    backend=backend,
-                    shots=min(count, len(runner.examples)),
-                    config=config,
-                    max_attempts=max_attempts,
-                    select=select,
-                )
-                output, ok = result.output, True
-                attempts += len(result.attempts)
-                prompt_tokens += result.usage.prompt_tokens
-                completion_tokens += result.usage.completion_tokens
+                if method == "score":
+                    output = runner.classify(
+                        item.inputs,
+                        backend=backend,
+                        shots=min(count, len(runner.examples)),
+                        select=select,
+                    ).label
+                    ok = True
+                    attempts += 1
+                else:
+                    result = runner.run(
+                        item.inputs,
+                        backend=backend,
+                        shots=min(count, len(runner.examples)),
+                        config=config,
+                        max_attempts=max_attempts,
+                        select=select,
+                    )
+                    output, ok = result.output, True
+                    attempts += len(result.attempts)
+                    prompt_tokens += result.usage.prompt_tokens
+                    completion_tokens += result.usage.completion_tokens
             except OutputValidationError as exc:
                 attempts += len(exc.attempts)
                 for attempt in exc.attempts:

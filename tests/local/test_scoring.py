@@ -113,3 +113,50 @@ def test_a_few_shot_template_fits_a_small_window_by_dropping_demonstrations(back
     sent = result.attempts[0].prompt
     assert isinstance(sent, str) and backend.count_tokens(sent) + 4 <= 128
     assert result.constrained and result.output in ("positive", "negative")
+
+
+def test_eval_can_choose_labels_by_likelihood(backend, tmp_path):
+    from click.testing import CliRunner
+
+    from promptkit.cli import cli
+    from promptkit.evaluate import EvalItem, evaluate
+
+    items = [
+        EvalItem(1, {"text": "Great cast"}, "positive"),
+        EvalItem(2, {"text": "Dull"}, "negative"),
+    ]
+    reports = evaluate(SENTIMENT, items, backend=backend, shots=[0, 2], method="score")
+    for report in reports:
+        expected = [
+            SENTIMENT.classify(i.inputs, backend=backend, shots=report.shots).label == i.expected
+            for i in items
+        ]
+        assert report.correct == expected and report.validity == 1.0
+    with pytest.raises(UsageError, match="label output type"):
+        evaluate(
+            pk.Prompt(query="{{ q }}"),
+            [EvalItem(1, {"q": "x"}, "y")],
+            backend=backend,
+            method="score",
+        )
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "fine", "expected": "positive"}\n')
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "sentiment",
+            "--data",
+            str(data),
+            "--backend",
+            f"scratch:{backend.name[8:]}",
+            "--method",
+            "score",
+            "--shots",
+            "0",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-cache",
+        ],
+    )
+    assert result.exit_code == 0, result.output
