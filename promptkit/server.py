@@ -283,21 +283,19 @@ def create_app(
     def _completion_chunks(
         config: GenerationConfig, prompt: str, ident: str, created: int
     ) -> Iterator[dict[str, Any]]:
-        for piece in _locked_stream(prompt, config):
-            yield {
+        def chunk(text: str, finish: str | None) -> dict[str, Any]:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            return {
                 "id": ident,
                 "object": "text_completion",
                 "created": created,
                 "model": name,
-                "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}],
+                "choices": [choice],
             }
-        yield {
-            "id": ident,
-            "object": "text_completion",
-            "created": created,
-            "model": name,
-            "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}],
-        }
+
+        for piece in _locked_stream(prompt, config):
+            yield chunk(piece, None)
+        yield chunk("", "stop")
 
     def _logprobs(prompt: str, generated: str, echo: bool) -> dict[str, Any]:
         """Per-token log-probabilities (the prompt's too with ``echo``), from the backend's

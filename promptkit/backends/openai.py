@@ -37,7 +37,6 @@ from .base import (
     Message,
     PromptInput,
     Usage,
-    check_messages,
 )
 
 __all__ = ["OpenAIBackend", "azure_from_spec", "from_spec", "map_error", "request_params"]
@@ -339,15 +338,9 @@ class OpenAIBackend(Backend):
     # -- async ----------------------------------------------------------------------------------
 
     def _route_async(self, prompt: PromptInput, config: GenerationConfig) -> tuple[bool, Any]:
-        """(chat?, payload) for an async call, validated like :meth:`Backend._route`."""
-        if config.grammar is not None and config.grammar.kind != "json_schema":
-            self.require("token_masks")
-        if isinstance(prompt, str):
-            self._check_text(prompt)
-            if self.capabilities.completion:
-                return False, prompt
-            return True, [Message(role="user", content=prompt)]
-        return True, check_messages(prompt)
+        """(chat?, payload) for an async call: :meth:`Backend._route`'s own validation and
+        choice of form, with hooks that only say which form was chosen."""
+        return self._route(prompt, config, lambda text, _: (False, text), lambda m, _: (True, m))
 
     async def agenerate(
         self, prompt: PromptInput, config: GenerationConfig | None = None
