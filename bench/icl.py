@@ -5,8 +5,10 @@
 Held-out evaluation sets from ``promptkit.corpus.write_eval_tasks`` (made-up label words,
 phrasings, names and cities that the training corpus never contains):
 
-- demonstration-defined classification, 4 tasks: the label words mean something only through
-  the demonstrations, so 0 shots is chance (50%); shots 0, 1, 2, 4, 8 (label-balanced);
+- demonstration-defined classification, 8 tasks: the label words mean something only through
+  the demonstrations, so 0 shots is chance (50%); shots 0, 1, 2, 4, 8 (label-balanced), each
+  answered two ways: generated under constrained decoding (what ``prompt.run`` does) and
+  chosen by likelihood (``prompt.classify``, ``promptkit eval --method score``);
 - the bundled ``extract`` template on 50 sentences about held-out people, constrained decoding:
   validity and the share of fields right, shots 0, 1, 2.
 
@@ -21,6 +23,7 @@ import json
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import promptkit as pk
 from promptkit.corpus import write_eval_tasks
@@ -28,6 +31,7 @@ from promptkit.demos import Selection
 from promptkit.evaluate import ShotReport, evaluate, load_dataset
 
 SHOTS = [0, 1, 2, 4, 8]
+Method = Literal["generate", "score"]
 
 
 def main() -> None:
@@ -40,31 +44,44 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         write_eval_tasks(folder)
-        classify: list[list[ShotReport]] = []
+        classify: dict[Method, list[list[ShotReport]]] = {"generate": [], "score": []}
         for template in sorted(Path(folder).glob("classify-*.prompty")):
             prompt = pk.load_prompt(template)
             items = load_dataset(template.with_suffix(".jsonl"), prompt)
-            classify.append(
-                evaluate(
-                    prompt, items, backend=backend, shots=SHOTS, select=Selection(balanced=True)
+            for method, reports in classify.items():
+                reports.append(
+                    evaluate(
+                        prompt,
+                        items,
+                        backend=backend,
+                        shots=SHOTS,
+                        select=Selection(balanced=True),
+                        method=method,
+                    )
                 )
-            )
         extract = pk.load_prompt("extract")
         people = load_dataset(Path(folder) / "extract.jsonl", extract)
         records = evaluate(extract, people, backend=backend, shots=[0, 1, 2])
-    accuracy = [statistics.mean(task[i].accuracy for task in classify) for i in range(len(SHOTS))]
+    accuracy = {
+        method: [statistics.mean(task[i].accuracy for task in tasks) for i in range(len(SHOTS))]
+        for method, tasks in classify.items()
+    }
     print(f"backend {backend.name}")
-    print("held-out demonstration-defined classification (4 tasks, 2 labels, chance 50%):")
-    for shots, value in zip(SHOTS, accuracy, strict=True):
-        per_task = ", ".join(f"{task[SHOTS.index(shots)].accuracy:.0%}" for task in classify)
-        print(f"  {shots} shots: {value:.1%}  ({per_task})")
+    for method, tasks in classify.items():
+        print(
+            f"held-out demonstration-defined classification, {method} ({len(tasks)} tasks, "
+            "2 labels, chance 50%):"
+        )
+        for index, shots in enumerate(SHOTS):
+            per_task = ", ".join(f"{task[index].accuracy:.0%}" for task in tasks)
+            print(f"  {shots} shots: {accuracy[method][index]:.1%}  ({per_task})")
     print("extract on held-out sentences (constrained decoding):")
     for report in records:
         print(
             f"  {report.shots} shots: valid {report.validity:.0%}, fields right "
             f"{report.field_accuracy or 0:.1%}, records exactly right {report.accuracy:.1%}"
         )
-    summary = {
+    summary: dict[str, object] = {
         "backend": backend.name,
         "classify": {"shots": SHOTS, "accuracy": accuracy},
         "extract": [r.row() for r in records],
@@ -76,7 +93,10 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    axes.plot(SHOTS, accuracy, marker="o", label="held-out classification (made-up labels)")
+    axes.plot(
+        SHOTS, accuracy["generate"], marker="o", label="made-up labels: generated (constrained)"
+    )
+    axes.plot(SHOTS, accuracy["score"], marker="^", label="made-up labels: by likelihood")
     axes.plot(
         [r.shots for r in records],
         [r.field_accuracy or 0 for r in records],

@@ -9,6 +9,7 @@ promptkit asks for it (training ends every document with the end-of-text token).
   demonstrations (the task cannot be memorised, only read from the prompt);
 - ``sentiment``: short reviews, labelled positive/negative (or with made-up label words);
 - ``lookup``: key/value pairs shown as demonstrations, then one key asked again (copying);
+- ``copy``: lists of random items repeated (every answer token is a copy: induction);
 - ``transform``: upper case, reversal, first letters;
 - ``arithmetic``: sums and differences of small numbers;
 - ``extract``: a sentence about a person into the bundled ``extract`` template's compact JSON;
@@ -81,6 +82,7 @@ GROUPS = {
     "instrument": "piano violin guitar drum flute harp cello trumpet organ banjo oboe lute horn",
     "drink": "tea coffee milk water juice wine beer cocoa soda cider lemonade kefir broth",
 }
+_REAL_NAMES = frozenset(FIRST_NAMES + LAST_NAMES + CITIES)
 SYLLABLES = _words("ka lo mi ru te zo pa ni fe du so vi ba ke mo ti lu ga re po")
 GOOD = _words("wonderful superb delightful brilliant excellent lovely charming great fantastic")
 BAD = _words("awful terrible boring dreadful broken useless disappointing poor horrible")
@@ -108,6 +110,11 @@ INSTRUCTIONS = {
         "Look up the key in the table above.",
         "Repeat the value that belongs to the key.",
         "Find the value for the key.",
+    ),
+    "copy": (
+        "Repeat the input exactly.",
+        "Copy the text.",
+        "Write the same items again.",
     ),
     "arithmetic": (
         "Compute the result.",
@@ -166,9 +173,12 @@ def _render(
     examples: list[tuple[dict[str, Any], Any]],
     query_input: dict[str, Any],
     answer: Any,
+    style: Style | None = None,
 ) -> str:
-    """The prompt promptkit renders for this task (a random style), then the answer."""
-    style: Style = "chat" if rng.random() < 1 / 3 else "completion"
+    """The prompt promptkit renders for this task (``style``, else a random one), then the
+    answer."""
+    if style is None:
+        style = "chat" if rng.random() < 1 / 3 else "completion"
     prompt: Prompt[Any] = Prompt(
         instruction=instruction,
         query=query,
@@ -188,10 +198,13 @@ def _shots(rng: random.Random, most: int = 8) -> int:
 
 
 def _classify(rng: random.Random, split: Split) -> str:
-    groups = rng.sample(sorted(GROUPS), rng.choice((2, 2, 3)))
-    labels = _label_words(rng, split, len(groups))
+    groups = rng.sample(sorted(GROUPS), rng.choice((2, 2, 2, 3, 3, 4)))
+    # Mostly made-up label words (readable only from the demonstrations); sometimes the group
+    # names themselves, so that the model also knows which words belong together.
+    named = rng.random() < 0.2
+    labels = groups if named else _label_words(rng, split, len(groups))
     label_of = dict(zip(groups, labels, strict=True))
-    count = _shots(rng)
+    count = rng.choice((0, 1, 2, 3, 4, 4, 5, 6, 6, 8, 8, 10, 12))
     pool = [(w, g) for g in groups for w in GROUPS[g].split()]
     picks = rng.sample(pool, count + 1)
     examples = [({"text": w}, label_of[g]) for w, g in picks[:count]]
@@ -236,6 +249,42 @@ def _sentiment(rng: random.Random, split: Split) -> str:
 def _code(rng: random.Random) -> str:
     letters = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
     return "".join(rng.choice(letters) for _ in range(rng.choice((3, 4))))
+
+
+def _invented(rng: random.Random, split: Split) -> str:
+    """A made-up capitalised word of ``split`` (a name or a place nobody has seen, never one
+    of the real ones): copying it can only be done by reading it, which is what extracting a
+    never-seen name needs."""
+    while True:
+        word = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 2, 3)))).capitalize()
+        if split_of(word.lower()) == split and word not in _REAL_NAMES:
+            return word
+
+
+def _copy(rng: random.Random, split: Split) -> str:
+    """Repeat a list of random items (dense induction: every answer token is a copy)."""
+
+    def item() -> str:
+        kinds = (
+            lambda: _invented(rng, split),
+            lambda: _code(rng),
+            lambda: rng.choice(_part(FIRST_NAMES, split)),
+            lambda: rng.choice(_part(CITIES, split)),
+            lambda: str(rng.randrange(0, 1000)),
+        )
+        return " ".join(rng.choice(kinds)() for _ in range(rng.randrange(2, 7)))
+
+    count = _shots(rng, 4)
+    inputs = [item() for _ in range(count + 1)]
+    return _render(
+        rng,
+        instruction=rng.choice(INSTRUCTIONS["copy"]),
+        query="Input: {{ text }}\nOutput:",
+        output_type=str,
+        examples=[({"text": t}, t) for t in inputs[:-1]],
+        query_input={"text": inputs[-1]},
+        answer=inputs[-1],
+    )
 
 
 def _lookup(rng: random.Random, split: Split) -> str:
@@ -298,11 +347,25 @@ def _arithmetic(rng: random.Random, split: Split) -> str:
     )
 
 
-def person(rng: random.Random, split: Split) -> tuple[str, dict[str, Any]]:
-    """A sentence about a person and the record the ``extract`` template expects."""
-    name = f"{rng.choice(_part(FIRST_NAMES, split))} {rng.choice(_part(LAST_NAMES, split))}"
+def person(
+    rng: random.Random, split: Split, *, invented: float = 0.0
+) -> tuple[str, dict[str, Any]]:
+    """A sentence about a person and the record the ``extract`` template expects. With
+    probability ``invented`` the name, and separately the city, are made up (training uses
+    this so that the model learns to copy names it has never seen)."""
+    first = (
+        _invented(rng, split) if rng.random() < invented else rng.choice(_part(FIRST_NAMES, split))
+    )
+    last = (
+        _invented(rng, split) if rng.random() < invented else rng.choice(_part(LAST_NAMES, split))
+    )
+    name = f"{first} {last}"
     age = rng.randrange(18, 90) if rng.random() < 0.8 else None
-    city = rng.choice(_part(CITIES, split)) if rng.random() < 0.8 else None
+    city = None
+    if rng.random() < 0.8:
+        city = (
+            _invented(rng, split) if rng.random() < invented else rng.choice(_part(CITIES, split))
+        )
     date = (
         f"{rng.randrange(1990, 2030)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
         if rng.random() < 0.6
@@ -330,7 +393,7 @@ def _extract_template() -> Prompt[Any]:
 def _extract(rng: random.Random, split: Split) -> str:
     template = _extract_template()
     count = min(_shots(rng, 3), 3)
-    people = [person(rng, split) for _ in range(count + 1)]
+    people = [person(rng, split, invented=0.5) for _ in range(count + 1)]
     examples = [({"text": s}, r) for s, r in people[:-1]]
     instruction = template.instruction.render({})
     return _render(
@@ -341,6 +404,7 @@ def _extract(rng: random.Random, split: Split) -> str:
         examples=examples,
         query_input={"text": people[-1][0]},
         answer=people[-1][1],
+        style=template.style if rng.random() < 0.7 else None,
     )
 
 
@@ -365,12 +429,13 @@ def _text(rng: random.Random, split: Split) -> str:
 
 
 FAMILIES: dict[str, tuple[Callable[[random.Random, Split], str], float]] = {
-    "classify": (_classify, 0.24),
-    "sentiment": (_sentiment, 0.12),
+    "classify": (_classify, 0.3),
+    "sentiment": (_sentiment, 0.08),
     "lookup": (_lookup, 0.12),
-    "transform": (_transform, 0.1),
-    "arithmetic": (_arithmetic, 0.08),
-    "extract": (_extract, 0.24),
+    "copy": (_copy, 0.1),
+    "transform": (_transform, 0.08),
+    "arithmetic": (_arithmetic, 0.06),
+    "extract": (_extract, 0.16),
     "text": (_text, 0.1),
 }
 
@@ -411,7 +476,7 @@ def generate(
 
 
 def write_eval_tasks(
-    folder: str | os.PathLike[str], *, tasks: int = 4, seed: int = 0
+    folder: str | os.PathLike[str], *, tasks: int = 8, seed: int = 0
 ) -> list[Path]:
     """Held-out evaluation sets for ``promptkit eval``: ``classify-N.prompty`` (a
     demonstration-defined classification whose label words and phrasing were never trained on;

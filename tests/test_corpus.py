@@ -14,10 +14,13 @@ from promptkit.corpus import (
     CITIES,
     FAMILIES,
     FIRST_NAMES,
+    GROUPS,
     INSTRUCTIONS,
+    LAST_NAMES,
     generate,
     person,
     split_of,
+    write_eval_tasks,
 )
 from promptkit.errors import UsageError
 
@@ -84,3 +87,73 @@ def test_cli_writes_a_corpus_that_training_reads(tmp_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 25 and all(set(line) == {"family", "text"} for line in lines)
     assert read_corpus(out) == [line["text"] for line in lines]
+
+
+def _answer(document: str) -> str:
+    """The answer a generated document ends with (after the last query)."""
+    if "Assistant:" in document:
+        return document.rsplit("Assistant: ", 1)[-1]
+    return document.rsplit("\n", 1)[-1].split(": ", 1)[-1].split("-> ", 1)[-1]
+
+
+def test_copy_documents_repeat_their_input():
+    documents = [d.text for d in generate(40, seed=2, families=["copy"])]
+    for text in documents:
+        asked = text.rsplit("Input: ", 1)[-1].split("\n", 1)[0]
+        assert _answer(text) == asked
+
+
+def test_invented_people_are_made_up_and_still_match_their_records():
+    import random
+
+    rng = random.Random(1)
+    real = set(FIRST_NAMES) | set(LAST_NAMES) | set(CITIES)
+    for split in ("train", "heldout"):
+        for _ in range(40):
+            sentence, record = person(rng, split, invented=1.0)  # type: ignore[arg-type]
+            first, last = record["name"].split()
+            assert first not in real and last not in real and record["city"] not in real
+            assert split_of(first.lower()) == split and split_of(last.lower()) == split
+            assert record["name"] in sentence
+            assert record["city"] is None or record["city"] in sentence
+
+
+def test_classification_labels_are_mostly_made_up_and_sometimes_the_group_names():
+    named = made_up = 0
+    for document in generate(200, seed=3, families=["classify"]):
+        answer = _answer(document.text)
+        if answer in GROUPS:
+            named += 1
+        else:
+            assert answer.isalpha() and answer.islower() and split_of(answer) == "train"
+            made_up += 1
+    assert made_up > 2 * named > 0
+
+
+def test_eval_tasks_are_held_out_and_answerable_only_from_the_demonstrations(tmp_path):
+    files = write_eval_tasks(tmp_path, tasks=3, seed=1)
+    assert sorted(f.name for f in files) == sorted(
+        [f"classify-{n}.{ext}" for n in (1, 2, 3) for ext in ("prompty", "jsonl")]
+        + ["extract.jsonl"]
+    )
+    group_of = {w: g for g, words in GROUPS.items() for w in words.split()}
+    for number in (1, 2, 3):
+        prompt = pk.load_prompt(tmp_path / f"classify-{number}.prompty")
+        labels = set(prompt.output.labels or ())
+        assert len(labels) == 2 and all(split_of(label) == "heldout" for label in labels)
+        shown = {e.input["text"]: e.output for e in prompt.examples}
+        assert len(shown) == 8 and set(shown.values()) == labels
+        label_of_group = {group_of[w]: label for w, label in shown.items()}
+        assert len(label_of_group) == 2  # one group per label
+        items = [
+            json.loads(line)
+            for line in (tmp_path / f"classify-{number}.jsonl").read_text().splitlines()
+        ]
+        assert len(items) > 10
+        for item in items:
+            assert item["text"] not in shown  # never a demonstration
+            assert item["expected"] == label_of_group[group_of[item["text"]]]
+    people = [json.loads(line) for line in (tmp_path / "extract.jsonl").read_text().splitlines()]
+    assert len(people) == 50
+    held_first = {n for n in FIRST_NAMES if split_of(n) == "heldout"}
+    assert all(p["expected"]["name"].split()[0] in held_first for p in people)
