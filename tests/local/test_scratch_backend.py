@@ -203,3 +203,28 @@ def test_prompt_runs_on_the_scratch_backend(backend):
     result = prompt.run({"text": "To be"}, backend=backend, config=GenerationConfig(max_tokens=5))
     assert result.usage.prompt_tokens == len(backend.tokenizer.encode("To be"))
     assert isinstance(result.output, str)
+
+
+def test_plain_scratch_is_the_model_shipped_in_the_package(hf_folder, tmp_path, monkeypatch):
+    import shutil
+
+    import promptkit.models
+    from promptkit.cli import _backend_for
+
+    monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
+    monkeypatch.setattr(promptkit.models, "MINI", tmp_path / "mini")
+    with pytest.raises(ConfigurationError, match="ships no default model"):
+        pk.get_backend("scratch")
+    with pytest.raises(pk.errors.UsageError, match="no backend: pass --backend"):
+        _backend_for(None, pk.load_prompt("sentiment"))
+    shutil.copytree(hf_folder, tmp_path / "mini")
+    for chosen in (
+        pk.get_backend("scratch"),
+        pk.get_backend(),
+        _backend_for(None, pk.load_prompt("sentiment")),
+    ):
+        assert chosen.name == "scratch:promptkit-mini"
+        assert chosen.weights_path == tmp_path / "mini" / "model.safetensors"
+    monkeypatch.setenv("PROMPTKIT_BACKEND", f"scratch:{hf_folder}")
+    assert pk.get_backend().name == f"scratch:{hf_folder}"  # the environment wins
+    assert _backend_for("scripted", None).name == "scripted"  # --backend wins

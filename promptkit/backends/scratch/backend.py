@@ -311,6 +311,7 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
 
     if options:
         raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")
+    name = None
     if not arg:
         from ...models import mini_path
 
@@ -320,12 +321,12 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
                 "scratch needs a model folder: scratch:PATH (a checkpoint from `promptkit train` "
                 "or a Hugging Face GPT-2 folder); this copy of promptkit ships no default model"
             )
-        arg = str(shipped)
+        arg, name = str(shipped), "scratch:promptkit-mini"
     path = Path(os.path.expanduser(arg))
     if not path.is_dir():
         path = _from_hub(arg)
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_checkpoint(path, device=chosen)
-    backend = ScratchBackend(model, tokenizer, name=f"scratch:{path}")
+    backend = ScratchBackend(model, tokenizer, name=name or f"scratch:{path}")
     backend.weights_path = path / "model.safetensors"
     return backend
