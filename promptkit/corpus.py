@@ -198,15 +198,22 @@ def _shots(rng: random.Random, most: int = 8) -> int:
 
 
 def _classify(rng: random.Random, split: Split) -> str:
-    groups = rng.sample(sorted(GROUPS), rng.choice((2, 2, 2, 3, 3, 4)))
+    groups = rng.sample(sorted(GROUPS), rng.choice((2, 2, 2, 2, 3, 3)))
     # Mostly made-up label words (readable only from the demonstrations); sometimes the group
     # names themselves, so that the model also knows which words belong together.
     named = rng.random() < 0.2
     labels = groups if named else _label_words(rng, split, len(groups))
     label_of = dict(zip(groups, labels, strict=True))
-    count = rng.choice((0, 1, 2, 3, 4, 4, 5, 6, 6, 8, 8, 10, 12))
-    pool = [(w, g) for g in groups for w in GROUPS[g].split()]
-    picks = rng.sample(pool, count + 1)
+    count = rng.choice((0, 1, 2, 3, 4, 5, 6, 6, 8, 8, 10, 12, 14, 16))
+    # A few words of each group come back: a repeated word's label is read off its earlier
+    # demonstration (exact induction, the circuit the model builds first), a new word's from
+    # the other words of its group (what the held-out evaluation measures).
+    regulars = {g: rng.sample(GROUPS[g].split(), rng.choice((2, 3, 4))) for g in groups}
+    picks = []
+    for _ in range(count + 1):
+        group = rng.choice(groups)
+        word = rng.choice(regulars[group] if rng.random() < 0.5 else GROUPS[group].split())
+        picks.append((word, group))
     examples = [({"text": w}, label_of[g]) for w, g in picks[:count]]
     word, group = picks[count]
     query = rng.choice(("Input: {{ text }}\nLabel:", "Word: {{ text }}\nGroup:", "{{ text }} ->"))
@@ -290,17 +297,20 @@ def _copy(rng: random.Random, split: Split) -> str:
 def _lookup(rng: random.Random, split: Split) -> str:
     count = max(1, _shots(rng))
     keys = rng.sample(_part(FIRST_NAMES, split), count)
-    values = [_code(rng) for _ in keys]
-    examples = [({"key": k}, v) for k, v in zip(keys, values, strict=True)]
-    asked = rng.randrange(count)
+    value_of = {k: _code(rng) for k in keys}
+    # Keys are asked again among the demonstrations too: every repeat is a lookup to learn.
+    order = keys + [rng.choice(keys) for _ in range(rng.randrange(0, count + 2))]
+    rng.shuffle(order)
+    examples = [({"key": k}, value_of[k]) for k in order]
+    asked = rng.choice(keys)
     return _render(
         rng,
         instruction=rng.choice(_part(INSTRUCTIONS["lookup"], split)),
         query="Key: {{ key }}\nValue:",
         output_type=str,
         examples=examples,
-        query_input={"key": keys[asked]},
-        answer=values[asked],
+        query_input={"key": asked},
+        answer=value_of[asked],
     )
 
 
@@ -429,12 +439,12 @@ def _text(rng: random.Random, split: Split) -> str:
 
 
 FAMILIES: dict[str, tuple[Callable[[random.Random, Split], str], float]] = {
-    "classify": (_classify, 0.3),
-    "sentiment": (_sentiment, 0.08),
-    "lookup": (_lookup, 0.12),
+    "classify": (_classify, 0.36),
+    "sentiment": (_sentiment, 0.05),
+    "lookup": (_lookup, 0.14),
     "copy": (_copy, 0.1),
-    "transform": (_transform, 0.08),
-    "arithmetic": (_arithmetic, 0.06),
+    "transform": (_transform, 0.05),
+    "arithmetic": (_arithmetic, 0.04),
     "extract": (_extract, 0.16),
     "text": (_text, 0.1),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -128,6 +129,46 @@ def test_classification_labels_are_mostly_made_up_and_sometimes_the_group_names(
             assert answer.isalpha() and answer.islower() and split_of(answer) == "train"
             made_up += 1
     assert made_up > 2 * named > 0
+
+
+_PAIR = re.compile(
+    r"(?:(?:Word|Input|Key): (\S+)\n(?:Group|Label|Value):|^(?:User: )?(\S+) ->)"
+    r"(?:\n\nAssistant:)? (\S+)",
+    re.MULTILINE,
+)
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    return [(a or b, answer) for a, b, answer in _PAIR.findall(text)]
+
+
+@pytest.mark.parametrize("family", ["classify", "lookup"])
+def test_words_and_keys_come_back_with_the_same_answer(family):
+    # Repeats are what teach the model to read an answer off an earlier demonstration.
+    documents = [d.text for d in generate(200, seed=4, families=[family])]
+    repeated = 0
+    for text in documents:
+        pairs = _pairs(text)
+        assert pairs, text
+        answer_of: dict[str, str] = {}
+        for item, answer in pairs:
+            assert answer_of.setdefault(item, answer) == answer, text
+        demonstrations = pairs[:-1]
+        repeated += len(demonstrations) > len({item for item, _ in demonstrations})
+    assert repeated > 0.3 * len(documents)
+
+
+def test_words_of_one_group_share_a_label_and_new_words_are_asked_too():
+    group_of = {w: g for g, words in GROUPS.items() for w in words.split()}
+    new_queries = 0
+    for document in generate(200, seed=5, families=["classify"]):
+        pairs = _pairs(document.text)
+        label_of: dict[str, str] = {}
+        for word, label in pairs:
+            assert label_of.setdefault(group_of[word], label) == label, document.text
+        assert len(set(label_of.values())) == len(label_of)
+        new_queries += pairs[-1][0] not in {word for word, _ in pairs[:-1]}
+    assert new_queries > 0.3 * 200
 
 
 def test_eval_tasks_are_held_out_and_answerable_only_from_the_demonstrations(tmp_path):
