@@ -32,7 +32,7 @@ __all__ = ["MINI_CORPUS", "MINI_RECIPE", "TrainConfig", "TrainResult", "read_cor
 # promptkit.corpus) into DIR/corpus.jsonl and trains with these settings (under an hour on 2
 # CPU cores: about 11M tokens, roughly one pass over the corpus). Options given on the command
 # line still win.
-MINI_CORPUS = {"documents": 120000, "seed": 0}
+MINI_CORPUS = {"documents": 100000, "seed": 0}
 MINI_RECIPE = {
     "steps": 2800,
     "batch_size": 8,
@@ -41,7 +41,7 @@ MINI_RECIPE = {
     "eval_every": 250,
     "checkpoint_every": 250,
     "seed": 0,
-    "vocab_size": 4096,
+    "vocab_size": 1024,
 }
 
 STATE_FILE = "trainer_state.pt"
