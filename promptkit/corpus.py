@@ -208,11 +208,12 @@ def _classify(rng: random.Random, split: Split) -> str:
     # A few words of each group come back: a repeated word's label is read off its earlier
     # demonstration (exact induction, the circuit the model builds first), a new word's from
     # the other words of its group (what the held-out evaluation measures).
-    regulars = {g: rng.sample(GROUPS[g].split(), rng.choice((2, 3, 4))) for g in groups}
+    members = {g: GROUPS[g].split() for g in groups}
+    regulars = {g: rng.sample(members[g], rng.choice((2, 3, 4))) for g in groups}
     picks = []
     for _ in range(count + 1):
         group = rng.choice(groups)
-        word = rng.choice(regulars[group] if rng.random() < 0.5 else GROUPS[group].split())
+        word = rng.choice(regulars[group] if rng.random() < 0.5 else members[group])
         picks.append((word, group))
     examples = [({"text": w}, label_of[g]) for w, g in picks[:count]]
     word, group = picks[count]
