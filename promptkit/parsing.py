@@ -314,14 +314,16 @@ def extract_json(text: str) -> Any:
 
 
 @lru_cache(maxsize=256)
-def _cached_spec(output_type: Any) -> OutputSpec:
+def _cached_spec(output_type: Any, spelled: str) -> OutputSpec:
     return OutputSpec(output_type)
 
 
 def output_spec(output_type: Any) -> OutputSpec:
     """The (cached) :class:`OutputSpec` of an output type."""
     try:
-        return _cached_spec(output_type)
+        # Keyed on the spelling too: Literal["a", "b"] == Literal["b", "a"], but the order of
+        # the labels is what the format instructions list.
+        return _cached_spec(output_type, repr(output_type))
     except TypeError:  # unhashable annotation
         return OutputSpec(output_type)
 

@@ -156,3 +156,13 @@ def test_arbitrary_text_raises_only_promptkit_errors(text, output_type):
     except PromptkitError as exc:
         assert isinstance(exc, OutputParseError)
         assert exc.raw_text == text
+
+
+def test_labels_keep_the_order_each_type_declares_them_in():
+    # Literal["yes", "no"] == Literal["no", "yes"]: the cache of specs must not hand one the
+    # other's order (the format instructions list the labels in it).
+    from promptkit.parsing import output_spec
+
+    assert output_spec(Literal["yes", "no"]).labels == ("yes", "no")
+    assert output_spec(Literal["no", "yes"]).labels == ("no", "yes")
+    assert output_spec(list[Literal["no", "yes"]]) is output_spec(list[Literal["no", "yes"]])
