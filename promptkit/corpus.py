@@ -156,12 +156,12 @@ class Document:
 
 def _label_words(rng: random.Random, split: Split, count: int) -> list[str]:
     """Made-up label words (two or three syllables) of the split, all different."""
-    words: set[str] = set()
+    words: list[str] = []  # a list, not a set: a set's order changes with PYTHONHASHSEED
     while len(words) < count:
         word = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 2, 3))))
-        if split_of(word) == split:
-            words.add(word)
-    return sorted(words, key=lambda _: rng.random())
+        if split_of(word) == split and word not in words:
+            words.append(word)
+    return words
 
 
 def _render(

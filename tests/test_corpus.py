@@ -32,6 +32,32 @@ def test_generation_is_deterministic_under_the_seed():
     assert first != [d.text for d in generate(60, seed=4)]
 
 
+def test_generation_is_the_same_in_every_process():
+    # Python salts str hashes per process: nothing may depend on the order of a set.
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib; from promptkit.corpus import generate; "
+        "print(hashlib.sha256(''.join(d.text for d in generate(300, seed=0)).encode())"
+        ".hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": salt},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for salt in ("1", "2", "3")
+    }
+    here = "".join(d.text for d in generate(300, seed=0))
+    assert digests == {hashlib.sha256(here.encode()).hexdigest() + "\n"}
+
+
 def test_every_family_appears_and_can_be_chosen():
     families = {d.family for d in generate(300, seed=0)}
     assert families == set(FAMILIES)
