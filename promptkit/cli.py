@@ -323,6 +323,13 @@ def run_command(
 @click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True)
 @click.option("--tokenizer", help="Folder holding a tokenizer to use (default: train a BPE).")
 @click.option("--vocab-size", type=click.IntRange(min=257), default=4096, show_default=True)
+@click.option(
+    "--answer-weight",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help='Extra loss on answer tokens (a .jsonl corpus\'s "answer" offsets); 0: plain LM.',
+)
 @click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True)
 @click.option("--seed", type=int, default=1337, show_default=True)

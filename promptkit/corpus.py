@@ -148,10 +148,15 @@ def _part(items: Sequence[str], split: Split) -> list[str]:
 
 @dataclass(frozen=True)
 class Document:
-    """One generated training text and where it came from."""
+    """One generated training text, where it came from, and where its answer starts (the
+    character offset of the answer after the prompt; None for plain text)."""
 
     family: str
     text: str
+    answer: int | None = None
+
+
+Sample = tuple[str, int | None]  # a document's text and its answer's offset
 
 
 def _label_words(rng: random.Random, split: Split, count: int) -> list[str]:
@@ -174,9 +179,9 @@ def _render(
     query_input: dict[str, Any],
     answer: Any,
     style: Style | None = None,
-) -> str:
+) -> Sample:
     """The prompt promptkit renders for this task (``style``, else a random one), then the
-    answer."""
+    answer; with where the answer starts."""
     if style is None:
         style = "chat" if rng.random() < 1 / 3 else "completion"
     prompt: Prompt[Any] = Prompt(
@@ -189,7 +194,7 @@ def _render(
     )
     rendered = prompt.render(query_input)
     text = rendered if isinstance(rendered, str) else messages_to_text(rendered)
-    return f"{text} {prompt.output.serialize(prompt.output.validate(answer))}"
+    return f"{text} {prompt.output.serialize(prompt.output.validate(answer))}", len(text)
 
 
 def _shots(rng: random.Random, most: int = 8) -> int:
@@ -197,7 +202,7 @@ def _shots(rng: random.Random, most: int = 8) -> int:
     return min(most, rng.choice((0, 1, 2, 2, 3, 4, 4, 5, 6, 8)))
 
 
-def _classify(rng: random.Random, split: Split) -> str:
+def _classify(rng: random.Random, split: Split) -> Sample:
     groups = rng.sample(sorted(GROUPS), rng.choice((2, 2, 2, 2, 3, 3)))
     # Mostly made-up label words (readable only from the demonstrations); sometimes the group
     # names themselves, so that the model also knows which words belong together.
@@ -236,7 +241,7 @@ def _review(rng: random.Random, good: bool) -> str:
     return f"The {thing} was {first} {rng.choice(CONNECTORS)} {second}."
 
 
-def _sentiment(rng: random.Random, split: Split) -> str:
+def _sentiment(rng: random.Random, split: Split) -> Sample:
     made_up = rng.random() < 0.3
     labels = _label_words(rng, split, 2) if made_up else ["positive", "negative"]
     count = _shots(rng)
@@ -269,7 +274,7 @@ def _invented(rng: random.Random, split: Split) -> str:
             return word
 
 
-def _copy(rng: random.Random, split: Split) -> str:
+def _copy(rng: random.Random, split: Split) -> Sample:
     """Repeat a list of random items (dense induction: every answer token is a copy)."""
 
     def item() -> str:
@@ -295,7 +300,7 @@ def _copy(rng: random.Random, split: Split) -> str:
     )
 
 
-def _lookup(rng: random.Random, split: Split) -> str:
+def _lookup(rng: random.Random, split: Split) -> Sample:
     count = max(1, _shots(rng))
     keys = rng.sample(_part(FIRST_NAMES, split), count)
     value_of = {k: _code(rng) for k in keys}
@@ -315,7 +320,7 @@ def _lookup(rng: random.Random, split: Split) -> str:
     )
 
 
-def _transform(rng: random.Random, split: Split) -> str:
+def _transform(rng: random.Random, split: Split) -> Sample:
     name = rng.choice(sorted(TRANSFORMS))
     instruction, function = TRANSFORMS[name]
     words = [w for g in GROUPS.values() for w in g.split()]
@@ -338,7 +343,7 @@ def _transform(rng: random.Random, split: Split) -> str:
     )
 
 
-def _arithmetic(rng: random.Random, split: Split) -> str:
+def _arithmetic(rng: random.Random, split: Split) -> Sample:
     def item() -> tuple[str, int]:
         a, b = rng.randrange(0, 50), rng.randrange(0, 50)
         if rng.random() < 0.5:
@@ -401,7 +406,7 @@ def _extract_template() -> Prompt[Any]:
     return load_prompt("extract")
 
 
-def _extract(rng: random.Random, split: Split) -> str:
+def _extract(rng: random.Random, split: Split) -> Sample:
     template = _extract_template()
     count = min(_shots(rng, 3), 3)
     people = [person(rng, split, invented=0.5) for _ in range(count + 1)]
@@ -419,7 +424,7 @@ def _extract(rng: random.Random, split: Split) -> str:
     )
 
 
-def _text(rng: random.Random, split: Split) -> str:
+def _text(rng: random.Random, split: Split) -> Sample:
     sentences = []
     for _ in range(rng.randrange(3, 8)):
         who = rng.choice(_part(FIRST_NAMES, split))
@@ -436,10 +441,10 @@ def _text(rng: random.Random, split: Split) -> str:
                 )
             )
         )
-    return " ".join(sentences)
+    return " ".join(sentences), None
 
 
-FAMILIES: dict[str, tuple[Callable[[random.Random, Split], str], float]] = {
+FAMILIES: dict[str, tuple[Callable[[random.Random, Split], Sample], float]] = {
     "classify": (_classify, 0.36),
     "sentiment": (_sentiment, 0.05),
     "lookup": (_lookup, 0.14),
@@ -459,13 +464,18 @@ def write_corpus(
     split: Split = "train",
     families: Sequence[str] | None = None,
 ) -> Path:
-    """Write ``count`` documents as JSON Lines (``{"family": ..., "text": ...}``), the form
-    ``promptkit train --corpus FILE.jsonl`` reads (one document per line)."""
+    """Write ``count`` documents as JSON Lines (``{"family": ..., "text": ..., "answer": ...}``,
+    ``answer`` the character offset where the answer starts, absent for plain text), the form
+    ``promptkit train --corpus FILE.jsonl`` reads (one document per line; ``--answer-weight``
+    adds a loss on the answers)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("w", encoding="utf-8") as out:
         for document in generate(count, seed=seed, split=split, families=families):
-            out.write(json.dumps({"family": document.family, "text": document.text}) + "\n")
+            record: dict[str, Any] = {"family": document.family, "text": document.text}
+            if document.answer is not None:
+                record["answer"] = document.answer
+            out.write(json.dumps(record) + "\n")
     return target
 
 
@@ -483,7 +493,8 @@ def generate(
     rng = random.Random(f"promptkit-corpus:{seed}:{split}")
     for _ in range(count):
         family = rng.choices(chosen, weights)[0]
-        yield Document(family, FAMILIES[family][0](rng, split))
+        text, answer = FAMILIES[family][0](rng, split)
+        yield Document(family, text, answer)
 
 
 def write_eval_tasks(

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import promptkit as pk
-from promptkit.backends.scratch.train import read_corpus
+from promptkit.backends.scratch.train import read_corpus, read_documents
 from promptkit.cli import cli
 from promptkit.corpus import (
     CITIES,
@@ -112,8 +112,29 @@ def test_cli_writes_a_corpus_that_training_reads(tmp_path):
     result = CliRunner().invoke(cli, ["corpus", "--out", str(out), "--documents", "25"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(lines) == 25 and all(set(line) == {"family", "text"} for line in lines)
+    assert len(lines) == 25
+    for line in lines:
+        keys = {"family", "text"} if line["family"] == "text" else {"family", "text", "answer"}
+        assert set(line) == keys
     assert read_corpus(out) == [line["text"] for line in lines]
+    assert read_documents(out) == [(line["text"], line.get("answer")) for line in lines]
+
+
+def test_every_task_document_says_where_its_answer_starts():
+    documents = list(generate(300, seed=5))
+    assert {d.family for d in documents} == set(FAMILIES)
+    for document in documents:
+        if document.family == "text":
+            assert document.answer is None
+            continue
+        assert document.answer is not None
+        prompt, answer = document.text[: document.answer], document.text[document.answer :]
+        if document.family == "extract":  # compact JSON right after the last sentence
+            record = json.loads(answer)
+            assert answer.startswith(" {") and set(record) == {"name", "age", "city", "date"}
+            assert record["name"] in prompt.rsplit("Text: ", 1)[-1]
+        else:
+            assert answer == " " + _answer(document.text), document.text
 
 
 def _answer(document: str) -> str:

@@ -11,7 +11,14 @@ from click.testing import CliRunner
 
 import promptkit as pk
 from promptkit.backends.scratch.checkpoint import load_checkpoint
-from promptkit.backends.scratch.train import TrainConfig, lr_at, train
+from promptkit.backends.scratch.tokenizer import Tokenizer
+from promptkit.backends.scratch.train import (
+    TrainConfig,
+    _encode,
+    lr_at,
+    read_documents,
+    train,
+)
 from promptkit.cli import cli
 from promptkit.errors import ConfigurationError, UsageError
 
@@ -99,6 +106,59 @@ def test_resume_continues_exactly(corpus, tmp_path):
         torch.allclose(x, y, atol=1e-6)
         for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
+
+
+@pytest.fixture(scope="module")
+def answered(tmp_path_factory):
+    """A .jsonl corpus whose documents end with an answer (the first word, repeated), each
+    with the offset where its answer starts."""
+    rng = random.Random(1)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma"]
+    path = tmp_path_factory.mktemp("answered") / "corpus.jsonl"
+    with path.open("w") as out:
+        for _ in range(600):
+            picked = rng.sample(words, 4)
+            prompt = " ".join(picked) + " first:"
+            text = f"{prompt} {picked[0]}"
+            out.write(json.dumps({"family": "copy", "text": text, "answer": len(prompt)}) + "\n")
+    return path
+
+
+def test_answer_mask_covers_exactly_the_answers(answered):
+    documents = read_documents(answered)[:20]
+    tokenizer = Tokenizer.train([text for text, _ in documents], vocab_size=300)
+    ids, mask = _encode(documents, tokenizer)
+    texts = tokenizer.decode(ids.tolist()).split("<|endoftext|>")[:-1]
+    assert texts == [text for text, _ in documents]
+    answers = [t for t, m in zip(ids.tolist(), mask.tolist(), strict=True) if m]
+    expected = "<|endoftext|>".join(text[start:] for text, start in documents) + "<|endoftext|>"
+    assert tokenizer.decode(answers) == expected  # each answer, and its end-of-text
+    plain = read_documents(answered)[:3]
+    _, none = _encode([(text, None) for text, _ in plain], tokenizer)
+    assert not none.any()
+
+
+def test_answer_loss_is_logged_and_changes_the_training(answered, tmp_path):
+    kwargs = dict(steps=30, eval_every=15, context_length=32)
+    plain = train(settings(answered, tmp_path / "plain", **kwargs))
+    weighted = train(settings(answered, tmp_path / "weighted", answer_weight=4.0, **kwargs))
+    assert all("val_answer_loss" in row for row in plain.history + weighted.history)
+    # the objective weighs the answers more: the answer loss falls further, for the same steps
+    assert weighted.history[-1]["val_answer_loss"] < plain.history[-1]["val_answer_loss"]
+    saved = json.loads((tmp_path / "weighted" / "config.json").read_text())
+    assert saved["training"]["answer_weight"] == 4.0
+
+
+def test_bad_answer_offsets(answered, tmp_path):
+    text = "alpha beta first: alpha"
+    for bad in (-1, len(text), "3", True, 2.5):
+        path = tmp_path / "bad.jsonl"
+        lines = [{"text": "x"}, {"text": text, "answer": bad}]
+        path.write_text("\n".join(json.dumps(line) for line in lines))
+        with pytest.raises(ConfigurationError, match=r"bad.jsonl:2: 'answer' must be .* got"):
+            read_documents(path)
+    with pytest.raises(ConfigurationError, match="answer_weight must be"):
+        train(settings(answered, tmp_path / "o", answer_weight=-1.0))
 
 
 def test_learning_rate_schedule():
@@ -199,6 +259,7 @@ def test_the_mini_recipe_generates_its_corpus_and_applies_its_settings(tmp_path,
     training = json.loads((out / "config.json").read_text())["training"]
     assert training["batch_size"] == train_module.MINI_RECIPE["batch_size"]
     assert training["seed"] == train_module.MINI_RECIPE["seed"]
+    assert training["answer_weight"] == train_module.MINI_RECIPE["answer_weight"] > 0
     assert training["steps"] == 2  # given on the command line: it wins
     missing = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "--corpus is required" in missing.output

@@ -50,6 +50,13 @@ class Tokenizer:
             list(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
         ]
 
+    def encode_batch_with_ends(self, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """Token ids of each text, with the character offset where each token ends."""
+        return [
+            (list(e.ids), [end for _, end in e.offsets])
+            for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        ]
+
     def decode(self, ids: Iterable[int]) -> str:
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=False))
 

@@ -26,22 +26,32 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .model import GPT, preset
 from .tokenizer import Tokenizer
 
-__all__ = ["MINI_CORPUS", "MINI_RECIPE", "TrainConfig", "TrainResult", "read_corpus", "train"]
+__all__ = [
+    "MINI_CORPUS",
+    "MINI_RECIPE",
+    "TrainConfig",
+    "TrainResult",
+    "read_corpus",
+    "read_documents",
+    "train",
+]
 
 # promptkit-mini: ``promptkit train --preset mini --out DIR`` generates this corpus (see
 # promptkit.corpus) into DIR/corpus.jsonl and trains with these settings (under an hour on 2
-# CPU cores: about 11M tokens, roughly one pass over the corpus). Options given on the command
+# CPU cores: about 12M tokens, roughly one pass over the corpus; the answer loss weighs the
+# tokens that read a demonstration-defined answer). Options given on the command
 # line still win.
 MINI_CORPUS = {"documents": 100000, "seed": 0}
 MINI_RECIPE = {
-    "steps": 2800,
+    "steps": 3000,
     "batch_size": 8,
     "lr": 2e-3,
     "warmup": 200,
     "eval_every": 250,
     "checkpoint_every": 250,
     "seed": 0,
-    "vocab_size": 1024,
+    "vocab_size": 2048,
+    "answer_weight": 1.0,
 }
 
 STATE_FILE = "trainer_state.pt"
@@ -65,6 +75,9 @@ class TrainConfig:
     weight_decay: float = 0.1  # AdamW decay on weight matrices
     clip: float = 1.0  # gradient-norm clipping (0: off)
     dropout: float = 0.0  # dropout inside the model while training
+    # Extra loss on answer tokens (a .jsonl corpus's "answer" offsets): the objective is the
+    # mean next-token loss plus answer_weight times the mean loss on answer tokens. 0: plain LM.
+    answer_weight: float = 0.0
     tokenizer: str | None = None  # folder with a tokenizer to use; else train one
     vocab_size: int = 4096  # size of the BPE trained when no tokenizer is given
     val_fraction: float = 0.1  # tail of the corpus held out for validation
@@ -82,6 +95,8 @@ class TrainConfig:
             bad.append("val_fraction must be between 0 and 1")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             bad.append("need 0 <= min_lr <= lr and lr > 0")
+        if not 0 <= self.answer_weight < math.inf:
+            bad.append("answer_weight must be a finite number >= 0")
         if bad:
             raise ConfigurationError("invalid training settings: " + "; ".join(bad))
 
@@ -105,6 +120,12 @@ def read_corpus(path: str | os.PathLike[str]) -> list[str]:
     """The documents of a corpus: one text file, every ``.txt`` file under a folder, or a
     ``.jsonl`` file with one document per line (``{"text": ...}``, as ``promptkit corpus``
     writes)."""
+    return [text for text, _ in read_documents(path)]
+
+
+def read_documents(path: str | os.PathLike[str]) -> list[tuple[str, int | None]]:
+    """Like :func:`read_corpus`, with each document's answer offset: the character where its
+    answer starts (a ``.jsonl`` line's optional ``"answer"``; None for plain text)."""
     root = Path(path)
     files = sorted(root.rglob("*.txt")) if root.is_dir() else [root]
     if not files or not all(f.is_file() for f in files):
@@ -117,11 +138,11 @@ def read_corpus(path: str | os.PathLike[str]) -> list[str]:
         raise ConfigurationError(f"corpus file is not UTF-8 text: {exc}") from None
     if len(files) == 1 and files[0].suffix == ".jsonl":
         return _jsonl_documents(texts[0], files[0])
-    return texts
+    return [(text, None) for text in texts]
 
 
-def _jsonl_documents(text: str, path: Path) -> list[str]:
-    documents = []
+def _jsonl_documents(text: str, path: Path) -> list[tuple[str, int | None]]:
+    documents: list[tuple[str, int | None]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -131,7 +152,17 @@ def _jsonl_documents(text: str, path: Path) -> list[str]:
             raise ConfigurationError(f"{path}:{number}: not valid JSON ({exc})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise ConfigurationError(f"{path}:{number}: expected an object with a 'text' string")
-        documents.append(record["text"])
+        answer = record.get("answer")
+        if answer is not None and (
+            isinstance(answer, bool)
+            or not isinstance(answer, int)
+            or not 0 <= answer < len(record["text"])
+        ):
+            raise ConfigurationError(
+                f"{path}:{number}: 'answer' must be the character offset where the answer starts, "
+                f"an integer from 0 to {len(record['text']) - 1}; got {answer!r}"
+            )
+        documents.append((record["text"], answer))
     return documents
 
 
@@ -165,32 +196,75 @@ def unigram_perplexity(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: in
     return math.exp(nll / len(val_ids))
 
 
-def _batch(
-    ids: torch.Tensor, size: int, window: int, generator: torch.Generator, device: str
+def _encode(
+    documents: list[tuple[str, int | None]], tokenizer: Tokenizer
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    starts = torch.randint(len(ids) - window - 1, (size,), generator=generator)
-    x = torch.stack([ids[s : s + window] for s in starts.tolist()])
-    y = torch.stack([ids[s + 1 : s + 1 + window] for s in starts.tolist()])
-    return x.to(device), y.to(device)
+    """All documents as one id sequence, each followed by end-of-text, and a mask of the
+    answer tokens: those that end past the document's answer offset, and its end-of-text."""
+    ids: list[int] = []
+    answer: list[bool] = []
+    texts = [text for text, _ in documents]
+    for (_, start), (tokens, ends) in zip(
+        documents, tokenizer.encode_batch_with_ends(texts), strict=True
+    ):
+        ids += [*tokens, tokenizer.eot_id]
+        if start is None:
+            answer += [False] * (len(tokens) + 1)
+        else:
+            answer += [end > start for end in ends] + [True]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(answer, dtype=torch.bool)
 
 
-def _loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, targets, answer mask
+
+
+def _batch(
+    data: tuple[torch.Tensor, torch.Tensor],
+    size: int,
+    window: int,
+    generator: torch.Generator,
+    device: str,
+) -> Batch:
+    ids, answer = data
+    starts = torch.randint(len(ids) - window - 1, (size,), generator=generator).tolist()
+    x = torch.stack([ids[s : s + window] for s in starts])
+    y = torch.stack([ids[s + 1 : s + 1 + window] for s in starts])
+    mask = torch.stack([answer[s + 1 : s + 1 + window] for s in starts])
+    return x.to(device), y.to(device), mask.to(device)
+
+
+def _losses(model: GPT, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mean next-token loss over every target, and over the answer targets (None if none)."""
+    x, y, mask = batch
     logits = model.logits(model(x))  # (B, T, vocab)
-    return F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+    each = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+    flat = mask.reshape(-1)
+    return each.mean(), (each[flat].mean() if bool(flat.any()) else None)
 
 
 @torch.no_grad()
 def _validate(
-    model: GPT, val_ids: torch.Tensor, config: TrainConfig, window: int, device: str
-) -> float:
+    model: GPT,
+    val: tuple[torch.Tensor, torch.Tensor],
+    config: TrainConfig,
+    window: int,
+    device: str,
+) -> tuple[float, float | None]:
+    """Mean validation loss, and mean loss on the answer tokens (None if the batches held
+    none)."""
     model.eval()
     generator = torch.Generator().manual_seed(config.seed + 1)  # the same batches every time
-    losses = [
-        _loss(model, *_batch(val_ids, config.batch_size, window, generator, device)).item()
-        for _ in range(config.eval_batches)
-    ]
+    losses, answer_total, answer_count = [], 0.0, 0
+    for _ in range(config.eval_batches):
+        batch = _batch(val, config.batch_size, window, generator, device)
+        loss, answer = _losses(model, batch)
+        losses.append(loss.item())
+        if answer is not None:
+            count = int(batch[2].sum())
+            answer_total += answer.item() * count
+            answer_count += count
     model.train()
-    return sum(losses) / len(losses)
+    return sum(losses) / len(losses), (answer_total / answer_count if answer_count else None)
 
 
 def _optimizer(model: GPT, config: TrainConfig, device: str) -> torch.optim.Optimizer:
@@ -217,7 +291,7 @@ def train(config: TrainConfig, on_step: Progress | None = None) -> TrainResult:
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(config.out)
     torch.manual_seed(config.seed)
-    documents = read_corpus(config.corpus)
+    documents = read_documents(config.corpus)
     state: dict[str, Any] | None = None
     if config.resume:
         if not (out / STATE_FILE).is_file():
@@ -228,17 +302,18 @@ def train(config: TrainConfig, on_step: Progress | None = None) -> TrainResult:
         if config.tokenizer:
             tokenizer = Tokenizer.from_folder(config.tokenizer)
         else:
-            tokenizer = Tokenizer.train(documents, vocab_size=config.vocab_size)
+            tokenizer = Tokenizer.train(
+                (text for text, _ in documents), vocab_size=config.vocab_size
+            )
         overrides: dict[str, Any] = {"vocab_size": tokenizer.vocab_size, "dropout": config.dropout}
         if config.context_length:
             overrides["context_length"] = config.context_length
         model = GPT(preset(config.preset, **overrides)).to(device)
     window = model.config.context_length
-    ids = torch.tensor(
-        [t for doc in documents for t in [*tokenizer.encode(doc), tokenizer.eot_id]],
-        dtype=torch.long,
-    )
+    ids, answer = _encode(documents, tokenizer)
     train_ids, val_ids = _split(ids, config, window)
+    cut = len(train_ids)
+    train_data, val_data = (train_ids, answer[:cut]), (val_ids, answer[cut:])
     baseline = unigram_perplexity(train_ids, val_ids, tokenizer.vocab_size)
     optimizer = _optimizer(model, config, device)
     generator = torch.Generator().manual_seed(config.seed)
@@ -258,8 +333,12 @@ def train(config: TrainConfig, on_step: Progress | None = None) -> TrainResult:
             group["lr"] = lr_at(step, config)
         total = 0.0
         for _ in range(config.grad_accum):
-            loss = _loss(model, *_batch(train_ids, config.batch_size, window, generator, device))
-            (loss / config.grad_accum).backward()  # type: ignore[no-untyped-call]
+            batch = _batch(train_data, config.batch_size, window, generator, device)
+            loss, answer_loss = _losses(model, batch)
+            objective = loss
+            if config.answer_weight and answer_loss is not None:
+                objective = loss + config.answer_weight * answer_loss
+            (objective / config.grad_accum).backward()  # type: ignore[no-untyped-call]
             total += loss.item() / config.grad_accum
         if config.clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
@@ -273,16 +352,17 @@ def train(config: TrainConfig, on_step: Progress | None = None) -> TrainResult:
         }
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:
-            val_loss = _validate(model, val_ids, config, window, device)
+            val_loss, val_answer_loss = _validate(model, val_data, config, window, device)
             metrics.update(val_loss=val_loss, val_perplexity=math.exp(val_loss))
-            result.history.append(
-                {
-                    "step": done,
-                    "train_loss": total,
-                    "val_loss": val_loss,
-                    "val_perplexity": math.exp(val_loss),
-                }
-            )
+            row = {
+                "step": done,
+                "train_loss": total,
+                "val_loss": val_loss,
+                "val_perplexity": math.exp(val_loss),
+            }
+            if val_answer_loss is not None:
+                metrics["val_answer_loss"] = row["val_answer_loss"] = val_answer_loss
+            result.history.append(row)
         if done == config.steps or (
             config.checkpoint_every and done % config.checkpoint_every == 0
         ):
