@@ -189,9 +189,12 @@ def test_perplexity_bad_input(backend):
         backend.perplexity("a")
 
 
-def test_spec_errors(tmp_path):
+def test_spec_errors(tmp_path, monkeypatch):
+    import promptkit.models
+
+    monkeypatch.setattr(promptkit.models, "MINI", tmp_path / "no-shipped-model")
     with pytest.raises(ConfigurationError, match="needs a model folder"):
-        pk.get_backend("scratch")
+        pk.get_backend("scratch")  # a copy of promptkit without promptkit-mini
     with pytest.raises(ConfigurationError, match="no model folder.*Hugging Face hub"):
         pk.get_backend(f"scratch:{tmp_path / 'nope'}")
     with pytest.raises(ConfigurationError, match="unknown option"):
@@ -228,3 +231,16 @@ def test_plain_scratch_is_the_model_shipped_in_the_package(hf_folder, tmp_path, 
     monkeypatch.setenv("PROMPTKIT_BACKEND", f"scratch:{hf_folder}")
     assert pk.get_backend().name == f"scratch:{hf_folder}"  # the environment wins
     assert _backend_for("scripted", None).name == "scripted"  # --backend wins
+
+
+def test_position_embeddings_start_from_sinusoids():
+    from promptkit.backends.scratch.model import GPT, preset, sinusoids
+
+    codes = sinusoids(64, 16, std=0.02)
+    assert codes.shape == (64, 16) and float(codes.std()) == pytest.approx(0.02, rel=1e-4)
+    # the code of t + k is one fixed linear map of the code of t, for every t
+    k = 3
+    shift = torch.linalg.lstsq(codes[:-k], codes[k:]).solution
+    assert torch.allclose(codes[:-k] @ shift, codes[k:], atol=1e-5)
+    model = GPT(preset("tiny", context_length=64))
+    assert torch.equal(model.wpe.weight.detach(), sinusoids(64, model.config.n_embd, std=0.02))

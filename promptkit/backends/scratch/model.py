@@ -248,6 +248,23 @@ def preset(name: str, **overrides: Any) -> GPTConfig:
     return GPTConfig(**{**PRESETS[name].to_dict(), **overrides})
 
 
+def sinusoids(positions: int, width: int, std: float) -> torch.Tensor:
+    """``(positions, width)`` sine/cosine position codes (Vaswani et al., 2017) scaled to
+    standard deviation ``std``: the starting point of the learned position embedding.
+
+    The code of position ``t + k`` is a fixed rotation of the code of ``t``, so one attention
+    map can look ``k`` tokens back from every position at once; with random starting vectors
+    that has to be learned position by position, which slows down the heads that read an
+    answer off an earlier demonstration.
+    """
+    position = torch.arange(positions, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * -math.log(1e4) / width)
+    codes = torch.zeros(positions, width)
+    codes[:, 0::2] = torch.sin(position * frequency)
+    codes[:, 1::2] = torch.cos(position * frequency[: width // 2])
+    return codes * (std / codes.std())
+
+
 class GPT(nn.Module):
     """The decoder. ``forward`` returns final hidden states; ``logits`` projects them."""
 
@@ -268,6 +285,8 @@ class GPT(nn.Module):
         for name, parameter in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
                 nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        with torch.no_grad():  # learned, but starting from the sinusoids of the Transformer
+            self.wpe.weight.copy_(sinusoids(config.context_length, config.n_embd, std=0.02))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
