@@ -244,3 +244,32 @@ def test_position_embeddings_start_from_sinusoids():
     assert torch.allclose(codes[:-k] @ shift, codes[k:], atol=1e-5)
     model = GPT(preset("tiny", context_length=64))
     assert torch.equal(model.wpe.weight.detach(), sinusoids(64, model.config.n_embd, std=0.02))
+
+
+def test_smeared_keys_agree_across_cache_and_padding():
+    from promptkit.backends.scratch.model import GPT, preset
+
+    torch.manual_seed(0)
+    model = GPT(preset("tiny", smear_keys=True)).eval()
+    plain = GPT(preset("tiny")).eval()
+    assert not any("smear" in name for name, _ in plain.named_parameters())  # GPT-2 unchanged
+    with torch.no_grad():
+        for block in model.h:
+            block.attn.smear.copy_(torch.linspace(-2.0, 2.0, model.config.n_head))
+    ids = torch.randint(0, model.config.vocab_size, (1, 12))
+    with torch.no_grad():
+        full = model(ids)
+        # the keys really are smeared: the hidden states differ from a model that keeps them
+        unsmeared = GPT(preset("tiny")).eval()
+        unsmeared.load_state_dict({k: v for k, v in model.state_dict().items() if "smear" not in k})
+        assert not torch.allclose(unsmeared(ids), full, atol=1e-4)
+        # one token at a time through the cache (which holds raw keys)
+        cache = model.new_cache(1, 12)
+        stepped = torch.cat([model(ids[:, i : i + 1], cache=cache) for i in range(12)], 1)
+        assert torch.allclose(stepped, full, atol=1e-5)
+        # left padding: the first real token has no predecessor, as when it stands alone
+        padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1)
+        valid = torch.tensor([[False] * 3 + [True] * 12])
+        positions = torch.tensor([[0, 0, 0, *range(12)]])
+        out = model(padded, positions=positions, key_valid=valid)
+        assert torch.allclose(out[:, 3:], full, atol=1e-5)

@@ -115,6 +115,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
+        # Smeared keys: per head, a learned mix sigmoid(a) of each key with the key before it.
+        self.smear = nn.Parameter(torch.zeros(config.n_head)) if config.smear_keys else None
 
     def forward(
         self,
@@ -122,6 +124,7 @@ class CausalSelfAttention(nn.Module):
         mask: torch.Tensor | None,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
         past: int,
+        has_previous: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.size()  # batch, time, channels
         hs = C // self.n_head
@@ -135,6 +138,8 @@ class CausalSelfAttention(nn.Module):
             value_cache[:, :, past : past + T] = v
             k = key_cache[:, :, : past + T]  # (B, nh, past + T, hs)
             v = value_cache[:, :, : past + T]
+        if self.smear is not None:
+            k = self.smeared(k, has_previous)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -146,6 +151,20 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
         out: torch.Tensor = self.resid_dropout(self.c_proj(y))
         return out
+
+    def smeared(self, k: torch.Tensor, has_previous: torch.Tensor | None) -> torch.Tensor:
+        """Keys mixed with their predecessors: ``s * k[j] + (1 - s) * k[j - 1]``, ``s =
+        sigmoid(smear)`` per head (Olsson et al., 2022). A query can then match the token
+        *before* a key, which is what an induction head does ("find where the current token
+        came before, copy what followed") without first needing a previous-token head in an
+        earlier layer. ``has_previous`` ``(B, past + T)`` is False where the key before is
+        absent or padding (it then counts as zero). The cache holds the raw keys."""
+        assert self.smear is not None
+        share = torch.sigmoid(self.smear)[None, :, None, None]  # (1, nh, 1, 1)
+        before = F.pad(k[:, :, :-1], (0, 0, 1, 0))  # (B, nh, past + T, hs), zero first
+        if has_previous is not None:
+            before = before * has_previous[:, None, :, None].to(k.dtype)
+        return share * k + (1 - share) * before
 
 
 class MLP(nn.Module):
@@ -179,8 +198,9 @@ class Block(nn.Module):
         mask: torch.Tensor | None,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
         past: int,
+        has_previous: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, cache, past)
+        x = x + self.attn(self.ln_1(x), mask, cache, past, has_previous)
         out: torch.Tensor = x + self.mlp(self.ln_2(x))
         return out
 
@@ -199,6 +219,9 @@ class GPTConfig:
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2
     tie_embeddings: bool = True  # output projection shares the token embedding's weights
     layer_norm_eps: float = 1e-5  # LayerNorm epsilon
+    # Smeared keys (not in GPT-2): each head's keys mix in the previous position's key, which
+    # makes induction heads (copying from context) form far earlier in training.
+    smear_keys: bool = False
 
     def __post_init__(self) -> None:
         problems = [
@@ -235,7 +258,9 @@ PRESETS: dict[str, GPTConfig] = {
     "tiny": GPTConfig(vocab_size=512, context_length=128, n_layer=2, n_head=2, n_embd=64),
     "small": GPTConfig(vocab_size=4096, context_length=256, n_layer=4, n_head=4, n_embd=256),
     # promptkit-mini: the small shape with room for few-shot prompts (see train.MINI_RECIPE).
-    "mini": GPTConfig(vocab_size=4096, context_length=512, n_layer=4, n_head=4, n_embd=256),
+    "mini": GPTConfig(
+        vocab_size=4096, context_length=512, n_layer=4, n_head=4, n_embd=256, smear_keys=True
+    ),
 }
 
 
@@ -322,10 +347,13 @@ class GPT(nn.Module):
         if positions is None:
             positions = torch.arange(past, past + T, device=idx.device).expand(B, T)
         mask = attention_mask(key_valid, T, past)
+        has_previous = None
+        if self.config.smear_keys and key_valid is not None:  # padding is nobody's predecessor
+            has_previous = F.pad(key_valid[:, :-1], (1, 0), value=False)
         x = self.drop(self.wte(idx) + self.wpe(positions))  # (B, T, C)
         for i, block in enumerate(self.h):
             layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
-            x = block(x, mask, layer_cache, past)
+            x = block(x, mask, layer_cache, past, has_previous)
         if cache is not None:
             cache.length = past + T
         return self.ln_f(x)  # type: ignore[no-any-return]
