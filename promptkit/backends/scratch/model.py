@@ -73,6 +73,11 @@ class KVCache:
         self.values = [
             torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)
         ]
+        # the inputs of each block's local convolution (GPTConfig.conv_width), when it has one
+        self.inputs = [
+            torch.empty((batch, capacity, config.n_embd), device=device, dtype=dtype)
+            for _ in range(config.n_layer if config.conv_width else 0)
+        ]
         self.capacity = capacity
         self.length = 0
 
@@ -80,6 +85,7 @@ class KVCache:
         """Keep only the batch rows ``rows`` (to drop finished sequences or repeat a prefix)."""
         self.keys = [k.index_select(0, rows) for k in self.keys]
         self.values = [v.index_select(0, rows) for v in self.values]
+        self.inputs = [i.index_select(0, rows) for i in self.inputs]
 
 
 def attention_mask(
@@ -182,12 +188,51 @@ class MLP(nn.Module):
         return out
 
 
+class LocalMix(nn.Module):
+    """A causal depthwise convolution with a residual: ``h[t] + sum_d w[d] * h[t - d]`` for
+    ``d`` in ``0..width-1``, one weight per channel and offset (a "Canon" layer, Allen-Zhu
+    2025). Every position sees its last few tokens before attention does, so a head can match
+    a key several tokens back, such as the word that a demonstration's label follows.
+
+    With a cache, ``inputs`` ``(B, capacity, C)`` keeps what earlier positions fed in; padding
+    (``valid`` False) feeds in zeros. Starts as the identity (zero weights)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.width = config.conv_width
+        self.weight = nn.Parameter(torch.zeros(config.n_embd, self.width))
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        valid: torch.Tensor | None,
+        inputs: torch.Tensor | None,
+        past: int,
+    ) -> torch.Tensor:
+        T = h.size(1)
+        fed = h if valid is None else h * valid[..., None].to(h.dtype)
+        if inputs is not None:
+            inputs[:, past : past + T] = fed
+            start = max(0, past - self.width + 1)
+            window = inputs[:, start : past + T]
+        else:
+            start, window = past, fed
+        window = F.pad(window, (0, 0, self.width - 1 - (past - start), 0))  # zeros before 0
+        mixed = sum(
+            window[:, self.width - 1 - d : self.width - 1 - d + T] * self.weight[:, d]
+            for d in range(self.width)
+        )
+        return h + mixed
+
+
 class Block(nn.Module):
-    """One pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """One pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x)) (with
+    ``conv_width``, the attention reads ln(x) through a :class:`LocalMix`)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.mix = LocalMix(config) if config.conv_width else None
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
@@ -199,8 +244,13 @@ class Block(nn.Module):
         cache: tuple[torch.Tensor, torch.Tensor] | None,
         past: int,
         has_previous: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        inputs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, cache, past, has_previous)
+        h = self.ln_1(x)
+        if self.mix is not None:
+            h = self.mix(h, valid, inputs, past)
+        x = x + self.attn(h, mask, cache, past, has_previous)
         out: torch.Tensor = x + self.mlp(self.ln_2(x))
         return out
 
@@ -222,6 +272,13 @@ class GPTConfig:
     # Smeared keys (not in GPT-2): each head's keys mix in the previous position's key, which
     # makes induction heads (copying from context) form far earlier in training.
     smear_keys: bool = False
+    # Local convolution before each attention (not in GPT-2): every position mixes in the
+    # inputs of its last conv_width - 1 positions (0: off). See LocalMix.
+    conv_width: int = 0
+    # Mimetic start for attention (Trockman & Kolter, 2023; not GPT-2's init): every head's
+    # key map starts equal to its query map, so a query first attends to keys like itself.
+    # With smear_keys that is an induction head from step 0, which training sharpens.
+    mimetic_init: bool = False
 
     def __post_init__(self) -> None:
         problems = [
@@ -232,6 +289,10 @@ class GPTConfig:
         ]
         if not problems and self.n_embd % self.n_head:
             problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not isinstance(self.conv_width, int) or self.conv_width < 0:
+            problems.append(
+                f"conv_width must be 0 (off) or a positive integer, got {self.conv_width!r}"
+            )
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if problems:
@@ -259,7 +320,14 @@ PRESETS: dict[str, GPTConfig] = {
     "small": GPTConfig(vocab_size=4096, context_length=256, n_layer=4, n_head=4, n_embd=256),
     # promptkit-mini: the small shape with room for few-shot prompts (see train.MINI_RECIPE).
     "mini": GPTConfig(
-        vocab_size=4096, context_length=512, n_layer=4, n_head=4, n_embd=256, smear_keys=True
+        vocab_size=4096,
+        context_length=512,
+        n_layer=4,
+        n_head=4,
+        n_embd=256,
+        smear_keys=True,
+        conv_width=4,
+        mimetic_init=True,
     ),
 }
 
@@ -290,6 +358,22 @@ def sinusoids(positions: int, width: int, std: float) -> torch.Tensor:
     return codes * (std / codes.std())
 
 
+MIMETIC_SCORE = 4.0  # the attention logit a token's query gives its own key, at the start
+
+
+def mimetic(c_attn: Linear, config: GPTConfig) -> None:
+    """Start the key map equal to the query map, scaled so that a (layer-normed) input
+    scores about :data:`MIMETIC_SCORE` against itself: ``q . k / sqrt(d) = |W x|^2 / sqrt(d)``
+    with ``|W x|^2 ~ d * n_embd * std^2``."""
+    width, head = config.n_embd, config.n_embd // config.n_head
+    std = math.sqrt(MIMETIC_SCORE / (math.sqrt(head) * width))
+    weight = c_attn.weight  # (in, 3 * out), or (3 * out, in) when transposed
+    query = weight[:width] if c_attn.transposed else weight[:, :width]
+    key = weight[width : 2 * width] if c_attn.transposed else weight[:, width : 2 * width]
+    query.normal_(0.0, std)
+    key.copy_(query)
+
+
 class GPT(nn.Module):
     """The decoder. ``forward`` returns final hidden states; ``logits`` projects them."""
 
@@ -312,6 +396,9 @@ class GPT(nn.Module):
                 nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         with torch.no_grad():  # learned, but starting from the sinusoids of the Transformer
             self.wpe.weight.copy_(sinusoids(config.context_length, config.n_embd, std=0.02))
+            if config.mimetic_init:
+                for block in self.h:
+                    mimetic(block.attn.c_attn, config)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -351,9 +438,11 @@ class GPT(nn.Module):
         if self.config.smear_keys and key_valid is not None:  # padding is nobody's predecessor
             has_previous = F.pad(key_valid[:, :-1], (1, 0), value=False)
         x = self.drop(self.wte(idx) + self.wpe(positions))  # (B, T, C)
+        valid = key_valid[:, past:] if key_valid is not None else None
         for i, block in enumerate(self.h):
             layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
-            x = block(x, mask, layer_cache, past, has_previous)
+            inputs = cache.inputs[i] if cache is not None and cache.inputs else None
+            x = block(x, mask, layer_cache, past, has_previous, valid, inputs)
         if cache is not None:
             cache.length = past + T
         return self.ln_f(x)  # type: ignore[no-any-return]
