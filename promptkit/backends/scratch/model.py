@@ -397,8 +397,9 @@ class GPT(nn.Module):
         with torch.no_grad():  # learned, but starting from the sinusoids of the Transformer
             self.wpe.weight.copy_(sinusoids(config.context_length, config.n_embd, std=0.02))
             if config.mimetic_init:
-                for block in self.h:
-                    mimetic(block.attn.c_attn, config)
+                for module in self.modules():
+                    if isinstance(module, CausalSelfAttention):
+                        mimetic(module.c_attn, config)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
