@@ -56,6 +56,12 @@ def test_presets_and_bad_configs():
         GPTConfig(n_layer=0)
     with pytest.raises(ConfigurationError, match="unknown GPT config field"):
         GPTConfig.from_dict({"layers": 2})
+    with pytest.raises(ConfigurationError, match="conv_width must be 0 .off. or positive"):
+        GPTConfig(conv_width=-1)
+    with pytest.raises(ConfigurationError, match="conv_width must be an integer"):
+        GPTConfig.from_dict({"conv_width": True})
+    with pytest.raises(ConfigurationError, match="smear_keys must be true or false"):
+        GPTConfig.from_dict({"smear_keys": "yes"})
 
 
 def test_parameter_count_of_gpt2_small():

@@ -3,7 +3,9 @@
 Decoder-only Transformer as in GPT-2: token + learned position embeddings, pre-LayerNorm blocks
 of causal multi-head self-attention and a GELU MLP, a final LayerNorm, and an output projection
 tied to the token embedding. Attention goes through PyTorch's scaled_dot_product_attention and
-reads and writes a preallocated key/value cache for incremental decoding.
+reads and writes a preallocated key/value cache for incremental decoding. Three options that
+GPT-2 does not have, off unless a config asks (the ``mini`` preset does): smeared keys, a local
+convolution before attention, and a mimetic start of attention (see GPTConfig).
 """
 
 from __future__ import annotations
@@ -289,10 +291,15 @@ class GPTConfig:
         ]
         if not problems and self.n_embd % self.n_head:
             problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not isinstance(self.conv_width, int) or self.conv_width < 0:
-            problems.append(
-                f"conv_width must be 0 (off) or a positive integer, got {self.conv_width!r}"
-            )
+        if isinstance(self.conv_width, bool) or not isinstance(self.conv_width, int):
+            problems.append(f"conv_width must be an integer (0: off), got {self.conv_width!r}")
+        elif self.conv_width < 0:
+            problems.append(f"conv_width must be 0 (off) or positive, got {self.conv_width}")
+        problems += [
+            f"{name} must be true or false, got {getattr(self, name)!r}"
+            for name in ("smear_keys", "mimetic_init")
+            if not isinstance(getattr(self, name), bool)
+        ]
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if problems:
