@@ -330,6 +330,13 @@ def run_command(
     show_default=True,
     help='Extra loss on answer tokens (a .jsonl corpus\'s "answer" offsets); 0: plain LM.',
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="Arithmetic of training: bfloat16 autocasts matrix products (weights stay float32).",
+)
 @click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True)
 @click.option("--seed", type=int, default=1337, show_default=True)

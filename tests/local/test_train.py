@@ -161,6 +161,15 @@ def test_bad_answer_offsets(answered, tmp_path):
         train(settings(answered, tmp_path / "o", answer_weight=-1.0))
 
 
+def test_bfloat16_training_learns_and_keeps_float32_weights(corpus, tmp_path):
+    result = train(settings(corpus, tmp_path / "bf16", precision="bfloat16"))
+    assert result.final_val_perplexity < result.unigram_perplexity / 2
+    model, _ = load_checkpoint(tmp_path / "bf16")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with pytest.raises(ConfigurationError, match="precision must be 'float32' or 'bfloat16'"):
+        train(settings(corpus, tmp_path / "x", precision="float16"))
+
+
 def test_learning_rate_schedule():
     config = TrainConfig(corpus="x", out="y", steps=100, warmup=10, lr=1.0, min_lr=0.1)
     assert lr_at(0, config) == pytest.approx(0.1)
@@ -260,6 +269,7 @@ def test_the_mini_recipe_generates_its_corpus_and_applies_its_settings(tmp_path,
     assert training["batch_size"] == train_module.MINI_RECIPE["batch_size"]
     assert training["seed"] == train_module.MINI_RECIPE["seed"]
     assert training["answer_weight"] == train_module.MINI_RECIPE["answer_weight"] > 0
+    assert training["precision"] == "bfloat16" and model.config.alibi
     assert training["steps"] == 2  # given on the command line: it wins
     missing = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "--corpus is required" in missing.output

@@ -112,6 +112,30 @@ def attention_mask(
     return mask[:, None]
 
 
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """ALiBi's per-head slopes (Press et al., 2022): a geometric series from ``2^(-8/n)`` down
+    to ``2^-8``, so some heads look only a few tokens back and others across the context."""
+    return torch.tensor([2.0 ** (-8.0 * (i + 1) / n_head) for i in range(n_head)])
+
+
+def alibi_bias(
+    slopes: torch.Tensor, mask: torch.Tensor | None, query_length: int, past_length: int
+) -> torch.Tensor:
+    """The additive attention bias ``(B or 1, n_head, T, past + T)``: ``-slope * distance``
+    from each query back to each key, and ``-inf`` where ``mask`` (or causality) forbids.
+
+    Distances are counted in cache slots. Left padding shifts every real token of a row by the
+    same amount, so the distances between real tokens are the ones the row has alone."""
+    total = past_length + query_length
+    device = slopes.device
+    query_pos = torch.arange(past_length, total, device=device)[:, None]  # (T, 1)
+    key_pos = torch.arange(total, device=device)[None, :]  # (1, past + T)
+    distance = (query_pos - key_pos).to(slopes.dtype)  # (T, past + T)
+    bias = -slopes[:, None, None] * distance  # (nh, T, past + T)
+    allowed = (key_pos <= query_pos)[None, None] if mask is None else mask
+    return bias[None].masked_fill(~allowed, float("-inf"))
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention over the past (through the cache) and the present."""
 
@@ -148,6 +172,8 @@ class CausalSelfAttention(nn.Module):
             v = value_cache[:, :, : past + T]
         if self.smear is not None:
             k = self.smeared(k, has_previous)
+        if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)  # an ALiBi bias, under autocast
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -190,6 +216,9 @@ class MLP(nn.Module):
         return out
 
 
+MIX_START = 0.5  # LocalMix's starting weight on each earlier position
+
+
 class LocalMix(nn.Module):
     """A causal depthwise convolution with a residual: ``h[t] + sum_d w[d] * h[t - d]`` for
     ``d`` in ``0..width-1``, one weight per channel and offset (a "Canon" layer, Allen-Zhu
@@ -197,12 +226,17 @@ class LocalMix(nn.Module):
     a key several tokens back, such as the word that a demonstration's label follows.
 
     With a cache, ``inputs`` ``(B, capacity, C)`` keeps what earlier positions fed in; padding
-    (``valid`` False) feeds in zeros. Starts as the identity (zero weights)."""
+    (``valid`` False) feeds in zeros. Starts mixing every earlier offset at weight
+    :data:`MIX_START`: from a zero start a head's use of a token ``d`` back has no gradient
+    (the weight meets itself on the query and the key side), and the gap between a word and
+    its label is never learned; with ALiBi, a summing start closes it in a few hundred steps."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.width = config.conv_width
-        self.weight = nn.Parameter(torch.zeros(config.n_embd, self.width))
+        start = torch.full((config.n_embd, self.width), MIX_START)
+        start[:, 0] = 0.0  # the residual already carries h[t]
+        self.weight = nn.Parameter(start)
 
     def forward(
         self,
@@ -277,6 +311,11 @@ class GPTConfig:
     # Local convolution before each attention (not in GPT-2): every position mixes in the
     # inputs of its last conv_width - 1 positions (0: off). See LocalMix.
     conv_width: int = 0
+    # Position by ALiBi (Press et al., 2022; not GPT-2's learned table): no position
+    # embedding; each head's attention falls linearly with distance, at its own slope. A head
+    # can then attend to "the nearest X" from every position at once (the word a label
+    # follows), and the model runs on prompts longer than those it was trained on.
+    alibi: bool = False
     # Mimetic start for attention (Trockman & Kolter, 2023; not GPT-2's init): every head's
     # key map starts equal to its query map, so a query first attends to keys like itself.
     # With smear_keys that is an induction head from step 0, which training sharpens.
@@ -297,7 +336,7 @@ class GPTConfig:
             problems.append(f"conv_width must be 0 (off) or positive, got {self.conv_width}")
         problems += [
             f"{name} must be true or false, got {getattr(self, name)!r}"
-            for name in ("smear_keys", "mimetic_init")
+            for name in ("smear_keys", "mimetic_init", "alibi")
             if not isinstance(getattr(self, name), bool)
         ]
         if not 0 <= self.dropout < 1:
@@ -335,6 +374,7 @@ PRESETS: dict[str, GPTConfig] = {
         smear_keys=True,
         conv_width=4,
         mimetic_init=True,
+        alibi=True,
     ),
 }
 
@@ -388,7 +428,12 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embedding
-        self.wpe = nn.Embedding(config.context_length, config.n_embd)  # position embedding
+        self.wpe = (  # position embedding (none with ALiBi, which biases attention instead)
+            None if config.alibi else nn.Embedding(config.context_length, config.n_embd)
+        )
+        self.register_buffer(
+            "slopes", alibi_slopes(config.n_head) if config.alibi else None, persistent=False
+        )
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
@@ -402,7 +447,8 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
                 nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         with torch.no_grad():  # learned, but starting from the sinusoids of the Transformer
-            self.wpe.weight.copy_(sinusoids(config.context_length, config.n_embd, std=0.02))
+            if self.wpe is not None:
+                self.wpe.weight.copy_(sinusoids(config.context_length, config.n_embd, std=0.02))
             if config.mimetic_init:
                 for module in self.modules():
                     if isinstance(module, CausalSelfAttention):
@@ -442,10 +488,15 @@ class GPT(nn.Module):
         if positions is None:
             positions = torch.arange(past, past + T, device=idx.device).expand(B, T)
         mask = attention_mask(key_valid, T, past)
+        if self.slopes is not None:
+            mask = alibi_bias(self.slopes, mask, T, past)
         has_previous = None
         if self.config.smear_keys and key_valid is not None:  # padding is nobody's predecessor
             has_previous = F.pad(key_valid[:, :-1], (1, 0), value=False)
-        x = self.drop(self.wte(idx) + self.wpe(positions))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        x = self.drop(x)
         valid = key_valid[:, past:] if key_valid is not None else None
         for i, block in enumerate(self.h):
             layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None

@@ -43,7 +43,7 @@ __all__ = [
 # command line still win.
 MINI_CORPUS = {"documents": 100000, "seed": 0}
 MINI_RECIPE = {
-    "steps": 2800,
+    "steps": 4000,
     "batch_size": 6,
     "lr": 2e-3,
     "warmup": 200,
@@ -52,6 +52,7 @@ MINI_RECIPE = {
     "seed": 0,
     "vocab_size": 1024,
     "answer_weight": 1.0,
+    "precision": "bfloat16",
 }
 
 STATE_FILE = "trainer_state.pt"
@@ -75,6 +76,9 @@ class TrainConfig:
     weight_decay: float = 0.1  # AdamW decay on weight matrices
     clip: float = 1.0  # gradient-norm clipping (0: off)
     dropout: float = 0.0  # dropout inside the model while training
+    # Arithmetic of the forward and backward passes: "bfloat16" autocasts matrix products
+    # (weights and optimizer state stay float32); 1.6x faster on CPUs with AMX or AVX-512 BF16.
+    precision: str = "float32"
     # Extra loss on answer tokens (a .jsonl corpus's "answer" offsets): the objective is the
     # mean next-token loss plus answer_weight times the mean loss on answer tokens. 0: plain LM.
     answer_weight: float = 0.0
@@ -95,6 +99,8 @@ class TrainConfig:
             bad.append("val_fraction must be between 0 and 1")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             bad.append("need 0 <= min_lr <= lr and lr > 0")
+        if self.precision not in ("float32", "bfloat16"):
+            bad.append(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if not 0 <= self.answer_weight < math.inf:
             bad.append("answer_weight must be a finite number >= 0")
         if bad:
@@ -233,10 +239,13 @@ def _batch(
     return x.to(device), y.to(device), mask.to(device)
 
 
-def _losses(model: GPT, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _losses(
+    model: GPT, batch: Batch, precision: str = "float32"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean next-token loss over every target, and over the answer targets (None if none)."""
     x, y, mask = batch
-    logits = model.logits(model(x))  # (B, T, vocab)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        logits = model.logits(model(x)).float()  # (B, T, vocab)
     each = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), reduction="none")
     flat = mask.reshape(-1)
     return each.mean(), (each[flat].mean() if bool(flat.any()) else None)
@@ -257,7 +266,7 @@ def _validate(
     losses, answer_total, answer_count = [], 0.0, 0
     for _ in range(config.eval_batches):
         batch = _batch(val, config.batch_size, window, generator, device)
-        loss, answer = _losses(model, batch)
+        loss, answer = _losses(model, batch, config.precision)
         losses.append(loss.item())
         if answer is not None:
             count = int(batch[2].sum())
@@ -334,7 +343,7 @@ def train(config: TrainConfig, on_step: Progress | None = None) -> TrainResult:
         total = 0.0
         for _ in range(config.grad_accum):
             batch = _batch(train_data, config.batch_size, window, generator, device)
-            loss, answer_loss = _losses(model, batch)
+            loss, answer_loss = _losses(model, batch, config.precision)
             objective = loss
             if config.answer_weight and answer_loss is not None:
                 objective = loss + config.answer_weight * answer_loss
