@@ -289,8 +289,26 @@ class TokenMasker:
             row.since = 0
         if row.ending is None:
             row.ending = self._tokens(row, row.tail, None)
+            if self.grammar.leading_space and row.produced == 0:
+                self._prefer_spaced(row)
             row.ending_length = len(row.ending)
         return row.ending
+
+    def _prefer_spaced(self, row: _Row) -> None:
+        """The shortest ending in bytes is not always the shortest in tokens: before an answer
+        that may start with a space, `` negative`` can be one token where ``negative`` is
+        three. Take the spaced form when it is shorter, so that a tight ``max_tokens`` is not
+        spent (or refused) on the unspaced spelling."""
+        assert row.tail is not None and row.ending is not None
+        if row.tail.startswith(b" "):
+            return
+        spaced = b" " + row.tail
+        check = row.bytes.deep_copy()
+        if not (check.consume_tokens(list(spaced)) and check.is_accepting()):
+            return
+        tokens = self._tokens(row, spaced, None)
+        if len(tokens) < len(row.ending) and row.matcher.validate_tokens(tokens) == len(tokens):
+            row.tail, row.ending = spaced, tokens
 
     def _tokens(self, row: _Row, tail: bytes, after: int | None) -> list[int]:
         """``tail`` as tokens the row's matcher accepts (after ``after``, when given)."""
