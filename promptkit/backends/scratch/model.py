@@ -431,6 +431,7 @@ class GPT(nn.Module):
         self.wpe = (  # position embedding (none with ALiBi, which biases attention instead)
             None if config.alibi else nn.Embedding(config.context_length, config.n_embd)
         )
+        self.slopes: torch.Tensor | None  # ALiBi's per-head slopes (moves with .to(device))
         self.register_buffer(
             "slopes", alibi_slopes(config.n_head) if config.alibi else None, persistent=False
         )
