@@ -283,5 +283,8 @@ def test_templates_choose_their_backend_from_model_configuration(tmp_path, monke
     with pytest.raises(ConfigurationError, match="MY_KEY"):
         backend_from_prompt(pk.load_prompt(azure))
     monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
+    import promptkit.models
+
+    monkeypatch.setattr(promptkit.models, "MINI", tmp_path / "no-shipped-model")
     missing = CliRunner().invoke(cli, ["run", "sentiment", "--sample"])
     assert missing.exit_code == 2 and "no backend" in missing.output

@@ -247,6 +247,21 @@ def test_position_embeddings_start_from_sinusoids():
     assert torch.equal(model.wpe.weight.detach(), sinusoids(64, model.config.n_embd, std=0.02))
 
 
+def assert_cache_and_padding_agree(model: torch.nn.Module, ids: torch.Tensor, full: torch.Tensor):
+    """Through the cache (a prefix of 5, then one token at a time) and behind left padding
+    (the first real token has nothing before it, as when it stands alone), the hidden states
+    of ``ids`` ``(1, 12)`` equal ``full``, those of one plain pass."""
+    cache = model.new_cache(1, 12)
+    parts = [model(ids[:, :5], cache=cache)]
+    parts += [model(ids[:, i : i + 1], cache=cache) for i in range(5, 12)]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+    padded = torch.cat([torch.randint(0, 9, (1, 3)), ids], 1)
+    valid = torch.tensor([[False] * 3 + [True] * 12])
+    positions = torch.tensor([[0, 0, 0, *range(12)]])
+    out = model(padded, positions=positions, key_valid=valid)
+    assert torch.allclose(out[:, 3:], full, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "extras", [{"smear_keys": True}, {"conv_width": 4}, {"smear_keys": True, "conv_width": 3}]
 )
@@ -271,17 +286,10 @@ def test_non_gpt2_options_agree_across_cache_and_padding(extras):
             {k: v for k, v in model.state_dict().items() if k in plain.state_dict()}
         )
         assert not torch.allclose(plain(ids), full, atol=1e-4)
-        # through the cache: a prefix of 5, then one token at a time
-        cache = model.new_cache(1, 12)
-        parts = [model(ids[:, :5], cache=cache)]
-        parts += [model(ids[:, i : i + 1], cache=cache) for i in range(5, 12)]
-        assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
-        # left padding: the first real token has nothing before it, as when it stands alone
+        assert_cache_and_padding_agree(model, ids, full)
         padded = torch.cat([torch.randint(0, 9, (1, 3)), ids], 1)
         valid = torch.tensor([[False] * 3 + [True] * 12])
         positions = torch.tensor([[0, 0, 0, *range(12)]])
-        out = model(padded, positions=positions, key_valid=valid)
-        assert torch.allclose(out[:, 3:], full, atol=1e-5)
         # and padded through the cache, after a batch row was selected
         cache = model.new_cache(2, 15)
         first = model(
@@ -313,6 +321,19 @@ def test_mimetic_start_gives_each_query_its_own_key():
     assert not torch.equal(plain[:, :c], plain[:, c : 2 * c])
 
 
+def step_on_targets(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """One optimizer step on the next-token loss of the targets ``mask`` ``(B, T - 1)`` marks
+    in the rows ``x`` ``(B, T)``; returns the loss."""
+    logits = model.logits(model(x[:, :-1]))
+    loss = torch.nn.functional.cross_entropy(logits[mask], x[:, 1:][mask])
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def induction_loss(extras: dict[str, bool], steps: int) -> float:
     """Train a 2-layer model to continue a random sequence that came before, at a random
     offset (only an induction head can); returns the final loss on the repeats."""
@@ -338,12 +359,7 @@ def induction_loss(extras: dict[str, bool], steps: int) -> float:
             mask[again : again + length - 1] = True  # targets again+1 .. again+length-1
             rows.append(row)
             masks.append(mask)
-        x, mask = torch.stack(rows), torch.stack(masks)
-        logits = model.logits(model(x[:, :-1]))
-        loss = torch.nn.functional.cross_entropy(logits[mask], x[:, 1:][mask])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        loss = step_on_targets(model, optimizer, torch.stack(rows), torch.stack(masks))
     return float(loss.detach())
 
 
@@ -365,14 +381,7 @@ def test_alibi_agrees_across_cache_and_padding():
     ids = torch.randint(0, model.config.vocab_size, (1, 12))
     with torch.no_grad():
         full = model(ids)
-        cache = model.new_cache(1, 12)
-        parts = [model(ids[:, :5], cache=cache)]
-        parts += [model(ids[:, i : i + 1], cache=cache) for i in range(5, 12)]
-        assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
-        padded = torch.cat([torch.randint(0, 9, (1, 3)), ids], 1)
-        valid = torch.tensor([[False] * 3 + [True] * 12])
-        out = model(padded, key_valid=valid)
-        assert torch.allclose(out[:, 3:], full, atol=1e-5)
+        assert_cache_and_padding_agree(model, ids, full)
         # attention really falls with distance: shuffling the past changes the last state
         shuffled = torch.cat([ids[:, :11].flip(1), ids[:, 11:]], 1)
         assert not torch.allclose(model(shuffled)[:, -1], full[:, -1], atol=1e-4)
@@ -417,12 +426,7 @@ def binding_loss(extras: dict[str, Any], steps: int) -> float:
                 mask += [False] * (gap + 1) + [True]
             rows.append(row)
             masks.append(mask[1:])
-        x, mask = torch.tensor(rows), torch.tensor(masks)
-        logits = model.logits(model(x[:, :-1]))
-        loss = torch.nn.functional.cross_entropy(logits[mask], x[:, 1:][mask])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        loss = step_on_targets(model, optimizer, torch.tensor(rows), torch.tensor(masks))
     return float(loss.detach())
 
 
