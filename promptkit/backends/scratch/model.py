@@ -172,8 +172,6 @@ class CausalSelfAttention(nn.Module):
             v = value_cache[:, :, : past + T]
         if self.smear is not None:
             k = self.smeared(k, has_previous)
-        if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
-            mask = mask.to(q.dtype)  # an ALiBi bias, under autocast
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -486,16 +484,19 @@ class GPT(nn.Module):
         """
         B, T = idx.size()
         past = cache.length if cache is not None else 0
-        if positions is None:
-            positions = torch.arange(past, past + T, device=idx.device).expand(B, T)
         mask = attention_mask(key_valid, T, past)
         if self.slopes is not None:
             mask = alibi_bias(self.slopes, mask, T, past)
+            kind = idx.device.type
+            if torch.is_autocast_enabled(kind):  # once here, not in every layer
+                mask = mask.to(torch.get_autocast_dtype(kind))
         has_previous = None
         if self.config.smear_keys and key_valid is not None:  # padding is nobody's predecessor
             has_previous = F.pad(key_valid[:, :-1], (1, 0), value=False)
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
+            if positions is None:
+                positions = torch.arange(past, past + T, device=idx.device).expand(B, T)
             x = x + self.wpe(positions)
         x = self.drop(x)
         valid = key_valid[:, past:] if key_valid is not None else None
