@@ -10,7 +10,9 @@ phrasings, names and cities that the training corpus never contains):
   answered two ways: generated under constrained decoding (what ``prompt.run`` does) and
   chosen by likelihood (``prompt.classify``, ``promptkit eval --method score``);
 - the bundled ``extract`` template on 50 sentences about held-out people, constrained decoding:
-  validity and the share of fields right, shots 0, 1, 2.
+  validity and the share of fields right, shots 0, 1, 2; as bundled (``name`` and ``city`` are
+  spans of the text, ``x-span-of``) and, to show what the spans add, with that keyword taken
+  out (the record's JSON schema only).
 
 The same as running ``promptkit eval`` on each file (this script averages the classification
 tasks and draws one plot). Writes ``icl.png`` and ``icl.json`` into ``--out``.
@@ -62,6 +64,15 @@ def main() -> None:
         extract = pk.load_prompt("extract")
         people = load_dataset(Path(folder) / "extract.jsonl", extract)
         records = evaluate(extract, people, backend=backend, shots=[0, 1, 2])
+        source = pk.bundled_templates()["extract"].read_text(encoding="utf-8")
+        plain_file = Path(folder) / "extract-no-spans.prompty"
+        plain_file.write_text(
+            source.replace(", x-span-of: text", "").replace("x-span-of: text\n", ""),
+            encoding="utf-8",
+        )
+        plain = pk.load_prompt(plain_file)
+        assert "x-span-of" not in json.dumps(plain.output.schema), "spans were not removed"
+        plain_records = evaluate(plain, people, backend=backend, shots=[0, 1, 2])
     accuracy = {
         method: [statistics.mean(task[i].accuracy for task in tasks) for i in range(len(SHOTS))]
         for method, tasks in classify.items()
@@ -75,16 +86,18 @@ def main() -> None:
         for index, shots in enumerate(SHOTS):
             per_task = ", ".join(f"{task[index].accuracy:.0%}" for task in tasks)
             print(f"  {shots} shots: {accuracy[method][index]:.1%}  ({per_task})")
-    print("extract on held-out sentences (constrained decoding):")
-    for report in records:
-        print(
-            f"  {report.shots} shots: valid {report.validity:.0%}, fields right "
-            f"{report.field_accuracy or 0:.1%}, records exactly right {report.accuracy:.1%}"
-        )
+    for title, reports in (("as bundled", records), ("without spans", plain_records)):
+        print(f"extract on held-out sentences (constrained decoding), {title}:")
+        for report in reports:
+            print(
+                f"  {report.shots} shots: valid {report.validity:.0%}, fields right "
+                f"{report.field_accuracy or 0:.1%}, records exactly right {report.accuracy:.1%}"
+            )
     summary: dict[str, object] = {
         "backend": backend.name,
         "classify": {"shots": SHOTS, "accuracy": accuracy},
         "extract": [r.row() for r in records],
+        "extract_without_spans": [r.row() for r in plain_records],
     }
     (out / "icl.json").write_text(json.dumps(summary, indent=2) + "\n")
     import matplotlib
@@ -101,7 +114,14 @@ def main() -> None:
         [r.shots for r in records],
         [r.field_accuracy or 0 for r in records],
         marker="s",
-        label="extract: fields right (constrained)",
+        label="extract: fields right (constrained, spans)",
+    )
+    axes.plot(
+        [r.shots for r in plain_records],
+        [r.field_accuracy or 0 for r in plain_records],
+        marker="x",
+        linestyle="--",
+        label="extract: fields right (JSON schema only)",
     )
     axes.axhline(0.5, color="grey", linestyle=":", label="chance (2 labels)")
     axes.set_xlabel("demonstrations in the prompt (shots)")

@@ -22,6 +22,7 @@ __all__ = [
     "Prompt",
     "Regex",
     "Result",
+    "SpanOf",
     "__version__",
     "backends",
     "bundled_templates",
@@ -40,6 +41,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Prompt": ("promptkit.prompt", "Prompt"),
     "Regex": ("promptkit.constraints", "Regex"),
     "Result": ("promptkit.runloop", "Result"),
+    "SpanOf": ("promptkit.constraints", "SpanOf"),
     "backends": ("promptkit.backends", None),
     "bundled_templates": ("promptkit.files", "bundled_templates"),
     "errors": ("promptkit.errors", None),
@@ -53,7 +55,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 if TYPE_CHECKING:
     from . import backends, errors
     from .backends import get_backend
-    from .constraints import Lark, Regex
+    from .constraints import Lark, Regex, SpanOf
     from .files import bundled_templates, load_prompt, save_prompt
     from .parsing import parse_output
     from .prompt import Example, Prompt

@@ -10,6 +10,11 @@ JSON or label answer (a model trained on ``"Answer: positive"`` writes one); the
 and ``Regex`` also works inside a model (``code: Annotated[str, pk.Regex(r"[A-Z]{3}")]``), where
 it becomes the field's JSON-schema ``pattern``.
 
+:class:`SpanOf` marks a string copied from an input (``name: Annotated[str, pk.SpanOf("text")]``,
+or ``x-span-of: text`` in a template's schema). Every backend validates it (the answer must occur
+in that input, or it is re-asked); constrained decoding also restricts it to the input's text,
+from word to word, so a model can only choose where a span starts and ends, never misspell it.
+
 Checking text against a grammar and finding a short valid ending for a partial answer (what keeps
 constrained decoding inside its token budget) use a byte-level view of the grammar, so they need
 no model tokenizer. llguidance is imported only when a grammar is compiled or checked.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -33,7 +39,17 @@ if TYPE_CHECKING:
 
     from .parsing import OutputSpec
 
-__all__ = ["Grammar", "Lark", "Regex", "grammar_for", "shortest_ending"]
+__all__ = [
+    "SPAN_KEY",
+    "Grammar",
+    "Lark",
+    "Regex",
+    "SpanOf",
+    "grammar_for",
+    "shortest_ending",
+    "span_grammar",
+    "span_sources",
+]
 
 GrammarKind = Literal["json_schema", "choice", "regex", "lark"]
 BYTE_EOS = 256  # the end token of the byte-level tokenizer
@@ -111,6 +127,63 @@ class Lark:
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
         return _text_validator(self, handler(source))
+
+
+SPAN_KEY = "x-span-of"  # the JSON-schema keyword of a SpanOf string
+
+
+@dataclass(frozen=True)
+class SpanOf:
+    """``Annotated`` metadata of a string that is copied from the input field ``field``.
+
+    Validation, when the inputs are known (a run): the value must occur in that input as
+    written, else the answer is refused (and re-asked) with a message saying so. Constrained
+    decoding (local backends) restricts the value to a stretch of the input from word to word,
+    without leading or trailing spaces (and within the field's ``pattern``, if any). In the JSON
+    schema it is the keyword ``x-span-of``, which is left out of what the model is shown.
+    """
+
+    field: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.field, str) or not self.field.isidentifier():
+            raise TemplateError(f"SpanOf needs the name of an input field, got {self.field!r}")
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        field = self.field
+
+        def check(value: Any, info: core_schema.ValidationInfo) -> Any:
+            inputs = (info.context or {}).get("inputs") if isinstance(info.context, dict) else None
+            if not isinstance(value, str) or not isinstance(inputs, Mapping):
+                return value  # outside a run (no inputs to compare with)
+            if value not in span_source(inputs, field):
+                raise PydanticCustomError(
+                    "not_a_span",
+                    "{value} does not occur in the input {field}; copy it as written there",
+                    {"value": _quote(value), "field": repr(field)},
+                )
+            return value
+
+        return core_schema.with_info_after_validator_function(check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        json_schema: dict[str, Any] = dict(handler(schema))
+        json_schema[SPAN_KEY] = self.field
+        return json_schema
+
+
+def span_source(inputs: Mapping[str, Any], field: str) -> str:
+    """The text that spans of the input ``field`` are copied from (empty for None)."""
+    value = inputs.get(field)
+    return "" if value is None else value if isinstance(value, str) else str(value)
+
+
+def _quote(value: str, limit: int = 60) -> str:
+    return repr(value if len(value) <= limit else value[: limit - 3] + "...")
 
 
 def _text_validator(
@@ -224,7 +297,141 @@ def grammar_for(spec: OutputSpec) -> Grammar | None:
             return Grammar("regex", constraint.pattern)
         assert isinstance(constraint, Lark)
         return Grammar("lark", constraint.grammar)
-    return Grammar.json_schema(spec.schema)
+    return Grammar.json_schema(without_spans(spec.schema))
+
+
+def without_spans(schema: Any) -> Any:
+    """``schema`` without the ``x-span-of`` keyword (for llguidance's JSON schemas, the OpenAI
+    API and the format instructions a model is shown)."""
+    if isinstance(schema, dict):
+        return {
+            key: (
+                {name: without_spans(sub) for name, sub in value.items()}
+                if key in ("properties", "$defs", "definitions")
+                else without_spans(value)
+            )
+            for key, value in schema.items()
+            if key != SPAN_KEY
+        }
+    if isinstance(schema, list):
+        return [without_spans(item) for item in schema]
+    return schema
+
+
+def span_sources(schema: Any) -> set[str]:
+    """The input fields that strings of ``schema`` are spans of (``x-span-of`` anywhere)."""
+    found: set[str] = set()
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key == SPAN_KEY and isinstance(value, str):
+                found.add(value)
+            elif key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+                for sub in value.values():
+                    found |= span_sources(sub)
+            else:
+                found |= span_sources(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            found |= span_sources(item)
+    return found
+
+
+def span_grammar(spec: OutputSpec, inputs: Mapping[str, Any]) -> Grammar | None:
+    """The grammar of ``spec`` for one run, its :class:`SpanOf` strings restricted to the text of
+    their inputs; None when the output type has no spans where a grammar can place them (the
+    output itself, or the properties of an object output, directly or as an ``anyOf`` option
+    such as ``str | None``). Spans deeper down are left to validation."""
+    schema = spec.schema
+    if not span_sources(schema):
+        return None
+    builder = _SpanGrammar(schema, inputs)
+    if builder.is_span(schema):
+        answer = builder.span(schema, quoted=spec.kind == "json")
+    elif schema.get("type") == "object" and isinstance(schema.get("properties"), dict):
+        properties = schema["properties"]
+        if not any(builder.has_span(sub) for sub in properties.values()):
+            return None
+        members = ' "," '.join(
+            f"{_lark_string(json.dumps(name, ensure_ascii=False) + ':')} {builder.value(sub)}"
+            for name, sub in properties.items()
+        )
+        answer = f'"{{" {members} "}}"' if members else '"{}"'
+    else:
+        return None
+    rules = "".join(f"\n{rule}" for rule in builder.rules)
+    return Grammar("lark", f'start: " "? {answer}{rules}\n')
+
+
+class _SpanGrammar:
+    """Builds the Lark rules of one output schema with spans (see :func:`span_grammar`)."""
+
+    def __init__(self, schema: dict[str, Any], inputs: Mapping[str, Any]):
+        self.defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+        self.inputs = inputs
+        self.rules: list[str] = []
+
+    def resolve(self, schema: Any) -> Any:
+        if isinstance(schema, dict) and isinstance(schema.get("$ref"), str):
+            name = schema["$ref"].rsplit("/", 1)[-1]
+            return self.defs.get(name, schema)
+        return schema
+
+    def is_span(self, schema: Any) -> bool:
+        schema = self.resolve(schema)
+        return isinstance(schema, dict) and isinstance(schema.get(SPAN_KEY), str)
+
+    def has_span(self, schema: Any) -> bool:
+        schema = self.resolve(schema)
+        if self.is_span(schema):
+            return True
+        options = schema.get("anyOf") if isinstance(schema, dict) else None
+        return isinstance(options, list) and any(self.is_span(o) for o in options)
+
+    def value(self, schema: Any) -> str:
+        """A Lark expression of one JSON value of ``schema``."""
+        resolved = self.resolve(schema)
+        if self.is_span(resolved):
+            return self.span(resolved)
+        if self.has_span(resolved):
+            return "(" + " | ".join(self.value(option) for option in resolved["anyOf"]) + ")"
+        embedded = without_spans(resolved) if isinstance(resolved, dict) else resolved
+        if isinstance(embedded, dict):
+            if self.defs:
+                embedded = {**embedded, "$defs": without_spans(self.defs)}
+            embedded = {**embedded, "x-guidance": {"whitespace_flexible": False}}
+        return "%json " + json.dumps(embedded, ensure_ascii=False)
+
+    def span(self, schema: dict[str, Any], *, quoted: bool = True) -> str:
+        """A stretch of the input's text: as a JSON string, or (``quoted=False``, a text
+        output) as it is."""
+        chunks = _CHUNK.findall(span_source(self.inputs, schema[SPAN_KEY]))
+        if not any(chunk.strip() for chunk in chunks):  # nothing to copy: only the empty span
+            return '"\\"\\""' if quoted else '""'
+        if quoted:
+            chunks = [json.dumps(chunk, ensure_ascii=False)[1:-1] for chunk in chunks]
+        name = f"SPAN_{len(self.rules)}"
+        lexeme = "%regex " + json.dumps({"substring_chunks": chunks}, ensure_ascii=False)
+        # no leading or trailing space (escaped inside JSON, so there only " " is whitespace)
+        lexeme += " & /[^ ](.*[^ ])?/" if quoted else r" & /\S([\s\S]*\S)?/"
+        pattern = schema.get("pattern")
+        if isinstance(pattern, str):
+            lexeme += f" & /{_full_match(pattern)}/"
+        self.rules.append(f"{name}: {lexeme}")
+        return f'"\\"" {name} "\\""' if quoted else name
+
+
+_CHUNK = re.compile(r"\w+|\s+|[^\w\s]")  # the words, spaces and signs a span is made of
+
+
+def _full_match(pattern: str) -> str:
+    """A JSON-schema ``pattern`` (found anywhere in the string) as a whole-string regex."""
+    anchored = pattern.startswith("^") and pattern.endswith("$") and not pattern.endswith("\\$")
+    body = f"(?:{pattern[1:-1]})" if anchored else f".*(?:{pattern}).*"
+    return body.replace("/", "\\/")
+
+
+def _lark_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
 
 
 # -- byte-level view --------------------------------------------------------------------------

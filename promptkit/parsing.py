@@ -12,13 +12,13 @@ import enum
 import json
 import re
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .constraints import Lark, Regex
+from .constraints import Lark, Regex, without_spans
 from .errors import OutputParseError, TemplateError
 
 __all__ = ["OutputSpec", "extract_json", "output_spec", "parse_output"]
@@ -132,17 +132,20 @@ class OutputSpec:
             if self.schema == {"items": {"type": "string"}, "type": "array"}:
                 return "Answer with a JSON array of strings."
             compact = json.dumps(
-                _without_titles(self.schema), separators=(",", ":"), ensure_ascii=False
+                without_spans(_without_titles(self.schema)),
+                separators=(",", ":"),
+                ensure_ascii=False,
             )
             noun = "a JSON object" if self.is_object else "JSON"
             return f"Answer with {noun} that matches this JSON schema: {compact}"
         return ""
 
-    def validate(self, value: Any) -> Any:
-        """Validate a Python value (an example's output) into the output type."""
+    def validate(self, value: Any, inputs: Mapping[str, Any] | None = None) -> Any:
+        """Validate a Python value (an example's output) into the output type; with
+        ``inputs`` (the example's), SpanOf strings must occur in them."""
         if self.kind == "label" and isinstance(value, str):
             return self._match_label(value)
-        return self.adapter.validate_python(value)
+        return self.adapter.validate_python(value, context=_context(inputs))
 
     def serialize(self, value: Any) -> str:
         """Write a valid output the way the model is asked to answer (for demonstrations)."""
@@ -152,8 +155,10 @@ class OutputSpec:
             return str(value)
         return self.adapter.dump_json(value).decode()
 
-    def parse(self, text: str) -> Any:
-        """Parse a model's text into the output type; raises OutputParseError keeping the text."""
+    def parse(self, text: str, inputs: Mapping[str, Any] | None = None) -> Any:
+        """Parse a model's text into the output type; raises OutputParseError keeping the text.
+
+        ``inputs``: the run's inputs, which SpanOf strings must occur in (unchecked without)."""
         if not isinstance(text, str):
             raise OutputParseError(
                 f"expected the model's text as a string, got {type(text).__name__}",
@@ -172,7 +177,7 @@ class OutputSpec:
                 value = self._find_boolean(text)
             else:
                 value = self._find_number(text)
-            return self.adapter.validate_python(value)
+            return self.adapter.validate_python(value, context=_context(inputs))
         except ValidationError as exc:
             raise OutputParseError(_describe(exc), raw_text=text) from None
         except _NotFound as exc:
@@ -235,6 +240,11 @@ class OutputSpec:
         if word in _FALSE:
             return False
         raise _NotFound(f"answer {_preview(text)} is not true/false or yes/no")
+
+
+def _context(inputs: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """pydantic's validation context of a run: its inputs (what SpanOf checks against)."""
+    return None if inputs is None else {"inputs": inputs}
 
 
 class _NotFound(Exception):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overloa
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .backends.base import GenerationConfig, Message, PromptInput, messages_to_text
-from .constraints import Grammar, Lark, Regex, grammar_for
+from .constraints import Grammar, Lark, Regex, grammar_for, span_grammar, span_sources
 from .demos import Selection, Strategy
 from .errors import (
     ConstraintError,
@@ -240,6 +240,14 @@ class Prompt(Generic[OutputT]):
             raise MissingVariableError(missing, available=declared, source=source, line=first[0])
         self.output: OutputSpec = output_spec(output_type)
         self.output_type = output_type
+        unknown_spans = span_sources(self.output.schema) - declared
+        if unknown_spans:
+            raise TemplateError(
+                f"the output copies spans from {', '.join(sorted(map(repr, unknown_spans)))}, "
+                f"which {'is not an input' if len(unknown_spans) == 1 else 'are not inputs'}; "
+                f"inputs: {', '.join(sorted(declared)) or '(none)'}",
+                source=source,
+            )
         self.examples: tuple[Example, ...] = tuple(examples)
         self._example_inputs = [self._validate_example(i, e) for i, e in enumerate(self.examples)]
         if shots is not None and not 0 <= shots <= len(self.examples):
@@ -301,7 +309,7 @@ class Prompt(Generic[OutputT]):
         except InputValidationError as exc:
             raise InputValidationError(f"example {index} input: {exc}") from None
         try:
-            self.output.validate(example.output)
+            self.output.validate(example.output, _context(validated))
         except (ValidationError, PromptkitError, ValueError) as exc:
             raise InputValidationError(
                 f"example {index} output {example.output!r} is not a valid "
@@ -443,13 +451,12 @@ class Prompt(Generic[OutputT]):
     def _demonstrations(self) -> list[tuple[str, str]]:
         """Each example as (rendered query, answer text), computed once."""
         if self._demos is None:
-            self._demos = [
-                (
-                    self.query.render(_context(validated)).strip(),
-                    self.output.serialize(self.output.validate(example.output)),
-                )
-                for validated, example in zip(self._example_inputs, self.examples, strict=True)
-            ]
+            demos = []
+            for validated, example in zip(self._example_inputs, self.examples, strict=True):
+                context = _context(validated)
+                answer = self.output.validate(example.output, context)
+                demos.append((self.query.render(context).strip(), self.output.serialize(answer)))
+            self._demos = demos
         return self._demos
 
     # -- running ------------------------------------------------------------------------------
@@ -478,7 +485,7 @@ class Prompt(Generic[OutputT]):
         config = config or self.config or GenerationConfig()
         if chosen == "completion" and count and not config.stop:
             config = config.replace(stop=("\n\n",))  # the demonstrations' separator
-        grammar = self.constraint(backend, constrained)
+        grammar = self.constraint(backend, constrained, inputs=context)
         if grammar is not None and not backend.capabilities.token_masks and chosen != "chat":
             grammar = None  # structured output (response_format) exists only for chat
         if grammar is not None:
@@ -493,10 +500,20 @@ class Prompt(Generic[OutputT]):
             max_attempts,
             demonstrations=tuple(self._display(shown, selection)),
             dropped=tuple(dropped),
+            inputs=context,
         )
 
-    def constraint(self, backend: Backend, constrained: Constrained = None) -> Grammar | None:
+    def constraint(
+        self,
+        backend: Backend,
+        constrained: Constrained = None,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> Grammar | None:
         """The grammar that decoding on ``backend`` is constrained to, or None.
+
+        ``inputs`` (a run's, validated) restrict the output's SpanOf strings to the text of
+        the inputs they are copied from, on backends with token masks.
 
         ``constrained``: None (the default) constrains structured output types (labels, JSON,
         numbers, regexes, grammars) on backends with token masks, and object output types on
@@ -511,13 +528,13 @@ class Prompt(Generic[OutputT]):
             )
         if constrained is False:
             return None
-        grammar = grammar_for(self.output)
+        masks = backend.capabilities.token_masks
+        spans = span_grammar(self.output, inputs) if inputs is not None and masks else None
+        grammar = grammar_for(self.output) if spans is None else spans
         if grammar is None:
             return None
         structured = grammar.kind == "json_schema" and self.output.is_object
-        if not backend.capabilities.token_masks and not (
-            structured and backend.capabilities.json_schema
-        ):
+        if not masks and not (structured and backend.capabilities.json_schema):
             if constrained is True:
                 raise UnsupportedCapabilityError(
                     backend.name,

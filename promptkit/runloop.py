@@ -9,7 +9,7 @@ completion, and it returns a :class:`Result` or the next request, or raises
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -107,8 +107,10 @@ class RunLoop(Generic[OutputT]):
         *,
         demonstrations: tuple[int, ...] = (),
         dropped: tuple[tuple[int, str], ...] = (),
+        inputs: Mapping[str, Any] | None = None,
     ):
         self._request = Request(prompt, config)
+        self._inputs = inputs  # what SpanOf answers are checked against
         self._reask = REASK[style]
         self._spec = spec
         self._max_attempts = max_attempts
@@ -130,7 +132,7 @@ class RunLoop(Generic[OutputT]):
         now = time.perf_counter()
         request = self._request
         try:
-            output = self._spec.parse(completion.text)
+            output = self._spec.parse(completion.text, self._inputs)
         except OutputParseError as exc:
             error = str(exc)
             self._attempts.append(

@@ -1,9 +1,10 @@
 """JSON Schema -> Python type (pydantic models for objects), for output types declared in files.
 
 Covers what structured-output schemas use: objects (nested, required/optional, additional
-properties), arrays (items, min/max items), enums and consts, strings (length, pattern),
-numbers and integers (bounds), booleans, null, ``anyOf``/``oneOf`` and type lists, ``$ref`` to
-``$defs``/``definitions``, descriptions and defaults. Anything else is a TemplateError naming the
+properties), arrays (items, min/max items), enums and consts, strings (length, pattern, and
+``x-span-of``: copied from an input), numbers and integers (bounds), booleans, null,
+``anyOf``/``oneOf`` and type lists, ``$ref`` to ``$defs``/``definitions``, descriptions and
+defaults. Anything else is a TemplateError naming the
 keyword, never silently ignored.
 """
 
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import ConfigDict, Field, create_model
 
+from .constraints import SPAN_KEY, SpanOf
 from .errors import TemplateError
 
 __all__ = ["type_from_schema"]
@@ -36,7 +38,7 @@ _ANNOTATION_KEYS = {
 _SUPPORTED = {
     "object": {"type", "properties", "required", "additionalProperties"},
     "array": {"type", "items", "minItems", "maxItems"},
-    "string": {"type", "minLength", "maxLength", "pattern", "enum", "const"},
+    "string": {"type", "minLength", "maxLength", "pattern", "enum", "const", SPAN_KEY},
     "integer": {
         "type",
         "minimum",
@@ -135,16 +137,22 @@ class _Builder:
         if kind == "array":
             item = self.build(schema.get("items", True), f"{name}Item")
             return self.constrained(list[item], schema)  # type: ignore[valid-type]
-        return self.constrained(_SCALARS[kind], schema)
+        return self.constrained(_SCALARS[kind], schema, name)
 
-    def constrained(self, base: Any, schema: dict[str, Any]) -> Any:
+    def constrained(self, base: Any, schema: dict[str, Any], name: str = "") -> Any:
         options = {_CONSTRAINTS[k]: v for k, v in schema.items() if k in _CONSTRAINTS}
         if "pattern" in options:
             try:
                 re.compile(options["pattern"])
             except re.error as exc:
                 raise self.fail(f"invalid pattern {options['pattern']!r}: {exc}") from None
-        return Annotated[base, Field(**options)] if options else base
+        metadata: list[Any] = [Field(**options)] if options else []
+        if SPAN_KEY in schema:
+            source = schema[SPAN_KEY]
+            if not isinstance(source, str) or not source.isidentifier():
+                raise self.fail(f"{SPAN_KEY} at {name!r} must name an input field, got {source!r}")
+            metadata.append(SpanOf(source))
+        return Annotated[tuple([base, *metadata])] if metadata else base
 
     def object(self, schema: dict[str, Any], name: str) -> Any:
         properties = schema.get("properties", {})

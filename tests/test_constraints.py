@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import promptkit as pk
-from promptkit.constraints import Grammar, grammar_for, shortest_ending
+from promptkit.constraints import Grammar, grammar_for, shortest_ending, span_grammar
 from promptkit.errors import ConstraintError, OutputParseError, TemplateError
 from promptkit.parsing import output_spec
 
@@ -155,3 +155,101 @@ def test_regex_and_lark_outputs_round_trip_through_files(tmp_path):
     bad.write_text("---\noutput:\n  regex: 5\n---\n{{ q }}\n")
     with pytest.raises(TemplateError, match="output.regex must be a string"):
         pk.load_prompt(bad)
+
+
+# -- spans: strings copied from an input ---------------------------------------------------
+
+
+class Sighting(BaseModel):
+    name: Annotated[str, pk.SpanOf("text")]
+    city: Annotated[str, pk.SpanOf("text")] | None
+    count: int = Field(ge=0)
+    code: Annotated[str, pk.SpanOf("text"), pk.Regex(r"[A-Z]{2}[0-9]")] | None = None
+
+
+SIGHTING = 'Ana "the Owl" Lima saw 3 owls in Porto\nnear box QX7, she said.'
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '{"name":"Ana \\"the Owl\\" Lima","city":"Porto","count":3,"code":"QX7"}',
+        ' {"name":"Ana","city":null,"count":0,"code":null}',
+        '{"name":"Porto\\nnear box QX7, she said.","city":"Lima saw 3","count":1,"code":null}',
+    ],
+)
+def test_a_span_grammar_accepts_any_stretch_of_the_input(answer):
+    grammar = span_grammar(output_spec(Sighting), {"text": SIGHTING})
+    assert grammar is not None and grammar.kind == "lark"
+    assert grammar.matches(answer), answer
+    value = output_spec(Sighting).parse(answer, {"text": SIGHTING})
+    assert value.name in SIGHTING
+
+
+@pytest.mark.parametrize(
+    "answer, why",
+    [
+        ('{"name":"Ana Lma","city":null,"count":3,"code":null}', "misspelt"),
+        ('{"name":"Bea","city":null,"count":3,"code":null}', "not in the text"),
+        ('{"name":" Ana","city":null,"count":3,"code":null}', "leading space"),
+        ('{"name":"Ana ","city":null,"count":3,"code":null}', "trailing space"),
+        ('{"name":"na","city":null,"count":3,"code":null}', "not from a word start"),
+        ('{"name":"Ana","city":null,"count":-1,"code":null}', "count below its minimum"),
+        ('{"name":"Ana","city":null,"count":3,"code":"owls"}', "span outside the pattern"),
+        ('{"name":"Ana", "city":null,"count":3,"code":null}', "free whitespace"),
+        ('{"city":null,"name":"Ana","count":3,"code":null}', "keys out of order"),
+    ],
+)
+def test_a_span_grammar_refuses_what_is_not_copied_or_not_valid(answer, why):
+    grammar = span_grammar(output_spec(Sighting), {"text": SIGHTING})
+    assert grammar is not None
+    assert not grammar.matches(answer), why
+
+
+def test_a_span_output_and_spans_the_grammar_cannot_place():
+    spanned = Annotated[str, pk.SpanOf("passage")]
+    grammar = span_grammar(output_spec(spanned), {"passage": "The capital is\nParis.\nEnd"})
+    assert grammar is not None
+    assert grammar.matches(" Paris") and grammar.matches("capital is\nParis.")
+    assert not grammar.matches("Rome") and not grammar.matches("Paris.\n")
+
+    class Nested(BaseModel):
+        people: list[Sighting]
+
+    assert span_grammar(output_spec(Nested), {"text": SIGHTING}) is None  # validation checks
+    assert span_grammar(output_spec(Item), {"text": SIGHTING}) is None  # no spans at all
+
+
+def test_span_keyword_is_neither_shown_nor_sent_as_schema():
+    spec = output_spec(Sighting)
+    assert spec.schema["properties"]["name"]["x-span-of"] == "text"
+    assert "x-span-of" not in spec.format_instructions()
+    grammar = grammar_for(spec)
+    assert grammar is not None and "x-span-of" not in grammar.source
+
+
+def test_spans_are_validated_against_the_inputs_when_known():
+    spec = output_spec(Sighting)
+    answer = '{"name":"Bea Lima","city":"Porto","count":3}'
+    assert spec.parse(answer).name == "Bea Lima"  # no inputs: nothing to compare with
+    with pytest.raises(OutputParseError) as caught:
+        spec.parse(answer, {"text": SIGHTING})
+    assert "name: 'Bea Lima' does not occur in the input 'text'" in str(caught.value)
+    assert caught.value.raw_text == answer
+    with pytest.raises(OutputParseError, match="does not occur"):
+        spec.parse(answer, {"text": None})
+    with pytest.raises(TemplateError, match="name of an input field"):
+        pk.SpanOf("not a name")
+
+
+@pytest.mark.parametrize("empty", ["", "  \n ", None])
+def test_an_input_with_nothing_to_copy_allows_only_the_empty_span(empty):
+    grammar = span_grammar(output_spec(Sighting), {"text": empty})
+    assert grammar is not None
+    assert grammar.matches('{"name":"","city":null,"count":1,"code":null}')
+    assert not grammar.matches('{"name":" ","city":null,"count":1,"code":null}')
+    text = span_grammar(output_spec(Annotated[str, pk.SpanOf("text")]), {"text": empty})
+    assert text is not None and text.matches("") and not text.matches("x")
+    assert (
+        output_spec(Sighting).parse('{"name":"","city":null,"count":1}', {"text": empty}).name == ""
+    )  # what the grammar allows, validation accepts

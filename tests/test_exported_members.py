@@ -17,6 +17,7 @@ def test_all_is_locked_and_sorted():
         "Prompt",
         "Regex",
         "Result",
+        "SpanOf",
         "__version__",
         "backends",
         "bundled_templates",

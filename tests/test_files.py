@@ -285,3 +285,24 @@ user:
     assert output.answer == "Because." and output.confidence == 0.5
     with pytest.raises(pk.errors.OutputParseError):
         prompt.output.parse('{"answer": "Because."}')
+
+
+def test_span_fields_in_a_schema_are_validated_and_round_trip(write, tmp_path):
+    schema = (
+        "output:\n  schema:\n    type: object\n    properties:\n"
+        "      who: {type: string, x-span-of: text}\n    required: [who]\n"
+    )
+    inputs = "inputs: {text: {type: string}}\n"
+    path = write("s.prompty", f"---\n{inputs}{schema}---\n{{{{ text }}}}\n")
+    prompt = pk.load_prompt(path)
+    assert prompt.output.parse('{"who": "Ana"}', {"text": "Ana ran"}).who == "Ana"
+    with pytest.raises(pk.errors.OutputParseError, match="'Bo' does not occur in the input"):
+        prompt.output.parse('{"who": "Bo"}', {"text": "Ana ran"})
+    pk.save_prompt(prompt, tmp_path / "again.prompty")
+    again = pk.load_prompt(tmp_path / "again.prompty")
+    assert again.output.schema["properties"]["who"]["x-span-of"] == "text"
+    for value, match in (("5", "must name an input field"), ("txt", "'txt', which is not an")):
+        wrong = schema.replace("x-span-of: text", f"x-span-of: {value!r}")
+        bad = write("b.prompty", f"---\n{inputs}{wrong}---\n{{{{ text }}}}\n")
+        with pytest.raises(TemplateError, match=match):
+            pk.load_prompt(bad)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
 from pydantic import BaseModel
@@ -190,3 +190,28 @@ def test_typed_prompt_with_pydantic_instance_input():
     prompt = pk.Prompt(query="{{ text }}", input_type=In, output_type=Pick)
     result = prompt.run(In(text="hi"), backend=ScriptedBackend(['{"index": 2}']))
     assert result.output == Pick(index=2)
+
+
+class Quoted(BaseModel):
+    name: Annotated[str, pk.SpanOf("text")]
+    age: int
+
+
+def test_an_answer_not_copied_from_the_input_is_re_asked_with_the_reason():
+    backend = ScriptedBackend(['{"name": "Ada Lovelace", "age": 36}', '{"name": "Ada", "age": 36}'])
+    prompt = extractor(output_type=Quoted)
+    result = prompt.run({"text": "Ada is 36"}, backend=backend)
+    assert result.output == Quoted(name="Ada", age=36)
+    first = result.attempts[0].error or ""
+    assert "name: 'Ada Lovelace' does not occur in the input 'text'" in first
+    assert first in backend.requests[1].prompt[-1]["content"]
+
+
+def test_spans_must_name_an_input_and_examples_must_copy_from_theirs():
+    with pytest.raises(pk.errors.TemplateError, match="'text', which is not an input; inputs: q"):
+        pk.Prompt(query="{{ q }}", output_type=Quoted)
+    good = pk.Example(input={"text": "Bo, 5"}, output={"name": "Bo", "age": 5})
+    assert extractor(output_type=Quoted, examples=[good]).examples == (good,)
+    bad = pk.Example(input={"text": "Bo, 5"}, output={"name": "Bob", "age": 5})
+    with pytest.raises(InputValidationError, match="(?s)example 1 output .*'Bob' does not occur"):
+        extractor(output_type=Quoted, examples=[good, bad])

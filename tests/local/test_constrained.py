@@ -69,6 +69,24 @@ def test_every_bundled_template_answers_validly_on_the_first_attempt(
     assert prompt.output.parse(result.text) == result.output
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Zoë "Zee" Okafor-Nwosu, 41, moved to São Paulo\non 2020-02-02.',
+        "Nobody here; not a name in sight {braces} \\ backslash.",
+    ],
+)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_span_fields_are_copied_from_the_input_even_by_random_weights(local_backend, text, seed):
+    prompt = pk.load_prompt("extract")
+    config = GenerationConfig(max_tokens=128, temperature=1.0, seed=seed)
+    result = prompt.run({"text": text}, backend=local_backend, config=config, max_attempts=1)
+    assert result.constrained and len(result.attempts) == 1
+    assert result.output.name in text
+    assert result.output.name == result.output.name.strip()
+    assert result.output.city is None or result.output.city in text
+
+
 @pytest.mark.parametrize("max_tokens", [25, 26, 40, 90])
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
 def test_answers_end_validly_however_tight_the_budget(local_backend, max_tokens, temperature):
