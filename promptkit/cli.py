@@ -324,6 +324,13 @@ def run_command(
 @click.option("--tokenizer", help="Folder holding a tokenizer to use (default: train a BPE).")
 @click.option("--vocab-size", type=click.IntRange(min=257), default=4096, show_default=True)
 @click.option(
+    "--bare-capitals/--no-bare-capitals",
+    default=False,
+    show_default=True,
+    help="The trained BPE keeps the space before a capitalised word out of its tokens (a name "
+    "is then the same tokens in a sentence and in a JSON string).",
+)
+@click.option(
     "--answer-weight",
     type=click.FloatRange(min=0),
     default=0.0,

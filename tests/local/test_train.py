@@ -138,6 +138,27 @@ def test_answer_mask_covers_exactly_the_answers(answered):
     assert not none.any()
 
 
+def test_bare_capitals_keep_names_the_same_tokens_after_a_space_or_a_quote():
+    text = 'Ana Lima moved to Porto with Kenji. {"name":"Ana Lima","city":"Porto"} ' * 30
+    bare = Tokenizer.train(
+        [text, "the cat and the dog sat on a mat. " * 30], 320, bare_capitals=True
+    )
+    plain = Tokenizer.train([text, "the cat and the dog sat on a mat. " * 30], 320)
+    for tokenizer in (bare, plain):
+        assert tokenizer.decode(tokenizer.encode(text)) == text  # lossless either way
+    for name in ("Ana Lima", "Porto", "Okonkwo"):  # the last is never seen in training
+        spaced, quoted = bare.encode(" " + name), bare.encode('"' + name)
+        assert spaced[1:] == quoted[1:] and bare.decode(spaced[:1]) == " "
+    for name in ("Ana", "Porto"):  # GPT-2's scheme: the space is inside the name's token
+        assert plain.decode(plain.encode(" " + name)[:1]) == " " + name
+
+    def pieces(tokenizer: Tokenizer, text: str) -> list[str]:
+        return [tokenizer.decode([i]) for i in tokenizer.encode(text)]
+
+    assert pieces(bare, " the cat") == pieces(plain, " the cat") == [" the", " cat"]
+    assert len(bare.encode(text)) > len(plain.encode(text))  # the price: a token per capital
+
+
 def test_answer_loss_is_logged_and_changes_the_training(answered, tmp_path):
     kwargs = dict(steps=30, eval_every=15, context_length=32)
     plain = train(settings(answered, tmp_path / "plain", **kwargs))
@@ -270,6 +291,9 @@ def test_the_mini_recipe_generates_its_corpus_and_applies_its_settings(tmp_path,
     assert training["seed"] == train_module.MINI_RECIPE["seed"]
     assert training["answer_weight"] == train_module.MINI_RECIPE["answer_weight"] > 0
     assert training["precision"] == "bfloat16" and model.config.alibi
+    assert training["bare_capitals"] is True
+    _, tokenizer = load_checkpoint(out)
+    assert tokenizer.encode('"Ana')[1:] == tokenizer.encode(" Ana")[1:]
     assert training["steps"] == 2  # given on the command line: it wins
     missing = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "--corpus is required" in missing.output

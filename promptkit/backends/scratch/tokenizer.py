@@ -109,10 +109,17 @@ class Tokenizer:
         return cls(tokenizer)
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> Tokenizer:
-        """Train a byte-level BPE of ``vocab_size`` tokens (EOT included) on ``texts``."""
+    def train(
+        cls, texts: Iterable[str], vocab_size: int, *, bare_capitals: bool = False
+    ) -> Tokenizer:
+        """Train a byte-level BPE of ``vocab_size`` tokens (EOT included) on ``texts``.
+
+        ``bare_capitals``: the space before a capitalised word is a token of its own, so the
+        word's tokens are the same after a space (``Ana Lima moved``) as after a quote
+        (``{"name":"Ana Lima"}``) and copying a name into JSON is copying tokens. Costs about
+        8% more tokens on promptkit's corpus."""
+        from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
         from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers, trainers
 
         minimum = 256 + 1
         if vocab_size < minimum:
@@ -120,7 +127,12 @@ class Tokenizer:
                 f"vocab_size must be at least {minimum} (256 bytes + end-of-text), got {vocab_size}"
             )
         tokenizer = HFTokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        if bare_capitals:
+            space = pre_tokenizers.Split(Regex(r" (?=\p{Lu})"), behavior="isolated")
+            tokenizer.pre_tokenizer = pre_tokenizers.Sequence([space, byte_level])
+        else:
+            tokenizer.pre_tokenizer = byte_level
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,

@@ -40,8 +40,9 @@ __all__ = [
 # promptkit.corpus) into DIR/corpus.jsonl and trains with these settings (under an hour on 2
 # CPU cores: 6,500 steps of 6 x 512 tokens in bfloat16 autocast, 20M tokens, about 1.8
 # passes over the corpus; a 2,048-token BPE makes every word of the classification groups one
-# token; the answer loss weighs the tokens that read a demonstration-defined answer). Options
-# given on the command line still win.
+# token, and its bare capitals make a name the same tokens in a sentence and in JSON; the answer
+# loss weighs the tokens that read a demonstration-defined answer). Options given on the command
+# line still win.
 MINI_CORPUS = {"documents": 100000, "seed": 0}
 MINI_RECIPE = {
     "steps": 6500,
@@ -52,6 +53,7 @@ MINI_RECIPE = {
     "checkpoint_every": 250,
     "seed": 0,
     "vocab_size": 2048,
+    "bare_capitals": True,
     "answer_weight": 1.0,
     "precision": "bfloat16",
 }
@@ -85,6 +87,9 @@ class TrainConfig:
     answer_weight: float = 0.0
     tokenizer: str | None = None  # folder with a tokenizer to use; else train one
     vocab_size: int = 4096  # size of the BPE trained when no tokenizer is given
+    # the trained BPE keeps the space before a capitalised word out of the word's tokens, so a
+    # name is the same tokens in a sentence and inside a JSON string (Tokenizer.train)
+    bare_capitals: bool = False
     val_fraction: float = 0.1  # tail of the corpus held out for validation
     eval_every: int = 100  # steps between validation runs
     eval_batches: int = 8  # micro-batches per validation run
@@ -313,7 +318,9 @@ def train(config: TrainConfig, on_step: Progress | None = None) -> TrainResult:
             tokenizer = Tokenizer.from_folder(config.tokenizer)
         else:
             tokenizer = Tokenizer.train(
-                (text for text, _ in documents), vocab_size=config.vocab_size
+                (text for text, _ in documents),
+                vocab_size=config.vocab_size,
+                bare_capitals=config.bare_capitals,
             )
         overrides: dict[str, Any] = {"vocab_size": tokenizer.vocab_size, "dropout": config.dropout}
         if config.context_length:
