@@ -84,6 +84,10 @@ GROUPS = {
 }
 _REAL_NAMES = frozenset(FIRST_NAMES + LAST_NAMES + CITIES)
 SYLLABLES = _words("ka lo mi ru te zo pa ni fe du so vi ba ke mo ti lu ga re po")
+# Made-up names are also spelled from these, so that their pieces are as varied as real names'
+ONSETS = _words("b c d f g h j k l m n p r s t v w y z ch sh th br cl dr gr kr pl st tr")
+VOWELS = _words("a e i o u a e i o y ai ei ou ia")
+CODAS = ("", "", "", "n", "r", "s", "l", "k", "m", "t", "ss", "nd")
 GOOD = _words("wonderful superb delightful brilliant excellent lovely charming great fantastic")
 BAD = _words("awful terrible boring dreadful broken useless disappointing poor horrible")
 THINGS = _words("film meal hotel book concert phone game class show service album museum")
@@ -268,8 +272,17 @@ def _invented(rng: random.Random, split: Split) -> str:
     """A made-up capitalised word of ``split`` (a name or a place nobody has seen, never one
     of the real ones): copying it can only be done by reading it, which is what extracting a
     never-seen name needs."""
+
+    def syllable() -> str:
+        return rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
+
     while True:
-        word = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 2, 3)))).capitalize()
+        if rng.random() < 0.5:
+            word = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 2, 3))))
+        else:
+            start = rng.choice(VOWELS) if rng.random() < 0.2 else ""
+            word = start + "".join(syllable() for _ in range(rng.choice((1, 2, 2, 3))))
+        word = word.capitalize()
         if split_of(word.lower()) == split and word not in _REAL_NAMES:
             return word
 
@@ -409,7 +422,7 @@ def _extract_template() -> Prompt[Any]:
 def _extract(rng: random.Random, split: Split) -> Sample:
     template = _extract_template()
     count = min(_shots(rng, 3), 3)
-    people = [person(rng, split, invented=0.5) for _ in range(count + 1)]
+    people = [person(rng, split, invented=0.6) for _ in range(count + 1)]
     examples = [({"text": s}, r) for s, r in people[:-1]]
     instruction = template.instruction.render({})
     return _render(
@@ -445,13 +458,13 @@ def _text(rng: random.Random, split: Split) -> Sample:
 
 
 FAMILIES: dict[str, tuple[Callable[[random.Random, Split], Sample], float]] = {
-    "classify": (_classify, 0.36),
+    "classify": (_classify, 0.32),
     "sentiment": (_sentiment, 0.05),
     "lookup": (_lookup, 0.14),
     "copy": (_copy, 0.1),
     "transform": (_transform, 0.05),
     "arithmetic": (_arithmetic, 0.04),
-    "extract": (_extract, 0.16),
+    "extract": (_extract, 0.2),
     "text": (_text, 0.1),
 }
 
@@ -497,16 +510,51 @@ def generate(
         yield Document(family, text, answer)
 
 
+def _write_task(
+    root: Path,
+    name: str,
+    instruction: str,
+    label_of: dict[str, str],
+    words: dict[str, list[str]],
+) -> list[Path]:
+    """One held-out classification task: its template (the first 4 words of each group are
+    the demonstrations) and its dataset (the rest)."""
+    from .files import save_prompt
+
+    pool = [
+        Example(input={"text": words[g][i]}, output=label)
+        for i in range(4)
+        for g, label in label_of.items()
+    ]
+    described = ", ".join(f"{g} -> {label}" for g, label in label_of.items())
+    prompt: Prompt[Any] = Prompt(
+        instruction=instruction,
+        query="Input: {{ text }}\nLabel:",
+        output_type=Literal[tuple(label_of.values())],
+        examples=pool,
+        style="completion",
+        name=name,
+        description=f"Held-out: {described}.",
+    )
+    template = root / f"{name}.prompty"
+    save_prompt(prompt, template)
+    data = root / f"{name}.jsonl"
+    with data.open("w", encoding="utf-8") as out:
+        for group, label in label_of.items():
+            for word in words[group][4:]:
+                out.write(json.dumps({"text": word, "expected": label}) + "\n")
+    return [template, data]
+
+
 def write_eval_tasks(
     folder: str | os.PathLike[str], *, tasks: int = 8, seed: int = 0
 ) -> list[Path]:
     """Held-out evaluation sets for ``promptkit eval``: ``classify-N.prompty`` (a
     demonstration-defined classification whose label words and phrasing were never trained on;
     its 8 examples are the demonstration pool) with ``classify-N.jsonl`` (other words of the
-    same groups), and ``extract.jsonl`` (sentences about held-out people, for the bundled
-    ``extract`` template). Returns the files written."""
-    from .files import save_prompt
-
+    same groups); ``classify-N-mirror`` the same task with the two label words exchanged; and
+    ``extract.jsonl`` (sentences about held-out people, for the bundled ``extract`` template).
+    Returns the files written."""
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"promptkit-eval:{seed}")
@@ -515,28 +563,17 @@ def write_eval_tasks(
         groups = rng.sample(sorted(GROUPS), 2)
         labels = _label_words(rng, "heldout", 2)
         words = {g: rng.sample(GROUPS[g].split(), len(GROUPS[g].split())) for g in groups}
-        pool = [
-            Example(input={"text": words[g][i]}, output=label)
-            for i in range(4)
-            for g, label in zip(groups, labels, strict=True)
-        ]
-        prompt: Prompt[Any] = Prompt(
-            instruction=rng.choice(_part(INSTRUCTIONS["classify"], "heldout")),
-            query="Input: {{ text }}\nLabel:",
-            output_type=Literal[tuple(labels)],
-            examples=pool,
-            style="completion",
-            name=f"classify-{number}",
-            description=f"Held-out: {groups[0]} -> {labels[0]}, {groups[1]} -> {labels[1]}.",
-        )
-        template = root / f"classify-{number}.prompty"
-        save_prompt(prompt, template)
-        data = root / f"classify-{number}.jsonl"
-        with data.open("w", encoding="utf-8") as out:
-            for group, label in zip(groups, labels, strict=True):
-                for word in words[group][4:]:
-                    out.write(json.dumps({"text": word, "expected": label}) + "\n")
-        written += [template, data]
+        instruction = rng.choice(_part(INSTRUCTIONS["classify"], "heldout"))
+        # The mirror gives each group the other label word (listed in the same group order):
+        # with no demonstrations, nothing in a prompt says which made-up word is which group,
+        # so the two average to chance unless the model follows a cue such as the listing order.
+        for name, named in (
+            (f"classify-{number}", labels),
+            (f"classify-{number}-mirror", labels[::-1]),
+        ):
+            written += _write_task(
+                root, name, instruction, dict(zip(groups, named, strict=True)), words
+            )
     extract = root / "extract.jsonl"
     with extract.open("w", encoding="utf-8") as out:
         for _ in range(50):

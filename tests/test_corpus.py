@@ -220,23 +220,30 @@ def test_words_of_one_group_share_a_label_and_new_words_are_asked_too():
 
 def test_eval_tasks_are_held_out_and_answerable_only_from_the_demonstrations(tmp_path):
     files = write_eval_tasks(tmp_path, tasks=3, seed=1)
+    names = [f"classify-{n}{m}" for n in (1, 2, 3) for m in ("", "-mirror")]
     assert sorted(f.name for f in files) == sorted(
-        [f"classify-{n}.{ext}" for n in (1, 2, 3) for ext in ("prompty", "jsonl")]
-        + ["extract.jsonl"]
+        [f"{name}.{ext}" for name in names for ext in ("prompty", "jsonl")] + ["extract.jsonl"]
     )
     group_of = {w: g for g, words in GROUPS.items() for w in words.split()}
     for number in (1, 2, 3):
-        prompt = pk.load_prompt(tmp_path / f"classify-{number}.prompty")
+        task, mirror = (
+            pk.load_prompt(tmp_path / f"classify-{number}{m}.prompty") for m in ("", "-mirror")
+        )
+        assert task.instruction.source == mirror.instruction.source
+        assert [e.input for e in task.examples] == [e.input for e in mirror.examples]
+        first, second = task.output.labels
+        assert mirror.output.labels == (second, first)  # listed in the same group order
+        other = {first: second, second: first}
+        assert [other[e.output] for e in task.examples] == [e.output for e in mirror.examples]
+    for name in names:
+        prompt = pk.load_prompt(tmp_path / f"{name}.prompty")
         labels = set(prompt.output.labels or ())
         assert len(labels) == 2 and all(split_of(label) == "heldout" for label in labels)
         shown = {e.input["text"]: e.output for e in prompt.examples}
         assert len(shown) == 8 and set(shown.values()) == labels
         label_of_group = {group_of[w]: label for w, label in shown.items()}
         assert len(label_of_group) == 2  # one group per label
-        items = [
-            json.loads(line)
-            for line in (tmp_path / f"classify-{number}.jsonl").read_text().splitlines()
-        ]
+        items = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
         assert len(items) > 10
         for item in items:
             assert item["text"] not in shown  # never a demonstration

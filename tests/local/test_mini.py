@@ -7,6 +7,7 @@ below the measured figures in bench/RESULTS.md, so a retrained model that regres
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ pytestmark = pytest.mark.skipif(mini_path() is None, reason="this copy ships no 
 
 
 EXTRACT_ITEMS = 20  # held-out sentences checked
-EXTRACT_FIELDS = 0.45  # measured: 57.5% of fields on all 50 (bench/RESULTS.md); target 90%
-CLASSIFY_4_SHOTS = 0.95  # measured: 100% on the 8 held-out tasks
+EXTRACT_FIELDS = 0.95  # measured: 100% of fields on all 50 (bench/RESULTS.md); target 90%
+EXTRACT_FIELDS_WITHOUT_SPANS = 0.85  # measured: 96-97% with the JSON schema alone
+CLASSIFY_4_SHOTS = 0.95  # measured: 100% on the 16 held-out tasks
 
 
 @pytest.fixture(scope="module")
@@ -84,21 +86,51 @@ def test_extract_on_held_out_sentences(mini, heldout):
     assert (report.field_accuracy or 0) >= EXTRACT_FIELDS
 
 
+def test_names_are_copied_even_without_span_constraints(mini, heldout, tmp_path):
+    """The tokenizer keeps the space out of capitalised words, so a never-seen name is the
+    same tokens in the sentence and in the JSON: the model copies it by itself."""
+    assert mini.tokenizer.encode(' Omar"')[1:-1] == mini.tokenizer.encode('"Omar"')[1:-1]
+    source = pk.bundled_templates()["extract"].read_text(encoding="utf-8")
+    plain_file = tmp_path / "extract.prompty"
+    plain_file.write_text(
+        re.sub(r"\n *x-span-of: text(?=\n)", "", source.replace(", x-span-of: text", "")),
+        encoding="utf-8",
+    )
+    plain = pk.load_prompt(plain_file)
+    assert "x-span-of" not in json.dumps(plain.output.schema)
+    items = load_dataset(heldout / "extract.jsonl", plain)[:EXTRACT_ITEMS]
+    (report,) = evaluate(plain, items, backend=mini, shots=[1])
+    assert (report.field_accuracy or 0) >= EXTRACT_FIELDS_WITHOUT_SPANS
+
+
 def test_labels_are_read_from_the_demonstrations(mini, heldout):
-    """Held-out made-up label words: at 0 shots the model cannot know them (near chance);
-    with a few demonstrations it labels new words of the shown groups."""
-    accuracy: dict[int, list[float]] = {0: [], 4: []}
+    """Held-out made-up label words: with a few demonstrations the model labels new words of
+    the shown groups."""
+    accuracy = []
     for template in sorted(heldout.glob("classify-*.prompty")):
         prompt = pk.load_prompt(template)
         items = load_dataset(template.with_suffix(".jsonl"), prompt)
-        reports = evaluate(
-            prompt, items, backend=mini, shots=[0, 4], select=Selection(balanced=True)
+        (report,) = evaluate(
+            prompt, items, backend=mini, shots=[4], select=Selection(balanced=True)
         )
-        for report in reports:
-            assert report.validity == 1.0
-            accuracy[report.shots].append(report.accuracy)
-    assert statistics.mean(accuracy[0]) <= 0.75  # measured 66%: no demonstrations, no labels
-    assert statistics.mean(accuracy[4]) >= CLASSIFY_4_SHOTS
+        assert report.validity == 1.0
+        accuracy.append(report.accuracy)
+    assert len(accuracy) == 16  # 8 tasks and their mirrors
+    assert statistics.mean(accuracy) >= CLASSIFY_4_SHOTS
+
+
+def test_without_demonstrations_it_is_at_chance(mini, tmp_path):
+    """With no demonstrations nothing says which made-up word names which group: over many
+    tasks (and their mirrors) the mean is chance, although single tasks land far from 50%."""
+    write_eval_tasks(tmp_path, tasks=32, seed=1)
+    accuracy = []
+    for template in sorted(tmp_path.glob("classify-*.prompty")):
+        prompt = pk.load_prompt(template)
+        items = load_dataset(template.with_suffix(".jsonl"), prompt)
+        (report,) = evaluate(prompt, items, backend=mini, shots=[0], method="score")
+        accuracy.append(report.accuracy)
+    assert len(accuracy) == 64
+    assert 0.38 <= statistics.mean(accuracy) <= 0.62  # measured 45% (seed 1); 49, 52% (2, 3)
 
 
 def test_swapped_labels_are_followed(mini, heldout):
