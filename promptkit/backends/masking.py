@@ -202,10 +202,13 @@ class TokenMasker:
         ending = self._ending(row)
         if ending is None or left - len(ending) > NEAR:
             return
-        if ending and len(ending) >= left:  # no room for anything else: force the ending
+        if ending and len(ending) > left:  # no room for anything else: force the ending
             row.forced = list(ending)
             self._only(logits, [ending[0]])
             return
+        # The ending found is one way to finish; the model's own candidates stay allowed when
+        # an ending still fits after them, even when the ending found exactly fills the budget
+        # (forcing it then would overrule a model that prefers another answer of that length).
         keep = [ending[0]] if ending else [self.eos]
         if self.candidates == 1:
             candidates = [int(logits.argmax())]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 import promptkit as pk
 from promptkit.backends import GenerationConfig
@@ -218,9 +218,10 @@ def test_batched_rows_are_each_valid_and_as_alone(local_backend):
 
 
 def test_forced_tokens_are_fed_without_sampling(scratch, monkeypatch):
-    class Keys(BaseModel):
-        a_rather_long_field_name: int
-        another_quite_long_field_name: bool
+    class Keys(BaseModel):  # short values, long keys: most tokens are forced by the grammar
+        model_config = ConfigDict(extra="forbid")
+        a_rather_long_field_name: bool
+        another_quite_long_field_name: Literal["x", "y"]
 
     grammar = grammar_for(output_spec(Keys))
     passes = []
@@ -230,7 +231,7 @@ def test_forced_tokens_are_fed_without_sampling(scratch, monkeypatch):
     )
     completion = scratch.generate("JSON:", GenerationConfig(max_tokens=40, grammar=grammar))
     Keys.model_validate_json(completion.text)
-    assert len(passes) < completion.usage.completion_tokens / 2
+    assert len(passes) < completion.usage.completion_tokens / 4  # measured: 3 passes, 27 tokens
 
 
 def test_streamed_constrained_text_is_the_generated_text(scratch):

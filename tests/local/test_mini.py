@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 import promptkit as pk
+from promptkit.backends import GenerationConfig
 from promptkit.cli import cli
 from promptkit.corpus import write_eval_tasks
 from promptkit.demos import Selection
@@ -161,6 +162,9 @@ def test_a_tight_budget_takes_the_label_in_its_fewest_tokens(mini):
         ("The meal was awful but honestly dreadful.", "negative"),
     ):
         assert sentiment.run({"text": text}, backend=mini).output == label
+        # one token: both labels fit exactly; the guard once forced the one it found first
+        one = GenerationConfig(max_tokens=1, temperature=0)
+        assert sentiment.run({"text": text}, backend=mini, config=one).output == label
 
 
 def test_the_main_job_runs_offline_on_the_default_model(monkeypatch):
