@@ -300,22 +300,28 @@ def grammar_for(spec: OutputSpec) -> Grammar | None:
     return Grammar.json_schema(without_spans(spec.schema))
 
 
-def without_spans(schema: Any) -> Any:
-    """``schema`` without the ``x-span-of`` keyword (for llguidance's JSON schemas, the OpenAI
-    API and the format instructions a model is shown)."""
+def without_keywords(schema: Any, keywords: frozenset[str]) -> Any:
+    """``schema`` without the given keywords anywhere (property names are kept, whatever they
+    are called)."""
     if isinstance(schema, dict):
         return {
             key: (
-                {name: without_spans(sub) for name, sub in value.items()}
+                {name: without_keywords(sub, keywords) for name, sub in value.items()}
                 if key in ("properties", "$defs", "definitions")
-                else without_spans(value)
+                else without_keywords(value, keywords)
             )
             for key, value in schema.items()
-            if key != SPAN_KEY
+            if key not in keywords
         }
     if isinstance(schema, list):
-        return [without_spans(item) for item in schema]
+        return [without_keywords(item, keywords) for item in schema]
     return schema
+
+
+def without_spans(schema: Any) -> Any:
+    """``schema`` without the ``x-span-of`` keyword (for llguidance's JSON schemas, the OpenAI
+    API and the format instructions a model is shown)."""
+    return without_keywords(schema, frozenset({SPAN_KEY}))
 
 
 def span_sources(schema: Any) -> set[str]:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .constraints import Lark, Regex, without_spans
+from .constraints import SPAN_KEY, Lark, Regex, without_keywords
 from .errors import OutputParseError, TemplateError
 
 __all__ = ["OutputSpec", "extract_json", "output_spec", "parse_output"]
@@ -30,6 +30,8 @@ _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _TRUE = {"true", "yes", "y", "1"}
 _FALSE = {"false", "no", "n", "0"}
 _MAX_JSON_STARTS = 256  # bound the scan for JSON in long prose
+# pydantic's generated titles (noise in a prompt) and promptkit's own keyword (a SpanOf)
+_NOT_SHOWN = frozenset({"title", SPAN_KEY})
 _LABEL_PUNCTUATION = " \t\r\n\"'`.,;:!?*()[]{}"
 
 
@@ -132,7 +134,7 @@ class OutputSpec:
             if self.schema == {"items": {"type": "string"}, "type": "array"}:
                 return "Answer with a JSON array of strings."
             compact = json.dumps(
-                without_spans(_without_titles(self.schema)),
+                without_keywords(self.schema, _NOT_SHOWN),
                 separators=(",", ":"),
                 ensure_ascii=False,
             )
@@ -249,23 +251,6 @@ def _context(inputs: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 class _NotFound(Exception):
     """Internal: the answer's shape was not found; becomes an OutputParseError."""
-
-
-def _without_titles(schema: Any) -> Any:
-    """A schema without pydantic's generated ``title`` keywords (noise in a prompt)."""
-    if isinstance(schema, dict):
-        return {
-            key: (
-                {name: _without_titles(sub) for name, sub in value.items()}
-                if key in ("properties", "$defs")
-                else _without_titles(value)
-            )
-            for key, value in schema.items()
-            if key != "title"
-        }
-    if isinstance(schema, list):
-        return [_without_titles(item) for item in schema]
-    return schema
 
 
 def _preview(text: str, limit: int = 80) -> str:

@@ -4,8 +4,7 @@ Covers what structured-output schemas use: objects (nested, required/optional, a
 properties), arrays (items, min/max items), enums and consts, strings (length, pattern, and
 ``x-span-of``: copied from an input), numbers and integers (bounds), booleans, null,
 ``anyOf``/``oneOf`` and type lists, ``$ref`` to ``$defs``/``definitions``, descriptions and
-defaults. Anything else is a TemplateError naming the
-keyword, never silently ignored.
+defaults. Anything else is a TemplateError naming the keyword, never silently ignored.
 """
 
 from __future__ import annotations
