@@ -9,9 +9,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+import promptkit  # noqa: E402
 from promptkit.backends.scratch.tokenizer import Tokenizer  # noqa: E402
 
 GPT2_TOKENIZER = Path(__file__).resolve().parents[3] / "shared" / "data" / "gpt2-tokenizer"
+MINI_TOKENIZER = Path(promptkit.__file__).resolve().parent / "models" / "mini" / "tokenizer.json"
 CORPUS = (
     "The quick brown fox jumps over the lazy dog. "
     "A journey of a thousand miles begins with a single step. "
@@ -20,15 +22,15 @@ CORPUS = (
 
 
 def tokenizer_files(folder: Path) -> Tokenizer:
-    """GPT-2's real tokenizer when ../shared/data is present, else one trained here."""
+    """GPT-2's real tokenizer when ../shared/data is present, else promptkit-mini's (shipped in
+    the package: a 2,048-token BPE of English and JSON), so a fresh clone runs every test."""
     folder.mkdir(parents=True, exist_ok=True)
     if (GPT2_TOKENIZER / "tokenizer.json").is_file():
         for name in ("tokenizer.json", "vocab.json", "merges.txt"):
             shutil.copy(GPT2_TOKENIZER / name, folder / name)
-        return Tokenizer.from_folder(folder)
-    tokenizer = Tokenizer.train([CORPUS], vocab_size=400)
-    tokenizer.save(folder)
-    return tokenizer
+    else:
+        shutil.copy(MINI_TOKENIZER, folder / "tokenizer.json")
+    return Tokenizer.from_folder(folder)
 
 
 def make_hf_gpt2(folder: Path, **config: int) -> Path:

@@ -78,6 +78,7 @@ def test_every_bundled_template_gives_a_typed_answer_or_a_clear_error(mini, name
         assert result.constrained
 
 
+@pytest.mark.slow
 def test_extract_on_held_out_sentences(mini, heldout):
     """People, cities and phrasings never trained on, constrained decoding."""
     prompt = pk.load_prompt("extract")
@@ -87,6 +88,7 @@ def test_extract_on_held_out_sentences(mini, heldout):
     assert (report.field_accuracy or 0) >= EXTRACT_FIELDS
 
 
+@pytest.mark.slow
 def test_names_are_copied_even_without_span_constraints(mini, heldout, tmp_path):
     """The tokenizer keeps the space out of capitalised words, so a never-seen name is the
     same tokens in the sentence and in the JSON: the model copies it by itself."""
@@ -104,6 +106,7 @@ def test_names_are_copied_even_without_span_constraints(mini, heldout, tmp_path)
     assert (report.field_accuracy or 0) >= EXTRACT_FIELDS_WITHOUT_SPANS
 
 
+@pytest.mark.slow
 def test_labels_are_read_from_the_demonstrations(mini, heldout):
     """Held-out made-up label words: with a few demonstrations the model labels new words of
     the shown groups."""
@@ -120,6 +123,7 @@ def test_labels_are_read_from_the_demonstrations(mini, heldout):
     assert statistics.mean(accuracy) >= CLASSIFY_4_SHOTS
 
 
+@pytest.mark.slow
 def test_without_demonstrations_it_is_at_chance(mini, tmp_path):
     """With no demonstrations nothing says which made-up word names which group: over many
     tasks (and their mirrors) the mean is chance, although single tasks land far from 50%."""
@@ -134,6 +138,7 @@ def test_without_demonstrations_it_is_at_chance(mini, tmp_path):
     assert 0.38 <= statistics.mean(accuracy) <= 0.62  # measured 45% (seed 1); 49, 52% (2, 3)
 
 
+@pytest.mark.slow
 def test_swapped_labels_are_followed(mini, heldout):
     """The answer comes from the demonstrations, not from the words: swap which label each
     group gets in the demonstrations, and the answers swap too."""

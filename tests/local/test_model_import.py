@@ -84,6 +84,7 @@ def test_imported_small_gpt2_gives_transformers_logits(hf_folder, hf_model):
     assert _compare_logits(hf_folder, hf_model) < 1e-4
 
 
+@pytest.mark.slow
 def test_imported_full_size_gpt2_gives_transformers_logits(tmp_path):
     folder = make_hf_gpt2(tmp_path, n_layer=12, n_embd=768, n_head=12, n_positions=1024)
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
