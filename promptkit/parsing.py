@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 from .constraints import SPAN_KEY, Lark, Regex, without_keywords
 from .errors import OutputParseError, TemplateError
@@ -208,11 +209,13 @@ class OutputSpec:
 
     def _find_json(self, text: str) -> Any:
         want_object = self.is_object
-        for value in _json_candidates(text):
+        refused: list[str] = []
+        for value in _json_candidates(text, refused):
             if not want_object or isinstance(value, dict):
                 return value
         what = "no JSON object" if want_object else "no JSON value"
-        raise _NotFound(f"{what} found in the answer {_preview(text)}")
+        why = f" ({refused[0]})" if refused else ""
+        raise _NotFound(f"{what} found in the answer {_preview(text)}{why}")
 
     def _find_match(self, text: str) -> str:
         """The text itself when it matches the constraint, else the text without surrounding
@@ -224,14 +227,20 @@ class OutputSpec:
     def _find_number(text: str) -> Any:
         stripped = text.strip()
         try:
-            return json.loads(stripped)
+            return _read_json(stripped)
         except ValueError:
             pass
         match = _NUMBER.search(stripped)
         if match is None:
             raise _NotFound(f"no number found in the answer {_preview(text)}")
         number = match.group()
-        return float(number) if any(c in number for c in ".eE") else int(number)
+        try:
+            return float(number) if any(c in number for c in ".eE") else int(number)
+        except ValueError:  # Python refuses integers of more than sys.get_int_max_str_digits()
+            raise _NotFound(
+                f"the number in the answer {_preview(text)} has {len(number)} digits, too many "
+                "to read"
+            ) from None
 
     @staticmethod
     def _find_boolean(text: str) -> bool:
@@ -267,31 +276,60 @@ def _describe(exc: ValidationError) -> str:
     return "the answer does not validate: " + "; ".join(lines)
 
 
-def _json_candidates(text: str) -> Iterator[Any]:
-    """JSON values in ``text``: fenced blocks first, then the whole text, then embedded ones."""
+def _read_json(text: str) -> Any:
+    """One JSON document, read by pydantic-core: ValueError for bad JSON, nesting deeper than
+    its recursion limit or numbers too long to read (never RecursionError)."""
+    return from_json(text, allow_inf_nan=False)
+
+
+def _json_candidates(text: str, refused: list[str] | None = None) -> Iterator[Any]:
+    """JSON values in ``text``: fenced blocks first, then the whole text, then embedded ones.
+
+    ``refused`` collects why JSON-looking stretches could not be read (too deep, a number too
+    long), for the error message."""
     for block in _FENCE.findall(text):
-        yield from _embedded_json(block)
+        yield from _embedded_json(block, refused)
     try:
-        whole = json.loads(text.strip())
+        whole = _read_json(text.strip())
     except ValueError:
         pass
     else:
         yield whole
-    yield from _embedded_json(text)
+    yield from _embedded_json(text, refused)
 
 
-def _embedded_json(text: str) -> Iterator[Any]:
-    decoder = json.JSONDecoder()
+# Finds where a JSON value embedded in prose ends, without building it: numbers stay text and
+# objects are dropped, so that reading the value itself is left to pydantic-core's limits.
+_EXTENT = json.JSONDecoder(
+    parse_int=len, parse_float=len, parse_constant=len, object_pairs_hook=len
+)
+
+
+def _embedded_json(text: str, refused: list[str] | None = None) -> Iterator[Any]:
     starts = [i for i, c in enumerate(text) if c in "{["][:_MAX_JSON_STARTS]
     end = 0
     for start in starts:
         if start < end:
             continue  # inside a value already returned
         try:
-            value, end = decoder.raw_decode(text, start)
-        except ValueError:
+            _, stop = _EXTENT.raw_decode(text, start)
+        except RecursionError:  # the standard decoder recurses; no answer nests that deep
+            _note(refused, f"the JSON at character {start} is nested too deeply to read")
             continue
+        except ValueError:
+            continue  # not JSON from here
+        try:
+            value = _read_json(text[start:stop])
+        except ValueError as exc:  # well-formed, beyond pydantic-core's limits
+            _note(refused, f"the JSON at character {start} cannot be read: {exc}")
+            continue
+        end = stop
         yield value
+
+
+def _note(refused: list[str] | None, reason: str) -> None:
+    if refused is not None and not refused:
+        refused.append(reason)
 
 
 def _first_json(text: str) -> Any:
