@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overloa
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .backends.base import GenerationConfig, Message, PromptInput, messages_to_text
-from .constraints import Grammar, Lark, Regex, grammar_for, span_grammar, span_sources
+from .constraints import Grammar, Lark, Regex, grammar_for, span_sources
 from .demos import Selection, Strategy
 from .errors import (
     ConstraintError,
@@ -31,6 +31,7 @@ from .errors import (
 )
 from .parsing import OutputSpec, output_spec
 from .runloop import Attempt, Result, RunLoop
+from .spans import span_grammar
 from .templating import CompiledTemplate
 
 if TYPE_CHECKING:
