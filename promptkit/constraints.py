@@ -303,8 +303,12 @@ def _feature(message: str) -> str:
     return first.removeprefix("failed to compile JSON schema: ")
 
 
-def grammar_for(spec: OutputSpec) -> Grammar | None:
-    """The grammar of an output type, or None for free text (nothing to constrain)."""
+def grammar_for(spec: OutputSpec, inputs: Mapping[str, Any] | None = None) -> Grammar | None:
+    """The grammar of an output type, or None for free text (nothing to constrain).
+
+    ``inputs`` (a run's) render the bounds that come from them, so the grammar enforces them;
+    without, such bounds are left out (validation still checks them in a run). Raises
+    TemplateError when a bound's template fails."""
     if spec.kind == "text":
         return None
     if spec.kind == "label":
@@ -315,7 +319,7 @@ def grammar_for(spec: OutputSpec) -> Grammar | None:
             return Grammar("regex", constraint.pattern)
         assert isinstance(constraint, Lark)
         return Grammar("lark", constraint.grammar)
-    return Grammar.json_schema(without_spans(spec.schema))
+    return Grammar.json_schema(without_spans(spec.schema_for(inputs)))
 
 
 def without_keywords(schema: Any, keywords: frozenset[str]) -> Any:

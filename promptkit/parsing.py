@@ -12,18 +12,21 @@ import enum
 import json
 import re
 import typing
-from collections.abc import Iterator, Mapping
-from functools import lru_cache
+from collections.abc import Callable, Iterator, Mapping
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import from_json
 
+from .bounds import bound_variables, has_bounds, schema_for_inputs
 from .constraints import SPAN_KEY, Lark, Regex, without_keywords
-from .errors import OutputParseError, TemplateError
+from .errors import OutputParseError, TemplateError, UsageError
 
-__all__ = ["OutputSpec", "extract_json", "output_spec", "parse_output"]
+__all__ = ["OutputCheck", "OutputSpec", "extract_json", "output_spec", "parse_output", "run_check"]
 
+# A prompt's own test of a parsed output against the run's inputs (see Prompt's ``check``).
+OutputCheck = Callable[[Any, Any], bool | None]
 Kind = Literal["text", "grammar", "label", "json", "integer", "number", "boolean"]
 
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|json5)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -110,13 +113,35 @@ class OutputSpec:
             self._schema = self.adapter.json_schema()
         return self._schema
 
+    @cached_property
+    def bounded(self) -> bool:
+        """Whether bounds of the output are templates rendered with each run's inputs."""
+        return has_bounds(self.schema)
+
+    @cached_property
+    def bound_inputs(self) -> frozenset[str]:
+        """The inputs that the output's bounds are rendered from."""
+        return bound_variables(self.schema) if self.bounded else frozenset()
+
+    def schema_for(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The JSON schema that one run shows and constrains: bounds given as templates over
+        the inputs rendered with ``inputs`` (left out when None).
+
+        Raises TemplateError when a bound's template fails or does not give a number.
+        """
+        if not self.bounded:
+            return self.schema
+        rendered: dict[str, Any] = schema_for_inputs(self.schema, inputs)
+        return rendered
+
     @property
     def is_object(self) -> bool:
         inner = _unwrap(self.type)
         return isinstance(inner, type) and issubclass(inner, BaseModel)
 
-    def format_instructions(self) -> str:
-        """One sentence telling the model how to answer (empty for free text)."""
+    def format_instructions(self, inputs: Mapping[str, Any] | None = None) -> str:
+        """One sentence telling the model how to answer (empty for free text); ``inputs``
+        render the bounds that come from them (see :meth:`schema_for`)."""
         if self.kind == "label":
             return "Answer with exactly one of: " + ", ".join(self.labels) + "."
         if self.kind == "integer":
@@ -132,10 +157,11 @@ class OutputSpec:
             assert constraint is not None
             return "Answer in the format of this Lark grammar:\n" + constraint.grammar.strip()
         if self.kind == "json":
-            if self.schema == {"items": {"type": "string"}, "type": "array"}:
+            schema = self.schema_for(inputs)
+            if schema == {"items": {"type": "string"}, "type": "array"}:
                 return "Answer with a JSON array of strings."
             compact = json.dumps(
-                without_keywords(self.schema, _NOT_SHOWN),
+                without_keywords(schema, _NOT_SHOWN),
                 separators=(",", ":"),
                 ensure_ascii=False,
             )
@@ -364,3 +390,26 @@ def output_spec(output_type: Any) -> OutputSpec:
 def parse_output(text: str, output_type: Any) -> Any:
     """Parse a model's text into ``output_type``; raises OutputParseError keeping the text."""
     return output_spec(output_type).parse(text)
+
+
+def run_check(check: OutputCheck, inputs: Any, output: Any) -> str | None:
+    """Why ``check(inputs, output)`` refuses the output, or None when it accepts it.
+
+    The check accepts by returning True or None and refuses by returning False or raising
+    ValueError or AssertionError (whose message is the reason). Raises UsageError when it
+    returns anything else; its other exceptions (bugs in the check) propagate.
+    """
+    name = getattr(check, "__qualname__", None) or type(check).__name__
+    try:
+        verdict = check(inputs, output)
+    except (ValueError, AssertionError) as exc:
+        reason = str(exc).strip()
+        return reason or f"the answer failed the prompt's check {name}"
+    if verdict is None or verdict is True:
+        return None
+    if verdict is False:
+        return f"the answer failed the prompt's check {name}"
+    raise UsageError(
+        f"check {name} returned {type(verdict).__name__}; it must return True, False or None "
+        "(or raise ValueError saying what is wrong)"
+    )

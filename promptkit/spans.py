@@ -37,7 +37,7 @@ def span_grammar(spec: OutputSpec, inputs: Mapping[str, Any]) -> Grammar | None:
     Raises ConstraintError when a required span's input holds no letter or digit (no valid
     answer exists); an optional one (``str | None``) can then only be null.
     """
-    schema = spec.schema
+    schema = spec.schema_for(inputs)
     if not span_sources(schema):
         return None
     builder = _SpanGrammar(schema, inputs)
