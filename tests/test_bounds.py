@@ -117,6 +117,21 @@ def test_format_instructions_and_validation_of_an_object_use_each_calls_bounds(t
     assert errors[1] == "the answer does not validate: best: Input should be less than 3"
 
 
+def test_the_grammar_of_an_object_enforces_each_calls_bounds(tmp_path: Path):
+    pytest.importorskip("llguidance")
+    from promptkit.constraints import grammar_for
+
+    path = tmp_path / "pick.prompty"
+    path.write_text(OBJECT_FILE)
+    prompt = pk.load_prompt(path)
+    grammar = grammar_for(prompt.output, {"items": ["a", "b", "c"], "most": 2})
+    assert grammar is not None and grammar.matches('{"picks":["a","b"],"best":2}')
+    assert not grammar.matches('{"picks":["a","b","c"],"best":0}')  # maxItems 2
+    assert not grammar.matches('{"picks":["a"],"best":3}')  # exclusiveMaximum 3
+    wider = grammar_for(prompt.output, {"items": ["a", "b", "c", "d"], "most": 3})
+    assert wider is not None and wider.matches('{"picks":["a","b","c"],"best":3}')
+
+
 def test_a_types_own_schema_rebuilds_the_same_bounds(tmp_path: Path):
     prompt = pk.load_prompt("multiple_choice")
     rebuilt = TypeAdapter(type_from_schema(prompt.output.schema))
