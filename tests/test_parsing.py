@@ -184,6 +184,20 @@ def test_unreadable_json_says_why(text, output_type, says):
     assert info.value.raw_text == text
 
 
+@pytest.mark.timeout(60)
+def test_an_unreadable_answer_is_reasked_and_kept():
+    from promptkit.backends import ScriptedBackend
+
+    prompt = pk.Prompt(query="Who? {{ text }}", output_type=Person)
+    hostile = '{"name": "Ada", "age": ' + "9" * 5000 + "}"
+    backend = ScriptedBackend(["[" * 100_000, hostile, '{"name": "Ada", "age": 36}'])
+    result = prompt.run({"text": "Ada, 36"}, backend=backend)
+    assert result.output == Person(name="Ada", age=36)
+    deep, long = result.attempts[:2]
+    assert deep.text == "[" * 100_000 and "nested too deeply to read" in (deep.error or "")
+    assert long.text == hostile and "number out of range" in (long.error or "")
+
+
 def test_long_but_readable_integers_still_parse():
     assert parse_output("9" * 4000, int) == int("9" * 4000)
     assert parse_output('{"name": "Ada", "age": ' + "9" * 4000 + "}", Person).age > 0
