@@ -108,7 +108,8 @@ class InputBound:
                 number = None if length else float(text)
             except ValueError:
                 number = None
-        if number is None or not math.isfinite(number) or (length and number < 0):
+        finite = not isinstance(number, float) or math.isfinite(number)
+        if number is None or not finite or (length and number < 0):
             raise TemplateError(
                 f"the output schema's {self.keyword} {self.template!r} rendered {text[:60]!r}, "
                 f"not {'a whole number >= 0' if length else 'a finite number'}"

@@ -204,6 +204,11 @@ def test_a_bound_that_renders_no_number_fails_before_any_model_call(tmp_path: Pa
     lengths = type_from_schema({"type": "string", "maxLength": "{{ n }}"})
     with pytest.raises(TemplateError, match="not a whole number >= 0"):
         TypeAdapter(lengths).validate_python("abc", context={"inputs": {"n": "-1"}})
+    huge = TypeAdapter(type_from_schema({"type": "number", "maximum": "{{ n }}"}))
+    assert huge.validate_python(5, context={"inputs": {"n": 10**400}}) == 5
+    for bad in ("inf", "nan", "1e999"):
+        with pytest.raises(TemplateError, match="not a finite number"):
+            huge.validate_python(5, context={"inputs": {"n": bad}})
     with pytest.raises(MissingVariableError, match="'n'"):
         TypeAdapter(lengths).validate_python("abc", context={"inputs": {}})
 
