@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,8 +47,9 @@ __all__ = [
     "Regex",
     "SpanOf",
     "grammar_for",
+    "has_letter_or_digit",
     "shortest_ending",
-    "span_grammar",
+    "span_source",
     "span_sources",
 ]
 
@@ -136,11 +138,13 @@ SPAN_KEY = "x-span-of"  # the JSON-schema keyword of a SpanOf string
 class SpanOf:
     """``Annotated`` metadata of a string that is copied from the input field ``field``.
 
-    Validation, when the inputs are known (a run): the value must occur in that input as
-    written, else the answer is refused (and re-asked) with a message saying so. Constrained
-    decoding (local backends) restricts the value to a stretch of the input from word to word,
-    without leading or trailing spaces (and within the field's ``pattern``, if any). In the JSON
-    schema it is the keyword ``x-span-of``, which is left out of what the model is shown.
+    A span holds at least one letter or digit (``"."`` is not a name or a city). Validation,
+    when the inputs are known (a run): the value must occur in that input as written, else the
+    answer is refused (and re-asked) with a message saying so. Constrained decoding (local
+    backends) restricts the value to a stretch of the input from word to word, without leading
+    or trailing spaces, holding a letter or digit (and within the field's ``pattern``, if any).
+    In the JSON schema it is the keyword ``x-span-of``, which is left out of what the model is
+    shown.
     """
 
     field: str
@@ -156,7 +160,15 @@ class SpanOf:
 
         def check(value: Any, info: core_schema.ValidationInfo) -> Any:
             inputs = (info.context or {}).get("inputs") if isinstance(info.context, dict) else None
-            if not isinstance(value, str) or not isinstance(inputs, Mapping):
+            if not isinstance(value, str):
+                return value
+            if not has_letter_or_digit(value):
+                raise PydanticCustomError(
+                    "span_without_word",
+                    "{value} holds no letter or digit; copy a word or name from the input {field}",
+                    {"value": _quote(value), "field": repr(field)},
+                )
+            if not isinstance(inputs, Mapping):
                 return value  # outside a run (no inputs to compare with)
             if value not in span_source(inputs, field):
                 raise PydanticCustomError(
@@ -180,6 +192,12 @@ def span_source(inputs: Mapping[str, Any], field: str) -> str:
     """The text that spans of the input ``field`` are copied from (empty for None)."""
     value = inputs.get(field)
     return "" if value is None else value if isinstance(value, str) else str(value)
+
+
+def has_letter_or_digit(text: str) -> bool:
+    """Whether ``text`` holds a letter or digit (Unicode categories L and N, as ``\\p{L}`` and
+    ``\\p{N}`` in the span grammar): what makes a span."""
+    return any(unicodedata.category(char)[0] in "LN" for char in text)
 
 
 def _quote(value: str, limit: int = 60) -> str:
@@ -285,8 +303,12 @@ def _feature(message: str) -> str:
     return first.removeprefix("failed to compile JSON schema: ")
 
 
-def grammar_for(spec: OutputSpec) -> Grammar | None:
-    """The grammar of an output type, or None for free text (nothing to constrain)."""
+def grammar_for(spec: OutputSpec, inputs: Mapping[str, Any] | None = None) -> Grammar | None:
+    """The grammar of an output type, or None for free text (nothing to constrain).
+
+    ``inputs`` (a run's) render the bounds that come from them, so the grammar enforces them;
+    without, such bounds are left out (validation still checks them in a run). Raises
+    TemplateError when a bound's template fails."""
     if spec.kind == "text":
         return None
     if spec.kind == "label":
@@ -297,7 +319,7 @@ def grammar_for(spec: OutputSpec) -> Grammar | None:
             return Grammar("regex", constraint.pattern)
         assert isinstance(constraint, Lark)
         return Grammar("lark", constraint.grammar)
-    return Grammar.json_schema(without_spans(spec.schema))
+    return Grammar.json_schema(without_spans(spec.schema_for(inputs)))
 
 
 def without_keywords(schema: Any, keywords: frozenset[str]) -> Any:
@@ -340,104 +362,6 @@ def span_sources(schema: Any) -> set[str]:
         for item in schema:
             found |= span_sources(item)
     return found
-
-
-def span_grammar(spec: OutputSpec, inputs: Mapping[str, Any]) -> Grammar | None:
-    """The grammar of ``spec`` for one run, its :class:`SpanOf` strings restricted to the text of
-    their inputs; None when the output type has no spans where a grammar can place them (the
-    output itself, or the properties of an object output, directly or as an ``anyOf`` option
-    such as ``str | None``). Spans deeper down are left to validation."""
-    schema = spec.schema
-    if not span_sources(schema):
-        return None
-    builder = _SpanGrammar(schema, inputs)
-    if builder.is_span(schema):
-        answer = builder.span(schema, quoted=spec.kind == "json")
-    elif schema.get("type") == "object" and isinstance(schema.get("properties"), dict):
-        properties = schema["properties"]
-        if not any(builder.has_span(sub) for sub in properties.values()):
-            return None
-        members = ' "," '.join(
-            f"{_lark_string(json.dumps(name, ensure_ascii=False) + ':')} {builder.value(sub)}"
-            for name, sub in properties.items()
-        )
-        answer = f'"{{" {members} "}}"' if members else '"{}"'
-    else:
-        return None
-    rules = "".join(f"\n{rule}" for rule in builder.rules)
-    return Grammar("lark", f'start: " "? {answer}{rules}\n')
-
-
-class _SpanGrammar:
-    """Builds the Lark rules of one output schema with spans (see :func:`span_grammar`)."""
-
-    def __init__(self, schema: dict[str, Any], inputs: Mapping[str, Any]):
-        self.defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
-        self.inputs = inputs
-        self.rules: list[str] = []
-
-    def resolve(self, schema: Any) -> Any:
-        if isinstance(schema, dict) and isinstance(schema.get("$ref"), str):
-            name = schema["$ref"].rsplit("/", 1)[-1]
-            return self.defs.get(name, schema)
-        return schema
-
-    def is_span(self, schema: Any) -> bool:
-        schema = self.resolve(schema)
-        return isinstance(schema, dict) and isinstance(schema.get(SPAN_KEY), str)
-
-    def has_span(self, schema: Any) -> bool:
-        schema = self.resolve(schema)
-        if self.is_span(schema):
-            return True
-        options = schema.get("anyOf") if isinstance(schema, dict) else None
-        return isinstance(options, list) and any(self.is_span(o) for o in options)
-
-    def value(self, schema: Any) -> str:
-        """A Lark expression of one JSON value of ``schema``."""
-        resolved = self.resolve(schema)
-        if self.is_span(resolved):
-            return self.span(resolved)
-        if self.has_span(resolved):
-            return "(" + " | ".join(self.value(option) for option in resolved["anyOf"]) + ")"
-        embedded = without_spans(resolved) if isinstance(resolved, dict) else resolved
-        if isinstance(embedded, dict):
-            if self.defs:
-                embedded = {**embedded, "$defs": without_spans(self.defs)}
-            embedded = {**embedded, "x-guidance": {"whitespace_flexible": False}}
-        return "%json " + json.dumps(embedded, ensure_ascii=False)
-
-    def span(self, schema: dict[str, Any], *, quoted: bool = True) -> str:
-        """A stretch of the input's text: as a JSON string, or (``quoted=False``, a text
-        output) as it is."""
-        chunks = _CHUNK.findall(span_source(self.inputs, schema[SPAN_KEY]))
-        if not any(chunk.strip() for chunk in chunks):  # nothing to copy: only the empty span
-            return '"\\"\\""' if quoted else '""'
-        if quoted:
-            chunks = [json.dumps(chunk, ensure_ascii=False)[1:-1] for chunk in chunks]
-        name = f"SPAN_{len(self.rules)}"
-        lexeme = "%regex " + json.dumps({"substring_chunks": chunks}, ensure_ascii=False)
-        # no leading or trailing space (escaped inside JSON, so there only " " is whitespace)
-        lexeme += " & /[^ ](.*[^ ])?/" if quoted else r" & /\S([\s\S]*\S)?/"
-        pattern = schema.get("pattern")
-        if isinstance(pattern, str):
-            lexeme += f" & /{_full_match(pattern)}/"
-        self.rules.append(f"{name}: {lexeme}")
-        return f'"\\"" {name} "\\""' if quoted else name
-
-
-_CHUNK = re.compile(r"\w+|\s+|[^\w\s]")  # the words, spaces and signs a span is made of
-
-
-def _full_match(pattern: str) -> str:
-    """A JSON-schema ``pattern`` (found anywhere in the string) as a whole-string regex."""
-    anchored = pattern.startswith("^") and pattern.endswith("$") and not pattern.endswith("\\$")
-    body = f"(?:{pattern[1:-1]})" if anchored else f".*(?:{pattern}).*"
-    return body.replace("/", "\\/")
-
-
-def _lark_string(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
 
 
 # -- byte-level view --------------------------------------------------------------------------

@@ -12,17 +12,21 @@ import enum
 import json
 import re
 import typing
-from collections.abc import Iterator, Mapping
-from functools import lru_cache
+from collections.abc import Callable, Iterator, Mapping
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import from_json
 
+from .bounds import bound_variables, has_bounds, schema_for_inputs
 from .constraints import SPAN_KEY, Lark, Regex, without_keywords
-from .errors import OutputParseError, TemplateError
+from .errors import OutputParseError, TemplateError, UsageError
 
-__all__ = ["OutputSpec", "extract_json", "output_spec", "parse_output"]
+__all__ = ["OutputCheck", "OutputSpec", "extract_json", "output_spec", "parse_output", "run_check"]
 
+# A prompt's own test of a parsed output against the run's inputs (see Prompt's ``check``).
+OutputCheck = Callable[[Any, Any], bool | None]
 Kind = Literal["text", "grammar", "label", "json", "integer", "number", "boolean"]
 
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|json5)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -109,13 +113,35 @@ class OutputSpec:
             self._schema = self.adapter.json_schema()
         return self._schema
 
+    @cached_property
+    def bounded(self) -> bool:
+        """Whether bounds of the output are templates rendered with each run's inputs."""
+        return has_bounds(self.schema)
+
+    @cached_property
+    def bound_inputs(self) -> frozenset[str]:
+        """The inputs that the output's bounds are rendered from."""
+        return bound_variables(self.schema) if self.bounded else frozenset()
+
+    def schema_for(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The JSON schema that one run shows and constrains: bounds given as templates over
+        the inputs rendered with ``inputs`` (left out when None).
+
+        Raises TemplateError when a bound's template fails or does not give a number.
+        """
+        if not self.bounded:
+            return self.schema
+        rendered: dict[str, Any] = schema_for_inputs(self.schema, inputs)
+        return rendered
+
     @property
     def is_object(self) -> bool:
         inner = _unwrap(self.type)
         return isinstance(inner, type) and issubclass(inner, BaseModel)
 
-    def format_instructions(self) -> str:
-        """One sentence telling the model how to answer (empty for free text)."""
+    def format_instructions(self, inputs: Mapping[str, Any] | None = None) -> str:
+        """One sentence telling the model how to answer (empty for free text); ``inputs``
+        render the bounds that come from them (see :meth:`schema_for`)."""
         if self.kind == "label":
             return "Answer with exactly one of: " + ", ".join(self.labels) + "."
         if self.kind == "integer":
@@ -131,10 +157,11 @@ class OutputSpec:
             assert constraint is not None
             return "Answer in the format of this Lark grammar:\n" + constraint.grammar.strip()
         if self.kind == "json":
-            if self.schema == {"items": {"type": "string"}, "type": "array"}:
+            schema = self.schema_for(inputs)
+            if schema == {"items": {"type": "string"}, "type": "array"}:
                 return "Answer with a JSON array of strings."
             compact = json.dumps(
-                without_keywords(self.schema, _NOT_SHOWN),
+                without_keywords(schema, _NOT_SHOWN),
                 separators=(",", ":"),
                 ensure_ascii=False,
             )
@@ -208,11 +235,13 @@ class OutputSpec:
 
     def _find_json(self, text: str) -> Any:
         want_object = self.is_object
-        for value in _json_candidates(text):
+        refused: list[str] = []
+        for value in _json_candidates(text, refused):
             if not want_object or isinstance(value, dict):
                 return value
         what = "no JSON object" if want_object else "no JSON value"
-        raise _NotFound(f"{what} found in the answer {_preview(text)}")
+        why = f" ({refused[0]})" if refused else ""
+        raise _NotFound(f"{what} found in the answer {_preview(text)}{why}")
 
     def _find_match(self, text: str) -> str:
         """The text itself when it matches the constraint, else the text without surrounding
@@ -224,14 +253,20 @@ class OutputSpec:
     def _find_number(text: str) -> Any:
         stripped = text.strip()
         try:
-            return json.loads(stripped)
+            return _read_json(stripped)
         except ValueError:
             pass
         match = _NUMBER.search(stripped)
         if match is None:
             raise _NotFound(f"no number found in the answer {_preview(text)}")
         number = match.group()
-        return float(number) if any(c in number for c in ".eE") else int(number)
+        try:
+            return float(number) if any(c in number for c in ".eE") else int(number)
+        except ValueError:  # Python refuses integers of more than sys.get_int_max_str_digits()
+            raise _NotFound(
+                f"the number in the answer {_preview(text)} has {len(number)} digits, too many "
+                "to read"
+            ) from None
 
     @staticmethod
     def _find_boolean(text: str) -> bool:
@@ -267,31 +302,60 @@ def _describe(exc: ValidationError) -> str:
     return "the answer does not validate: " + "; ".join(lines)
 
 
-def _json_candidates(text: str) -> Iterator[Any]:
-    """JSON values in ``text``: fenced blocks first, then the whole text, then embedded ones."""
+def _read_json(text: str) -> Any:
+    """One JSON document, read by pydantic-core: ValueError for bad JSON, nesting deeper than
+    its recursion limit or numbers too long to read (never RecursionError)."""
+    return from_json(text, allow_inf_nan=False)
+
+
+def _json_candidates(text: str, refused: list[str] | None = None) -> Iterator[Any]:
+    """JSON values in ``text``: fenced blocks first, then the whole text, then embedded ones.
+
+    ``refused`` collects why JSON-looking stretches could not be read (too deep, a number too
+    long), for the error message."""
     for block in _FENCE.findall(text):
-        yield from _embedded_json(block)
+        yield from _embedded_json(block, refused)
     try:
-        whole = json.loads(text.strip())
+        whole = _read_json(text.strip())
     except ValueError:
         pass
     else:
         yield whole
-    yield from _embedded_json(text)
+    yield from _embedded_json(text, refused)
 
 
-def _embedded_json(text: str) -> Iterator[Any]:
-    decoder = json.JSONDecoder()
+# Finds where a JSON value embedded in prose ends, without building it: numbers stay text and
+# objects are dropped, so that reading the value itself is left to pydantic-core's limits.
+_EXTENT = json.JSONDecoder(
+    parse_int=len, parse_float=len, parse_constant=len, object_pairs_hook=len
+)
+
+
+def _embedded_json(text: str, refused: list[str] | None = None) -> Iterator[Any]:
     starts = [i for i, c in enumerate(text) if c in "{["][:_MAX_JSON_STARTS]
     end = 0
     for start in starts:
         if start < end:
             continue  # inside a value already returned
         try:
-            value, end = decoder.raw_decode(text, start)
-        except ValueError:
+            _, stop = _EXTENT.raw_decode(text, start)
+        except RecursionError:  # the standard decoder recurses; no answer nests that deep
+            _note(refused, f"the JSON at character {start} is nested too deeply to read")
             continue
+        except ValueError:
+            continue  # not JSON from here
+        try:
+            value = _read_json(text[start:stop])
+        except ValueError as exc:  # well-formed, beyond pydantic-core's limits
+            _note(refused, f"the JSON at character {start} cannot be read: {exc}")
+            continue
+        end = stop
         yield value
+
+
+def _note(refused: list[str] | None, reason: str) -> None:
+    if refused is not None and not refused:
+        refused.append(reason)
 
 
 def _first_json(text: str) -> Any:
@@ -326,3 +390,26 @@ def output_spec(output_type: Any) -> OutputSpec:
 def parse_output(text: str, output_type: Any) -> Any:
     """Parse a model's text into ``output_type``; raises OutputParseError keeping the text."""
     return output_spec(output_type).parse(text)
+
+
+def run_check(check: OutputCheck, inputs: Any, output: Any) -> str | None:
+    """Why ``check(inputs, output)`` refuses the output, or None when it accepts it.
+
+    The check accepts by returning True or None and refuses by returning False or raising
+    ValueError or AssertionError (whose message is the reason). Raises UsageError when it
+    returns anything else; its other exceptions (bugs in the check) propagate.
+    """
+    name = getattr(check, "__qualname__", None) or type(check).__name__
+    try:
+        verdict = check(inputs, output)
+    except (ValueError, AssertionError) as exc:
+        reason = str(exc).strip()
+        return reason or f"the answer failed the prompt's check {name}"
+    if verdict is None or verdict is True:
+        return None
+    if verdict is False:
+        return f"the answer failed the prompt's check {name}"
+    raise UsageError(
+        f"check {name} returned {type(verdict).__name__}; it must return True, False or None "
+        "(or raise ValueError saying what is wrong)"
+    )

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .backends.base import GenerationConfig, Message, PromptInput, messages_to_text
-from .constraints import Grammar, Lark, Regex, grammar_for, span_grammar, span_sources
+from .constraints import Grammar, Lark, Regex, grammar_for, span_sources
 from .demos import Selection, Strategy
 from .errors import (
     ConstraintError,
@@ -29,8 +29,9 @@ from .errors import (
     UnsupportedCapabilityError,
     UsageError,
 )
-from .parsing import OutputSpec, output_spec
+from .parsing import OutputCheck, OutputSpec, output_spec, run_check
 from .runloop import Attempt, Result, RunLoop
+from .spans import span_grammar
 from .templating import CompiledTemplate
 
 if TYPE_CHECKING:
@@ -86,10 +87,16 @@ class Prompt(Generic[OutputT]):
         source: names the template in error messages (a file path for template files).
         first_lines: the file line where each part starts (``"instruction"``, ``"query"``,
             ``"turn0"``...), so that errors point at the right line of the file.
+        check: ``check(inputs, output)``, a test of a parsed output against the run's validated
+            inputs that a type cannot state (``lambda i, o: o < len(i.choices)``): it returns
+            True or None to accept, False to refuse, or raises ValueError / AssertionError
+            saying why. A refused answer is re-asked like a validation error, with that reason,
+            and recorded in ``result.attempts``; the examples' outputs must pass it too.
 
-    Raises TemplateError (bad template syntax or unsafe access), MissingVariableError (a
-    template uses a name the input type lacks), InputValidationError (an example's input or
-    output does not validate).
+    Raises TemplateError (bad template syntax or unsafe access, or output bounds rendered
+    from inputs the prompt does not have), MissingVariableError (a template uses a name the
+    input type lacks), InputValidationError (an example's input or output does not validate,
+    or fails ``check``), UsageError (``check`` is not callable).
     """
 
     # The output type decides the type of ``result.output``: a class gives its instances, no
@@ -114,6 +121,7 @@ class Prompt(Generic[OutputT]):
         metadata: Mapping[str, Any] | None = ...,
         source: str | None = ...,
         first_lines: Mapping[str, int] | None = ...,
+        check: OutputCheck | None = ...,
     ) -> None: ...
 
     @overload
@@ -135,6 +143,7 @@ class Prompt(Generic[OutputT]):
         metadata: Mapping[str, Any] | None = ...,
         source: str | None = ...,
         first_lines: Mapping[str, int] | None = ...,
+        check: OutputCheck | None = ...,
     ) -> None: ...
 
     @overload
@@ -157,6 +166,7 @@ class Prompt(Generic[OutputT]):
         metadata: Mapping[str, Any] | None = ...,
         source: str | None = ...,
         first_lines: Mapping[str, int] | None = ...,
+        check: OutputCheck | None = ...,
     ) -> None: ...
 
     @overload
@@ -179,6 +189,7 @@ class Prompt(Generic[OutputT]):
         metadata: Mapping[str, Any] | None = ...,
         source: str | None = ...,
         first_lines: Mapping[str, int] | None = ...,
+        check: OutputCheck | None = ...,
     ) -> None: ...
 
     def __init__(
@@ -200,6 +211,7 @@ class Prompt(Generic[OutputT]):
         metadata: Mapping[str, Any] | None = None,
         source: str | None = None,
         first_lines: Mapping[str, int] | None = None,
+        check: OutputCheck | None = None,
     ) -> None:
         if style not in STYLES:
             raise UsageError(f"style must be 'chat' or 'completion', got {style!r}")
@@ -248,6 +260,17 @@ class Prompt(Generic[OutputT]):
                 f"inputs: {', '.join(sorted(declared)) or '(none)'}",
                 source=source,
             )
+        unknown_bounds = self.output.bound_inputs - declared
+        if unknown_bounds:
+            raise TemplateError(
+                f"the output schema's bounds use {', '.join(sorted(map(repr, unknown_bounds)))}, "
+                f"which {'is not an input' if len(unknown_bounds) == 1 else 'are not inputs'}; "
+                f"inputs: {', '.join(sorted(declared)) or '(none)'}",
+                source=source,
+            )
+        if check is not None and not callable(check):
+            raise UsageError(f"check must be a callable check(inputs, output), got {check!r}")
+        self.check = check
         self.examples: tuple[Example, ...] = tuple(examples)
         self._example_inputs = [self._validate_example(i, e) for i, e in enumerate(self.examples)]
         if shots is not None and not 0 <= shots <= len(self.examples):
@@ -282,6 +305,20 @@ class Prompt(Generic[OutputT]):
         other._header_cache = {}
         return other
 
+    def with_check(self, check: OutputCheck | None) -> Prompt[OutputT]:
+        """A copy of this prompt whose answers must also pass ``check(inputs, output)`` (see
+        the class's ``check``; None removes it), e.g. for a prompt loaded from a file.
+
+        Raises UsageError when ``check`` is not callable, InputValidationError when an
+        example's output fails it.
+        """
+        if check is not None and not callable(check):
+            raise UsageError(f"check must be a callable check(inputs, output), got {check!r}")
+        other = copy.copy(self)
+        other.check = check
+        other._example_inputs = [other._validate_example(i, e) for i, e in enumerate(self.examples)]
+        return other
+
     def validate_inputs(self, inputs: Mapping[str, Any] | BaseModel) -> BaseModel:
         """Validate inputs against the input type; raises InputValidationError naming fields."""
         if isinstance(inputs, self.input_type):
@@ -309,12 +346,17 @@ class Prompt(Generic[OutputT]):
         except InputValidationError as exc:
             raise InputValidationError(f"example {index} input: {exc}") from None
         try:
-            self.output.validate(example.output, _context(validated))
+            output = self.output.validate(example.output, _context(validated))
         except (ValidationError, PromptkitError, ValueError) as exc:
             raise InputValidationError(
                 f"example {index} output {example.output!r} is not a valid "
                 f"{getattr(self.output_type, '__name__', self.output_type)}: {exc}"
             ) from None
+        refused = run_check(self.check, validated, output) if self.check is not None else None
+        if refused is not None:
+            raise InputValidationError(
+                f"example {index} output {example.output!r} fails the check: {refused}"
+            )
         return validated
 
     # -- rendering ----------------------------------------------------------------------------
@@ -435,13 +477,13 @@ class Prompt(Generic[OutputT]):
         return messages
 
     def _header(self, context: dict[str, Any], *, completion: bool) -> str:
-        cacheable = self.instruction.constant
+        cacheable = self.instruction.constant and not self.output.bounded
         if cacheable and completion in self._header_cache:
             return self._header_cache[completion]
         parts = [
             self.system or "",
             self.instruction.render(context).strip(),
-            self.output.format_instructions() if self.format_instructions else "",
+            self.output.format_instructions(context) if self.format_instructions else "",
         ]
         header = "\n\n".join(p.strip() for p in parts if p.strip())
         if cacheable:
@@ -480,7 +522,10 @@ class Prompt(Generic[OutputT]):
         elif chosen == "completion" and not backend.capabilities.completion:
             chosen = "chat"
         count = self._shots(shots)
-        context = _context(self.validate_inputs(inputs))
+        validated = self.validate_inputs(inputs)
+        context = _context(validated)
+        if self.output.bounded:
+            self.output.schema_for(context)  # a bound that cannot render fails before any call
         selection = Selection.of(select)
         config = config or self.config or GenerationConfig()
         if chosen == "completion" and count and not config.stop:
@@ -501,7 +546,18 @@ class Prompt(Generic[OutputT]):
             demonstrations=tuple(self._display(shown, selection)),
             dropped=tuple(dropped),
             inputs=context,
+            check=None if self.check is None else self._checker(validated),
         )
+
+    def _checker(self, validated: BaseModel) -> Callable[[Any], str | None]:
+        """The run loop's view of ``check`` for one run's inputs."""
+        check = self.check
+        assert check is not None
+
+        def refusal(output: Any) -> str | None:
+            return run_check(check, validated, output)
+
+        return refusal
 
     def constraint(
         self,
@@ -513,7 +569,8 @@ class Prompt(Generic[OutputT]):
         """The grammar that decoding on ``backend`` is constrained to, or None.
 
         ``inputs`` (a run's, validated) restrict the output's SpanOf strings to the text of
-        the inputs they are copied from, on backends with token masks.
+        the inputs they are copied from, on backends with token masks, and render the bounds
+        that come from the inputs (without them, such bounds are left to validation).
 
         ``constrained``: None (the default) constrains structured output types (labels, JSON,
         numbers, regexes, grammars) on backends with token masks, and object output types on
@@ -530,7 +587,7 @@ class Prompt(Generic[OutputT]):
             return None
         masks = backend.capabilities.token_masks
         spans = span_grammar(self.output, inputs) if inputs is not None and masks else None
-        grammar = grammar_for(self.output) if spans is None else spans
+        grammar = grammar_for(self.output, inputs) if spans is None else spans
         if grammar is None:
             return None
         structured = grammar.kind == "json_schema" and self.output.is_object

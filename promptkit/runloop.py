@@ -63,12 +63,17 @@ class Request:
 
 
 def _reask_chat(
-    prompt: PromptInput, text: str, error: str, config: GenerationConfig, spec: OutputSpec
+    prompt: PromptInput,
+    text: str,
+    error: str,
+    config: GenerationConfig,
+    spec: OutputSpec,
+    inputs: Mapping[str, Any] | None,
 ) -> Request:
     """Chat: show the model its answer and the error as a follow-up message."""
     if isinstance(prompt, str):
-        return _reask_completion(prompt, text, error, config, spec)
-    how = spec.format_instructions() or "Answer again."
+        return _reask_completion(prompt, text, error, config, spec, inputs)
+    how = spec.format_instructions(inputs) or "Answer again."
     follow_up = f"Your answer could not be used: {error}\n{how}"
     messages = [
         *prompt,
@@ -79,7 +84,12 @@ def _reask_chat(
 
 
 def _reask_completion(
-    prompt: PromptInput, text: str, error: str, config: GenerationConfig, spec: OutputSpec
+    prompt: PromptInput,
+    text: str,
+    error: str,
+    config: GenerationConfig,
+    spec: OutputSpec,
+    inputs: Mapping[str, Any] | None,
 ) -> Request:
     """Completion: ask the same prompt again, sampling (a greedy model would repeat itself)."""
     changes: dict[str, Any] = {}
@@ -90,7 +100,11 @@ def _reask_completion(
     return Request(prompt, config.replace(**changes) if changes else config)
 
 
-ReaskStrategy = Callable[[PromptInput, str, str, GenerationConfig, OutputSpec], Request]
+ReaskStrategy = Callable[
+    [PromptInput, str, str, GenerationConfig, OutputSpec, Mapping[str, Any] | None], Request
+]
+# What a prompt's check says of a parsed output: why it is refused, or None to accept it.
+Check = Callable[[Any], str | None]
 REASK: dict[str, ReaskStrategy] = {"chat": _reask_chat, "completion": _reask_completion}
 
 
@@ -108,9 +122,11 @@ class RunLoop(Generic[OutputT]):
         demonstrations: tuple[int, ...] = (),
         dropped: tuple[tuple[int, str], ...] = (),
         inputs: Mapping[str, Any] | None = None,
+        check: Check | None = None,
     ):
         self._request = Request(prompt, config)
-        self._inputs = inputs  # what SpanOf answers are checked against
+        self._inputs = inputs  # what SpanOf answers and bounds are checked against
+        self._check = check
         self._reask = REASK[style]
         self._spec = spec
         self._max_attempts = max_attempts
@@ -127,14 +143,19 @@ class RunLoop(Generic[OutputT]):
     def accept(self, completion: Completion) -> Result[OutputT] | None:
         """Take the backend's completion: a Result when it validates, else None (ask again).
 
-        Raises OutputValidationError with every attempt when none are left.
+        A parsed output that the prompt's check refuses counts as a failed attempt, its
+        reason sent back like a validation error. Raises OutputValidationError with every
+        attempt when none are left.
         """
         now = time.perf_counter()
         request = self._request
         try:
             output = self._spec.parse(completion.text, self._inputs)
+            refused = self._check(output) if self._check is not None else None
         except OutputParseError as exc:
-            error = str(exc)
+            refused = str(exc)
+        if refused is not None:
+            error = refused
             self._attempts.append(
                 Attempt(
                     request.prompt, completion.text, error, completion.usage, now - self._sent_at
@@ -147,7 +168,7 @@ class RunLoop(Generic[OutputT]):
                     raw_text=completion.text,
                 ) from None
             self._request = self._reask(
-                request.prompt, completion.text, error, request.config, self._spec
+                request.prompt, completion.text, error, request.config, self._spec, self._inputs
             )
             return None
         self._attempts.append(

@@ -5,6 +5,10 @@ properties), arrays (items, min/max items), enums and consts, strings (length, p
 ``x-span-of``: copied from an input), numbers and integers (bounds), booleans, null,
 ``anyOf``/``oneOf`` and type lists, ``$ref`` to ``$defs``/``definitions``, descriptions and
 defaults. Anything else is a TemplateError naming the keyword, never silently ignored.
+
+A bound (``minimum``, ``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum``, ``minLength``,
+``maxLength``, ``minItems``, ``maxItems``) may be a Jinja template over the prompt's inputs,
+``maximum: "{{ answers|length - 1 }}"``, rendered for each run (see :mod:`promptkit.bounds`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import ConfigDict, Field, create_model
 
+from .bounds import BOUND_KEY, BOUND_KEYWORDS, InputBound
 from .constraints import SPAN_KEY, SpanOf
 from .errors import TemplateError
 
@@ -36,8 +41,8 @@ _ANNOTATION_KEYS = {
 }
 _SUPPORTED = {
     "object": {"type", "properties", "required", "additionalProperties"},
-    "array": {"type", "items", "minItems", "maxItems"},
-    "string": {"type", "minLength", "maxLength", "pattern", "enum", "const", SPAN_KEY},
+    "array": {"type", "items", "minItems", "maxItems", BOUND_KEY},
+    "string": {"type", "minLength", "maxLength", "pattern", "enum", "const", SPAN_KEY, BOUND_KEY},
     "integer": {
         "type",
         "minimum",
@@ -46,6 +51,7 @@ _SUPPORTED = {
         "exclusiveMaximum",
         "enum",
         "const",
+        BOUND_KEY,
     },
     "number": {
         "type",
@@ -55,6 +61,7 @@ _SUPPORTED = {
         "exclusiveMaximum",
         "enum",
         "const",
+        BOUND_KEY,
     },
     "boolean": {"type", "enum", "const"},
     "null": {"type"},
@@ -135,23 +142,61 @@ class _Builder:
             return self.object(schema, name)
         if kind == "array":
             item = self.build(schema.get("items", True), f"{name}Item")
-            return self.constrained(list[item], schema)  # type: ignore[valid-type]
-        return self.constrained(_SCALARS[kind], schema, name)
+            return self.constrained(list[item], schema, name, kind)  # type: ignore[valid-type]
+        return self.constrained(_SCALARS[kind], schema, name, kind)
 
-    def constrained(self, base: Any, schema: dict[str, Any], name: str = "") -> Any:
-        options = {_CONSTRAINTS[k]: v for k, v in schema.items() if k in _CONSTRAINTS}
+    def constrained(self, base: Any, schema: dict[str, Any], name: str, kind: str) -> Any:
+        bounds = self.input_bounds(schema, name, kind)
+        options = {
+            _CONSTRAINTS[k]: v for k, v in schema.items() if k in _CONSTRAINTS and k not in bounds
+        }
+        for keyword in set(schema) & set(BOUND_KEYWORDS) - set(bounds):
+            value = schema[keyword]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TemplateError(
+                    f"the output schema's {keyword} at {name!r} must be a number or a template "
+                    f"over the inputs such as '{{{{ answers|length - 1 }}}}', got {value!r}",
+                    source=self.source,
+                )
         if "pattern" in options:
             try:
                 re.compile(options["pattern"])
             except re.error as exc:
                 raise self.fail(f"invalid pattern {options['pattern']!r}: {exc}") from None
         metadata: list[Any] = [Field(**options)] if options else []
+        metadata.extend(bounds.values())
         if SPAN_KEY in schema:
             source = schema[SPAN_KEY]
             if not isinstance(source, str) or not source.isidentifier():
                 raise self.fail(f"{SPAN_KEY} at {name!r} must name an input field, got {source!r}")
             metadata.append(SpanOf(source))
         return Annotated[tuple([base, *metadata])] if metadata else base
+
+    def input_bounds(self, schema: dict[str, Any], name: str, kind: str) -> dict[str, InputBound]:
+        """The bounds of ``schema`` given as templates over the inputs: string values of bound
+        keywords, and the ``x-from-inputs`` mapping (how a type's own JSON schema writes them)."""
+        written = schema.get(BOUND_KEY, {})
+        if not isinstance(written, dict):
+            raise self.fail(f"{BOUND_KEY} at {name!r} must map bound keywords to templates")
+        twice = set(written) & set(schema)
+        if twice:
+            raise self.fail(f"{', '.join(sorted(twice))} at {name!r} is given twice")
+        templates = {k: v for k, v in schema.items() if k in BOUND_KEYWORDS and isinstance(v, str)}
+        bounds: dict[str, InputBound] = {}
+        for keyword, template in {**templates, **written}.items():
+            if keyword not in _SUPPORTED[kind]:
+                raise self.fail(f"keyword {keyword} at {name!r} (in {BOUND_KEY})")
+            try:
+                bound = InputBound(keyword, template)
+                if not bound.variables:  # a constant: render it now, so that a bad one fails here
+                    bound.value({})
+            except TemplateError as exc:
+                reason = exc.reason
+                if not reason.startswith("the output schema's"):
+                    reason = f"the output schema's {keyword} {template!r} fails: {reason}"
+                raise TemplateError(f"{reason} (at {name!r})", source=self.source) from None
+            bounds[keyword] = bound
+        return bounds
 
     def object(self, schema: dict[str, Any], name: str) -> Any:
         properties = schema.get("properties", {})

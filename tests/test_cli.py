@@ -84,10 +84,10 @@ def test_run_prints_validated_output(invoke, write):
 
 
 def test_run_backend_from_environment(invoke, write, monkeypatch):
-    replies = write("r.json", json.dumps(["7"]))
+    replies = write("r.json", json.dumps(["2"]))  # the sample has 3 answers: indices 0-2
     monkeypatch.setenv("PROMPTKIT_BACKEND", f"scripted:{replies}")
     result = invoke("run", "multiple_choice", "--sample")
-    assert result.exit_code == 0 and result.output == "7\n"
+    assert result.exit_code == 0 and result.output == "2\n"
 
 
 def test_run_that_never_validates_exits_3_with_one_line(invoke, write):

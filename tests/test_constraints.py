@@ -10,9 +10,10 @@ import pytest
 from pydantic import BaseModel, Field
 
 import promptkit as pk
-from promptkit.constraints import Grammar, grammar_for, shortest_ending, span_grammar
+from promptkit.constraints import Grammar, grammar_for, shortest_ending
 from promptkit.errors import ConstraintError, OutputParseError, TemplateError
 from promptkit.parsing import output_spec
+from promptkit.spans import span_grammar
 
 pytest.importorskip("llguidance")
 
@@ -242,14 +243,54 @@ def test_spans_are_validated_against_the_inputs_when_known():
         pk.SpanOf("not a name")
 
 
-@pytest.mark.parametrize("empty", ["", "  \n ", None])
-def test_an_input_with_nothing_to_copy_allows_only_the_empty_span(empty):
-    grammar = span_grammar(output_spec(Sighting), {"text": empty})
+@pytest.mark.parametrize("empty", ["", "  \n ", None, ' . , ; "" \n !'])
+def test_an_input_with_nothing_to_copy_leaves_no_span_to_choose(empty):
+    with pytest.raises(ConstraintError, match="input 'text', which holds no letter or digit"):
+        span_grammar(output_spec(Sighting), {"text": empty})
+    with pytest.raises(ConstraintError, match="holds no letter or digit"):
+        span_grammar(output_spec(Annotated[str, pk.SpanOf("text")]), {"text": empty})
+
+    class MaybeCity(BaseModel):
+        city: Annotated[str, pk.SpanOf("text")] | None
+
+    grammar = span_grammar(output_spec(MaybeCity), {"text": empty})
+    assert grammar is not None and grammar.matches('{"city":null}')
+    assert not grammar.matches('{"city":""}') and not grammar.matches('{"city":"."}')
+
+
+@pytest.mark.parametrize(
+    "name", [".", ",", '\\"', "", "\\n", ". ,", "\\n\\n", "\\u0007", '\\"\\n,']
+)
+def test_a_span_grammar_refuses_spans_without_a_letter_or_digit(name):
+    text = 'Ana, Bo.\n\n"\u0007" . , x'
+    grammar = span_grammar(output_spec(Sighting), {"text": text})
     assert grammar is not None
-    assert grammar.matches('{"name":"","city":null,"count":1,"code":null}')
-    assert not grammar.matches('{"name":" ","city":null,"count":1,"code":null}')
-    text = span_grammar(output_spec(Annotated[str, pk.SpanOf("text")]), {"text": empty})
-    assert text is not None and text.matches("") and not text.matches("x")
-    assert (
-        output_spec(Sighting).parse('{"name":"","city":null,"count":1}', {"text": empty}).name == ""
-    )  # what the grammar allows, validation accepts
+    answer = '{"name":"' + name + '","city":null,"count":1,"code":null}'
+    assert not grammar.matches(answer), answer
+    assert grammar.matches('{"name":"Bo.\\n\\n\\"","city":"x","count":1,"code":null}')
+    assert grammar.matches('{"name":"\\"\\u0007\\" . , x","city":null,"count":1,"code":null}')
+    spanned = output_spec(Annotated[str, pk.SpanOf("text")])
+    plain = span_grammar(spanned, {"text": text})
+    assert plain is not None and plain.matches("Ana,") and plain.matches(" Bo")
+    assert not plain.matches(".") and not plain.matches(". ,") and not plain.matches('"\u0007"')
+
+
+@pytest.mark.parametrize("name", [".", ",", "", " ", '"', "-", "\n"])
+def test_a_span_without_a_letter_or_digit_is_refused_by_validation(name):
+    text = 'Ana, Bo.\n\n"\u0007" . , x -'
+    answer = json.dumps({"name": name, "city": None, "count": 1})
+    for inputs in ({"text": text}, None):  # refused with or without the inputs
+        with pytest.raises(OutputParseError, match="holds no letter or digit") as caught:
+            output_spec(Sighting).parse(answer, inputs)
+        assert "copy a word or name from the input 'text'" in str(caught.value)
+        assert caught.value.raw_text == answer
+
+
+@pytest.mark.parametrize("name", ["Zoë", "٣", "x", "QX7", "Bo."])
+def test_spans_of_any_script_or_digit_are_words(name):
+    text = "Zoë and ٣ met x at QX7. Bo."
+    answer = {"name": name, "city": None, "count": 1, "code": None}
+    compact = json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
+    assert output_spec(Sighting).parse(compact, {"text": text}).name == name
+    grammar = span_grammar(output_spec(Sighting), {"text": text})
+    assert grammar is not None and grammar.matches(compact)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
+import promptkit as pk
 from promptkit import parse_output
 from promptkit.errors import OutputParseError, PromptkitError
 from promptkit.parsing import extract_json
@@ -138,7 +139,68 @@ OUTPUT_TYPES: list[Any] = [
     list[str],
     Annotated[int, Field(ge=0, le=10)],
     dict[str, int],
+    pk.Regex(r"[0-9]+"),
 ]
+
+# What Python's own readers refuse with RecursionError or ValueError("Exceeds the limit (4300
+# digits)"): nesting deeper than any answer, integers longer than Python converts from text.
+HOSTILE = [
+    "[" * 100_000,
+    '{"a":' * 3000 + "1" + "}" * 3000,
+    "[" * 300 + "]" * 300,
+    "9" * 5000,
+    "-" + "9" * 5000,
+    "0." + "9" * 5000,
+    '{"age": ' + "9" * 5000 + "}",
+    '{"name": "Ada", "age": ' + "9" * 5000 + "}",
+    '```json\n{"people": [' + "9" * 5000 + "]}\n```",
+    "The answer: [" + "9" * 5000 + "]",
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("output_type", OUTPUT_TYPES, ids=repr)
+def test_deep_nesting_and_long_integers_are_output_parse_errors(output_type):
+    for text in HOSTILE:
+        try:
+            parse_output(text, output_type)
+        except OutputParseError as exc:
+            assert exc.raw_text == text
+
+
+@pytest.mark.parametrize(
+    "text, output_type, says",
+    [
+        ("9" * 5000, int, "has 5000 digits, too many to read"),
+        ('{"age": ' + "9" * 5000 + "}", Person, "cannot be read: number out of range"),
+        ('{"a":' * 3000 + "1" + "}" * 3000, dict[str, int], "nested too deeply to read"),
+        ("[" * 300 + "]" * 300, Person, "cannot be read: recursion limit exceeded"),
+    ],
+    ids=["long-integer", "long-integer-in-object", "deep-stdlib-limit", "deep-pydantic-limit"],
+)
+def test_unreadable_json_says_why(text, output_type, says):
+    with pytest.raises(OutputParseError, match=says) as info:
+        parse_output(text, output_type)
+    assert info.value.raw_text == text
+
+
+@pytest.mark.timeout(60)
+def test_an_unreadable_answer_is_reasked_and_kept():
+    from promptkit.backends import ScriptedBackend
+
+    prompt = pk.Prompt(query="Who? {{ text }}", output_type=Person)
+    hostile = '{"name": "Ada", "age": ' + "9" * 5000 + "}"
+    backend = ScriptedBackend(["[" * 100_000, hostile, '{"name": "Ada", "age": 36}'])
+    result = prompt.run({"text": "Ada, 36"}, backend=backend)
+    assert result.output == Person(name="Ada", age=36)
+    deep, long = result.attempts[:2]
+    assert deep.text == "[" * 100_000 and "nested too deeply to read" in (deep.error or "")
+    assert long.text == hostile and "number out of range" in (long.error or "")
+
+
+def test_long_but_readable_integers_still_parse():
+    assert parse_output("9" * 4000, int) == int("9" * 4000)
+    assert parse_output('{"name": "Ada", "age": ' + "9" * 4000 + "}", Person).age > 0
 
 
 @settings(max_examples=300, deadline=None)
@@ -147,6 +209,13 @@ OUTPUT_TYPES: list[Any] = [
         st.text(),
         st.text(alphabet='{}[]",:0123456789 truefalsnul\n`json-.eE', max_size=60),
         st.builds(lambda a, b: f"{a}```json\n{b}\n```", st.text(max_size=20), st.text(max_size=40)),
+        st.builds(lambda a, b: a + b, st.text(max_size=20), st.sampled_from(HOSTILE)),
+        st.builds(
+            lambda opener, depth, digits: opener * depth + "9" * digits,
+            st.sampled_from(["[", '{"a":', '{"age": ', "[1, "]),
+            st.integers(0, 1100),
+            st.integers(1, 6000),
+        ),
     ),
     output_type=st.sampled_from(OUTPUT_TYPES),
 )

@@ -30,3 +30,11 @@ def check() -> None:
     assert_type(yes_no, pk.Prompt[str])
     labels = pk.Prompt(query="{{ text }}", output_type=Literal["a", "b"])
     assert_type(labels, pk.Prompt[Any])
+    counted = pk.Prompt(query="{{ text }}", output_type=int, check=positive)
+    assert_type(counted, pk.Prompt[int])
+    labelled = pk.Prompt(query="{{ text }}", check=lambda inputs, out: bool(out.strip()))
+    assert_type(labelled, pk.Prompt[str])
+
+
+def positive(inputs: Any, out: int) -> bool:
+    return out > 0

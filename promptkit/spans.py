@@ -1,0 +1,163 @@
+"""Span grammars: an output's :class:`~promptkit.constraints.SpanOf` strings as stretches of
+one run's inputs, for constrained decoding.
+
+A span is copied from its input from word to word, without leading or trailing spaces, and
+holds at least one letter or digit; within a JSON answer it is a JSON string of such a stretch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .constraints import (
+    SPAN_KEY,
+    Grammar,
+    has_letter_or_digit,
+    span_source,
+    span_sources,
+    without_spans,
+)
+from .errors import ConstraintError
+
+if TYPE_CHECKING:
+    from .parsing import OutputSpec
+
+__all__ = ["span_grammar"]
+
+
+def span_grammar(spec: OutputSpec, inputs: Mapping[str, Any]) -> Grammar | None:
+    """The grammar of ``spec`` for one run, its :class:`SpanOf` strings restricted to the text of
+    their inputs; None when the output type has no spans where a grammar can place them (the
+    output itself, or the properties of an object output, directly or as an ``anyOf`` option
+    such as ``str | None``). Spans deeper down are left to validation.
+
+    Raises ConstraintError when a required span's input holds no letter or digit (no valid
+    answer exists); an optional one (``str | None``) can then only be null.
+    """
+    schema = spec.schema_for(inputs)
+    if not span_sources(schema):
+        return None
+    builder = _SpanGrammar(schema, inputs)
+    try:
+        if builder.is_span(schema):
+            answer = builder.span(schema, quoted=spec.kind == "json")
+        elif schema.get("type") == "object" and isinstance(schema.get("properties"), dict):
+            properties = schema["properties"]
+            if not any(builder.has_span(sub) for sub in properties.values()):
+                return None
+            members = ' "," '.join(
+                f"{_lark_string(json.dumps(name, ensure_ascii=False) + ':')} {builder.value(sub)}"
+                for name, sub in properties.items()
+            )
+            answer = f'"{{" {members} "}}"' if members else '"{}"'
+        else:
+            return None
+    except _NoSpan as missing:
+        raise ConstraintError(
+            f"no answer can be valid: the output copies a span from the input {missing.field!r}, "
+            "which holds no letter or digit (a span must hold one); give that input some text, "
+            "or make the output field optional"
+        ) from None
+    rules = "".join(f"\n{rule}" for rule in builder.rules)
+    return Grammar("lark", f'start: " "? {answer}{rules}\n')
+
+
+class _NoSpan(Exception):
+    """Internal: the input a span is copied from holds no letter or digit."""
+
+    def __init__(self, field: str):
+        super().__init__(field)
+        self.field = field
+
+
+class _SpanGrammar:
+    """Builds the Lark rules of one output schema with spans (see :func:`span_grammar`)."""
+
+    def __init__(self, schema: dict[str, Any], inputs: Mapping[str, Any]):
+        self.defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+        self.inputs = inputs
+        self.rules: list[str] = []
+
+    def resolve(self, schema: Any) -> Any:
+        if isinstance(schema, dict) and isinstance(schema.get("$ref"), str):
+            name = schema["$ref"].rsplit("/", 1)[-1]
+            return self.defs.get(name, schema)
+        return schema
+
+    def is_span(self, schema: Any) -> bool:
+        schema = self.resolve(schema)
+        return isinstance(schema, dict) and isinstance(schema.get(SPAN_KEY), str)
+
+    def has_span(self, schema: Any) -> bool:
+        schema = self.resolve(schema)
+        if self.is_span(schema):
+            return True
+        options = schema.get("anyOf") if isinstance(schema, dict) else None
+        return isinstance(options, list) and any(self.is_span(o) for o in options)
+
+    def value(self, schema: Any) -> str:
+        """A Lark expression of one JSON value of ``schema``; raises _NoSpan when no value
+        can be valid."""
+        resolved = self.resolve(schema)
+        if self.is_span(resolved):
+            return self.span(resolved)
+        if self.has_span(resolved):
+            options: list[str] = []
+            impossible: _NoSpan | None = None
+            for option in resolved["anyOf"]:
+                try:
+                    options.append(self.value(option))
+                except _NoSpan as missing:
+                    impossible = missing
+            if not options and impossible is not None:
+                raise impossible
+            return "(" + " | ".join(options) + ")"
+        embedded = without_spans(resolved) if isinstance(resolved, dict) else resolved
+        if isinstance(embedded, dict):
+            if self.defs:
+                embedded = {**embedded, "$defs": without_spans(self.defs)}
+            embedded = {**embedded, "x-guidance": {"whitespace_flexible": False}}
+        return "%json " + json.dumps(embedded, ensure_ascii=False)
+
+    def span(self, schema: dict[str, Any], *, quoted: bool = True) -> str:
+        """A stretch of the input's text holding a letter or digit: as a JSON string, or
+        (``quoted=False``, a text output) as it is. Raises _NoSpan when the input has none."""
+        field = schema[SPAN_KEY]
+        source = span_source(self.inputs, field)
+        if not has_letter_or_digit(source):
+            raise _NoSpan(field)
+        chunks = _CHUNK.findall(source)
+        if quoted:
+            chunks = [json.dumps(chunk, ensure_ascii=False)[1:-1] for chunk in chunks]
+        name = f"SPAN_{len(self.rules)}"
+        lexeme = "%regex " + json.dumps({"substring_chunks": chunks}, ensure_ascii=False)
+        # no leading or trailing space (escaped inside JSON, so there only " " is whitespace),
+        # and a letter or digit that is not part of an escape such as \n or \u0007
+        if quoted:
+            lexeme += " & /[^ ](.*[^ ])?/ & " + _WORDY_JSON
+        else:
+            lexeme += r" & /\S([\s\S]*\S)?/ & /[\s\S]*[\p{L}\p{N}][\s\S]*/"
+        pattern = schema.get("pattern")
+        if isinstance(pattern, str):
+            lexeme += f" & /{_full_match(pattern)}/"
+        self.rules.append(f"{name}: {lexeme}")
+        return f'"\\"" {name} "\\""' if quoted else name
+
+
+# JSON string content holding a letter or digit outside its escapes
+_WORDY_JSON = r"/(?:[^\\]|\\u[0-9a-fA-F]{4}|\\[^u])*[\p{L}\p{N}].*/"
+_CHUNK = re.compile(r"\w+|\s+|[^\w\s]")  # the words, spaces and signs a span is made of
+
+
+def _full_match(pattern: str) -> str:
+    """A JSON-schema ``pattern`` (found anywhere in the string) as a whole-string regex."""
+    anchored = pattern.startswith("^") and pattern.endswith("$") and not pattern.endswith("\\$")
+    body = f"(?:{pattern[1:-1]})" if anchored else f".*(?:{pattern}).*"
+    return body.replace("/", "\\/")
+
+
+def _lark_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
