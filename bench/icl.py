@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import promptkit as pk
-from promptkit.corpus import write_eval_tasks
+from promptkit.training.corpus import write_eval_tasks
 from promptkit.demos import Selection
 from promptkit.evaluate import ShotReport, evaluate, load_dataset
 

@@ -356,15 +356,15 @@ def train_command(ctx: click.Context, /, **options: Any) -> None:
     --preset mini is the recipe of promptkit-mini: it generates the corpus and uses the
     recipe's settings unless they are given here.
     """
-    from .backends.scratch.train import MINI_CORPUS, MINI_RECIPE, TrainConfig, train
-    from .progress import TrainingProgress
+    from .training.pretrain import MINI_CORPUS, MINI_RECIPE, TrainConfig, train
+    from .training.progress import TrainingProgress
 
     if options["preset"] == "mini":
         for name, value in MINI_RECIPE.items():
             if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
                 options[name] = value
         if not options["corpus"]:
-            from .corpus import write_corpus
+            from .training.corpus import write_corpus
 
             path = Path(options["out"]) / "corpus.jsonl"
             if not path.is_file():
@@ -487,7 +487,7 @@ def eval_command(
         write_report,
     )
     from .files import load_prompt
-    from .progress import ItemProgress
+    from .training.progress import ItemProgress
 
     counts = _shot_counts(shots)
     prompts = {}
@@ -572,7 +572,7 @@ def corpus_command(
     eval_dir: str | None,
 ) -> None:
     """Generate a training corpus in the formats promptkit renders (see promptkit.corpus)."""
-    from .corpus import write_corpus, write_eval_tasks
+    from .training.corpus import write_corpus, write_eval_tasks
 
     if eval_dir:
         files = write_eval_tasks(eval_dir, seed=seed)

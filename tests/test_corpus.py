@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 import promptkit as pk
-from promptkit.backends.scratch.train import read_corpus, read_documents
+from promptkit.training.pretrain import read_corpus, read_documents
 from promptkit.cli import cli
-from promptkit.corpus import (
+from promptkit.training.corpus import (
     CITIES,
     FAMILIES,
     FIRST_NAMES,
@@ -40,7 +40,7 @@ def test_generation_is_the_same_in_every_process():
     import sys
 
     code = (
-        "import hashlib; from promptkit.corpus import generate; "
+        "import hashlib; from promptkit.training.corpus import generate; "
         "print(hashlib.sha256(''.join(d.text for d in generate(300, seed=0)).encode())"
         ".hexdigest())"
     )

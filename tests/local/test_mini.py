@@ -18,7 +18,7 @@ from click.testing import CliRunner
 import promptkit as pk
 from promptkit.backends import GenerationConfig
 from promptkit.cli import cli
-from promptkit.corpus import write_eval_tasks
+from promptkit.training.corpus import write_eval_tasks
 from promptkit.demos import Selection
 from promptkit.evaluate import evaluate, load_dataset
 from promptkit.models import MINI, mini_path

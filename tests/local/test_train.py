@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import promptkit as pk
 from promptkit.backends.scratch.checkpoint import load_checkpoint
 from promptkit.backends.scratch.tokenizer import Tokenizer
-from promptkit.backends.scratch.train import (
+from promptkit.training.pretrain import (
     TrainConfig,
     _encode,
     lr_at,
@@ -261,7 +261,7 @@ def test_trained_model_is_a_backend_and_cli_trains_from_a_folder(corpus, tmp_pat
 
 
 def test_the_mini_recipe_generates_its_corpus_and_applies_its_settings(tmp_path, monkeypatch):
-    from promptkit.backends.scratch import train as train_module
+    from promptkit.training import pretrain as train_module
 
     monkeypatch.setattr(train_module, "MINI_CORPUS", {"documents": 120, "seed": 0})
     out = tmp_path / "mini"

@@ -21,10 +21,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ...errors import ConfigurationError, UsageError
-from .checkpoint import load_checkpoint, save_checkpoint
-from .model import GPT, preset
-from .tokenizer import Tokenizer
+from ..backends.scratch.checkpoint import load_checkpoint, save_checkpoint
+from ..backends.scratch.gpt2 import GPT, preset
+from ..backends.scratch.tokenizer import Tokenizer
+from ..errors import ConfigurationError, UsageError
 
 __all__ = [
     "MINI_CORPUS",

@@ -33,9 +33,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from .backends.base import messages_to_text
-from .errors import UsageError
-from .prompt import Example, Prompt, Style
+from ..backends.base import messages_to_text
+from ..errors import UsageError
+from ..prompt import Example, Prompt, Style
 
 __all__ = [
     "FAMILIES",
@@ -414,7 +414,7 @@ def person(
 
 @lru_cache(maxsize=1)
 def _extract_template() -> Prompt[Any]:
-    from .files import load_prompt
+    from ..files import load_prompt
 
     return load_prompt("extract")
 
@@ -519,7 +519,7 @@ def _write_task(
 ) -> list[Path]:
     """One held-out classification task: its template (the first 4 words of each group are
     the demonstrations) and its dataset (the rest)."""
-    from .files import save_prompt
+    from ..files import save_prompt
 
     pool = [
         Example(input={"text": words[g][i]}, output=label)
