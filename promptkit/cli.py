@@ -571,8 +571,9 @@ def corpus_command(
     families: Sequence[str],
     eval_dir: str | None,
 ) -> None:
-    """Generate a training corpus in the formats promptkit renders (see promptkit.corpus)."""
-    from .training.corpus import write_corpus, write_eval_tasks
+    """Generate a training corpus in the formats promptkit renders (see promptkit.training)."""
+    from .training.corpus import write_corpus
+    from .training.evalsets import write_eval_tasks
 
     if eval_dir:
         files = write_eval_tasks(eval_dir, seed=seed)

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 import promptkit as pk
 from promptkit.backends.scratch.checkpoint import load_checkpoint
 from promptkit.backends.scratch.tokenizer import Tokenizer
+from promptkit.cli import cli
+from promptkit.errors import ConfigurationError, UsageError
 from promptkit.training.pretrain import (
     TrainConfig,
     _encode,
@@ -19,8 +21,6 @@ from promptkit.training.pretrain import (
     read_documents,
     train,
 )
-from promptkit.cli import cli
-from promptkit.errors import ConfigurationError, UsageError
 
 
 @pytest.fixture(scope="module")
