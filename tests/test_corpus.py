@@ -12,8 +12,8 @@ import promptkit as pk
 from promptkit.cli import cli
 from promptkit.errors import UsageError
 from promptkit.training.corpus import generate
+from promptkit.training.documents import read_corpus, read_documents
 from promptkit.training.evalsets import write_eval_tasks
-from promptkit.training.pretrain import read_corpus, read_documents
 from promptkit.training.tasks import FAMILIES, person
 from promptkit.training.vocabulary import (
     CITIES,

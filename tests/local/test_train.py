@@ -14,13 +14,8 @@ from promptkit.backends.scratch.checkpoint import load_checkpoint
 from promptkit.backends.scratch.tokenizer import Tokenizer
 from promptkit.cli import cli
 from promptkit.errors import ConfigurationError, UsageError
-from promptkit.training.pretrain import (
-    TrainConfig,
-    _encode,
-    lr_at,
-    read_documents,
-    train,
-)
+from promptkit.training.documents import read_documents
+from promptkit.training.pretrain import TrainConfig, _encode, lr_at, train
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +256,7 @@ def test_trained_model_is_a_backend_and_cli_trains_from_a_folder(corpus, tmp_pat
 
 
 def test_the_mini_recipe_generates_its_corpus_and_applies_its_settings(tmp_path, monkeypatch):
-    from promptkit.training import pretrain as train_module
+    from promptkit.training import recipes as train_module
 
     monkeypatch.setattr(train_module, "MINI_CORPUS", {"documents": 120, "seed": 0})
     out = tmp_path / "mini"
