@@ -1,11 +1,13 @@
-"""A GPT decoder written from scratch, read top to bottom: attention, MLP, block, config, GPT.
+"""GPT-2 written from scratch, read top to bottom: config, cache, attention, MLP, block, GPT.
 
 Decoder-only Transformer as in GPT-2: token + learned position embeddings, pre-LayerNorm blocks
 of causal multi-head self-attention and a GELU MLP, a final LayerNorm, and an output projection
 tied to the token embedding. Attention goes through PyTorch's scaled_dot_product_attention and
-reads and writes a preallocated key/value cache for incremental decoding. Three options that
-GPT-2 does not have, off unless a config asks (the ``mini`` preset does): smeared keys, a local
-convolution before attention, and a mimetic start of attention (see GPTConfig).
+reads and writes a preallocated key/value cache for incremental decoding. Beside it:
+:mod:`~promptkit.backends.scratch.layout` stores each weight the way decoding on a CPU streams
+it fastest, and :mod:`~promptkit.backends.scratch.gpt2_extras` holds the options that GPT-2 does
+not have, off unless a config asks (the ``mini`` preset does): ALiBi positions, smeared keys, a
+local convolution before attention, and a mimetic start of attention (see GPTConfig).
 """
 
 from __future__ import annotations
@@ -19,274 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigurationError
+from .gpt2_extras import LocalMix, alibi_bias, alibi_slopes, mimetic, sinusoids, smeared
+from .layout import FEW_ROWS, Linear, rows_times
 
 __all__ = ["GPT", "PRESETS", "GPTConfig", "KVCache", "attention_mask", "preset"]
-
-
-FEW_ROWS = 32  # up to this many rows, (W @ x^T)^T beats x @ W^T for (out, in) weights on CPU
-
-
-def rows_times(
-    weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``x @ weight.T + bias`` for a ``(out, in)`` weight, by the faster route for the rows."""
-    flat = x.reshape(-1, x.size(-1))  # (N, in)
-    if not 1 < flat.size(0) <= FEW_ROWS:
-        return F.linear(x, weight, bias)
-    # (out, N): a large-by-small product, efficient for a few rows
-    y = weight @ flat.t() if bias is None else torch.addmm(bias[:, None], weight, flat.t())
-    return y.t().reshape(*x.shape[:-1], weight.size(0))
-
-
-class Linear(nn.Module):
-    """``y = x W + b``, with ``W`` laid out for fast decoding on a CPU.
-
-    Decoding multiplies a few vectors by large matrices, bound by how fast weights stream from
-    memory; which layout streams fastest depends on the shape (bench/decode.py). A widening or
-    square layer keeps ``(in, out)`` as GPT-2's Conv1D; a narrowing one keeps nn.Linear's
-    ``(out, in)`` (``transposed``) and, for a few rows, computes ``(W x^T)^T``.
-    """
-
-    def __init__(self, n_in: int, n_out: int, bias: bool = True):
-        super().__init__()
-        self.transposed = n_out < n_in
-        shape = (n_out, n_in) if self.transposed else (n_in, n_out)
-        self.weight = nn.Parameter(torch.empty(shape))
-        self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.transposed:
-            return rows_times(self.weight, x, self.bias)
-        flat = x.reshape(-1, x.size(-1))  # (B*T, in)
-        y = flat @ self.weight if self.bias is None else torch.addmm(self.bias, flat, self.weight)
-        return y.view(*x.shape[:-1], self.weight.size(1))  # (B, T, out)
-
-
-class KVCache:
-    """Preallocated keys and values of every layer: ``(B, n_head, capacity, head_size)`` each.
-
-    ``length`` is how many positions hold valid entries; a forward pass with the cache writes
-    its new positions at ``length`` and advances it.
-    """
-
-    def __init__(self, config: GPTConfig, batch: int, capacity: int, device: Any, dtype: Any):
-        shape = (batch, config.n_head, capacity, config.n_embd // config.n_head)
-        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.values = [
-            torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)
-        ]
-        # the inputs of each block's local convolution (GPTConfig.conv_width), when it has one
-        self.inputs = [
-            torch.empty((batch, capacity, config.n_embd), device=device, dtype=dtype)
-            for _ in range(config.n_layer if config.conv_width else 0)
-        ]
-        self.capacity = capacity
-        self.length = 0
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only the batch rows ``rows`` (to drop finished sequences or repeat a prefix)."""
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
-        self.inputs = [i.index_select(0, rows) for i in self.inputs]
-
-
-def attention_mask(
-    key_valid: torch.Tensor | None, query_length: int, past_length: int
-) -> torch.Tensor | None:
-    """Boolean mask ``(B, 1, T, past + T)``: causal, and blind to padding keys.
-
-    ``key_valid`` is ``(B, past + T)``, False at padding. A padding query may still see itself,
-    so that no row is fully masked (which would make NaNs that leak through the cache). Returns
-    None when plain causal attention from position 0 does the job.
-    """
-    total = past_length + query_length
-    if key_valid is None and (past_length == 0 or query_length == 1):
-        return None  # plain causal attention (or one query that sees every key)
-    device = key_valid.device if key_valid is not None else None
-    query_pos = torch.arange(past_length, total, device=device)[:, None]  # (T, 1)
-    key_pos = torch.arange(total, device=device)[None, :]  # (1, past + T)
-    mask = key_pos <= query_pos  # (T, past + T)
-    if key_valid is None:
-        return mask[None, None]
-    mask = mask[None] & (key_valid[:, None, :] | (key_pos == query_pos)[None])  # (B, T, past+T)
-    return mask[:, None]
-
-
-def alibi_slopes(n_head: int) -> torch.Tensor:
-    """ALiBi's per-head slopes (Press et al., 2022): a geometric series from ``2^(-8/n)`` down
-    to ``2^-8``, so some heads look only a few tokens back and others across the context."""
-    return torch.tensor([2.0 ** (-8.0 * (i + 1) / n_head) for i in range(n_head)])
-
-
-def alibi_bias(
-    slopes: torch.Tensor, mask: torch.Tensor | None, query_length: int, past_length: int
-) -> torch.Tensor:
-    """The additive attention bias ``(B or 1, n_head, T, past + T)``: ``-slope * distance``
-    from each query back to each key, and ``-inf`` where ``mask`` (or causality) forbids.
-
-    Distances are counted in cache slots. Left padding shifts every real token of a row by the
-    same amount, so the distances between real tokens are the ones the row has alone."""
-    total = past_length + query_length
-    device = slopes.device
-    query_pos = torch.arange(past_length, total, device=device)[:, None]  # (T, 1)
-    key_pos = torch.arange(total, device=device)[None, :]  # (1, past + T)
-    distance = (query_pos - key_pos).to(slopes.dtype)  # (T, past + T)
-    bias = -slopes[:, None, None] * distance  # (nh, T, past + T)
-    allowed = (key_pos <= query_pos)[None, None] if mask is None else mask
-    return bias[None].masked_fill(~allowed, float("-inf"))
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention over the past (through the cache) and the present."""
-
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.n_head = config.n_head
-        self.n_embd = config.n_embd
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.dropout = config.dropout
-        # Smeared keys: per head, a learned mix sigmoid(a) of each key with the key before it.
-        self.smear = nn.Parameter(torch.zeros(config.n_head)) if config.smear_keys else None
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: tuple[torch.Tensor, torch.Tensor] | None,
-        past: int,
-        has_previous: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        B, T, C = x.size()  # batch, time, channels
-        hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if cache is not None:
-            key_cache, value_cache = cache
-            key_cache[:, :, past : past + T] = k
-            value_cache[:, :, past : past + T] = v
-            k = key_cache[:, :, : past + T]  # (B, nh, past + T, hs)
-            v = value_cache[:, :, : past + T]
-        if self.smear is not None:
-            k = self.smeared(k, has_previous)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None and T > 1,
-        )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
-        out: torch.Tensor = self.resid_dropout(self.c_proj(y))
-        return out
-
-    def smeared(self, k: torch.Tensor, has_previous: torch.Tensor | None) -> torch.Tensor:
-        """Keys mixed with their predecessors: ``s * k[j] + (1 - s) * k[j - 1]``, ``s =
-        sigmoid(smear)`` per head (Olsson et al., 2022). A query can then match the token
-        *before* a key, which is what an induction head does ("find where the current token
-        came before, copy what followed") without first needing a previous-token head in an
-        earlier layer. ``has_previous`` ``(B, past + T)`` is False where the key before is
-        absent or padding (it then counts as zero). The cache holds the raw keys."""
-        assert self.smear is not None
-        share = torch.sigmoid(self.smear)[None, :, None, None]  # (1, nh, 1, 1)
-        before = F.pad(k[:, :, :-1], (0, 0, 1, 0))  # (B, nh, past + T, hs), zero first
-        if has_previous is not None:
-            before = before * has_previous[:, None, :, None].to(k.dtype)
-        return share * k + (1 - share) * before
-
-
-class MLP(nn.Module):
-    """Position-wise feed-forward: widen, GELU (tanh approximation, as GPT-2), project back."""
-
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        hidden = config.n_inner or 4 * config.n_embd
-        self.c_fc = Linear(config.n_embd, hidden, bias=config.bias)
-        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
-        return out
-
-
-MIX_START = 0.5  # LocalMix's starting weight on each earlier position
-
-
-class LocalMix(nn.Module):
-    """A causal depthwise convolution with a residual: ``h[t] + sum_d w[d] * h[t - d]`` for
-    ``d`` in ``0..width-1``, one weight per channel and offset (a "Canon" layer, Allen-Zhu
-    2025). Every position sees its last few tokens before attention does, so a head can match
-    a key several tokens back, such as the word that a demonstration's label follows.
-
-    With a cache, ``inputs`` ``(B, capacity, C)`` keeps what earlier positions fed in; padding
-    (``valid`` False) feeds in zeros. Starts mixing every earlier offset at weight
-    :data:`MIX_START`: from a zero start a head's use of a token ``d`` back has no gradient
-    (the weight meets itself on the query and the key side), and the gap between a word and
-    its label is never learned; with ALiBi, a summing start closes it in a few hundred steps."""
-
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.width = config.conv_width
-        start = torch.full((config.n_embd, self.width), MIX_START)
-        start[:, 0] = 0.0  # the residual already carries h[t]
-        self.weight = nn.Parameter(start)
-
-    def forward(
-        self,
-        h: torch.Tensor,
-        valid: torch.Tensor | None,
-        inputs: torch.Tensor | None,
-        past: int,
-    ) -> torch.Tensor:
-        T = h.size(1)
-        fed = h if valid is None else h * valid[..., None].to(h.dtype)
-        if inputs is not None:
-            inputs[:, past : past + T] = fed
-            start = max(0, past - self.width + 1)
-            window = inputs[:, start : past + T]
-        else:
-            start, window = past, fed
-        window = F.pad(window, (0, 0, self.width - 1 - (past - start), 0))  # zeros before 0
-        mixed = sum(
-            window[:, self.width - 1 - d : self.width - 1 - d + T] * self.weight[:, d]
-            for d in range(self.width)
-        )
-        return h + mixed
-
-
-class Block(nn.Module):
-    """One pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x)) (with
-    ``conv_width``, the attention reads ln(x) through a :class:`LocalMix`)."""
-
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
-        self.mix = LocalMix(config) if config.conv_width else None
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
-        self.mlp = MLP(config)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: tuple[torch.Tensor, torch.Tensor] | None,
-        past: int,
-        has_previous: torch.Tensor | None = None,
-        valid: torch.Tensor | None = None,
-        inputs: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        h = self.ln_1(x)
-        if self.mix is not None:
-            h = self.mix(h, valid, inputs, past)
-        x = x + self.attn(h, mask, cache, past, has_previous)
-        out: torch.Tensor = x + self.mlp(self.ln_2(x))
-        return out
 
 
 @dataclass(frozen=True)
@@ -354,69 +92,148 @@ class GPTConfig:
         return cls(**data)
 
 
-PRESETS: dict[str, GPTConfig] = {
-    "gpt2": GPTConfig(),
-    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),
-    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),
-    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),
-    # Small models for tests and for training on a CPU (vocab_size follows the tokenizer).
-    "tiny": GPTConfig(vocab_size=512, context_length=128, n_layer=2, n_head=2, n_embd=64),
-    "small": GPTConfig(vocab_size=4096, context_length=256, n_layer=4, n_head=4, n_embd=256),
-    # promptkit-mini: the small shape with room for few-shot prompts (see train.MINI_RECIPE).
-    "mini": GPTConfig(
-        vocab_size=4096,
-        context_length=512,
-        n_layer=4,
-        n_head=4,
-        n_embd=256,
-        smear_keys=True,
-        conv_width=4,
-        mimetic_init=True,
-        alibi=True,
-    ),
-}
+class KVCache:
+    """Preallocated keys and values of every layer: ``(B, n_head, capacity, head_size)`` each.
 
-
-def preset(name: str, **overrides: Any) -> GPTConfig:
-    """A preset config, with some fields replaced; raises ConfigurationError for a bad name."""
-    if name not in PRESETS:
-        raise ConfigurationError(
-            f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}"
-        )
-    return GPTConfig(**{**PRESETS[name].to_dict(), **overrides})
-
-
-def sinusoids(positions: int, width: int, std: float) -> torch.Tensor:
-    """``(positions, width)`` sine/cosine position codes (Vaswani et al., 2017) scaled to
-    standard deviation ``std``: the starting point of the learned position embedding.
-
-    The code of position ``t + k`` is a fixed rotation of the code of ``t``, so one attention
-    map can look ``k`` tokens back from every position at once; with random starting vectors
-    that has to be learned position by position, which slows down the heads that read an
-    answer off an earlier demonstration.
+    ``length`` is how many positions hold valid entries; a forward pass with the cache writes
+    its new positions at ``length`` and advances it.
     """
-    position = torch.arange(positions, dtype=torch.float32)[:, None]
-    frequency = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * -math.log(1e4) / width)
-    codes = torch.zeros(positions, width)
-    codes[:, 0::2] = torch.sin(position * frequency)
-    codes[:, 1::2] = torch.cos(position * frequency[: width // 2])
-    return codes * (std / codes.std())
+
+    def __init__(self, config: GPTConfig, batch: int, capacity: int, device: Any, dtype: Any):
+        shape = (batch, config.n_head, capacity, config.n_embd // config.n_head)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [
+            torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)
+        ]
+        # the inputs of each block's local convolution (GPTConfig.conv_width), when it has one
+        self.inputs = [
+            torch.empty((batch, capacity, config.n_embd), device=device, dtype=dtype)
+            for _ in range(config.n_layer if config.conv_width else 0)
+        ]
+        self.capacity = capacity
+        self.length = 0
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (to drop finished sequences or repeat a prefix)."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self.inputs = [i.index_select(0, rows) for i in self.inputs]
 
 
-MIMETIC_SCORE = 4.0  # the attention logit a token's query gives its own key, at the start
+def attention_mask(
+    key_valid: torch.Tensor | None, query_length: int, past_length: int
+) -> torch.Tensor | None:
+    """Boolean mask ``(B, 1, T, past + T)``: causal, and blind to padding keys.
+
+    ``key_valid`` is ``(B, past + T)``, False at padding. A padding query may still see itself,
+    so that no row is fully masked (which would make NaNs that leak through the cache). Returns
+    None when plain causal attention from position 0 does the job.
+    """
+    total = past_length + query_length
+    if key_valid is None and (past_length == 0 or query_length == 1):
+        return None  # plain causal attention (or one query that sees every key)
+    device = key_valid.device if key_valid is not None else None
+    query_pos = torch.arange(past_length, total, device=device)[:, None]  # (T, 1)
+    key_pos = torch.arange(total, device=device)[None, :]  # (1, past + T)
+    mask = key_pos <= query_pos  # (T, past + T)
+    if key_valid is None:
+        return mask[None, None]
+    mask = mask[None] & (key_valid[:, None, :] | (key_pos == query_pos)[None])  # (B, T, past+T)
+    return mask[:, None]
 
 
-def mimetic(c_attn: Linear, config: GPTConfig) -> None:
-    """Start the key map equal to the query map, scaled so that a (layer-normed) input
-    scores about :data:`MIMETIC_SCORE` against itself: ``q . k / sqrt(d) = |W x|^2 / sqrt(d)``
-    with ``|W x|^2 ~ d * n_embd * std^2``."""
-    width, head = config.n_embd, config.n_embd // config.n_head
-    std = math.sqrt(MIMETIC_SCORE / (math.sqrt(head) * width))
-    weight = c_attn.weight  # (in, 3 * out), or (3 * out, in) when transposed
-    query = weight[:width] if c_attn.transposed else weight[:, :width]
-    key = weight[width : 2 * width] if c_attn.transposed else weight[:, width : 2 * width]
-    query.normal_(0.0, std)
-    key.copy_(query)
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention over the past (through the cache) and the present."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+        # Smeared keys: per head, a learned mix sigmoid(a) of each key with the key before it.
+        self.smear = nn.Parameter(torch.zeros(config.n_head)) if config.smear_keys else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        past: int,
+        has_previous: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.size()  # batch, time, channels
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            key_cache, value_cache = cache
+            key_cache[:, :, past : past + T] = k
+            value_cache[:, :, past : past + T] = v
+            k = key_cache[:, :, : past + T]  # (B, nh, past + T, hs)
+            v = value_cache[:, :, : past + T]
+        if self.smear is not None:
+            k = smeared(k, self.smear, has_previous)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None and T > 1,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
+        out: torch.Tensor = self.resid_dropout(self.c_proj(y))
+        return out
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: widen, GELU (tanh approximation, as GPT-2), project back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        hidden = config.n_inner or 4 * config.n_embd
+        self.c_fc = Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return out
+
+
+class Block(nn.Module):
+    """One pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x)) (with
+    ``conv_width``, the attention reads ln(x) through a :class:`LocalMix`)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.mix = LocalMix(config.n_embd, config.conv_width) if config.conv_width else None
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        past: int,
+        has_previous: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        inputs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = self.ln_1(x)
+        if self.mix is not None:
+            h = self.mix(h, valid, inputs, past)
+        x = x + self.attn(h, mask, cache, past, has_previous)
+        out: torch.Tensor = x + self.mlp(self.ln_2(x))
+        return out
 
 
 class GPT(nn.Module):
@@ -451,7 +268,7 @@ class GPT(nn.Module):
             if config.mimetic_init:
                 for module in self.modules():
                     if isinstance(module, CausalSelfAttention):
-                        mimetic(module.c_attn, config)
+                        mimetic(module.c_attn, config.n_embd, config.n_head)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -533,3 +350,35 @@ class GPT(nn.Module):
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         weight = self.wte.weight
         return KVCache(self.config, batch, capacity, weight.device, weight.dtype)
+
+
+PRESETS: dict[str, GPTConfig] = {
+    "gpt2": GPTConfig(),
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),
+    # Small models for tests and for training on a CPU (vocab_size follows the tokenizer).
+    "tiny": GPTConfig(vocab_size=512, context_length=128, n_layer=2, n_head=2, n_embd=64),
+    "small": GPTConfig(vocab_size=4096, context_length=256, n_layer=4, n_head=4, n_embd=256),
+    # promptkit-mini: the small shape with room for few-shot prompts (see train.MINI_RECIPE).
+    "mini": GPTConfig(
+        vocab_size=4096,
+        context_length=512,
+        n_layer=4,
+        n_head=4,
+        n_embd=256,
+        smear_keys=True,
+        conv_width=4,
+        mimetic_init=True,
+        alibi=True,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> GPTConfig:
+    """A preset config, with some fields replaced; raises ConfigurationError for a bad name."""
+    if name not in PRESETS:
+        raise ConfigurationError(
+            f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}"
+        )
+    return GPTConfig(**{**PRESETS[name].to_dict(), **overrides})
