@@ -360,7 +360,8 @@ PRESETS: dict[str, GPTConfig] = {
     # Small models for tests and for training on a CPU (vocab_size follows the tokenizer).
     "tiny": GPTConfig(vocab_size=512, context_length=128, n_layer=2, n_head=2, n_embd=64),
     "small": GPTConfig(vocab_size=4096, context_length=256, n_layer=4, n_head=4, n_embd=256),
-    # promptkit-mini: the small shape with room for few-shot prompts (see train.MINI_RECIPE).
+    # promptkit-mini: the small shape with room for few-shot prompts, and the extras
+    # (see promptkit.training.recipes.MINI_RECIPE).
     "mini": GPTConfig(
         vocab_size=4096,
         context_length=512,
