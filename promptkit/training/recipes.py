@@ -62,8 +62,8 @@ def _prepare_mini(
     fixed = sorted(set(settings) & set(_FIXED))
     if fixed:
         raise ConfigurationError(
-            f"train_mini takes {', '.join(fixed)} as its own arguments (the preset is always "
-            f"'mini'), not as settings"
+            "train_mini takes corpus and out as its own arguments and always trains the 'mini' "
+            f"preset; got {', '.join(fixed)} among the settings"
         )
     _check_names(settings)
     if corpus is None:
