@@ -34,7 +34,7 @@ from promptkit.backends import GenerationConfig
 from promptkit.backends.base import messages_to_text
 from promptkit.backends.masking import TokenMasker, llg_tokenizer
 from promptkit.backends.scratch.backend import ScratchBackend
-from promptkit.backends.scratch.model import GPT, PRESETS
+from promptkit.backends.scratch.gpt2 import GPT, PRESETS
 from promptkit.backends.scratch.tokenizer import Tokenizer
 from promptkit.constraints import _compile, grammar_for
 

@@ -21,7 +21,7 @@ import torch
 
 import promptkit as pk
 from promptkit.backends.scratch.backend import ScratchBackend
-from promptkit.backends.scratch.model import GPT, PRESETS
+from promptkit.backends.scratch.gpt2 import GPT, PRESETS
 from promptkit.backends.scratch.tokenizer import Tokenizer
 from promptkit.cache import CachedBackend, ResponseCache
 from promptkit.evaluate import EvalItem, evaluate

@@ -18,7 +18,7 @@ from common import IdsOnlyTokenizer, best_time
 
 from promptkit.backends.local import LocalScoring
 from promptkit.backends.scratch.backend import ScratchBackend
-from promptkit.backends.scratch.model import GPT, PRESETS
+from promptkit.backends.scratch.gpt2 import GPT, PRESETS
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ import torch
 from promptkit.backends import GenerationConfig
 from promptkit.backends.scratch.backend import ScratchBackend
 from promptkit.backends.scratch.checkpoint import save_checkpoint
-from promptkit.backends.scratch.model import GPT, GPTConfig
+from promptkit.backends.scratch.gpt2 import GPT, GPTConfig
 from promptkit.backends.scratch.tokenizer import Tokenizer
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"

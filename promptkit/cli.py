@@ -356,25 +356,14 @@ def train_command(ctx: click.Context, /, **options: Any) -> None:
     --preset mini is the recipe of promptkit-mini: it generates the corpus and uses the
     recipe's settings unless they are given here.
     """
-    from .backends.scratch.train import MINI_CORPUS, MINI_RECIPE, TrainConfig, train
-    from .progress import TrainingProgress
+    from .training import run_training
 
-    if options["preset"] == "mini":
-        for name, value in MINI_RECIPE.items():
-            if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
-                options[name] = value
-        if not options["corpus"]:
-            from .corpus import write_corpus
-
-            path = Path(options["out"]) / "corpus.jsonl"
-            if not path.is_file():
-                write_corpus(path, MINI_CORPUS["documents"], seed=MINI_CORPUS["seed"])
-            options["corpus"] = str(path)
-    if not options["corpus"]:
-        raise UsageError("--corpus is required (except with --preset mini)")
-    config = TrainConfig(**options)
-    with TrainingProgress(config.steps) as progress:
-        result = train(config, on_step=progress.update)
+    given = {
+        name
+        for name in options
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    }
+    result = run_training(options, given=given, progress=True)
     last = result.history[-1] if result.history else {}
     click.echo(
         f"saved {result.out} after {result.steps} steps ({result.tokens_seen:,} tokens); "
@@ -487,7 +476,7 @@ def eval_command(
         write_report,
     )
     from .files import load_prompt
-    from .progress import ItemProgress
+    from .item_progress import ItemProgress
 
     counts = _shot_counts(shots)
     prompts = {}
@@ -571,8 +560,9 @@ def corpus_command(
     families: Sequence[str],
     eval_dir: str | None,
 ) -> None:
-    """Generate a training corpus in the formats promptkit renders (see promptkit.corpus)."""
-    from .corpus import write_corpus, write_eval_tasks
+    """Generate a training corpus in the formats promptkit renders (see promptkit.training)."""
+    from .training.corpus import write_corpus
+    from .training.evalsets import write_eval_tasks
 
     if eval_dir:
         files = write_eval_tasks(eval_dir, seed=seed)

@@ -9,21 +9,20 @@ import pytest
 from click.testing import CliRunner
 
 import promptkit as pk
-from promptkit.backends.scratch.train import read_corpus, read_documents
 from promptkit.cli import cli
-from promptkit.corpus import (
+from promptkit.errors import UsageError
+from promptkit.training.corpus import generate
+from promptkit.training.documents import read_corpus, read_documents
+from promptkit.training.evalsets import write_eval_tasks
+from promptkit.training.tasks import FAMILIES, person
+from promptkit.training.vocabulary import (
     CITIES,
-    FAMILIES,
     FIRST_NAMES,
     GROUPS,
     INSTRUCTIONS,
     LAST_NAMES,
-    generate,
-    person,
     split_of,
-    write_eval_tasks,
 )
-from promptkit.errors import UsageError
 
 
 def test_generation_is_deterministic_under_the_seed():
@@ -40,7 +39,7 @@ def test_generation_is_the_same_in_every_process():
     import sys
 
     code = (
-        "import hashlib; from promptkit.corpus import generate; "
+        "import hashlib; from promptkit.training.corpus import generate; "
         "print(hashlib.sha256(''.join(d.text for d in generate(300, seed=0)).encode())"
         ".hexdigest())"
     )

@@ -10,7 +10,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from promptkit.backends.scratch.checkpoint import load_checkpoint, save_checkpoint
-from promptkit.backends.scratch.model import GPT, GPTConfig, preset
+from promptkit.backends.scratch.gpt2 import GPT, GPTConfig, preset
 from promptkit.backends.scratch.tokenizer import Tokenizer
 from promptkit.errors import ConfigurationError
 

@@ -239,7 +239,8 @@ def test_plain_scratch_is_the_model_shipped_in_the_package(hf_folder, tmp_path, 
 
 
 def test_position_embeddings_start_from_sinusoids():
-    from promptkit.backends.scratch.model import GPT, preset, sinusoids
+    from promptkit.backends.scratch.gpt2 import GPT, preset
+    from promptkit.backends.scratch.gpt2_extras import sinusoids
 
     codes = sinusoids(64, 16, std=0.02)
     assert codes.shape == (64, 16) and float(codes.std()) == pytest.approx(0.02, rel=1e-4)
@@ -275,7 +276,7 @@ def assert_cache_and_padding_agree(model: torch.nn.Module, ids: torch.Tensor, fu
 def test_non_gpt2_options_agree_across_cache_and_padding(extras):
     """Smeared keys and the local convolution look back a few positions: stepping through
     the cache, and left padding, must give what one full pass gives."""
-    from promptkit.backends.scratch.model import GPT, preset
+    from promptkit.backends.scratch.gpt2 import GPT, preset
 
     torch.manual_seed(0)
     model = GPT(preset("tiny", **extras)).eval()
@@ -311,7 +312,8 @@ def test_non_gpt2_options_agree_across_cache_and_padding(extras):
 
 
 def test_mimetic_start_gives_each_query_its_own_key():
-    from promptkit.backends.scratch.model import GPT, MIMETIC_SCORE, preset
+    from promptkit.backends.scratch.gpt2 import GPT, preset
+    from promptkit.backends.scratch.gpt2_extras import MIMETIC_SCORE
 
     torch.manual_seed(0)
     model = GPT(preset("tiny", mimetic_init=True))
@@ -344,7 +346,7 @@ def step_on_targets(
 def induction_loss(extras: dict[str, bool], steps: int) -> float:
     """Train a 2-layer model to continue a random sequence that came before, at a random
     offset (only an induction head can); returns the final loss on the repeats."""
-    from promptkit.backends.scratch.model import GPT, GPTConfig
+    from promptkit.backends.scratch.gpt2 import GPT, GPTConfig
 
     torch.manual_seed(0)
     vocab, length = 256, 8
@@ -381,7 +383,7 @@ def test_smeared_keys_with_a_mimetic_start_learn_induction_fast():
 def test_alibi_agrees_across_cache_and_padding():
     """ALiBi counts distance in cache slots: stepping through the cache and left padding
     give what one full pass gives, and the model has no position table."""
-    from promptkit.backends.scratch.model import GPT, preset
+    from promptkit.backends.scratch.gpt2 import GPT, preset
 
     torch.manual_seed(0)
     model = GPT(preset("tiny", alibi=True, smear_keys=True, conv_width=3)).eval()
@@ -396,7 +398,7 @@ def test_alibi_agrees_across_cache_and_padding():
 
 
 def test_alibi_bias_is_minus_slope_times_distance():
-    from promptkit.backends.scratch.model import alibi_bias, alibi_slopes
+    from promptkit.backends.scratch.gpt2_extras import alibi_bias, alibi_slopes
 
     slopes = alibi_slopes(4)
     assert torch.allclose(slopes, torch.tensor([2**-2, 2**-4, 2**-6, 2**-8]))
@@ -410,7 +412,7 @@ def binding_loss(extras: dict[str, Any], steps: int) -> float:
     """Train a 3-layer model on records ``key f1 f2 f3 value`` (fixed fillers), five per row,
     then the five keys asked again in another order: only reading the value three tokens
     after the matching key answers; returns the final loss on the asked values."""
-    from promptkit.backends.scratch.model import GPT, GPTConfig
+    from promptkit.backends.scratch.gpt2 import GPT, GPTConfig
 
     torch.manual_seed(0)
     vocab, records, gap = 256, 5, 3

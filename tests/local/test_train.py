@@ -12,15 +12,11 @@ from click.testing import CliRunner
 import promptkit as pk
 from promptkit.backends.scratch.checkpoint import load_checkpoint
 from promptkit.backends.scratch.tokenizer import Tokenizer
-from promptkit.backends.scratch.train import (
-    TrainConfig,
-    _encode,
-    lr_at,
-    read_documents,
-    train,
-)
 from promptkit.cli import cli
 from promptkit.errors import ConfigurationError, UsageError
+from promptkit.training.documents import read_documents
+from promptkit.training.pretrain import TrainConfig, _encode, lr_at, train
+from promptkit.training.recipes import MINI_RECIPE, run_training, train_mini
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +257,7 @@ def test_trained_model_is_a_backend_and_cli_trains_from_a_folder(corpus, tmp_pat
 
 
 def test_the_mini_recipe_generates_its_corpus_and_applies_its_settings(tmp_path, monkeypatch):
-    from promptkit.backends.scratch import train as train_module
+    from promptkit.training import recipes as train_module
 
     monkeypatch.setattr(train_module, "MINI_CORPUS", {"documents": 120, "seed": 0})
     out = tmp_path / "mini"
@@ -297,3 +293,54 @@ def test_the_mini_recipe_generates_its_corpus_and_applies_its_settings(tmp_path,
     assert training["steps"] == 2  # given on the command line: it wins
     missing = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "--corpus is required" in missing.output
+
+
+def test_train_mini_is_the_recipe_in_one_call(corpus, tmp_path):
+    out = tmp_path / "mini"
+    steps = []
+    result = train_mini(
+        out,
+        corpus=corpus,
+        on_step=lambda step, metrics: steps.append(step),
+        steps=2,
+        batch_size=2,
+        context_length=32,
+        vocab_size=300,
+        eval_every=1,
+        eval_batches=1,
+    )
+    assert steps == [1, 2] and result.steps == 2 and len(result.history) == 2
+    assert not (out / "corpus.jsonl").exists()  # the corpus given is used, none generated
+    model, _ = load_checkpoint(out)
+    assert model.config.alibi and model.config.smear_keys and model.config.conv_width == 4
+    training = json.loads((out / "config.json").read_text())["training"]
+    assert training["preset"] == "mini" and training["corpus"] == str(corpus)
+    for name in ("lr", "warmup", "seed", "answer_weight", "precision", "bare_capitals"):
+        assert training[name] == MINI_RECIPE[name], name  # the recipe's settings...
+    assert training["batch_size"] == 2 and training["steps"] == 2  # ...unless given
+
+
+@pytest.mark.timeout(60)
+def test_train_mini_and_run_training_name_a_bad_setting_before_any_work(tmp_path):
+    # checked before the recipe generates its 100,000-document corpus (minutes)
+    with pytest.raises(ConfigurationError, match=r"unknown training setting\(s\): stepz;"):
+        train_mini(tmp_path / "a", stepz=3)
+    with pytest.raises(
+        ConfigurationError, match="always trains the 'mini' preset; got preset among the settings"
+    ):
+        train_mini(tmp_path / "a", preset="small")
+    assert not (tmp_path / "a").exists()
+    options = {"corpus": "c.txt", "out": str(tmp_path / "b"), "preset": "small", "colour": 1}
+    with pytest.raises(ConfigurationError, match=r"unknown training setting\(s\): colour;"):
+        run_training(options)
+    with pytest.raises(UsageError, match="--corpus is required"):
+        run_training({"corpus": None, "out": str(tmp_path / "c"), "preset": "small"})
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_training_exports_resolve():
+    import promptkit.training
+
+    for name in promptkit.training.__all__:
+        assert getattr(promptkit.training, name) is not None
+    assert promptkit.training.train_mini is train_mini

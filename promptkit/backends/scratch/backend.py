@@ -18,7 +18,7 @@ from ...errors import ConfigurationError
 from ..base import Completion, GenerationConfig, Usage, cut_at_stop
 from ..local import LOCAL_CAPABILITIES, LocalScoring, safe_prefix
 from ..masking import TokenMasker, llg_tokenizer
-from .model import GPT
+from .gpt2 import GPT
 from .tokenizer import Tokenizer
 
 __all__ = ["ScratchBackend", "from_spec", "sample_next"]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ...errors import ConfigurationError
-from .model import GPT, GPTConfig
+from .gpt2 import GPT, GPTConfig
 from .tokenizer import Tokenizer
 
 __all__ = ["FORMAT", "load_checkpoint", "load_hf_gpt2", "save_checkpoint"]

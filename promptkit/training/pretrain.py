@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,42 +20,13 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ...errors import ConfigurationError, UsageError
-from .checkpoint import load_checkpoint, save_checkpoint
-from .model import GPT, preset
-from .tokenizer import Tokenizer
+from ..backends.scratch.checkpoint import load_checkpoint, save_checkpoint
+from ..backends.scratch.gpt2 import GPT, preset
+from ..backends.scratch.tokenizer import Tokenizer
+from ..errors import ConfigurationError, UsageError
+from .documents import read_documents
 
-__all__ = [
-    "MINI_CORPUS",
-    "MINI_RECIPE",
-    "TrainConfig",
-    "TrainResult",
-    "read_corpus",
-    "read_documents",
-    "train",
-]
-
-# promptkit-mini: ``promptkit train --preset mini --out DIR`` generates this corpus (see
-# promptkit.corpus) into DIR/corpus.jsonl and trains with these settings (under an hour on 2
-# CPU cores: 6,500 steps of 6 x 512 tokens in bfloat16 autocast, 20M tokens, about 1.8
-# passes over the corpus; a 2,048-token BPE makes every word of the classification groups one
-# token, and its bare capitals make a name the same tokens in a sentence and in JSON; the answer
-# loss weighs the tokens that read a demonstration-defined answer). Options given on the command
-# line still win.
-MINI_CORPUS = {"documents": 100000, "seed": 0}
-MINI_RECIPE = {
-    "steps": 6500,
-    "batch_size": 6,
-    "lr": 2e-3,
-    "warmup": 200,
-    "eval_every": 250,
-    "checkpoint_every": 250,
-    "seed": 0,
-    "vocab_size": 2048,
-    "bare_capitals": True,
-    "answer_weight": 1.0,
-    "precision": "bfloat16",
-}
+__all__ = ["Progress", "TrainConfig", "TrainResult", "train"]
 
 STATE_FILE = "trainer_state.pt"
 LOG_FILE = "training_log.jsonl"
@@ -68,7 +38,7 @@ class TrainConfig:
 
     corpus: str  # a text file, or a folder of .txt files
     out: str  # checkpoint folder (written at intervals and at the end)
-    preset: str = "small"  # model shape (see model.PRESETS); vocab follows the tokenizer
+    preset: str = "small"  # model shape (see gpt2.PRESETS); vocab follows the tokenizer
     steps: int = 1000  # optimizer steps
     batch_size: int = 16  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -99,6 +69,7 @@ class TrainConfig:
     resume: bool = False  # continue from the checkpoint in ``out``
 
     def check(self) -> None:
+        """Raises ConfigurationError naming every setting out of its range."""
         positive = ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches")
         bad = [f"{name} must be positive" for name in positive if getattr(self, name) <= 0]
         if not 0 < self.val_fraction < 1:
@@ -126,56 +97,6 @@ class TrainResult:
     @property
     def final_val_perplexity(self) -> float:
         return self.history[-1]["val_perplexity"] if self.history else math.inf
-
-
-def read_corpus(path: str | os.PathLike[str]) -> list[str]:
-    """The documents of a corpus: one text file, every ``.txt`` file under a folder, or a
-    ``.jsonl`` file with one document per line (``{"text": ...}``, as ``promptkit corpus``
-    writes)."""
-    return [text for text, _ in read_documents(path)]
-
-
-def read_documents(path: str | os.PathLike[str]) -> list[tuple[str, int | None]]:
-    """Like :func:`read_corpus`, with each document's answer offset: the character where its
-    answer starts (a ``.jsonl`` line's optional ``"answer"``; None for plain text)."""
-    root = Path(path)
-    files = sorted(root.rglob("*.txt")) if root.is_dir() else [root]
-    if not files or not all(f.is_file() for f in files):
-        raise ConfigurationError(
-            f"no corpus at {str(root)!r}: give a text file, a folder of .txt, or a .jsonl file"
-        )
-    try:
-        texts = [f.read_text(encoding="utf-8") for f in files]
-    except UnicodeDecodeError as exc:
-        raise ConfigurationError(f"corpus file is not UTF-8 text: {exc}") from None
-    if len(files) == 1 and files[0].suffix == ".jsonl":
-        return _jsonl_documents(texts[0], files[0])
-    return [(text, None) for text in texts]
-
-
-def _jsonl_documents(text: str, path: Path) -> list[tuple[str, int | None]]:
-    documents: list[tuple[str, int | None]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise ConfigurationError(f"{path}:{number}: not valid JSON ({exc})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise ConfigurationError(f"{path}:{number}: expected an object with a 'text' string")
-        answer = record.get("answer")
-        if answer is not None and (
-            isinstance(answer, bool)
-            or not isinstance(answer, int)
-            or not 0 <= answer < len(record["text"])
-        ):
-            raise ConfigurationError(
-                f"{path}:{number}: 'answer' must be the character offset where the answer starts, "
-                f"an integer from 0 to {len(record['text']) - 1}; got {answer!r}"
-            )
-        documents.append((record["text"], answer))
-    return documents
 
 
 def lr_at(step: int, config: TrainConfig) -> float:

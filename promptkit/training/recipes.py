@@ -1,0 +1,123 @@
+"""promptkit-mini's recipe as one call, and ``promptkit train`` as one call.
+
+promptkit-mini: :func:`train_mini` generates :data:`MINI_CORPUS` (see
+:mod:`promptkit.training.corpus`) into ``OUT/corpus.jsonl`` and trains the ``mini`` preset with
+:data:`MINI_RECIPE` (under an hour on 2 CPU cores: 6,500 steps of 6 x 512 tokens in bfloat16
+autocast, 20M tokens, about 1.8 passes over the corpus; a 2,048-token BPE makes every word of
+the classification groups one token, and its bare capitals make a name the same tokens in a
+sentence and in JSON; the answer loss weighs the tokens that read a demonstration-defined
+answer). Settings given to it (or on the command line) still win.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError, UsageError
+from .corpus import write_corpus
+from .pretrain import Progress, TrainConfig, TrainResult, train
+from .progress import TrainingProgress
+
+__all__ = ["CORPUS_FILE", "MINI_CORPUS", "MINI_RECIPE", "run_training", "train_mini"]
+
+MINI_CORPUS = {"documents": 100000, "seed": 0}
+MINI_RECIPE = {
+    "steps": 6500,
+    "batch_size": 6,
+    "lr": 2e-3,
+    "warmup": 200,
+    "eval_every": 250,
+    "checkpoint_every": 250,
+    "seed": 0,
+    "vocab_size": 2048,
+    "bare_capitals": True,
+    "answer_weight": 1.0,
+    "precision": "bfloat16",
+}
+CORPUS_FILE = "corpus.jsonl"  # where the recipe's corpus is generated, inside the output folder
+
+_FIXED = ("corpus", "out", "preset")  # the recipe's own arguments, not free settings
+
+
+def _check_names(settings: Collection[str]) -> None:
+    """Raises ConfigurationError naming every setting that TrainConfig does not have."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown training setting(s): {', '.join(unknown)}; "
+            f"choose from: {', '.join(sorted(known))}"
+        )
+
+
+def _prepare_mini(
+    out: str | os.PathLike[str], corpus: str | os.PathLike[str] | None, settings: Mapping[str, Any]
+) -> TrainConfig:
+    """The recipe's TrainConfig, with its corpus generated when none is given (and none was
+    generated into ``out`` before)."""
+    fixed = sorted(set(settings) & set(_FIXED))
+    if fixed:
+        raise ConfigurationError(
+            "train_mini takes corpus and out as its own arguments and always trains the 'mini' "
+            f"preset; got {', '.join(fixed)} among the settings"
+        )
+    _check_names(settings)
+    if corpus is None:
+        path = Path(out) / CORPUS_FILE
+        if not path.is_file():
+            write_corpus(path, MINI_CORPUS["documents"], seed=MINI_CORPUS["seed"])
+        corpus = path
+    return TrainConfig(
+        **{**MINI_RECIPE, **settings, "corpus": str(corpus), "out": str(out), "preset": "mini"}
+    )
+
+
+def train_mini(
+    out: str | os.PathLike[str],
+    *,
+    corpus: str | os.PathLike[str] | None = None,
+    on_step: Progress | None = None,
+    **settings: Any,
+) -> TrainResult:
+    """Train promptkit-mini's recipe into ``out``: the ``mini`` preset with :data:`MINI_RECIPE`,
+    any :class:`TrainConfig` field in ``settings`` winning over it, on ``corpus`` or else on the
+    recipe's corpus (generated into ``out/corpus.jsonl`` unless it is already there).
+
+    ``on_step`` is :func:`train`'s progress callback. Raises ConfigurationError for an unknown
+    or bad setting (``corpus``, ``out`` and ``preset`` are not settings here) or an unreadable
+    corpus, UsageError for a corpus smaller than a context window.
+    """
+    return train(_prepare_mini(out, corpus, settings), on_step=on_step)
+
+
+def run_training(
+    options: Mapping[str, Any], *, given: Collection[str] = (), progress: bool = False
+) -> TrainResult:
+    """What ``promptkit train`` does: train on ``options`` (:class:`TrainConfig` fields;
+    ``corpus`` may be None with the ``mini`` preset, which then generates its own).
+
+    With ``preset`` ``"mini"`` the recipe's settings replace the options not named in ``given``
+    (the ones the user set), as :func:`train_mini`. ``progress`` shows a progress bar on
+    stderr. Raises UsageError when no corpus is given for another preset, and what
+    :func:`train_mini` and :func:`train` raise.
+    """
+    if options.get("preset") == "mini":
+        settings = {
+            name: value
+            for name, value in options.items()
+            if name not in _FIXED and (name in given or name not in MINI_RECIPE)
+        }
+        config = _prepare_mini(options["out"], options.get("corpus") or None, settings)
+    elif not options.get("corpus"):
+        raise UsageError("--corpus is required (except with --preset mini)")
+    else:
+        _check_names(options)
+        config = TrainConfig(**options)
+    if not progress:
+        return train(config)
+    with TrainingProgress(config.steps) as bar:
+        return train(config, on_step=bar.update)
