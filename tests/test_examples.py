@@ -34,3 +34,32 @@ def test_example_runs_offline(name):
     assert out.returncode == 0, out.stderr
     for expected in EXPECTED[name]:
         assert expected in out.stdout
+
+
+@pytest.mark.parametrize(
+    "name, args, message",
+    [
+        ("code_explainer.py", ["--backend", "scratch:/nonexistent"], "no model folder at"),
+        ("typed_extraction.py", ["--backend", "wizard:x"], "unknown backend 'wizard'"),
+        ("few_shot_classifier.py", ["--backend", "wizard:x"], "unknown backend 'wizard'"),
+    ],
+)
+def test_example_errors_are_one_line_without_traceback(name, args, message):
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: ") and message in out.stderr
+    assert len(out.stderr.splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_code_explainer_names_an_unreadable_file(tmp_path):
+    missing = tmp_path / "missing.py"
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "code_explainer.py"), str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"error: cannot read '{missing}'" in out.stderr
