@@ -369,25 +369,31 @@ def train_command(ctx: click.Context, /, **options: Any) -> None:
     --preset mini is the recipe of promptkit-mini: it generates the corpus and uses the
     recipe's settings unless they are given here.
     """
+    from .backends.scratch.model import preset
     from .backends.scratch.train import MINI_CORPUS, MINI_RECIPE, TrainConfig, train
     from .progress import TrainingProgress
 
+    generated: Path | None = None  # the mini recipe's corpus, when it has to be written
     if options["preset"] == "mini":
         for name, value in MINI_RECIPE.items():
             if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
                 options[name] = value
         if not options["corpus"]:
-            from .corpus import write_corpus
-
             path = Path(options["out"]) / "corpus.jsonl"
-            if not path.is_file():
-                write_corpus(path, MINI_CORPUS["documents"], seed=MINI_CORPUS["seed"])
+            generated = None if path.is_file() else path
             options["corpus"] = str(path)
     if not options["corpus"]:
         raise UsageError("--corpus is required (except with --preset mini)")
     config = TrainConfig(**options)
+    config.check()  # argument errors come before any progress display
+    preset(config.preset)
     with TrainingProgress(config.steps) as progress:
-        result = train(config, on_step=progress.update)
+        if generated is not None:
+            from .corpus import write_corpus
+
+            progress.phase(f"writing the corpus: {MINI_CORPUS['documents']:,} documents")
+            write_corpus(generated, MINI_CORPUS["documents"], seed=MINI_CORPUS["seed"])
+        result = train(config, on_step=progress.update, on_phase=progress.phase)
     last = result.history[-1] if result.history else {}
     click.echo(
         f"saved {result.out} after {result.steps} steps ({result.tokens_seen:,} tokens); "

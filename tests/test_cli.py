@@ -294,3 +294,38 @@ def test_perplexity_defaults_to_promptkit_mini(invoke, write, monkeypatch):
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
     assert figures["perplexity"] > 1 and figures["tokens"] > 10
+
+
+TINY_TRAINING = ["--preset", "tiny", "--steps", "2", "--vocab-size", "300", "--batch-size", "2"]
+TINY_TRAINING += ["--context-length", "16", "--eval-every", "2", "--device", "cpu"]
+
+
+@pytest.mark.timeout(120)
+def test_train_shows_its_phases_before_the_steps(invoke, write, tmp_path):
+    corpus = write("corpus.txt", "the cat sat on the mat. " * 200)
+    result = invoke("train", "--corpus", str(corpus), "--out", str(tmp_path / "m"), *TINY_TRAINING)
+    assert result.exit_code == 0, result.output
+    log = result.stderr
+    tokenizer = log.index("training the tokenizer: a 300-token BPE on 1 document(s), 4,800 char")
+    encoding = log.index("encoding the corpus ...")
+    steps = log.index("step 2: loss")
+    assert tokenizer < encoding < steps
+    assert "0/2" not in log[:steps]  # no step counter while the tokenizer trains
+    assert "saved" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--lr", "0"], "invalid training settings"),
+        (["--corpus", "/no/such/corpus.txt"], "no corpus at '/no/such/corpus.txt'"),
+    ],
+)
+def test_train_argument_errors_come_before_any_progress(invoke, write, tmp_path, args, message):
+    corpus = write("corpus.txt", "the cat sat on the mat. " * 200)
+    base = ["train", "--corpus", str(corpus), "--out", str(tmp_path / "m"), *TINY_TRAINING]
+    result = invoke(*base, *args)
+    assert result.exit_code != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
