@@ -19,7 +19,7 @@ import sys
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
@@ -34,6 +34,7 @@ EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
 
 if TYPE_CHECKING:
     from .backends.base import Backend
+    from .evaluate import ShotReport
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -509,6 +510,7 @@ def eval_command(
     from .progress import ItemProgress
 
     counts = _shot_counts(shots)
+    kind: Literal["generate", "score"] = "score" if method == "score" else "generate"
     prompts = {}
     for path in [file, *([other_file] if other_file else [])]:
         prompt = load_prompt(path)
@@ -546,7 +548,7 @@ def eval_command(
                 config=config,
                 max_attempts=max_attempts,
                 on_item=progress.advance,
-                method="score" if method == "score" else "generate",
+                method=kind,
             )
     comparisons = []
     if other_file:
@@ -555,7 +557,7 @@ def eval_command(
         comparisons = [mcnemar(a.correct, b.correct, a.shots) for a, b in pairs]
     folder = Path(out_dir or f"eval-{next(iter(prompts))}")
     written = write_report(
-        folder, runs, backend=backend.name, data=data_path, comparisons=comparisons
+        folder, runs, backend=backend.name, data=data_path, comparisons=comparisons, method=kind
     )
     for name, reports in runs.items():
         click.echo(markdown(name, reports))
@@ -565,8 +567,8 @@ def eval_command(
             f"right {comparison.only_second}, McNemar p = {comparison.p_value:.3g}"
         )
     calls = getattr(backend, "calls", None)
-    cache_note = f"; {calls} model call(s), the rest from the cache" if calls is not None else ""
-    click.echo(f"wrote {', '.join(str(p) for p in written)}{cache_note}")
+    note = _model_calls(runs, calls, scoring=kind == "score")
+    click.echo(f"wrote {', '.join(str(p) for p in written)}; {note}")
 
 
 @cli.command("corpus")
@@ -658,6 +660,19 @@ def _with_cache(backend: Any, enabled: bool, size_mb: int = 256) -> Any:
     from .cache import CachedBackend, ResponseCache
 
     return CachedBackend(backend, ResponseCache(max_bytes=size_mb * 1024 * 1024))
+
+
+def _model_calls(runs: dict[str, list[ShotReport]], generated: int | None, scoring: bool) -> str:
+    """How many of an evaluation's requests reached the model. ``generated``: the generations
+    the response cache passed on (None: no cache, so every request did); scoring requests are
+    never cached."""
+    requests = sum(report.requests for reports in runs.values() for report in reports)
+    if generated is None:
+        return f"{requests} model call(s) (no cache)"
+    reached = generated + (requests if scoring else 0)
+    return (
+        f"{reached} model call(s) for {requests} request(s) ({requests - reached} from the cache)"
+    )
 
 
 def _shot_counts(text: str) -> list[int]:
