@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,16 @@ def test_code_explainer_names_an_unreadable_file(tmp_path):
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"error: cannot read '{missing}'" in out.stderr
+
+
+def test_the_training_text_ships_with_its_source_and_licence():
+    data = EXAMPLES / "data"
+    notes = (data / "README.md").read_text(encoding="utf-8")
+    for name in ("alice.txt", "alice_license.txt"):
+        digest = hashlib.sha256((data / name).read_bytes()).hexdigest()
+        assert f"`{name}`: `{digest}`" in notes  # the file is the one its source gave
+    assert (data / "alice.txt").stat().st_size <= 200_000
+    assert "public domain" in notes and "Source:" in notes
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    assert "promptkit train --corpus examples/data/alice.txt" in readme
+    assert "shared/data/corpora" not in readme  # a user's clone has no ../shared
