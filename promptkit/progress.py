@@ -84,9 +84,10 @@ class TrainingProgress:
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:
         """Step ``step`` of the run has finished with these metrics."""
-        if self._task is None:
+        if self._task is None:  # the first step: the bar replaces the last phase's spinner
             self._end_phase(finished=False)
             self._task = self._progress.add_task("train", total=self._total, status="")
+            self._progress.update(self._task, completed=step)
             self._progress.start()
         if "val_loss" in metrics:
             self._validation = (
