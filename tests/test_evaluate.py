@@ -273,3 +273,13 @@ def test_the_readme_example_of_report_json_validates():
     example = section.split("```json\n", 1)[1].split("```", 1)[0]
     report = Report.model_validate_json(example)
     assert report.templates["sentiment"][0].results[0].attempts[0].text == " Positive"
+
+
+def test_score_on_a_backend_that_cannot_score_fails_before_any_item():
+    from promptkit.errors import UnsupportedCapabilityError
+
+    backend = ScriptedBackend(["positive"])
+    items = [EvalItem(1, {"text": "a"}, "positive")]
+    with pytest.raises(UnsupportedCapabilityError, match="loglikelihood"):
+        evaluate(LABELS, items, backend=backend, method="score")
+    assert backend.requests == []

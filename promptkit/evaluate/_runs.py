@@ -100,12 +100,15 @@ def evaluate(
     ``method="score"`` chooses a label by likelihood (:meth:`Prompt.classify`) instead of
     generating an answer: label output types only, on backends that score.
     Raises UsageError when a shot count exceeds the pool (or the pool is empty), or for
-    ``score`` on an output type that is not a label set.
+    ``score`` on an output type that is not a label set; UnsupportedCapabilityError for
+    ``score`` on a backend that cannot score (before any item runs).
     """
     if method not in ("generate", "score"):
         raise UsageError(f"method must be 'generate' or 'score', got {method!r}")
-    if method == "score" and prompt.output.kind != "label":
-        raise UsageError("method 'score' needs a label output type (labels, Literal or Enum)")
+    if method == "score":
+        if prompt.output.kind != "label":
+            raise UsageError("method 'score' needs a label output type (labels, Literal or Enum)")
+        backend.require("loglikelihood")
     pool = list(prompt.examples if pool is None else pool)
     check_shots(shots, pool)
     run = _ItemRun(prompt, backend, select, config, max_attempts, method)
