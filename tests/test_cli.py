@@ -288,6 +288,7 @@ def test_no_backend_without_promptkit_mini_is_one_line(invoke, write, monkeypatc
     assert result.exit_code == 2 and "declare model.configuration" in result.stderr
 
 
+@pytest.mark.slow  # loads promptkit-mini: a few seconds on a busy machine
 def test_perplexity_defaults_to_promptkit_mini(invoke, write, monkeypatch):
     monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
     result = invoke("perplexity", str(write("t.txt", "The cat sat on the mat. " * 4)), "--json")

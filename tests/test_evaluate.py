@@ -261,6 +261,8 @@ def test_cli_eval_score_counts_model_calls_on_an_empty_cache(tmp_path, monkeypat
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
         assert "4 model call(s) for 4 request(s) (0 from the cache)" in result.output
+    uncached = CliRunner().invoke(cli, [*args, "--no-cache"])
+    assert uncached.exit_code == 0 and "4 model call(s) (no cache)" in uncached.output
     report = Report.model_validate_json((tmp_path / "out" / "report.json").read_text())
     (shots,) = report.templates["sentiment"]
     assert report.method == "score" and shots.accuracy == 1.0

@@ -37,21 +37,30 @@ def test_example_runs_offline(name):
         assert expected in out.stdout
 
 
-@pytest.mark.parametrize(
-    "name, args, message",
-    [
-        ("code_explainer.py", ["--backend", "scratch:/nonexistent"], "no model folder at"),
-        ("typed_extraction.py", ["--backend", "wizard:x"], "unknown backend 'wizard'"),
-        ("few_shot_classifier.py", ["--backend", "wizard:x"], "unknown backend 'wizard'"),
-    ],
-)
-def test_example_errors_are_one_line_without_traceback(name, args, message):
+def _fails_in_one_line(name: str, args: list[str], message: str) -> None:
     out = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 1
     assert out.stderr.startswith("error: ") and message in out.stderr
     assert len(out.stderr.splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "name, args, message",
+    [
+        ("code_explainer.py", ["--backend", "scripted"], "ran out of scripted replies"),
+        ("typed_extraction.py", ["--backend", "wizard:x"], "unknown backend 'wizard'"),
+        ("few_shot_classifier.py", ["--backend", "scripted:/no/such.json"], "cannot read"),
+    ],
+)
+def test_example_errors_are_one_line_without_traceback(name, args, message):
+    _fails_in_one_line(name, args, message)
+
+
+@pytest.mark.slow  # loads torch for the scratch backend: several seconds on a busy machine
+def test_example_with_a_missing_local_model_is_one_line():
+    _fails_in_one_line("code_explainer.py", ["--backend", "scratch:/nonexistent"], "no model")
 
 
 def test_code_explainer_names_an_unreadable_file(tmp_path):
