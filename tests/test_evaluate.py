@@ -18,6 +18,7 @@ from promptkit.errors import InputValidationError, UsageError
 from promptkit.evaluate import (
     EvalItem,
     Report,
+    ShotReport,
     evaluate,
     load_dataset,
     mcnemar,
@@ -218,6 +219,11 @@ def test_a_report_that_breaks_the_schema_is_refused():
         Report.model_validate({**good, "schema_version": "2"})
     with pytest.raises(ValidationError, match="extra"):
         Report.model_validate({**good, "surprise": 1})
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    example = readme.split("`report.json` is defined once", 1)[1].split("```json\n", 1)[1]
+    shots = json.loads(example.split("```", 1)[0])["templates"]["sentiment"][0]
+    with pytest.raises(ValidationError, match="items is 2 but results holds 1"):
+        ShotReport.model_validate({**shots, "items": 2})
 
 
 class Scorer(Backend):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
@@ -91,6 +91,12 @@ class ShotReport(_Record):
     mean_latency_s: float = Field(ge=0)
     errors: list[str] = Field(description="failures outside validation, 'line N: message'")
     results: list[ItemResult] = Field(description="every item, in dataset order")
+
+    @model_validator(mode="after")
+    def _one_result_per_item(self) -> ShotReport:
+        if len(self.results) != self.items:
+            raise ValueError(f"items is {self.items} but results holds {len(self.results)}")
+        return self
 
     @property
     def correct(self) -> list[bool]:
