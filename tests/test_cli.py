@@ -330,3 +330,23 @@ def test_train_argument_errors_come_before_any_progress(invoke, write, tmp_path,
     assert result.exit_code != 0
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_training_progress_shows_nothing_before_its_first_phase_and_times_each(capsys):
+    from promptkit.progress import TrainingProgress
+
+    with pytest.raises(ValueError), TrainingProgress(3):
+        raise ValueError("bad settings")  # an error before any phase: nothing was shown
+    assert capsys.readouterr().err == ""
+    with TrainingProgress(3) as progress:
+        progress.phase("writing the corpus: 5 documents")
+        progress.phase("training: 3 steps of 8 tokens")
+        for step in (1, 2, 3):
+            progress.update(step, {"loss": 1.0, "tokens_per_s": 8.0})
+    log = capsys.readouterr().err
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert lines[0] == "writing the corpus: 5 documents ..."
+    assert lines[1].startswith("writing the corpus: 5 documents: done in ")
+    assert lines[2] == "training: 3 steps of 8 tokens ..."
+    assert "training: 3 steps of 8 tokens: done" not in log  # the steps' bar took over
+    assert "3/3" in lines[-1] and "0/3" not in log
