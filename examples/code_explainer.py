@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import promptkit as pk
@@ -33,7 +34,11 @@ def main() -> None:
     args = parser.parse_args()
 
     explainer = pk.load_prompt("code_explanation")
-    inputs = {"code": Path(args.file).read_text(encoding="utf-8"), "answer_language": args.language}
+    try:
+        code = Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        parser.error(f"cannot read {args.file!r}: {exc}")
+    inputs = {"code": code, "answer_language": args.language}
     backend = (
         pk.get_backend(args.backend)
         if args.backend
@@ -54,4 +59,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except pk.errors.PromptkitError as exc:  # one clear line, as the promptkit command prints
+        sys.exit(f"error: {' '.join(str(exc).split())}")

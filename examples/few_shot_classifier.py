@@ -7,6 +7,7 @@ python examples/few_shot_classifier.py --backend SPEC
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Literal
 
 import promptkit as pk
@@ -49,4 +50,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except pk.errors.PromptkitError as exc:  # one clear line, as the promptkit command prints
+        sys.exit(f"error: {' '.join(str(exc).split())}")

@@ -7,6 +7,7 @@ python examples/typed_extraction.py --backend SPEC  # e.g. openai:gpt-4o-mini, h
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pydantic import BaseModel, Field
 
@@ -62,4 +63,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except pk.errors.PromptkitError as exc:  # one clear line, as the promptkit command prints
+        sys.exit(f"error: {' '.join(str(exc).split())}")

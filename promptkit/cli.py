@@ -5,6 +5,10 @@ Every error is one line on stderr (``error: ...``) and a non-zero exit code, nev
 
     1  other promptkit errors        3  the output never validated
     2  bad usage, input or template  4  the backend failed
+
+Every command that needs a backend (run, eval, perplexity, serve) chooses it by one rule:
+``--backend SPEC``, then ``$PROMPTKIT_BACKEND``, then (for a command with a template) the
+template's ``model.configuration``, then the shipped promptkit-mini.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ import json
 import os
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
@@ -27,6 +31,12 @@ EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (UsageError, 2),
     (PromptkitError, 1),
 )
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .evaluate import ShotReport
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class _Group(click.Group):
@@ -119,43 +129,47 @@ def _input_options(function: Any) -> Any:
     return click.argument("file")(function)
 
 
-_backend_option = click.option(
-    "--backend",
-    "backend_spec",
-    envvar="PROMPTKIT_BACKEND",
-    required=True,
-    metavar="SPEC",
-    help="Backend spec, e.g. hf:gpt2 or scratch:DIR (env: PROMPTKIT_BACKEND).",
-)
-_template_backend_option = click.option(
-    "--backend",
-    "backend_spec",
-    envvar="PROMPTKIT_BACKEND",
-    metavar="SPEC",
-    help="Backend spec, e.g. hf:gpt2 or scratch:DIR (env: PROMPTKIT_BACKEND); default: the "
-    "template's model.configuration.",
-)
+def _backend_option(*, template: bool) -> Callable[[_F], _F]:
+    """The --backend option of a command that needs a backend; its help states the default
+    rule of :func:`_backend_for` as it applies to the command."""
+    fallback = "the template's model.configuration, else " if template else ""
+    return click.option(
+        "--backend",
+        "backend_spec",
+        metavar="SPEC",
+        help="Backend spec, e.g. hf:gpt2, scratch:DIR or openai:MODEL. Default: "
+        f"$PROMPTKIT_BACKEND, else {fallback}the shipped promptkit-mini.",
+    )
 
 
-def _backend_for(spec: str | None, prompt: Any) -> Any:
-    """--backend when given (it always wins), else the template's model.configuration, else
-    the shipped promptkit-mini."""
-    from .backends import get_backend
-    from .files import backend_from_prompt
+def _backend_for(spec: str | None, prompt: Any = None) -> Backend:
+    """The one default-backend rule of every command that needs a backend: --backend when
+    given, then $PROMPTKIT_BACKEND, then (for a command with a template) the template's
+    model.configuration, then the shipped promptkit-mini.
 
+    Raises UsageError when none applies (a copy of promptkit without promptkit-mini), and
+    whatever building the backend raises (ConfigurationError for a bad spec).
+    """
+    from .backends import DEFAULT_SPEC, get_backend
+
+    spec = spec or os.environ.get("PROMPTKIT_BACKEND")
     if spec:
         return get_backend(spec)
-    backend = backend_from_prompt(prompt)
-    if backend is None:
-        from .models import mini_path
+    if prompt is not None:
+        from .files import backend_from_prompt
 
-        if mini_path() is not None:
-            return get_backend()  # the shipped promptkit-mini
+        backend = backend_from_prompt(prompt)
+        if backend is not None:
+            return backend
+    from .models import mini_path
+
+    if mini_path() is None:
+        declare = ", or declare model.configuration in the template" if prompt is not None else ""
         raise UsageError(
-            "no backend: pass --backend SPEC (or set PROMPTKIT_BACKEND), or declare "
-            "model.configuration in the template"
+            "no backend: pass --backend SPEC or set PROMPTKIT_BACKEND (this copy of promptkit "
+            f"has no promptkit-mini to fall back on){declare}"
         )
-    return backend
+    return get_backend(DEFAULT_SPEC)
 
 
 def _collect_inputs(
@@ -236,7 +250,7 @@ def render_command(
 
 @cli.command("run")
 @_input_options
-@_template_backend_option
+@_backend_option(template=True)
 @click.option(
     "--max-attempts",
     type=click.IntRange(min=1),
@@ -374,15 +388,15 @@ def train_command(ctx: click.Context, /, **options: Any) -> None:
 
 @cli.command("perplexity")
 @click.argument("path")
-@_backend_option
+@_backend_option(template=False)
 @click.option("--stride", type=click.IntRange(min=1), help="Tokens each window advances.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def perplexity_command(path: str, backend_spec: str, stride: int | None, as_json: bool) -> None:
+def perplexity_command(
+    path: str, backend_spec: str | None, stride: int | None, as_json: bool
+) -> None:
     """Perplexity of the text file PATH under a model (sliding window)."""
-    from .backends import get_backend
-
     text = _read_at("@" + path, "PATH")
-    backend = get_backend(backend_spec)
+    backend = _backend_for(backend_spec)
     stats_of = getattr(backend, "perplexity_stats", None)
     if stats_of is None:
         backend.require("perplexity")
@@ -407,7 +421,7 @@ def perplexity_command(path: str, backend_spec: str, stride: int | None, as_json
 @cli.command("eval")
 @click.argument("file")
 @click.option("--data", "data_path", required=True, help="JSONL dataset: inputs + expected.")
-@_template_backend_option
+@_backend_option(template=True)
 @click.option(
     "--shots", default="0", show_default=True, help="Shot counts to evaluate, e.g. 0,1,3."
 )
@@ -464,7 +478,7 @@ def eval_command(
     cache_size: int,
 ) -> None:
     """Evaluate template FILE on a dataset for each shot count; write a report."""
-    from .backends.base import Backend, GenerationConfig
+    from .backends.base import GenerationConfig
     from .demos import Selection
     from .evaluate import (
         check_shots,
@@ -479,6 +493,7 @@ def eval_command(
     from .item_progress import ItemProgress
 
     counts = _shot_counts(shots)
+    kind: Literal["generate", "score"] = "score" if method == "score" else "generate"
     prompts = {}
     for path in [file, *([other_file] if other_file else [])]:
         prompt = load_prompt(path)
@@ -516,7 +531,7 @@ def eval_command(
                 config=config,
                 max_attempts=max_attempts,
                 on_item=progress.advance,
-                method="score" if method == "score" else "generate",
+                method=kind,
             )
     comparisons = []
     if other_file:
@@ -525,7 +540,7 @@ def eval_command(
         comparisons = [mcnemar(a.correct, b.correct, a.shots) for a, b in pairs]
     folder = Path(out_dir or f"eval-{next(iter(prompts))}")
     written = write_report(
-        folder, runs, backend=backend.name, data=data_path, comparisons=comparisons
+        folder, runs, backend=backend.name, data=data_path, comparisons=comparisons, method=kind
     )
     for name, reports in runs.items():
         click.echo(markdown(name, reports))
@@ -535,8 +550,8 @@ def eval_command(
             f"right {comparison.only_second}, McNemar p = {comparison.p_value:.3g}"
         )
     calls = getattr(backend, "calls", None)
-    cache_note = f"; {calls} model call(s), the rest from the cache" if calls is not None else ""
-    click.echo(f"wrote {', '.join(str(p) for p in written)}{cache_note}")
+    note = _model_calls(runs, calls, scoring=kind == "score")
+    click.echo(f"wrote {', '.join(str(p) for p in written)}; {note}")
 
 
 @cli.command("corpus")
@@ -579,7 +594,7 @@ def corpus_command(
 
 
 @cli.command("serve")
-@_backend_option
+@_backend_option(template=False)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option(
@@ -596,7 +611,7 @@ def corpus_command(
     help="Largest request body in bytes.",
 )
 def serve_command(
-    backend_spec: str,
+    backend_spec: str | None,
     host: str,
     port: int,
     api_key: str | None,
@@ -612,9 +627,7 @@ def serve_command(
         raise UsageError(
             f"promptkit serve needs FastAPI and uvicorn ({exc}); pip install 'promptkit[serve]'"
         ) from None
-    from .backends import get_backend
-
-    backend = get_backend(backend_spec)
+    backend = _backend_for(backend_spec)
     app = create_app(backend, model_name=model_name, api_key=api_key, max_body_bytes=max_body)
     click.echo(
         f"serving {backend.name} as {model_name or backend.name!r} on http://{host}:{port}/v1"
@@ -631,6 +644,19 @@ def _with_cache(backend: Any, enabled: bool, size_mb: int = 256) -> Any:
     from .cache import CachedBackend, ResponseCache
 
     return CachedBackend(backend, ResponseCache(max_bytes=size_mb * 1024 * 1024))
+
+
+def _model_calls(runs: dict[str, list[ShotReport]], generated: int | None, scoring: bool) -> str:
+    """How many of an evaluation's requests reached the model. ``generated``: the generations
+    the response cache passed on (None: no cache, so every request did); scoring requests are
+    never cached."""
+    requests = sum(report.requests for reports in runs.values() for report in reports)
+    if generated is None:
+        return f"{requests} model call(s) (no cache)"
+    reached = generated + (requests if scoring else 0)
+    return (
+        f"{reached} model call(s) for {requests} request(s) ({requests - reached} from the cache)"
+    )
 
 
 def _shot_counts(text: str) -> list[int]:

@@ -8,6 +8,14 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from promptkit.backends.base import (
+    Backend,
+    Capabilities,
+    Completion,
+    GenerationConfig,
+    Message,
+    Usage,
+)
 from promptkit.cli import cli
 
 
@@ -185,3 +193,160 @@ def test_console_script_runs_without_traceback(tmp_path):
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
     assert "Traceback" not in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+class _Recorded(Backend):
+    """A backend that answers every generation with "positive" and every perplexity with 2."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.capabilities = Capabilities(completion=True, chat=True, perplexity=True)
+
+    def _complete(self, text: str, config: GenerationConfig) -> Completion:
+        return Completion(text="positive", usage=Usage(1, 1), finish_reason="stop")
+
+    def _chat(self, messages: list[Message], config: GenerationConfig) -> Completion:
+        return self._complete("", config)
+
+    def _perplexity(self, text: str, stride: int | None) -> float:
+        return 2.0
+
+
+@pytest.fixture
+def specs(monkeypatch):
+    """The specs the command line asked ``get_backend`` for, in order (no model is loaded)."""
+    import uvicorn
+
+    import promptkit.backends
+    import promptkit.server
+
+    asked: list[str] = []
+
+    def get_backend(spec: str | None = None, **options: object) -> Backend:
+        assert spec is not None, "the command line must always name the spec it wants"
+        asked.append(spec)
+        return _Recorded(spec)
+
+    monkeypatch.setattr(promptkit.backends, "get_backend", get_backend)
+    monkeypatch.setattr(promptkit.server, "create_app", lambda backend, **_: backend)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_: None)
+    monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
+    return asked
+
+
+CONFIGURED = (
+    "---\nname: configured\nmodel:\n  configuration: {type: openai, name: from-template}\n"
+    "inputs: {text: {type: string}}\n---\n"
+    "user:\n{{ text }}\n"
+)
+
+
+@pytest.mark.parametrize("command", ["run", "eval", "perplexity", "serve"])
+def test_one_default_backend_rule_for_every_command(command, invoke, write, specs, monkeypatch):
+    template = write("configured.prompty", CONFIGURED)
+    data = write("d.jsonl", '{"text": "hi", "expected": "positive"}\n')
+    text = write("t.txt", "some text")
+    args = {
+        "run": ["run", "sentiment", "-i", "text=hi", "--no-cache"],
+        "eval": ["eval", "sentiment", "--data", str(data), "--no-cache", "--out", str(data.parent)],
+        "perplexity": ["perplexity", str(text)],
+        "serve": ["serve"],
+    }[command]
+    assert invoke(*args).exit_code == 0  # nothing configured: the shipped promptkit-mini
+    monkeypatch.setenv("PROMPTKIT_BACKEND", "from-env")
+    assert invoke(*args).exit_code == 0
+    assert invoke(*args, "--backend", "explicit").exit_code == 0  # --backend beats the env
+    assert specs == ["scratch", "from-env", "explicit"]
+    if command in ("run", "eval"):  # a template's own backend: after the env, before the mini
+        with_template = [template if a == "sentiment" else a for a in args]
+        with_template = [str(a) for a in with_template]
+        assert invoke(*with_template).exit_code == 0
+        monkeypatch.delenv("PROMPTKIT_BACKEND")
+        assert invoke(*with_template).exit_code == 0
+        assert specs[3:] == ["from-env", "openai:from-template"]
+
+
+@pytest.mark.parametrize("command", ["run", "eval", "perplexity", "serve"])
+def test_help_describes_the_default_backend_as_it_is(command, invoke):
+    text = " ".join(invoke(command, "--help").output.split())
+    rule = "Default: $PROMPTKIT_BACKEND, else "
+    if command in ("run", "eval"):
+        rule += "the template's model.configuration, else "
+    assert rule + "the shipped promptkit-mini." in text
+
+
+def test_no_backend_without_promptkit_mini_is_one_line(invoke, write, monkeypatch):
+    import promptkit.models
+
+    monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
+    monkeypatch.setattr(promptkit.models, "mini_path", lambda: None)
+    result = invoke("perplexity", str(write("t.txt", "some text")))
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: no backend: pass --backend SPEC or set PROMPTKIT_")
+    assert "model.configuration" not in result.stderr  # perplexity has no template
+    result = invoke("run", "sentiment", "-i", "text=hi")
+    assert result.exit_code == 2 and "declare model.configuration" in result.stderr
+
+
+@pytest.mark.slow  # loads promptkit-mini: a few seconds on a busy machine
+def test_perplexity_defaults_to_promptkit_mini(invoke, write, monkeypatch):
+    monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
+    result = invoke("perplexity", str(write("t.txt", "The cat sat on the mat. " * 4)), "--json")
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)
+    assert figures["perplexity"] > 1 and figures["tokens"] > 10
+
+
+TINY_TRAINING = ["--preset", "tiny", "--steps", "2", "--vocab-size", "300", "--batch-size", "2"]
+TINY_TRAINING += ["--context-length", "16", "--eval-every", "2", "--device", "cpu"]
+
+
+@pytest.mark.timeout(120)
+def test_train_shows_its_phases_before_the_steps(invoke, write, tmp_path):
+    corpus = write("corpus.txt", "the cat sat on the mat. " * 200)
+    result = invoke("train", "--corpus", str(corpus), "--out", str(tmp_path / "m"), *TINY_TRAINING)
+    assert result.exit_code == 0, result.output
+    log = result.stderr
+    tokenizer = log.index("training the tokenizer: a 300-token BPE on 1 document(s), 4,800 char")
+    encoding = log.index("encoding the corpus ...")
+    steps = log.index("step 2: loss")
+    assert tokenizer < encoding < steps
+    assert "0/2" not in log[:steps]  # no step counter while the tokenizer trains
+    assert "saved" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--lr", "0"], "invalid training settings"),
+        (["--corpus", "/no/such/corpus.txt"], "no corpus at '/no/such/corpus.txt'"),
+    ],
+)
+def test_train_argument_errors_come_before_any_progress(invoke, write, tmp_path, args, message):
+    corpus = write("corpus.txt", "the cat sat on the mat. " * 200)
+    base = ["train", "--corpus", str(corpus), "--out", str(tmp_path / "m"), *TINY_TRAINING]
+    result = invoke(*base, *args)
+    assert result.exit_code != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_training_progress_shows_nothing_before_its_first_phase_and_times_each(capsys):
+    from promptkit.training.progress import TrainingProgress
+
+    with pytest.raises(ValueError), TrainingProgress(3):
+        raise ValueError("bad settings")  # an error before any phase: nothing was shown
+    assert capsys.readouterr().err == ""
+    with TrainingProgress(3) as progress:
+        progress.phase("writing the corpus: 5 documents")
+        progress.phase("training: 3 steps of 8 tokens")
+        for step in (1, 2, 3):
+            progress.update(step, {"loss": 1.0, "tokens_per_s": 8.0})
+    log = capsys.readouterr().err
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert lines[0] == "writing the corpus: 5 documents ..."
+    assert lines[1].startswith("writing the corpus: 5 documents: done in ")
+    assert lines[2] == "training: 3 steps of 8 tokens ..."
+    assert "training: 3 steps of 8 tokens: done" not in log  # the steps' bar took over
+    assert "3/3" in lines[-1] and "0/3" not in log

@@ -12,9 +12,19 @@ from pydantic import BaseModel
 
 import promptkit as pk
 from promptkit.backends import ScriptedBackend
+from promptkit.backends.base import Backend, Capabilities
 from promptkit.cli import cli
 from promptkit.errors import InputValidationError, UsageError
-from promptkit.evaluate import EvalItem, evaluate, load_dataset, mcnemar, pool_from, write_report
+from promptkit.evaluate import (
+    EvalItem,
+    Report,
+    ShotReport,
+    evaluate,
+    load_dataset,
+    mcnemar,
+    pool_from,
+    write_report,
+)
 
 LABELS = pk.Prompt(
     query="Review: {{ text }}\nSentiment:",
@@ -151,13 +161,133 @@ def test_cli_eval_compares_templates_and_reruns_from_the_cache(tmp_path, monkeyp
     ]
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
-    assert "24 model call(s)" in first.output and "McNemar p =" in first.output
+    assert "24 model call(s) for 24 request(s) (0 from the cache)" in first.output
+    assert "McNemar p =" in first.output
     replies.write_text("[]")  # any model call now would fail: no replies left
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0, again.output
-    assert "0 model call(s)" in again.output
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert set(report["templates"]) == {"sentiment", "sentiment_b"}
-    assert len(report["comparisons"]) == 2
+    assert "0 model call(s) for 24 request(s) (24 from the cache)" in again.output
+    report = Report.model_validate_json((tmp_path / "out" / "report.json").read_text())
+    assert report.schema_version == "1" and report.method == "generate"
+    assert set(report.templates) == {"sentiment", "sentiment_b"}
+    assert len(report.comparisons) == 2
+    first_item = report.templates["sentiment"][0].results[0]
+    assert first_item.inputs == {"text": "review 0"} and first_item.expected == "negative"
+    assert first_item.text == "positive" and first_item.prediction == "positive"
+    assert not first_item.correct and first_item.attempts[0].text == "positive"
     bad = CliRunner().invoke(cli, [*args[:6], "--shots", "0,9"])
     assert bad.exit_code == 2 and "shots=9 but the pool has 4" in bad.output
+
+
+def test_report_keeps_every_item_and_validates_against_the_schema(tmp_path):
+    items = [
+        EvalItem(1, {"s": "Ana is 3"}, Person(name="Ana", age=3)),
+        EvalItem(2, {"s": "Bo is 5"}, Person(name="Bo", age=5)),
+    ]
+    backend = ScriptedBackend(
+        ['{"name": "Ana", "age": 3}', "no idea", '{"name": "Bo", "age": "five"}'],
+    )
+    (report,) = evaluate(RECORDS, items, backend=backend, shots=[0], max_attempts=2)
+    written = write_report(tmp_path, {"records": [report]}, backend="scripted", data="d.jsonl")
+    text = written[0].read_text(encoding="utf-8")
+    loaded = Report.model_validate_json(text)
+    assert loaded.model_dump() == json.loads(text) == loaded.model_dump(mode="json")
+    right, wrong = loaded.templates["records"][0].results
+    assert (right.line, right.inputs, right.valid, right.correct) == (1, {"s": "Ana is 3"}, 1, 1)
+    assert right.prediction == right.expected == {"name": "Ana", "age": 3}
+    assert right.text == '{"name": "Ana", "age": 3}' and right.requests == 1
+    assert right.prompt_tokens == right.attempts[0].prompt_tokens > 0
+    # never validated: no prediction, but every raw answer and why it was refused is kept
+    assert (wrong.valid, wrong.correct, wrong.prediction) == (False, False, None)
+    assert [a.text for a in wrong.attempts] == ["no idea", '{"name": "Bo", "age": "five"}']
+    assert wrong.text == '{"name": "Bo", "age": "five"}' and wrong.requests == 2
+    assert all(a.error for a in wrong.attempts) and wrong.expected == {"name": "Bo", "age": 5}
+    assert loaded.templates["records"][0].mean_attempts == 1.5
+
+
+def test_a_report_that_breaks_the_schema_is_refused():
+    from pydantic import ValidationError
+
+    good = {
+        "backend": "b",
+        "data": "d",
+        "method": "generate",
+        "templates": {},
+    }
+    assert Report.model_validate(good).schema_version == "1"
+    with pytest.raises(ValidationError, match="schema_version"):
+        Report.model_validate({**good, "schema_version": "2"})
+    with pytest.raises(ValidationError, match="extra"):
+        Report.model_validate({**good, "surprise": 1})
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    example = readme.split("`report.json` is defined once", 1)[1].split("```json\n", 1)[1]
+    shots = json.loads(example.split("```", 1)[0])["templates"]["sentiment"][0]
+    with pytest.raises(ValidationError, match="items is 2 but results holds 1"):
+        ShotReport.model_validate({**shots, "items": 2})
+
+
+class Scorer(Backend):
+    """Scores a continuation higher the more often its word appears in the context."""
+
+    def __init__(self, name: str = "scorer"):
+        self.name = name
+        self.capabilities = Capabilities(completion=True, loglikelihood=True)
+        self.scored: list[tuple[str, str]] = []
+
+    def _loglikelihood(self, context: str, continuation: str) -> float:
+        self.scored.append((context, continuation))
+        return -10.0 + context.count(continuation.strip())
+
+
+def test_score_method_counts_requests_and_prompt_tokens():
+    items = [
+        EvalItem(1, {"text": "negative vibes"}, "negative"),
+        EvalItem(2, {"text": "so positive"}, "positive"),
+    ]
+    backend = Scorer()
+    (report,) = evaluate(LABELS, items, backend=backend, shots=[0], method="score")
+    assert report.accuracy == 1.0 and report.requests == 2 and report.mean_attempts == 1.0
+    first = report.results[0]
+    rendered = LABELS.render({"text": "negative vibes"}, shots=0, style="completion")
+    assert first.prompt_tokens == backend.count_tokens(rendered) > 0
+    assert report.prompt_tokens == sum(r.prompt_tokens for r in report.results)
+    assert first.text is None and first.attempts == [] and first.prediction == "negative"
+    assert first.scores == {"positive": -9.0, "negative": -8.0}  # the labels are listed once
+
+
+def test_cli_eval_score_counts_model_calls_on_an_empty_cache(tmp_path, monkeypatch):
+    import promptkit.backends
+
+    monkeypatch.setattr(promptkit.backends, "get_backend", lambda spec=None, **_: Scorer(spec))
+    rows = [{"text": f"a {label} review", "expected": label} for label in ("positive", "negative")]
+    data = write_jsonl(tmp_path / "data.jsonl", rows * 2)
+    args = ["eval", "sentiment", "--data", str(data), "--method", "score", "--backend", "s"]
+    args += ["--out", str(tmp_path / "out")]
+    for _ in range(2):  # scoring is never answered from the cache
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        assert "4 model call(s) for 4 request(s) (0 from the cache)" in result.output
+    uncached = CliRunner().invoke(cli, [*args, "--no-cache"])
+    assert uncached.exit_code == 0 and "4 model call(s) (no cache)" in uncached.output
+    report = Report.model_validate_json((tmp_path / "out" / "report.json").read_text())
+    (shots,) = report.templates["sentiment"]
+    assert report.method == "score" and shots.accuracy == 1.0
+    assert shots.prompt_tokens > 0 and f"| {shots.prompt_tokens} |" in result.output
+
+
+def test_the_readme_example_of_report_json_validates():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("`report.json` is defined once", 1)[1]
+    example = section.split("```json\n", 1)[1].split("```", 1)[0]
+    report = Report.model_validate_json(example)
+    assert report.templates["sentiment"][0].results[0].attempts[0].text == " Positive"
+
+
+def test_score_on_a_backend_that_cannot_score_fails_before_any_item():
+    from promptkit.errors import UnsupportedCapabilityError
+
+    backend = ScriptedBackend(["positive"])
+    items = [EvalItem(1, {"text": "a"}, "positive")]
+    with pytest.raises(UnsupportedCapabilityError, match="loglikelihood"):
+        evaluate(LABELS, items, backend=backend, method="score")
+    assert backend.requests == []

@@ -214,15 +214,21 @@ def _optimizer(model: GPT, config: TrainConfig, device: str) -> torch.optim.Opti
 
 
 Progress = Callable[[int, dict[str, float]], None]
+Phase = Callable[[str], None]
 
 
-def train(config: TrainConfig, on_step: Progress | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, on_step: Progress | None = None, on_phase: Phase | None = None
+) -> TrainResult:
     """Pretrain a GPT on ``config.corpus`` and save it to ``config.out``.
 
+    ``on_phase(text)`` is called as each phase before the steps begins (training the
+    tokenizer, encoding the corpus, then the steps), after the settings and files are checked;
     ``on_step(step, metrics)`` is called after every optimizer step (metrics: loss, lr,
     tokens_per_s, and val_loss/val_perplexity on evaluation steps). Raises ConfigurationError
     for bad settings or files, UsageError for a corpus smaller than a context window.
     """
+    announce = on_phase or (lambda text: None)
     config.check()
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(config.out)
@@ -238,6 +244,11 @@ def train(config: TrainConfig, on_step: Progress | None = None) -> TrainResult:
         if config.tokenizer:
             tokenizer = Tokenizer.from_folder(config.tokenizer)
         else:
+            characters = sum(len(text) for text, _ in documents)
+            announce(
+                f"training the tokenizer: a {config.vocab_size:,}-token BPE on "
+                f"{len(documents):,} document(s), {characters:,} characters"
+            )
             tokenizer = Tokenizer.train(
                 (text for text, _ in documents),
                 vocab_size=config.vocab_size,
@@ -248,11 +259,15 @@ def train(config: TrainConfig, on_step: Progress | None = None) -> TrainResult:
             overrides["context_length"] = config.context_length
         model = GPT(preset(config.preset, **overrides)).to(device)
     window = model.config.context_length
+    announce("encoding the corpus")
     ids, answer = _encode(documents, tokenizer)
     train_ids, val_ids = _split(ids, config, window)
     cut = len(train_ids)
     train_data, val_data = (train_ids, answer[:cut]), (val_ids, answer[cut:])
     baseline = unigram_perplexity(train_ids, val_ids, tokenizer.vocab_size)
+    tokens_per_step = config.batch_size * config.grad_accum * window
+    done_before = state["step"] if state is not None else 0
+    announce(f"training: {config.steps - done_before:,} steps of {tokens_per_step:,} tokens")
     optimizer = _optimizer(model, config, device)
     generator = torch.Generator().manual_seed(config.seed)
     result = TrainResult(out=out, steps=0, tokens_seen=0, unigram_perplexity=baseline)
@@ -264,7 +279,6 @@ def train(config: TrainConfig, on_step: Progress | None = None) -> TrainResult:
         start_step, result.tokens_seen = state["step"], state["tokens_seen"]
         result.history = state["history"]
     model.train()
-    tokens_per_step = config.batch_size * config.grad_accum * window
     for step in range(start_step, config.steps):
         began = time.perf_counter()
         for group in optimizer.param_groups:

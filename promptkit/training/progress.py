@@ -1,15 +1,27 @@
-"""A rich progress bar for training: step, loss, tokens/s and the latest validation figures."""
+"""Progress on stderr: training (its phases, then step, loss, tokens/s and the latest
+validation figures) and evaluation (items done)."""
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+    from rich.status import Status
 
 __all__ = ["TrainingProgress"]
 
 
 class TrainingProgress:
-    """Context manager whose ``update(step, metrics)`` advances a rich progress bar (on stderr)."""
+    """Context manager that shows a training run on stderr: each phase before the steps
+    (``phase(text)``: a spinner while it runs, then a lasting line with its duration; in a log,
+    also a line as it starts), then a progress bar of the steps (``update(step, metrics)``).
+
+    Nothing is shown until the first phase or step, so errors in the settings, which come
+    before both, are never preceded by a display.
+    """
 
     def __init__(self, total_steps: int):
         from rich.console import Console
@@ -21,19 +33,21 @@ class TrainingProgress:
             TimeRemainingColumn,
         )
 
+        self._console = Console(stderr=True)
         self._progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=self._console,
         )
-        self._task = self._progress.add_task("train", total=total_steps, status="")
+        self._total = total_steps
+        self._task: TaskID | None = None
+        self._phase: tuple[str, float, Status] | None = None
         self._validation = ""
 
     def __enter__(self) -> TrainingProgress:
-        self._progress.start()
         return self
 
     def __exit__(
@@ -42,9 +56,39 @@ class TrainingProgress:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        self._progress.stop()
+        self._end_phase(finished=kind is None and self._task is None)
+        if self._task is not None:
+            self._progress.stop()
+
+    def phase(self, text: str) -> None:
+        """A phase before the steps' bar begins (the previous one, if any, has ended); the last
+        one names the steps and lasts until the first of them is done."""
+        self._end_phase()
+        if not self._console.is_terminal:  # a log: say when the phase starts, too
+            self._console.print(f"{text} ...", soft_wrap=True)
+        status = self._console.status(text)
+        status.start()
+        self._phase = (text, time.perf_counter(), status)
+
+    def _end_phase(self, finished: bool = True) -> None:
+        """Stop the spinner; ``finished``: print the phase's duration (a phase that gives way
+        to the steps' bar has none of its own)."""
+        if self._phase is None:
+            return
+        text, began, status = self._phase
+        status.stop()
+        self._phase = None
+        if finished:
+            elapsed = time.perf_counter() - began
+            self._console.print(f"{text}: done in {elapsed:.1f} s", soft_wrap=True)
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:
+        """Step ``step`` of the run has finished with these metrics."""
+        if self._task is None:  # the first step: the bar replaces the last phase's spinner
+            self._end_phase(finished=False)
+            self._task = self._progress.add_task("train", total=self._total, status="")
+            self._progress.update(self._task, completed=step)
+            self._progress.start()
         if "val_loss" in metrics:
             self._validation = (
                 f" val loss {metrics['val_loss']:.3f} ppl {metrics['val_perplexity']:.1f}"

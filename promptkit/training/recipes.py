@@ -17,9 +17,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ..backends.scratch.gpt2 import preset
 from ..errors import ConfigurationError, UsageError
 from .corpus import write_corpus
-from .pretrain import Progress, TrainConfig, TrainResult, train
+from .pretrain import Phase, Progress, TrainConfig, TrainResult, train
 from .progress import TrainingProgress
 
 __all__ = ["CORPUS_FILE", "MINI_CORPUS", "MINI_RECIPE", "run_training", "train_mini"]
@@ -56,9 +57,9 @@ def _check_names(settings: Collection[str]) -> None:
 
 def _prepare_mini(
     out: str | os.PathLike[str], corpus: str | os.PathLike[str] | None, settings: Mapping[str, Any]
-) -> TrainConfig:
-    """The recipe's TrainConfig, with its corpus generated when none is given (and none was
-    generated into ``out`` before)."""
+) -> tuple[TrainConfig, Path | None]:
+    """The recipe's TrainConfig, checked, and the path its corpus must be generated into (None
+    when a corpus is given or was generated into ``out`` before)."""
     fixed = sorted(set(settings) & set(_FIXED))
     if fixed:
         raise ConfigurationError(
@@ -66,14 +67,22 @@ def _prepare_mini(
             f"preset; got {', '.join(fixed)} among the settings"
         )
     _check_names(settings)
+    generate: Path | None = None
     if corpus is None:
-        path = Path(out) / CORPUS_FILE
-        if not path.is_file():
-            write_corpus(path, MINI_CORPUS["documents"], seed=MINI_CORPUS["seed"])
-        corpus = path
-    return TrainConfig(
+        corpus = Path(out) / CORPUS_FILE
+        generate = None if corpus.is_file() else corpus
+    config = TrainConfig(
         **{**MINI_RECIPE, **settings, "corpus": str(corpus), "out": str(out), "preset": "mini"}
     )
+    config.check()
+    return config, generate
+
+
+def _write_mini_corpus(path: Path, announce: Phase | None = None) -> None:
+    """Generate the recipe's corpus into ``path``, announcing the phase first."""
+    if announce is not None:
+        announce(f"writing the corpus: {MINI_CORPUS['documents']:,} documents")
+    write_corpus(path, MINI_CORPUS["documents"], seed=MINI_CORPUS["seed"])
 
 
 def train_mini(
@@ -91,7 +100,10 @@ def train_mini(
     or bad setting (``corpus``, ``out`` and ``preset`` are not settings here) or an unreadable
     corpus, UsageError for a corpus smaller than a context window.
     """
-    return train(_prepare_mini(out, corpus, settings), on_step=on_step)
+    config, generate = _prepare_mini(out, corpus, settings)
+    if generate is not None:
+        _write_mini_corpus(generate)
+    return train(config, on_step=on_step)
 
 
 def run_training(
@@ -105,19 +117,26 @@ def run_training(
     stderr. Raises UsageError when no corpus is given for another preset, and what
     :func:`train_mini` and :func:`train` raise.
     """
+    generate: Path | None = None
     if options.get("preset") == "mini":
         settings = {
             name: value
             for name, value in options.items()
             if name not in _FIXED and (name in given or name not in MINI_RECIPE)
         }
-        config = _prepare_mini(options["out"], options.get("corpus") or None, settings)
+        config, generate = _prepare_mini(options["out"], options.get("corpus") or None, settings)
     elif not options.get("corpus"):
         raise UsageError("--corpus is required (except with --preset mini)")
     else:
         _check_names(options)
         config = TrainConfig(**options)
+        config.check()  # argument errors come before any progress display
+    preset(config.preset)
     if not progress:
+        if generate is not None:
+            _write_mini_corpus(generate)
         return train(config)
     with TrainingProgress(config.steps) as bar:
-        return train(config, on_step=bar.update)
+        if generate is not None:
+            _write_mini_corpus(generate, bar.phase)
+        return train(config, on_step=bar.update, on_phase=bar.phase)

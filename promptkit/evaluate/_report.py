@@ -1,0 +1,96 @@
+"""Writing an evaluation's reports: ``report.json`` (the :class:`Report` schema), ``report.md``
+(tables) and ``accuracy.png`` (accuracy against shots)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from ._schema import Comparison, Report, ShotReport
+
+
+def markdown(name: str, reports: Sequence[ShotReport]) -> str:
+    """A Markdown table of one template's reports."""
+    lines = [
+        f"### {name}",
+        "",
+        "| shots | accuracy | field accuracy | valid | mean attempts | prompt tokens | "
+        "completion tokens | mean latency (s) | errors |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in reports:
+        fields = "-" if r.field_accuracy is None else f"{r.field_accuracy:.1%}"
+        lines.append(
+            f"| {r.shots} | {r.accuracy:.1%} | {fields} | {r.validity:.1%} | "
+            f"{r.mean_attempts:.2f} | {r.prompt_tokens} | {r.completion_tokens} | "
+            f"{r.mean_latency_s:.3f} | {len(r.errors)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    out: str | Path,
+    runs: dict[str, list[ShotReport]],
+    *,
+    backend: str,
+    data: str,
+    comparisons: Sequence[Comparison] = (),
+    method: Literal["generate", "score"] = "generate",
+) -> list[Path]:
+    """Write ``report.json`` (a :class:`Report`), ``report.md`` and ``accuracy.png`` into
+    ``out``; returns the paths written (the plot is left out, with a note in the Markdown, when
+    matplotlib is not installed). Raises OSError when the folder cannot be written."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    report = Report(
+        backend=backend, data=data, method=method, templates=runs, comparisons=list(comparisons)
+    )
+    written = [folder / "report.json"]
+    written[0].write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    parts = [f"# Evaluation on {data} with {backend}\n"]
+    parts += [markdown(name, reports) for name, reports in runs.items()]
+    if comparisons:
+        first, second = list(runs)[:2]
+        parts.append(
+            f"### {first} vs {second} (McNemar's exact test)\n\n"
+            f"| shots | only {first} right | only {second} right | p-value |\n"
+            "| ---: | ---: | ---: | ---: |\n"
+            + "".join(
+                f"| {c.shots} | {c.only_first} | {c.only_second} | {c.p_value:.3g} |\n"
+                for c in comparisons
+            )
+        )
+    plot = folder / "accuracy.png"
+    if _plot(plot, runs):
+        written.append(plot)
+        parts.append("![accuracy against shots](accuracy.png)\n")
+    else:
+        parts.append("(No plot: install matplotlib, e.g. pip install 'promptkit[eval]'.)\n")
+    (folder / "report.md").write_text("\n".join(parts), encoding="utf-8")
+    written.insert(1, folder / "report.md")
+    return written
+
+
+def _plot(path: Path, runs: dict[str, list[ShotReport]]) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, axes = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for name, reports in runs.items():
+        shots = [r.shots for r in reports]
+        axes.plot(shots, [r.accuracy for r in reports], marker="o", label=name)
+    axes.set_xlabel("demonstrations (shots)")
+    axes.set_ylabel("accuracy")
+    axes.set_ylim(0, 1)
+    axes.set_xticks(sorted({r.shots for reports in runs.values() for r in reports}))
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True

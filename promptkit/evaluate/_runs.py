@@ -1,0 +1,288 @@
+"""Running a template on a dataset, for several shot counts; McNemar's test between two.
+
+See :mod:`promptkit.evaluate` for the dataset format and what is measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from ..backends.base import Backend, GenerationConfig
+from ..demos import Selection, Strategy
+from ..errors import InputValidationError, OutputValidationError, PromptkitError, UsageError
+from ..prompt import Example, Prompt
+from ..runloop import Attempt
+from ._schema import AttemptRecord, Comparison, ItemResult, ShotReport
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One dataset line: its number, the inputs, and the expected output (validated)."""
+
+    line: int
+    inputs: dict[str, Any]
+    expected: Any
+
+
+def load_dataset(
+    path: str | Path, prompt: Prompt[Any], *, expected_key: str = "expected"
+) -> list[EvalItem]:
+    """Read and validate a JSONL dataset for ``prompt``.
+
+    Raises InputValidationError naming the file, line and field of the first bad line.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputValidationError(f"cannot read the dataset {str(path)!r}: {exc}") from None
+    items = []
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(text)
+        except ValueError as exc:
+            raise InputValidationError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise InputValidationError(f"{where}: expected a JSON object, got {text[:60]!r}")
+        if expected_key not in record:
+            raise InputValidationError(
+                f"{where}: no {expected_key!r} field (the expected output); fields: "
+                f"{', '.join(sorted(record))}. Use --expected-key to name another field"
+            )
+        expected = record.pop(expected_key)
+        try:
+            prompt.validate_inputs(record)
+        except InputValidationError as exc:
+            raise InputValidationError(f"{where}: {exc}") from None
+        try:
+            expected = prompt.output.validate(expected)
+        except (ValidationError, PromptkitError) as exc:
+            raise InputValidationError(
+                f"{where}: field {expected_key!r} is not a valid output: {_one_line(exc)}"
+            ) from None
+        items.append(EvalItem(number, record, expected))
+    if not items:
+        raise InputValidationError(f"the dataset {str(path)!r} has no items")
+    return items
+
+
+def pool_from(items: Sequence[EvalItem]) -> list[Example]:
+    """Dataset items as demonstrations."""
+    return [Example(input=item.inputs, output=item.expected) for item in items]
+
+
+def evaluate(
+    prompt: Prompt[Any],
+    items: Sequence[EvalItem],
+    *,
+    backend: Backend,
+    shots: Sequence[int] = (0,),
+    pool: Sequence[Example] | None = None,
+    select: Selection | Strategy | None = None,
+    config: GenerationConfig | None = None,
+    max_attempts: int = 1,
+    on_item: Callable[[], None] | None = None,
+    method: Literal["generate", "score"] = "generate",
+) -> list[ShotReport]:
+    """Run ``prompt`` on every item for each shot count; ``on_item`` is called after each run.
+
+    ``method="score"`` chooses a label by likelihood (:meth:`Prompt.classify`) instead of
+    generating an answer: label output types only, on backends that score.
+    Raises UsageError when a shot count exceeds the pool (or the pool is empty), or for
+    ``score`` on an output type that is not a label set; UnsupportedCapabilityError for
+    ``score`` on a backend that cannot score (before any item runs).
+    """
+    if method not in ("generate", "score"):
+        raise UsageError(f"method must be 'generate' or 'score', got {method!r}")
+    if method == "score":
+        if prompt.output.kind != "label":
+            raise UsageError("method 'score' needs a label output type (labels, Literal or Enum)")
+        backend.require("loglikelihood")
+    pool = list(prompt.examples if pool is None else pool)
+    check_shots(shots, pool)
+    run = _ItemRun(prompt, backend, select, config, max_attempts, method)
+    variants: dict[tuple[int, ...], Prompt[Any]] = {(): prompt.with_examples(pool)}
+    reports = []
+    for count in shots:
+        results = []
+        for item in items:
+            excluded = tuple(i for i, e in enumerate(pool) if _same_input(e, item)) if count else ()
+            if excluded not in variants:
+                kept = [e for i, e in enumerate(pool) if i not in excluded]
+                variants[excluded] = prompt.with_examples(kept)
+            runner = variants[excluded]
+            results.append(run(runner, item, min(count, len(runner.examples))))
+            if on_item is not None:
+                on_item()
+        reports.append(_summary(count, results, records=prompt.output.is_object))
+    return reports
+
+
+@dataclass(frozen=True)
+class _ItemRun:
+    """Runs one item (generating or scoring) and records everything about it."""
+
+    prompt: Prompt[Any]
+    backend: Backend
+    select: Selection | Strategy | None
+    config: GenerationConfig | None
+    max_attempts: int
+    method: Literal["generate", "score"]
+
+    def __call__(self, runner: Prompt[Any], item: EvalItem, shots: int) -> ItemResult:
+        began = time.perf_counter()
+        try:
+            if self.method == "score":
+                return self._score(runner, item, shots, began)
+            result = runner.run(
+                item.inputs,
+                backend=self.backend,
+                shots=shots,
+                config=self.config,
+                max_attempts=self.max_attempts,
+                select=self.select,
+            )
+            return self._record(item, began, result.output, result.text, result.attempts)
+        except OutputValidationError as exc:
+            last = exc.attempts[-1].text if exc.attempts else None
+            return self._record(item, began, None, last, exc.attempts, valid=False)
+        except PromptkitError as exc:
+            return self._record(item, began, None, None, (), valid=False, error=_one_line(exc))
+
+    def _score(self, runner: Prompt[Any], item: EvalItem, shots: int, began: float) -> ItemResult:
+        chosen = runner.classify(item.inputs, backend=self.backend, shots=shots, select=self.select)
+        context = runner.render(item.inputs, shots, style="completion", select=self.select)
+        assert isinstance(context, str)  # the completion style renders one string
+        return self._record(
+            item,
+            began,
+            chosen.label,
+            None,
+            (),
+            scores=dict(zip(chosen.labels, chosen.scores, strict=True)),
+            requests=1,
+            prompt_tokens=self.backend.count_tokens(context),
+        )
+
+    def _record(
+        self,
+        item: EvalItem,
+        began: float,
+        output: Any,
+        text: str | None,
+        attempts: Sequence[Attempt],
+        *,
+        valid: bool = True,
+        error: str | None = None,
+        scores: dict[str, float] | None = None,
+        requests: int | None = None,
+        prompt_tokens: int | None = None,
+    ) -> ItemResult:
+        dump = self.prompt.output.adapter.dump_python
+        records = [
+            AttemptRecord(
+                text=a.text,
+                error=a.error,
+                prompt_tokens=a.usage.prompt_tokens,
+                completion_tokens=a.usage.completion_tokens,
+                latency_s=a.latency_s,
+            )
+            for a in attempts
+        ]
+        return ItemResult(
+            line=item.line,
+            inputs=item.inputs,
+            expected=dump(item.expected, mode="json"),
+            prediction=dump(output, mode="json") if valid else None,
+            text=text,
+            valid=valid,
+            correct=valid and output == item.expected,
+            field_share=(_field_share(output, item.expected) if valid else 0.0)
+            if self.prompt.output.is_object
+            else None,
+            scores=scores,
+            attempts=records,
+            requests=len(records) if requests is None else requests,
+            prompt_tokens=(
+                sum(r.prompt_tokens for r in records) if prompt_tokens is None else prompt_tokens
+            ),
+            completion_tokens=sum(r.completion_tokens for r in records),
+            latency_s=time.perf_counter() - began,
+            error=error,
+        )
+
+
+def _summary(shots: int, results: list[ItemResult], *, records: bool) -> ShotReport:
+    n = len(results)
+    return ShotReport(
+        shots=shots,
+        items=n,
+        accuracy=sum(r.correct for r in results) / n,
+        field_accuracy=sum(r.field_share or 0.0 for r in results) / n if records else None,
+        validity=sum(r.valid for r in results) / n,
+        mean_attempts=sum(r.requests for r in results) / n,
+        requests=sum(r.requests for r in results),
+        prompt_tokens=sum(r.prompt_tokens for r in results),
+        completion_tokens=sum(r.completion_tokens for r in results),
+        mean_latency_s=sum(r.latency_s for r in results) / n,
+        errors=[f"line {r.line}: {r.error}" for r in results if r.error is not None],
+        results=results,
+    )
+
+
+def check_shots(shots: Sequence[int], pool: Sequence[Example]) -> None:
+    """Raise UsageError unless every shot count is between 0 and the pool's size."""
+    for count in shots:
+        if count < 0:
+            raise UsageError(f"shots must be >= 0, got {count}")
+        if count > len(pool):
+            what = "the demonstration pool is empty" if not pool else f"the pool has {len(pool)}"
+            raise UsageError(f"shots={count} but {what}; give a larger --pool or fewer shots")
+
+
+def _same_input(example: Example, item: EvalItem) -> bool:
+    given = example.input
+    if isinstance(given, BaseModel):
+        given = given.model_dump()
+    return dict(given) == item.inputs
+
+
+def _field_share(output: Any, expected: Any) -> float:
+    if isinstance(expected, BaseModel) and isinstance(output, BaseModel):
+        names = list(type(expected).model_fields)
+        if not names:
+            return float(output == expected)
+        same = sum(bool(getattr(output, n, None) == getattr(expected, n)) for n in names)
+        return same / len(names)
+    return float(output == expected)
+
+
+def mcnemar(first: Sequence[bool], second: Sequence[bool], shots: int = 0) -> Comparison:
+    """McNemar's exact (binomial) test on paired per-item correctness."""
+    if len(first) != len(second):
+        raise UsageError("the two runs must cover the same items")
+    only_first = sum(a and not b for a, b in zip(first, second, strict=True))
+    only_second = sum(b and not a for a, b in zip(first, second, strict=True))
+    n = only_first + only_second
+    if n == 0:
+        return Comparison(shots=shots, only_first=0, only_second=0, p_value=1.0)
+    k = min(only_first, only_second)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return Comparison(
+        shots=shots, only_first=only_first, only_second=only_second, p_value=min(1.0, 2 * tail)
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
