@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .constraints import Lark, Regex
+from .outputs import Lark, Regex
 from .parsing import _unwrap
 from .prompt import Prompt
 

@@ -20,8 +20,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import from_json
 
 from .bounds import bound_variables, has_bounds, schema_for_inputs
-from .constraints import SPAN_KEY, Lark, Regex, without_keywords
 from .errors import OutputParseError, TemplateError, UsageError
+from .outputs import SPAN_KEY, Lark, Regex, without_keywords
 
 __all__ = ["OutputCheck", "OutputSpec", "extract_json", "output_spec", "parse_output", "run_check"]
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overloa
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .backends.base import GenerationConfig, Message, PromptInput, messages_to_text
-from .constraints import Grammar, Lark, Regex, grammar_for, span_sources
 from .demos import Selection, Strategy
 from .errors import (
     ConstraintError,
@@ -29,9 +28,10 @@ from .errors import (
     UnsupportedCapabilityError,
     UsageError,
 )
+from .grammar import Grammar, grammar_for, span_grammar
+from .outputs import Lark, Regex, span_sources
 from .parsing import OutputCheck, OutputSpec, output_spec, run_check
 from .runloop import Attempt, Result, RunLoop
-from .spans import span_grammar
 from .templating import CompiledTemplate
 
 if TYPE_CHECKING:
