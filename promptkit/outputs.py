@@ -16,6 +16,7 @@ Checking an answer against a :class:`Lark` grammar needs llguidance, imported on
 from __future__ import annotations
 
 import re
+import typing
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "has_letter_or_digit",
     "span_source",
     "span_sources",
+    "strip_annotated",
     "without_keywords",
     "without_spans",
 ]
@@ -234,3 +236,10 @@ def span_sources(schema: Any) -> set[str]:
         for item in schema:
             found |= span_sources(item)
     return found
+
+
+def strip_annotated(tp: Any) -> Any:
+    """The type under ``Annotated[...]`` (``tp`` itself when it is not annotated)."""
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp

@@ -683,7 +683,7 @@ class Prompt(Generic[OutputT]):
         (``Literal`` / ``Enum`` / ``labels:``) and a backend that scores
         (UnsupportedCapabilityError otherwise).
         """
-        from .scoring import Classification, _softmax, score_continuations
+        from .scoring import Classification, score_continuations, softmax
         from .scoring import calibrate as calibrated_by
 
         if self.output.kind != "label":
@@ -705,7 +705,7 @@ class Prompt(Generic[OutputT]):
             scored = score_continuations(backend, text, verbalised)
             scores = [score for score, _ in scored]
             decisive = [s / max(n, 1) for s, n in scored] if normalize else scores
-            return scores, _softmax(decisive)
+            return scores, softmax(decisive)
 
         scores, probabilities = label_probabilities(_context(validated))
         calibrated = None
