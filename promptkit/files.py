@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .backends.base import Backend, GenerationConfig
-from .constraints import Lark, Regex
 from .errors import ConfigurationError, TemplateError
+from .outputs import Lark, Regex
 from .prompt import Example, Prompt
 from .schema import type_from_schema
 from .templating import Segment, split_roles

@@ -9,8 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .constraints import Lark, Regex
-from .parsing import _unwrap
+from .outputs import Lark, Regex, strip_annotated
 from .prompt import Prompt
 
 __all__ = ["dump_prompty"]
@@ -89,10 +88,10 @@ def _inputs(prompt: Prompt[Any]) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     for name, info in prompt.input_type.model_fields.items():
         spec: dict[str, Any] = {}
-        annotation = _unwrap(info.annotation)
+        annotation = strip_annotated(info.annotation)
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-            annotation = _unwrap(args[0])
+            annotation = strip_annotated(args[0])
         if annotation is Any:
             pass
         elif typing.get_origin(annotation) is Literal:
@@ -121,7 +120,7 @@ def _output(prompt: Prompt[Any]) -> dict[str, Any] | None:
         return {"regex": spec.text_constraint.pattern}
     if isinstance(spec.text_constraint, Lark):
         return {"lark": spec.text_constraint.grammar}
-    inner = _unwrap(spec.type)
+    inner = strip_annotated(spec.type)
     if inner in (int, float, bool) or (isinstance(inner, type) and issubclass(inner, enum.Enum)):
         return {**{k: v for k, v in spec.schema.items() if k != "title"}}
     return {"schema": spec.schema}

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overloa
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .backends.base import GenerationConfig, Message, PromptInput, messages_to_text
-from .constraints import Grammar, Lark, Regex, grammar_for, span_sources
 from .demos import Selection, Strategy
 from .errors import (
     ConstraintError,
@@ -29,9 +28,10 @@ from .errors import (
     UnsupportedCapabilityError,
     UsageError,
 )
+from .grammar import Grammar, grammar_for, span_grammar
+from .outputs import Lark, Regex, span_sources
 from .parsing import OutputCheck, OutputSpec, output_spec, run_check
 from .runloop import Attempt, Result, RunLoop
-from .spans import span_grammar
 from .templating import CompiledTemplate
 
 if TYPE_CHECKING:
@@ -683,7 +683,7 @@ class Prompt(Generic[OutputT]):
         (``Literal`` / ``Enum`` / ``labels:``) and a backend that scores
         (UnsupportedCapabilityError otherwise).
         """
-        from .scoring import Classification, _softmax, score_continuations
+        from .scoring import Classification, score_continuations, softmax
         from .scoring import calibrate as calibrated_by
 
         if self.output.kind != "label":
@@ -705,7 +705,7 @@ class Prompt(Generic[OutputT]):
             scored = score_continuations(backend, text, verbalised)
             scores = [score for score, _ in scored]
             decisive = [s / max(n, 1) for s, n in scored] if normalize else scores
-            return scores, _softmax(decisive)
+            return scores, softmax(decisive)
 
         scores, probabilities = label_probabilities(_context(validated))
         calibrated = None

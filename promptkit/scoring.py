@@ -23,7 +23,13 @@ from .errors import InputValidationError
 if TYPE_CHECKING:
     from .backends.base import Backend
 
-__all__ = ["ChoiceResult", "Classification", "multiple_choice", "score_continuations"]
+__all__ = [
+    "ChoiceResult",
+    "Classification",
+    "multiple_choice",
+    "score_continuations",
+    "softmax",
+]
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class ChoiceResult:
     @property
     def probabilities(self) -> tuple[float, ...]:
         """The choices' scores (per length when normalized) as a distribution over them."""
-        return _softmax(self._decisive())
+        return softmax(self._decisive())
 
     def _decisive(self) -> list[float]:
         if not self.normalized:
@@ -106,7 +112,8 @@ def multiple_choice(
     return ChoiceResult(best, result.choices, result.scores, result.lengths, normalize)
 
 
-def _softmax(values: Sequence[float]) -> tuple[float, ...]:
+def softmax(values: Sequence[float]) -> tuple[float, ...]:
+    """Log-probabilities as a distribution over them (uniform when every one is -inf)."""
     top = max(values)
     if top == -math.inf:
         return tuple(1.0 / len(values) for _ in values)

@@ -45,7 +45,6 @@ from .backends.base import (
     check_messages,
     messages_to_text,
 )
-from .constraints import Grammar
 from .errors import (
     ConstraintError,
     ContextWindowError,
@@ -54,6 +53,7 @@ from .errors import (
     UnsupportedCapabilityError,
     UsageError,
 )
+from .grammar import Grammar
 
 __all__ = ["create_app"]
 

@@ -13,8 +13,8 @@ import promptkit as pk
 from promptkit.backends import GenerationConfig, ScriptedBackend
 from promptkit.backends.base import Completion, Usage
 from promptkit.cache import CachedBackend, ResponseCache, default_cache_path, request_key
-from promptkit.constraints import Grammar
 from promptkit.errors import ConfigurationError
+from promptkit.grammar import Grammar
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 import promptkit as pk
 from promptkit.backends import GenerationConfig
 from promptkit.backends.openai import from_spec, request_params, response_format
-from promptkit.constraints import Grammar
 from promptkit.errors import BackendError, ConfigurationError, ContextWindowError
+from promptkit.grammar import Grammar
 
 openai = pytest.importorskip("openai")
 fastapi = pytest.importorskip("fastapi")

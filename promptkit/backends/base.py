@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, TypeVar, Union
 
-from ..constraints import Grammar
 from ..errors import ConfigurationError, InputValidationError, UnsupportedCapabilityError
+from ..grammar import Grammar
 
 __all__ = [
     "Backend",

@@ -27,8 +27,8 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from ..constraints import Grammar
 from ..errors import BackendError, ConfigurationError, ContextWindowError
+from ..grammar import Grammar
 from .base import (
     Backend,
     Capabilities,

@@ -14,8 +14,8 @@ from servers import serve_in_thread
 import promptkit as pk
 from promptkit.backends import GenerationConfig
 from promptkit.backends.openai import OpenAIBackend, azure_from_spec, from_spec
-from promptkit.constraints import span_sources
 from promptkit.errors import BackendError, ConfigurationError, ContextWindowError
+from promptkit.outputs import span_sources
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")

@@ -38,3 +38,14 @@ def check() -> None:
 
 def positive(inputs: Any, out: int) -> bool:
     return out > 0
+
+
+def attempts_of(error: pk.errors.OutputValidationError) -> None:
+    first = error.attempts[0]
+    assert_type(first.text, str)
+    assert_type(first.error, str | None)
+    assert_type(first.usage.prompt_tokens, int)
+    attempt: pk.errors.AttemptRecord = pk.Attempt(
+        prompt="x", text="y", error=None, usage=pk.backends.Usage(1, 2), latency_s=0.1
+    )
+    assert_type(attempt.usage.total_tokens, int)

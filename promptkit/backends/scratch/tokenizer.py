@@ -62,9 +62,9 @@ class Tokenizer:
 
     def to_llguidance(self, vocab_size: int) -> Any:
         """This tokenizer for llguidance (constrained decoding), over ``vocab_size`` model rows."""
-        from ...constraints import _llguidance
+        from ...llg import load_llguidance
 
-        return _llguidance().LLTokenizer(
+        return load_llguidance().LLTokenizer(
             self._tokenizer.to_str(), n_vocab=vocab_size, eos_token=self.eot_id
         )
 
