@@ -281,27 +281,48 @@ def check_str_format(fmt: str, args: tuple[Any, ...], kwargs: Mapping[str, Any])
     budget.length(total, "the formatted text")
 
 
-def check_str_method(name: str, text: str, args: tuple[Any, ...], budget: _Budget) -> None:
-    """Refuse a str method call (``center``, ``ljust``, ``rjust``, ``zfill``, ``expandtabs``,
-    ``replace``, ``join``) whose result would be over ``max_length``."""
+def check_method(
+    name: str, owner: str | bytes, args: tuple[Any, ...], budget: _Budget
+) -> tuple[Any, ...]:
+    """Refuse a str or bytes method call (``center``, ``ljust``, ``rjust``, ``zfill``,
+    ``expandtabs``, ``replace``, ``translate``, ``join``) whose result would be over
+    ``max_length``; returns the arguments to call it with (``join``'s items as a list)."""
     if name in ("center", "ljust", "rjust", "zfill") and args and isinstance(args[0], int):
-        budget.length(args[0], f"str.{name}'s width")
+        budget.length(args[0], f"{type(owner).__name__}.{name}'s width")
     elif name == "expandtabs":
         size = args[0] if args and isinstance(args[0], int) else 8
-        budget.length(len(text) + text.count("\t") * size, "the expanded text")
+        tab = "\t" if isinstance(owner, str) else b"\t"
+        budget.length(len(owner) + owner.count(tab) * size, "the expanded text")  # type: ignore[arg-type]
     elif name == "replace" and len(args) >= 2:
-        check_replace(text, args[0], args[1], budget)
-    elif name == "join" and args:
-        items = args[0]
-        if isinstance(items, (list, tuple)):
-            budget.charge(len(items), "joining")
-            total = sum(len(v) if isinstance(v, str) else 0 for v in items)
-            budget.length(total + len(text) * len(items), "the joined text")
+        check_replace(owner, args[0], args[1], budget)
+    elif name == "translate" and args and isinstance(args[0], Mapping):
+        longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
+        budget.length(len(owner) * longest, "the translated text")
+    elif name == "join" and args and isinstance(args[0], (list, tuple, Charged)):
+        args = (collect(args[0], len(owner), budget), *args[1:])
+    return args
+
+
+def collect(items: Any, separator: int, budget: _Budget) -> list[Any]:
+    """The items of a join as a list, each charged a step, refused as soon as their text and
+    ``separator`` characters between them would be over ``max_length``."""
+    kept: list[Any] = []
+    total = 0
+    for item in items:
+        budget.charge(1, "joining")
+        total += separator + (
+            len(item) if isinstance(item, (str, bytes)) else text_size(item, budget)
+        )
+        if total > budget.limits.max_length:
+            budget.length(total, "the joined text")
+        kept.append(item)
+    return kept
 
 
 def check_replace(text: Any, old: Any, new: Any, budget: _Budget) -> None:
     """Refuse a replace whose result would be over ``max_length``."""
-    if isinstance(text, str) and isinstance(old, str) and isinstance(new, str):
+    kind = type(text) if isinstance(text, (str, bytes)) else None
+    if kind is not None and isinstance(old, kind) and isinstance(new, kind):
         count = text.count(old) if old else len(text) + 1
         budget.length(len(text) + count * (len(new) - len(old)), "the replaced text")
 
@@ -359,14 +380,20 @@ _TEXT_FILTERS = frozenset(
 )
 
 
+_SIZED_BY_TEXT = frozenset(["center", "format", "indent", "replace", "urlize", "wordwrap"])
+
+
 def check_filter(name: str, value: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
     """Charge and check a filter call before it runs; returns the value to pass on (an iterator
     that ``join`` must measure first is made a list)."""
     budget = active()
-    if isinstance(value, Charged) or not isinstance(value, Sized):
-        if name == "join":
-            value = list(value)  # charged item by item as it is read
-    elif name in _WALKING_FILTERS and not isinstance(value, str):
+    if name == "join" and not isinstance(value, str):
+        separator = _argument(args, kwargs, 0, "d")
+        if _argument(args, kwargs, 1, "attribute") is None:
+            return collect(value, len(separator) if isinstance(separator, str) else 0, budget)
+        value = list(value)
+    walks = name in _WALKING_FILTERS and isinstance(value, Sized)
+    if walks and not isinstance(value, (str, Charged)):
         budget.charge(len(value), f"the {name!r} filter")
     if name in _TEXT_FILTERS and not isinstance(value, str):
         text_size(value, budget)
@@ -381,7 +408,8 @@ def _argument(args: tuple[Any, ...], kwargs: Mapping[str, Any], index: int, name
 def _check_filter_arguments(
     name: str, value: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], budget: _Budget
 ) -> None:
-    text = value if isinstance(value, str) else ""
+    # The text these filters work on (its size was checked above when it is not a string).
+    text = value if isinstance(value, str) else str(value) if name in _SIZED_BY_TEXT else ""
     if name == "center":
         width = _argument(args, kwargs, 0, "width")
         if isinstance(width, int):
@@ -397,18 +425,14 @@ def _check_filter_arguments(
         width = _argument(args, kwargs, 0, "width")
         lines = len(text) // max(width if isinstance(width, int) else 79, 1) + 1
         budget.length(len(text) + lines * extra, "the wrapped text")
+    elif name == "urlize":
+        budget.charge(len(text) // 2, "the 'urlize' filter")
     elif name == "format":
         check_printf(text, args or dict(kwargs), budget)
     elif name == "replace":
         check_replace(
             text, _argument(args, kwargs, 0, "old"), _argument(args, kwargs, 1, "new"), budget
         )
-    elif name == "join":
-        separator = _argument(args, kwargs, 0, "d")
-        if _argument(args, kwargs, 1, "attribute") is None:
-            total = sum(len(v) if isinstance(v, str) else text_size(v, budget) for v in value)
-            sep = len(separator) if isinstance(separator, str) else 0
-            budget.length(total + sep * len(value), "the joined text")
     elif name in ("batch", "slice"):
         count = _argument(args, kwargs, 0, "linecount" if name == "batch" else "slices")
         if isinstance(count, int):

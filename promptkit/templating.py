@@ -123,7 +123,7 @@ class _Environment(ImmutableSandboxedEnvironment):
             if isinstance(count, int) and isinstance(longest, int):
                 budget.charge(max(count, 0) * max(longest, 0), "lipsum")
         else:
-            _check_method(__obj, args, kwargs, budget)
+            args = _check_method(__obj, args, kwargs, budget)
         budget.depth += 1
         try:
             if budget.depth > budget.limits.max_depth:
@@ -136,20 +136,25 @@ class _Environment(ImmutableSandboxedEnvironment):
         return _limits.check_result(result, "a call's result")
 
 
-def _check_method(function: Any, args: tuple[Any, ...], kwargs: Any, budget: Any) -> None:
-    """Checks for the str methods that can build large text (``str.format`` is the sandbox's
-    wrapper of the bound method)."""
+def _check_method(
+    function: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], budget: Any
+) -> tuple[Any, ...]:
+    """Checks for the str, bytes and int methods that can build large values (``str.format`` is
+    the sandbox's wrapper of the bound method); returns the arguments to call with."""
     bound = getattr(function, "__wrapped__", function)
     owner = getattr(bound, "__self__", None)
-    if not isinstance(owner, str):
-        return
     name = getattr(bound, "__name__", "")
-    if name == "format":
+    if isinstance(owner, str) and name == "format":
         _limits.check_str_format(owner, args, kwargs)
-    elif name == "format_map" and args and isinstance(args[0], Mapping):
+    elif isinstance(owner, str) and name == "format_map" and args and isinstance(args[0], Mapping):
         _limits.check_str_format(owner, (), args[0])
-    else:
-        _limits.check_str_method(name, owner, args, budget)
+    elif isinstance(owner, (str, bytes)):
+        return _limits.check_method(name, owner, args, budget)
+    elif isinstance(owner, int) and name == "to_bytes":
+        length = args[0] if args else kwargs.get("length", 1)
+        if isinstance(length, int):
+            budget.length(length, "int.to_bytes's length")
+    return args
 
 
 def _limited_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
