@@ -14,18 +14,18 @@ template (completion style unless ``model.api`` says chat).
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, TypeVar
 
 from .backends.base import Backend, GenerationConfig
 from .constraints import Lark, Regex
-from .errors import ConfigurationError, TemplateError
+from .errors import ConfigurationError, PromptkitError, TemplateError
 from .prompt import Example, Prompt
+from .references import check_model_references, resolve_env, resolve_references
 from .schema import type_from_schema
 from .templating import Segment, split_roles
 
@@ -50,7 +50,6 @@ _BUILT_KEYS = {
     "format_instructions",
 }
 _CONFIG_KEYS = {f for f in GenerationConfig.__dataclass_fields__}
-_SUBSTITUTION = re.compile(r"\$\{(env|file):([^}]*)\}")
 _INPUT_TYPES: dict[str, Any] = {
     "string": str,
     "str": str,
@@ -65,6 +64,7 @@ _INPUT_TYPES: dict[str, Any] = {
     "object": dict,
     "dict": dict,
 }
+_T = TypeVar("_T")
 _SIMPLE_OUTPUTS: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool}
 
 
@@ -99,26 +99,37 @@ class ParsedFile:
     front: dict[str, Any]
     body: str
     body_line: int  # file line of the body's first line
-    key_lines: dict[str, int] = field(default_factory=dict)  # top-level and input key -> line
+    # line of each top-level key, input ("inputs.NAME") and example ("examples.INDEX")
+    key_lines: dict[str, int] = field(default_factory=dict)
+
+
+def split_front_matter(text: str) -> tuple[str | None, str, int]:
+    """A template file's YAML front matter (None without one), its body and the body's first
+    line. Raises TemplateError when the front matter is never closed."""
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != "---":
+        return None, text, 1
+    end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
+    if end is None:
+        raise TemplateError(
+            "front matter opened with '---' on line 1 is never closed by a '---' line", line=1
+        )
+    return "".join(lines[1:end]), "".join(lines[end + 1 :]), end + 2
 
 
 def parse_prompty(text: str, path: str = "<string>") -> ParsedFile:
     """Split a template file into front matter (parsed YAML) and body; errors carry lines."""
     import yaml
 
-    lines = text.splitlines(keepends=True)
-    if not lines or lines[0].strip() != "---":
-        return ParsedFile(path, {}, text, 1)
-    end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
-    if end is None:
-        raise TemplateError(
-            "front matter opened with '---' on line 1 is never closed by a '---' line",
-            source=path,
-            line=1,
-        )
-    yaml_text = "".join(lines[1:end])
+    try:
+        yaml_text, body, body_line = split_front_matter(text)
+    except TemplateError as exc:
+        raise TemplateError(exc.reason, source=path, line=exc.line) from None
+    if yaml_text is None:
+        return ParsedFile(path, {}, body, body_line)
     try:
         node = yaml.compose(yaml_text, Loader=yaml.SafeLoader)
+        _check_yaml_size(node, path)
         front = yaml.safe_load(yaml_text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -138,128 +149,241 @@ def parse_prompty(text: str, path: str = "<string>") -> ParsedFile:
             if key_node.value == "inputs" and isinstance(value_node, yaml.MappingNode):
                 for input_key, _ in value_node.value:
                     key_lines[f"inputs.{input_key.value}"] = input_key.start_mark.line + 2
-    return ParsedFile(path, front, "".join(lines[end + 1 :]), end + 2, key_lines)
+            if key_node.value == "examples" and isinstance(value_node, yaml.SequenceNode):
+                for index, item in enumerate(value_node.value):
+                    key_lines[f"examples.{index}"] = item.start_mark.line + 2
+    return ParsedFile(path, front, body, body_line, key_lines)
 
 
-def _substitute(value: Any, folder: Path, source: str) -> Any:
-    """Apply ``${env:VAR}``, ``${env:VAR:default}`` and ``${file:path}`` recursively."""
-    if isinstance(value, dict):
-        return {k: _substitute(v, folder, source) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, folder, source) for v in value]
-    if not isinstance(value, str):
-        return value
-    whole = _SUBSTITUTION.fullmatch(value.strip())
-    if whole and whole.group(1) == "file":
-        return _read_data_file(folder / whole.group(2).strip(), source)
-    return _SUBSTITUTION.sub(lambda m: _env_or_text(m, source), value)
+_MAX_YAML_NODES = 100_000  # front matter values, aliases counted each time they are used
 
 
-def _env_or_text(match: re.Match[str], source: str) -> str:
-    kind, body = match.groups()
-    if kind == "file":
-        raise TemplateError(
-            f"${{file:{body}}} must be a whole value, not part of a string", source=source
-        )
-    name, has_default, default = body.partition(":")
-    if name in os.environ:
-        return os.environ[name]
-    if has_default:
-        return default
-    raise ConfigurationError(
-        f"{source}: environment variable {name!r} is not set; set it, or give a default "
-        f"as ${{env:{name}:default}}"
-    )
+def _check_yaml_size(node: Any, path: str) -> None:
+    """Refuse front matter whose aliases (``*name``) expand past _MAX_YAML_NODES values (a
+    "billion laughs" file would otherwise exhaust the load)."""
+    count = 0
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        count += 1
+        if count > _MAX_YAML_NODES:
+            raise TemplateError(
+                f"the front matter expands to more than {_MAX_YAML_NODES:,} values "
+                "(through YAML aliases?); write it out plainly",
+                source=path,
+                line=2,
+            )
+        if isinstance(current.value, list):
+            for item in current.value:
+                stack.extend(item if isinstance(item, tuple) else (item,))
 
 
-def _read_data_file(path: Path, source: str) -> Any:
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TemplateError(
-            f"cannot read ${{file:...}} {str(path)!r}: {exc.strerror}", source=source
-        ) from None
-    try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise TemplateError(
-            f"${{file:...}} {str(path)!r} is not valid JSON/YAML: {exc}", source=source
-        ) from None
-
-
-def load_prompt(path: str | os.PathLike[str]) -> Prompt[Any]:
+def load_prompt(
+    path: str | os.PathLike[str],
+    *,
+    file_root: str | os.PathLike[str] | None = None,
+    allow_env: Collection[str] = (),
+) -> Prompt[Any]:
     """Load a ``.prompty`` template file (or a bundled template by name) as a typed Prompt.
 
+    ``${file:...}`` references may read only inside ``file_root`` (default: the template's own
+    folder); ``${env:...}`` references only in the connection settings under ``model:``, or for
+    the variable names in ``allow_env`` (see :mod:`promptkit.references`).
+
     Raises TemplateError (with file and line) for a missing or malformed file, an unknown
-    template format, an undeclared variable or an unsupported schema.
+    template format, an undeclared variable, an unsupported schema or a refused reference.
     """
     file = resolve_template_path(path)
     try:
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise TemplateError(f"cannot read template file: {exc}", source=str(file)) from None
-    return prompt_from_text(text, source=str(file), folder=file.parent)
+    return prompt_from_text(
+        text, source=str(file), folder=file.parent, file_root=file_root, allow_env=allow_env
+    )
 
 
 def prompt_from_text(
-    text: str, *, source: str = "<string>", folder: Path | None = None
+    text: str,
+    *,
+    source: str = "<string>",
+    folder: Path | None = None,
+    file_root: str | os.PathLike[str] | None = None,
+    allow_env: Collection[str] = (),
 ) -> Prompt[Any]:
-    """Build a Prompt from the text of a template file."""
+    """Build a Prompt from the text of a template file (``folder``: where its ``${file:...}``
+    paths start, the current folder by default)."""
     parsed = parse_prompty(text.replace("\r\n", "\n"), source)
-    return build_prompt(parsed, folder or Path.cwd())
+    return build_prompt(parsed, folder or Path.cwd(), file_root=file_root, allow_env=allow_env)
 
 
-def build_prompt(parsed: ParsedFile, folder: Path) -> Prompt[Any]:
-    """Build the Prompt of a parsed template file (``folder`` resolves ``${file:...}``)."""
-    src = parsed.path
+def build_prompt(
+    parsed: ParsedFile,
+    folder: Path,
+    *,
+    file_root: str | os.PathLike[str] | None = None,
+    allow_env: Collection[str] = (),
+) -> Prompt[Any]:
+    """Build the Prompt of a parsed template file (``folder`` resolves ``${file:...}`` within
+    ``file_root``, by default ``folder`` itself). Raises the first problem found (TemplateError
+    with its line, ConfigurationError, InputValidationError)."""
+    prompt = _build(parsed, folder, Path(file_root or folder), frozenset(allow_env), _Steps())
+    assert prompt is not None  # a _Steps that raises always builds one
+    return prompt
+
+
+def file_problems(
+    parsed: ParsedFile,
+    folder: Path,
+    *,
+    file_root: str | os.PathLike[str] | None = None,
+    allow_env: Collection[str] = (),
+) -> tuple[list[PromptkitError], Prompt[Any] | None]:
+    """Every problem :func:`build_prompt` can find, each step run on its own, and the Prompt
+    built without the file's examples (for the checker to test each example and the sample;
+    None when the body or a problem prevents it)."""
+    steps = _Steps(keep=True)
+    prompt = _build(parsed, folder, Path(file_root or folder), frozenset(allow_env), steps)
+    return steps.problems, prompt
+
+
+class _Steps:
+    """Runs the steps of building a Prompt: raising the first problem (loading), or keeping
+    every problem and going on with a stand-in value (checking)."""
+
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
+        self.problems: list[PromptkitError] = []
+
+    def run(self, step: Callable[[], _T], stand_in: _T) -> _T:
+        try:
+            return step()
+        except PromptkitError as exc:
+            if not self.keep:
+                raise
+            self.problems.append(exc)
+            return stand_in
+
+
+def _build(
+    parsed: ParsedFile, folder: Path, file_root: Path, allow_env: frozenset[str], steps: _Steps
+) -> Prompt[Any] | None:
+    src, lines = parsed.path, parsed.key_lines
     model = parsed.front.get("model") or {}
-    front = {k: v for k, v in parsed.front.items() if k != "model"}
-    front = _substitute(front, folder, src)  # model.* is left raw: it may reference secrets
     if not isinstance(model, dict):
-        raise TemplateError(
-            "'model' must be a mapping", source=src, line=parsed.key_lines.get("model")
+        steps.run(
+            _fail(TemplateError("'model' must be a mapping", source=src, line=lines.get("model"))),
+            None,
         )
-    _check_template_format(front.get("template"), src, parsed.key_lines.get("template"))
-    style = _style(model, src)
-    segments = _segments(parsed.body, parsed.body_line, src)
-    parts = _body_parts(segments, src)
-    if style is None:
-        style = "completion" if parts["plain"] else "chat"
-    input_type = _input_type(front.get("inputs"), front.get("sample"), src, parsed.key_lines)
-    output_type = _output_type(front, src, parsed.key_lines)
-    examples = _examples(front.get("examples", []), src, parsed.key_lines.get("examples"))
-    shots = front.get("shots")
-    if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool)):
-        raise TemplateError(
-            f"'shots' must be a whole number, got {shots!r}",
-            source=src,
-            line=parsed.key_lines.get("shots"),
-        )
+        model = {}
+    # model.* is kept as written: its connection settings are read when the backend is made.
+    steps.run(lambda: check_model_references(model, source=src, line=lines.get("model")), None)
+    front = _resolved_front(parsed, folder, file_root, allow_env, steps)
+    steps.run(
+        lambda: _check_template_format(front.get("template"), src, lines.get("template")), None
+    )
+    style = steps.run(lambda: _style(model, src, lines.get("model")), None)
+    parts = steps.run(lambda: _body_parts(_segments(parsed.body, parsed.body_line, src), src), None)
+    input_type = steps.run(
+        lambda: _input_type(front.get("inputs"), front.get("sample"), src, lines), None
+    )
+    output_type = steps.run(lambda: _output_type(front, src, lines), str)
+    examples: list[Example] = steps.run(
+        lambda: _examples(front.get("examples", []), src, lines.get("examples")), []
+    )
+    shots = steps.run(lambda: _shots(front.get("shots"), src, lines.get("shots")), None)
+    config = steps.run(
+        lambda: _config(model.get("parameters") or {}, src, lines.get("model")), None
+    )
+    if parts is None:
+        return None
     metadata = {k: v for k, v in front.items() if k not in _BUILT_KEYS}
     if parsed.front.get("model") is not None:
         metadata["model"] = model
-    try:
-        config = _config(model.get("parameters") or {})
-    except ConfigurationError as exc:
-        raise TemplateError(str(exc), source=src, line=parsed.key_lines.get("model")) from None
-    return Prompt(
-        query=parts["query"],
-        instruction=parts["instruction"],
-        turns=parts["turns"],
-        input_type=input_type,
-        output_type=output_type,
-        examples=examples,
-        style=style,
-        shots=shots,
-        format_instructions=bool(front.get("format_instructions", True)),
-        config=config,
-        name=front.get("name") or Path(src).stem,
-        description=front.get("description"),
-        metadata=metadata,
-        first_lines=parts["lines"],
-        source=src,
+    return steps.run(
+        lambda: Prompt(
+            query=parts["query"],
+            instruction=parts["instruction"],
+            turns=parts["turns"],
+            input_type=input_type,
+            output_type=output_type,
+            examples=[] if steps.keep else examples,
+            style=style or ("completion" if parts["plain"] else "chat"),
+            shots=None if steps.keep else shots,
+            format_instructions=bool(front.get("format_instructions", True)),
+            config=config,
+            name=front.get("name") or Path(src).stem,
+            description=front.get("description"),
+            metadata=metadata,
+            first_lines=parts["lines"],
+            source=src,
+        ),
+        None,
+    )
+
+
+def _fail(error: PromptkitError) -> Callable[[], None]:
+    def raise_it() -> None:
+        raise error
+
+    return raise_it
+
+
+def _shots(shots: Any, source: str, line: int | None) -> int | None:
+    if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool)):
+        raise TemplateError(
+            f"'shots' must be a whole number, got {shots!r}", source=source, line=line
+        )
+    return shots
+
+
+def _resolved_front(
+    parsed: ParsedFile, folder: Path, file_root: Path, allow_env: frozenset[str], steps: _Steps
+) -> dict[str, Any]:
+    """The front matter but ``model``, its references resolved (errors at each key's line; a
+    key whose references fail is left out, an input keeps its spec as written)."""
+    front: dict[str, Any] = {}
+    for key, value in parsed.front.items():
+        if key == "model":
+            continue
+        if key == "inputs" and isinstance(value, dict):
+            front[key] = {
+                name: steps.run(
+                    partial(
+                        _resolved, parsed, f"inputs.{name}", spec, folder, file_root, allow_env
+                    ),
+                    spec,
+                )
+                for name, spec in value.items()
+            }
+            continue
+        resolve = partial(_resolved, parsed, str(key), value, folder, file_root, allow_env)
+        resolved = steps.run(resolve, _LEFT_OUT)
+        if resolved is not _LEFT_OUT:
+            front[key] = resolved
+    return front
+
+
+_LEFT_OUT = object()
+
+
+def _resolved(
+    parsed: ParsedFile,
+    where: str,
+    value: Any,
+    folder: Path,
+    file_root: Path,
+    allow_env: frozenset[str],
+) -> Any:
+    line = parsed.key_lines.get(where) or parsed.key_lines.get(where.partition(".")[0])
+    return resolve_references(
+        value,
+        folder=folder,
+        file_root=file_root,
+        allow_env=allow_env,
+        source=parsed.path,
+        line=line,
+        where=where,
     )
 
 
@@ -280,11 +404,15 @@ def _check_template_format(template: Any, source: str, line: int | None) -> None
         )
 
 
-def _style(model: dict[str, Any], source: str) -> Literal["chat", "completion"] | None:
+def _style(
+    model: dict[str, Any], source: str, line: int | None
+) -> Literal["chat", "completion"] | None:
     api = model.get("api")
     if api in (None, "chat", "completion"):
         return api
-    raise TemplateError(f"model.api must be 'chat' or 'completion', got {api!r}", source=source)
+    raise TemplateError(
+        f"model.api must be 'chat' or 'completion', got {api!r}", source=source, line=line
+    )
 
 
 def _body_parts(segments: list[Segment], source: str) -> dict[str, Any]:
@@ -501,9 +629,14 @@ def _examples(raw: Any, source: str, line: int | None) -> list[Example]:
     return examples
 
 
-def _config(parameters: Mapping[str, Any]) -> GenerationConfig | None:
+def _config(parameters: Any, source: str, line: int | None) -> GenerationConfig | None:
+    if not isinstance(parameters, Mapping):
+        raise TemplateError("'model.parameters' must be a mapping", source=source, line=line)
     known = {k: v for k, v in parameters.items() if k in _CONFIG_KEYS}
-    return GenerationConfig(**known) if known else None
+    try:
+        return GenerationConfig(**known) if known else None
+    except ConfigurationError as exc:
+        raise TemplateError(str(exc), source=source, line=line) from None
 
 
 def save_prompt(prompt: Prompt[Any], path: str | os.PathLike[str]) -> Path:
@@ -524,7 +657,7 @@ def backend_from_prompt(prompt: Prompt[Any]) -> Backend | None:
     ``api_key``, ``base_url``, ``organization``) gives ``openai:MODEL``. ``${env:VAR}`` values
     are read now, when the backend is made (never when the file is loaded or saved). Unset
     values fall back to the backends' standard environment variables.
-    Raises ConfigurationError for an unknown type or a missing variable.
+    Raises ConfigurationError for an unknown type, a missing variable or a ``${file:...}``.
     """
     from .backends import get_backend
 
@@ -535,7 +668,7 @@ def backend_from_prompt(prompt: Prompt[Any]) -> Backend | None:
     if not isinstance(settings, dict) or not settings.get("type"):
         return None
     source = prompt.source
-    values = {k: _substitute(v, Path.cwd(), source) for k, v in settings.items() if k != "type"}
+    values = {k: resolve_env(v, source) for k, v in settings.items() if k != "type"}
     kind = str(settings["type"]).lower()
     if kind in ("azure_openai", "azure"):
         deployment = values.pop("azure_deployment", None) or values.pop("deployment", None)
