@@ -78,12 +78,14 @@ def check_template(
                     parsed.key_lines.get(f"inputs.{name}"),
                     f"input {name!r} is declared but never used in the body",
                 )
-    problems, prompt = file_problems(parsed, file.parent, file_root=file_root, allow_env=allow_env)
+    problems, prompt, own_body = file_problems(
+        parsed, file.parent, file_root=file_root, allow_env=allow_env
+    )
     for problem in problems:
         findings.add(problem)
     if prompt is not None:
         _check_examples(prompt, parsed, findings)
-        _check_sample(prompt, parsed, findings)
+        _check_sample(prompt, parsed, findings, render=own_body)
     return findings.sorted()
 
 
@@ -160,8 +162,11 @@ def _check_examples(prompt: Prompt[Any], parsed: ParsedFile, findings: _Findings
             findings.error(line, f"example {index}: {str(exc).removeprefix('example 0 ')}")
 
 
-def _check_sample(prompt: Prompt[Any], parsed: ParsedFile, findings: _Findings) -> None:
-    """The sample fits the inputs and renders (which runs the body under its limits)."""
+def _check_sample(
+    prompt: Prompt[Any], parsed: ParsedFile, findings: _Findings, *, render: bool
+) -> None:
+    """The sample fits the inputs and, with ``render``, renders (which runs the body under
+    its limits)."""
     sample = prompt.metadata.get("sample")
     if not isinstance(sample, dict):
         return
@@ -170,6 +175,8 @@ def _check_sample(prompt: Prompt[Any], parsed: ParsedFile, findings: _Findings) 
         prompt.validate_inputs(sample)
     except PromptkitError as exc:
         findings.error(line, f"the sample does not fit the inputs: {exc}")
+        return
+    if not render:
         return
     try:
         prompt.render(sample)

@@ -238,13 +238,14 @@ def file_problems(
     *,
     file_root: str | os.PathLike[str] | None = None,
     allow_env: Collection[str] = (),
-) -> tuple[list[PromptkitError], Prompt[Any] | None]:
-    """Every problem :func:`build_prompt` can find, each step run on its own, and the Prompt
-    built without the file's examples (for the checker to test each example and the sample;
-    None when the body or a problem prevents it)."""
+) -> tuple[list[PromptkitError], Prompt[Any] | None, bool]:
+    """Every problem :func:`build_prompt` can find, each step run on its own; the Prompt built
+    without the file's examples, for the checker to test each example and the sample (when the
+    body cannot be built, a stand-in with an empty body and the file's types; None when even
+    that cannot be); and whether that Prompt has the file's own body."""
     steps = _Steps(keep=True)
     prompt = _build(parsed, folder, Path(file_root or folder), frozenset(allow_env), steps)
-    return steps.problems, prompt
+    return steps.problems, prompt, steps.own_body
 
 
 class _Steps:
@@ -254,6 +255,7 @@ class _Steps:
     def __init__(self, keep: bool = False) -> None:
         self.keep = keep
         self.problems: list[PromptkitError] = []
+        self.own_body = True  # False once a checker's stand-in replaced the body
 
     def run(self, step: Callable[[], _T], stand_in: _T) -> _T:
         try:
@@ -285,7 +287,7 @@ def _build(
     style = steps.run(lambda: _style(model, src, lines.get("model")), None)
     parts = steps.run(lambda: _body_parts(_segments(parsed.body, parsed.body_line, src), src), None)
     input_type = steps.run(
-        lambda: _input_type(front.get("inputs"), front.get("sample"), src, lines), None
+        lambda: _input_type(front.get("inputs"), front.get("sample"), src, lines, steps), None
     )
     output_type = steps.run(lambda: _output_type(front, src, lines), str)
     examples: list[Example] = steps.run(
@@ -295,31 +297,40 @@ def _build(
     config = steps.run(
         lambda: _config(model.get("parameters") or {}, src, lines.get("model")), None
     )
-    if parts is None:
-        return None
     metadata = {k: v for k, v in front.items() if k not in _BUILT_KEYS}
     if parsed.front.get("model") is not None:
         metadata["model"] = model
-    return steps.run(
-        lambda: Prompt(
-            query=parts["query"],
-            instruction=parts["instruction"],
-            turns=parts["turns"],
-            input_type=input_type,
-            output_type=output_type,
-            examples=[] if steps.keep else examples,
-            style=style or ("completion" if parts["plain"] else "chat"),
-            shots=None if steps.keep else shots,
-            format_instructions=bool(front.get("format_instructions", True)),
-            config=config,
-            name=front.get("name") or Path(src).stem,
-            description=front.get("description"),
-            metadata=metadata,
-            first_lines=parts["lines"],
-            source=src,
-        ),
-        None,
-    )
+    prompt = None
+    if parts is not None:
+        prompt = steps.run(
+            lambda: Prompt(
+                query=parts["query"],
+                instruction=parts["instruction"],
+                turns=parts["turns"],
+                input_type=input_type,
+                output_type=output_type,
+                examples=[] if steps.keep else examples,
+                style=style or ("completion" if parts["plain"] else "chat"),
+                shots=None if steps.keep else shots,
+                format_instructions=bool(front.get("format_instructions", True)),
+                config=config,
+                name=front.get("name") or Path(src).stem,
+                description=front.get("description"),
+                metadata=metadata,
+                first_lines=parts["lines"],
+                source=src,
+            ),
+            None,
+        )
+    if prompt is None and steps.keep and input_type is not None:
+        steps.own_body = False
+        prompt = steps.run(
+            lambda: Prompt(
+                query="", input_type=input_type, output_type=output_type, metadata=metadata
+            ),
+            None,
+        )
+    return prompt
 
 
 def _fail(error: PromptkitError) -> Callable[[], None]:
@@ -459,7 +470,11 @@ def _leading_newlines(text: str) -> int:
     return len(text) - len(text.lstrip("\n"))
 
 
-def _input_type(inputs: Any, sample: Any, source: str, key_lines: dict[str, int]) -> Any:
+def _input_type(
+    inputs: Any, sample: Any, source: str, key_lines: dict[str, int], steps: _Steps
+) -> Any:
+    """The pydantic model of the inputs (None: inferred from the body); an input whose spec is
+    wrong is a problem of its own (typed Any while checking)."""
     from pydantic import ConfigDict, Field, create_model
 
     inputs = _properties_as_mapping(inputs, "inputs", source, key_lines)
@@ -483,20 +498,7 @@ def _input_type(inputs: Any, sample: Any, source: str, key_lines: dict[str, int]
             )
         if not isinstance(spec, dict):
             spec = {"type": _json_type(spec), "default": spec}
-        kind = spec.get("type", spec.get("kind"))
-        if kind is None:
-            annotation: Any = Literal[tuple(spec["enum"])] if "enum" in spec else Any
-        elif "enum" in spec:
-            annotation = Literal[tuple(spec["enum"])]
-        elif kind in _INPUT_TYPES:
-            annotation = _INPUT_TYPES[kind]
-        else:
-            raise TemplateError(
-                f"input {name!r} has unknown type {kind!r}; use one of "
-                "string, integer, number, boolean, array, object",
-                source=source,
-                line=line,
-            )
+        annotation: Any = steps.run(partial(_input_annotation, name, spec, source, line), Any)
         description = spec.get("description")
         if "default" in spec:
             default = spec["default"]
@@ -508,6 +510,22 @@ def _input_type(inputs: Any, sample: Any, source: str, key_lines: dict[str, int]
         else:
             fields[name] = (annotation, Field(..., description=description))
     return create_model("Inputs", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def _input_annotation(name: str, spec: dict[str, Any], source: str, line: int | None) -> Any:
+    kind = spec.get("type", spec.get("kind"))
+    if "enum" in spec:
+        return Literal[tuple(spec["enum"])]
+    if kind is None:
+        return Any
+    if kind in _INPUT_TYPES:
+        return _INPUT_TYPES[kind]
+    raise TemplateError(
+        f"input {name!r} has unknown type {kind!r}; use one of "
+        "string, integer, number, boolean, array, object",
+        source=source,
+        line=line,
+    )
 
 
 def _properties_as_mapping(value: Any, key: str, source: str, key_lines: dict[str, int]) -> Any:
