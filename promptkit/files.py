@@ -15,26 +15,27 @@ template (completion style unless ``model.api`` says chat).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar
+from typing import Any, Literal
 
-from .backends.base import Backend, GenerationConfig
-from .constraints import Lark, Regex
+from . import front_matter
+from .backends.base import Backend
 from .errors import ConfigurationError, PromptkitError, TemplateError
 from .prompt import Example, Prompt
 from .references import check_model_references, resolve_env, resolve_references
-from .schema import type_from_schema
 from .templating import Segment, split_roles
 
 __all__ = [
     "build_prompt",
     "bundled_templates",
+    "file_problems",
     "load_prompt",
     "parse_prompty",
     "save_prompt",
+    "split_front_matter",
 ]
 
 # Keys that become parts of the Prompt; every other key is kept in ``prompt.metadata``.
@@ -49,23 +50,6 @@ _BUILT_KEYS = {
     "shots",
     "format_instructions",
 }
-_CONFIG_KEYS = {f for f in GenerationConfig.__dataclass_fields__}
-_INPUT_TYPES: dict[str, Any] = {
-    "string": str,
-    "str": str,
-    "integer": int,
-    "int": int,
-    "number": float,
-    "float": float,
-    "boolean": bool,
-    "bool": bool,
-    "array": list,
-    "list": list,
-    "object": dict,
-    "dict": dict,
-}
-_T = TypeVar("_T")
-_SIMPLE_OUTPUTS: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool}
 
 
 def bundled_templates() -> dict[str, Path]:
@@ -227,8 +211,10 @@ def build_prompt(
     """Build the Prompt of a parsed template file (``folder`` resolves ``${file:...}`` within
     ``file_root``, by default ``folder`` itself). Raises the first problem found (TemplateError
     with its line, ConfigurationError, InputValidationError)."""
-    prompt = _build(parsed, folder, Path(file_root or folder), frozenset(allow_env), _Steps())
-    assert prompt is not None  # a _Steps that raises always builds one
+    prompt = _build(
+        parsed, folder, Path(file_root or folder), frozenset(allow_env), front_matter.Steps()
+    )
+    assert prompt is not None  # Steps that raise always build one
     return prompt
 
 
@@ -243,32 +229,17 @@ def file_problems(
     without the file's examples, for the checker to test each example and the sample (when the
     body cannot be built, a stand-in with an empty body and the file's types; None when even
     that cannot be); and whether that Prompt has the file's own body."""
-    steps = _Steps(keep=True)
+    steps = front_matter.Steps(keep=True)
     prompt = _build(parsed, folder, Path(file_root or folder), frozenset(allow_env), steps)
     return steps.problems, prompt, steps.own_body
 
 
-class _Steps:
-    """Runs the steps of building a Prompt: raising the first problem (loading), or keeping
-    every problem and going on with a stand-in value (checking)."""
-
-    def __init__(self, keep: bool = False) -> None:
-        self.keep = keep
-        self.problems: list[PromptkitError] = []
-        self.own_body = True  # False once a checker's stand-in replaced the body
-
-    def run(self, step: Callable[[], _T], stand_in: _T) -> _T:
-        try:
-            return step()
-        except PromptkitError as exc:
-            if not self.keep:
-                raise
-            self.problems.append(exc)
-            return stand_in
-
-
 def _build(
-    parsed: ParsedFile, folder: Path, file_root: Path, allow_env: frozenset[str], steps: _Steps
+    parsed: ParsedFile,
+    folder: Path,
+    file_root: Path,
+    allow_env: frozenset[str],
+    steps: front_matter.Steps,
 ) -> Prompt[Any] | None:
     src, lines = parsed.path, parsed.key_lines
     model = parsed.front.get("model") or {}
@@ -287,15 +258,21 @@ def _build(
     style = steps.run(lambda: _style(model, src, lines.get("model")), None)
     parts = steps.run(lambda: _body_parts(_segments(parsed.body, parsed.body_line, src), src), None)
     input_type = steps.run(
-        lambda: _input_type(front.get("inputs"), front.get("sample"), src, lines, steps), None
+        lambda: front_matter.input_type(
+            front.get("inputs"), front.get("sample"), src, lines, steps
+        ),
+        None,
     )
-    output_type = steps.run(lambda: _output_type(front, src, lines), str)
+    output_type = steps.run(lambda: front_matter.output_type(front, src, lines), str)
     examples: list[Example] = steps.run(
-        lambda: _examples(front.get("examples", []), src, lines.get("examples")), []
+        lambda: front_matter.examples_of(front.get("examples", []), src, lines.get("examples")), []
     )
     shots = steps.run(lambda: _shots(front.get("shots"), src, lines.get("shots")), None)
     config = steps.run(
-        lambda: _config(model.get("parameters") or {}, src, lines.get("model")), None
+        lambda: front_matter.generation_config(
+            model.get("parameters") or {}, src, lines.get("model")
+        ),
+        None,
     )
     metadata = {k: v for k, v in front.items() if k not in _BUILT_KEYS}
     if parsed.front.get("model") is not None:
@@ -349,7 +326,11 @@ def _shots(shots: Any, source: str, line: int | None) -> int | None:
 
 
 def _resolved_front(
-    parsed: ParsedFile, folder: Path, file_root: Path, allow_env: frozenset[str], steps: _Steps
+    parsed: ParsedFile,
+    folder: Path,
+    file_root: Path,
+    allow_env: frozenset[str],
+    steps: front_matter.Steps,
 ) -> dict[str, Any]:
     """The front matter but ``model``, its references resolved (errors at each key's line; a
     key whose references fail is left out, an input keeps its spec as written)."""
@@ -468,193 +449,6 @@ def _body_parts(segments: list[Segment], source: str) -> dict[str, Any]:
 
 def _leading_newlines(text: str) -> int:
     return len(text) - len(text.lstrip("\n"))
-
-
-def _input_type(
-    inputs: Any, sample: Any, source: str, key_lines: dict[str, int], steps: _Steps
-) -> Any:
-    """The pydantic model of the inputs (None: inferred from the body); an input whose spec is
-    wrong is a problem of its own (typed Any while checking)."""
-    from pydantic import ConfigDict, Field, create_model
-
-    inputs = _properties_as_mapping(inputs, "inputs", source, key_lines)
-    if inputs is None:
-        if isinstance(sample, dict) and sample:
-            inputs = {k: {"type": _json_type(v)} for k, v in sample.items()}
-        else:
-            return None  # inferred from the body's variables
-    if not isinstance(inputs, dict):
-        raise TemplateError(
-            "'inputs' must map each input name to its spec",
-            source=source,
-            line=key_lines.get("inputs"),
-        )
-    fields: dict[str, Any] = {}
-    for name, spec in inputs.items():
-        line = key_lines.get(f"inputs.{name}")
-        if not isinstance(name, str) or not name.isidentifier():
-            raise TemplateError(
-                f"input name {name!r} is not a valid identifier", source=source, line=line
-            )
-        if not isinstance(spec, dict):
-            spec = {"type": _json_type(spec), "default": spec}
-        annotation: Any = steps.run(partial(_input_annotation, name, spec, source, line), Any)
-        description = spec.get("description")
-        if "default" in spec:
-            default = spec["default"]
-            if default is None:
-                annotation = Optional[annotation]
-            fields[name] = (annotation, Field(default, description=description))
-        elif spec.get("required", True) is False:
-            fields[name] = (Optional[annotation], Field(None, description=description))
-        else:
-            fields[name] = (annotation, Field(..., description=description))
-    return create_model("Inputs", __config__=ConfigDict(extra="forbid"), **fields)
-
-
-def _input_annotation(name: str, spec: dict[str, Any], source: str, line: int | None) -> Any:
-    kind = spec.get("type", spec.get("kind"))
-    if "enum" in spec:
-        return Literal[tuple(spec["enum"])]
-    if kind is None:
-        return Any
-    if kind in _INPUT_TYPES:
-        return _INPUT_TYPES[kind]
-    raise TemplateError(
-        f"input {name!r} has unknown type {kind!r}; use one of "
-        "string, integer, number, boolean, array, object",
-        source=source,
-        line=line,
-    )
-
-
-def _properties_as_mapping(value: Any, key: str, source: str, key_lines: dict[str, int]) -> Any:
-    """Prompty 2 writes inputs/outputs as a list of ``{name, kind, ...}``; make it a mapping."""
-    if not isinstance(value, list):
-        return value
-    mapping: dict[str, Any] = {}
-    for item in value:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise TemplateError(
-                f"each entry of '{key}' needs a 'name', got {item!r}",
-                source=source,
-                line=key_lines.get(key),
-            )
-        spec = {k: v for k, v in item.items() if k != "name"}
-        if "kind" in spec and "type" not in spec:
-            spec["type"] = spec.pop("kind")
-        mapping[item["name"]] = spec
-    return mapping
-
-
-def _json_type(value: Any) -> str:
-    for kind, python in (
-        ("boolean", bool),
-        ("integer", int),
-        ("number", float),
-        ("array", list),
-        ("object", dict),
-    ):
-        if isinstance(value, python):
-            return kind
-    return "string"
-
-
-def _output_type(front: dict[str, Any], source: str, key_lines: dict[str, int]) -> Any:
-    output = front.get("output")
-    outputs = _properties_as_mapping(front.get("outputs"), "outputs", source, key_lines)
-    if output is None and outputs is None:
-        return str
-    if output is None:
-        if not isinstance(outputs, dict):
-            raise TemplateError(
-                "'outputs' must map output names to specs",
-                source=source,
-                line=key_lines.get("outputs"),
-            )
-        schema = {
-            "type": "object",
-            "properties": {k: _output_property(v) for k, v in outputs.items()},
-            "required": list(outputs),
-        }
-        return type_from_schema(schema, source=source)
-    line = key_lines.get("output")
-    if not isinstance(output, dict):
-        raise TemplateError(
-            "'output' must be a mapping such as {labels: [...]}, {type: integer}, "
-            "{regex: '...'} or {schema: {...}}",
-            source=source,
-            line=line,
-        )
-    try:
-        if "labels" in output:
-            labels = output["labels"]
-            if (
-                not isinstance(labels, list)
-                or not labels
-                or not all(isinstance(x, str) for x in labels)
-            ):
-                raise TemplateError(
-                    "output.labels must be a non-empty list of strings (quote labels such as "
-                    "'yes', 'no', 'on' or 'off', which YAML reads as booleans)"
-                )
-            return Literal[tuple(labels)]
-        if "schema" in output:
-            return type_from_schema(output["schema"], name=output.get("name", "Output"))
-        for key in ("regex", "lark"):
-            if key in output:
-                text = output[key]
-                if not isinstance(text, str):
-                    raise TemplateError(f"output.{key} must be a string, got {text!r}")
-                return Regex(text) if key == "regex" else Lark(text)
-        kind = output.get("type")
-        if kind in _SIMPLE_OUTPUTS or kind == "array":
-            return type_from_schema(output)
-        raise TemplateError(
-            "output needs 'labels', 'schema', 'regex', 'lark' or a 'type' (string, integer, "
-            f"number, boolean, array), got keys {sorted(output)}"
-        )
-    except TemplateError as exc:
-        raise TemplateError(exc.reason, source=source, line=line) from None
-
-
-_SCHEMA_KEYS = {"type", "description", "enum", "items", "properties", "minimum", "maximum"}
-
-
-def _output_property(spec: Any) -> dict[str, Any]:
-    """A Prompty ``outputs`` entry as a JSON schema (its other keys, e.g. ``example``, dropped)."""
-    if not isinstance(spec, dict):
-        return {"type": "string"}
-    schema = {k: v for k, v in spec.items() if k in _SCHEMA_KEYS}
-    schema.setdefault("type", "string")
-    return schema
-
-
-def _examples(raw: Any, source: str, line: int | None) -> list[Example]:
-    if not isinstance(raw, list):
-        raise TemplateError(
-            "'examples' must be a list of {input: {...}, output: ...}", source=source, line=line
-        )
-    examples = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict) or set(item) != {"input", "output"}:
-            raise TemplateError(
-                f"example {i} must have exactly the keys 'input' and 'output'",
-                source=source,
-                line=line,
-            )
-        examples.append(Example(input=item["input"], output=item["output"]))
-    return examples
-
-
-def _config(parameters: Any, source: str, line: int | None) -> GenerationConfig | None:
-    if not isinstance(parameters, Mapping):
-        raise TemplateError("'model.parameters' must be a mapping", source=source, line=line)
-    known = {k: v for k, v in parameters.items() if k in _CONFIG_KEYS}
-    try:
-        return GenerationConfig(**known) if known else None
-    except ConfigurationError as exc:
-        raise TemplateError(str(exc), source=source, line=line) from None
 
 
 def save_prompt(prompt: Prompt[Any], path: str | os.PathLike[str]) -> Path:
