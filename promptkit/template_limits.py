@@ -29,6 +29,7 @@ import string
 from collections.abc import Iterator, Mapping, Sized
 from contextvars import ContextVar
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from .errors import TemplateError
@@ -81,21 +82,22 @@ def exceeded(limit: str, value: int, detail: str) -> TemplateError:
     )
 
 
-def start(limits: TemplateLimits) -> Any:
-    """Give the current thread a fresh budget; returns the token for :func:`finish`."""
-    return _BUDGET.set(_Budget(limits))
-
-
-def finish(token: Any) -> None:
-    """Restore the budget that was active before :func:`start`."""
-    _BUDGET.reset(token)
+def start(limits: TemplateLimits) -> None:
+    """Start a render's budget under ``limits`` in the current thread (or task): one budget per
+    thread, reset for each render (renders do not nest)."""
+    budget = _BUDGET.get()
+    if budget is None:
+        _BUDGET.set(_Budget(limits))
+    else:
+        budget.limits = limits
+        budget.steps = 0
+        budget.depth = 0
 
 
 def active() -> _Budget:
-    """The budget of the render in progress (a fresh default one outside any render, e.g. while
-    Jinja folds constants at compile time)."""
-    budget = _BUDGET.get()
-    return budget if budget is not None else _Budget(LIMITS)
+    """The budget of the render in progress (or of the thread's last one; a fresh default one
+    before any, e.g. while Jinja folds constants at compile time)."""
+    return _BUDGET.get() or _Budget(LIMITS)
 
 
 class Charged:
@@ -170,15 +172,20 @@ def check_text(value: Any) -> Any:
 def joined(pieces: Any) -> str:
     """``concat`` of the environment: joins rendered pieces (a template, a macro, a
     ``{% set %}`` block) while their total stays under ``max_length``."""
-    budget = active()
+    budget = _BUDGET.get() or _Budget(LIMITS)
     limit = budget.limits.max_length
     if isinstance(pieces, list):
         total = sum(map(len, pieces))
         if total > limit:
             budget.length(total, "the rendered text")
         return "".join(pieces)
-    kept: list[str] = []
-    total = 0
+    # The first few pieces are taken at C speed (each is at most max_length already: an
+    # expression's text is checked, literal text is part of the source); a template that loops
+    # yields more and is measured piece by piece.
+    kept = list(islice(pieces, 8))
+    total = sum(map(len, kept))
+    if total > limit:
+        budget.length(total, "the rendered text")
     for piece in pieces:
         total += len(piece)
         if total > limit:

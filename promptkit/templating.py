@@ -289,6 +289,9 @@ class CompiledTemplate:
             raise TemplateError(
                 "the template nests too deeply to compile; flatten its expressions", source=name
             ) from None
+        # A flat copy of the (fixed) globals: Jinja copies them into every render's context, and
+        # copying its ChainMap is a Python-level walk that costs more than the render itself.
+        self._template.globals = dict(self._template.globals)
         self._pieces = _substitution_pieces(tree, self.variables)
         self.constant = not self.variables
 
@@ -309,7 +312,7 @@ class CompiledTemplate:
             raise MissingVariableError(missing, available=context.keys(), source=self.name)
         if self._pieces is not None:
             return "".join(p if isinstance(p, str) else str(context[p[0]]) for p in self._pieces)
-        token = _limits.start(self.limits)
+        _limits.start(self.limits)
         try:
             return self._template.render(context)
         except TemplateError as exc:
@@ -317,7 +320,7 @@ class CompiledTemplate:
         except RecursionError as exc:
             raise self._error(
                 f"template limit 'max_depth' exceeded: Python's recursion limit was reached "
-                f"before the limit of {self.limits.max_depth:,} nested calls; "
+                f"before the limit of {self.limits.max_depth:,} nested calls "
                 "(a template may not loop, recurse or build text without bound)",
                 exc.__traceback__,
             ) from None
@@ -338,8 +341,6 @@ class CompiledTemplate:
             raise self._error(
                 f"rendering failed: {type(exc).__name__}: {exc}", exc.__traceback__
             ) from None
-        finally:
-            _limits.finish(token)
 
     def _error(self, reason: str, traceback: TracebackType | None) -> TemplateError:
         """A TemplateError at the template line the traceback was rendering, when known."""
