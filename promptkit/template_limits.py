@@ -26,8 +26,8 @@ from __future__ import annotations
 import math
 import re
 import string
+import threading
 from collections.abc import Iterator, Mapping, Sized
-from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -49,7 +49,15 @@ class TemplateLimits:
 
 LIMITS = TemplateLimits()
 
-_BUDGET: ContextVar[_Budget | None] = ContextVar("promptkit_template_budget", default=None)
+
+class _ThreadBudget(threading.local):
+    """Each thread's budget: renders in one thread run one after another (rendering never
+    awaits), so one object per thread, reset by each render, is never shared by two renders."""
+
+    budget: _Budget | None = None
+
+
+_THREAD = _ThreadBudget()
 
 
 class _Budget:
@@ -83,11 +91,11 @@ def exceeded(limit: str, value: int, detail: str) -> TemplateError:
 
 
 def start(limits: TemplateLimits) -> None:
-    """Start a render's budget under ``limits`` in the current thread (or task): one budget per
-    thread, reset for each render (renders do not nest)."""
-    budget = _BUDGET.get()
+    """Start a render's budget under ``limits`` in the current thread: one budget per thread,
+    reset for each render (renders do not nest)."""
+    budget = _THREAD.budget
     if budget is None:
-        _BUDGET.set(_Budget(limits))
+        _THREAD.budget = _Budget(limits)
     else:
         budget.limits = limits
         budget.steps = 0
@@ -97,7 +105,7 @@ def start(limits: TemplateLimits) -> None:
 def active() -> _Budget:
     """The budget of the render in progress (or of the thread's last one; a fresh default one
     before any, e.g. while Jinja folds constants at compile time)."""
-    return _BUDGET.get() or _Budget(LIMITS)
+    return _THREAD.budget or _Budget(LIMITS)
 
 
 class Charged:
@@ -172,7 +180,7 @@ def check_text(value: Any) -> Any:
 def joined(pieces: Any) -> str:
     """``concat`` of the environment: joins rendered pieces (a template, a macro, a
     ``{% set %}`` block) while their total stays under ``max_length``."""
-    budget = _BUDGET.get() or _Budget(LIMITS)
+    budget = _THREAD.budget or _Budget(LIMITS)
     limit = budget.limits.max_length
     if isinstance(pieces, list):
         total = sum(map(len, pieces))

@@ -6,6 +6,7 @@ a limit must fire before the allocation it guards.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import tracemalloc
 from pathlib import Path
@@ -103,6 +104,31 @@ def test_limits_hold_in_worker_threads():
         thread.join()
     assert len(errors) == 3
     assert all(isinstance(e, TemplateError) and "'max_steps'" in str(e) for e in errors)
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_renders_in_copied_contexts_keep_their_own_budgets():
+    """asyncio.to_thread runs each render in a copy of one context: budgets must not be shared."""
+    template = compile_template(
+        "{% for i in range(100000) %}{% for j in range(3) %}{% endfor %}{% endfor %}"
+    )  # 400,000 steps: two renders together would pass the limit
+    start = threading.Barrier(2)
+    results: list[object] = []
+
+    def render() -> None:
+        start.wait()
+        try:
+            results.append(template.render({}))
+        except TemplateError as exc:  # collected for the main thread's assertions
+            results.append(exc)
+
+    context = contextvars.copy_context()
+    threads = [threading.Thread(target=context.copy().run, args=(render,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == ["", ""]
 
 
 def test_budget_is_per_render_not_cumulative():
