@@ -212,7 +212,7 @@ def build_prompt(
     ``file_root``, by default ``folder`` itself). Raises the first problem found (TemplateError
     with its line, ConfigurationError, InputValidationError)."""
     prompt = _build(
-        parsed, folder, Path(file_root or folder), frozenset(allow_env), front_matter.Steps()
+        parsed, folder, Path(file_root or folder), _names(allow_env), front_matter.Steps()
     )
     assert prompt is not None  # Steps that raise always build one
     return prompt
@@ -230,8 +230,13 @@ def file_problems(
     body cannot be built, a stand-in with an empty body and the file's types; None when even
     that cannot be); and whether that Prompt has the file's own body."""
     steps = front_matter.Steps(keep=True)
-    prompt = _build(parsed, folder, Path(file_root or folder), frozenset(allow_env), steps)
+    prompt = _build(parsed, folder, Path(file_root or folder), _names(allow_env), steps)
     return steps.problems, prompt, steps.own_body
+
+
+def _names(allow_env: Collection[str]) -> frozenset[str]:
+    """The variable names of ``allow_env`` (one name given as a string is that name)."""
+    return frozenset([allow_env] if isinstance(allow_env, str) else allow_env)
 
 
 def _build(

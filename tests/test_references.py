@@ -19,7 +19,9 @@ SECRET = "sk-test-0123456789abcdef-secret"
 
 
 def _template(sample: str) -> str:
-    return f"---\nname: t\ninputs:\n  text: {{type: string}}\nsample: {sample}\n---\n{{{{ text }}}}\n"
+    return (
+        f"---\nname: t\ninputs:\n  text: {{type: string}}\nsample: {sample}\n---\n{{{{ text }}}}\n"
+    )
 
 
 @pytest.fixture
@@ -127,8 +129,13 @@ def test_env_references_outside_model_are_refused(write, monkeypatch, front, whe
 
 def test_allowed_env_names_are_read_anywhere(write, monkeypatch):
     monkeypatch.setenv("PK_TOPIC", "the sea")
-    path = write("t.prompty", "---\ninputs:\n  topic: {default: '${env:PK_TOPIC}'}\n---\n{{ topic }}\n")
+    path = write(
+        "t.prompty", "---\ninputs:\n  topic: {default: '${env:PK_TOPIC}'}\n---\n{{ topic }}\n"
+    )
     assert pk.load_prompt(path, allow_env=["PK_TOPIC"]).render({}).endswith("the sea")
+    assert pk.load_prompt(path, allow_env="PK_TOPIC").render({}).endswith("the sea")
+    with pytest.raises(TemplateError, match="PK_TOPIC"):  # a name, not its letters
+        pk.load_prompt(path, allow_env="PK_TOPIC_OTHER")
 
 
 @pytest.mark.parametrize(
