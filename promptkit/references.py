@@ -174,7 +174,8 @@ def _read_data_file(
     if Path(reference).is_absolute():
         raise TemplateError(
             f"{shown}: absolute paths are not allowed; name the file relative to the "
-            f"template's folder ({folder})",
+            f"template's folder ({folder}), and for a file outside that folder, widen the "
+            "folder files may be read from with load_prompt(..., file_root=DIR)",
             source=source,
             line=line,
         )
