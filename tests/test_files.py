@@ -76,7 +76,8 @@ output:
 {{ text }}
 """,
     )
-    prompt = pk.load_prompt(path)
+    # Environment references outside model: are read only for the names the caller allows.
+    prompt = pk.load_prompt(path, allow_env=["PK_TEST_UNSET", "PK_TEST_LABEL"])
     assert prompt.description == "fallback text"
     assert prompt.render({}) == [{"role": "user", "content": "positive"}] or prompt.render(
         {}
@@ -84,7 +85,7 @@ output:
     assert prompt.output.parse('{"n": 3}').n == 3
     path.write_text(path.read_text().replace("PK_TEST_UNSET:fallback text", "PK_TEST_UNSET"))
     with pytest.raises(ConfigurationError, match="PK_TEST_UNSET"):
-        pk.load_prompt(path)
+        pk.load_prompt(path, allow_env=["PK_TEST_UNSET", "PK_TEST_LABEL"])
 
 
 def test_promptkit_keys_labels_examples_and_shots(write):
