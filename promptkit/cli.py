@@ -394,17 +394,12 @@ def perplexity_command(path: str, backend_spec: str, stride: int | None, as_json
 
     text = _read_at("@" + path, "PATH")
     backend = get_backend(backend_spec)
-    stats_of = getattr(backend, "perplexity_stats", None)
-    if stats_of is None:
-        backend.require("perplexity")
-        figures: dict[str, Any] = {"perplexity": backend.perplexity(text, stride=stride)}
-    else:
-        stats = stats_of(text, stride=stride)
-        figures = {
-            "tokens": stats.tokens,
-            "mean_nll": stats.mean_nll,
-            "perplexity": stats.perplexity,
-        }
+    stats = backend.perplexity_stats(text, stride=stride)
+    figures: dict[str, Any] = {
+        "tokens": stats.tokens,
+        "mean_nll": stats.mean_nll,
+        "perplexity": stats.perplexity,
+    }
     if as_json:
         click.echo(json.dumps(figures))
     else:
@@ -545,8 +540,11 @@ def eval_command(
             f"shots {comparison.shots}: only first right {comparison.only_first}, only second "
             f"right {comparison.only_second}, McNemar p = {comparison.p_value:.3g}"
         )
-    calls = getattr(backend, "calls", None)
-    cache_note = f"; {calls} model call(s), the rest from the cache" if calls is not None else ""
+    from .cache import CachedBackend
+
+    cache_note = ""
+    if isinstance(backend, CachedBackend):
+        cache_note = f"; {backend.calls} model call(s), the rest from the cache"
     click.echo(f"wrote {', '.join(str(p) for p in written)}{cache_note}")
 
 
