@@ -258,3 +258,28 @@ def test_perplexity_comes_from_the_declared_statistics():
         backend.perplexity_stats("abc", stride=0)
     assert PerplexityStats(tokens=1, nll_sum=float("nan")).perplexity == math.inf
     assert PerplexityStats(tokens=1, nll_sum=1e6).perplexity == math.inf
+
+
+def test_the_perplexity_command_asks_the_declared_method(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from promptkit import cli as cli_module
+
+    class Stats(ScriptedBackend):
+        def __init__(self) -> None:
+            super().__init__([])
+            self.capabilities = Capabilities(perplexity=True)
+
+        def _perplexity_stats(self, text: str, stride: int | None) -> PerplexityStats:
+            return PerplexityStats(tokens=len(text.split()), nll_sum=float(stride or 1))
+
+    text = tmp_path / "text.txt"
+    text.write_text("one two three four")
+    runner = CliRunner()
+    refused = runner.invoke(cli_module.cli, ["perplexity", str(text), "--backend", "scripted"])
+    assert refused.exit_code != 0
+    assert "'scripted' does not support perplexity" in refused.output
+    monkeypatch.setattr("promptkit.backends.get_backend", lambda spec: Stats())
+    done = runner.invoke(cli_module.cli, ["perplexity", str(text), "--backend", "x", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output) == {"tokens": 4, "mean_nll": 0.25, "perplexity": math.exp(0.25)}

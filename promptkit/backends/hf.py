@@ -1,6 +1,6 @@
 """The Hugging Face backend: any transformers causal LM of the GPT-2 family (``hf:NAME_OR_PATH``).
 
-Generation goes through transformers' own ``generate`` (greedy decoding gives the text
+Generation goes through transformers' own ``generate`` (a prompt and seed give the text
 transformers gives), batched with left padding and streamed through its
 ``TextIteratorStreamer``; sampling draws from a ``torch.Generator`` of the call's own, so a seed
 gives the same text whatever else the process does, and no global generator is touched. Scoring
@@ -9,7 +9,7 @@ the same weights identically. Loaded models are kept for reuse, the
 :data:`MODEL_CACHE_SIZE` most recently used ones.
 
 A hub name is looked up in the local hub cache first (no network); a model that is not there is
-fetched, after one request without retries (huggingface_hub's own metadata call, which honours
+fetched, once one request without retries (huggingface_hub's own metadata call, which honours
 ``HF_HUB_ETAG_TIMEOUT``) says whether the hub answers at all, so an unreachable hub or
 ``HF_HUB_OFFLINE`` fails at once with one line.
 """
@@ -348,29 +348,46 @@ def _offline() -> bool:
 
 
 def _load(name_or_path: str, device: str, dtype: str) -> _Loaded:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
+    """Load from a local folder, else from the local hub cache, else (unless offline) from the
+    hub once :func:`_check_hub` finds it answering; raises ConfigurationError in one line."""
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ConfigurationError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
     folder = Path(os.path.expanduser(name_or_path))
-    local = True  # read only files already on this machine
     if folder.is_dir():
         _check_folder(folder)
         where = f"the local folder {str(folder)!r}"
     else:
-        local = _offline() or _in_hub_cache(name_or_path)
-        if not local:
-            _check_hub(name_or_path)
         where = "the Hugging Face hub cache" + (" (HF_HUB_OFFLINE is set)" if _offline() else "")
     try:
-        config = AutoConfig.from_pretrained(name_or_path, local_files_only=local)
+        model, tokenizer = _from_pretrained(name_or_path, torch_dtype, local=True)
     except (OSError, ValueError) as exc:
-        raise ConfigurationError(
-            f"hf: cannot load model {name_or_path!r} from {where}: {_first_line(exc)}. Download "
-            "it once where the network allows (it is then cached), or point hf: at a local "
-            "folder holding config.json, the weights and the tokenizer files"
-        ) from None
+        if folder.is_dir() or _offline():
+            raise ConfigurationError(
+                f"hf: cannot load model {name_or_path!r} from {where}: {_first_line(exc)}. "
+                "Download it once where the network allows (it is then cached), or point hf: "
+                "at a local folder holding config.json, the weights and the tokenizer files"
+            ) from None
+        _check_hub(name_or_path)
+        try:
+            model, tokenizer = _from_pretrained(name_or_path, torch_dtype, local=False)
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(
+                f"hf: cannot load {name_or_path!r} from the Hugging Face hub: {_first_line(exc)}"
+            ) from None
+    source = folder if folder.is_dir() else _snapshot(name_or_path)
+    return _Loaded(model.to(device).eval(), tokenizer, source)
+
+
+def _from_pretrained(name_or_path: str, dtype: torch.dtype, *, local: bool) -> tuple[Any, Any]:
+    """transformers' model and tokenizer (``local``: only files already on this machine).
+
+    Raises what transformers raises (OSError, ValueError) for files it cannot have, and
+    ConfigurationError for a model that is not a causal language model.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(name_or_path, local_files_only=local)
     if getattr(config, "is_encoder_decoder", False) or config.model_type in (
         "bert",
         "roberta",
@@ -381,24 +398,11 @@ def _load(name_or_path: str, device: str, dtype: str) -> _Loaded:
             f"hf: {name_or_path!r} is a {config.model_type!r} model, not a causal language "
             "model; hf: runs decoder-only models such as gpt2 or distilgpt2"
         )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local)
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=torch_dtype, local_files_only=local
-        )
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(
-            f"hf: cannot load {name_or_path!r} from {where}: {_first_line(exc)}"
-        ) from None
-    loaded: Any = model
-    return _Loaded(
-        loaded.to(device).eval(), tokenizer, folder if folder.is_dir() else _snapshot(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=dtype, local_files_only=local
     )
-
-
-def _in_hub_cache(name: str) -> bool:
-    """Whether the hub cache already holds the model (then the network is not needed)."""
-    return _snapshot(name) is not None
+    return model, tokenizer
 
 
 def _snapshot(name: str) -> Path | None:

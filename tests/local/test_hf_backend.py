@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -207,19 +208,27 @@ began = time.monotonic()
 try:
     pk.get_backend("hf:promptkit-test/not-cached-model")
 except pk.errors.ConfigurationError as exc:
-    print(json.dumps({"message": str(exc), "seconds": time.monotonic() - began}))
+    result = {"message": str(exc), "seconds": time.monotonic() - began}
+cached = pk.get_backend("hf:promptkit-test/cached-model", device="cpu")
+result["cached"] = cached.cache_identity()["folder"]
+print(json.dumps(result))
 """
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers, then loads a model
 @pytest.mark.timeout(150)
-def test_an_unreachable_hub_fails_at_once_in_one_line(tmp_path):
-    """The hub at a closed local port (HF_ENDPOINT, read when huggingface_hub is imported) and
-    an empty hub cache: one ConfigurationError line, at once, with no retries logged (it took
-    26 s and 13 lines of retries)."""
+def test_an_unreachable_hub_fails_at_once_in_one_line(tmp_path, hf_folder):
+    """The hub at a closed local port (HF_ENDPOINT, read when huggingface_hub is imported): a
+    model not in the hub cache is one ConfigurationError line, at once, with no retries logged
+    (it took 26 s and 13 lines of retries); one in the hub cache loads without the network."""
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()  # nothing listens there now
+    snapshot = tmp_path / "hf-home" / "hub" / "models--promptkit-test--cached-model"
+    (snapshot / "refs").mkdir(parents=True)
+    (snapshot / "refs" / "main").write_text("0123abcd")
+    shutil.copytree(hf_folder, snapshot / "snapshots" / "0123abcd")
     env = {
         k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     }
@@ -232,8 +241,37 @@ def test_an_unreachable_hub_fails_at_once_in_one_line(tmp_path):
     message = result["message"]
     assert "\n" not in message and "promptkit-test/not-cached-model" in message
     assert f"127.0.0.1:{port}" in message and "HF_HUB_OFFLINE=1" in message
-    assert "Retry" not in done.stderr and not done.stderr.strip(), done.stderr
+    assert "Retry" not in done.stderr and f"127.0.0.1:{port}" not in done.stderr, done.stderr
     assert result["seconds"] < 5
+    assert result["cached"] == str((snapshot / "snapshots" / "0123abcd").resolve())
+
+
+def test_a_closed_hub_port_is_asked_once_without_retries(tmp_path, monkeypatch, caplog):
+    """The same in this process (fast tier): huggingface_hub's endpoint and cache pointed at a
+    closed port and an empty folder."""
+    import logging
+
+    from huggingface_hub import constants
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    caplog.set_level(logging.INFO)
+    began = time.monotonic()
+    with pytest.raises(ConfigurationError) as info:
+        pk.get_backend("hf:promptkit-test/not-cached-model")
+    assert time.monotonic() - began < 5
+    message = str(info.value)
+    assert "\n" not in message and endpoint in message and "HF_HUB_OFFLINE=1" in message
+    assert not [r for r in caplog.records if "Retry" in r.getMessage()]
 
 
 def test_hf_hub_offline_fails_at_once_in_one_line(monkeypatch):
