@@ -308,17 +308,18 @@ FINGERPRINT_FILES = 1000  # most files of a model folder fingerprinted one by on
 
 
 def folder_fingerprint(folder: Path) -> list[tuple[str, int, int]]:
-    """Name, size and modification time (ns) of every file in a model folder and its
-    subfolders (weights, adapters, tokenizer and configuration alike): what the response cache
-    keys local answers on, so retrained, converted or replaced weights are not answered from
-    the old ones' entries. Files are stat'ed, not read, so this stays cheap for large weights.
+    """Name, size and modification time (ns) of every file in a model folder (weights,
+    adapters, tokenizer and configuration alike; subfolders, such as other formats' exports of
+    a hub snapshot, are not read by the loaders and are left out): what the response cache keys
+    local answers on, so retrained, converted or replaced weights are not answered from the old
+    ones' entries. Files are stat'ed, not read, so this stays cheap for large weights.
 
     Raises ConfigurationError for a folder of more than :data:`FINGERPRINT_FILES` files (not a
     model folder) or one that cannot be listed.
     """
     entries: list[tuple[str, int, int]] = []
     try:
-        for path in sorted(folder.rglob("*")):
+        for path in sorted(folder.iterdir()):
             if not path.is_file():
                 continue
             if len(entries) == FINGERPRINT_FILES:
@@ -327,7 +328,7 @@ def folder_fingerprint(folder: Path) -> list[tuple[str, int, int]]:
                     "(FINGERPRINT_FILES); point the backend at the folder of one model"
                 )
             stat = path.stat()
-            entries.append((path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns))
+            entries.append((path.name, stat.st_size, stat.st_mtime_ns))
     except OSError as exc:
         raise ConfigurationError(
             f"cannot read the model folder {str(folder)!r}: {exc.strerror or exc}"

@@ -282,3 +282,29 @@ def test_hf_hub_offline_fails_at_once_in_one_line(monkeypatch):
     assert time.monotonic() - began < 5
     message = str(info.value)
     assert "\n" not in message and "HF_HUB_OFFLINE is set" in message
+
+
+def test_the_scratch_backend_identity_holds_its_checkpoint_files(backend, hf_folder):
+    identity = backend.cache_identity()
+    assert identity["folder"] == str(hf_folder.resolve())
+    assert identity["dtype"] == "torch.float32" and identity["device"] == "cpu"
+    names = {name for name, _, _ in identity["files"]}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+
+
+def test_a_folder_of_too_many_files_is_no_model_folder(tmp_path):
+    from promptkit.backends.local import FINGERPRINT_FILES, folder_fingerprint
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "ignored.bin").write_bytes(b"")
+    for i in range(3):
+        (tmp_path / f"f{i}").write_bytes(b"x" * i)
+    assert [(name, size) for name, size, _ in folder_fingerprint(tmp_path)] == [
+        ("f0", 0),
+        ("f1", 1),
+        ("f2", 2),
+    ]
+    for i in range(FINGERPRINT_FILES):
+        (tmp_path / f"g{i}").touch()
+    with pytest.raises(ConfigurationError, match=r"more than 1000 files \(FINGERPRINT_FILES\)"):
+        folder_fingerprint(tmp_path)
