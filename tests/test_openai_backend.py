@@ -416,3 +416,14 @@ def test_the_key_is_held_by_the_sdk_client_only():
             assert KEY not in repr(value), name
     assert KEY not in repr(backend) and KEY not in json.dumps(backend.cache_identity())
     backend.close()
+
+
+def test_missing_token_counts_keep_the_answer_and_are_logged(caplog):
+    reply = ok_reply()
+    reply["usage"] = {"prompt_tokens": None, "completion_tokens": "many"}
+    with serve_in_thread(chat_server(reply)) as url:
+        backend = from_spec("m", base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        completion = backend.generate([{"role": "user", "content": "x"}])
+        backend.close()
+    assert completion.text == "hi" and completion.usage.total_tokens == 0
+    assert "usage holds no token counts" in caplog.text

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -77,6 +78,7 @@ CONTEXT_WINDOWS = {
     "o3-mini": 200_000,
     "o4-mini": 200_000,
 }
+logger = logging.getLogger(__name__)
 SHOWN_RESPONSE_CHARS = 1000  # how much of a malformed response an error message quotes
 
 
@@ -153,7 +155,7 @@ class OpenAIBackend(Backend):
                 "OpenAI-compatible API",
                 backend=self.name,
                 kind="bad_response",
-            ) from None
+            ) from exc
 
     @contextlib.contextmanager
     def _reading(self, response: Any, what: str) -> Iterator[None]:
@@ -168,7 +170,7 @@ class OpenAIBackend(Backend):
                 "OpenAI-compatible API",
                 backend=self.name,
                 kind="bad_response",
-            ) from None
+            ) from exc
 
     def _quote(self, response: Any) -> str:
         """The response as JSON for an error message, scrubbed, cut (and saying so) when long."""
@@ -225,10 +227,7 @@ class OpenAIBackend(Backend):
             if not isinstance(text, (str, type(None))):
                 raise TypeError(f"the answer's text is a {type(text).__name__}, not a string")
             finish = choice.finish_reason
-            usage = response.usage
-            counts = (
-                Usage(int(usage.prompt_tokens), int(usage.completion_tokens)) if usage else Usage()
-            )
+            counts = self._usage(response.usage)
         if finish == "content_filter":
             raise BackendError(
                 "the answer was withheld by the content filter",
@@ -240,6 +239,18 @@ class OpenAIBackend(Backend):
             usage=counts,
             finish_reason="length" if finish == "length" else "stop",
         )
+
+    def _usage(self, usage: Any) -> Usage:
+        """Token counts of a response; a server that leaves them out (or sends something that is
+        not a count) gets zeros and a logged warning, not a failed call that loses the answer."""
+        if usage is None:
+            return Usage()
+        prompt = getattr(usage, "prompt_tokens", None)
+        completion = getattr(usage, "completion_tokens", None)
+        if type(prompt) is int and type(completion) is int:
+            return Usage(prompt, completion)
+        logger.warning("%s: the response's usage holds no token counts (%r)", self.name, usage)
+        return Usage()
 
     def _stream_chat(self, messages: list[Message], config: GenerationConfig) -> Iterator[str]:
         kwargs = self._chat_kwargs(messages, config)
