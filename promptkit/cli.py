@@ -397,17 +397,12 @@ def perplexity_command(
     """Perplexity of the text file PATH under a model (sliding window)."""
     text = _read_at("@" + path, "PATH")
     backend = _backend_for(backend_spec)
-    stats_of = getattr(backend, "perplexity_stats", None)
-    if stats_of is None:
-        backend.require("perplexity")
-        figures: dict[str, Any] = {"perplexity": backend.perplexity(text, stride=stride)}
-    else:
-        stats = stats_of(text, stride=stride)
-        figures = {
-            "tokens": stats.tokens,
-            "mean_nll": stats.mean_nll,
-            "perplexity": stats.perplexity,
-        }
+    stats = backend.perplexity_stats(text, stride=stride)
+    figures: dict[str, Any] = {
+        "tokens": stats.tokens,
+        "mean_nll": stats.mean_nll,
+        "perplexity": stats.perplexity,
+    }
     if as_json:
         click.echo(json.dumps(figures))
     else:
@@ -549,7 +544,9 @@ def eval_command(
             f"shots {comparison.shots}: only first right {comparison.only_first}, only second "
             f"right {comparison.only_second}, McNemar p = {comparison.p_value:.3g}"
         )
-    calls = getattr(backend, "calls", None)
+    from .cache import CachedBackend
+
+    calls = backend.calls if isinstance(backend, CachedBackend) else None
     note = _model_calls(runs, calls, scoring=kind == "score")
     click.echo(f"wrote {', '.join(str(p) for p in written)}; {note}")
 

@@ -530,9 +530,7 @@ class Prompt(Generic[OutputT]):
         config = config or self.config or GenerationConfig()
         if chosen == "completion" and count and not config.stop:
             config = config.replace(stop=("\n\n",))  # the demonstrations' separator
-        grammar = self.constraint(backend, constrained, inputs=context)
-        if grammar is not None and not backend.capabilities.token_masks and chosen != "chat":
-            grammar = None  # structured output (response_format) exists only for chat
+        grammar = self.constraint(backend, constrained, inputs=context, chat=chosen == "chat")
         if grammar is not None:
             config = config.replace(grammar=grammar)
         ranked = self._choose(context, count, selection)
@@ -565,12 +563,15 @@ class Prompt(Generic[OutputT]):
         constrained: Constrained = None,
         *,
         inputs: Mapping[str, Any] | None = None,
+        chat: bool = True,
     ) -> Grammar | None:
         """The grammar that decoding on ``backend`` is constrained to, or None.
 
         ``inputs`` (a run's, validated) restrict the output's SpanOf strings to the text of
         the inputs they are copied from, on backends with token masks, and render the bounds
-        that come from the inputs (without them, such bounds are left to validation).
+        that come from the inputs (without them, such bounds are left to validation). ``chat``
+        says whether the prompt goes to the backend as chat messages (an API's structured output
+        exists only for chat: :meth:`~promptkit.backends.Capabilities.enforces` is the rule).
 
         ``constrained``: None (the default) constrains structured output types (labels, JSON,
         numbers, regexes, grammars) on backends with token masks, and object output types on
@@ -590,8 +591,7 @@ class Prompt(Generic[OutputT]):
         grammar = grammar_for(self.output, inputs) if spans is None else spans
         if grammar is None:
             return None
-        structured = grammar.kind == "json_schema" and self.output.is_object
-        if not masks and not (structured and backend.capabilities.json_schema):
+        if not backend.capabilities.enforces(grammar, chat=chat):
             if constrained is True:
                 raise UnsupportedCapabilityError(
                     backend.name,

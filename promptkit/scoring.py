@@ -18,8 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputValidationError
-
 if TYPE_CHECKING:
     from .backends.base import Backend
 
@@ -71,24 +69,13 @@ class Classification:
 def score_continuations(
     backend: Backend, context: str, continuations: Sequence[str]
 ) -> list[tuple[float, int]]:
-    """Each continuation's summed log-probability after ``context`` and its length.
+    """Each continuation's summed log-probability after ``context`` and its length (the
+    backend's :meth:`~promptkit.backends.Backend.score_choices`).
 
     Raises UnsupportedCapabilityError when the backend cannot score, InputValidationError for
     no or empty continuations.
     """
-    backend.require("loglikelihood")
-    if isinstance(continuations, str) or not continuations:
-        raise InputValidationError("give at least one choice (a list of strings)")
-    shared = getattr(backend, "score_choices", None)
-    if shared is not None:
-        scored: list[tuple[float, int]] = shared(context, list(continuations))
-        return scored
-    results = []
-    for i, text in enumerate(continuations):
-        if not isinstance(text, str) or not text:
-            raise InputValidationError(f"choice {i} is empty or not a string: {text!r}")
-        results.append((backend.loglikelihood(context, text), len(text)))
-    return results
+    return backend.score_choices(context, continuations)
 
 
 def multiple_choice(

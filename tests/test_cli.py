@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from promptkit.backends.base import (
     Completion,
     GenerationConfig,
     Message,
+    PerplexityStats,
     Usage,
 )
 from promptkit.cli import cli
@@ -208,8 +210,8 @@ class _Recorded(Backend):
     def _chat(self, messages: list[Message], config: GenerationConfig) -> Completion:
         return self._complete("", config)
 
-    def _perplexity(self, text: str, stride: int | None) -> float:
-        return 2.0
+    def _perplexity_stats(self, text: str, stride: int | None) -> PerplexityStats:
+        return PerplexityStats(tokens=2, nll_sum=2 * math.log(2.0))
 
 
 @pytest.fixture

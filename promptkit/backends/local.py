@@ -8,17 +8,30 @@ that every local backend scores with exactly the same semantics.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ContextWindowError, InputValidationError
-from .base import Backend, Capabilities, Completion, GenerationConfig
+from ..errors import ConfigurationError, ContextWindowError, InputValidationError
+from .base import (
+    Backend,
+    Capabilities,
+    Completion,
+    GenerationConfig,
+    PerplexityStats,
+    TokenLogprob,
+    check_choices,
+)
 
-__all__ = ["LOCAL_CAPABILITIES", "LocalScoring", "PerplexityStats", "safe_prefix"]
+__all__ = [
+    "LOCAL_CAPABILITIES",
+    "LocalScoring",
+    "folder_fingerprint",
+    "safe_prefix",
+    "sample_next",
+]
 
 SCORE_CHUNK = 4096  # positions scored together (their logits exist one block at a time)
 VOCAB_BLOCK = 2048  # vocabulary entries per block of the online log-sum-exp
@@ -33,23 +46,9 @@ LOCAL_CAPABILITIES = Capabilities(
     perplexity=True,
     token_masks=True,
     json_schema=True,
+    batching=True,
+    token_logprobs=True,
 )
-
-
-@dataclass(frozen=True)
-class PerplexityStats:
-    """Perplexity of a text: ``exp(nll_sum / tokens)`` over the ``tokens`` scored."""
-
-    tokens: int
-    nll_sum: float
-
-    @property
-    def mean_nll(self) -> float:
-        return self.nll_sum / self.tokens
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(self.mean_nll) if self.mean_nll < 700 else math.inf
 
 
 class LocalScoring(Backend):
@@ -67,12 +66,6 @@ class LocalScoring(Backend):
 
     def _output_matrix(self) -> torch.Tensor:
         """The ``(C, vocab)`` output matrix: logits are ``hidden @ matrix``."""
-        raise NotImplementedError
-
-    def generate_batch(
-        self, prompts: Sequence[str], config: GenerationConfig | None = None
-    ) -> list[Completion]:
-        """Generate for several text prompts at once."""
         raise NotImplementedError
 
     def _complete(self, text: str, config: GenerationConfig) -> Completion:
@@ -120,9 +113,7 @@ class LocalScoring(Backend):
         return self.score_ids(requests)
 
     @torch.inference_mode()
-    def token_logprobs(self, text: str) -> list[tuple[str, float | None, int]]:
-        """Each token of ``text``: its text, its log-probability given the tokens before it
-        (None for the first), and its character offset."""
+    def _token_logprobs(self, text: str) -> list[TokenLogprob]:
         ids = self.tokenizer.encode(text)
         if not ids:
             raise InputValidationError("the text is empty; there is nothing to score")
@@ -130,12 +121,12 @@ class LocalScoring(Backend):
         values: list[float | None] = [None]
         if len(ids) > 1:
             hidden = self._hidden_states(torch.tensor([ids], device=self.device))[0, :-1]
-            scores, _ = self._token_logprobs(hidden, torch.tensor(ids[1:], device=self.device))
+            scores, _ = self._target_logprobs(hidden, torch.tensor(ids[1:], device=self.device))
             values += [float(v) for v in scores]
         tokens, offset = [], 0
         for i, value in enumerate(values):
             piece = self.tokenizer.decode([ids[i]])
-            tokens.append((piece, value, offset))
+            tokens.append(TokenLogprob(piece, value, offset))
             offset = len(self.tokenizer.decode(ids[: i + 1]))
         return tokens
 
@@ -143,12 +134,9 @@ class LocalScoring(Backend):
         """Each choice's summed log-probability as a continuation of ``context``, and its number
         of tokens (context and choices tokenized separately, as in :meth:`loglikelihood_batch`).
         """
+        check_choices(choices)
         context_ids = self.tokenizer.encode(context) if context else [self.tokenizer.eot_id]
-        continuations = []
-        for i, choice in enumerate(choices):
-            if not isinstance(choice, str) or not choice:
-                raise InputValidationError(f"choice {i} is empty or not a string: {choice!r}")
-            continuations.append(self.tokenizer.encode(choice))
+        continuations = [self.tokenizer.encode(choice) for choice in choices]
         scores = self.score_choice_ids(context_ids, continuations)
         return [(score, len(ids)) for score, ids in zip(scores, continuations, strict=True)]
 
@@ -188,7 +176,7 @@ class LocalScoring(Backend):
                 targets += continuation_ids
                 owners += [i] * count
             picked = hidden[torch.tensor(rows), torch.tensor(cols)]  # (N, C)
-            logprobs, greedy = self._token_logprobs(
+            logprobs, greedy = self._target_logprobs(
                 picked, torch.tensor(targets, device=self.device)
             )
             sums = torch.zeros(len(group), dtype=torch.float64).index_add_(
@@ -209,7 +197,7 @@ class LocalScoring(Backend):
                 context_window=window,
             )
 
-    def _token_logprobs(
+    def _target_logprobs(
         self, hidden: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability of each target under the logits of ``hidden`` ``(N, C)``, and whether
@@ -248,11 +236,8 @@ class LocalScoring(Backend):
             greedy.append(best_index == wanted)
         return torch.cat(logprobs), torch.cat(greedy)
 
-    def _perplexity(self, text: str, stride: int | None) -> float:
-        return self.perplexity_stats(text, stride).perplexity
-
     @torch.inference_mode()
-    def perplexity_stats(self, text: str, stride: int | None = None) -> PerplexityStats:
+    def _perplexity_stats(self, text: str, stride: int | None) -> PerplexityStats:
         """Sliding-window perplexity: windows of the context length advance by ``stride``
         (default half the window) and score only their new tokens, so each token after the
         first is scored once with up to ``context - stride`` tokens of history. (With
@@ -273,7 +258,7 @@ class LocalScoring(Backend):
             chunk = torch.tensor(ids[begin:end], device=self.device)[None]
             hidden = self._hidden_states(chunk)[0, :-1]  # predicts tokens begin+1 .. end-1
             targets = chunk[0, 1:]
-            logprobs, _ = self._token_logprobs(hidden[-new:], targets[-new:])
+            logprobs, _ = self._target_logprobs(hidden[-new:], targets[-new:])
             nll -= float(logprobs.double().sum())
             scored += new
             previous_end = end
@@ -291,3 +276,61 @@ def safe_prefix(text: str, stops: Sequence[str]) -> str:
             if text.endswith(stop[:size]):
                 return text[: len(text) - size]
     return text
+
+
+def sample_next(
+    logits: torch.Tensor, config: GenerationConfig, generators: Sequence[torch.Generator] | None
+) -> torch.Tensor:
+    """Next token per row of ``logits`` ``(B, vocab)``: greedy at temperature 0, else sampled
+    after temperature, top-k and top-p (nucleus) filtering, each row with its own generator.
+    """
+    if config.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / config.temperature
+    if config.top_k is not None and config.top_k < logits.size(-1):
+        kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        ordered, order = torch.sort(logits, dim=-1, descending=True)
+        probs = ordered.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > config.top_p  # keep the smallest set >= top_p
+        ordered = ordered.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
+    probs = logits.softmax(dim=-1)
+    rows = [
+        torch.multinomial(probs[i], 1, generator=generators[i] if generators else None)
+        for i in range(probs.size(0))
+    ]
+    return torch.cat(rows)
+
+
+FINGERPRINT_FILES = 1000  # most files of a model folder fingerprinted one by one
+
+
+def folder_fingerprint(folder: Path) -> list[tuple[str, int, int]]:
+    """Name, size and modification time (ns) of every file in a model folder (weights,
+    adapters, tokenizer and configuration alike; subfolders, such as other formats' exports of
+    a hub snapshot, are not read by the loaders and are left out): what the response cache keys
+    local answers on, so retrained, converted or replaced weights are not answered from the old
+    ones' entries. Files are stat'ed, not read, so this stays cheap for large weights.
+
+    Raises ConfigurationError for a folder of more than :data:`FINGERPRINT_FILES` files (not a
+    model folder) or one that cannot be listed.
+    """
+    entries: list[tuple[str, int, int]] = []
+    try:
+        for path in sorted(folder.iterdir()):
+            if not path.is_file():
+                continue
+            if len(entries) == FINGERPRINT_FILES:
+                raise ConfigurationError(
+                    f"the model folder {str(folder)!r} holds more than {FINGERPRINT_FILES} files "
+                    "(FINGERPRINT_FILES); point the backend at the folder of one model"
+                )
+            stat = path.stat()
+            entries.append((path.name, stat.st_size, stat.st_mtime_ns))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the model folder {str(folder)!r}: {exc.strerror or exc}"
+        ) from None
+    return entries

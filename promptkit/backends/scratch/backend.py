@@ -16,38 +16,12 @@ import torch
 
 from ...errors import ConfigurationError
 from ..base import Completion, GenerationConfig, Usage, cut_at_stop
-from ..local import LOCAL_CAPABILITIES, LocalScoring, safe_prefix
+from ..local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
 from ..masking import TokenMasker, llg_tokenizer
 from .gpt2 import GPT
 from .tokenizer import Tokenizer
 
 __all__ = ["ScratchBackend", "from_spec", "sample_next"]
-
-
-def sample_next(
-    logits: torch.Tensor, config: GenerationConfig, generators: Sequence[torch.Generator] | None
-) -> torch.Tensor:
-    """Next token per row of ``logits`` ``(B, vocab)``: greedy at temperature 0, else sampled
-    after temperature, top-k and top-p (nucleus) filtering, each row with its own generator.
-    """
-    if config.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / config.temperature
-    if config.top_k is not None and config.top_k < logits.size(-1):
-        kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if config.top_p < 1.0:
-        ordered, order = torch.sort(logits, dim=-1, descending=True)
-        probs = ordered.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > config.top_p  # keep the smallest set >= top_p
-        ordered = ordered.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
-    probs = logits.softmax(dim=-1)
-    rows = [
-        torch.multinomial(probs[i], 1, generator=generators[i] if generators else None)
-        for i in range(probs.size(0))
-    ]
-    return torch.cat(rows)
 
 
 class ScratchBackend(LocalScoring):
@@ -64,6 +38,18 @@ class ScratchBackend(LocalScoring):
     @property
     def device(self) -> torch.device:
         return self.model.wte.weight.device
+
+    def cache_identity(self) -> dict[str, Any]:
+        """The weights (every file of the checkpoint folder: path, size and modification
+        time), the dtype and the device type."""
+        folder = None if self.weights_path is None else self.weights_path.parent
+        return {
+            **super().cache_identity(),
+            "folder": None if folder is None else str(folder.resolve()),
+            "files": None if folder is None else folder_fingerprint(folder),
+            "dtype": str(self.model.wte.weight.dtype),
+            "device": self.device.type,
+        }
 
     def _hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
         hidden: torch.Tensor = self.model(ids)
@@ -271,7 +257,7 @@ class ScratchBackend(LocalScoring):
             rows += [hidden[i, j] for j in range(len(ids) - 1)]
             targets += ids
             owners += [i] * len(ids)
-        logprobs, _ = self._token_logprobs(
+        logprobs, _ = self._target_logprobs(
             torch.stack(rows), torch.tensor(targets, device=self.device)
         )
         sums = torch.zeros(count, dtype=torch.float64).index_add_(
