@@ -9,13 +9,15 @@ Endpoints (FastAPI; the OpenAPI description is at ``/openapi.json``, docs at ``/
   ``response_format`` ``json_schema`` (and ``json_object``) enforced by constrained decoding on
   local backends;
 - the Azure routes ``/openai/deployments/{deployment}/chat/completions?api-version=...`` and
-  ``.../completions``.
+  ``.../completions`` (a deployment name may contain ``/``).
 
 Errors use OpenAI's JSON shape (``{"error": {"message", "type", "param", "code"}}``) with the
-matching status: 400 bad request (and context length), 401 missing or wrong key, 404 unknown
-model, 413 body too large. With an API key set (``--api-key`` or ``PROMPTKIT_API_KEY``) every
-request needs it (``Authorization: Bearer KEY`` or Azure's ``api-key: KEY``). Requests reach
-the model one at a time (a queue in front of it), so concurrent clients never share its state.
+matching status: 400 bad request (and context length, and a request over one of the
+:class:`ServerLimits`), 401 missing or wrong key, 404 unknown model, 413 body too large. With an
+API key set (``--api-key`` or ``PROMPTKIT_API_KEY``) every request needs it (``Authorization:
+Bearer KEY`` or Azure's ``api-key: KEY``), the OpenAPI description and docs included. One worker
+thread owns the model: requests reach it one batch at a time, so concurrent clients never share
+its state; a streaming client that disconnects stops its generation at the next token.
 """
 
 from __future__ import annotations
@@ -27,26 +29,29 @@ import queue as queue_module
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Union
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException
 
 from .backends.base import (
     Backend,
     Completion,
     GenerationConfig,
-    Message,
     check_messages,
     messages_to_text,
 )
 from .constraints import Grammar
 from .errors import (
+    ConfigurationError,
     ConstraintError,
     ContextWindowError,
     InputValidationError,
@@ -55,9 +60,51 @@ from .errors import (
     UsageError,
 )
 
-__all__ = ["create_app"]
+__all__ = ["ServerLimits", "create_app", "serve"]
 
-MAX_BODY_BYTES = 1024 * 1024
+SEED_RANGE = 2**32  # seeds reach the backend modulo this (numpy's and transformers' range)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one request may ask of the server, stated in one place.
+
+    Each limit is enforced before any generation starts, and the error that refuses a request
+    names the limit (status 413 for the body, 400 for the others). Raises
+    :class:`~promptkit.errors.ConfigurationError` when a limit is not a positive integer.
+    """
+
+    max_body_bytes: int = 1024 * 1024  # size of a request body (``--max-body``)
+    max_prompts: int = 64  # prompts in one /v1/completions request (``--max-prompts``)
+    max_choices: int = 64  # completions one request asks for: prompts x n (``--max-choices``)
+    # prompt tokens plus max_tokens for every choice, summed over the request
+    max_request_tokens: int = 65_536  # (``--max-request-tokens``)
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_prompts", "max_choices", "max_request_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigurationError(
+                    f"ServerLimits.{name} must be a positive integer, got {value!r}"
+                )
+
+    def check(self, name: str, value: int, what: str, param: str | None = None) -> None:
+        """Raise a 400 :class:`ApiError` naming the limit ``name`` when ``value`` exceeds it."""
+        limit = getattr(self, name)
+        if value > limit:
+            option = "--" + name.replace("_", "-")
+            raise ApiError(
+                400,
+                f"this request asks for {value} {what}; the server's limit {name} is {limit} "
+                f"(promptkit serve {option}); split the request",
+                param=param,
+                code="request_limit_exceeded",
+            )
+
+
+# Request fields promptkit does not serve yet: a client that sends them is told so, instead of
+# getting an answer that silently ignored them (tool calling comes with a later release).
+UNSUPPORTED_FIELDS = ("tools", "functions", "tool_choice", "function_call")
 
 
 class _Request(BaseModel):
@@ -67,10 +114,30 @@ class _Request(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=16)
+    n: int = Field(default=1, ge=1)
     stop: Union[str, list[str], None] = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     stream: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, body: Any) -> Any:
+        """Refuse strings that are not valid Unicode (a lone surrogate such as ``\\ud800``)."""
+        _check_unicode(body)
+        return body
+
+    @model_validator(mode="after")
+    def _no_unsupported_fields(self) -> _Request:
+        for field in UNSUPPORTED_FIELDS:
+            if (self.model_extra or {}).get(field) not in (None, [], "none"):
+                raise ApiError(
+                    400,
+                    f"{field!r} is not supported by promptkit serve (tool calling is not "
+                    "available yet); send the request without it",
+                    param=field,
+                    code="unsupported_parameter",
+                )
+        return self
 
 
 class ChatRequest(_Request):
@@ -90,8 +157,9 @@ class CompletionRequest(_Request):
     echo: bool = False
 
 
-class ApiError(Exception):
-    """An error answered in OpenAI's shape."""
+class ApiError(HTTPException):
+    """An error answered in OpenAI's shape (an HTTPException, so FastAPI's body parsing lets
+    it through)."""
 
     def __init__(
         self, status: int, message: str, kind: str = "invalid_request_error", **extra: Any
@@ -99,7 +167,10 @@ class ApiError(Exception):
         self.status = status
         self.body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
         self.body["error"].update(extra)
-        super().__init__(message)
+        super().__init__(status, message)
+
+    def __str__(self) -> str:
+        return str(self.body["error"]["message"])
 
 
 def create_app(
@@ -107,32 +178,45 @@ def create_app(
     *,
     model_name: str | None = None,
     api_key: str | None = None,
-    max_body_bytes: int = MAX_BODY_BYTES,
+    limits: ServerLimits | None = None,
 ) -> Any:
-    """The FastAPI application serving ``backend`` as ``model_name`` (default: its name)."""
+    """The FastAPI application serving ``backend`` as ``model_name`` (default: its name), with
+    the request ``limits`` (default: :class:`ServerLimits`'s)."""
     name = model_name or backend.name
+    limits = limits or ServerLimits()
     worker = _Worker(backend)
-    queue = worker.lock  # one call at a time reaches the model
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        worker.close()
+
     app = FastAPI(
         title="promptkit serve",
         description=f"An OpenAI-compatible API over the promptkit backend {backend.name!r}.",
         version="1",
+        lifespan=lifespan,
     )
-    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes)
 
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> Any:
-        return _error_response(exc)
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> Any:
+        if not isinstance(exc, ApiError):
+            exc = ApiError(exc.status_code, str(exc.detail))
+        return JSONResponse(exc.body, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_: Request, exc: RequestValidationError) -> Any:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
         )
-        return _error_response(ApiError(400, f"invalid request: {problems}"))
+        error = ApiError(400, f"invalid request: {problems}")
+        return JSONResponse(error.body, status_code=error.status)
 
-    def _error_response(exc: ApiError) -> Any:
-        return JSONResponse(exc.body, status_code=exc.status)
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, exc: Exception) -> Any:
+        error = ApiError(500, f"internal error: {type(exc).__name__}", "server_error")
+        return JSONResponse(error.body, status_code=error.status)
 
     def check_model(requested: str | None) -> None:
         if requested is not None and requested != name:
@@ -143,13 +227,6 @@ def create_app(
                 code="model_not_found",
             )
 
-    def run(function: Any, *args: Any) -> Any:
-        with queue:
-            try:
-                return function(*args)
-            except PromptkitError as exc:
-                raise _api_error(exc) from exc
-
     async def generate(prompt: Any, config: GenerationConfig) -> Completion:
         """Through the worker, which batches concurrent requests with the same settings."""
         try:
@@ -157,6 +234,11 @@ def create_app(
         except PromptkitError as exc:
             raise _api_error(exc) from exc
         return completion
+
+    async def check_tokens(texts: list[str], choices: int, max_tokens: int) -> None:
+        counted = await asyncio.to_thread(lambda: sum(backend.count_tokens(t) for t in texts))
+        total = counted + choices * max_tokens
+        limits.check("max_request_tokens", total, "tokens (prompt tokens + n x max_tokens)")
 
     @app.get("/v1/models")
     async def models() -> Any:
@@ -173,15 +255,17 @@ def create_app(
             messages = check_messages([_message(m) for m in body.messages])
         except InputValidationError as exc:
             raise ApiError(400, str(exc), param="messages") from exc
-        configs = _configs(
-            body, body.max_completion_tokens or body.max_tokens, body.response_format
-        )
+        if body.stream and body.n > 1:
+            raise ApiError(400, "streaming takes n=1; send n separate requests", param="n")
+        limits.check("max_choices", body.n, "completions (n)", "n")
+        max_tokens = body.max_completion_tokens or body.max_tokens or 256
+        text = "".join(m["content"] for m in messages)
+        await check_tokens([text], body.n, max_tokens)
+        configs = _configs(body, max_tokens, body.response_format)
         created, ident = int(time.time()), f"chatcmpl-{secrets.token_hex(12)}"
         if body.stream:
-            return StreamingResponse(
-                _sse(_chat_chunks(configs[0], messages, ident, created)),
-                media_type="text/event-stream",
-            )
+            job = worker.open_stream(messages, configs[0])
+            return _EventStream(_chat_chunks(job, ident, created), job)
         results: list[Completion] = []
         for config in configs:
             results.append(await generate(messages, config))
@@ -199,13 +283,11 @@ def create_app(
                     }
                     for i, c in enumerate(results)
                 ],
-                "usage": _usage(results),
+                "usage": _usage([results]),
             }
         )
 
-    def _chat_chunks(
-        config: GenerationConfig, messages: list[Message], ident: str, created: int
-    ) -> Iterator[dict[str, Any]]:
+    async def _chat_chunks(job: _Stream, ident: str, created: int) -> AsyncIterator[dict[str, Any]]:
         def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
             return {
                 "id": ident,
@@ -216,36 +298,30 @@ def create_app(
             }
 
         yield chunk({"role": "assistant", "content": ""}, None)
-        for piece in _locked_stream(messages, config):
+        async for piece in job.pieces():
             yield chunk({"content": piece}, None)
         yield chunk({}, "stop")
-
-    def _locked_stream(prompt: Any, config: GenerationConfig) -> Iterator[str]:
-        with queue:
-            try:
-                yield from backend.stream(prompt, config)
-            except PromptkitError as exc:
-                raise ApiError(400, str(exc)) from exc
 
     async def completions(body: CompletionRequest) -> Any:
         check_model(body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-        if not prompts or any(not isinstance(p, str) for p in prompts):
+        if not prompts:
             raise ApiError(400, "prompt must be a string or a list of strings", param="prompt")
+        if any(not prompt for prompt in prompts):
+            raise ApiError(400, "prompt is empty", param="prompt")
+        limits.check("max_prompts", len(prompts), "prompts", "prompt")
+        limits.check("max_choices", len(prompts) * body.n, "completions (prompts x n)", "n")
+        max_tokens = body.max_tokens if body.max_tokens is not None else 16
+        await check_tokens(prompts, len(prompts) * body.n, max_tokens)
         created, ident = int(time.time()), f"cmpl-{secrets.token_hex(12)}"
         if body.stream:
             if len(prompts) > 1 or body.n > 1 or body.echo or body.logprobs is not None:
                 raise ApiError(400, "streaming takes one prompt, n=1, and no echo/logprobs")
-            config = _configs(body, body.max_tokens, None)[0]
-            return StreamingResponse(
-                _sse(_completion_chunks(config, prompts[0], ident, created)),
-                media_type="text/event-stream",
-            )
+            job = worker.open_stream(prompts[0], _configs(body, body.max_tokens, None)[0])
+            return _EventStream(_completion_chunks(job, ident, created), job)
         choices: list[dict[str, Any]] = []
-        results: list[Completion] = []
+        results: list[list[Completion]] = []
         for prompt in prompts:
-            if not prompt:
-                raise ApiError(400, "prompt is empty", param="prompt")
             if body.max_tokens == 0:
                 generated = [Completion(text="", finish_reason="length")] * body.n
             else:
@@ -257,9 +333,7 @@ def create_app(
                 text = (prompt if body.echo else "") + completion.text
                 logprobs = None
                 if body.logprobs is not None:
-                    logprobs = await run_in_threadpool(
-                        run, _logprobs, prompt, completion.text, body.echo
-                    )
+                    logprobs = await worker.call(_logprobs, prompt, completion.text, body.echo)
                 choices.append(
                     {
                         "index": len(choices),
@@ -268,7 +342,7 @@ def create_app(
                         "finish_reason": completion.finish_reason,
                     }
                 )
-                results.append(completion)
+            results.append(generated)
         return JSONResponse(
             {
                 "id": ident,
@@ -280,9 +354,9 @@ def create_app(
             }
         )
 
-    def _completion_chunks(
-        config: GenerationConfig, prompt: str, ident: str, created: int
-    ) -> Iterator[dict[str, Any]]:
+    async def _completion_chunks(
+        job: _Stream, ident: str, created: int
+    ) -> AsyncIterator[dict[str, Any]]:
         def chunk(text: str, finish: str | None) -> dict[str, Any]:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
             return {
@@ -293,7 +367,7 @@ def create_app(
                 "choices": [choice],
             }
 
-        for piece in _locked_stream(prompt, config):
+        async for piece in job.pieces():
             yield chunk(piece, None)
         yield chunk("", "stop")
 
@@ -324,12 +398,14 @@ def create_app(
     async def text_completions(body: CompletionRequest) -> Any:
         return await completions(body)
 
-    @app.post("/openai/deployments/{deployment}/chat/completions")
+    # ``:path`` lets a deployment name hold ``/`` (``hf:/some/folder``); the chat route comes
+    # first, so ``.../chat/completions`` is never read as a deployment ending in ``/chat``
+    @app.post("/openai/deployments/{deployment:path}/chat/completions")
     async def azure_chat_completions(deployment: str, request: Request, body: ChatRequest) -> Any:
         _azure(deployment, request, body)
         return await chat(body)
 
-    @app.post("/openai/deployments/{deployment}/completions")
+    @app.post("/openai/deployments/{deployment:path}/completions")
     async def azure_completions(deployment: str, request: Request, body: CompletionRequest) -> Any:
         _azure(deployment, request, body)
         return await completions(body)
@@ -337,7 +413,21 @@ def create_app(
     return app
 
 
+def serve(app: Any, *, host: str, port: int, shutdown_timeout: float = 3.0) -> None:
+    """Run ``app`` with uvicorn until SIGINT or SIGTERM; open connections (a stream still
+    being generated) get ``shutdown_timeout`` seconds to finish before they are cut."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=max(1, round(shutdown_timeout)),
+    )
+    uvicorn.Server(config).run()
+
+
 def _api_error(exc: PromptkitError) -> ApiError:
+    """The one mapping from promptkit's errors to HTTP answers."""
     if isinstance(exc, ContextWindowError):
         return ApiError(400, str(exc), code="context_length_exceeded")
     if isinstance(exc, (ConstraintError, UnsupportedCapabilityError, InputValidationError)):
@@ -347,59 +437,172 @@ def _api_error(exc: PromptkitError) -> ApiError:
     return ApiError(500, str(exc), "server_error")
 
 
+def _check_unicode(body: Any) -> None:
+    """Raise ValueError naming the first string in ``body`` (a parsed JSON value) that holds a
+    lone surrogate; iterative, so a deeply nested body cannot exhaust the stack."""
+    stack: list[tuple[str, Any]] = [("body", body)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = value[exc.start]
+                raise ValueError(
+                    f"{where} holds {bad!r}, a lone surrogate that is not valid Unicode text; "
+                    "send text that UTF-8 can encode"
+                ) from None
+        elif isinstance(value, dict):
+            stack.extend((f"{where}.{key}", item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}.{i}", item) for i, item in enumerate(value))
+
+
+class _Stream:
+    """One streamed generation: the worker puts pieces, the response iterates them. Closing it
+    (the client disconnected, or the response ended) stops the generation at its next piece."""
+
+    def __init__(self, prompt: Any, config: GenerationConfig):
+        self.prompt = prompt
+        self.config = config
+        self.closed = threading.Event()
+        self._loop = asyncio.get_running_loop()
+        self._items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def put(self, kind: str, value: Any) -> bool:
+        """From the worker: hand over ``("piece", text)``, ``("end", None)`` or ``("error",
+        exception)``; False when nobody reads any more."""
+        if self.closed.is_set():
+            return False
+        try:
+            self._loop.call_soon_threadsafe(self._items.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop is gone: the server is shutting down
+            self.closed.set()
+            return False
+        return True
+
+    def close(self) -> None:
+        """Stop the generation at its next piece (the reader has gone)."""
+        self.closed.set()
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The text as it is generated; raises the generation's error as an ApiError."""
+        while True:
+            kind, value = await self._items.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                if isinstance(value, PromptkitError):
+                    raise _api_error(value) from value
+                raise value
+            yield value
+
+
 class _Worker:
-    """The one thread that generates: it takes the waiting requests and runs those with the
-    same settings as one batch (``generate_batch``) when the backend has it; each request
-    gets what it would get alone."""
+    """The one thread that uses the model. It takes the waiting jobs and runs generations with
+    the same settings as one batch (``generate_batch``) when the backend has it, so each request
+    gets what it would get alone; streams and scoring calls run in turn between batches."""
 
     def __init__(self, backend: Backend, max_batch: int = 32):
         self.backend = backend
         self.max_batch = max_batch
-        self.lock = threading.Lock()
-        self._queue: queue_module.SimpleQueue[tuple[Any, GenerationConfig, Future[Any]]] = (
-            queue_module.SimpleQueue()
-        )
+        self._queue: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="promptkit-worker", daemon=True)
         self._thread.start()
 
     def submit(self, prompt: Any, config: GenerationConfig) -> Future[Any]:
+        """Queue one generation; its future holds the Completion (or the error)."""
         future: Future[Any] = Future()
-        self._queue.put((prompt, config, future))
+        self._queue.put(("generate", (prompt, config), future))
         return future
+
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run ``function(*args)`` on the worker (it uses the model) and return its result."""
+        future: Future[Any] = Future()
+        self._queue.put(("call", (function, args), future))
+        try:
+            return await asyncio.wrap_future(future)
+        except PromptkitError as exc:
+            raise _api_error(exc) from exc
+
+    def open_stream(self, prompt: Any, config: GenerationConfig) -> _Stream:
+        """Queue one streamed generation; closing the stream stops it."""
+        job = _Stream(prompt, config)
+        self._queue.put(("stream", job, None))
+        return job
+
+    def close(self) -> None:
+        """Stop the thread once the jobs queued before this call are done."""
+        self._queue.put(None)
 
     def _run(self) -> None:
         while True:
-            waiting = [self._queue.get()]
+            first = self._queue.get()
+            if first is None:
+                return
+            waiting = [first]
             while len(waiting) < self.max_batch:
                 try:
-                    waiting.append(self._queue.get_nowait())
+                    job = self._queue.get_nowait()
                 except queue_module.Empty:
                     break
+                if job is None:
+                    self._queue.put(None)  # stop after this round
+                    break
+                waiting.append(job)
             groups: dict[GenerationConfig, list[tuple[Any, Future[Any]]]] = {}
-            for prompt, config, future in waiting:
-                groups.setdefault(config, []).append((prompt, future))
+            for kind, payload, future in waiting:
+                if kind == "generate" and future.set_running_or_notify_cancel():
+                    prompt, config = payload
+                    groups.setdefault(config, []).append((prompt, future))
             for config, group in groups.items():
-                self._serve(config, group)
+                self._generate(config, group)
+            for kind, payload, future in waiting:
+                if kind == "stream":
+                    self._stream(payload)
+                elif kind == "call" and future.set_running_or_notify_cancel():
+                    function, args = payload
+                    try:
+                        future.set_result(function(*args))
+                    except Exception as exc:
+                        future.set_exception(exc)
 
-    def _serve(self, config: GenerationConfig, group: list[tuple[Any, Future[Any]]]) -> None:
+    def _generate(self, config: GenerationConfig, group: list[tuple[Any, Future[Any]]]) -> None:
         batch = getattr(self.backend, "generate_batch", None)
         texts = [self._as_text(prompt) for prompt, _ in group]
-        with self.lock:
-            if batch is not None and len(group) > 1 and all(t is not None for t in texts):
-                try:
-                    results = batch(texts, config)
-                except Exception as exc:  # each request then fails with the same error
-                    for _, future in group:
-                        future.set_exception(exc)
-                    return
-                for (_, future), result in zip(group, results, strict=True):
-                    future.set_result(result)
-                return
-            for prompt, future in group:
-                try:
-                    future.set_result(self.backend.generate(prompt, config))
-                except Exception as exc:
+        if batch is not None and len(group) > 1 and all(t is not None for t in texts):
+            try:
+                results = batch(texts, config)
+            except Exception as exc:  # each request then fails with the same error
+                for _, future in group:
                     future.set_exception(exc)
+                return
+            for (_, future), result in zip(group, results, strict=True):
+                future.set_result(result)
+            return
+        for prompt, future in group:
+            try:
+                future.set_result(self.backend.generate(prompt, config))
+            except Exception as exc:
+                future.set_exception(exc)
+
+    def _stream(self, job: _Stream) -> None:
+        """Generate ``job``'s pieces until the end, an error, or the reader going away."""
+        if job.closed.is_set():
+            return
+        try:
+            pieces = self.backend.stream(job.prompt, job.config)
+            try:
+                for piece in pieces:
+                    if not job.put("piece", piece):
+                        return
+            finally:
+                if isinstance(pieces, Iterator) and hasattr(pieces, "close"):
+                    pieces.close()
+        except Exception as exc:
+            job.put("error", exc)
+            return
+        job.put("end", None)
 
     def _as_text(self, prompt: Any) -> str | None:
         """The prompt as the text a completion-only backend sees (None: send it as is)."""
@@ -408,6 +611,23 @@ class _Worker:
         if self.backend.capabilities.chat:
             return None
         return messages_to_text(prompt)
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events of ``job``'s chunks. However the response ends (a client that
+    disconnects, a server shutting down) the job is closed, so its generation stops."""
+
+    def __init__(self, chunks: AsyncIterator[dict[str, Any]], job: _Stream):
+        self._events = _sse(chunks)
+        self._job = job
+        super().__init__(self._events, media_type="text/event-stream")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._job.close()
+            await self._events.aclose()
 
 
 class _Guard:
@@ -425,11 +645,9 @@ class _Guard:
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
         length = headers.get("content-length", b"")
         if length.isdigit() and int(length) > self.max_body_bytes:
-            await _send(
-                send, ApiError(413, f"the request body exceeds {self.max_body_bytes} bytes")
-            )
+            await _send(send, _too_large(self.max_body_bytes))
             return
-        if self.api_key is not None and scope["path"] not in ("/openapi.json", "/docs"):
+        if self.api_key is not None:
             given = headers.get("api-key", b"")
             bearer = headers.get("authorization", b"")
             if not given and bearer.lower().startswith(b"bearer "):
@@ -446,6 +664,15 @@ class _Guard:
         await self.app(scope, _limited(receive, self.max_body_bytes), send)
 
 
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"the request body exceeds {limit} bytes, the server's limit max_body_bytes "
+        "(promptkit serve --max-body)",
+        code="request_limit_exceeded",
+    )
+
+
 def _limited(receive: Any, limit: int) -> Any:
     """``receive`` that fails a body (also one sent in chunks) longer than ``limit``."""
     seen = 0
@@ -456,7 +683,7 @@ def _limited(receive: Any, limit: int) -> Any:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise ApiError(413, f"the request body exceeds {limit} bytes")
+                raise _too_large(limit)
         return message
 
     return wrapped
@@ -506,24 +733,26 @@ def _message(raw: dict[str, Any]) -> dict[str, Any]:
 def _configs(
     body: _Request, max_tokens: int | None, response_format: dict[str, Any] | None
 ) -> list[GenerationConfig]:
-    """One GenerationConfig per choice (``n``); sampled choices get consecutive seeds."""
+    """One GenerationConfig per choice (``n``); sampled choices get consecutive seeds. A seed
+    (OpenAI's: any 64-bit integer) reaches the backend modulo ``SEED_RANGE``."""
     grammar = _grammar(response_format)
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    seed = None if body.seed is None else body.seed % SEED_RANGE
     try:
         base = GenerationConfig(
             max_tokens=max_tokens or 256,
             temperature=body.temperature,
             top_p=body.top_p,
             stop=tuple(stop),
-            seed=body.seed,
+            seed=seed,
             grammar=grammar,
         )
     except UsageError as exc:
         raise ApiError(400, str(exc)) from exc
     if body.n == 1:
         return [base]
-    seed = base.seed if base.seed is not None else secrets.randbelow(2**31)
-    return [base.replace(seed=seed + i) for i in range(body.n)]
+    first = seed if seed is not None else secrets.randbelow(SEED_RANGE)
+    return [base.replace(seed=(first + i) % SEED_RANGE) for i in range(body.n)]
 
 
 def _grammar(response_format: dict[str, Any] | None) -> Grammar | None:
@@ -541,9 +770,10 @@ def _grammar(response_format: dict[str, Any] | None) -> Grammar | None:
     raise ApiError(400, f"unknown response_format type {kind!r}", param="response_format")
 
 
-def _usage(results: list[Completion]) -> dict[str, int]:
-    prompt = results[0].usage.prompt_tokens if results else 0
-    completion = sum(r.usage.completion_tokens for r in results)
+def _usage(per_prompt: list[list[Completion]]) -> dict[str, int]:
+    """Token usage of a request: each prompt counted once, every choice's completion."""
+    prompt = sum(choices[0].usage.prompt_tokens for choices in per_prompt if choices)
+    completion = sum(c.usage.completion_tokens for choices in per_prompt for c in choices)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -551,9 +781,9 @@ def _usage(results: list[Completion]) -> dict[str, int]:
     }
 
 
-def _sse(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
+async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[str, None]:
     try:
-        for chunk in chunks:
+        async for chunk in chunks:
             yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
     except ApiError as exc:
         yield f"data: {json.dumps(exc.body)}\n\n"

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import threading
+import time
 
 import pytest
 from pydantic import BaseModel
-from servers import serve_in_thread
+from servers import get, post, serve_in_thread, serve_process, stream_then_disconnect
 
 import promptkit as pk
 from promptkit.backends import GenerationConfig
+from promptkit.backends.base import Backend, Capabilities, Completion, Usage
 from promptkit.backends.openai import OpenAIBackend, azure_from_spec, from_spec
 from promptkit.constraints import span_sources
 from promptkit.errors import BackendError, ConfigurationError, ContextWindowError
@@ -21,7 +24,7 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from promptkit.server import create_app  # noqa: E402
+from promptkit.server import ServerLimits, create_app  # noqa: E402
 
 KEY = "sk-test-secret-0123456789"
 
@@ -103,22 +106,25 @@ def test_json_schema_response_format_is_enforced(client):
     assert isinstance(json.loads(mode.choices[0].message.content), dict)
 
 
-def test_async_and_azure_clients(url):
+def test_async_and_azure_clients(url, backend):
+    hi = [{"role": "user", "content": "Hi"}]
+    expected = backend.generate(hi, GenerationConfig(max_tokens=4)).text
+
     async def ask():
         async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY) as client:
             response = await client.chat.completions.create(
-                model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+                model="tiny", messages=hi, max_tokens=4, temperature=0
             )
             return response.choices[0].message.content
 
-    assert isinstance(asyncio.run(ask()), str)
+    assert asyncio.run(ask()) == expected
     with openai.AzureOpenAI(azure_endpoint=url, api_key=KEY, api_version="2024-06-01") as azure:
         response = azure.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+            model="tiny", messages=hi, max_tokens=4, temperature=0
         )
-        assert isinstance(response.choices[0].message.content, str)
-        text = azure.completions.create(model="tiny", prompt="Hi", max_tokens=3)
-        assert isinstance(text.choices[0].text, str)
+        assert response.choices[0].message.content == expected
+        text = azure.completions.create(model="tiny", prompt="Hi", max_tokens=3, temperature=0)
+        assert text.choices[0].text == backend.generate("Hi", GenerationConfig(max_tokens=3)).text
 
 
 def test_errors_in_openai_shape(url, client):
@@ -142,11 +148,16 @@ def test_errors_in_openai_shape(url, client):
     assert [m.id for m in client.models.list()] == ["tiny"]
 
 
-def test_openapi_description(url):
-    import urllib.request
-
-    spec = json.load(urllib.request.urlopen(f"{url}/openapi.json"))
+def test_openapi_description_and_docs_need_the_key(url):
+    for path in ("/openapi.json", "/docs"):
+        status, body = get(url, path)
+        assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    status, body = get(url, "/openapi.json", key=KEY)
+    assert status == 200
+    spec = json.loads(body)
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(spec["paths"])
+    status, body = get(url, "/docs", key=KEY)
+    assert status == 200 and b"swagger" in body.lower()
 
 
 def test_concurrent_requests_are_served_one_at_a_time(client):
@@ -256,3 +267,167 @@ def test_bundled_templates_run_end_to_end_through_the_server(wide_url, name):
             assert all("does not occur in the input" in (a.error or "") for a in exc.attempts)
     finally:
         remote.close()
+
+
+# -- hardening: disconnects, bad input, limits, unsupported fields, routes ----------------------
+
+
+class Endless(Backend):
+    """Streams ``x`` until it is stopped; records that its generator was closed."""
+
+    name = "endless"
+    capabilities = Capabilities(streaming=True)
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def _complete(self, text, config):
+        return Completion(text="done", usage=Usage(1, 1))
+
+    def _stream_complete(self, text, config):
+        try:
+            while True:
+                time.sleep(0.005)
+                yield "x"
+        finally:
+            self.closed.set()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_a_client_that_disconnects_stops_its_stream_and_frees_the_model(path):
+    endless = Endless()
+    body = {"model": "endless", "stream": True, "max_tokens": 5}
+    body |= (
+        {"prompt": "Hi"}
+        if path == "/v1/completions"
+        else {"messages": [{"role": "user", "content": "Hi"}]}
+    )
+    with serve_in_thread(create_app(endless)) as url:
+        assert b"data:" in stream_then_disconnect(url, path, body)
+        assert endless.closed.wait(10), "the generation went on after the client disconnected"
+        status, answer = post(url, "/v1/completions", {"prompt": "Hi", "max_tokens": 3}, timeout=10)
+        assert status == 200 and answer["choices"][0]["text"] == "done"
+
+
+@pytest.mark.timeout(120)
+def test_promptkit_serve_survives_a_disconnect_and_stops_on_sigterm(hf_folder, backend):
+    """The issue's report, in its own process: ``curl -N ... | head -2``, then a generation
+    request, then SIGTERM while a client is still connected."""
+    with serve_process("--backend", f"scratch:{hf_folder}", "--model-name", "t") as (url, process):
+        chat = {"model": "t", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+        assert b"data:" in stream_then_disconnect(
+            url, "/v1/chat/completions", chat | {"max_tokens": 100}
+        )
+        status, answer = post(
+            url,
+            "/v1/completions",
+            {"model": "t", "prompt": "Hi", "max_tokens": 3, "temperature": 0},
+            timeout=20,
+        )
+        assert status == 200
+        assert answer["choices"][0]["text"] == backend.generate("Hi", GenerationConfig(3)).text
+        with socket_to(url):  # an idle keep-alive client must not hold the shutdown up
+            began = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            process.wait(15)
+        assert time.monotonic() - began < 5 and process.returncode is not None
+
+
+def socket_to(url):
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+@pytest.fixture(scope="module")
+def open_url(backend):
+    """The tiny model without an API key and with small limits."""
+    limits = ServerLimits(max_prompts=3, max_choices=4, max_request_tokens=60, max_body_bytes=4096)
+    with serve_in_thread(create_app(backend, model_name="hf:/some/folder", limits=limits)) as base:
+        yield base
+
+
+def test_bad_seeds_and_invalid_unicode_are_400s_in_openai_shape(open_url):
+    ask = {"prompt": "Hi", "max_tokens": 2, "temperature": 0.8}
+    status, answer = post(open_url, "/v1/completions", ask | {"seed": 2**70})
+    assert status == 400 and answer["error"]["type"] == "invalid_request_error"
+    assert "seed" in answer["error"]["message"]
+    largest = post(open_url, "/v1/completions", ask | {"seed": 2**63 - 1, "n": 2})
+    assert largest[0] == 200 and len(largest[1]["choices"]) == 2
+    status, answer = post(open_url, "/v1/completions", ask | {"seed": -1})
+    assert status == 200
+    lone = b'{"messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 2}'
+    status, answer = post(open_url, "/v1/chat/completions", lone)
+    assert status == 400 and "lone surrogate" in answer["error"]["message"]
+    assert "messages.0.content" in answer["error"]["message"]
+    status, answer = post(open_url, "/v1/completions", b'{"prompt": "\\udfff"}')
+    assert status == 400 and "lone surrogate" in answer["error"]["message"]
+    status, answer = post(open_url, "/v1/completions", b"[" * 1500 + b"]" * 1500)
+    assert status == 400 and "error" in answer
+    status, answer = post(open_url, "/v1/nothing-here", {})
+    assert status == 404 and answer["error"]["message"] == "Not Found"
+
+
+def test_request_limits_are_enforced_and_named(open_url):
+    cases = [
+        ({"prompt": ["a", "b", "c", "d"], "max_tokens": 1}, "max_prompts"),
+        ({"prompt": ["a", "b", "c"], "max_tokens": 1, "n": 2}, "max_choices"),
+        ({"prompt": "Hi", "max_tokens": 60}, "max_request_tokens"),
+        ({"prompt": "Hi", "max_tokens": 10, "n": 4}, None),  # 4 choices x 10 + 1 prompt token
+    ]
+    for body, limit in cases:
+        status, answer = post(open_url, "/v1/completions", body)
+        if limit is None:
+            assert status == 200 and len(answer["choices"]) == 4
+            continue
+        assert status == 400, body
+        assert answer["error"]["code"] == "request_limit_exceeded"
+        assert f"limit {limit} is" in answer["error"]["message"]
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "n": 5}
+    status, answer = post(open_url, "/v1/chat/completions", chat)
+    assert status == 400 and "limit max_choices is 4" in answer["error"]["message"]
+    status, answer = post(open_url, "/v1/completions", {"prompt": "x" * 5000})
+    assert status == 413 and "max_body_bytes" in answer["error"]["message"]
+    with pytest.raises(pk.errors.ConfigurationError, match="max_prompts"):
+        ServerLimits(max_prompts=0)
+
+
+def test_tools_and_functions_are_refused_until_supported(open_url):
+    with openai.OpenAI(base_url=f"{open_url}/v1", api_key="none", max_retries=0) as client:
+        hi = [{"role": "user", "content": "Hi"}]
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        requests = [
+            {"tools": [tool]},
+            {"tools": [tool], "tool_choice": "auto"},
+            {"functions": [tool["function"]]},
+            {"tool_choice": "required"},
+        ]
+        for extra in requests:
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(model="hf:/some/folder", messages=hi, **extra)
+            assert refused.value.body["code"] == "unsupported_parameter"
+            assert "not supported" in refused.value.body["message"]
+            assert refused.value.body["param"] == next(iter(extra))
+        answer = client.chat.completions.create(
+            model="hf:/some/folder", messages=hi, max_tokens=2, tool_choice="none"
+        )
+        assert answer.choices[0].message.content is not None
+
+
+def test_azure_routes_serve_a_model_name_with_slashes(open_url, backend):
+    with openai.AzureOpenAI(
+        azure_endpoint=open_url, api_key="x", api_version="2024-06-01"
+    ) as azure:
+        hi = [{"role": "user", "content": "Hi"}]
+        chat = azure.chat.completions.create(
+            model="hf:/some/folder", messages=hi, max_tokens=3, temperature=0
+        )
+        assert chat.choices[0].message.content == backend.generate(hi, GenerationConfig(3)).text
+        text = azure.completions.create(
+            model="hf:/some/folder", prompt="Hi", max_tokens=3, temperature=0
+        )
+        assert text.choices[0].text == backend.generate("Hi", GenerationConfig(3)).text
+        with pytest.raises(openai.NotFoundError):
+            azure.completions.create(model="hf:/other", prompt="Hi", max_tokens=3)
