@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -206,6 +206,27 @@ class HFBackend(LocalScoring):
                 )
             )
         return completions
+
+    def generate_tokens(
+        self, prompt_ids: Sequence[int], config: GenerationConfig
+    ) -> tuple[list[int], Literal["stop", "length"]]:
+        """Token-level generation (see LocalScoring.generate_tokens)."""
+        from transformers import set_seed
+
+        self.check_fits([len(prompt_ids)], config)
+        ids = torch.tensor([list(prompt_ids)], device=self.device)
+        kwargs = self._call_kwargs(
+            {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, config
+        )
+        if config.seed is not None:
+            set_seed(config.seed)
+        with torch.inference_mode():
+            row = self.model.generate(**kwargs)[0, len(prompt_ids) :].tolist()
+        eot = self.tokenizer.eot_id
+        if eot in row:
+            return row[: row.index(eot) + 1], "stop"
+        stopped = cut_at_stop(self.tokenizer.decode(row), config.stops)[1]
+        return row, "stop" if stopped else "length"
 
     def _stream_complete(self, text: str, config: GenerationConfig) -> Iterator[str]:
         from transformers import TextIteratorStreamer, set_seed

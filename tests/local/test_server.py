@@ -431,3 +431,141 @@ def test_azure_routes_serve_a_model_name_with_slashes(open_url, backend):
         assert text.choices[0].text == backend.generate("Hi", GenerationConfig(3)).text
         with pytest.raises(openai.NotFoundError):
             azure.completions.create(model="hf:/other", prompt="Hi", max_tokens=3)
+
+
+# -- token ids, log-probabilities, stream endings ------------------------------------------------
+
+
+def test_token_id_prompts_are_accepted(client, backend):
+    ids = backend.tokenizer.encode("Once upon a")
+    as_text = client.completions.create(
+        model="tiny", prompt="Once upon a", max_tokens=4, temperature=0
+    )
+    as_ids = client.completions.create(model="tiny", prompt=ids, max_tokens=4, temperature=0)
+    assert as_ids.choices[0].text == as_text.choices[0].text
+    two = client.completions.create(
+        model="tiny", prompt=[ids, ids[:2]], max_tokens=2, temperature=0
+    )
+    assert [c.index for c in two.choices] == [0, 1]
+    assert (
+        two.choices[1].text
+        == backend.generate(backend.tokenizer.decode(ids[:2]), GenerationConfig(2)).text
+    )
+    echoed = client.completions.create(
+        model="tiny", prompt=ids, max_tokens=0, echo=True, logprobs=0
+    )
+    assert echoed.choices[0].logprobs.tokens == [backend.tokenizer.decode([i]) for i in ids]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model="tiny", prompt=[1, 10**9], max_tokens=2)
+    assert "outside the vocabulary" in bad.value.body["message"]
+
+
+def test_completion_logprobs_give_the_top_alternatives(client, backend):
+    answer = client.completions.create(
+        model="tiny", prompt="The quick", max_tokens=3, temperature=0, logprobs=3
+    )
+    logprobs = answer.choices[0].logprobs
+    assert "".join(logprobs.tokens[:3]) == answer.choices[0].text
+    for token, value, top in zip(
+        logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs, strict=True
+    ):
+        assert 3 <= len(top) <= 4 and top[token] == value
+        assert value == pytest.approx(max(top.values()), abs=1e-5)  # greedy: the likeliest
+    echoed = client.completions.create(
+        model="tiny", prompt="The quick brown fox", max_tokens=0, echo=True, logprobs=1
+    )
+    context = len(backend.tokenizer.encode("The quick brown"))
+    scored = sum(echoed.choices[0].logprobs.token_logprobs[context:])
+    assert scored == pytest.approx(backend.loglikelihood("The quick brown", " fox"), abs=1e-4)
+
+
+def test_echoed_logprobs_hold_the_end_of_text_the_model_ended_with(hf_folder, backend):
+    """lm-evaluation-harness drops the last token as the generated one: it must be there even
+    when the model ends at once (what vLLM does), or the answer's last token is lost."""
+    from promptkit.backends.scratch.backend import ScratchBackend
+
+    class EndsAtOnce(ScratchBackend):
+        def generate_tokens(self, prompt_ids, config):
+            return [self.tokenizer.eot_id], "stop"
+
+    ends = EndsAtOnce(backend.model, backend.tokenizer, name="ends")
+    context, continuation = (
+        backend.tokenizer.encode("The quick brown"),
+        backend.tokenizer.encode(" fox"),
+    )
+    with serve_in_thread(create_app(ends)) as url:
+        body = {
+            "prompt": [context + continuation],
+            "max_tokens": 1,
+            "echo": True,
+            "logprobs": 1,
+            "temperature": 0,
+        }
+        status, answer = post(url, "/v1/completions", body)
+    logprobs = answer["choices"][0]["logprobs"]
+    assert status == 200 and len(logprobs["tokens"]) == len(context) + len(continuation) + 1
+    assert logprobs["tokens"][-1] == backend.tokenizer.decode([backend.tokenizer.eot_id])
+    harness = sum(logprobs["token_logprobs"][len(context) : -1])
+    assert harness == pytest.approx(backend.loglikelihood("The quick brown", " fox"), abs=1e-4)
+
+
+def test_chat_logprobs_and_top_logprobs(client):
+    hi = [{"role": "user", "content": "Hi"}]
+    answer = client.chat.completions.create(
+        model="tiny", messages=hi, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = answer.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == answer.choices[0].message.content
+    assert all(
+        len(t.top_logprobs) == 2 and t.logprob == pytest.approx(t.top_logprobs[0].logprob, abs=1e-5)
+        for t in content
+    )
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        client.chat.completions.create(model="tiny", messages=hi, max_tokens=2, top_logprobs=2)
+
+
+def test_streams_end_with_the_right_reason_and_usage(client):
+    hi = [{"role": "user", "content": "Hi"}]
+    whole = client.chat.completions.create(model="tiny", messages=hi, max_tokens=3, temperature=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny",
+            messages=hi,
+            max_tokens=3,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finish == [whole.choices[0].finish_reason] == ["length"]
+    assert (
+        chunks[-1].choices == []
+        and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    )
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+    text = list(
+        client.completions.create(
+            model="tiny", prompt="Once", max_tokens=2, temperature=0, stream=True
+        )
+    )
+    assert text[-1].choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="tiny", messages=hi, max_tokens=2, n=2, stream=True)
+    assert refused.value.body["param"] == "n"
+
+
+def test_hf_backend_generates_token_by_token_as_it_generates_text(hf_folder):
+    hf = pk.get_backend(f"hf:{hf_folder}", device="cpu")
+    ids = hf.tokenizer.encode("Once upon")
+    new, reason = hf.generate_tokens(ids, GenerationConfig(max_tokens=5))
+    assert reason == "length" and len(new) == 5
+    assert hf.tokenizer.decode(new) == hf.generate("Once upon", GenerationConfig(5)).text
+    with serve_in_thread(create_app(hf, model_name="h")) as url:
+        body = {"prompt": ids, "max_tokens": 5, "temperature": 0, "logprobs": 2}
+        status, answer = post(url, "/v1/completions", body)
+    assert status == 200 and answer["choices"][0]["logprobs"]["tokens"] == [
+        hf.tokenizer.decode([t]) for t in new
+    ]
