@@ -8,6 +8,7 @@ import json
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -569,3 +570,82 @@ def test_hf_backend_generates_token_by_token_as_it_generates_text(hf_folder):
     assert status == 200 and answer["choices"][0]["logprobs"]["tokens"] == [
         hf.tokenizer.decode([t]) for t in new
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_lm_eval_harness_scores_like_promptkit_eval(hf_folder, tmp_path, monkeypatch):
+    """lm-evaluation-harness's local-completions against promptkit serve chooses, item by item,
+    what promptkit eval --method score chooses on the same data (unnormalised)."""
+    from click.testing import CliRunner
+
+    from promptkit.cli import cli
+
+    tasks = Path(__file__).resolve().parents[1] / "data" / "lmeval"
+    for name, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    spec = f"scratch:{hf_folder}"
+    prompt = pk.load_prompt(tasks / "weather.prompty")
+    items = [json.loads(line) for line in (tasks / "weather.jsonl").read_text().splitlines()]
+    local = pk.get_backend(spec, device="cpu")
+    chosen = [
+        prompt.classify({"text": item["text"]}, backend=local, shots=0).label for item in items
+    ]
+    runner = CliRunner()
+    out = tmp_path / "report"
+    ran = runner.invoke(
+        cli,
+        [
+            "eval",
+            str(tasks / "weather.prompty"),
+            "--data",
+            str(tasks / "weather.jsonl"),
+            "--backend",
+            spec,
+            "--method",
+            "score",
+            "--shots",
+            "0",
+            "--out",
+            str(out),
+            "--no-cache",
+        ],
+    )
+    assert ran.exit_code == 0, ran.output
+    report = json.loads((out / "report.json").read_text())
+    correct = report["templates"]["weather"][0]["correct"]
+    assert correct == [c == item["expected"] for c, item in zip(chosen, items, strict=True)]
+
+    monkeypatch.chdir(tasks)  # the task's data_files are relative to its folder
+    with serve_in_thread(create_app(local, model_name="tiny")) as url:
+        results = lm_eval.simple_evaluate(
+            model="local-completions",
+            model_args={
+                "model": "tiny",
+                "base_url": f"{url}/v1/completions",
+                "tokenizer": str(hf_folder),
+                "tokenizer_backend": "huggingface",
+                "max_length": 128,
+                "num_concurrent": 1,
+                "max_retries": 1,
+            },
+            tasks=["promptkit_weather"],
+            task_manager=TaskManager(include_path=str(tasks)),
+            log_samples=True,
+        )
+    samples = sorted(results["samples"]["promptkit_weather"], key=lambda s: s["doc_id"])
+    labels = ["sunny", "rainy", "snowy"]
+    harness = []
+    for sample, item in zip(samples, items, strict=True):
+        assert sample["arguments"][0][0] == prompt.render({"text": item["text"]}, shots=0)
+        scores = [float(r[0][0]) for r in sample["resps"]]
+        expected = [
+            s for s in prompt.classify({"text": item["text"]}, backend=local, shots=0).scores
+        ]
+        assert scores == pytest.approx(expected, abs=1e-3)
+        harness.append(labels[max(range(3), key=scores.__getitem__)])
+    assert harness == chosen
