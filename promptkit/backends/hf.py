@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from ..errors import BackendError, ConfigurationError
 from .base import Completion, GenerationConfig, Usage, cut_at_stop
@@ -48,6 +53,17 @@ class _Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.hf.decode(list(ids), skip_special_tokens=False))
+
+
+class _Abandoned(StoppingCriteria):
+    """Stops ``generate`` once ``event`` is set (a streaming reader has gone)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        done = self.event.is_set()
+        return torch.full((input_ids.size(0),), done, dtype=torch.bool, device=input_ids.device)
 
 
 class GrammarLogitsProcessor(LogitsProcessor):
@@ -235,7 +251,12 @@ class HFBackend(LocalScoring):
         streamer = TextIteratorStreamer(
             self.tokenizer.hf, skip_prompt=True, skip_special_tokens=True
         )
-        kwargs = {**self._call_kwargs(inputs, config), "streamer": streamer}
+        abandoned = threading.Event()  # the reader closed the stream: stop generating
+        kwargs = {
+            **self._call_kwargs(inputs, config),
+            "streamer": streamer,
+            "stopping_criteria": StoppingCriteriaList([_Abandoned(abandoned)]),
+        }
         if config.seed is not None:
             set_seed(config.seed)
         failures: list[BaseException] = []
@@ -243,6 +264,20 @@ class HFBackend(LocalScoring):
             target=self._generate_into, args=(kwargs, streamer, failures), daemon=True
         )
         worker.start()
+        try:
+            yield from self._pieces(streamer, config)
+        finally:
+            abandoned.set()
+            worker.join()
+        if failures:
+            raise BackendError(f"generation failed: {failures[0]}", backend=self.name) from (
+                failures[0]
+            )
+
+    @staticmethod
+    def _pieces(streamer: Any, config: GenerationConfig) -> Iterator[str]:
+        """The streamer's text, cut at the first stop sequence and held back while it may be
+        the start of one."""
         received, sent = "", 0
         for piece in streamer:
             received += piece
@@ -255,11 +290,6 @@ class HFBackend(LocalScoring):
                 for _ in streamer:  # let generation finish: it stops at the stop string too
                     pass
                 break
-        worker.join()
-        if failures:
-            raise BackendError(f"generation failed: {failures[0]}", backend=self.name) from (
-                failures[0]
-            )
         final, _ = cut_at_stop(received, config.stops)
         if len(final) > sent:
             yield final[sent:]

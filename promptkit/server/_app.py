@@ -264,7 +264,9 @@ def create_app(
         if body.stream:
             if len(prompts) > 1 or body.n > 1 or body.echo or body.logprobs is not None:
                 raise ApiError(400, "streaming takes one prompt, n=1, and no echo/logprobs")
-            job = worker.open_stream(prompts[0][0], configs(body, max_tokens or 16)[0])
+            if max_tokens == 0:
+                raise ApiError(400, "streaming needs max_tokens >= 1", param="max_tokens")
+            job = worker.open_stream(prompts[0][0], configs(body, max_tokens)[0])
             return EventStream(chunks(job), job)
         choices: list[dict[str, Any]] = []
         results: list[list[Completion]] = []

@@ -556,6 +556,9 @@ def test_streams_end_with_the_right_reason_and_usage(client):
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="tiny", messages=hi, max_tokens=2, n=2, stream=True)
     assert refused.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError) as nothing:
+        client.completions.create(model="tiny", prompt="Once", max_tokens=0, stream=True)
+    assert nothing.value.body["param"] == "max_tokens"
 
 
 def test_hf_backend_generates_token_by_token_as_it_generates_text(hf_folder):
@@ -649,3 +652,24 @@ def test_lm_eval_harness_scores_like_promptkit_eval(hf_folder, tmp_path, monkeyp
         assert scores == pytest.approx(expected, abs=1e-3)
         harness.append(labels[max(range(3), key=scores.__getitem__)])
     assert harness == chosen
+
+
+@pytest.mark.timeout(60)
+def test_closing_an_hf_stream_stops_its_generation(hf_folder, monkeypatch):
+    """What the server does when a streaming client disconnects from an hf: backend."""
+    hf = pk.get_backend(f"hf:{hf_folder}", device="cpu")
+    produced: list[int] = []
+    original = hf.model.generate
+
+    def generate(**kwargs):
+        output = original(**kwargs)
+        produced.append(output.size(1) - kwargs["input_ids"].size(1))
+        return output
+
+    monkeypatch.setattr(hf.model, "generate", generate)
+    pieces = hf.stream("Once upon", GenerationConfig(max_tokens=100))
+    next(pieces)
+    pieces.close()
+    assert len(produced) == 1 and produced[0] < 100
+    whole = "".join(hf.stream("Once upon", GenerationConfig(max_tokens=6)))
+    assert whole == hf.generate("Once upon", GenerationConfig(max_tokens=6)).text
