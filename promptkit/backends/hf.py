@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -244,7 +244,11 @@ class HFBackend(LocalScoring):
         stopped = cut_at_stop(self.tokenizer.decode(row), config.stops)[1]
         return row, "stop" if stopped else "length"
 
-    def _stream_complete(self, text: str, config: GenerationConfig) -> Iterator[str]:
+    def _stream_complete(
+        self, text: str, config: GenerationConfig
+    ) -> Generator[str, None, Completion]:
+        """Yield the text in pieces; return the whole Completion (its usage and finish reason,
+        which a streaming server reports at the end)."""
         from transformers import TextIteratorStreamer, set_seed
 
         inputs = self._inputs([text], config)
@@ -260,12 +264,13 @@ class HFBackend(LocalScoring):
         if config.seed is not None:
             set_seed(config.seed)
         failures: list[BaseException] = []
+        outputs: list[torch.Tensor] = []
         worker = threading.Thread(
-            target=self._generate_into, args=(kwargs, streamer, failures), daemon=True
+            target=self._generate_into, args=(kwargs, streamer, failures, outputs), daemon=True
         )
         worker.start()
         try:
-            yield from self._pieces(streamer, config)
+            final = yield from self._pieces(streamer, config)
         finally:
             abandoned.set()
             worker.join()
@@ -273,11 +278,23 @@ class HFBackend(LocalScoring):
             raise BackendError(f"generation failed: {failures[0]}", backend=self.name) from (
                 failures[0]
             )
+        width = inputs["input_ids"].size(1)
+        new = outputs[0][0, width:].tolist()
+        ended = self.tokenizer.eot_id in new
+        kept = new[: new.index(self.tokenizer.eot_id)] if ended else new
+        processors = kwargs.get("logits_processor") or [None]
+        grammar_done = processors[0] is not None and processors[0].complete(outputs[0])[0]
+        stopped = cut_at_stop(self.tokenizer.decode(kept), config.stops)[1]
+        return Completion(
+            text=final,
+            usage=Usage(prompt_tokens=width, completion_tokens=len(kept)),
+            finish_reason="stop" if ended or stopped or grammar_done else "length",
+        )
 
     @staticmethod
-    def _pieces(streamer: Any, config: GenerationConfig) -> Iterator[str]:
+    def _pieces(streamer: Any, config: GenerationConfig) -> Generator[str, None, str]:
         """The streamer's text, cut at the first stop sequence and held back while it may be
-        the start of one."""
+        the start of one; returns the whole text."""
         received, sent = "", 0
         for piece in streamer:
             received += piece
@@ -293,14 +310,20 @@ class HFBackend(LocalScoring):
         final, _ = cut_at_stop(received, config.stops)
         if len(final) > sent:
             yield final[sent:]
+        return final
 
     def _generate_into(
-        self, kwargs: dict[str, Any], streamer: Any, failures: list[BaseException]
+        self,
+        kwargs: dict[str, Any],
+        streamer: Any,
+        failures: list[BaseException],
+        outputs: list[torch.Tensor],
     ) -> None:
-        """Run ``generate`` feeding ``streamer``; on failure, record it and end the stream."""
+        """Run ``generate`` feeding ``streamer`` and keep its output; on failure, record it
+        and end the stream."""
         try:
             with torch.inference_mode():
-                self.model.generate(**kwargs)
+                outputs.append(self.model.generate(**kwargs))
         except Exception as exc:
             failures.append(exc)
             streamer.end()

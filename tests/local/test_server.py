@@ -673,3 +673,25 @@ def test_closing_an_hf_stream_stops_its_generation(hf_folder, monkeypatch):
     assert len(produced) == 1 and produced[0] < 100
     whole = "".join(hf.stream("Once upon", GenerationConfig(max_tokens=6)))
     assert whole == hf.generate("Once upon", GenerationConfig(max_tokens=6)).text
+
+
+def test_an_hf_stream_ends_with_the_right_reason_and_usage(hf_folder):
+    hf = pk.get_backend(f"hf:{hf_folder}", device="cpu")
+    whole = hf.generate("Once upon", GenerationConfig(max_tokens=4))
+    with (
+        serve_in_thread(create_app(hf, model_name="h")) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0) as client,
+    ):
+        chunks = list(
+            client.completions.create(
+                model="h",
+                prompt="Once upon",
+                max_tokens=4,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.text
+    assert chunks[-2].choices[0].finish_reason == whole.finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 4
