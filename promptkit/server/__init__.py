@@ -22,7 +22,8 @@ included.
 
 Layout: ``_app`` (routes), ``_worker`` (the one thread that uses the model: batches, streams
 that stop when their client leaves), ``_guard`` (limits, key, body size), ``_shapes`` (OpenAI's
-request and answer shapes), ``_errors`` (the one error mapper).
+request and answer shapes), ``_tokens`` (token-level generation and logprobs on local models),
+``_errors`` (the one error mapper).
 """
 
 from ._app import create_app, serve

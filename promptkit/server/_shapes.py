@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any, Union
 
 from fastapi.responses import StreamingResponse
@@ -18,7 +18,6 @@ from ._errors import ApiError
 from ._guard import check_unicode
 
 if TYPE_CHECKING:
-    from ..backends.local import LocalScoring
     from ._worker import Stream
 
 SEED_RANGE = 2**32  # seeds reach the backend modulo this (numpy's and transformers' range)
@@ -169,58 +168,6 @@ def usage(per_prompt: list[list[Completion]]) -> dict[str, int]:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
-
-
-def completion_logprobs(
-    model: LocalScoring, prompt_ids: list[int], generated: list[int], echo: bool, top: int
-) -> dict[str, Any]:
-    """The ``logprobs`` of a completion choice: each generated token (the prompt's too with
-    ``echo``) with its log-probability, the ``top`` likeliest tokens at its place and the
-    chosen one, and its offset in the choice's text."""
-    sequence = prompt_ids + generated
-    scores = model.token_logprobs(sequence, top)
-    decode = model.tokenizer.decode
-    first = 0 if echo else len(prompt_ids)
-    base = 0 if echo else len(decode(prompt_ids))
-    tokens, values, offsets = [], [], []
-    tops: list[dict[str, float] | None] = []
-    for i in range(first, len(sequence)):
-        piece = decode([sequence[i]])
-        value, best = scores[i]
-        tokens.append(piece)
-        values.append(value)
-        offsets.append(len(decode(sequence[:i])) - base)
-        if value is None:
-            tops.append(None)
-        else:
-            alternatives = {decode([t]): lp for t, lp in best.items()}
-            tops.append(alternatives | {piece: value})
-    return {
-        "tokens": tokens,
-        "token_logprobs": values,
-        "top_logprobs": tops,
-        "text_offset": offsets,
-    }
-
-
-def chat_logprobs(
-    model: LocalScoring, prompt_ids: list[int], generated: Sequence[int], top: int
-) -> dict[str, Any]:
-    """The ``logprobs`` of a chat choice: each generated token with its log-probability and
-    the ``top`` likeliest tokens at its place."""
-    scores = model.token_logprobs(prompt_ids + list(generated), top)[len(prompt_ids) :]
-    decode = model.tokenizer.decode
-
-    def entry(token: int, value: float) -> dict[str, Any]:
-        text = decode([token])
-        return {"token": text, "logprob": value, "bytes": list(text.encode())}
-
-    content = []
-    for token, (value, best) in zip(generated, scores, strict=True):
-        item = entry(token, value or 0.0)
-        item["top_logprobs"] = [entry(t, lp) for t, lp in best.items()]
-        content.append(item)
-    return {"content": content}
 
 
 class EventStream(StreamingResponse):

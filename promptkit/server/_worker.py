@@ -7,10 +7,13 @@ import queue as queue_module
 import threading
 from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 from ..backends.base import Backend, Completion, GenerationConfig, messages_to_text
 from ._errors import api_error
+from ._tokens import local_model
+
+R = TypeVar("R")
 
 
 class Stream:
@@ -66,24 +69,25 @@ class Worker:
     def __init__(self, backend: Backend, max_batch: int = 32):
         self.backend = backend
         self.max_batch = max_batch
+        self._local = local_model(backend)  # generates batches of text prompts at once
         self._queue: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="promptkit-worker", daemon=True)
         self._thread.start()
 
-    async def generate(self, prompt: Any, config: GenerationConfig) -> Any:
+    async def generate(self, prompt: Any, config: GenerationConfig) -> Completion:
         """One generation (batched with others that share ``config``): its Completion.
         Raises the backend's error as an ApiError."""
-        future: Future[Any] = Future()
+        future: Future[Completion] = Future()
         self._queue.put(("generate", (prompt, config), future))
         try:
             return await asyncio.wrap_future(future)
         except Exception as exc:
             raise api_error(exc) from exc
 
-    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+    async def call(self, function: Callable[..., R], *args: Any) -> R:
         """Run ``function(*args)`` on the worker (it uses the model) and return its result.
         Raises its error as an ApiError."""
-        future: Future[Any] = Future()
+        future: Future[R] = Future()
         self._queue.put(("call", (function, args), future))
         try:
             return await asyncio.wrap_future(future)
@@ -133,11 +137,11 @@ class Worker:
                         future.set_exception(exc)
 
     def _generate(self, config: GenerationConfig, group: list[tuple[Any, Future[Any]]]) -> None:
-        batch = getattr(self.backend, "generate_batch", None)
         texts = [self._as_text(prompt) for prompt, _ in group]
-        if batch is not None and len(group) > 1 and all(t is not None for t in texts):
+        batchable = [t for t in texts if t is not None]
+        if self._local is not None and len(group) > 1 and len(batchable) == len(group):
             try:
-                results = batch(texts, config)
+                results = self._local.generate_batch(batchable, config)
             except Exception as exc:  # each request then fails with the same error
                 for _, future in group:
                     future.set_exception(exc)

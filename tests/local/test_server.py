@@ -695,3 +695,14 @@ def test_an_hf_stream_ends_with_the_right_reason_and_usage(hf_folder):
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.text
     assert chunks[-2].choices[0].finish_reason == whole.finish_reason == "length"
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 4
+
+
+def test_abilities_of_local_models_are_refused_by_name_elsewhere():
+    scripted = pk.backends.ScriptedBackend(["fine", "fine"])
+    with serve_in_thread(create_app(scripted, model_name="s")) as url:
+        status, answer = post(url, "/v1/completions", {"prompt": "Hi", "logprobs": 1})
+        assert status == 400 and "log-probabilities" in answer["error"]["message"]
+        status, answer = post(url, "/v1/completions", {"prompt": [1, 2, 3]})
+        assert status == 400 and "token-id prompts" in answer["error"]["message"]
+        status, answer = post(url, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})
+        assert status == 200 and answer["choices"][0]["text"] == "fine"
