@@ -103,6 +103,12 @@ def get(url: str, path: str, *, key: str | None = None, timeout: float = 30):
             return error.code, error.read()
 
 
+def connect(url: str) -> socket.socket:
+    """A plain TCP connection to the server at ``url`` (an idle client)."""
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
 def stream_then_disconnect(url: str, path: str, body: Any, *, key: str | None = None) -> bytes:
     """Start a streamed request over a raw socket, read up to the first event, then drop the
     connection (what ``curl -N ... | head -2`` does); returns what was read."""

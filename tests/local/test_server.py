@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
-from servers import get, post, serve_in_thread, serve_process, stream_then_disconnect
+from servers import connect, get, post, serve_in_thread, serve_process, stream_then_disconnect
 
 import promptkit as pk
 from promptkit.backends import GenerationConfig
@@ -328,18 +328,11 @@ def test_promptkit_serve_survives_a_disconnect_and_stops_on_sigterm(hf_folder, b
         )
         assert status == 200
         assert answer["choices"][0]["text"] == backend.generate("Hi", GenerationConfig(3)).text
-        with socket_to(url):  # an idle keep-alive client must not hold the shutdown up
+        with connect(url):  # an idle keep-alive client must not hold the shutdown up
             began = time.monotonic()
             process.send_signal(signal.SIGTERM)
             process.wait(15)
         assert time.monotonic() - began < 5 and process.returncode is not None
-
-
-def socket_to(url):
-    import socket
-
-    host, port = url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -393,6 +386,14 @@ def test_request_limits_are_enforced_and_named(open_url):
     assert status == 413 and "max_body_bytes" in answer["error"]["message"]
     with pytest.raises(pk.errors.ConfigurationError, match="max_prompts"):
         ServerLimits(max_prompts=0)
+
+
+def test_the_default_limits_refuse_a_flood_of_prompts_at_once(url):
+    status, answer = post(url, "/v1/completions", {"prompt": ["Hi"] * 2000}, key=KEY)
+    assert status == 400 and "limit max_prompts is 64" in answer["error"]["message"]
+    many = {"prompt": "Hi", "n": 65, "max_tokens": 1}
+    status, answer = post(url, "/v1/completions", many, key=KEY)
+    assert status == 400 and "limit max_choices is 64" in answer["error"]["message"]
 
 
 def test_tools_and_functions_are_refused_until_supported(open_url):
