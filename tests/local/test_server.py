@@ -181,8 +181,15 @@ def test_concurrent_requests_are_served_one_at_a_time(client):
 # -- promptkit's openai backend against promptkit serve -------------------------------------------
 
 
-def test_openai_backend_runs_prompts_and_scores(url, backend):
-    remote = from_spec("tiny", base_url=f"{url}/v1", api_key=KEY, completions=True, max_retries=0)
+@pytest.fixture
+def remote(url):
+    """promptkit's openai: backend pointed at the server (closed even when a test fails)."""
+    client = from_spec("tiny", base_url=f"{url}/v1", api_key=KEY, completions=True, max_retries=0)
+    yield client
+    client.close()
+
+
+def test_openai_backend_runs_prompts_and_scores(remote, backend):
     assert KEY not in repr(remote) and KEY not in str(vars(remote).get("name"))
     prompt = pk.Prompt(query="Describe a pet: {{ hint }}", output_type=Pet)
     result = prompt.run({"hint": "a cat"}, backend=remote, config=GenerationConfig(max_tokens=40))
@@ -206,7 +213,6 @@ def test_openai_backend_runs_prompts_and_scores(url, backend):
 
     one, two = asyncio.run(both())
     assert one == two
-    remote.close()
 
 
 def test_openai_backend_errors_are_mapped_without_the_key(url):
