@@ -118,6 +118,8 @@ class _Service:
             messages = check_messages([message(m) for m in body.messages])
         except InputValidationError as exc:
             raise ApiError(400, str(exc), param="messages") from exc
+        if body.stream:
+            self._check_streaming()
         if body.stream and body.n > 1:
             raise ApiError(400, "streaming takes n=1; send n separate requests", param="n")
         if body.stream and body.logprobs:
@@ -197,6 +199,7 @@ class _Service:
                 yield chunk([], usage=counts)
 
         if body.stream:
+            self._check_streaming()
             if len(prompts) > 1 or body.n > 1 or body.echo or body.logprobs is not None:
                 raise ApiError(400, "streaming takes one prompt, n=1, and no echo/logprobs")
             if max_tokens == 0:
@@ -255,6 +258,10 @@ class _Service:
     def _check_tokens(self, counted: int, choices: int, max_tokens: int) -> None:
         total = counted + choices * max_tokens
         self.limits.check("max_request_tokens", total, "tokens (prompt tokens + n x max_tokens)")
+
+    def _check_streaming(self) -> None:
+        if not self.backend.capabilities.streaming:
+            raise api_error(UnsupportedCapabilityError(self.backend.name, "streaming"))
 
     def _local(self, ability: str) -> LocalScoring:
         """The backend as a local model (its tokenizer and scores), which ``ability`` needs;

@@ -704,12 +704,23 @@ def test_an_hf_stream_ends_with_the_right_reason_and_usage(hf_folder):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 4
 
 
-def test_abilities_of_local_models_are_refused_by_name_elsewhere():
-    scripted = pk.backends.ScriptedBackend(["fine", "fine"])
-    with serve_in_thread(create_app(scripted, model_name="s")) as url:
+class Plain(Backend):
+    """Text in, text out: no streaming, no scores, no tokenizer."""
+
+    name = "plain"
+    capabilities = Capabilities()
+
+    def _complete(self, text, config):
+        return Completion(text="fine", usage=Usage(1, 1))
+
+
+def test_abilities_a_backend_lacks_are_refused_by_name():
+    with serve_in_thread(create_app(Plain(), model_name="s")) as url:
         status, answer = post(url, "/v1/completions", {"prompt": "Hi", "logprobs": 1})
         assert status == 400 and "log-probabilities" in answer["error"]["message"]
         status, answer = post(url, "/v1/completions", {"prompt": [1, 2, 3]})
         assert status == 400 and "token-id prompts" in answer["error"]["message"]
         status, answer = post(url, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})
         assert status == 200 and answer["choices"][0]["text"] == "fine"
+        status, answer = post(url, "/v1/completions", {"prompt": "Hi", "stream": True})
+        assert status == 400 and "streaming" in answer["error"]["message"]
