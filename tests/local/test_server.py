@@ -724,3 +724,17 @@ def test_abilities_a_backend_lacks_are_refused_by_name():
         assert status == 200 and answer["choices"][0]["text"] == "fine"
         status, answer = post(url, "/v1/completions", {"prompt": "Hi", "stream": True})
         assert status == 400 and "streaming" in answer["error"]["message"]
+
+
+def test_serve_options_default_to_the_server_limits():
+    """The limits are stated once (ServerLimits); the command line's defaults must agree."""
+    from dataclasses import fields
+
+    from promptkit.cli import serve_command
+
+    options = {p.name: p.default for p in serve_command.params}
+    names = {"max_body": "max_body_bytes"}
+    limits = ServerLimits()
+    for field in fields(ServerLimits):
+        option = next(k for k in options if names.get(k, k) == field.name)
+        assert options[option] == getattr(limits, field.name), field.name
