@@ -605,7 +605,28 @@ def corpus_command(
     type=click.IntRange(min=1024),
     default=1024 * 1024,
     show_default=True,
-    help="Largest request body in bytes.",
+    help="Largest request body in bytes (limit max_body_bytes).",
+)
+@click.option(
+    "--max-prompts",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Most prompts in one /v1/completions request.",
+)
+@click.option(
+    "--max-choices",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Most completions one request asks for (prompts x n).",
+)
+@click.option(
+    "--max-request-tokens",
+    type=click.IntRange(min=1),
+    default=65_536,
+    show_default=True,
+    help="Most tokens one request may cost: prompt tokens plus n x max_tokens.",
 )
 def serve_command(
     backend_spec: str | None,
@@ -614,24 +635,34 @@ def serve_command(
     api_key: str | None,
     model_name: str | None,
     max_body: int,
+    max_prompts: int,
+    max_choices: int,
+    max_request_tokens: int,
 ) -> None:
-    """Serve a backend as an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
-    try:
-        import uvicorn
+    """Serve a backend as an OpenAI-compatible API (/v1/chat/completions, /v1/completions).
 
-        from .server import create_app
+    SIGINT or SIGTERM stops it within a few seconds, cutting any stream still being generated.
+    """
+    try:
+        from .server import ServerLimits, create_app, serve
     except ImportError as exc:
         raise UsageError(
             f"promptkit serve needs FastAPI and uvicorn ({exc}); pip install 'promptkit[serve]'"
         ) from None
     backend = _backend_for(backend_spec)
-    app = create_app(backend, model_name=model_name, api_key=api_key, max_body_bytes=max_body)
+    limits = ServerLimits(
+        max_body_bytes=max_body,
+        max_prompts=max_prompts,
+        max_choices=max_choices,
+        max_request_tokens=max_request_tokens,
+    )
+    app = create_app(backend, model_name=model_name, api_key=api_key, limits=limits)
     click.echo(
         f"serving {backend.name} as {model_name or backend.name!r} on http://{host}:{port}/v1"
         + (" (API key required)" if api_key else ""),
         err=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    serve(app, host=host, port=port)
 
 
 def _with_cache(backend: Any, enabled: bool, size_mb: int = 256) -> Any:

@@ -217,8 +217,6 @@ class _Recorded(Backend):
 @pytest.fixture
 def specs(monkeypatch):
     """The specs the command line asked ``get_backend`` for, in order (no model is loaded)."""
-    import uvicorn
-
     import promptkit.backends
     import promptkit.server
 
@@ -231,7 +229,7 @@ def specs(monkeypatch):
 
     monkeypatch.setattr(promptkit.backends, "get_backend", get_backend)
     monkeypatch.setattr(promptkit.server, "create_app", lambda backend, **_: backend)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **_: None)
+    monkeypatch.setattr(promptkit.server, "serve", lambda app, **_: None)
     monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
     return asked
 

@@ -160,6 +160,7 @@ class Capabilities:
     json_schema: bool = False  # can enforce a JSON schema on the output (chat, object schemas)
     batching: bool = False  # generate_batch runs prompts together (else it loops over generate)
     token_logprobs: bool = False  # can give each token's log-probability (token_logprobs)
+    tokens: bool = False  # token-level access (a local model): token-id prompts, top logprobs
 
     def enforces(self, grammar: Grammar, *, chat: bool) -> bool:
         """Whether decoding can be held to ``grammar`` on a backend with these capabilities.

@@ -19,12 +19,17 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from ..errors import BackendError, ConfigurationError
 from .base import Completion, GenerationConfig, Usage, cut_at_stop
@@ -58,6 +63,17 @@ class _Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.hf.decode(list(ids), skip_special_tokens=False))
+
+
+class _Abandoned(StoppingCriteria):
+    """Stops ``generate`` once ``event`` is set (a streaming reader has gone)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        done = self.event.is_set()
+        return torch.full((input_ids.size(0),), done, dtype=torch.bool, device=input_ids.device)
 
 
 class GrammarLogitsProcessor(LogitsProcessor):
@@ -268,19 +284,74 @@ class HFBackend(LocalScoring):
             )
         return completions
 
-    def _stream_complete(self, text: str, config: GenerationConfig) -> Iterator[str]:
+    def generate_tokens(
+        self, prompt_ids: Sequence[int], config: GenerationConfig
+    ) -> tuple[list[int], Literal["stop", "length"]]:
+        """Token-level generation (see LocalScoring.generate_tokens)."""
+        self.check_fits([len(prompt_ids)], config)
+        ids = torch.tensor([list(prompt_ids)], device=self.device)
+        kwargs = self._call_kwargs(
+            {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, config
+        )
+        with torch.inference_mode():
+            row = self.model.generate(**kwargs)[0, len(prompt_ids) :].tolist()
+        eot = self.tokenizer.eot_id
+        if eot in row:
+            return row[: row.index(eot) + 1], "stop"
+        stopped = cut_at_stop(self.tokenizer.decode(row), config.stops)[1]
+        return row, "stop" if stopped else "length"
+
+    def _stream_complete(
+        self, text: str, config: GenerationConfig
+    ) -> Generator[str, None, Completion]:
+        """Yield the text in pieces; return the whole Completion (its usage and finish reason,
+        which a streaming server reports at the end)."""
         from transformers import TextIteratorStreamer
 
         inputs = self._inputs([text], config)
         streamer = TextIteratorStreamer(
             self.tokenizer.hf, skip_prompt=True, skip_special_tokens=True
         )
-        kwargs = {**self._call_kwargs(inputs, config), "streamer": streamer}
+        abandoned = threading.Event()  # the reader closed the stream: stop generating
+        kwargs = {
+            **self._call_kwargs(inputs, config),
+            "streamer": streamer,
+            "stopping_criteria": StoppingCriteriaList([_Abandoned(abandoned)]),
+        }
         failures: list[BaseException] = []
+        outputs: list[torch.Tensor] = []
         worker = threading.Thread(
-            target=self._generate_into, args=(kwargs, streamer, failures), daemon=True
+            target=self._generate_into, args=(kwargs, streamer, failures, outputs), daemon=True
         )
         worker.start()
+        try:
+            final = yield from self._pieces(streamer, config)
+        finally:
+            abandoned.set()
+            worker.join()
+        if failures:
+            raise BackendError(f"generation failed: {failures[0]}", backend=self.name) from (
+                failures[0]
+            )
+        width = inputs["input_ids"].size(1)
+        new = outputs[0][0, width:].tolist()
+        ended = self.tokenizer.eot_id in new
+        kept = new[: new.index(self.tokenizer.eot_id)] if ended else new
+        grammar = [
+            p for p in kwargs.get("logits_processor", []) if isinstance(p, GrammarLogitsProcessor)
+        ]
+        grammar_done = bool(grammar) and grammar[0].complete(outputs[0])[0]
+        stopped = cut_at_stop(self.tokenizer.decode(kept), config.stops)[1]
+        return Completion(
+            text=final,
+            usage=Usage(prompt_tokens=width, completion_tokens=len(kept)),
+            finish_reason="stop" if ended or stopped or grammar_done else "length",
+        )
+
+    @staticmethod
+    def _pieces(streamer: Any, config: GenerationConfig) -> Generator[str, None, str]:
+        """The streamer's text, cut at the first stop sequence and held back while it may be
+        the start of one; returns the whole text."""
         received, sent = "", 0
         for piece in streamer:
             received += piece
@@ -293,22 +364,23 @@ class HFBackend(LocalScoring):
                 for _ in streamer:  # let generation finish: it stops at the stop string too
                     pass
                 break
-        worker.join()
-        if failures:
-            raise BackendError(f"generation failed: {failures[0]}", backend=self.name) from (
-                failures[0]
-            )
         final, _ = cut_at_stop(received, config.stops)
         if len(final) > sent:
             yield final[sent:]
+        return final
 
     def _generate_into(
-        self, kwargs: dict[str, Any], streamer: Any, failures: list[BaseException]
+        self,
+        kwargs: dict[str, Any],
+        streamer: Any,
+        failures: list[BaseException],
+        outputs: list[torch.Tensor],
     ) -> None:
-        """Run ``generate`` feeding ``streamer``; on failure, record it and end the stream."""
+        """Run ``generate`` feeding ``streamer`` and keep its output; on failure, record it
+        and end the stream."""
         try:
             with torch.inference_mode():
-                self.model.generate(**kwargs)
+                outputs.append(self.model.generate(**kwargs))
         except Exception as exc:
             failures.append(exc)
             streamer.end()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -36,6 +36,7 @@ __all__ = [
 SCORE_CHUNK = 4096  # positions scored together (their logits exist one block at a time)
 VOCAB_BLOCK = 2048  # vocabulary entries per block of the online log-sum-exp
 SCORE_BATCH = 8  # sequences per forward pass when scoring
+TOP_CHUNK = 256  # positions whose full logits exist at once when ranking the top tokens
 
 # What every local backend can do: text in, streaming, scoring, and token masks.
 LOCAL_CAPABILITIES = Capabilities(
@@ -48,6 +49,7 @@ LOCAL_CAPABILITIES = Capabilities(
     json_schema=True,
     batching=True,
     token_logprobs=True,
+    tokens=True,
 )
 
 
@@ -66,6 +68,16 @@ class LocalScoring(Backend):
 
     def _output_matrix(self) -> torch.Tensor:
         """The ``(C, vocab)`` output matrix: logits are ``hidden @ matrix``."""
+        raise NotImplementedError
+
+    def generate_tokens(
+        self, prompt_ids: Sequence[int], config: GenerationConfig
+    ) -> tuple[list[int], Literal["stop", "length"]]:
+        """Token-level generation: the new token ids after ``prompt_ids`` (the end-of-text
+        token included when the model ended with it) and why generation ended.
+
+        Raises ContextWindowError when the prompt plus ``max_tokens`` does not fit.
+        """
         raise NotImplementedError
 
     def _complete(self, text: str, config: GenerationConfig) -> Completion:
@@ -112,23 +124,52 @@ class LocalScoring(Backend):
             requests.append((context_ids, self.tokenizer.encode(continuation)))
         return self.score_ids(requests)
 
-    @torch.inference_mode()
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to ``vocab_size - 1`` (the rows of the output matrix)."""
+        return int(self._output_matrix().size(1))
+
     def _token_logprobs(self, text: str) -> list[TokenLogprob]:
         ids = self.tokenizer.encode(text)
-        if not ids:
-            raise InputValidationError("the text is empty; there is nothing to score")
-        self._check_length(len(ids))
-        values: list[float | None] = [None]
-        if len(ids) > 1:
-            hidden = self._hidden_states(torch.tensor([ids], device=self.device))[0, :-1]
-            scores, _ = self._target_logprobs(hidden, torch.tensor(ids[1:], device=self.device))
-            values += [float(v) for v in scores]
         tokens, offset = [], 0
-        for i, value in enumerate(values):
-            piece = self.tokenizer.decode([ids[i]])
-            tokens.append(TokenLogprob(piece, value, offset))
+        for i, (value, _) in enumerate(self.token_id_logprobs(ids)):
+            tokens.append(TokenLogprob(self.tokenizer.decode([ids[i]]), value, offset))
             offset = len(self.tokenizer.decode(ids[: i + 1]))
         return tokens
+
+    @torch.inference_mode()
+    def token_id_logprobs(
+        self, ids: Sequence[int], top: int = 0
+    ) -> list[tuple[float | None, dict[int, float]]]:
+        """Each token of ``ids``: its log-probability given the tokens before it, and the
+        ``top`` most likely tokens at its place with theirs (None and ``{}`` for the first).
+
+        Raises InputValidationError for no ids or an id outside the vocabulary, and
+        ContextWindowError when they do not fit the context window.
+        """
+        if not ids:
+            raise InputValidationError("there are no tokens to score")
+        vocab = self.vocab_size
+        bad = next((i for i in ids if not 0 <= i < vocab), None)
+        if bad is not None:
+            raise InputValidationError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
+        self._check_length(len(ids))
+        results: list[tuple[float | None, dict[int, float]]] = [(None, {})]
+        if len(ids) < 2:
+            return results
+        hidden = self._hidden_states(torch.tensor([list(ids)], device=self.device))[0, :-1]
+        targets = torch.tensor(ids[1:], device=self.device)
+        scores, _ = self._target_logprobs(hidden, targets)
+        best: list[dict[int, float]] = [{} for _ in range(len(ids) - 1)]
+        if top > 0:
+            matrix = self._output_matrix()
+            for start in range(0, hidden.size(0), TOP_CHUNK):
+                logits = hidden[start : start + TOP_CHUNK] @ matrix  # (n, vocab)
+                values, indices = logits.float().log_softmax(-1).topk(min(top, vocab), dim=-1)
+                for row, (v, i) in enumerate(zip(values.tolist(), indices.tolist(), strict=True)):
+                    best[start + row] = dict(zip(i, v, strict=True))
+        results += [(float(s), b) for s, b in zip(scores, best, strict=True)]
+        return results
 
     def score_choices(self, context: str, choices: Sequence[str]) -> list[tuple[float, int]]:
         """Each choice's summed log-probability as a continuation of ``context``, and its number

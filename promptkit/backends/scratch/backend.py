@@ -8,9 +8,9 @@ positions, never the full (tokens x vocabulary) log-softmax at once.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -93,15 +93,36 @@ class ScratchBackend(LocalScoring):
                 reasons[row] = reason
         return outputs, reasons
 
-    def _stream_complete(self, text: str, config: GenerationConfig) -> Iterator[str]:
+    def generate_tokens(
+        self, prompt_ids: Sequence[int], config: GenerationConfig
+    ) -> tuple[list[int], Literal["stop", "length"]]:
+        """Token-level generation (see LocalScoring.generate_tokens)."""
+        (ids,), (reason,) = self.generate_ids([list(prompt_ids)], config)
+        stopped = (
+            config.grammar is not None or cut_at_stop(self.tokenizer.decode(ids), config.stops)[1]
+        )
+        if reason == "stop" and not stopped:  # it ended because the model chose end-of-text
+            ids.append(self.tokenizer.eot_id)
+        return ids, "stop" if reason == "stop" else "length"
+
+    def _stream_complete(
+        self, text: str, config: GenerationConfig
+    ) -> Generator[str, None, Completion]:
+        """Yield the text in pieces; return the whole Completion (its usage and finish reason,
+        which a streaming server reports at the end)."""
+        prompt = self.tokenizer.encode(text)
         ids: list[int] = []
         sent = 0
-        for _, token, _reason in self._decode([self.tokenizer.encode(text)], config):
+        finish = "length"
+        for _, token, reason in self._decode([prompt], config):
+            if reason is not None:
+                finish = reason
             if token is None:
                 continue
             ids.append(token)
             decoded, stopped = cut_at_stop(self.tokenizer.decode(ids), config.stops)
             if stopped:
+                finish = "stop"
                 break
             ready = safe_prefix(decoded, config.stops)
             if len(ready) > sent:
@@ -110,6 +131,8 @@ class ScratchBackend(LocalScoring):
         final, _ = cut_at_stop(self.tokenizer.decode(ids), config.stops)
         if len(final) > sent:
             yield final[sent:]
+        usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(ids))
+        return Completion(text=final, usage=usage, finish_reason=finish)  # type: ignore[arg-type]
 
     @torch.inference_mode()
     def _decode(
