@@ -17,6 +17,7 @@ says how to fix it) unless it was made with ``unsafe=True`` (``--unsafe-exec``).
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -296,22 +297,32 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
 
 
 def _why(code: int, output: str, limits: SandboxLimits) -> str:
-    lines = [line for line in output.splitlines() if line.strip()]
-    last = lines[-1].strip() if lines else ""
+    """One line saying why a program failed, naming the limit it hit when one shows."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    raised = [line for line in lines if _EXCEPTION.match(line)]
     signalled = code - 128 if code > 128 else -code if code < 0 else 0
     if signalled == signal.SIGXCPU:
         return f"used more than {limits.cpu_s} CPU seconds (cpu_s)"
+    for marker, limit in _LIMIT_MARKERS:
+        hit = next((line for line in reversed(raised) if marker in line), None)
+        if hit is not None:
+            return f"{hit[:200]} ({limit}: {getattr(limits, limit)})"
+    if signalled == signal.SIGXFSZ:
+        return f"wrote a file over {limits.file_bytes} bytes (file_bytes)"
     if signalled:
         name = signal.Signals(signalled).name if signalled in signal.valid_signals() else signalled
         return f"killed by {name} (at the hard CPU limit, cpu_s + 1, or by a kill)"
-    if last.startswith("MemoryError") or "Cannot allocate memory" in last:
-        return f"{last[:200]} (memory_bytes: {limits.memory_bytes})"
-    if "Resource temporarily unavailable" in last or last.startswith("BlockingIOError"):
-        return f"{last[:200]} (processes: {limits.processes})"
-    if "File too large" in last or signalled == signal.SIGXFSZ:
-        return f"{last[:200]} (file_bytes: {limits.file_bytes})"
-    if "No space left on device" in last:
-        return f"{last[:200]} (disk_bytes: {limits.disk_bytes})"
-    if last:
-        return last[:300]
-    return f"exited with status {code}"
+    if raised:
+        return raised[-1][:300]
+    return lines[-1][:300] if lines else f"exited with status {code}"
+
+
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
+_LIMIT_MARKERS = (  # what a program prints when it meets a limit, and the limit
+    ("MemoryError", "memory_bytes"),
+    ("Cannot allocate memory", "memory_bytes"),
+    ("Resource temporarily unavailable", "processes"),
+    ("Too many open files", "open_files"),
+    ("File too large", "file_bytes"),
+    ("No space left on device", "disk_bytes"),
+)
