@@ -460,6 +460,19 @@ def perplexity_command(
     show_default=True,
     help="Response cache size limit in MB.",
 )
+@click.option(
+    "--metric",
+    type=click.Choice(["accuracy", "pass@k"]),
+    default="accuracy",
+    show_default=True,
+    help="pass@k: run code samples against each problem's tests (HumanEval-format --data).",
+)
+@click.option("--k", "ks", default="1", show_default=True, help="pass@k: the k's, e.g. 1,10.")
+@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--samples-file", help="pass@k: score these completions (task_id, completion).")
+@click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling.")
+@click.option("--unsafe-exec", is_flag=True, help="pass@k: run code without isolation.")
 def eval_command(
     file: str,
     data_path: str,
@@ -476,8 +489,40 @@ def eval_command(
     max_attempts: int,
     no_cache: bool,
     cache_size: int,
+    metric: str,
+    ks: str,
+    samples: int,
+    samples_file: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    unsafe_exec: bool,
 ) -> None:
-    """Evaluate template FILE on a dataset for each shot count; write a report."""
+    """Evaluate template FILE on a dataset for each shot count; write a report. With
+    --metric pass@k (or --samples-file), run code samples in a sandbox and report pass@k."""
+    if metric == "pass@k" or samples_file:
+        from .evaluate import PassAtKOptions, parse_ks, pass_at_k_markdown, run_pass_at_k
+        from .files import load_prompt
+
+        if other_file or method != "generate":
+            raise UsageError("pass@k takes one template and --method generate")
+        prompt = load_prompt(file)
+        options = PassAtKOptions(
+            ks=tuple(parse_ks(ks)),
+            samples=samples,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            samples_file=samples_file,
+            unsafe_exec=unsafe_exec,
+        )
+        generator = None
+        if not samples_file:
+            generator = _with_cache(_backend_for(backend_spec, prompt), not no_cache, cache_size)
+        out = out_dir or f"eval-{prompt.name or Path(file).stem}"
+        run, written = run_pass_at_k(prompt, data_path, backend=generator, options=options, out=out)
+        click.echo(pass_at_k_markdown(run))
+        click.echo(f"wrote {', '.join(str(p) for p in written)}")
+        return
     from .backends.base import GenerationConfig
     from .demos import Selection
     from .evaluate import (

@@ -16,6 +16,7 @@ says how to fix it) unless it was made with ``unsafe=True`` (``--unsafe-exec``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -279,7 +280,9 @@ def _execute(command: list[str], limits: SandboxLimits, cwd: str) -> Execution:
     duration = time.monotonic() - began
     text = bytes(output[: limits.output_bytes]).decode("utf-8", errors="replace")
     if status == "timeout":
-        return Execution(status, f"timed out after {limits.timeout_s} s (timeout_s)", text, duration)
+        return Execution(
+            status, f"timed out after {limits.timeout_s} s (timeout_s)", text, duration
+        )
     if status == "output_limit":
         detail = f"printed more than {limits.output_bytes} bytes (output_bytes)"
         return Execution(status, detail, text, duration)
@@ -290,10 +293,8 @@ def _execute(command: list[str], limits: SandboxLimits, cwd: str) -> Execution:
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
     """Kill the sandbox (its PID namespace dies with bwrap) or, unsafe, the process group."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _why(code: int, output: str, limits: SandboxLimits) -> str:
