@@ -473,6 +473,13 @@ def perplexity_command(
 @click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling.")
 @click.option("--unsafe-exec", is_flag=True, help="pass@k: run code without isolation.")
+@click.option(
+    "--exec-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="pass@k: seconds each program may run.",
+)
 def eval_command(
     file: str,
     data_path: str,
@@ -496,11 +503,18 @@ def eval_command(
     temperature: float | None,
     top_p: float | None,
     unsafe_exec: bool,
+    exec_timeout: float,
 ) -> None:
     """Evaluate template FILE on a dataset for each shot count; write a report. With
     --metric pass@k (or --samples-file), run code samples in a sandbox and report pass@k."""
     if metric == "pass@k" or samples_file:
-        from .evaluate import PassAtKOptions, parse_ks, pass_at_k_markdown, run_pass_at_k
+        from .evaluate import (
+            PassAtKOptions,
+            SandboxLimits,
+            parse_ks,
+            pass_at_k_markdown,
+            run_pass_at_k,
+        )
         from .files import load_prompt
 
         if other_file or method != "generate":
@@ -514,6 +528,7 @@ def eval_command(
             max_tokens=max_tokens,
             samples_file=samples_file,
             unsafe_exec=unsafe_exec,
+            limits=SandboxLimits(timeout_s=exec_timeout),
         )
         generator = None
         if not samples_file:

@@ -301,6 +301,8 @@ def test_eval_pass_at_k_generates_runs_and_reports(tmp_path, problems_file, sand
     last = run.problems[1].results[3]
     assert last.passed and last.text == "\n    return max(xs)"  # cut at "\n#"
     assert "pass@1" in result.output and "| Mini/1 | 1/4 |" in (out / "report.md").read_text()
+    pytest.importorskip("matplotlib")
+    assert (out / "pass_at_k.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_eval_scores_a_samples_file_without_a_backend(tmp_path, problems_file, sandbox):

@@ -264,8 +264,9 @@ def pass_at_k_markdown(run: PassAtKReport) -> str:
 def write_pass_at_k_report(
     out: str | Path, run: PassAtKReport, *, backend: str, data: str
 ) -> list[Path]:
-    """Write ``report.json`` (a :class:`Report` with ``metric: "pass@k"``) and ``report.md``
-    into ``out``; returns the paths written. Raises OSError when the folder cannot be written."""
+    """Write ``report.json`` (a :class:`Report` with ``metric: "pass@k"``), ``report.md`` and
+    ``pass_at_k.png`` (left out, with a note in the Markdown, without matplotlib) into ``out``;
+    returns the paths written. Raises OSError when the folder cannot be written."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(
@@ -278,9 +279,38 @@ def write_pass_at_k_report(
     )
     written = [folder / "report.json", folder / "report.md"]
     written[0].write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    title = f"# pass@k on {data} with {backend}\n\n"
-    written[1].write_text(title + pass_at_k_markdown(run), encoding="utf-8")
+    text = f"# pass@k on {data} with {backend}\n\n" + pass_at_k_markdown(run)
+    plot = folder / "pass_at_k.png"
+    if _plot(plot, run):
+        written.append(plot)
+        text += "\n![pass@k against k](pass_at_k.png)\n"
+    else:
+        text += "\n(No plot: install matplotlib, e.g. pip install 'promptkit[eval]'.)\n"
+    written[1].write_text(text, encoding="utf-8")
     return written
+
+
+def _plot(path: Path, run: PassAtKReport) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, axes = plt.subplots(figsize=(5, 3.5), dpi=120)
+    axes.plot(run.k, [run.pass_at_k[f"pass@{k}"] for k in run.k], marker="o", label=run.template)
+    axes.set_xscale("log")
+    axes.set_xticks(run.k, [str(k) for k in run.k])
+    axes.set_xlabel("k (samples allowed)")
+    axes.set_ylabel("pass@k")
+    axes.set_ylim(0, 1)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
 
 
 @dataclass(frozen=True)

