@@ -517,8 +517,13 @@ def eval_command(
         )
         from .files import load_prompt
 
-        if other_file or method != "generate":
-            raise UsageError("pass@k takes one template and --method generate")
+        unused = {"--vs": other_file, "--pool": pool_path, "--method score": method != "generate"}
+        unused |= {
+            "--shots": shots != "0",
+            "--backend (with --samples-file)": samples_file and backend_spec,
+        }
+        if any(unused.values()):
+            raise UsageError(f"pass@k does not use {', '.join(k for k, v in unused.items() if v)}")
         prompt = load_prompt(file)
         options = PassAtKOptions(
             ks=tuple(parse_ks(ks)),

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import promptkit as pk
-from promptkit.backends import ScriptedBackend
+from promptkit.backends import GenerationConfig, ScriptedBackend
 from promptkit.backends.scripted import Request
 from promptkit.cli import cli
 from promptkit.errors import ConfigurationError, InputValidationError, UsageError
@@ -228,6 +228,18 @@ def test_a_backend_failure_is_a_failed_sample_not_a_crash(sandbox):
     assert first.status == "error" and "overloaded" in first.detail and not first.passed
 
 
+def test_an_error_of_use_is_raised_not_counted_as_a_failed_sample():
+    problems = load_problems_from(PROBLEMS)[:1]
+    backend = ScriptedBackend([ConfigurationError("no such model file")])
+    prompt = pk.load_prompt("code_completion")
+    config = GenerationConfig()
+    with pytest.raises(ConfigurationError, match="no such model file"):
+        generate_candidates(prompt, problems, backend=backend, samples=1, config=config)
+    sentiment = pk.load_prompt("sentiment")
+    with pytest.raises(InputValidationError, match="text"):
+        generate_candidates(sentiment, problems, backend=backend, samples=1, config=config)
+
+
 # --- scoring -------------------------------------------------------------------------------
 
 
@@ -354,3 +366,18 @@ def test_options_that_cannot_work_are_refused_before_generating(tmp_path, proble
     with pytest.raises(UsageError, match="pass@10 needs --samples >= 10, got --samples 5"):
         run_pass_at_k(prompt, str(problems_file), backend=backend, options=options, out=tmp_path)
     assert backend.requests == []
+
+
+def test_options_that_would_be_ignored_are_refused(tmp_path, problems_file):
+    samples_file = write_jsonl(tmp_path / "s.jsonl", [{"task_id": "Mini/0", "completion": "x"}])
+    prompt = pk.load_prompt("code_completion")
+    options = PassAtKOptions(samples_file=str(samples_file), temperature=0.8, samples=4)
+    with pytest.raises(UsageError, match="--samples, --temperature apply only when generating"):
+        run_pass_at_k(prompt, str(problems_file), backend=None, options=options, out=tmp_path)
+    args = ["eval", "code_completion", "--data", str(problems_file), "--metric", "pass@k"]
+    result = CliRunner().invoke(cli, [*args, "--shots", "0,1", "--vs", "sentiment"])
+    assert result.exit_code == 2 and "pass@k does not use --vs, --shots" in result.output
+    result = CliRunner().invoke(
+        cli, [*args, "--samples-file", str(samples_file), "--backend", "scripted"]
+    )
+    assert result.exit_code == 2 and "--backend (with --samples-file)" in result.output

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend, GenerationConfig
-from ..errors import PromptkitError, UsageError
+from ..errors import BackendError, UsageError
 from ..item_progress import ItemProgress
 from ..prompt import Prompt
 from ._humaneval import (
@@ -92,8 +92,9 @@ def generate_candidates(
     """``samples`` completions per problem; sample j is drawn with seed ``config.seed + j``
     (0 + j without a seed), so a run is repeatable and the response cache keeps each sample.
 
-    A backend failure becomes a candidate with ``error`` set (it counts as not passed);
-    InputValidationError (the template's inputs do not fit the problems) is raised.
+    A backend failure (BackendError) becomes a candidate with ``error`` set (it counts as not
+    passed); errors of use are raised: InputValidationError when the template's inputs do not
+    fit the problems, UnsupportedCapabilityError, ConfigurationError.
     """
     fields = set(prompt.input_type.model_fields)
     chat = prompt.style == "chat"
@@ -108,7 +109,7 @@ def generate_candidates(
             began = time.perf_counter()
             try:
                 answer = backend.generate(rendered, seeded)
-            except PromptkitError as exc:
+            except BackendError as exc:
                 drawn.append(Candidate("", None, error=" ".join(str(exc).split())))
             else:
                 text = answer.text
@@ -348,6 +349,18 @@ def run_pass_at_k(
     sandbox = Sandbox(options.limits, bwrap=options.bwrap, unsafe=options.unsafe_exec)
     name = prompt.name or "template"
     if options.samples_file is not None:
+        sampling = {
+            "--samples": options.samples != 1,
+            "--temperature": options.temperature is not None,
+            "--top-p": options.top_p is not None,
+            "--max-tokens": options.max_tokens is not None,
+        }
+        given = [flag for flag, used in sampling.items() if used]
+        if given:
+            raise UsageError(
+                f"--samples-file scores the completions in the file; {', '.join(given)} "
+                "apply only when generating"
+            )
         read = load_samples(options.samples_file, {p.task_id for p in problems})
         candidates = {task: [Candidate(c) for c in texts] for task, texts in read.items()}
         total = sum(len(texts) for texts in read.values())

@@ -225,7 +225,10 @@ def _system_mounts(python: str) -> list[str]:
         elif path.is_dir():
             mounts += ["--ro-bind", top, top]
     mounts += ["--proc", "/proc", "--dev", "/dev"]
-    prefixes = {Path(sys.base_prefix), Path(sys.prefix), Path(python).resolve().parent.parent}
+    given = Path(python).absolute()
+    prefixes = {given.parent.parent, given.resolve().parent.parent}  # a venv and its base
+    if given.resolve() == Path(sys.executable).resolve():
+        prefixes |= {Path(sys.base_prefix), Path(sys.prefix)}
     for prefix in sorted(prefixes):
         if prefix.is_dir() and not prefix.is_relative_to("/usr"):
             for parent in reversed(prefix.parents[:-1]):  # traversable stand-ins for its parents
