@@ -420,7 +420,12 @@ def perplexity_command(
 
 @cli.command("eval")
 @click.argument("file")
-@click.option("--data", "data_path", required=True, help="JSONL dataset: inputs + expected.")
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    help="JSONL dataset: inputs + expected (pass@k: HumanEval problems, .jsonl or .jsonl.gz).",
+)
 @_backend_option(template=True)
 @click.option(
     "--shots", default="0", show_default=True, help="Shot counts to evaluate, e.g. 0,1,3."
@@ -468,7 +473,13 @@ def perplexity_command(
     help="pass@k: run code samples against each problem's tests (HumanEval-format --data).",
 )
 @click.option("--k", "ks", default="1", show_default=True, help="pass@k: the k's, e.g. 1,10.")
-@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="pass@k: completions drawn per problem (n).",
+)
 @click.option("--samples-file", help="pass@k: score these completions (task_id, completion).")
 @click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling.")

@@ -381,3 +381,11 @@ def test_options_that_would_be_ignored_are_refused(tmp_path, problems_file):
         cli, [*args, "--samples-file", str(samples_file), "--backend", "scripted"]
     )
     assert result.exit_code == 2 and "--backend (with --samples-file)" in result.output
+
+
+def test_an_accuracy_report_still_reads_without_the_pass_at_k_fields():
+    report = Report.model_validate(
+        {"backend": "scripted", "data": "d.jsonl", "method": "generate", "templates": {}}
+    )
+    assert report.schema_version == "1" and report.metric == "accuracy"
+    assert report.pass_at_k is None

@@ -313,9 +313,13 @@ def _why(code: int, output: str, limits: SandboxLimits) -> str:
             return f"{hit[:200]} ({limit}: {getattr(limits, limit)})"
     if signalled == signal.SIGXFSZ:
         return f"wrote a file over {limits.file_bytes} bytes (file_bytes)"
+    if signalled == signal.SIGKILL:
+        return (
+            f"killed by SIGKILL (the hard CPU limit, cpu_s + 1 = {limits.cpu_s + 1} s, or a kill)"
+        )
     if signalled:
         name = signal.Signals(signalled).name if signalled in signal.valid_signals() else signalled
-        return f"killed by {name} (at the hard CPU limit, cpu_s + 1, or by a kill)"
+        return f"killed by {name}"
     if raised:
         return raised[-1][:300]
     return lines[-1][:300] if lines else f"exited with status {code}"
