@@ -568,6 +568,10 @@ def eval_command(
     from .files import load_prompt
     from .item_progress import ItemProgress
 
+    pass_at_k_only = {"--k": ks != "1", "--samples": samples != 1, "--unsafe-exec": unsafe_exec}
+    if any(pass_at_k_only.values()):
+        given = ", ".join(k for k, v in pass_at_k_only.items() if v)
+        raise UsageError(f"{given}: only with --metric pass@k")
     counts = _shot_counts(shots)
     kind: Literal["generate", "score"] = "score" if method == "score" else "generate"
     prompts = {}
@@ -595,8 +599,8 @@ def eval_command(
         for name, prompt in prompts.items():
             items, pool = plans[name]
             config = prompt.config or GenerationConfig()
-            if max_tokens is not None:
-                config = config.replace(max_tokens=max_tokens)
+            sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+            config = config.replace(**{k: v for k, v in sampling.items() if v is not None})
             runs[name] = evaluate(
                 prompt,
                 items,

@@ -389,3 +389,18 @@ def test_an_accuracy_report_still_reads_without_the_pass_at_k_fields():
     )
     assert report.schema_version == "1" and report.metric == "accuracy"
     assert report.pass_at_k is None
+
+
+def test_accuracy_runs_take_the_sampling_options_and_refuse_pass_at_k_ones(tmp_path, monkeypatch):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "Great cast", "expected": "positive"}) + "\n")
+    backend = ScriptedBackend([" positive"])
+    monkeypatch.setattr("promptkit.cli._backend_for", lambda spec, prompt=None: backend)
+    args = ["eval", "sentiment", "--data", str(data), "--out", str(tmp_path / "out"), "--no-cache"]
+    result = CliRunner().invoke(cli, [*args, "--samples", "3", "--k", "1,2"])
+    assert result.exit_code == 2 and "--k, --samples: only with --metric pass@k" in result.output
+    result = CliRunner().invoke(cli, [*args, "--temperature", "0.7", "--top-p", "0.9"])
+    assert result.exit_code == 0, result.output
+    assert '"accuracy": 1.0' in (tmp_path / "out" / "report.json").read_text()
+    assert backend.requests[0].config.temperature == 0.7
+    assert backend.requests[0].config.top_p == 0.9
