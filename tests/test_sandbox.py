@@ -173,6 +173,12 @@ def test_a_missing_bubblewrap_is_refused_with_a_fix():
     assert "--unsafe-exec" in message
 
 
+def test_a_bubblewrap_that_cannot_start_a_sandbox_is_refused():
+    with pytest.raises(ConfigurationError, match="bubblewrap could not start a sandbox") as caught:
+        Sandbox(bwrap="false").check()  # found, but exits 1 like a bwrap without namespaces
+    assert "--unsafe-exec" in str(caught.value)
+
+
 @pytest.mark.timeout(30)
 def test_unsafe_execution_runs_without_bubblewrap_and_keeps_the_limits():
     box = Sandbox(SandboxLimits(timeout_s=1.5), bwrap="/nonexistent/bwrap", unsafe=True)
