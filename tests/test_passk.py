@@ -29,6 +29,7 @@ from promptkit.evaluate import (
     mean_pass_at_k,
     parse_ks,
     pass_at_k,
+    pass_at_k_markdown,
     program_for,
     run_pass_at_k,
     sampling_config,
@@ -404,3 +405,14 @@ def test_accuracy_runs_take_the_sampling_options_and_refuse_pass_at_k_ones(tmp_p
     assert '"accuracy": 1.0' in (tmp_path / "out" / "report.json").read_text()
     assert backend.requests[0].config.temperature == 0.7
     assert backend.requests[0].config.top_p == 0.9
+
+
+def test_the_markdown_lists_a_few_unsampled_problems_and_the_json_all(sandbox):
+    many = [dict(PROBLEMS[0], task_id=f"Mini/{i}") for i in range(12)]
+    problems = load_problems_from(many)
+    candidates = {"Mini/0": [Candidate(RIGHT["Mini/0"])]}
+    run = score_candidates(problems, candidates, sandbox=sandbox, ks=[1], template="t")
+    assert run.unsampled == [f"Mini/{i}" for i in range(1, 12)]
+    text = pass_at_k_markdown(run)
+    assert "No samples for 11 problem(s): Mini/1, " in text
+    assert "Mini/10 and 1 more (report.json lists them)" in text and "Mini/11" not in text

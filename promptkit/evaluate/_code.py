@@ -258,7 +258,10 @@ def pass_at_k_markdown(run: PassAtKReport) -> str:
         figures = " | ".join(f"{p.pass_at_k[k]:.2f}" for k in ks)
         lines.append(f"| {p.task_id} | {p.correct}/{p.samples} | {figures} | {failure} |")
     if run.unsampled:
-        lines += ["", f"No samples for {len(run.unsampled)} problem(s): {', '.join(run.unsampled)}"]
+        shown = ", ".join(run.unsampled[:10])
+        more = f" and {len(run.unsampled) - 10} more (report.json lists them)"
+        shown += more if len(run.unsampled) > 10 else ""
+        lines += ["", f"No samples for {len(run.unsampled)} problem(s): {shown}"]
     return "\n".join(lines) + "\n"
 
 
