@@ -245,7 +245,7 @@ def test_an_error_of_use_is_raised_not_counted_as_a_failed_sample():
 
 
 def test_scoring_counts_passing_samples_per_problem(sandbox):
-    sandbox = Sandbox(SandboxLimits(timeout_s=1.5))
+    sandbox = Sandbox(SandboxLimits(timeout_s=2.5))
     problems = load_problems_from(PROBLEMS)
     candidates = {
         "Mini/0": [Candidate(RIGHT["Mini/0"]), Candidate(WRONG["Mini/0"])],
@@ -256,7 +256,7 @@ def test_scoring_counts_passing_samples_per_problem(sandbox):
     assert run.pass_at_k == {"pass@1": pytest.approx(0.25), "pass@2": pytest.approx(0.5)}
     failures = [r for p in run.problems for r in p.results if not r.passed]
     assert failures[0].detail == "AssertionError" and failures[-1].status == "timeout"
-    assert run.isolation == "bubblewrap" and run.limits["timeout_s"] == 1.5
+    assert run.isolation == "bubblewrap" and run.limits["timeout_s"] == 2.5
 
 
 def test_too_few_samples_for_k_is_refused_before_running(sandbox):
