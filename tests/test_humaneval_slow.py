@@ -127,7 +127,7 @@ def test_pass_at_k_equals_human_evals_on_the_same_samples(tmp_path):
         cli,
         [
             "eval",
-            "templates/code_completion.prompty",
+            "code_completion",
             "--data",
             str(problems_file),
             "--samples-file",

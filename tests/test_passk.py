@@ -281,7 +281,7 @@ def test_eval_pass_at_k_generates_runs_and_reports(tmp_path, problems_file, sand
     out = tmp_path / "out"
     result = invoke(
         "eval",
-        "templates/code_completion.prompty",
+        "code_completion",
         "--data",
         str(problems_file),
         "--backend",
@@ -324,7 +324,7 @@ def test_eval_scores_a_samples_file_without_a_backend(tmp_path, problems_file, s
     out = tmp_path / "out"
     result = invoke(
         "eval",
-        "templates/code_completion.prompty",
+        "code_completion",
         "--data",
         str(problems_file),
         "--samples-file",
@@ -348,7 +348,7 @@ def test_eval_refuses_to_run_code_without_isolation(tmp_path, problems_file, mon
         tmp_path / "samples.jsonl", [{"task_id": "Mini/0", "completion": RIGHT["Mini/0"]}]
     )
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap to be found
-    args = ["eval", "templates/code_completion.prompty", "--data", str(problems_file)]
+    args = ["eval", "code_completion", "--data", str(problems_file)]
     args += ["--samples-file", str(samples_file), "--out", str(tmp_path / "out")]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
