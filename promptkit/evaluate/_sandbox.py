@@ -162,7 +162,7 @@ class Sandbox:
     def _run(self, args: list[str], program: str) -> Execution:
         with tempfile.TemporaryDirectory(prefix="promptkit-sandbox-") as folder:
             source = Path(folder) / "program.py"
-            source.write_text(program, encoding="utf-8")
+            source.write_text(program, encoding="utf-8", errors="surrogatepass")
             source.chmod(0o644)  # readable by the sandbox's unprivileged user
             command = self._command([self.python, "-I", *args], source, folder)
             return _execute(command, self.limits, folder if self.unsafe else "/")
