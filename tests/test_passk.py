@@ -23,6 +23,7 @@ from promptkit.evaluate import (
     Sandbox,
     SandboxLimits,
     completion_from_answer,
+    completion_stops,
     generate_candidates,
     load_problems,
     load_samples,
@@ -189,11 +190,14 @@ def test_the_program_is_prompt_completion_tests_and_check():
 def test_sampling_uses_codex_stops_seeds_and_the_chat_answer_rules():
     prompt = pk.load_prompt("code_completion")
     config = sampling_config(prompt, samples=3, temperature=0.8, top_p=0.95)
-    assert config.stop == CODEX_STOPS and config.temperature == 0.8 and config.top_p == 0.95
+    assert config.stop == CODEX_STOPS[:4] and config.temperature == 0.8 and config.top_p == 0.95
+    assert completion_stops(prompt, config) == CODEX_STOPS
     seen: list[Request] = []
 
     def reply(request: Request) -> str:
         seen.append(request)
+        if request.config.seed == 2:
+            return "\n    return a + b\nprint(add(1, 2))"  # cut here, not by the request
         return "\n    return a + b\n\ndef extra():\n    pass" if request.config.seed == 1 else "bad"
 
     backend = ScriptedBackend([reply] * 6)
@@ -203,6 +207,8 @@ def test_sampling_uses_codex_stops_seeds_and_the_chat_answer_rules():
     assert seen[0].prompt == PROBLEMS[0]["prompt"].strip()
     assert drawn["Mini/0"][1].completion == "\n    return a + b\n"  # cut at "\ndef"
     assert drawn["Mini/0"][0].text == "bad"
+    assert drawn["Mini/0"][2].completion == "\n    return a + b"
+    assert drawn["Mini/0"][2].text == "\n    return a + b\nprint(add(1, 2))"  # kept whole
 
     chat = pk.load_prompt("code_completion_chat")
     answer = "```python\ndef add(a, b):\n    return a + b\n```"

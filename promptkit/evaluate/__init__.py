@@ -23,6 +23,7 @@ from __future__ import annotations
 from ._code import (
     Candidate,
     PassAtKOptions,
+    completion_stops,
     generate_candidates,
     pass_at_k_markdown,
     run_pass_at_k,
@@ -74,6 +75,7 @@ __all__ = [
     "ShotReport",
     "check_shots",
     "completion_from_answer",
+    "completion_stops",
     "evaluate",
     "generate_candidates",
     "load_dataset",

@@ -1,9 +1,10 @@
 """pass@k on code problems: sample completions (or read them from a samples file), run each
 against its problem's tests in a :class:`~promptkit.evaluate.Sandbox`, and estimate pass@k.
 
-A completion-style template's generated text is the completion (the function's body, cut at
-Codex's stop sequences unless the template declares its own stops); a chat template's answer
-has its code fences stripped, and an answer that defines the entry point is used whole.
+A completion-style template's generated text is the completion (the function's body), cut at
+Codex's five stop sequences as well as the template's own (the request carries only the
+template's: the OpenAI API takes at most four); a chat template's answer has its code fences
+stripped, and an answer that defines the entry point is used whole.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Backend, GenerationConfig
+from ..backends.base import Backend, GenerationConfig, cut_at_stop
 from ..errors import BackendError, UsageError
 from ..item_progress import ItemProgress
 from ..prompt import Prompt
@@ -35,6 +36,7 @@ from ._schema import PassAtKReport, ProblemResult, Report, SampleRecord
 __all__ = [
     "Candidate",
     "PassAtKOptions",
+    "completion_stops",
     "generate_candidates",
     "pass_at_k_markdown",
     "run_pass_at_k",
@@ -62,22 +64,28 @@ class Candidate:
 def sampling_config(
     prompt: Prompt[Any], *, samples: int, temperature: float | None, top_p: float | None
 ) -> GenerationConfig:
-    """The template's generation settings with the sampling options applied; a completion
-    template without stop sequences gets Codex's. Raises UsageError for several samples at
-    temperature 0 (they would all be the same greedy answer)."""
+    """The template's generation settings with the sampling options applied. Raises
+    UsageError for several samples at temperature 0 (they would all be the same greedy
+    answer)."""
     config = prompt.config or GenerationConfig()
     if temperature is not None:
         config = config.replace(temperature=temperature)
     if top_p is not None:
         config = config.replace(top_p=top_p)
-    if prompt.style == "completion" and not config.stop:
-        config = config.replace(stop=CODEX_STOPS)
     if samples > 1 and config.temperature == 0:
         raise UsageError(
             f"--samples {samples} at temperature 0 gives {samples} copies of the greedy answer; "
             "pass --temperature > 0 (e.g. 0.8) or --samples 1"
         )
     return config
+
+
+def completion_stops(prompt: Prompt[Any], config: GenerationConfig) -> tuple[str, ...]:
+    """Where a generated completion is cut: a completion template's stops and Codex's; none
+    for a chat template (its answer's code block is taken instead)."""
+    if prompt.style == "chat":
+        return ()
+    return tuple(dict.fromkeys([*config.stop, *CODEX_STOPS]))
 
 
 def generate_candidates(
@@ -98,6 +106,7 @@ def generate_candidates(
     """
     fields = set(prompt.input_type.model_fields)
     chat = prompt.style == "chat"
+    stops = completion_stops(prompt, config)
     candidates: dict[str, list[Candidate]] = {}
     for problem in problems:
         rendered = prompt.render({k: v for k, v in problem.inputs().items() if k in fields})
@@ -115,7 +124,9 @@ def generate_candidates(
                 text = answer.text
                 drawn.append(
                     Candidate(
-                        completion=completion_from_answer(problem, text) if chat else text,
+                        completion=completion_from_answer(problem, text)
+                        if chat
+                        else cut_at_stop(text, stops)[0],
                         text=text,
                         prompt_tokens=answer.usage.prompt_tokens,
                         completion_tokens=answer.usage.completion_tokens,
@@ -144,7 +155,8 @@ def score_candidates(
     estimate pass@k for each k.
 
     Problems without candidates are listed in ``unsampled``. ``config`` and
-    ``samples_per_problem`` describe generated samples, ``samples_file`` read ones.
+    ``samples_per_problem`` describe generated samples (``config.stop``: where completions
+    were cut), ``samples_file`` read ones.
 
     Raises UsageError when a k exceeds some problem's number of samples (naming it),
     ConfigurationError when the sandbox cannot isolate programs; both before anything runs.
@@ -410,7 +422,7 @@ def run_pass_at_k(
             template=name,
             workers=options.workers,
             on_sample=progress.advance,
-            config=config,
+            config=config.replace(stop=completion_stops(prompt, config)),
             samples_per_problem=options.samples,
         )
     return run, write_pass_at_k_report(out, run, backend=backend.name, data=data)

@@ -165,7 +165,9 @@ class PassAtKReport(_Record):
     samples_per_problem: int | None = Field(description="n asked for; null: from the file")
     temperature: float | None = None
     top_p: float | None = None
-    stop: list[str] = Field(default_factory=list)
+    stop: list[str] = Field(
+        default_factory=list, description="where generated completions were cut"
+    )
     isolation: str = Field(description="bubblewrap, or none (--unsafe-exec)")
     limits: dict[str, float] = Field(description="the sandbox's limits, by name")
     pass_at_k: dict[str, float] = Field(description='per "pass@k": the mean over problems')
