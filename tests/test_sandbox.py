@@ -178,6 +178,18 @@ def test_a_missing_bubblewrap_is_refused_with_a_fix():
     assert "--unsafe-exec" in message
 
 
+def test_bubblewrap_is_found_on_the_callers_path(sandbox, tmp_path, monkeypatch):
+    (tmp_path / "bwrap-elsewhere").symlink_to(sandbox.bwrap)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert Sandbox(bwrap="bwrap-elsewhere").run("pass").passed
+
+
+def test_unsafe_execution_without_prlimit_is_a_configuration_error(monkeypatch):
+    monkeypatch.setattr("promptkit.evaluate._sandbox._PATH", "/nonexistent")
+    with pytest.raises(ConfigurationError, match=r"cannot run programs: 'prlimit' would not start"):
+        Sandbox(unsafe=True).run("pass")
+
+
 def test_a_bubblewrap_that_cannot_start_a_sandbox_is_refused():
     with pytest.raises(ConfigurationError, match="bubblewrap could not start a sandbox") as caught:
         Sandbox(bwrap="false").check()  # found, but exits 1 like a bwrap without namespaces

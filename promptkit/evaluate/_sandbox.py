@@ -140,6 +140,7 @@ class Sandbox:
                     "installed. Install it (apt-get install bubblewrap) or, only for trusted "
                     "code, pass --unsafe-exec to run it without isolation"
                 )
+            self.bwrap = found
             probe = self._run(["-c", "pass"], "")
             if probe.status != "passed":
                 raise ConfigurationError(
@@ -148,7 +149,6 @@ class Sandbox:
                     "namespaces (sysctl kernel.unprivileged_userns_clone=1) or, only for "
                     "trusted code, pass --unsafe-exec to run it without isolation"
                 )
-            self.bwrap = found
             self._checked = True
 
     def run(self, program: str) -> Execution:
@@ -242,16 +242,24 @@ def _environment(home: str) -> dict[str, str]:
 
 
 def _execute(command: list[str], limits: SandboxLimits, cwd: str) -> Execution:
+    """Run ``command`` under the wall-clock and output limits. Raises ConfigurationError when
+    it cannot start."""
     began = time.monotonic()
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=cwd,
-        env=_environment(cwd),
-        start_new_session=True,
-    )
+    try:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=_environment(cwd),
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot run programs: {command[0]!r} would not start ({exc.strerror}); the "
+            "sandbox needs bubblewrap and util-linux's prlimit, setpriv and unshare"
+        ) from None
     assert process.stdout is not None  # stdout=PIPE
     output = bytearray()
     status: Status | None = None
