@@ -268,6 +268,11 @@ def test_scoring_counts_passing_samples_per_problem(sandbox):
 def test_too_few_samples_for_k_is_refused_before_running(sandbox):
     problems = load_problems_from(PROBLEMS)
     candidates = {"Mini/0": [Candidate(RIGHT["Mini/0"])] * 3}
+    for ks in ([], [0, 1]):
+        with pytest.raises(UsageError, match="pass@k needs one or more k >= 1"):
+            score_candidates(problems, candidates, sandbox=sandbox, ks=ks, template="t")
+    with pytest.raises(UsageError, match="no problem has a sample to check"):
+        score_candidates(problems, {}, sandbox=sandbox, ks=[1], template="t")
     with pytest.raises(UsageError, match="pass@5 needs at least 5 samples per problem, but Mini/0"):
         score_candidates(problems, candidates, sandbox=sandbox, ks=[1, 5], template="t")
 

@@ -162,6 +162,8 @@ def score_candidates(
     ConfigurationError when the sandbox cannot isolate programs; both before anything runs.
     """
     began = time.perf_counter()
+    if not ks or min(ks) < 1:
+        raise UsageError(f"pass@k needs one or more k >= 1, got {list(ks)}")
     chosen = [p for p in problems if candidates.get(p.task_id)]
     if not chosen:
         raise UsageError("no problem has a sample to check")
