@@ -415,7 +415,12 @@ def perplexity_command(
 
 @cli.command("eval")
 @click.argument("file")
-@click.option("--data", "data_path", required=True, help="JSONL dataset: inputs + expected.")
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    help="JSONL dataset: inputs + expected (pass@k: HumanEval problems, .jsonl or .jsonl.gz).",
+)
 @_backend_option(template=True)
 @click.option(
     "--shots", default="0", show_default=True, help="Shot counts to evaluate, e.g. 0,1,3."
@@ -455,6 +460,32 @@ def perplexity_command(
     show_default=True,
     help="Response cache size limit in MB.",
 )
+@click.option(
+    "--metric",
+    type=click.Choice(["accuracy", "pass@k"]),
+    default="accuracy",
+    show_default=True,
+    help="pass@k: run code samples against each problem's tests (HumanEval-format --data).",
+)
+@click.option("--k", "ks", default="1", show_default=True, help="pass@k: the k's, e.g. 1,10.")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="pass@k: completions drawn per problem (n).",
+)
+@click.option("--samples-file", help="pass@k: score these completions (task_id, completion).")
+@click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling.")
+@click.option("--unsafe-exec", is_flag=True, help="pass@k: run code without isolation.")
+@click.option(
+    "--exec-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="pass@k: seconds each program may run.",
+)
 def eval_command(
     file: str,
     data_path: str,
@@ -471,8 +502,53 @@ def eval_command(
     max_attempts: int,
     no_cache: bool,
     cache_size: int,
+    metric: str,
+    ks: str,
+    samples: int,
+    samples_file: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    unsafe_exec: bool,
+    exec_timeout: float,
 ) -> None:
-    """Evaluate template FILE on a dataset for each shot count; write a report."""
+    """Evaluate template FILE on a dataset for each shot count; write a report. With
+    --metric pass@k (or --samples-file), run code samples in a sandbox and report pass@k."""
+    if metric == "pass@k" or samples_file:
+        from .evaluate import (
+            PassAtKOptions,
+            SandboxLimits,
+            parse_ks,
+            pass_at_k_markdown,
+            run_pass_at_k,
+        )
+        from .files import load_prompt
+
+        unused = {"--vs": other_file, "--pool": pool_path, "--method score": method != "generate"}
+        unused |= {
+            "--shots": shots != "0",
+            "--backend (with --samples-file)": samples_file and backend_spec,
+        }
+        if any(unused.values()):
+            raise UsageError(f"pass@k does not use {', '.join(k for k, v in unused.items() if v)}")
+        prompt = load_prompt(file)
+        options = PassAtKOptions(
+            ks=tuple(parse_ks(ks)),
+            samples=samples,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            samples_file=samples_file,
+            unsafe_exec=unsafe_exec,
+            limits=SandboxLimits(timeout_s=exec_timeout),
+        )
+        generator = None
+        if not samples_file:
+            generator = _with_cache(_backend_for(backend_spec, prompt), not no_cache, cache_size)
+        out = out_dir or f"eval-{prompt.name or Path(file).stem}"
+        run, written = run_pass_at_k(prompt, data_path, backend=generator, options=options, out=out)
+        click.echo(pass_at_k_markdown(run))
+        click.echo(f"wrote {', '.join(str(p) for p in written)}")
+        return
     from .backends.base import GenerationConfig
     from .demos import Selection
     from .evaluate import (
@@ -487,6 +563,10 @@ def eval_command(
     from .files import load_prompt
     from .item_progress import ItemProgress
 
+    pass_at_k_only = {"--k": ks != "1", "--samples": samples != 1, "--unsafe-exec": unsafe_exec}
+    if any(pass_at_k_only.values()):
+        given = ", ".join(k for k, v in pass_at_k_only.items() if v)
+        raise UsageError(f"{given}: only with --metric pass@k")
     counts = _shot_counts(shots)
     kind: Literal["generate", "score"] = "score" if method == "score" else "generate"
     prompts = {}
@@ -514,8 +594,8 @@ def eval_command(
         for name, prompt in prompts.items():
             items, pool = plans[name]
             config = prompt.config or GenerationConfig()
-            if max_tokens is not None:
-                config = config.replace(max_tokens=max_tokens)
+            sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+            config = config.replace(**{k: v for k, v in sampling.items() if v is not None})
             runs[name] = evaluate(
                 prompt,
                 items,

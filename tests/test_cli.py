@@ -35,7 +35,8 @@ def test_templates_lists_every_bundled_template(invoke):
     result = invoke("templates")
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert len(lines) == 8
+    assert len(lines) == 10
+    assert any(line.startswith("code_completion_chat ") for line in lines)
     assert any(line.startswith("sentiment") and "positive or negative" in line for line in lines)
 
 
