@@ -441,6 +441,16 @@ class Prompt(Generic[OutputT]):
             )
             rendered = self._render_context(context, self._display(chosen, selection), style)
 
+    def style_for(self, backend: Backend, style: Style | None = None) -> Style:
+        """The rendering :meth:`run` sends to ``backend``: ``style`` (default: the prompt's
+        own), unless the backend speaks only the other form (chat messages or one string)."""
+        chosen = style or self.style
+        if chosen == "chat" and not backend.capabilities.chat:
+            return "completion"
+        if chosen == "completion" and not backend.capabilities.completion:
+            return "chat"
+        return chosen
+
     def _shots(self, shots: int | None) -> int:
         if shots is None:
             return len(self.examples) if self.shots is None else self.shots
@@ -516,11 +526,7 @@ class Prompt(Generic[OutputT]):
     ) -> RunLoop[OutputT]:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise UsageError(f"max_attempts must be a positive integer, got {max_attempts!r}")
-        chosen = style or self.style
-        if chosen == "chat" and not backend.capabilities.chat:
-            chosen = "completion"
-        elif chosen == "completion" and not backend.capabilities.completion:
-            chosen = "chat"
+        chosen = self.style_for(backend, style)
         count = self._shots(shots)
         validated = self.validate_inputs(inputs)
         context = _context(validated)
