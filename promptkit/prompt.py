@@ -441,16 +441,6 @@ class Prompt(Generic[OutputT]):
             )
             rendered = self._render_context(context, self._display(chosen, selection), style)
 
-    def style_for(self, backend: Backend, style: Style | None = None) -> Style:
-        """The rendering :meth:`run` sends to ``backend``: ``style`` (default: the prompt's
-        own), unless the backend speaks only the other form (chat messages or one string)."""
-        chosen = style or self.style
-        if chosen == "chat" and not backend.capabilities.chat:
-            return "completion"
-        if chosen == "completion" and not backend.capabilities.completion:
-            return "chat"
-        return chosen
-
     def _shots(self, shots: int | None) -> int:
         if shots is None:
             return len(self.examples) if self.shots is None else self.shots
@@ -526,7 +516,11 @@ class Prompt(Generic[OutputT]):
     ) -> RunLoop[OutputT]:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise UsageError(f"max_attempts must be a positive integer, got {max_attempts!r}")
-        chosen = self.style_for(backend, style)
+        chosen = style or self.style
+        if chosen == "chat" and not backend.capabilities.chat:
+            chosen = "completion"
+        elif chosen == "completion" and not backend.capabilities.completion:
+            chosen = "chat"
         count = self._shots(shots)
         validated = self.validate_inputs(inputs)
         context = _context(validated)
@@ -648,6 +642,22 @@ class Prompt(Generic[OutputT]):
             done = loop.accept(backend.generate(request.prompt, request.config))
             if done is not None:
                 return done
+
+    def first_request(
+        self,
+        inputs: Mapping[str, Any] | BaseModel,
+        *,
+        backend: Backend,
+        shots: int | None = None,
+        config: GenerationConfig | None = None,
+        style: Style | None = None,
+        select: Selection | Strategy | None = None,
+    ) -> PromptInput:
+        """The prompt :meth:`run` sends to ``backend`` first, with the same arguments: its
+        style for that backend, its demonstrations fitted to the context window (what
+        fine-tuning trains on). Raises what :meth:`run` raises before calling the backend."""
+        loop = self._loop(inputs, backend, shots, 1, config, style, False, select)
+        return loop.next_request().prompt
 
     async def arun(
         self,

@@ -8,8 +8,9 @@ the language-model loss on the prompt tokens as an auxiliary objective (GPT-1's
 (peft) on the decoder's projections, which is then merged into the weights or kept apart.
 
 After every epoch the model answers the ``dev`` items through the real run loop (parse and
-validate; :func:`promptkit.evaluate.evaluate`), the best epoch's weights are kept, and training
-stops early after ``patience`` epochs without a better dev accuracy. The same settings and seed
+validate; :func:`promptkit.evaluate.evaluate`), the best epoch's weights are kept (the highest
+dev accuracy; of equals, the lowest dev loss on the answer tokens), and training stops early
+after ``patience`` epochs without a better one. The same settings and seed
 give the same model; an interrupted run continues with ``resume``. Output folders load with
 ``scratch:DIR`` (see :mod:`~promptkit.training.finetune_run`).
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,15 @@ from ..errors import ConfigurationError, ContextWindowError
 from ..evaluate import EvalItem, check_shots, evaluate, load_dataset
 from ..files import load_prompt, resolve_template_path
 from ..prompt import Prompt
-from .finetune_data import IGNORE, Batch, EncodedData, batch_of, encode_items, file_sha256
+from .finetune_data import (
+    IGNORE,
+    Batch,
+    EncodedData,
+    TrainingExample,
+    batch_of,
+    encode_items,
+    file_sha256,
+)
 from .finetune_run import STATE_FILE, FinetuneConfig, FinetuneResult, Run, save_output
 from .memory import available_memory, check_fits_memory, estimate_memory
 from .progress import FinetuneProgress
@@ -45,8 +54,9 @@ if TYPE_CHECKING:
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "run_finetune"]
 
-# Settings that may change when a run is resumed; every other one must match the saved run.
-_RESUMABLE = ("epochs", "patience", "device", "resume")
+# Settings that may change when a run is resumed; every other one (epochs included: they set
+# the learning-rate schedule) must match the saved run.
+_RESUMABLE = ("patience", "device", "resume")
 
 
 StepProgress = Callable[[int, int, float], None]  # (step, total steps, loss)
@@ -73,10 +83,13 @@ def finetune(
     if config.shots:
         check_shots([config.shots], prompt.examples)
     items = load_dataset(config.data, prompt, expected_key=config.expected_key)
-    dev = load_dataset(config.dev, prompt, expected_key=config.expected_key) if config.dev else []
+    dev_items = (
+        load_dataset(config.dev, prompt, expected_key=config.expected_key) if config.dev else []
+    )
     out = Path(config.out)
     _check_out(out, config.resume)
-    backend = get_backend(config.backend, device=config.device)
+    options = {"device": config.device} if config.device else {}
+    backend = get_backend(config.backend, **options)
     if not isinstance(backend, ScratchBackend):
         raise ConfigurationError(
             f"finetune trains scratch: models, not {backend.name!r}; a Hugging Face GPT-2 "
@@ -88,6 +101,12 @@ def finetune(
         prompt, items, backend, tokenizer, shots=config.shots, window=window,
         strict=config.strict, source=config.data,
     )  # fmt: skip
+    dev = _DevSet(
+        dev_items,
+        encode_items(
+            prompt, dev_items, backend, tokenizer, shots=config.shots, window=window
+        ).examples,
+    )
     if not data.examples:
         raise ContextWindowError(
             f"every example of {config.data} is longer than the context window of {window} "
@@ -132,6 +151,7 @@ def finetune(
         epochs=0,
         best_epoch=0,
         dev_accuracy=None,
+        dev_loss=None,
         trainable_parameters=sum(p.numel() for p in trainable),
         parameters=parameters,
         dropped=data.dropped,
@@ -144,12 +164,21 @@ def finetune(
     return save_output(run, model, peft_model, lora_names, result)
 
 
+@dataclass(frozen=True)
+class _DevSet:
+    """The dev items (for accuracy through the run loop) and those that fit, encoded (for the
+    dev loss that breaks ties of accuracy)."""
+
+    items: list[EvalItem]
+    examples: list[TrainingExample]
+
+
 def _epochs(
     run: Run,
     model: GPT,
     prompt: Prompt[Any],
     data: EncodedData,
-    dev: list[EvalItem],
+    dev: _DevSet,
     optimizer: torch.optim.Optimizer,
     result: FinetuneResult,
     best: dict[str, torch.Tensor],
@@ -188,12 +217,16 @@ def _epochs(
         result.epochs = epoch + 1
         row: dict[str, float] = {"epoch": result.epochs, "loss": sum(losses) / len(losses)}
         improved = True
-        if dev:
-            accuracy = _dev_accuracy(model, tokenizer, prompt, dev, config.shots)
-            row["dev_accuracy"] = accuracy
-            improved = result.dev_accuracy is None or accuracy > result.dev_accuracy
+        if dev.items:
+            row["dev_accuracy"] = _dev_accuracy(model, tokenizer, prompt, dev.items, config.shots)
+            row["dev_loss"] = _dev_loss(model, dev.examples, tokenizer.eot_id, config.batch_size)
+            improved = result.dev_accuracy is None or (
+                (row["dev_accuracy"], -row["dev_loss"])
+                > (result.dev_accuracy, -(result.dev_loss or 0.0))
+            )
         if improved:
-            result.best_epoch, result.dev_accuracy = result.epochs, row.get("dev_accuracy")
+            result.best_epoch = result.epochs
+            result.dev_accuracy, result.dev_loss = row.get("dev_accuracy"), row.get("dev_loss")
             best, since_best = _trained_state(model), 0
         else:
             since_best += 1
@@ -228,6 +261,20 @@ def _loss(model: GPT, batch: Batch, lm_weight: float) -> tuple[torch.Tensor, flo
 
 
 @torch.no_grad()
+def _dev_loss(model: GPT, examples: list[TrainingExample], pad_id: int, batch_size: int) -> float:
+    """Mean loss on the dev answers' tokens (math.inf when no dev example fits the window)."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = batch_of(examples[start : start + batch_size], pad_id).to(model.wte.weight.device)
+        tokens = int(batch.answer.sum())
+        total += _loss(model, batch, 0.0)[1] * tokens
+        count += tokens
+    model.train()
+    return total / count if count else math.inf
+
+
+@torch.no_grad()
 def _dev_accuracy(
     model: GPT, tokenizer: Any, prompt: Prompt[Any], dev: list[EvalItem], shots: int
 ) -> float:
@@ -244,13 +291,13 @@ def _trainable(model: GPT, config: FinetuneConfig) -> tuple[PeftModel | None, li
     if not config.lora_rank:
         model.requires_grad_(True)
         return None, []
+    names = to_torch_linears(model, config.lora_targets)
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise ConfigurationError(
             "--lora-rank needs peft: pip install 'promptkit[local]' (or pip install peft)"
         ) from None
-    names = to_torch_linears(model, config.lora_targets)
     lora = LoraConfig(
         r=config.lora_rank,
         lora_alpha=config.lora_alpha or 2 * config.lora_rank,
@@ -319,7 +366,14 @@ def _save_state(
     partial.replace(out / STATE_FILE)  # never a half-written state
 
 
-_RESULT_FIELDS = ("epochs", "best_epoch", "dev_accuracy", "stopped_early", "history")
+_RESULT_FIELDS = (
+    "epochs",
+    "best_epoch",
+    "dev_accuracy",
+    "dev_loss",
+    "stopped_early",
+    "history",
+)
 
 
 def _restore(

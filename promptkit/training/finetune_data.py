@@ -72,9 +72,10 @@ def render_for_training(
     prompt: Prompt[Any], backend: Backend, inputs: dict[str, Any], shots: int
 ) -> str:
     """The text ``prompt.run`` sends to ``backend`` for these inputs with ``shots``
-    demonstrations. Raises UnsupportedCapabilityError for a backend that takes chat messages
-    (whose text form only the backend knows)."""
-    rendered = prompt.render(inputs, shots, style=prompt.style_for(backend))
+    demonstrations (those that fit the context window, as run fits them). Raises
+    UnsupportedCapabilityError for a backend that takes chat messages (whose text form only
+    the backend knows)."""
+    rendered = prompt.first_request(inputs, backend=backend, shots=shots)
     if not isinstance(rendered, str):
         raise UnsupportedCapabilityError(
             backend.name,
@@ -99,13 +100,21 @@ def encode_items(
     (its line recorded), or with ``strict`` raises ContextWindowError naming its line."""
     encoded = EncodedData(examples=[])
     for item in items:
-        text = render_for_training(prompt, backend, item.inputs, shots)
         answer = " " + prompt.output.serialize(item.expected)  # as "{query} {answer}" demos
-        example = TrainingExample(
-            line=item.line,
-            prompt=tokenizer.encode(text),
-            answer=[*tokenizer.encode(answer), tokenizer.eot_id],
-        )
+        answer_ids = [*tokenizer.encode(answer), tokenizer.eot_id]
+        try:
+            text = render_for_training(prompt, backend, item.inputs, shots)
+        except ContextWindowError as exc:  # the query alone leaves no room to answer
+            if strict:
+                raise ContextWindowError(
+                    f"{source}:{item.line}: {exc}",
+                    prompt_tokens=exc.prompt_tokens,
+                    max_tokens=exc.max_tokens,
+                    context_window=exc.context_window,
+                ) from None
+            encoded.dropped.append(item.line)
+            continue
+        example = TrainingExample(item.line, tokenizer.encode(text), answer_ids)
         if example.length > window:
             if strict:
                 raise ContextWindowError(

@@ -100,6 +100,7 @@ class FinetuneResult:
     epochs: int  # epochs trained (fewer than asked when it stopped early)
     best_epoch: int  # the epoch whose weights were saved
     dev_accuracy: float | None  # that epoch's dev accuracy (None without dev data)
+    dev_loss: float | None  # and its mean loss on the dev answers' tokens
     trainable_parameters: int
     parameters: int
     dropped: list[int]  # data lines left out: too long for the context window
@@ -173,6 +174,7 @@ def _record(run: Run, result: FinetuneResult) -> dict[str, Any]:
         "parameters": result.parameters,
         "best_epoch": result.best_epoch,
         "dev_accuracy": result.dev_accuracy,
+        "dev_loss": result.dev_loss,
         "history": result.history,
     }
 
