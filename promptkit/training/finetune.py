@@ -132,7 +132,6 @@ def finetune(
     )
     check_fits_memory(
         estimate_memory(
-            parameters=sum(p.numel() for p in model.parameters()),
             trainable=sum(p.numel() for p in trainable),
             n_layer=model.config.n_layer,
             n_embd=model.config.n_embd,

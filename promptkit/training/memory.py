@@ -2,9 +2,11 @@
 
 A process that runs out of memory is killed by the kernel, with no error to catch, so a batch
 that would not fit is refused before the first step, with the numbers and a batch size that
-fits. The estimate counts float32 weights, gradients and AdamW's two moments of the trained
-parameters, and the activations kept for the backward pass (per layer and token about 34 widths
-and 5 attention scores per head, Korthikanti et al. 2022, in 4-byte floats), plus the logits.
+fits. The model is already loaded when the check runs, so its weights are no longer in what is
+available; the estimate counts what training adds: float32 gradients, AdamW's two moments and
+the kept copy of the best epoch's weights, for the trained parameters, and the activations
+kept for the backward pass (per layer and token about 34 widths and 5 attention scores per
+head, Korthikanti et al. 2022, in 4-byte floats), plus the logits.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ _CGROUP = Path("/sys/fs/cgroup")
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes a training step needs: fixed (weights and optimizer state) plus per sequence."""
+    """Bytes training adds to a loaded model: fixed (optimizer state and the like) plus a
+    share per sequence of the batch."""
 
-    fixed: int  # weights, gradients and AdamW moments
+    fixed: int  # gradients, AdamW's two moments and the best epoch's copy of trained weights
     per_sequence: int  # activations and logits of one sequence of the longest length
 
     def total(self, batch_size: int) -> int:
@@ -35,7 +38,6 @@ class MemoryEstimate:
 
 def estimate_memory(
     *,
-    parameters: int,
     trainable: int,
     n_layer: int,
     n_embd: int,
@@ -43,9 +45,9 @@ def estimate_memory(
     vocab_size: int,
     tokens: int,
 ) -> MemoryEstimate:
-    """The estimate for a model of this shape training ``trainable`` of its ``parameters`` on
+    """The estimate for a model of this shape training ``trainable`` of its parameters on
     sequences of ``tokens`` tokens."""
-    fixed = FLOAT * (parameters + 3 * trainable)  # weights; gradients and two AdamW moments
+    fixed = FLOAT * 4 * trainable  # gradients, two AdamW moments, the best epoch's copy
     per_layer = FLOAT * (34 * tokens * n_embd + 5 * n_head * tokens * tokens) // 2
     logits = FLOAT * 3 * tokens * vocab_size  # logits, their float copy, their gradient
     return MemoryEstimate(fixed=fixed, per_sequence=n_layer * per_layer + logits)
@@ -111,7 +113,7 @@ def check_fits_memory(estimate: MemoryEstimate, batch_size: int, available: int 
         "examples"
     )
     raise ConfigurationError(
-        f"training would need about {_size(needed)} of memory (weights and optimizer state "
+        f"training would need about {_size(needed)} more memory (optimizer state "
         f"{_size(estimate.fixed)} + batch size {batch_size} x {_size(estimate.per_sequence)} "
         f"per sequence) but only {_size(available)} is available ({HEADROOM:.0%} of it usable); "
         f"{advice}"

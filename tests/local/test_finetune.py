@@ -171,6 +171,20 @@ def test_padding_is_in_no_loss(task):
     assert int(batch.answer.sum()) == sum(len(e.answer) for e in data.examples)
 
 
+def test_lm_weight_also_trains_on_the_prompt_tokens(task, tmp_path):
+    prompt = pk.load_prompt(task["template"])
+    base = pk.get_backend(task["base"])
+    item = load_dataset(task["train"], prompt)[0]
+    text = render_for_training(prompt, base, item.inputs, 0)
+    perplexity = {}
+    for weight in (0.0, 1.0):
+        finetune(settings(task, tmp_path / str(weight), lm_weight=weight, epochs=2))
+        tuned = pk.get_backend(f"scratch:{tmp_path / str(weight)}")
+        perplexity[weight] = tuned.perplexity(text)
+    # GPT-1's auxiliary objective: the prompts themselves become likelier
+    assert perplexity[1.0] < 0.8 * perplexity[0.0]
+
+
 # -- the output folder ----------------------------------------------------------------------
 
 
@@ -278,6 +292,10 @@ def test_lora_trains_only_the_adapter_and_merging_gives_the_same_logits(task, tm
     assert 0 < kept.trainable_share <= 0.02
     assert kept.trainable_parameters == merged.trainable_parameters
     assert not (tmp_path / "kept" / "model.safetensors").exists()  # the adapter alone
+    base_tensors = load_file(str(Path(task["base"].partition(":")[2]) / "model.safetensors"))
+    merged_tensors = tensors(tmp_path / "merged")
+    for name in ("wte.weight", "h.0.ln_1.weight", "ln_f.bias"):  # outside the adapter
+        assert torch.equal(merged_tensors[name], base_tensors[name])
     ids = [5, 6, 7, 8, 9]
     base = pk.get_backend(task["base"])
     base_logits = logits(base, ids)
@@ -348,14 +366,14 @@ def test_a_batch_that_would_not_fit_in_memory_is_refused_with_a_smaller_one(
     check_fits_memory(estimate, 10**6, None)  # the system does not say: nothing to check
     assert (available_memory() or 1) > 0
 
-    grows = estimate_memory(
-        parameters=10, trainable=10, n_layer=2, n_embd=64, n_head=2, vocab_size=100, tokens=64
-    )
+    grows = estimate_memory(trainable=10, n_layer=2, n_embd=64, n_head=2, vocab_size=100, tokens=64)
     assert grows.total(2) > grows.total(1) > grows.fixed >= 4 * 10 * 4
 
     module = importlib.import_module("promptkit.training.finetune")  # not the function
     monkeypatch.setattr(module, "available_memory", lambda: 2**20)
-    with pytest.raises(ConfigurationError, match=r"training would need about .* available"):
+    with pytest.raises(
+        ConfigurationError, match=r"training would need about .* more memory .* available"
+    ):
         finetune(settings(task, tmp_path / "out"))
     assert not (tmp_path / "out").exists()  # refused before anything ran or was written
 
