@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,31 +89,18 @@ def finetune(
     )
     out = Path(config.out)
     _check_out(out, config.resume)
-    options = {"device": config.device} if config.device else {}
-    backend = get_backend(config.backend, **options)
-    if not isinstance(backend, ScratchBackend):
-        raise ConfigurationError(
-            f"finetune trains scratch: models, not {backend.name!r}; a Hugging Face GPT-2 "
-            "folder loads as scratch:PATH"
-        )
+    backend = _scratch_backend(config)
     model, tokenizer = backend.model, backend.tokenizer
     window = model.config.context_length
-    data = encode_items(
-        prompt, items, backend, tokenizer, shots=config.shots, window=window,
-        strict=config.strict, source=config.data,
-    )  # fmt: skip
-    dev = _DevSet(
-        dev_items,
-        encode_items(
-            prompt, dev_items, backend, tokenizer, shots=config.shots, window=window
-        ).examples,
-    )
+    encode = partial(encode_items, prompt, backend=backend, tokenizer=tokenizer, window=window)
+    data = encode(items, shots=config.shots, strict=config.strict, source=config.data)
     if not data.examples:
         raise ContextWindowError(
             f"every example of {config.data} is longer than the context window of {window} "
             "tokens; shorten them or use fewer --shots",
             context_window=window,
         )
+    dev = _DevSet(dev_items, encode(dev_items, shots=config.shots).examples)
     run = Run(
         config=config,
         settings=_settings(config, template, backend.name),
@@ -130,18 +118,7 @@ def finetune(
     parameters = sum(
         p.numel() for p in model.parameters() if peft_model is None or not p.requires_grad
     )
-    check_fits_memory(
-        estimate_memory(
-            trainable=sum(p.numel() for p in trainable),
-            n_layer=model.config.n_layer,
-            n_embd=model.config.n_embd,
-            n_head=model.config.n_head,
-            vocab_size=model.config.vocab_size,
-            tokens=max(e.length for e in data.examples),
-        ),
-        config.batch_size,
-        available_memory(),
-    )
+    _check_memory(model, trainable, data, config.batch_size)
     optimizer = torch.optim.AdamW(
         trainable, lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -161,6 +138,33 @@ def finetune(
         best = _restore(out / STATE_FILE, run.settings, model, optimizer, result)
     _epochs(run, model, prompt, data, dev, optimizer, result, best, on_step, on_epoch)
     return save_output(run, model, peft_model, lora_names, result)
+
+
+def _scratch_backend(config: FinetuneConfig) -> ScratchBackend:
+    """The model to start from; raises ConfigurationError for a backend that is not scratch."""
+    options = {"device": config.device} if config.device else {}
+    backend = get_backend(config.backend, **options)
+    if not isinstance(backend, ScratchBackend):
+        raise ConfigurationError(
+            f"finetune trains scratch: models, not {backend.name!r}; a Hugging Face GPT-2 "
+            "folder loads as scratch:PATH"
+        )
+    return backend
+
+
+def _check_memory(
+    model: GPT, trainable: list[nn.Parameter], data: EncodedData, batch_size: int
+) -> None:
+    """Refuse (ConfigurationError) a batch whose estimated memory exceeds what is available."""
+    estimate = estimate_memory(
+        trainable=sum(p.numel() for p in trainable),
+        n_layer=model.config.n_layer,
+        n_embd=model.config.n_embd,
+        n_head=model.config.n_head,
+        vocab_size=model.config.vocab_size,
+        tokens=max(e.length for e in data.examples),
+    )
+    check_fits_memory(estimate, batch_size, available_memory())
 
 
 @dataclass(frozen=True)
