@@ -208,6 +208,20 @@ def test_output_folder_round_trips_and_records_the_run(task, tmp_path):
     assert output in THINGS.values()
 
 
+def test_a_hugging_face_gpt2_folder_fine_tunes_into_a_scratch_folder(task, tmp_path, hf_folder):
+    out = tmp_path / "from-hf"
+    result = finetune(settings(task, out, backend=f"scratch:{hf_folder}"))
+    assert result.trainable_share == 1.0
+    record = json.loads((out / "config.json").read_text())["finetune"]
+    assert record["base"]["spec"] == f"scratch:{Path(hf_folder).resolve()}"
+    tuned = pk.get_backend(f"scratch:{out}")
+    base = pk.get_backend(f"scratch:{hf_folder}")
+    assert tuned.tokenizer.encode("the red cup") == base.tokenizer.encode("the red cup")
+    assert not torch.equal(logits(tuned, [5, 6, 7]), logits(base, [5, 6, 7]))
+    prompt = pk.load_prompt(task["template"])
+    assert prompt.run({"text": "the red saw"}, backend=tuned).output in THINGS.values()
+
+
 def test_same_seed_same_model_and_resume_continues_the_same_run(task, tmp_path):
     straight = finetune(settings(task, tmp_path / "a", epochs=2, patience=5))
     again = finetune(settings(task, tmp_path / "b", epochs=2, patience=5))
