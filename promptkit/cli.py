@@ -432,6 +432,13 @@ def train_command(ctx: click.Context, /, **options: Any) -> None:
     show_default=True,
     help="Epochs without a better dev accuracy before stopping.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="Arithmetic of training: bfloat16 autocasts matrix products (weights stay float32).",
+)
 @click.option("--expected-key", default="expected", show_default=True)
 @click.option("--strict", is_flag=True, help="An example too long for the model is an error.")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -137,7 +137,9 @@ def finetune(
     if config.resume:
         best = _restore(out / STATE_FILE, run.settings, model, optimizer, result)
     _epochs(run, model, prompt, data, dev, optimizer, result, best, on_step, on_epoch)
-    return save_output(run, model, peft_model, lora_names, result)
+    save_output(run, model, peft_model, lora_names, result)
+    (out / STATE_FILE).unlink()  # the run is done: its state (weights and optimizer) goes
+    return result
 
 
 def _scratch_backend(config: FinetuneConfig) -> ScratchBackend:
@@ -206,7 +208,7 @@ def _epochs(
             batch = batch_of(chosen, tokenizer.eot_id).to(device)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total, config.learning_rate)
-            objective, answer_loss = _loss(model, batch, config.lm_weight)
+            objective, answer_loss = _loss(model, batch, config.lm_weight, config.precision)
             objective.backward()  # type: ignore[no-untyped-call]
             if config.clip > 0:
                 torch.nn.utils.clip_grad_norm_(
@@ -250,9 +252,14 @@ def _lr_at(step: int, total: int, peak: float) -> float:
     return peak * (1 - 0.9 * progress)
 
 
-def _loss(model: GPT, batch: Batch, lm_weight: float) -> tuple[torch.Tensor, float]:
-    """The objective (answer loss + lm_weight x prompt LM loss) and the answer loss alone."""
-    logits = model.logits(model(batch.inputs)).float()  # (B, T, vocab)
+def _loss(
+    model: GPT, batch: Batch, lm_weight: float, precision: str = "float32"
+) -> tuple[torch.Tensor, float]:
+    """The objective (answer loss + lm_weight x prompt LM loss) and the answer loss alone;
+    ``precision`` "bfloat16" autocasts the matrix products."""
+    kind = batch.inputs.device.type
+    with torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        logits = model.logits(model(batch.inputs)).float()  # (B, T, vocab)
     flat = logits.view(-1, logits.size(-1))  # (B*T, vocab)
     each = F.cross_entropy(flat, batch.targets.view(-1), reduction="none", ignore_index=IGNORE)
     each = each.view(batch.targets.shape)  # (B, T)
@@ -336,9 +343,15 @@ def _settings(config: FinetuneConfig, template: Path, base: str) -> dict[str, An
 
 
 def _check_out(out: Path, resume: bool) -> None:
+    """Refuse (ConfigurationError) an ``out`` that holds a model or a run, unless resuming
+    one, and a resume with no interrupted run to continue."""
     if resume:
         if not (out / STATE_FILE).is_file():
-            raise ConfigurationError(f"nothing to resume in {str(out)!r}: no {STATE_FILE}")
+            finished = " (its run finished)" if (out / "config.json").is_file() else ""
+            raise ConfigurationError(
+                f"nothing to resume in {str(out)!r}{finished}: no {STATE_FILE}, which a run "
+                "leaves there until it finishes"
+            )
     elif (out / "config.json").exists() or (out / STATE_FILE).exists():
         raise ConfigurationError(
             f"{str(out)!r} already holds a model or a run; choose another --out, remove it, or "

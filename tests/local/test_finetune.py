@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import random
 import shutil
 from pathlib import Path
@@ -242,13 +243,31 @@ def test_same_seed_same_model_and_resume_continues_the_same_run(task, tmp_path):
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_bfloat16_autocast_trains_too(task, tmp_path):
+    full = finetune(settings(task, tmp_path / "f32"))
+    half = finetune(settings(task, tmp_path / "bf16", precision="bfloat16"))
+    assert math.isfinite(half.history[0]["loss"])
+    assert half.history[0]["loss"] != full.history[0]["loss"]  # another arithmetic ran
+    assert tensors(tmp_path / "bf16")["wte.weight"].dtype == torch.float32
+
+
 def test_resume_refuses_other_settings_and_out_is_never_overwritten(task, tmp_path):
     out = tmp_path / "run"
     finetune(settings(task, out))
+    assert not (out / "finetune_state.pt").exists()  # a finished run leaves only its model
+    with pytest.raises(ConfigurationError, match=r"nothing to resume .*\(its run finished\)"):
+        finetune(settings(task, out, resume=True))
+
+    def interrupt(epoch: int, metrics: dict[str, float]) -> None:
+        raise KeyboardInterrupt
+
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(settings(task, out, epochs=2), on_epoch=interrupt)
     with pytest.raises(ConfigurationError, match="already holds a model.*--resume"):
         finetune(settings(task, out))
     with pytest.raises(ConfigurationError, match="settings or files differ.*: lr, seed"):
-        finetune(settings(task, out, lr=1e-3, seed=5, resume=True, patience=4))
+        finetune(settings(task, out, epochs=2, lr=1e-3, seed=5, resume=True, patience=4))
     with pytest.raises(ConfigurationError, match="nothing to resume"):
         finetune(settings(task, tmp_path / "empty", resume=True))
 
