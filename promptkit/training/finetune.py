@@ -17,6 +17,7 @@ give the same model; an interrupted run continues with ``resume``. Output folder
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
     from peft import PeftModel
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "run_finetune"]
+
+logger = logging.getLogger(__name__)
 
 # Settings that may change when a run is resumed; every other one (epochs included: they set
 # the learning-rate schedule) must match the saved run.
@@ -99,6 +102,18 @@ def finetune(
             f"every example of {config.data} is longer than the context window of {window} "
             "tokens; shorten them or use fewer --shots",
             context_window=window,
+        )
+    if data.dropped:
+        lines = ", ".join(str(line) for line in data.dropped[:10])
+        more = ", ..." if len(data.dropped) > 10 else ""
+        logger.warning(
+            "%d example(s) of %s do not fit the context window of %d tokens and are left out "
+            "(lines %s%s; --strict makes this an error)",
+            len(data.dropped),
+            config.data,
+            window,
+            lines,
+            more,
         )
     dev = _DevSet(dev_items, encode(dev_items, shots=config.shots).examples)
     run = Run(

@@ -375,12 +375,14 @@ def test_a_bad_data_line_names_its_line_and_field(task, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_examples_too_long_are_dropped_with_a_count_or_refused_with_strict(task, tmp_path):
+def test_examples_too_long_are_dropped_with_a_count_or_refused_with_strict(task, tmp_path, caplog):
     rows = [{"text": "the red cup", "expected": "KAV"}] * 3
     rows.insert(1, {"text": " ".join(["word"] * 80), "expected": "ZOR"})
     data = write_jsonl(tmp_path / "long.jsonl", rows)
-    result = finetune(settings(task, tmp_path / "out", data=data))
+    with caplog.at_level("WARNING", logger="promptkit.training.finetune"):
+        result = finetune(settings(task, tmp_path / "out", data=data))
     assert result.dropped == [2]
+    assert "1 example(s) of" in caplog.text and "(lines 2;" in caplog.text
     record = json.loads((tmp_path / "out" / "config.json").read_text())["finetune"]
     assert record["data"]["dropped_lines"] == [2]
     with pytest.raises(ContextWindowError, match=r"long.jsonl:2: .*context window of 64"):
