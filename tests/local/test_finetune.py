@@ -275,16 +275,19 @@ def test_resume_refuses_other_settings_and_out_is_never_overwritten(task, tmp_pa
 # -- LoRA -----------------------------------------------------------------------------------
 
 
-def fake_adapter(task: dict[str, str], folder: Path, sha256: str) -> dict[str, torch.Tensor]:
+def fake_adapter(
+    task: dict[str, str], folder: Path, sha256: str, inputs: int = 64, **lora: Any
+) -> dict[str, torch.Tensor]:
     """An adapter folder written by hand in peft's format (rank 2 on c_attn of block 0)."""
     folder.mkdir()
     torch.manual_seed(1)
-    pair = {"A": torch.randn(2, 64), "B": torch.randn(192, 2)}
+    pair = {"A": torch.randn(2, inputs), "B": torch.randn(192, 2)}
     save_file(
         {f"base_model.model.h.0.attn.c_attn.lora_{k}.weight": v for k, v in pair.items()},
         str(folder / "adapter_model.safetensors"),
     )
     settings = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["c_attn"]}
+    settings.update(lora)
     (folder / "adapter_config.json").write_text(json.dumps(settings))
     config = {
         "format": ADAPTER_FORMAT,
@@ -309,6 +312,13 @@ def test_an_adapter_folder_loads_onto_its_base_and_only_onto_it(task, tmp_path):
     fake_adapter(task, tmp_path / "other", "0" * 64)
     with pytest.raises(ConfigurationError, match="trained on other weights.*base"):
         pk.get_backend(f"scratch:{tmp_path / 'other'}")
+    sha256 = weights_fingerprint(base.model)
+    fake_adapter(task, tmp_path / "dora", sha256, use_dora=True)
+    with pytest.raises(ConfigurationError, match=r"not a plain LoRA adapter .*\(use_dora\)"):
+        pk.get_backend(f"scratch:{tmp_path / 'dora'}")
+    fake_adapter(task, tmp_path / "misfit", sha256, inputs=32)
+    with pytest.raises(ConfigurationError, match=r"'h.0.attn.c_attn' is 64 -> 192.*A \(2, 32\)"):
+        pk.get_backend(f"scratch:{tmp_path / 'misfit'}")
 
 
 @pytest.mark.slow  # imports peft (and transformers): several seconds on a busy machine
