@@ -346,6 +346,19 @@ def test_lora_trains_only_the_adapter_and_merging_gives_the_same_logits(task, tm
     from_merged = pk.get_backend(f"scratch:{tmp_path / 'merged'}")
     assert not torch.allclose(logits(with_adapter, ids), base_logits)  # the adapter trained
     assert torch.allclose(logits(with_adapter, ids), logits(from_merged, ids), atol=1e-5)
+
+    # an interrupted LoRA run resumes into the same adapter
+    def interrupt(epoch: int, metrics: dict[str, float]) -> None:
+        raise KeyboardInterrupt
+
+    again = settings(task, tmp_path / "resumed", lora_rank=1, epochs=2, lr=1e-2)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(again, on_epoch=interrupt)
+    again.resume = True
+    assert finetune(again).history == kept.history
+    resumed = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
+    adapter = load_file(str(tmp_path / "kept" / "adapter_model.safetensors"))
+    assert all(torch.equal(adapter[k], resumed[k]) for k in adapter)
     # peft's own base + adapter (unmerged) agrees with our merge
     to_torch_linears(base.model)
     PeftModel.from_pretrained(base.model, str(tmp_path / "kept"))
