@@ -276,11 +276,16 @@ def test_resume_refuses_other_settings_and_out_is_never_overwritten(task, tmp_pa
 
 
 def fake_adapter(
-    task: dict[str, str], folder: Path, sha256: str, inputs: int = 64, **lora: Any
+    task: dict[str, str],
+    folder: Path,
+    sha256: str,
+    inputs: int = 64,
+    seed: int = 1,
+    **lora: Any,
 ) -> dict[str, torch.Tensor]:
     """An adapter folder written by hand in peft's format (rank 2 on c_attn of block 0)."""
     folder.mkdir()
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     pair = {"A": torch.randn(2, inputs), "B": torch.randn(192, 2)}
     save_file(
         {f"base_model.model.h.0.attn.c_attn.lora_{k}.weight": v for k, v in pair.items()},
@@ -308,6 +313,15 @@ def test_an_adapter_folder_loads_onto_its_base_and_only_onto_it(task, tmp_path):
     assert torch.equal(loaded.model.h[1].attn.c_attn.weight, base.model.h[1].attn.c_attn.weight)
     assert backend_identity(loaded) != backend_identity(base)
     assert loaded.adapter == tmp_path / "adapter"
+    assert loaded.adapter_sha256 is not None and len(loaded.adapter_sha256) == 64
+    # the cache identity follows the adapter's weights: retrained in place, another model
+    before = backend_identity(loaded)
+    shutil.rmtree(tmp_path / "adapter")
+    fake_adapter(task, tmp_path / "adapter", weights_fingerprint(base.model), seed=2)
+    retrained = pk.get_backend(f"scratch:{tmp_path / 'adapter'}")
+    assert retrained.name == loaded.name
+    assert backend_identity(retrained) != before
+    assert retrained.adapter_sha256 != loaded.adapter_sha256
 
     fake_adapter(task, tmp_path / "other", "0" * 64)
     with pytest.raises(ConfigurationError, match="trained on other weights.*base"):

@@ -30,6 +30,7 @@ __all__ = [
     "ADAPTER_FILE",
     "ADAPTER_FORMAT",
     "LORA_TARGETS",
+    "adapter_fingerprint",
     "apply_adapter",
     "is_adapter_folder",
     "read_adapter_config",
@@ -117,6 +118,17 @@ def to_layout_linears(model: nn.Module, names: list[str]) -> None:
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, module)
+
+
+def adapter_fingerprint(folder: Path) -> str:
+    """SHA-256 of an adapter folder's weights and settings (what makes it this adapter)."""
+    digest = hashlib.sha256()
+    for name in (ADAPTER_FILE, "adapter_config.json", "config.json"):
+        digest.update(name.encode() + b"\0")
+        with (folder / name).open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def is_adapter_folder(folder: Path) -> bool:

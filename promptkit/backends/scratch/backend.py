@@ -18,7 +18,13 @@ from ...errors import ConfigurationError
 from ..base import Completion, GenerationConfig, Usage, cut_at_stop
 from ..local import LOCAL_CAPABILITIES, LocalScoring, safe_prefix
 from ..masking import TokenMasker, llg_tokenizer
-from .adapter import ADAPTER_FILE, apply_adapter, is_adapter_folder, read_adapter_config
+from .adapter import (
+    ADAPTER_FILE,
+    adapter_fingerprint,
+    apply_adapter,
+    is_adapter_folder,
+    read_adapter_config,
+)
 from .gpt2 import GPT
 from .tokenizer import Tokenizer
 
@@ -60,6 +66,7 @@ class ScratchBackend(LocalScoring):
         self.name = name
         self.weights_path: Path | None = None  # the weights file, when loaded from one
         self.adapter: Path | None = None  # the LoRA adapter folder merged into the weights
+        self.adapter_sha256: str | None = None  # its fingerprint when it was loaded
         self.context_window = model.config.context_length
         self.capabilities = LOCAL_CAPABILITIES
 
@@ -339,11 +346,13 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
 def _with_adapter(folder: Path, device: str | None) -> ScratchBackend:
     """``scratch:DIR`` for a LoRA adapter folder: its base (by the spec it records), checked
     against the recorded fingerprint, with the adapter merged in. The backend's weights file is
-    the adapter's, so its cache identity is the adapter's, not the base's."""
+    the adapter's, so its cache identity is the adapter's, not the base's; ``adapter`` and
+    ``adapter_sha256`` say which adapter, as it was when loaded."""
     config = read_adapter_config(folder)
     base = from_spec(config["base"]["spec"].partition(":")[2], device=device)
     apply_adapter(base.model, folder, config)
     backend = ScratchBackend(base.model, base.tokenizer, name=f"scratch:{folder}")
     backend.weights_path = folder / ADAPTER_FILE
     backend.adapter = folder
+    backend.adapter_sha256 = adapter_fingerprint(folder)
     return backend
