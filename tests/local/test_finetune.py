@@ -469,7 +469,7 @@ def test_cli_finetune_trains_and_reports_errors_in_one_line(task, tmp_path):
     done = runner.invoke(cli, args)
     assert done.exit_code == 0, done.output
     assert f"load it as scratch:{out}" in done.output and "dev accuracy" in done.output
-    assert "epoch 1: loss" in done.stderr
+    assert "epoch 1: loss" in done.stderr and "dev accuracy" in done.stderr  # the progress
     again = runner.invoke(cli, args)
     assert again.exit_code == 2
     assert again.stderr.startswith("error: ") and "already holds a model" in again.stderr
