@@ -386,6 +386,79 @@ def train_command(ctx: click.Context, /, **options: Any) -> None:
     )
 
 
+@cli.command("finetune")
+@click.argument("template")
+@click.option("--data", required=True, help="Training data: JSONL as for eval (inputs, expected).")
+@click.option("--out", required=True, help="Output folder; it loads with scratch:DIR.")
+@click.option(
+    "--backend",
+    default=None,
+    metavar="SPEC",
+    help="The scratch: model to start from. Default: $PROMPTKIT_BACKEND, else promptkit-mini.",
+)
+@click.option("--dev", help="Dev data: accuracy each epoch, best epoch kept, early stopping.")
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Default 1e-4 (LoRA 1e-3).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--lora-rank",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Rank of a LoRA adapter; 0 fine-tunes every weight.",
+)
+@click.option(
+    "--lora-alpha", type=click.IntRange(min=1), help="LoRA scale alpha (default 2 x rank)."
+)
+@click.option("--merge", is_flag=True, help="Merge the LoRA adapter into the weights.")
+@click.option(
+    "--lm-weight",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Weight of the LM loss on the prompt tokens (GPT-1's lambda).",
+)
+@click.option(
+    "--shots",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Demonstrations kept in each training prompt.",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Epochs without a better dev accuracy before stopping.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="Arithmetic of training: bfloat16 autocasts matrix products (weights stay float32).",
+)
+@click.option("--expected-key", default="expected", show_default=True)
+@click.option("--strict", is_flag=True, help="An example too long for the model is an error.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", help="cpu or cuda (default: cuda when available).")
+@click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
+def finetune_command(template: str, backend: str | None, **options: Any) -> None:
+    """Fine-tune a local model on TEMPLATE's data (every weight, or a LoRA adapter)."""
+    from .training import FinetuneConfig, run_finetune
+
+    spec = backend or os.environ.get("PROMPTKIT_BACKEND") or "scratch"
+    result = run_finetune(FinetuneConfig(template=template, backend=spec, **options), progress=True)
+    dev = "" if result.dev_accuracy is None else f", dev accuracy {result.dev_accuracy:.1%}"
+    dropped = f"; {len(result.dropped)} example(s) too long, left out" if result.dropped else ""
+    click.echo(
+        f"saved {result.out} (load it as scratch:{result.out}): epoch {result.best_epoch} of "
+        f"{result.epochs}{dev}, {result.trainable_parameters:,} parameters trained "
+        f"({result.trainable_share:.2%}){dropped}"
+    )
+
+
 @cli.command("perplexity")
 @click.argument("path")
 @_backend_option(template=False)

@@ -643,6 +643,22 @@ class Prompt(Generic[OutputT]):
             if done is not None:
                 return done
 
+    def first_request(
+        self,
+        inputs: Mapping[str, Any] | BaseModel,
+        *,
+        backend: Backend,
+        shots: int | None = None,
+        config: GenerationConfig | None = None,
+        style: Style | None = None,
+        select: Selection | Strategy | None = None,
+    ) -> PromptInput:
+        """The prompt :meth:`run` sends to ``backend`` first, with the same arguments: its
+        style for that backend, its demonstrations fitted to the context window (what
+        fine-tuning trains on). Raises what :meth:`run` raises before calling the backend."""
+        loop = self._loop(inputs, backend, shots, 1, config, style, False, select)
+        return loop.next_request().prompt
+
     async def arun(
         self,
         inputs: Mapping[str, Any] | BaseModel,

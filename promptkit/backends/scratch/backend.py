@@ -18,6 +18,13 @@ from ...errors import ConfigurationError
 from ..base import Completion, GenerationConfig, Usage, cut_at_stop
 from ..local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
 from ..masking import TokenMasker, llg_tokenizer
+from .adapter import (
+    ADAPTER_FILE,
+    adapter_fingerprint,
+    apply_adapter,
+    is_adapter_folder,
+    read_adapter_config,
+)
 from .gpt2 import GPT
 from .tokenizer import Tokenizer
 
@@ -32,6 +39,8 @@ class ScratchBackend(LocalScoring):
         self.tokenizer = tokenizer
         self.name = name
         self.weights_path: Path | None = None  # the weights file, when loaded from one
+        self.adapter: Path | None = None  # the LoRA adapter folder merged into the weights
+        self.adapter_sha256: str | None = None  # its fingerprint when it was loaded
         self.context_window = model.config.context_length
         self.capabilities = LOCAL_CAPABILITIES
 
@@ -334,8 +343,25 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
     path = Path(os.path.expanduser(arg))
     if not path.is_dir():
         path = _from_hub(arg)
+    if is_adapter_folder(path):
+        return _with_adapter(path, device)
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_checkpoint(path, device=chosen)
     backend = ScratchBackend(model, tokenizer, name=name or f"scratch:{path}")
     backend.weights_path = path / "model.safetensors"
+    return backend
+
+
+def _with_adapter(folder: Path, device: str | None) -> ScratchBackend:
+    """``scratch:DIR`` for a LoRA adapter folder: its base (by the spec it records), checked
+    against the recorded fingerprint, with the adapter merged in. The backend's weights file is
+    the adapter's, so its cache identity is the adapter's, not the base's; ``adapter`` and
+    ``adapter_sha256`` say which adapter, as it was when loaded."""
+    config = read_adapter_config(folder)
+    base = from_spec(config["base"]["spec"].partition(":")[2], device=device)
+    apply_adapter(base.model, folder, config)
+    backend = ScratchBackend(base.model, base.tokenizer, name=f"scratch:{folder}")
+    backend.weights_path = folder / ADAPTER_FILE
+    backend.adapter = folder
+    backend.adapter_sha256 = adapter_fingerprint(folder)
     return backend
