@@ -21,7 +21,6 @@ from promptkit.backends.scratch.adapter import ADAPTER_FORMAT, weights_fingerpri
 from promptkit.backends.scratch.checkpoint import save_checkpoint
 from promptkit.backends.scratch.gpt2 import GPT, GPTConfig
 from promptkit.backends.scratch.tokenizer import Tokenizer
-from promptkit.cache import backend_identity
 from promptkit.cli import cli
 from promptkit.errors import (
     ConfigurationError,
@@ -195,7 +194,7 @@ def test_output_folder_round_trips_and_records_the_run(task, tmp_path):
     assert result.trainable_share == 1.0 and result.epochs == 1
     backend = pk.get_backend(f"scratch:{out}")
     base = pk.get_backend(task["base"])
-    assert backend_identity(backend) != backend_identity(base)
+    assert backend.cache_identity() != base.cache_identity()
     assert not torch.equal(logits(backend, [5, 6, 7]), logits(base, [5, 6, 7]))
     record = json.loads((out / "config.json").read_text())["finetune"]
     assert record["shots"] == 1
@@ -311,16 +310,16 @@ def test_an_adapter_folder_loads_onto_its_base_and_only_onto_it(task, tmp_path):
     expected = layer.weight + 2.0 * (pair["B"] @ pair["A"]).t()
     assert torch.allclose(loaded.model.h[0].attn.c_attn.weight, expected, atol=1e-6)
     assert torch.equal(loaded.model.h[1].attn.c_attn.weight, base.model.h[1].attn.c_attn.weight)
-    assert backend_identity(loaded) != backend_identity(base)
+    assert loaded.cache_identity() != base.cache_identity()
     assert loaded.adapter == tmp_path / "adapter"
     assert loaded.adapter_sha256 is not None and len(loaded.adapter_sha256) == 64
     # the cache identity follows the adapter's weights: retrained in place, another model
-    before = backend_identity(loaded)
+    before = loaded.cache_identity()
     shutil.rmtree(tmp_path / "adapter")
     fake_adapter(task, tmp_path / "adapter", weights_fingerprint(base.model), seed=2)
     retrained = pk.get_backend(f"scratch:{tmp_path / 'adapter'}")
     assert retrained.name == loaded.name
-    assert backend_identity(retrained) != before
+    assert retrained.cache_identity() != before
     assert retrained.adapter_sha256 != loaded.adapter_sha256
 
     fake_adapter(task, tmp_path / "other", "0" * 64)

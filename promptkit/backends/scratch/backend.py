@@ -58,6 +58,7 @@ class ScratchBackend(LocalScoring):
             "files": None if folder is None else folder_fingerprint(folder),
             "dtype": str(self.model.wte.weight.dtype),
             "device": self.device.type,
+            "adapter": self.adapter_sha256,  # a LoRA adapter merged in at load, if any
         }
 
     def _hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
