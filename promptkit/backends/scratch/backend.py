@@ -18,6 +18,7 @@ from ...errors import ConfigurationError
 from ..base import Completion, GenerationConfig, Usage, cut_at_stop
 from ..local import LOCAL_CAPABILITIES, LocalScoring, safe_prefix
 from ..masking import TokenMasker, llg_tokenizer
+from .llama import Llama
 from .model import GPT
 from .tokenizer import Tokenizer
 
@@ -53,7 +54,7 @@ def sample_next(
 class ScratchBackend(LocalScoring):
     """promptkit's own GPT (``scratch:PATH``): generate, stream, loglikelihood, perplexity."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, *, name: str = "scratch"):
+    def __init__(self, model: GPT | Llama, tokenizer: Tokenizer, *, name: str = "scratch"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -307,7 +308,7 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
     """``scratch:PATH``: a promptkit checkpoint folder or a Hugging Face GPT-2 folder; a name
     that is no folder (``scratch:gpt2``) is fetched from the Hugging Face hub where the network
     allows (or found in its local cache); plain ``scratch`` is the shipped promptkit-mini."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_model
 
     if options:
         raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")
@@ -326,7 +327,7 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
     if not path.is_dir():
         path = _from_hub(arg)
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_checkpoint(path, device=chosen)
+    model, tokenizer = load_model(path, device=chosen)
     backend = ScratchBackend(model, tokenizer, name=name or f"scratch:{path}")
     backend.weights_path = path / "model.safetensors"
     return backend
