@@ -305,10 +305,14 @@ def _from_hub(name: str) -> Path:
 
 
 def from_spec(arg: str, *, device: str | None = None, **options: Any) -> ScratchBackend:
-    """``scratch:PATH``: a promptkit checkpoint folder or a Hugging Face GPT-2 folder; a name
-    that is no folder (``scratch:gpt2``) is fetched from the Hugging Face hub where the network
-    allows (or found in its local cache); plain ``scratch`` is the shipped promptkit-mini."""
+    """``scratch:PATH``: a promptkit checkpoint folder, a Hugging Face GPT-2 or Llama-family
+    folder, or a GGUF file; a known model name (``scratch:smollm2-135m-instruct``, see
+    ``promptkit models``) is its pulled file, pulled on first use; another name that is no folder
+    (``scratch:gpt2``) is fetched from the Hugging Face hub where the network allows (or found
+    in its local cache); plain ``scratch`` is the shipped promptkit-mini."""
+    from ...models.registry import lookup, pull
     from .checkpoint import load_model
+    from .gguf import load_gguf
 
     if options:
         raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")
@@ -324,10 +328,19 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
             )
         arg, name = str(shipped), "scratch:promptkit-mini"
     path = Path(os.path.expanduser(arg))
-    if not path.is_dir():
-        path = _from_hub(arg)
+    known = lookup(arg) if not path.exists() else None
+    if known is not None:  # a registry name: its verified file, pulled on first use
+        path, name = pull(known.name), f"scratch:{known.name}"
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(path, device=chosen)
+    model: GPT | Llama
+    if path.is_file() and path.suffix == ".gguf":
+        model, tokenizer = load_gguf(path, device=chosen)
+        weights = path
+    else:
+        if not path.is_dir():
+            path = _from_hub(arg)
+        model, tokenizer = load_model(path, device=chosen)
+        weights = path / "model.safetensors"
     backend = ScratchBackend(model, tokenizer, name=name or f"scratch:{path}")
-    backend.weights_path = path / "model.safetensors"
+    backend.weights_path = weights
     return backend
