@@ -6,6 +6,7 @@ works on them."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ import transformers
 import promptkit as pk
 from promptkit.backends.base import GenerationConfig
 from promptkit.backends.scratch.llama import Llama, LlamaConfig, config_from_hf
+from promptkit.backends.scratch.tokenizer import Tokenizer
 from promptkit.errors import ConfigurationError
 
-from .conftest import tokenizer_files
+from .conftest import MINI_TOKENIZER
 from .test_scratch_backend import hf_sliding_perplexity
 
 SHAPE = {
@@ -40,9 +42,12 @@ LLAMA3_ROPE = {
 
 def make_hf_llama(folder: Path, kind: str = "llama", **options: object) -> Path:
     """A randomly initialised transformers Llama-family model, saved with save_pretrained,
-    plus a tokenizer. Biases and norm weights are randomised too (zeros and ones would hide a
-    missing bias or a norm weight applied in the wrong place)."""
-    tokenizer = tokenizer_files(folder)
+    plus promptkit-mini's small tokenizer (shipped in the package; a small vocabulary keeps
+    writing and converting GGUF files fast). Biases and norm weights are randomised too (zeros
+    and ones would hide a missing bias or a norm weight applied in the wrong place)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(MINI_TOKENIZER, folder / "tokenizer.json")
+    tokenizer = Tokenizer.from_folder(folder)
     torch.manual_seed(0)
     config_class = {
         "llama": transformers.LlamaConfig,
