@@ -224,3 +224,22 @@ def test_not_a_gguf_file_is_a_configuration_error(tmp_path):
     (tmp_path / "broken.gguf").write_bytes(b"not a gguf file at all")
     with pytest.raises(ConfigurationError, match="not a readable GGUF file"):
         pk.get_backend(f"scratch:{tmp_path / 'broken.gguf'}", device="cpu")
+
+
+def test_hf_backend_runs_the_same_gguf_file(tmp_path):
+    folder = make_hf_llama(tmp_path / "hf", "llama")
+    write_gguf(folder, tmp_path / "model.gguf", {"*": Q.Q8_0})
+    scratch = pk.get_backend(f"scratch:{tmp_path / 'model.gguf'}", device="cpu")
+    hf = pk.get_backend(f"hf:{tmp_path / 'model.gguf'}", device="cpu")
+    assert hf.weights_path == tmp_path / "model.gguf"
+    config = GenerationConfig(max_tokens=8)
+    assert hf.generate("Hello there", config).text == scratch.generate("Hello there", config).text
+    assert hf.loglikelihood("The sky", " is blue") == pytest.approx(
+        scratch.loglikelihood("The sky", " is blue"), abs=1e-3
+    )
+
+
+def test_registry_names_on_both_backends_are_offline_errors_when_not_pulled():
+    for spec in ("scratch:smollm2", "hf:smollm2-135m-instruct"):
+        with pytest.raises(ConfigurationError, match="PROMPTKIT_OFFLINE is set"):
+            pk.get_backend(spec, device="cpu")
