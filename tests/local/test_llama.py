@@ -254,3 +254,18 @@ def test_end_of_text_comes_from_the_model_config(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     backend = pk.get_backend(f"scratch:{folder}", device="cpu")
     assert backend.tokenizer.eot_id == config["eos_token_id"]
+
+
+def test_sharded_weights_load_and_a_missing_shard_is_named(tmp_path):
+    folder = make_hf_llama(tmp_path, "llama")
+    reference = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    (folder / "model.safetensors").unlink()
+    reference.save_pretrained(folder, max_shard_size="100KB")
+    shards = sorted(folder.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1
+    backend = pk.get_backend(f"scratch:{folder}", device="cpu")
+    ids = torch.randint(0, backend.model.config.vocab_size, (1, 16))
+    assert max_logit_difference(backend, reference, ids) <= 1e-3
+    shards[-1].unlink()
+    with pytest.raises(ConfigurationError, match=f"no weights file '{shards[-1].name}'"):
+        pk.get_backend(f"scratch:{folder}", device="cpu")

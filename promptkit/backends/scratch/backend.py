@@ -281,7 +281,16 @@ class ScratchBackend(LocalScoring):
         return [float(x) for x in sums]
 
 
-HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt"]
+HUB_FILES = [
+    "config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",  # sharded weights (larger Llama-family models)
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",  # names a Llama-family model's end-of-text token
+    "vocab.json",
+    "merges.txt",
+]
 
 
 def _from_hub(name: str) -> Path:

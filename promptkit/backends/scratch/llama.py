@@ -377,14 +377,14 @@ def load_hf_llama(folder: str | os.PathLike[str], config: dict[str, Any] | None 
     Raises ConfigurationError for a variant we do not implement, or naming the first missing,
     unexpected or mis-shaped tensor.
     """
-    from .checkpoint import _load_state, _read_tensors
+    from .checkpoint import _load_state
 
     root = Path(folder)
     if config is None:
         config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     model = Llama(config_from_hf(config, str(root)))
     state: dict[str, torch.Tensor] = {}
-    for key, tensor in _read_tensors(root, ("model.safetensors",)).items():
+    for key, tensor in _read_shards(root).items():
         if key.endswith(IGNORED):
             continue
         for old, new in HF_RENAMES:
@@ -394,6 +394,28 @@ def load_hf_llama(folder: str | os.PathLike[str], config: dict[str, Any] | None 
         state.pop("lm_head.weight", None)  # tied: the token embedding is the output matrix
     _load_state(model, state, root)
     return model
+
+
+def _read_shards(root: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of ``model.safetensors``, or of the shards that
+    ``model.safetensors.index.json`` lists; raises ConfigurationError naming a missing file."""
+    from safetensors.torch import load_file
+
+    index = root / "model.safetensors.index.json"
+    if index.is_file() and not (root / "model.safetensors").is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    else:
+        shards = ["model.safetensors"]
+    missing = [name for name in shards if not (root / name).is_file()]
+    if missing:
+        raise ConfigurationError(
+            f"no weights file {missing[0]!r} in {str(root)!r} ({len(missing)} of {len(shards)} "
+            "missing); a Llama-family folder needs model.safetensors or all its shards"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for name in shards:
+        tensors.update(load_file(str(root / name)))
+    return tensors
 
 
 def hf_end_of_text(root: Path, config: dict[str, Any]) -> str:
