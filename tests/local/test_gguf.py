@@ -16,6 +16,7 @@ import transformers
 import promptkit as pk
 from promptkit.backends.base import GenerationConfig
 from promptkit.errors import ConfigurationError
+from promptkit.models.registry import models_dir
 
 from .test_llama import make_hf_llama
 
@@ -243,3 +244,25 @@ def test_registry_names_on_both_backends_are_offline_errors_when_not_pulled():
     for spec in ("scratch:smollm2", "hf:smollm2-135m-instruct"):
         with pytest.raises(ConfigurationError, match="PROMPTKIT_OFFLINE is set"):
             pk.get_backend(spec, device="cpu")
+
+
+def test_converted_tokenizer_is_kept_in_the_model_cache(tmp_path, monkeypatch):
+    from promptkit.backends.scratch import gguf as gguf_module
+
+    folder = make_hf_llama(tmp_path / "hf", "llama")
+    path = tmp_path / "model.gguf"
+    write_gguf(folder, path, {"*": Q.F32})
+    first = gguf_module.gguf_tokenizer(path)
+    kept = list((models_dir() / ".gguf-tokenizers").glob("*.json"))
+    assert len(kept) == 1
+
+    def no_conversion(path: Path) -> None:
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(gguf_module, "_convert_tokenizer", no_conversion)
+    again = gguf_module.gguf_tokenizer(path)
+    text = "Dr. Hanna Berg, 58, practises in Bergen."
+    assert again.encode(text) == first.encode(text) and again.eot_id == first.eot_id
+    write_gguf(folder, path, {"*": Q.F16})  # a new file at the same path: converted anew
+    with pytest.raises(AssertionError, match="converted again"):
+        gguf_module.gguf_tokenizer(path)

@@ -9,7 +9,8 @@ takes four named steps:
    F32, F16, BF16, Q8_0, Q4_0, Q4_1, the K-quants and the rest it knows);
 3. names mapped to ours (:data:`GGUF_NAMES`), and llama.cpp's rotary permutation of the query
    and key projections undone (:func:`unpermute`) for the ``llama`` architecture;
-4. the tokenizer built from the metadata by transformers' GGUF conversion.
+4. the tokenizer built from the metadata by transformers' GGUF conversion (kept in the model
+   cache after the first load).
 
 Needs the ``gguf`` package (and transformers for the tokenizer); raises ConfigurationError
 naming what is missing or unsupported.
@@ -17,6 +18,9 @@ naming what is missing or unsupported.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,16 @@ from ...errors import ConfigurationError
 from .llama import Llama, LlamaConfig
 from .tokenizer import Tokenizer
 
-__all__ = ["GGUF_NAMES", "config_from_gguf", "load_gguf", "read_gguf", "unpermute"]
+__all__ = [
+    "GGUF_NAMES",
+    "config_from_gguf",
+    "gguf_tokenizer",
+    "load_gguf",
+    "read_gguf",
+    "unpermute",
+]
+
+logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("llama", "qwen2")  # general.architecture values this decoder runs
 PERMUTED = ("llama",)  # architectures whose convert script permutes Q and K (not qwen2)
@@ -161,9 +174,38 @@ def state_from_gguf(
     return state
 
 
-def gguf_tokenizer(path: Path) -> tuple[Tokenizer, dict[str, Any]]:
-    """The tokenizer a GGUF file describes, built by transformers' GGUF conversion, and its
-    settings (special tokens, ``add_bos_token``)."""
+def gguf_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer a GGUF file describes, built by transformers' GGUF conversion (several
+    seconds for a 50k vocabulary), kept in the model cache keyed by the file's path, size and
+    modification time so that later loads read it back at once."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from ...models.registry import models_dir
+
+    stat = path.stat()
+    key = hashlib.sha256(
+        f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+    ).hexdigest()
+    cached = models_dir() / ".gguf-tokenizers" / f"{key}.json"
+    if cached.is_file():
+        saved = json.loads(cached.read_text(encoding="utf-8"))
+        return Tokenizer(HFTokenizer.from_str(saved["tokenizer"]), end_of_text=saved["eos"])
+    backend, eos = _convert_tokenizer(path)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(
+            json.dumps({"eos": eos, "tokenizer": backend.to_str()}), encoding="utf-8"
+        )
+        os.replace(partial, cached)
+    except OSError as exc:  # a read-only cache only costs the conversion next time
+        logger.info("could not keep the converted tokenizer of %s: %s", path, exc)
+    return Tokenizer(backend, end_of_text=eos)
+
+
+def _convert_tokenizer(path: Path) -> tuple[Any, str]:
+    """transformers' conversion of the file's tokenizer: the ``tokenizers`` object and the
+    end-of-text token."""
     try:
         from transformers import AutoTokenizer
     except ImportError:
@@ -177,8 +219,7 @@ def gguf_tokenizer(path: Path) -> tuple[Tokenizer, dict[str, Any]]:
     eos = converted.eos_token
     if not isinstance(eos, str):
         raise ConfigurationError(f"{str(path)!r}: the GGUF tokenizer names no end-of-text token")
-    settings = {"eos_token": eos, "bos_token": converted.bos_token}
-    return Tokenizer(converted.backend_tokenizer, end_of_text=eos), settings
+    return converted.backend_tokenizer, eos
 
 
 def load_gguf(
@@ -194,7 +235,7 @@ def load_gguf(
     model = Llama(config)
     state = state_from_gguf(tensors, config, metadata["general.architecture"])
     _load_state(model, state, source)
-    tokenizer, _ = gguf_tokenizer(source)
+    tokenizer = gguf_tokenizer(source)
     if tokenizer.vocab_size > config.vocab_size:
         raise ConfigurationError(
             f"{str(source)!r}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
