@@ -269,3 +269,23 @@ def test_sharded_weights_load_and_a_missing_shard_is_named(tmp_path):
     shards[-1].unlink()
     with pytest.raises(ConfigurationError, match=f"no weights file '{shards[-1].name}'"):
         pk.get_backend(f"scratch:{folder}", device="cpu")
+
+
+def test_served_over_the_openai_api(llama_backend):
+    """`promptkit serve` on a Llama-family model: the official client gets what generate gives."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    from servers import serve_in_thread
+
+    from promptkit.server import create_app
+
+    app = create_app(llama_backend, model_name="tiny-llama")
+    with (
+        serve_in_thread(app) as base,
+        openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0) as client,
+    ):
+        response = client.completions.create(
+            model="tiny-llama", prompt="Once upon", max_tokens=6, temperature=0
+        )
+    expected = llama_backend.generate("Once upon", GenerationConfig(max_tokens=6))
+    assert response.choices[0].text == expected.text
