@@ -15,7 +15,8 @@ import transformers
 
 import promptkit as pk
 from promptkit.backends.base import GenerationConfig
-from promptkit.backends.scratch.llama import Llama, LlamaConfig, config_from_hf
+from promptkit.backends.scratch.llama import Llama, LlamaConfig
+from promptkit.backends.scratch.loading import config_from_hf
 from promptkit.backends.scratch.tokenizer import Tokenizer
 from promptkit.errors import ConfigurationError
 

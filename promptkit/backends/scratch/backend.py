@@ -320,8 +320,8 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
     (``scratch:gpt2``) is fetched from the Hugging Face hub where the network allows (or found
     in its local cache); plain ``scratch`` is the shipped promptkit-mini."""
     from ...models.registry import lookup, pull
-    from .checkpoint import load_model
     from .gguf import load_gguf
+    from .loading import load_model
 
     if options:
         raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")

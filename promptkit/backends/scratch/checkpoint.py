@@ -18,11 +18,10 @@ from typing import Any
 import torch
 
 from ...errors import ConfigurationError
-from .llama import HF_MODEL_TYPES, Llama, hf_end_of_text, load_hf_llama
 from .model import GPT, GPTConfig
 from .tokenizer import Tokenizer
 
-__all__ = ["FORMAT", "load_checkpoint", "load_hf_gpt2", "load_model", "save_checkpoint"]
+__all__ = ["FORMAT", "load_checkpoint", "load_hf_gpt2", "save_checkpoint"]
 
 FORMAT = "promptkit-gpt"
 
@@ -84,28 +83,6 @@ def load_checkpoint(
             f"{config_path} describes neither a promptkit checkpoint (format {FORMAT!r}) nor a "
             f"GPT-2 model (model_type 'gpt2'); found model_type {config.get('model_type')!r}"
         )
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ConfigurationError(
-            f"the tokenizer in {str(root)!r} has {tokenizer.vocab_size} tokens but the model only "
-            f"{model.config.vocab_size}"
-        )
-    return model.to(device).eval(), tokenizer
-
-
-def load_model(
-    folder: str | os.PathLike[str], *, device: str | torch.device = "cpu"
-) -> tuple[GPT | Llama, Tokenizer]:
-    """Load any model folder promptkit runs: what :func:`load_checkpoint` loads, or a Hugging
-    Face Llama-family folder (model_type llama, qwen2, mistral); raises ConfigurationError."""
-    root = Path(folder)
-    try:
-        config = json.loads((root / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = None  # load_checkpoint says what is wrong with the folder
-    if not isinstance(config, dict) or config.get("model_type") not in HF_MODEL_TYPES:
-        return load_checkpoint(root, device=device)
-    model = load_hf_llama(root, config)
-    tokenizer = Tokenizer.from_folder(root, end_of_text=hf_end_of_text(root, config))
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ConfigurationError(
             f"the tokenizer in {str(root)!r} has {tokenizer.vocab_size} tokens but the model only "

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ...errors import ConfigurationError
+from .checkpoint import _load_state
 from .llama import Llama, LlamaConfig
 from .tokenizer import Tokenizer
 
@@ -227,8 +228,6 @@ def load_gguf(
 ) -> tuple[Llama, Tokenizer]:
     """A GGUF file as our Llama and its tokenizer (see the module docstring for the steps);
     raises ConfigurationError."""
-    from .checkpoint import _load_state
-
     source = Path(path)
     metadata, tensors = read_gguf(source)
     config = config_from_gguf(metadata, tensors, str(source))
