@@ -230,6 +230,8 @@ def test_config_errors_name_the_problem():
         LlamaConfig(n_head=9, n_kv_head=2)
     with pytest.raises(ConfigurationError, match="rope scaling 'yarn' is not implemented"):
         LlamaConfig(rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(ConfigurationError, match="'llama3' needs low_freq_factor, high_freq"):
+        LlamaConfig(rope_scaling={"rope_type": "llama3", "factor": 8.0})
     base = {"model_type": "llama", "vocab_size": 10, "num_hidden_layers": 1, **SHAPE}
     with pytest.raises(ConfigurationError, match="hidden_act='gelu'"):
         config_from_hf({**base, "hidden_act": "gelu"}, "here")

@@ -25,7 +25,12 @@ from .model import KVCache, attention_mask
 
 __all__ = ["Llama", "LlamaCache", "LlamaConfig"]
 
-ROPE_KINDS = ("default", "linear", "llama3")  # rotary scalings implemented (rope_type)
+# Rotary scalings implemented (rope_type), with the settings each needs.
+ROPE_KINDS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,10 @@ class LlamaConfig:
             problems.append(
                 f"rope scaling {kind!r} is not implemented; supported: {', '.join(ROPE_KINDS)}"
             )
+        else:
+            lacking = [key for key in ROPE_KINDS[kind] if key not in (self.rope_scaling or {})]
+            if lacking:
+                problems.append(f"rope scaling {kind!r} needs {', '.join(lacking)}")
         if problems:
             raise ConfigurationError("invalid Llama config: " + "; ".join(problems))
 
@@ -126,11 +135,9 @@ class Attention(nn.Module):
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = (
-            config.n_head,
-            config.n_kv_head,
-            config.head_dim,
-        )
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head
+        self.head_dim = config.head_dim
         qkv = config.qkv_bias
         self.q_proj = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=qkv)
         self.k_proj = nn.Linear(config.n_embd, config.n_kv_head * config.head_dim, bias=qkv)
