@@ -153,13 +153,10 @@ class Attention(nn.Module):
         past: int,
     ) -> torch.Tensor:
         B, T, _ = x.size()  # batch, time, channels
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = (
-            self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        )  # (B, nkv, T, hs)
-        v = (
-            self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        )  # (B, nkv, T, hs)
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         cos, sin = rotation
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
@@ -177,7 +174,7 @@ class Attention(nn.Module):
             is_causal=mask is None and T > 1,
             enable_gqa=self.n_kv_head != self.n_head,
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # re-assemble the heads
+        y = y.transpose(1, 2).reshape(B, T, nh * hs)  # re-assemble the heads
         out: torch.Tensor = self.o_proj(y)
         return out
 
@@ -250,6 +247,8 @@ class Llama(nn.Module):
         )
         self.inv_freq: torch.Tensor  # rotary frequencies (move with .to(device), never saved)
         self.register_buffer("inv_freq", rotary_frequencies(config), persistent=False)
+        self._output_key: tuple[Any, ...] | None = None  # what _output_t was copied from
+        self._output_t = torch.empty(0)
 
     @property
     def output_weight(self) -> torch.Tensor:
@@ -295,7 +294,7 @@ class Llama(nn.Module):
         """The output matrix as ``(n_embd, vocab)``, cached until the weights change."""
         weight = self.output_weight
         key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
-        if getattr(self, "_output_key", None) != key:
+        if self._output_key != key:
             self._output_t = weight.detach().t().contiguous()
             self._output_key = key
         return self._output_t
