@@ -221,6 +221,27 @@ def test_unsupported_architecture_is_named(tmp_path):
         pk.get_backend(f"scratch:{tmp_path / 'falcon.gguf'}", device="cpu")
 
 
+def test_missing_tensor_or_metadata_is_named(tmp_path):
+    writer = gguf.GGUFWriter(str(tmp_path / "bare.gguf"), "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ConfigurationError, match="no tensor 'blk.0.attn_q.weight'"):
+        pk.get_backend(f"scratch:{tmp_path / 'bare.gguf'}", device="cpu")
+    writer = gguf.GGUFWriter(str(tmp_path / "nohead.gguf"), "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((8, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ConfigurationError, match="lacks llama.attention.head_count"):
+        pk.get_backend(f"scratch:{tmp_path / 'nohead.gguf'}", device="cpu")
+
+
 def test_not_a_gguf_file_is_a_configuration_error(tmp_path):
     (tmp_path / "broken.gguf").write_bytes(b"not a gguf file at all")
     with pytest.raises(ConfigurationError, match="not a readable GGUF file"):

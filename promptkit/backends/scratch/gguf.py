@@ -122,6 +122,9 @@ def config_from_gguf(
     scaling = None
     if scaling_kind == "linear":
         scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+    lacking = [name for name in ("token_embd.weight", "blk.0.attn_q.weight") if name not in tensors]
+    if lacking:
+        raise ConfigurationError(f"{source}: the GGUF file has no tensor {lacking[0]!r}")
     heads = int(get("attention.head_count"))
     width = int(get("embedding_length"))
     embedding = tensors["token_embd.weight"]
