@@ -426,6 +426,9 @@ def _load(name_or_path: str, device: str, dtype: str) -> _Loaded:
     if not isinstance(torch_dtype, torch.dtype):
         raise ConfigurationError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
     folder = Path(os.path.expanduser(name_or_path))
+    if folder.is_file() and folder.suffix == ".gguf":  # transformers dequantizes it to dtype
+        model, tokenizer = _load_gguf(folder, device, torch_dtype)
+        return _Loaded(model, tokenizer, folder)
     if folder.is_dir():
         _check_folder(folder)
         where = f"the local folder {str(folder)!r}"
@@ -511,6 +514,23 @@ def _check_hub(name: str) -> None:
         ) from None
 
 
+def _load_gguf(path: Path, device: str, torch_dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch_dtype
+        )
+    except (OSError, ValueError, ImportError) as exc:
+        raise ConfigurationError(
+            f"hf: cannot load the GGUF file {str(path)!r}: {_first_line(exc)} (transformers "
+            "needs the gguf package for GGUF files: pip install gguf)"
+        ) from None
+    loaded: Any = model
+    return loaded.to(device).eval(), tokenizer
+
+
 def _check_folder(folder: Path) -> None:
     found = sorted(p.name for p in folder.iterdir())
     if not (folder / "config.json").is_file():
@@ -533,10 +553,20 @@ def _first_line(exc: BaseException) -> str:
 def from_spec(
     arg: str, *, device: str | None = None, dtype: str | None = None, **options: Any
 ) -> HFBackend:
-    """``hf:NAME_OR_PATH`` with optional ``device=`` and ``dtype=`` (default float32 on CPU)."""
+    """``hf:NAME_OR_PATH`` with optional ``device=`` and ``dtype=`` (default float32 on CPU).
+
+    NAME_OR_PATH is a hub name, a local folder, a GGUF file (loaded by transformers with
+    ``gguf_file=``), or a known model name (``hf:smollm2-135m-instruct``: its pulled file,
+    pulled on first use; see ``promptkit models``)."""
     if options:
         raise ConfigurationError(f"unknown option(s) for hf: {', '.join(sorted(options))}")
     if not arg:
         raise ConfigurationError("hf needs a model: hf:gpt2 or hf:/path/to/folder")
+    from ..models.registry import lookup, pull
+
+    label = f"hf:{arg}"
+    known = lookup(arg) if not Path(os.path.expanduser(arg)).exists() else None
+    if known is not None:  # a registry name: its verified file, pulled on first use
+        arg, label = str(pull(known.name)), f"hf:{known.name}"
     loaded = _load_cached(arg, device, dtype)
-    return HFBackend(loaded.model, loaded.tokenizer, name=f"hf:{arg}", folder=loaded.folder)
+    return HFBackend(loaded.model, loaded.tokenizer, name=label, folder=loaded.folder)

@@ -349,7 +349,8 @@ FINGERPRINT_FILES = 1000  # most files of a model folder fingerprinted one by on
 
 
 def folder_fingerprint(folder: Path) -> list[tuple[str, int, int]]:
-    """Name, size and modification time (ns) of every file in a model folder (weights,
+    """Name, size and modification time (ns) of every file in a model folder, or of the one
+    file of a GGUF model (weights,
     adapters, tokenizer and configuration alike; subfolders, such as other formats' exports of
     a hub snapshot, are not read by the loaders and are left out): what the response cache keys
     local answers on, so retrained, converted or replaced weights are not answered from the old
@@ -360,6 +361,9 @@ def folder_fingerprint(folder: Path) -> list[tuple[str, int, int]]:
     """
     entries: list[tuple[str, int, int]] = []
     try:
+        if folder.is_file():  # a model in one file (GGUF)
+            stat = folder.stat()
+            return [(folder.name, stat.st_size, stat.st_mtime_ns)]
         for path in sorted(folder.iterdir()):
             if not path.is_file():
                 continue

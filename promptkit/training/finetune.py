@@ -34,7 +34,7 @@ from ..backends import get_backend
 from ..backends.scratch.adapter import to_torch_linears, weights_fingerprint
 from ..backends.scratch.backend import ScratchBackend
 from ..backends.scratch.gpt2 import GPT
-from ..errors import ConfigurationError, ContextWindowError
+from ..errors import ConfigurationError, ContextWindowError, UnsupportedCapabilityError
 from ..evaluate import EvalItem, check_shots, evaluate, load_dataset
 from ..files import load_prompt, resolve_template_path
 from ..prompt import Prompt
@@ -94,6 +94,8 @@ def finetune(
     _check_out(out, config.resume)
     backend = _scratch_backend(config)
     model, tokenizer = backend.model, backend.tokenizer
+    if not isinstance(model, GPT):
+        raise UnsupportedCapabilityError(backend.name, "fine-tuning (GPT-2-family models only)")
     window = model.config.context_length
     encode = partial(encode_items, prompt, backend=backend, tokenizer=tokenizer, window=window)
     data = encode(items, shots=config.shots, strict=config.strict, source=config.data)

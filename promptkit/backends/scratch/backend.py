@@ -26,6 +26,7 @@ from .adapter import (
     read_adapter_config,
 )
 from .gpt2 import GPT
+from .llama import Llama
 from .tokenizer import Tokenizer
 
 __all__ = ["ScratchBackend", "from_spec", "sample_next"]
@@ -34,7 +35,7 @@ __all__ = ["ScratchBackend", "from_spec", "sample_next"]
 class ScratchBackend(LocalScoring):
     """promptkit's own GPT (``scratch:PATH``): generate, stream, loglikelihood, perplexity."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, *, name: str = "scratch"):
+    def __init__(self, model: GPT | Llama, tokenizer: Tokenizer, *, name: str = "scratch"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -299,7 +300,16 @@ class ScratchBackend(LocalScoring):
         return [float(x) for x in sums]
 
 
-HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt"]
+HUB_FILES = [
+    "config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",  # sharded weights (larger Llama-family models)
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",  # names a Llama-family model's end-of-text token
+    "vocab.json",
+    "merges.txt",
+]
 
 
 def _from_hub(name: str) -> Path:
@@ -323,10 +333,14 @@ def _from_hub(name: str) -> Path:
 
 
 def from_spec(arg: str, *, device: str | None = None, **options: Any) -> ScratchBackend:
-    """``scratch:PATH``: a promptkit checkpoint folder or a Hugging Face GPT-2 folder; a name
-    that is no folder (``scratch:gpt2``) is fetched from the Hugging Face hub where the network
-    allows (or found in its local cache); plain ``scratch`` is the shipped promptkit-mini."""
-    from .checkpoint import load_checkpoint
+    """``scratch:PATH``: a promptkit checkpoint folder, a Hugging Face GPT-2 or Llama-family
+    folder, or a GGUF file; a known model name (``scratch:smollm2-135m-instruct``, see
+    ``promptkit models``) is its pulled file, pulled on first use; another name that is no folder
+    (``scratch:gpt2``) is fetched from the Hugging Face hub where the network allows (or found
+    in its local cache); plain ``scratch`` is the shipped promptkit-mini."""
+    from ...models.registry import lookup, pull
+    from .gguf import load_gguf
+    from .loading import load_model
 
     if options:
         raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")
@@ -342,14 +356,23 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
             )
         arg, name = str(shipped), "scratch:promptkit-mini"
     path = Path(os.path.expanduser(arg))
-    if not path.is_dir():
-        path = _from_hub(arg)
-    if is_adapter_folder(path):
+    known = lookup(arg) if not path.exists() else None
+    if known is not None:  # a registry name: its verified file, pulled on first use
+        path, name = pull(known.name), f"scratch:{known.name}"
+    if path.is_dir() and is_adapter_folder(path):
         return _with_adapter(path, device)
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_checkpoint(path, device=chosen)
+    model: GPT | Llama
+    if path.is_file() and path.suffix == ".gguf":
+        model, tokenizer = load_gguf(path, device=chosen)
+        weights = path
+    else:
+        if not path.is_dir():
+            path = _from_hub(arg)
+        model, tokenizer = load_model(path, device=chosen)
+        weights = path / "model.safetensors"
     backend = ScratchBackend(model, tokenizer, name=name or f"scratch:{path}")
-    backend.weights_path = path / "model.safetensors"
+    backend.weights_path = weights
     return backend
 
 
