@@ -21,12 +21,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from . import front_matter
+from . import front_matter, prompty
 from .backends.base import Backend
 from .errors import ConfigurationError, PromptkitError, TemplateError
 from .prompt import Example, Prompt
 from .references import check_model_references, resolve_env, resolve_references
-from .templating import Segment, split_roles
+from .conversation import SourcePiece, ThreadSlot, split_threads
+from .templating import split_roles
 
 __all__ = [
     "build_prompt",
@@ -40,6 +41,7 @@ __all__ = [
 
 # Keys that become parts of the Prompt; every other key is kept in ``prompt.metadata``.
 _BUILT_KEYS = {
+    "inputSchema",
     "name",
     "description",
     "model",
@@ -248,6 +250,8 @@ def _build(
 ) -> Prompt[Any] | None:
     src, lines = parsed.path, parsed.key_lines
     model = parsed.front.get("model") or {}
+    if isinstance(model, str):
+        model = {"id": model}  # Prompty 2's shorthand ``model: gpt-4o``
     if not isinstance(model, dict):
         steps.run(
             _fail(TemplateError("'model' must be a mapping", source=src, line=lines.get("model"))),
@@ -255,27 +259,45 @@ def _build(
         )
         model = {}
     # model.* is kept as written: its connection settings are read when the backend is made.
-    steps.run(lambda: check_model_references(model, source=src, line=lines.get("model")), None)
+    response_format, checked_model = prompty.split_response_format(model)
+    steps.run(
+        lambda: check_model_references(checked_model, source=src, line=lines.get("model")), None
+    )
     front = _resolved_front(parsed, folder, file_root, allow_env, steps)
+    declared_inputs = prompty.declared_inputs(front)
     steps.run(
         lambda: _check_template_format(front.get("template"), src, lines.get("template")), None
     )
     style = steps.run(lambda: _style(model, src, lines.get("model")), None)
-    parts = steps.run(lambda: _body_parts(_segments(parsed.body, parsed.body_line, src), src), None)
+    threads = prompty.thread_inputs(declared_inputs)
+    parts = steps.run(
+        lambda: _body_parts(_pieces(parsed.body, parsed.body_line, src, threads), src), None
+    )
+    slots = threads | {t.name for t in (parts or {}).get("turns", ()) if isinstance(t, ThreadSlot)}
     input_type = steps.run(
         lambda: front_matter.input_type(
-            front.get("inputs"), front.get("sample"), src, lines, steps
+            declared_inputs, front.get("sample"), src, lines, steps, threads=slots
         ),
         None,
     )
-    output_type = steps.run(lambda: front_matter.output_type(front, src, lines), str)
+    output_type = steps.run(
+        lambda: prompty.response_format_type(
+            response_format,
+            lambda value: _resolved(parsed, "model", value, folder, file_root, allow_env),
+            src,
+            lines.get("model"),
+        )
+        if response_format is not None and not ({"output", "outputs"} & front.keys())
+        else front_matter.output_type(front, src, lines),
+        str,
+    )
     examples: list[Example] = steps.run(
         lambda: front_matter.examples_of(front.get("examples", []), src, lines.get("examples")), []
     )
     shots = steps.run(lambda: _shots(front.get("shots"), src, lines.get("shots")), None)
     config = steps.run(
         lambda: front_matter.generation_config(
-            model.get("parameters") or {}, src, lines.get("model")
+            prompty.model_options(model, src, lines.get("model")), src, lines.get("model")
         ),
         None,
     )
@@ -384,15 +406,19 @@ def _resolved(
     )
 
 
-def _segments(body: str, first_line: int, source: str) -> list[Segment]:
+def _pieces(body: str, first_line: int, source: str, threads: Collection[str]) -> list[SourcePiece]:
+    """The body cut at its role lines, then at its conversation slots."""
     try:
-        return split_roles(body, first_line)
+        segments = split_roles(body, first_line)
     except TemplateError as exc:
         raise TemplateError(exc.reason, source=source, line=exc.line) from None
+    return [p for seg in segments for p in split_threads(seg.role, seg.source, seg.line, threads)]
 
 
 def _check_template_format(template: Any, source: str, line: int | None) -> None:
     fmt = template.get("format") if isinstance(template, dict) else template
+    if isinstance(fmt, dict):
+        fmt = fmt.get("kind")  # Prompty 2: format: {kind: jinja2}
     if fmt not in (None, "jinja2", "jinja"):
         raise TemplateError(
             f"template format {fmt!r} is not supported; promptkit renders jinja2",
@@ -412,13 +438,16 @@ def _style(
     )
 
 
-def _body_parts(segments: list[Segment], source: str) -> dict[str, Any]:
-    if not segments:
+def _body_parts(pieces: list[SourcePiece], source: str) -> dict[str, Any]:
+    """The instruction (the leading system text), the turns (fixed messages and conversation
+    slots) and the query (a final user block; None when the body ends with a conversation or
+    has only system text)."""
+    if not pieces:
         raise TemplateError(
             "the template body is empty; write the query after the front matter", source=source
         )
-    if len(segments) == 1 and segments[0].role is None:
-        only = segments[0]
+    if len(pieces) == 1 and pieces[0].role is None and pieces[0].thread is None:
+        only = pieces[0]
         return {
             "plain": True,
             "query": only.source.strip("\n"),
@@ -426,26 +455,34 @@ def _body_parts(segments: list[Segment], source: str) -> dict[str, Any]:
             "turns": [],
             "lines": {"query": only.line + _leading_newlines(only.source)},
         }
-    last = segments[-1]
-    if last.role != "user":
+    last = pieces[-1]
+    lines: dict[str, int] = {}
+    query = None
+    if last.thread is None and last.role == "user":
+        lines["query"] = last.line + _leading_newlines(last.source)
+        query = last.source.strip("\n")
+        pieces = pieces[:-1]
+    elif last.thread is None and any(p.role not in (None, "system") for p in pieces):
         raise TemplateError(
-            "the body must end with a 'user:' block holding the query",
+            "the body must end with a 'user:' block holding the query (or a conversation, "
+            "or have only a system block)",
             source=source,
             line=last.line - 1,
         )
-    lines = {"query": last.line + _leading_newlines(last.source)}
     instruction: list[str] = []
-    turns: list[tuple[str, str]] = []
-    for seg in segments[:-1]:
-        if seg.role in (None, "system") and not turns:
-            instruction.append(seg.source.strip("\n"))
-            lines.setdefault("instruction", seg.line + _leading_newlines(seg.source))
+    turns: list[tuple[str, str] | ThreadSlot] = []
+    for piece in pieces:
+        if piece.thread is not None:
+            turns.append(ThreadSlot(piece.thread))
+        elif piece.role in (None, "system") and not turns:
+            instruction.append(piece.source.strip("\n"))
+            lines.setdefault("instruction", piece.line + _leading_newlines(piece.source))
         else:
-            lines[f"turn{len(turns)}"] = seg.line + _leading_newlines(seg.source)
-            turns.append((seg.role or "system", seg.source.strip("\n")))
+            lines[f"turn{len(turns)}"] = piece.line + _leading_newlines(piece.source)
+            turns.append((piece.role or "system", piece.source.strip("\n")))
     return {
         "plain": False,
-        "query": last.source.strip("\n"),
+        "query": query,
         "instruction": "\n\n".join(instruction),
         "turns": turns,
         "lines": lines,

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overloa
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .backends.base import GenerationConfig, Message, PromptInput, messages_to_text
+from .conversation import Message as ChatMessage
+from .conversation import ThreadSlot, is_thread_type, thread_messages
 from .demos import Selection, Strategy
 from .errors import (
     ConstraintError,
@@ -105,7 +107,7 @@ class Prompt(Generic[OutputT]):
     def __init__(
         self: Prompt[OutputT],
         *,
-        query: str,
+        query: str | None,
         output_type: type[OutputT],
         instruction: str = ...,
         input_type: type[BaseModel] | None = ...,
@@ -114,7 +116,7 @@ class Prompt(Generic[OutputT]):
         style: Style = ...,
         shots: int | None = ...,
         format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str]] = ...,
+        turns: Sequence[tuple[str, str] | ThreadSlot] = ...,
         config: GenerationConfig | None = ...,
         name: str | None = ...,
         description: str | None = ...,
@@ -128,7 +130,7 @@ class Prompt(Generic[OutputT]):
     def __init__(
         self: Prompt[str],
         *,
-        query: str,
+        query: str | None,
         instruction: str = ...,
         input_type: type[BaseModel] | None = ...,
         examples: Sequence[Example] = ...,
@@ -136,7 +138,7 @@ class Prompt(Generic[OutputT]):
         style: Style = ...,
         shots: int | None = ...,
         format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str]] = ...,
+        turns: Sequence[tuple[str, str] | ThreadSlot] = ...,
         config: GenerationConfig | None = ...,
         name: str | None = ...,
         description: str | None = ...,
@@ -150,7 +152,7 @@ class Prompt(Generic[OutputT]):
     def __init__(
         self: Prompt[str],
         *,
-        query: str,
+        query: str | None,
         output_type: Regex | Lark,
         instruction: str = ...,
         input_type: type[BaseModel] | None = ...,
@@ -159,7 +161,7 @@ class Prompt(Generic[OutputT]):
         style: Style = ...,
         shots: int | None = ...,
         format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str]] = ...,
+        turns: Sequence[tuple[str, str] | ThreadSlot] = ...,
         config: GenerationConfig | None = ...,
         name: str | None = ...,
         description: str | None = ...,
@@ -173,7 +175,7 @@ class Prompt(Generic[OutputT]):
     def __init__(
         self: Prompt[Any],
         *,
-        query: str,
+        query: str | None,
         output_type: Any,
         instruction: str = ...,
         input_type: type[BaseModel] | None = ...,
@@ -182,7 +184,7 @@ class Prompt(Generic[OutputT]):
         style: Style = ...,
         shots: int | None = ...,
         format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str]] = ...,
+        turns: Sequence[tuple[str, str] | ThreadSlot] = ...,
         config: GenerationConfig | None = ...,
         name: str | None = ...,
         description: str | None = ...,
@@ -195,7 +197,7 @@ class Prompt(Generic[OutputT]):
     def __init__(
         self,
         *,
-        query: str,
+        query: str | None,
         instruction: str = "",
         input_type: type[BaseModel] | None = None,
         output_type: Any = str,
@@ -204,7 +206,7 @@ class Prompt(Generic[OutputT]):
         style: Style = "chat",
         shots: int | None = None,
         format_instructions: bool = True,
-        turns: Sequence[tuple[str, str]] = (),
+        turns: Sequence[tuple[str, str] | ThreadSlot] = (),
         config: GenerationConfig | None = None,
         name: str | None = None,
         description: str | None = None,
@@ -230,16 +232,26 @@ class Prompt(Generic[OutputT]):
             return CompiledTemplate(text, name=source, first_line=lines.get(part, 1))
 
         self.instruction = compile_part("instruction", instruction)
-        self.query = compile_part("query", query)
-        self.turns = tuple(
-            _Turn(role, compile_part(f"turn{i}", text)) for i, (role, text) in enumerate(turns)
+        self.asks_query = query is not None  # False: the messages end with the last turn
+        self.query = compile_part("query", query or "")
+        self.turns: tuple[_Turn | ThreadSlot, ...] = tuple(
+            turn if isinstance(turn, ThreadSlot) else _Turn(turn[0], compile_part(f"turn{i}", turn[1]))
+            for i, turn in enumerate(turns)
         )
-        for role, _ in turns:
-            if role not in ("user", "assistant", "system"):
-                raise TemplateError(f"turn role must be user, assistant or system, not {role!r}")
-        templates = [self.instruction, self.query, *(t.template for t in self.turns)]
+        for turn in self.turns:
+            if isinstance(turn, _Turn) and turn.role not in ("user", "assistant", "system"):
+                raise TemplateError(
+                    f"turn role must be user, assistant or system, not {turn.role!r}"
+                )
+        templates = [
+            self.instruction,
+            self.query,
+            *(t.template for t in self.turns if isinstance(t, _Turn)),
+        ]
         used = frozenset().union(*(t.variables for t in templates))
-        self.input_type = input_type or _infer_input_type(used)
+        slots = [t.name for t in self.turns if isinstance(t, ThreadSlot)]
+        self.input_type = input_type or _infer_input_type(used, slots)
+        self.turns = (*self.turns, *_unplaced_threads(self.input_type, used, slots, source))
         declared = set(self.input_type.model_fields)
         missing = used - declared
         if missing:
@@ -272,6 +284,11 @@ class Prompt(Generic[OutputT]):
             raise UsageError(f"check must be a callable check(inputs, output), got {check!r}")
         self.check = check
         self.examples: tuple[Example, ...] = tuple(examples)
+        if self.examples and not self.asks_query:
+            raise UsageError(
+                "examples are shown as (query, answer) pairs, but this prompt has no query; "
+                "give it a query template or no examples"
+            )
         self._example_inputs = [self._validate_example(i, e) for i, e in enumerate(self.examples)]
         if shots is not None and not 0 <= shots <= len(self.examples):
             raise UsageError(
@@ -456,24 +473,39 @@ class Prompt(Generic[OutputT]):
     ) -> PromptInput:
         """Render with the examples ``shown`` (indices, in display order)."""
         header = self._header(context, completion=style == "completion")
-        turns = [(t.role, t.template.render(context).strip()) for t in self.turns]
+        turns: list[Message] = []
+        before_demos = 0  # the fixed turns before the first conversation come before the demos
+        in_conversation = False
+        for turn in self.turns:
+            if isinstance(turn, ThreadSlot):
+                in_conversation = True
+                turns.extend(thread_messages(context[turn.name]))
+            else:
+                text = turn.template.render(context).strip()
+                turns.append(Message(role=turn.role, content=text))
+                before_demos += not in_conversation
         every = self._demonstrations()
         demos = [every[i] for i in shown]
-        query = self.query.render(context).strip()
+        query = [Message(role="user", content=self.query.render(context).strip())]
+        if not self.asks_query:
+            query = []
+        fixed, rest = turns[:before_demos], turns[before_demos:]
         if style == "completion":
             parts = [header] if header else []
-            parts.extend(text for _, text in turns)
+            parts.extend(m["content"] for m in fixed)
             parts.extend(f"{q} {a}" for q, a in demos)
-            parts.append(query)
+            parts.extend(_turn_text(m) for m in rest)
+            parts.extend(m["content"] for m in query)
             return "\n\n".join(parts)
         messages: list[Message] = []
         if header:
             messages.append(Message(role="system", content=header))
-        messages.extend(Message(role=role, content=text) for role, text in turns)
+        messages.extend(fixed)
         for q, a in demos:
             messages.append(Message(role="user", content=q))
             messages.append(Message(role="assistant", content=a))
-        messages.append(Message(role="user", content=query))
+        messages.extend(rest)
+        messages.extend(query)
         return messages
 
     def _header(self, context: dict[str, Any], *, completion: bool) -> str:
@@ -786,8 +818,36 @@ def _check_concurrency(concurrency: int) -> None:
         raise UsageError(f"concurrency must be a positive integer, got {concurrency!r}")
 
 
-def _infer_input_type(names: frozenset[str]) -> type[BaseModel]:
+def _turn_text(message: Message) -> str:
+    """A turn in a completion prompt: a fixed turn's text, a conversation's message with its
+    role (as :func:`~promptkit.backends.base.messages_to_text` writes it)."""
+    return f"{message['role'].capitalize()}: {message['content']}"
+
+
+def _unplaced_threads(
+    input_type: type[BaseModel], used: frozenset[str], slots: Sequence[str], source: str
+) -> list[ThreadSlot]:
+    """Slots for the message-list inputs that no turn places and no template uses: they go
+    after the fixed turns, before the query. Raises TemplateError for a slot whose input is
+    not a message list."""
+    fields = input_type.model_fields
+    for name in slots:
+        if name not in fields or not is_thread_type(fields[name].annotation):
+            raise TemplateError(
+                f"{name!r} is placed as a conversation (a thread of messages) but is not a "
+                "list[pk.Message] input; declare it with that type (kind: thread in a file)",
+                source=source,
+            )
+    return [
+        ThreadSlot(name)
+        for name, field in fields.items()
+        if is_thread_type(field.annotation) and name not in used and name not in slots
+    ]
+
+
+def _infer_input_type(names: frozenset[str], threads: Sequence[str] = ()) -> type[BaseModel]:
     fields: dict[str, Any] = {name: (Any, ...) for name in sorted(names)}
+    fields.update({name: (list[ChatMessage], []) for name in threads})
     model: type[BaseModel] = create_model("Inputs", __config__=ConfigDict(extra="forbid"), **fields)
     return model
 

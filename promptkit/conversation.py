@@ -1,0 +1,124 @@
+"""Conversations as data: :class:`Message`, message-list inputs and where they go in a template.
+
+A ``list[pk.Message]`` input (Prompty's ``kind: thread``) becomes chat messages of its own at
+its place in the template, a :class:`ThreadSlot`; it is never rendered into text and parsed back,
+so a line ``system:`` inside a message's content stays content.
+
+In template source a slot is written three ways, all recognised before anything renders:
+Prompty 1's ``![thread]`` line (the input named ``thread``; text after it in its block is a
+user message, as Prompty sends it), a message-list input alone on a line (``{{ history }}``,
+Prompty 2), and Prompty's history loop ``{% for item in history %}{{ item.role }}:
+{{ item.content }}{% endfor %}``, which would otherwise make roles out of rendered data.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from .backends import base
+
+__all__ = ["Message", "SourcePiece", "ThreadSlot", "is_thread_type", "split_threads"]
+
+
+class Message(BaseModel):
+    """One chat message as typed data: ``pk.Message(role="user", content="Hi")``.
+
+    Use ``list[pk.Message]`` as an input's type to pass a conversation to a prompt.
+    Raises pydantic's ValidationError (InputValidationError through a prompt) for another role
+    or non-text content.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+    def as_chat(self) -> base.Message:
+        """The message in the backends' ``{"role", "content"}`` form."""
+        return base.Message(role=self.role, content=self.content)
+
+
+@dataclass(frozen=True)
+class ThreadSlot:
+    """The place of a message-list input (``name``) among a prompt's turns."""
+
+    name: str
+
+
+def is_thread_type(annotation: Any) -> bool:
+    """Whether an input's type is a message list (``list[Message]``, optional or not)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:
+        return any(is_thread_type(a) for a in typing.get_args(annotation) if a is not type(None))
+    args = typing.get_args(annotation)
+    return origin in (list, Sequence) and len(args) == 1 and args[0] is Message
+
+
+def thread_messages(value: Iterable[Message] | None) -> list[base.Message]:
+    """A validated message-list input as chat messages (None: no messages)."""
+    return [m.as_chat() for m in value or ()]
+
+
+@dataclass(frozen=True)
+class SourcePiece:
+    """A piece of a template body: a role's text (``role``, ``source``, file ``line``) or,
+    when ``thread`` is set, the slot of that message-list input."""
+
+    role: str | None
+    source: str
+    line: int
+    thread: str | None = None
+
+
+# Prompty 1's placeholder for the input named "thread".
+_THREAD_LINE = re.compile(r"^[ \t]*!\[thread\][ \t]*\n?", re.MULTILINE)
+# Prompty's history loop, in any spacing and with or without whitespace control.
+_HISTORY_LOOP = re.compile(
+    r"^[ \t]*\{%-?\s*for\s+(?P<item>\w+)\s+in\s+(?P<name>\w+)\s*-?%\}\s*"
+    r"\{\{-?\s*(?P=item)\.role\s*-?\}\}[ \t]*:[ \t]*\n\s*"
+    r"\{\{-?\s*(?P=item)\.content\s*-?\}\}\s*"
+    r"\{%-?\s*endfor\s*-?%\}[ \t]*\n?",
+    re.MULTILINE,
+)
+
+
+def _input_line(name: str) -> re.Pattern[str]:
+    return re.compile(r"^[ \t]*\{\{-?\s*" + re.escape(name) + r"\s*-?\}\}[ \t]*\n?", re.MULTILINE)
+
+
+def history_loop_names(body: str) -> list[str]:
+    """The inputs that Prompty's history loop walks in ``body``, in order."""
+    return [m.group("name") for m in _HISTORY_LOOP.finditer(body)]
+
+
+def split_threads(
+    role: str | None, source: str, line: int, threads: Iterable[str]
+) -> list[SourcePiece]:
+    """One block of template source (its ``role`` and first file ``line``) cut at its thread
+    slots: ``![thread]``, the history loop, and ``threads`` (message-list inputs) alone on a
+    line. Text after ``![thread]`` is a user message; after the others it keeps its role."""
+    cuts: list[tuple[int, int, str, str | None]] = []  # start, end, input, role after
+    for match in _THREAD_LINE.finditer(source):
+        cuts.append((match.start(), match.end(), "thread", "user"))
+    for match in _HISTORY_LOOP.finditer(source):
+        cuts.append((match.start(), match.end(), match.group("name"), role))
+    for name in threads:
+        for match in _input_line(name).finditer(source):
+            cuts.append((match.start(), match.end(), name, role))
+    pieces: list[SourcePiece] = []
+    position, current = 0, role
+    for start, end, name, after in sorted(cuts, key=lambda cut: cut[0]):
+        if start < position:
+            continue  # inside a cut already made (a slot line within a loop)
+        first = line + source.count("\n", 0, position)
+        pieces.append(SourcePiece(current, source[position:start], first))
+        pieces.append(SourcePiece(None, "", line + source.count("\n", 0, start), thread=name))
+        position, current = end, after
+    pieces.append(SourcePiece(current, source[position:], line + source.count("\n", 0, position)))
+    return [p for p in pieces if p.thread is not None or p.source.strip()]
