@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from .errors import PromptkitError, TemplateError
@@ -13,6 +14,7 @@ from .files import (
     file_problems,
     parse_prompty,
     resolve_template_path,
+    sample_inputs,
     split_front_matter,
 )
 from .prompt import Example, Prompt
@@ -124,6 +126,7 @@ class _Findings:
 def _check_body(parsed: ParsedFile, findings: _Findings) -> dict[str, int]:
     """Compile each role block of the body; returns each variable used and its first line."""
     used: dict[str, int] = {}
+    folder = Path(parsed.path).parent
     try:
         segments = split_roles(parsed.body, parsed.body_line)
     except TemplateError as exc:
@@ -131,7 +134,9 @@ def _check_body(parsed: ParsedFile, findings: _Findings) -> dict[str, int]:
         return used
     for segment in segments:
         try:
-            compiled = CompiledTemplate(segment.source, name=parsed.path, first_line=segment.line)
+            compiled = CompiledTemplate(
+                segment.source, name=parsed.path, first_line=segment.line, folder=folder
+            )
         except TemplateError as exc:
             findings.add(exc)
             continue
@@ -167,10 +172,10 @@ def _check_sample(
 ) -> None:
     """The sample fits the inputs and, with ``render``, renders (which runs the body under
     its limits)."""
-    sample = prompt.metadata.get("sample")
-    if not isinstance(sample, dict):
+    sample = sample_inputs(prompt)
+    if sample is None:
         return
-    line = parsed.key_lines.get("sample")
+    line = parsed.key_lines.get("sample") or parsed.key_lines.get("inputs")
     try:
         prompt.validate_inputs(sample)
     except PromptkitError as exc:

@@ -23,11 +23,16 @@ from typing import Any, Literal
 
 from . import front_matter, prompty
 from .backends.base import Backend
+from .conversation import SourcePiece, ThreadSlot, split_threads
 from .errors import ConfigurationError, PromptkitError, TemplateError
 from .prompt import Example, Prompt
-from .references import check_model_references, resolve_env, resolve_references
-from .conversation import SourcePiece, ThreadSlot, split_threads
-from .templating import split_roles
+from .references import (
+    check_model_references,
+    read_confined,
+    resolve_env,
+    resolve_references,
+)
+from .templating import split_front_matter, split_roles
 
 __all__ = [
     "build_prompt",
@@ -35,6 +40,7 @@ __all__ = [
     "file_problems",
     "load_prompt",
     "parse_prompty",
+    "sample_inputs",
     "save_prompt",
     "split_front_matter",
 ]
@@ -87,20 +93,6 @@ class ParsedFile:
     body_line: int  # file line of the body's first line
     # line of each top-level key, input ("inputs.NAME") and example ("examples.INDEX")
     key_lines: dict[str, int] = field(default_factory=dict)
-
-
-def split_front_matter(text: str) -> tuple[str | None, str, int]:
-    """A template file's YAML front matter (None without one), its body and the body's first
-    line. Raises TemplateError when the front matter is never closed."""
-    lines = text.splitlines(keepends=True)
-    if not lines or lines[0].strip() != "---":
-        return None, text, 1
-    end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
-    if end is None:
-        raise TemplateError(
-            "front matter opened with '---' on line 1 is never closed by a '---' line", line=1
-        )
-    return "".join(lines[1:end]), "".join(lines[end + 1 :]), end + 2
 
 
 def parse_prompty(text: str, path: str = "<string>") -> ParsedFile:
@@ -214,7 +206,11 @@ def build_prompt(
     ``file_root``, by default ``folder`` itself). Raises the first problem found (TemplateError
     with its line, ConfigurationError, InputValidationError)."""
     prompt = _build(
-        parsed, folder, Path(file_root or folder), _names(allow_env), front_matter.Steps()
+        _with_base(parsed, folder),
+        folder,
+        Path(file_root or folder),
+        _names(allow_env),
+        front_matter.Steps(),
     )
     assert prompt is not None  # Steps that raise always build one
     return prompt
@@ -232,8 +228,55 @@ def file_problems(
     body cannot be built, a stand-in with an empty body and the file's types; None when even
     that cannot be); and whether that Prompt has the file's own body."""
     steps = front_matter.Steps(keep=True)
-    prompt = _build(parsed, folder, Path(file_root or folder), _names(allow_env), steps)
+    based = steps.run(lambda: _with_base(parsed, folder), parsed)
+    prompt = _build(based, folder, Path(file_root or folder), _names(allow_env), steps)
     return steps.problems, prompt, steps.own_body
+
+
+_MAX_BASES = 8  # how many ``base:`` files one template may stand on
+
+
+def _with_base(parsed: ParsedFile, folder: Path) -> ParsedFile:
+    """The file with the front matter of its ``base:`` file (Prompty 1) under its own: keys it
+    lacks come from the base, ``model`` is merged one level deep (its own settings win). The
+    base is a file in the template's own folder, itself maybe standing on another.
+    Raises TemplateError for a base that cannot load, a cycle or more than _MAX_BASES bases."""
+    front, line = dict(parsed.front), parsed.key_lines.get("base")
+    seen: list[str] = []
+    while "base" in front:
+        name = front.pop("base")
+        if not isinstance(name, str) or name in seen or len(seen) == _MAX_BASES:
+            why = "is not a file name" if not isinstance(name, str) else "is a cycle or too deep"
+            raise TemplateError(
+                f"base {name!r} {why}; name a .prompty file in the template's folder "
+                f"(at most {_MAX_BASES} bases deep)",
+                source=parsed.path,
+                line=line,
+            )
+        seen.append(name)
+        data = read_confined(name, folder, folder, f"base {name!r}", parsed.path, line)[1]
+        try:
+            base = parse_prompty(data.decode("utf-8-sig").replace("\r\n", "\n"), name).front
+        except (TemplateError, UnicodeDecodeError) as exc:
+            raise TemplateError(
+                f"base {name!r} does not load: {exc}", source=parsed.path, line=line
+            ) from None
+        own_model, base_model = front.get("model"), base.get("model")
+        front = {**base, **front}
+        if isinstance(own_model, dict) and isinstance(base_model, dict):
+            front["model"] = {
+                key: {**value, **own_model[key]}
+                if isinstance(value, dict) and isinstance(own_model.get(key), dict)
+                else own_model.get(key, value)
+                for key, value in {**base_model, **own_model}.items()
+            }
+        if "base" in base:
+            front["base"] = base["base"]
+        else:
+            front.pop("base", None)
+    lines = {key: parsed.key_lines.get(key, line or 1) for key in front}
+    lines.update(parsed.key_lines)
+    return ParsedFile(parsed.path, front, parsed.body, parsed.body_line, lines)
 
 
 def _names(allow_env: Collection[str]) -> frozenset[str]:
@@ -281,14 +324,16 @@ def _build(
         None,
     )
     output_type = steps.run(
-        lambda: prompty.response_format_type(
-            response_format,
-            lambda value: _resolved(parsed, "model", value, folder, file_root, allow_env),
-            src,
-            lines.get("model"),
-        )
-        if response_format is not None and not ({"output", "outputs"} & front.keys())
-        else front_matter.output_type(front, src, lines),
+        lambda: (
+            prompty.response_format_type(
+                response_format,
+                lambda value: _resolved(parsed, "model", value, folder, file_root, allow_env),
+                src,
+                lines.get("model"),
+            )
+            if response_format is not None and not ({"output", "outputs"} & front.keys())
+            else front_matter.output_type(front, src, lines)
+        ),
         str,
     )
     examples: list[Example] = steps.run(
@@ -323,6 +368,7 @@ def _build(
                 metadata=metadata,
                 first_lines=parts["lines"],
                 source=src,
+                template_folder=folder,
             ),
             None,
         )
@@ -491,6 +537,20 @@ def _body_parts(pieces: list[SourcePiece], source: str) -> dict[str, Any]:
 
 def _leading_newlines(text: str) -> int:
     return len(text) - len(text.lstrip("\n"))
+
+
+def sample_inputs(prompt: Prompt[Any]) -> dict[str, Any] | None:
+    """The sample inputs of a loaded template: each input's own ``sample:`` (or ``example:``)
+    value, under the file's ``sample:`` mapping; None when it has neither."""
+    sample = {
+        name: field.examples[0]
+        for name, field in prompt.input_type.model_fields.items()
+        if field.examples
+    }
+    whole = prompt.metadata.get("sample")
+    if isinstance(whole, dict):
+        sample.update(whole)
+    return sample or None
 
 
 def save_prompt(prompt: Prompt[Any], path: str | os.PathLike[str]) -> Path:

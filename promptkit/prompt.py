@@ -12,9 +12,10 @@ import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overload
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
 from .backends.base import GenerationConfig, Message, PromptInput, messages_to_text
 from .conversation import Message as ChatMessage
@@ -89,6 +90,8 @@ class Prompt(Generic[OutputT]):
         source: names the template in error messages (a file path for template files).
         first_lines: the file line where each part starts (``"instruction"``, ``"query"``,
             ``"turn0"``...), so that errors point at the right line of the file.
+        template_folder: the folder ``{% extends %}``, ``{% include %}`` and ``{% import %}``
+            load templates from (a template file's own; none when None).
         check: ``check(inputs, output)``, a test of a parsed output against the run's validated
             inputs that a type cannot state (``lambda i, o: o < len(i.choices)``): it returns
             True or None to accept, False to refuse, or raises ValueError / AssertionError
@@ -124,6 +127,7 @@ class Prompt(Generic[OutputT]):
         source: str | None = ...,
         first_lines: Mapping[str, int] | None = ...,
         check: OutputCheck | None = ...,
+        template_folder: Path | None = ...,
     ) -> None: ...
 
     @overload
@@ -146,6 +150,7 @@ class Prompt(Generic[OutputT]):
         source: str | None = ...,
         first_lines: Mapping[str, int] | None = ...,
         check: OutputCheck | None = ...,
+        template_folder: Path | None = ...,
     ) -> None: ...
 
     @overload
@@ -169,6 +174,7 @@ class Prompt(Generic[OutputT]):
         source: str | None = ...,
         first_lines: Mapping[str, int] | None = ...,
         check: OutputCheck | None = ...,
+        template_folder: Path | None = ...,
     ) -> None: ...
 
     @overload
@@ -192,6 +198,7 @@ class Prompt(Generic[OutputT]):
         source: str | None = ...,
         first_lines: Mapping[str, int] | None = ...,
         check: OutputCheck | None = ...,
+        template_folder: Path | None = ...,
     ) -> None: ...
 
     def __init__(
@@ -214,6 +221,7 @@ class Prompt(Generic[OutputT]):
         source: str | None = None,
         first_lines: Mapping[str, int] | None = None,
         check: OutputCheck | None = None,
+        template_folder: Path | None = None,
     ) -> None:
         if style not in STYLES:
             raise UsageError(f"style must be 'chat' or 'completion', got {style!r}")
@@ -229,13 +237,17 @@ class Prompt(Generic[OutputT]):
         self.source = source
 
         def compile_part(part: str, text: str) -> CompiledTemplate:
-            return CompiledTemplate(text, name=source, first_line=lines.get(part, 1))
+            return CompiledTemplate(
+                text, name=source, first_line=lines.get(part, 1), folder=template_folder
+            )
 
         self.instruction = compile_part("instruction", instruction)
         self.asks_query = query is not None  # False: the messages end with the last turn
         self.query = compile_part("query", query or "")
         self.turns: tuple[_Turn | ThreadSlot, ...] = tuple(
-            turn if isinstance(turn, ThreadSlot) else _Turn(turn[0], compile_part(f"turn{i}", turn[1]))
+            turn
+            if isinstance(turn, ThreadSlot)
+            else _Turn(turn[0], compile_part(f"turn{i}", turn[1]))
             for i, turn in enumerate(turns)
         )
         for turn in self.turns:
@@ -421,6 +433,7 @@ class Prompt(Generic[OutputT]):
         style: Style,
         backend: Backend,
         config: GenerationConfig,
+        history: Sequence[ChatMessage] = (),
     ) -> tuple[PromptInput, list[int], list[tuple[int, str]]]:
         """Render, dropping the least wanted demonstrations until the prompt plus
         ``max_tokens`` fits the backend's context window (counted with its own tokenizer).
@@ -429,7 +442,7 @@ class Prompt(Generic[OutputT]):
         Raises ContextWindowError when the instruction and query alone do not fit.
         """
         chosen = list(chosen)
-        rendered = self._render_context(context, self._display(chosen, selection), style)
+        rendered = self._render_context(context, self._display(chosen, selection), style, history)
         window = backend.context_window
         if window is None:
             return rendered, chosen, []
@@ -456,7 +469,9 @@ class Prompt(Generic[OutputT]):
                     f"context window {window}",
                 )
             )
-            rendered = self._render_context(context, self._display(chosen, selection), style)
+            rendered = self._render_context(
+                context, self._display(chosen, selection), style, history
+            )
 
     def _shots(self, shots: int | None) -> int:
         if shots is None:
@@ -469,9 +484,26 @@ class Prompt(Generic[OutputT]):
         return shots
 
     def _render_context(
-        self, context: dict[str, Any], shown: Sequence[int], style: Style
+        self,
+        context: dict[str, Any],
+        shown: Sequence[int],
+        style: Style,
+        history: Sequence[ChatMessage] = (),
     ) -> PromptInput:
-        """Render with the examples ``shown`` (indices, in display order)."""
+        """Render with the examples ``shown`` (indices, in display order). A ``history`` that
+        starts with a system message is the whole conversation so far: only the query follows
+        it; another goes after the turns and demonstrations, before the query."""
+        asked = (
+            [Message(role="user", content=self.query.render(context).strip())]
+            if self.asks_query
+            else []
+        )
+        if history and history[0].role == "system":
+            if style == "completion":
+                return "\n\n".join(
+                    [*(_turn_text(m.as_chat()) for m in history), *(m["content"] for m in asked)]
+                )
+            return [*(m.as_chat() for m in history), *asked]
         header = self._header(context, completion=style == "completion")
         turns: list[Message] = []
         before_demos = 0  # the fixed turns before the first conversation come before the demos
@@ -486,16 +518,13 @@ class Prompt(Generic[OutputT]):
                 before_demos += not in_conversation
         every = self._demonstrations()
         demos = [every[i] for i in shown]
-        query = [Message(role="user", content=self.query.render(context).strip())]
-        if not self.asks_query:
-            query = []
-        fixed, rest = turns[:before_demos], turns[before_demos:]
+        fixed, rest = turns[:before_demos], [*turns[before_demos:], *thread_messages(history)]
         if style == "completion":
             parts = [header] if header else []
             parts.extend(m["content"] for m in fixed)
             parts.extend(f"{q} {a}" for q, a in demos)
             parts.extend(_turn_text(m) for m in rest)
-            parts.extend(m["content"] for m in query)
+            parts.extend(m["content"] for m in asked)
             return "\n\n".join(parts)
         messages: list[Message] = []
         if header:
@@ -505,7 +534,7 @@ class Prompt(Generic[OutputT]):
             messages.append(Message(role="user", content=q))
             messages.append(Message(role="assistant", content=a))
         messages.extend(rest)
-        messages.extend(query)
+        messages.extend(asked)
         return messages
 
     def _header(self, context: dict[str, Any], *, completion: bool) -> str:
@@ -545,9 +574,11 @@ class Prompt(Generic[OutputT]):
         style: Style | None,
         constrained: Constrained,
         select: Selection | Strategy | None = None,
+        history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
     ) -> RunLoop[OutputT]:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise UsageError(f"max_attempts must be a positive integer, got {max_attempts!r}")
+        inputs, earlier = self._with_history(inputs, history)
         chosen = style or self.style
         if chosen == "chat" and not backend.capabilities.chat:
             chosen = "completion"
@@ -568,7 +599,9 @@ class Prompt(Generic[OutputT]):
         if grammar is not None:
             config = config.replace(grammar=grammar)
         ranked = self._choose(context, count, selection)
-        rendered, shown, dropped = self._fit(context, ranked, selection, chosen, backend, config)
+        rendered, shown, dropped = self._fit(
+            context, ranked, selection, chosen, backend, config, earlier
+        )
         return RunLoop(
             rendered,
             chosen,
@@ -580,6 +613,32 @@ class Prompt(Generic[OutputT]):
             inputs=context,
             check=None if self.check is None else self._checker(validated),
         )
+
+    def _with_history(
+        self,
+        inputs: Mapping[str, Any] | BaseModel,
+        history: Sequence[ChatMessage | Mapping[str, Any]] | None,
+    ) -> tuple[Mapping[str, Any] | BaseModel, list[ChatMessage]]:
+        """The run's inputs and the conversation it continues: a prompt with one message-list
+        input takes ``history`` there. Raises UsageError when that input is given too or
+        there are several, InputValidationError for a message that does not validate."""
+        if history is None:
+            return inputs, []
+        try:
+            messages = TypeAdapter(list[ChatMessage]).validate_python(list(history))
+        except (ValidationError, TypeError) as exc:
+            raise InputValidationError(f"history: {exc}") from None
+        threads = [t.name for t in self.turns if isinstance(t, ThreadSlot)]
+        if not threads:
+            return inputs, messages
+        given = inputs.model_fields_set if isinstance(inputs, BaseModel) else set(inputs)
+        if len(threads) > 1 or threads[0] in given:
+            names = ", ".join(repr(t) for t in threads)
+            raise UsageError(
+                f"history= and the conversation input {names} both give the conversation; "
+                f"pass the messages once, as history= or as {names}"
+            )
+        return {**dict(inputs), threads[0]: messages}, []
 
     def _checker(self, validated: BaseModel) -> Callable[[Any], str | None]:
         """The run loop's view of ``check`` for one run's inputs."""
@@ -651,8 +710,14 @@ class Prompt(Generic[OutputT]):
         style: Style | None = None,
         constrained: Constrained = None,
         select: Selection | Strategy | None = None,
+        history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
     ) -> Result[OutputT]:
         """Render, generate, parse and validate; re-ask with the error on failure.
+
+        ``history`` continues a conversation (``pk.Message`` s, e.g. an earlier
+        ``result.messages``): one that starts with a system message is the whole conversation
+        so far and only the query follows it; another goes before the query (into the
+        prompt's message-list input when it has one: giving that input too is a UsageError).
 
         Demonstrations: the first ``shots`` of the examples ranked by ``select`` (see
         :mod:`promptkit.demos`); on backends that count tokens, the least wanted are dropped
@@ -668,7 +733,9 @@ class Prompt(Generic[OutputT]):
         when the output type cannot be a constraint (or ``max_tokens`` cannot hold any valid
         answer), and whatever the backend raises (BackendError, ContextWindowError, ...).
         """
-        loop = self._loop(inputs, backend, shots, max_attempts, config, style, constrained, select)
+        loop = self._loop(
+            inputs, backend, shots, max_attempts, config, style, constrained, select, history
+        )
         while True:
             request = loop.next_request()
             done = loop.accept(backend.generate(request.prompt, request.config))
@@ -686,9 +753,12 @@ class Prompt(Generic[OutputT]):
         style: Style | None = None,
         constrained: Constrained = None,
         select: Selection | Strategy | None = None,
+        history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
     ) -> Result[OutputT]:
         """The async twin of :meth:`run`."""
-        loop = self._loop(inputs, backend, shots, max_attempts, config, style, constrained, select)
+        loop = self._loop(
+            inputs, backend, shots, max_attempts, config, style, constrained, select, history
+        )
         while True:
             request = loop.next_request()
             done = loop.accept(await backend.agenerate(request.prompt, request.config))

@@ -101,6 +101,7 @@ def declared_inputs(front: Mapping[str, Any]) -> Any:
 
 def thread_inputs(inputs: Any) -> frozenset[str]:
     """The names of the inputs declared ``kind: thread`` (or ``type: thread``)."""
+    items: list[Mapping[str, Any]]
     if isinstance(inputs, Mapping):
         items = [{"name": k, **v} for k, v in inputs.items() if isinstance(v, Mapping)]
     elif isinstance(inputs, list):

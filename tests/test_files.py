@@ -40,11 +40,13 @@ def test_prompty_without_inputs_infers_them_from_the_sample_file():
     assert sample["customer"]["firstName"] == "John"
     assert set(prompt.input_type.model_fields) == {"customer", "question", "chat_history"}
     messages = prompt.render(sample)
-    assert [m["role"] for m in messages] == ["system", "user"]
+    # Prompty's history loop becomes the conversation's own messages, before the query
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     system = messages[0]["content"]
     assert "The customer's name is John Smith and is 35 years old." in system
     assert "name: TrailMaster X4 Tent" in system
-    assert "Hello John! How can I help?" in system  # history stays data inside the message
+    assert "Hello John" not in system
+    assert messages[2]["content"] == "Hello John! How can I help?"
     assert prompt.metadata["tags"] == ["chat", "retail"] and prompt.metadata["version"] == "1.0.2"
 
 
