@@ -264,12 +264,10 @@ def _with_base(parsed: ParsedFile, folder: Path) -> ParsedFile:
         own_model, base_model = front.get("model"), base.get("model")
         front = {**base, **front}
         if isinstance(own_model, dict) and isinstance(base_model, dict):
-            front["model"] = {
-                key: {**value, **own_model[key]}
-                if isinstance(value, dict) and isinstance(own_model.get(key), dict)
-                else own_model.get(key, value)
-                for key, value in {**base_model, **own_model}.items()
-            }
+            front["model"] = {**base_model, **own_model}
+            for key, value in base_model.items():
+                if isinstance(value, dict) and isinstance(own_model.get(key), dict):
+                    front["model"][key] = {**value, **own_model[key]}
         if "base" in base:
             front["base"] = base["base"]
         else:

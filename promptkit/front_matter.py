@@ -94,8 +94,9 @@ def input_type(
             )
         if not isinstance(spec, dict):
             spec = {"type": _json_type(spec), "default": spec}
-        if name in threads:
-            spec = {**spec, "type": "thread"}
+        if name in threads and spec.get("type", spec.get("kind")) in (None, "array", "list"):
+            spec = {**spec, "type": "thread"}  # a list the body walks as a conversation
+        if spec.get("type", spec.get("kind")) == "thread":
             spec.setdefault("default", [])
         annotation: Any = steps.run(partial(_input_annotation, name, spec, source, line), Any)
         description = spec.get("description")
