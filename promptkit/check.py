@@ -16,7 +16,9 @@ from .files import (
     resolve_template_path,
     sample_inputs,
     split_front_matter,
+    template_format,
 )
+from .mustache import MustacheTemplate
 from .prompt import Example, Prompt
 from .templating import CompiledTemplate, split_roles
 
@@ -127,14 +129,17 @@ def _check_body(parsed: ParsedFile, findings: _Findings) -> dict[str, int]:
     """Compile each role block of the body; returns each variable used and its first line."""
     used: dict[str, int] = {}
     folder = Path(parsed.path).parent
+    engine: type[CompiledTemplate] = CompiledTemplate
     try:
         segments = split_roles(parsed.body, parsed.body_line)
+        if template_format(parsed.front, parsed.path, None) == "mustache":
+            engine = MustacheTemplate
     except TemplateError as exc:
         findings.add(exc)
         return used
     for segment in segments:
         try:
-            compiled = CompiledTemplate(
+            compiled = engine(
                 segment.source, name=parsed.path, first_line=segment.line, folder=folder
             )
         except TemplateError as exc:

@@ -25,7 +25,7 @@ from . import front_matter, prompty
 from .backends.base import Backend
 from .conversation import SourcePiece, ThreadSlot, split_threads
 from .errors import ConfigurationError, PromptkitError, TemplateError
-from .prompt import Example, Prompt
+from .prompt import Example, Prompt, TemplateFormat
 from .references import (
     check_model_references,
     read_confined,
@@ -43,6 +43,7 @@ __all__ = [
     "sample_inputs",
     "save_prompt",
     "split_front_matter",
+    "template_format",
 ]
 
 # Keys that become parts of the Prompt; every other key is kept in ``prompt.metadata``.
@@ -306,8 +307,8 @@ def _build(
     )
     front = _resolved_front(parsed, folder, file_root, allow_env, steps)
     declared_inputs = prompty.declared_inputs(front)
-    steps.run(
-        lambda: _check_template_format(front.get("template"), src, lines.get("template")), None
+    fmt: TemplateFormat = steps.run(
+        lambda: template_format(front, src, lines.get("template")), "jinja2"
     )
     style = steps.run(lambda: _style(model, src, lines.get("model")), None)
     threads = prompty.thread_inputs(declared_inputs)
@@ -367,6 +368,7 @@ def _build(
                 first_lines=parts["lines"],
                 source=src,
                 template_folder=folder,
+                template_format=fmt,
             ),
             None,
         )
@@ -459,16 +461,23 @@ def _pieces(body: str, first_line: int, source: str, threads: Collection[str]) -
     return [p for seg in segments for p in split_threads(seg.role, seg.source, seg.line, threads)]
 
 
-def _check_template_format(template: Any, source: str, line: int | None) -> None:
+def template_format(front: dict[str, Any], source: str, line: int | None) -> TemplateFormat:
+    """The body's template language: ``template: jinja2`` (the default) or ``mustache``, also
+    as ``template: {format: ...}`` and Prompty 2's ``format: {kind: ...}``. Raises
+    TemplateError for another."""
+    template = front.get("template")
     fmt = template.get("format") if isinstance(template, dict) else template
     if isinstance(fmt, dict):
-        fmt = fmt.get("kind")  # Prompty 2: format: {kind: jinja2}
-    if fmt not in (None, "jinja2", "jinja"):
-        raise TemplateError(
-            f"template format {fmt!r} is not supported; promptkit renders jinja2",
-            source=source,
-            line=line,
-        )
+        fmt = fmt.get("kind")
+    if fmt in (None, "jinja2", "jinja"):
+        return "jinja2"
+    if fmt == "mustache":
+        return "mustache"
+    raise TemplateError(
+        f"template format {fmt!r} is not supported; promptkit renders jinja2 and mustache",
+        source=source,
+        line=line,
+    )
 
 
 def _style(

@@ -41,11 +41,12 @@ if TYPE_CHECKING:
     from .backends.base import Backend
     from .scoring import Classification
 
-__all__ = ["Attempt", "Constrained", "Example", "Prompt", "Result", "Style"]
+__all__ = ["Attempt", "Constrained", "Example", "Prompt", "Result", "Style", "TemplateFormat"]
 
 logger = logging.getLogger("promptkit")
 OutputT = TypeVar("OutputT")
 Style = Literal["chat", "completion"]
+TemplateFormat = Literal["jinja2", "mustache"]
 Constrained = Union[bool, Literal["fallback"], None]
 STYLES: tuple[Style, ...] = ("chat", "completion")
 
@@ -91,7 +92,9 @@ class Prompt(Generic[OutputT]):
         first_lines: the file line where each part starts (``"instruction"``, ``"query"``,
             ``"turn0"``...), so that errors point at the right line of the file.
         template_folder: the folder ``{% extends %}``, ``{% include %}`` and ``{% import %}``
-            load templates from (a template file's own; none when None).
+            (or mustache partials) load templates from (a template file's own; none when None).
+        template_format: ``"jinja2"``, or ``"mustache"`` (Prompty's other format, rendered by
+            chevron; see :mod:`promptkit.mustache`).
         check: ``check(inputs, output)``, a test of a parsed output against the run's validated
             inputs that a type cannot state (``lambda i, o: o < len(i.choices)``): it returns
             True or None to accept, False to refuse, or raises ValueError / AssertionError
@@ -128,6 +131,7 @@ class Prompt(Generic[OutputT]):
         first_lines: Mapping[str, int] | None = ...,
         check: OutputCheck | None = ...,
         template_folder: Path | None = ...,
+        template_format: TemplateFormat = ...,
     ) -> None: ...
 
     @overload
@@ -151,6 +155,7 @@ class Prompt(Generic[OutputT]):
         first_lines: Mapping[str, int] | None = ...,
         check: OutputCheck | None = ...,
         template_folder: Path | None = ...,
+        template_format: TemplateFormat = ...,
     ) -> None: ...
 
     @overload
@@ -175,6 +180,7 @@ class Prompt(Generic[OutputT]):
         first_lines: Mapping[str, int] | None = ...,
         check: OutputCheck | None = ...,
         template_folder: Path | None = ...,
+        template_format: TemplateFormat = ...,
     ) -> None: ...
 
     @overload
@@ -199,6 +205,7 @@ class Prompt(Generic[OutputT]):
         first_lines: Mapping[str, int] | None = ...,
         check: OutputCheck | None = ...,
         template_folder: Path | None = ...,
+        template_format: TemplateFormat = ...,
     ) -> None: ...
 
     def __init__(
@@ -222,6 +229,7 @@ class Prompt(Generic[OutputT]):
         first_lines: Mapping[str, int] | None = None,
         check: OutputCheck | None = None,
         template_folder: Path | None = None,
+        template_format: TemplateFormat = "jinja2",
     ) -> None:
         if style not in STYLES:
             raise UsageError(f"style must be 'chat' or 'completion', got {style!r}")
@@ -236,10 +244,19 @@ class Prompt(Generic[OutputT]):
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.source = source
 
-        def compile_part(part: str, text: str) -> CompiledTemplate:
-            return CompiledTemplate(
-                text, name=source, first_line=lines.get(part, 1), folder=template_folder
+        if template_format not in ("jinja2", "mustache"):
+            raise UsageError(
+                f"template_format must be 'jinja2' or 'mustache', got {template_format!r}"
             )
+        self.template_format: TemplateFormat = template_format
+        engine: type[CompiledTemplate] = CompiledTemplate
+        if template_format == "mustache":
+            from .mustache import MustacheTemplate
+
+            engine = MustacheTemplate
+
+        def compile_part(part: str, text: str) -> CompiledTemplate:
+            return engine(text, name=source, first_line=lines.get(part, 1), folder=template_folder)
 
         self.instruction = compile_part("instruction", instruction)
         self.asks_query = query is not None  # False: the messages end with the last turn

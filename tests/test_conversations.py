@@ -270,3 +270,69 @@ def test_response_format_in_another_shape_is_refused(write):
     with pytest.raises(TemplateError) as info:
         pk.load_prompt(path)
     assert "response_format must be" in str(info.value) and "rf.prompty" in str(info.value)
+
+
+# -- mustache ---------------------------------------------------------------------------------
+
+MUSTACHE = "---\ntemplate: mustache\ninputs:\n  items: []\n  name: Ann\n---\n"
+
+
+def test_mustache_sections_partials_and_unescaped_values(write):
+    write("row.mustache", "- {{{.}}}\n")
+    path = write(
+        "m.prompty",
+        MUSTACHE + "system:\nHi {{name}}\n{{#items}}\n{{> row}}\n{{/items}}\n"
+        "{{^items}}none{{/items}}\nuser:\nGo\n",
+    )
+    prompt = pk.load_prompt(path)
+    assert prompt.render({"items": ["<a>", "b"]})[0]["content"] == "Hi Ann\n- <a>\n- b"
+    assert prompt.render({})[0]["content"] == "Hi Ann\nnone"
+
+
+def test_mustache_partials_load_only_from_the_templates_folder(write):
+    write("row.mustache", "x")
+    with pytest.raises(TemplateError) as info:
+        pk.load_prompt(write("inner/m.prompty", MUSTACHE + "{{> ../row}}\n"))
+    assert "only from this template's own folder" in str(info.value)
+    with pytest.raises(TemplateError) as info:
+        pk.load_prompt(write("m.prompty", MUSTACHE + "{{> missing}}\n"))
+    assert "mustache partial 'missing'" in str(info.value)
+
+
+def test_mustache_keys_may_not_reach_attributes_or_private_names(write):
+    upper = pk.load_prompt(write("a.prompty", MUSTACHE + "{{name.upper}}\n"))
+    with pytest.raises(TemplateError) as info:
+        upper.render({})
+    assert "reaches the 'upper' attribute of a str" in str(info.value)
+    append = pk.load_prompt(write("b.prompty", MUSTACHE + "{{#items.append}}x{{/items.append}}\n"))
+    with pytest.raises(TemplateError) as info:
+        append.render({"items": [1]})
+    assert "'append' attribute of a list" in str(info.value)
+    with pytest.raises(TemplateError) as info:
+        pk.load_prompt(write("c.prompty", MUSTACHE + "{{name.__class__}}\n"))
+    assert "private attribute" in str(info.value)
+
+
+def test_mustache_renders_under_the_template_limits(write):
+    nested = "{{#items}}" * 6 + "xxxxxxxxxx" + "{{/items}}" * 6
+    prompt = pk.load_prompt(write("big.prompty", MUSTACHE + nested + "\n"))
+    with pytest.raises(TemplateError) as info:
+        prompt.render({"items": list(range(100))})  # 10 characters x 100**6
+    assert "max_length" in str(info.value) or "max_steps" in str(info.value)
+    write("loop.mustache", "{{> loop}}")
+    looping = pk.load_prompt(write("loop.prompty", MUSTACHE + "{{> loop}}\n"))
+    with pytest.raises(TemplateError) as info:
+        looping.render({})
+    assert "max_depth" in str(info.value)
+
+
+def test_a_mustache_name_outside_sections_must_be_an_input(write):
+    with pytest.raises(pk.errors.MissingVariableError) as info:
+        pk.load_prompt(write("m.prompty", MUSTACHE + "{{nobody}}\n"))
+    assert "nobody" in str(info.value)
+
+
+def test_check_compiles_a_mustache_body_as_mustache(write):
+    body = "system:\n{{! a comment }}Hi {{name}}{{#items}}{{.}}{{/items}}\nuser:\nGo\n"
+    path = write("m.prompty", MUSTACHE + body)
+    assert check_template(path) == []
