@@ -14,12 +14,11 @@ from .files import (
     file_problems,
     parse_prompty,
     resolve_template_path,
-    sample_inputs,
     split_front_matter,
-    template_format,
 )
 from .mustache import MustacheTemplate
 from .prompt import Example, Prompt
+from .prompty import sample_inputs, template_format
 from .templating import CompiledTemplate, split_roles
 
 __all__ = ["Problem", "check_template"]

@@ -177,7 +177,7 @@ def _collect_inputs(
 ) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     if sample:
-        from .files import sample_inputs
+        from .prompty import sample_inputs
 
         samples = sample_inputs(prompt)
         if samples is None:

@@ -15,15 +15,27 @@ from __future__ import annotations
 
 import re
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from .backends import base
+from .errors import InputValidationError, TemplateError, UsageError
 
-__all__ = ["Message", "SourcePiece", "ThreadSlot", "is_thread_type", "split_threads"]
+__all__ = [
+    "Message",
+    "SourcePiece",
+    "ThreadSlot",
+    "is_thread_type",
+    "split_threads",
+    "thread_messages",
+    "turn_text",
+    "unplaced_threads",
+    "with_history",
+]
 
 
 class Message(BaseModel):
@@ -63,6 +75,58 @@ def is_thread_type(annotation: Any) -> bool:
 def thread_messages(value: Iterable[Message] | None) -> list[base.Message]:
     """A validated message-list input as chat messages (None: no messages)."""
     return [m.as_chat() for m in value or ()]
+
+
+def turn_text(message: base.Message) -> str:
+    """A conversation's message in a completion prompt, with its role (as
+    :func:`~promptkit.backends.base.messages_to_text` writes it)."""
+    return f"{message['role'].capitalize()}: {message['content']}"
+
+
+def unplaced_threads(
+    fields: Mapping[str, FieldInfo], used: frozenset[str], slots: Sequence[str], source: str
+) -> list[ThreadSlot]:
+    """Slots for the message-list inputs (among an input type's ``fields``) that no turn
+    places and no template uses: they go after the fixed turns, before the query. Raises
+    TemplateError for a slot whose input is not a message list."""
+    for name in slots:
+        if name not in fields or not is_thread_type(fields[name].annotation):
+            raise TemplateError(
+                f"{name!r} is placed as a conversation (a thread of messages) but is not a "
+                "list[pk.Message] input; declare it with that type (kind: thread in a file)",
+                source=source,
+            )
+    return [
+        ThreadSlot(name)
+        for name, field in fields.items()
+        if is_thread_type(field.annotation) and name not in used and name not in slots
+    ]
+
+
+def with_history(
+    inputs: Mapping[str, Any] | BaseModel,
+    history: Sequence[Message | Mapping[str, Any]] | None,
+    threads: Sequence[str],
+) -> tuple[Mapping[str, Any] | BaseModel, list[Message]]:
+    """A run's inputs and the conversation it continues: a prompt with one message-list input
+    (``threads``) takes ``history`` there. Raises UsageError when that input is given too or
+    there are several, InputValidationError for a message that does not validate."""
+    if history is None:
+        return inputs, []
+    try:
+        messages = TypeAdapter(list[Message]).validate_python(list(history))
+    except (ValidationError, TypeError) as exc:
+        raise InputValidationError(f"history: {exc}") from None
+    if not threads:
+        return inputs, messages
+    given = inputs.model_fields_set if isinstance(inputs, BaseModel) else set(inputs)
+    if len(threads) > 1 or threads[0] in given:
+        names = ", ".join(repr(t) for t in threads)
+        raise UsageError(
+            f"history= and the conversation input {names} both give the conversation; "
+            f"pass the messages once, as history= or as {names}"
+        )
+    return {**dict(inputs), threads[0]: messages}, []
 
 
 @dataclass(frozen=True)

@@ -19,20 +19,21 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from . import front_matter, prompty
 from .backends.base import Backend
-from .conversation import SourcePiece, ThreadSlot, split_threads
+from .body import body_parts
+from .conversation import ThreadSlot
 from .errors import ConfigurationError, PromptkitError, TemplateError
-from .prompt import Example, Prompt, TemplateFormat
+from .prompt import Example, Prompt, Style, TemplateFormat
 from .references import (
     check_model_references,
     read_confined,
     resolve_env,
     resolve_references,
 )
-from .templating import split_front_matter, split_roles
+from .template_folder import split_front_matter
 
 __all__ = [
     "build_prompt",
@@ -40,10 +41,8 @@ __all__ = [
     "file_problems",
     "load_prompt",
     "parse_prompty",
-    "sample_inputs",
     "save_prompt",
     "split_front_matter",
-    "template_format",
 ]
 
 # Keys that become parts of the Prompt; every other key is kept in ``prompt.metadata``.
@@ -308,13 +307,11 @@ def _build(
     front = _resolved_front(parsed, folder, file_root, allow_env, steps)
     declared_inputs = prompty.declared_inputs(front)
     fmt: TemplateFormat = steps.run(
-        lambda: template_format(front, src, lines.get("template")), "jinja2"
+        lambda: prompty.template_format(front, src, lines.get("template")), "jinja2"
     )
     style = steps.run(lambda: _style(model, src, lines.get("model")), None)
     threads = prompty.thread_inputs(declared_inputs)
-    parts = steps.run(
-        lambda: _body_parts(_pieces(parsed.body, parsed.body_line, src, threads), src), None
-    )
+    parts = steps.run(lambda: body_parts(parsed.body, parsed.body_line, src, threads), None)
     slots = threads | {t.name for t in (parts or {}).get("turns", ()) if isinstance(t, ThreadSlot)}
     input_type = steps.run(
         lambda: front_matter.input_type(
@@ -452,112 +449,13 @@ def _resolved(
     )
 
 
-def _pieces(body: str, first_line: int, source: str, threads: Collection[str]) -> list[SourcePiece]:
-    """The body cut at its role lines, then at its conversation slots."""
-    try:
-        segments = split_roles(body, first_line)
-    except TemplateError as exc:
-        raise TemplateError(exc.reason, source=source, line=exc.line) from None
-    return [p for seg in segments for p in split_threads(seg.role, seg.source, seg.line, threads)]
-
-
-def template_format(front: dict[str, Any], source: str, line: int | None) -> TemplateFormat:
-    """The body's template language: ``template: jinja2`` (the default) or ``mustache``, also
-    as ``template: {format: ...}`` and Prompty 2's ``format: {kind: ...}``. Raises
-    TemplateError for another."""
-    template = front.get("template")
-    fmt = template.get("format") if isinstance(template, dict) else template
-    if isinstance(fmt, dict):
-        fmt = fmt.get("kind")
-    if fmt in (None, "jinja2", "jinja"):
-        return "jinja2"
-    if fmt == "mustache":
-        return "mustache"
-    raise TemplateError(
-        f"template format {fmt!r} is not supported; promptkit renders jinja2 and mustache",
-        source=source,
-        line=line,
-    )
-
-
-def _style(
-    model: dict[str, Any], source: str, line: int | None
-) -> Literal["chat", "completion"] | None:
+def _style(model: dict[str, Any], source: str, line: int | None) -> Style | None:
     api = model.get("api")
     if api in (None, "chat", "completion"):
         return api
     raise TemplateError(
         f"model.api must be 'chat' or 'completion', got {api!r}", source=source, line=line
     )
-
-
-def _body_parts(pieces: list[SourcePiece], source: str) -> dict[str, Any]:
-    """The instruction (the leading system text), the turns (fixed messages and conversation
-    slots) and the query (a final user block; None when the body ends with a conversation or
-    has only system text)."""
-    if not pieces:
-        raise TemplateError(
-            "the template body is empty; write the query after the front matter", source=source
-        )
-    if len(pieces) == 1 and pieces[0].role is None and pieces[0].thread is None:
-        only = pieces[0]
-        return {
-            "plain": True,
-            "query": only.source.strip("\n"),
-            "instruction": "",
-            "turns": [],
-            "lines": {"query": only.line + _leading_newlines(only.source)},
-        }
-    last = pieces[-1]
-    lines: dict[str, int] = {}
-    query = None
-    if last.thread is None and last.role == "user":
-        lines["query"] = last.line + _leading_newlines(last.source)
-        query = last.source.strip("\n")
-        pieces = pieces[:-1]
-    elif last.thread is None and any(p.role not in (None, "system") for p in pieces):
-        raise TemplateError(
-            "the body must end with a 'user:' block holding the query (or a conversation, "
-            "or have only a system block)",
-            source=source,
-            line=last.line - 1,
-        )
-    instruction: list[str] = []
-    turns: list[tuple[str, str] | ThreadSlot] = []
-    for piece in pieces:
-        if piece.thread is not None:
-            turns.append(ThreadSlot(piece.thread))
-        elif piece.role in (None, "system") and not turns:
-            instruction.append(piece.source.strip("\n"))
-            lines.setdefault("instruction", piece.line + _leading_newlines(piece.source))
-        else:
-            lines[f"turn{len(turns)}"] = piece.line + _leading_newlines(piece.source)
-            turns.append((piece.role or "system", piece.source.strip("\n")))
-    return {
-        "plain": False,
-        "query": query,
-        "instruction": "\n\n".join(instruction),
-        "turns": turns,
-        "lines": lines,
-    }
-
-
-def _leading_newlines(text: str) -> int:
-    return len(text) - len(text.lstrip("\n"))
-
-
-def sample_inputs(prompt: Prompt[Any]) -> dict[str, Any] | None:
-    """The sample inputs of a loaded template: each input's own ``sample:`` (or ``example:``)
-    value, under the file's ``sample:`` mapping; None when it has neither."""
-    sample = {
-        name: field.examples[0]
-        for name, field in prompt.input_type.model_fields.items()
-        if field.examples
-    }
-    whole = prompt.metadata.get("sample")
-    if isinstance(whole, dict):
-        sample.update(whole)
-    return sample or None
 
 
 def save_prompt(prompt: Prompt[Any], path: str | os.PathLike[str]) -> Path:

@@ -15,11 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overload
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .backends.base import GenerationConfig, Message, PromptInput, messages_to_text
 from .conversation import Message as ChatMessage
-from .conversation import ThreadSlot, is_thread_type, thread_messages
+from .conversation import (
+    ThreadSlot,
+    thread_messages,
+    turn_text,
+    unplaced_threads,
+    with_history,
+)
 from .demos import Selection, Strategy
 from .errors import (
     ConstraintError,
@@ -280,7 +286,10 @@ class Prompt(Generic[OutputT]):
         used = frozenset().union(*(t.variables for t in templates))
         slots = [t.name for t in self.turns if isinstance(t, ThreadSlot)]
         self.input_type = input_type or _infer_input_type(used, slots)
-        self.turns = (*self.turns, *_unplaced_threads(self.input_type, used, slots, source))
+        self.turns = (
+            *self.turns,
+            *unplaced_threads(self.input_type.model_fields, used, slots, source),
+        )
         declared = set(self.input_type.model_fields)
         missing = used - declared
         if missing:
@@ -518,7 +527,7 @@ class Prompt(Generic[OutputT]):
         if history and history[0].role == "system":
             if style == "completion":
                 return "\n\n".join(
-                    [*(_turn_text(m.as_chat()) for m in history), *(m["content"] for m in asked)]
+                    [*(turn_text(m.as_chat()) for m in history), *(m["content"] for m in asked)]
                 )
             return [*(m.as_chat() for m in history), *asked]
         header = self._header(context, completion=style == "completion")
@@ -540,7 +549,7 @@ class Prompt(Generic[OutputT]):
             parts = [header] if header else []
             parts.extend(m["content"] for m in fixed)
             parts.extend(f"{q} {a}" for q, a in demos)
-            parts.extend(_turn_text(m) for m in rest)
+            parts.extend(turn_text(m) for m in rest)
             parts.extend(m["content"] for m in asked)
             return "\n\n".join(parts)
         messages: list[Message] = []
@@ -595,7 +604,8 @@ class Prompt(Generic[OutputT]):
     ) -> RunLoop[OutputT]:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise UsageError(f"max_attempts must be a positive integer, got {max_attempts!r}")
-        inputs, earlier = self._with_history(inputs, history)
+        threads = [t.name for t in self.turns if isinstance(t, ThreadSlot)]
+        inputs, earlier = with_history(inputs, history, threads)
         chosen = style or self.style
         if chosen == "chat" and not backend.capabilities.chat:
             chosen = "completion"
@@ -630,32 +640,6 @@ class Prompt(Generic[OutputT]):
             inputs=context,
             check=None if self.check is None else self._checker(validated),
         )
-
-    def _with_history(
-        self,
-        inputs: Mapping[str, Any] | BaseModel,
-        history: Sequence[ChatMessage | Mapping[str, Any]] | None,
-    ) -> tuple[Mapping[str, Any] | BaseModel, list[ChatMessage]]:
-        """The run's inputs and the conversation it continues: a prompt with one message-list
-        input takes ``history`` there. Raises UsageError when that input is given too or
-        there are several, InputValidationError for a message that does not validate."""
-        if history is None:
-            return inputs, []
-        try:
-            messages = TypeAdapter(list[ChatMessage]).validate_python(list(history))
-        except (ValidationError, TypeError) as exc:
-            raise InputValidationError(f"history: {exc}") from None
-        threads = [t.name for t in self.turns if isinstance(t, ThreadSlot)]
-        if not threads:
-            return inputs, messages
-        given = inputs.model_fields_set if isinstance(inputs, BaseModel) else set(inputs)
-        if len(threads) > 1 or threads[0] in given:
-            names = ", ".join(repr(t) for t in threads)
-            raise UsageError(
-                f"history= and the conversation input {names} both give the conversation; "
-                f"pass the messages once, as history= or as {names}"
-            )
-        return {**dict(inputs), threads[0]: messages}, []
 
     def _checker(self, validated: BaseModel) -> Callable[[Any], str | None]:
         """The run loop's view of ``check`` for one run's inputs."""
@@ -903,33 +887,6 @@ class Prompt(Generic[OutputT]):
 def _check_concurrency(concurrency: int) -> None:
     if not isinstance(concurrency, int) or concurrency < 1:
         raise UsageError(f"concurrency must be a positive integer, got {concurrency!r}")
-
-
-def _turn_text(message: Message) -> str:
-    """A turn in a completion prompt: a fixed turn's text, a conversation's message with its
-    role (as :func:`~promptkit.backends.base.messages_to_text` writes it)."""
-    return f"{message['role'].capitalize()}: {message['content']}"
-
-
-def _unplaced_threads(
-    input_type: type[BaseModel], used: frozenset[str], slots: Sequence[str], source: str
-) -> list[ThreadSlot]:
-    """Slots for the message-list inputs that no turn places and no template uses: they go
-    after the fixed turns, before the query. Raises TemplateError for a slot whose input is
-    not a message list."""
-    fields = input_type.model_fields
-    for name in slots:
-        if name not in fields or not is_thread_type(fields[name].annotation):
-            raise TemplateError(
-                f"{name!r} is placed as a conversation (a thread of messages) but is not a "
-                "list[pk.Message] input; declare it with that type (kind: thread in a file)",
-                source=source,
-            )
-    return [
-        ThreadSlot(name)
-        for name, field in fields.items()
-        if is_thread_type(field.annotation) and name not in used and name not in slots
-    ]
 
 
 def _infer_input_type(names: frozenset[str], threads: Sequence[str] = ()) -> type[BaseModel]:

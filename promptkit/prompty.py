@@ -12,13 +12,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import TemplateError
+from .prompt import Prompt, TemplateFormat
 from .schema import type_from_schema
 
 __all__ = [
     "declared_inputs",
     "model_options",
     "response_format_type",
+    "sample_inputs",
     "split_response_format",
+    "template_format",
     "thread_inputs",
 ]
 
@@ -111,3 +114,36 @@ def thread_inputs(inputs: Any) -> frozenset[str]:
     return frozenset(
         str(i["name"]) for i in items if "thread" in (i.get("kind"), i.get("type")) and "name" in i
     )
+
+
+def template_format(front: dict[str, Any], source: str, line: int | None) -> TemplateFormat:
+    """The body's template language: ``template: jinja2`` (the default) or ``mustache``, also
+    as ``template: {format: ...}`` and Prompty 2's ``format: {kind: ...}``. Raises
+    TemplateError for another."""
+    template = front.get("template")
+    fmt = template.get("format") if isinstance(template, dict) else template
+    if isinstance(fmt, dict):
+        fmt = fmt.get("kind")
+    if fmt in (None, "jinja2", "jinja"):
+        return "jinja2"
+    if fmt == "mustache":
+        return "mustache"
+    raise TemplateError(
+        f"template format {fmt!r} is not supported; promptkit renders jinja2 and mustache",
+        source=source,
+        line=line,
+    )
+
+
+def sample_inputs(prompt: Prompt[Any]) -> dict[str, Any] | None:
+    """The sample inputs of a loaded template: each input's own ``sample:`` (or ``example:``)
+    value, under the file's ``sample:`` mapping; None when it has neither."""
+    sample = {
+        name: field.examples[0]
+        for name, field in prompt.input_type.model_fields.items()
+        if field.examples
+    }
+    whole = prompt.metadata.get("sample")
+    if isinstance(whole, dict):
+        sample.update(whole)
+    return sample or None

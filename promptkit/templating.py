@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path, PurePath
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -25,17 +25,15 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import template_limits as _limits
 from .errors import MissingVariableError, TemplateError
-from .references import read_confined
+from .template_folder import LOADING_NODES, FolderLoader, loaded_templates
 from .template_limits import LIMITS, TemplateLimits
 
 __all__ = [
     "CompiledTemplate",
-    "FolderLoader",
     "Segment",
     "TemplateLimits",
     "compile_template",
     "guess_language",
-    "split_front_matter",
     "split_roles",
 ]
 
@@ -230,50 +228,6 @@ _ENV.filters.update({name: _limited_filter(name, f) for name, f in _ENV.filters.
 _LIPSUM = _ENV.globals["lipsum"]
 
 
-def split_front_matter(text: str) -> tuple[str | None, str, int]:
-    """A template file's YAML front matter (None without one), its body and the body's first
-    line. Raises TemplateError when the front matter is never closed."""
-    lines = text.splitlines(keepends=True)
-    if not lines or lines[0].strip() != "---":
-        return None, text, 1
-    end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
-    if end is None:
-        raise TemplateError(
-            "front matter opened with '---' on line 1 is never closed by a '---' line", line=1
-        )
-    return "".join(lines[1:end]), "".join(lines[end + 1 :]), end + 2
-
-
-class FolderLoader(jinja2.BaseLoader):
-    """Loads the templates that ``{% extends %}``, ``{% include %}`` and ``{% import %}`` name
-    from one folder (a template file's own), and nowhere else: relative names without ``..``,
-    regular files within the size limit of ``${file:...}``; a ``.prompty`` file gives its body.
-    Raises TemplateError for any other name."""
-
-    def __init__(self, folder: Path, source: str) -> None:
-        self.folder = folder
-        self.source = source
-
-    def get_source(
-        self, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str | None, Callable[[], bool] | None]:
-        shown = f"template {template!r}"
-        parts = PurePath(template).parts
-        if PurePath(template).is_absolute() or ".." in parts or not parts:
-            raise TemplateError(
-                f"{shown}: templates are loaded only from this template's own folder "
-                f"({self.folder}); name one there, without '..' or an absolute path",
-                source=self.source,
-            )
-        path, data = read_confined(template, self.folder, self.folder, shown, self.source, None)
-        try:
-            text = data.decode("utf-8-sig").replace("\r\n", "\n")
-        except UnicodeDecodeError:
-            raise TemplateError(f"{shown} is not UTF-8 text", source=self.source) from None
-        body = split_front_matter(text)[1] if path.suffix == ".prompty" else text
-        return body, str(path), lambda: True
-
-
 @lru_cache(maxsize=64)
 def _folder_environment(folder: Path, source: str) -> _Environment:
     """The environment whose loader reads templates from ``folder`` (same limits)."""
@@ -282,60 +236,24 @@ def _folder_environment(folder: Path, source: str) -> _Environment:
     return environment
 
 
-_LOADING_NODES = (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
-_MAX_TEMPLATE_REFERENCES = 32  # templates one template may reach through extends/include/import
-
-
 def _referenced_templates(
     tree: nodes.Template, environment: _Environment, name: str, line_of: Any
 ) -> frozenset[str]:
-    """Load every template ``tree`` extends, includes or imports, recursively, before anything
-    renders; their undeclared variables. Raises TemplateError for a name that is not a quoted
-    string, a template that cannot load, parse or is unsafe, one with role lines, or more than
-    _MAX_TEMPLATE_REFERENCES of them."""
+    """The undeclared variables of every template ``tree`` extends, includes or imports
+    (loaded now, see :func:`~promptkit.template_folder.loaded_templates`). Raises
+    TemplateError for one that cannot load, is unsafe or has role lines."""
     variables: set[str] = set()
-    seen: set[str] = set()
-    pending = [tree]
-    while pending:
-        current = pending.pop()
-        for node in current.find_all(_LOADING_NODES):
-            assert isinstance(node, _LOADING_NODES)
-            target = node.template
-            if not isinstance(target, nodes.Const) or not isinstance(target.value, str):
-                raise TemplateError(
-                    "the template an extends, include or import names must be a quoted string "
-                    "(it is loaded and checked when the file loads)",
-                    source=name,
-                    line=_lineno(node, line_of),
-                )
-            if target.value in seen:
-                continue
-            seen.add(target.value)
-            if len(seen) > _MAX_TEMPLATE_REFERENCES:
-                raise TemplateError(
-                    f"more than {_MAX_TEMPLATE_REFERENCES} templates reached through extends, "
-                    "include and import",
-                    source=name,
-                )
-            assert environment.loader is not None
-            text = environment.loader.get_source(environment, target.value)[0]
-            if _ROLE_LINE.search(text):
-                raise TemplateError(
-                    f"template {target.value!r} has role lines (system:, user:...); a template "
-                    "that is extended, included or imported must be plain text, since roles are "
-                    "read from this template's own source",
-                    source=name,
-                    line=_lineno(node, line_of),
-                )
-            try:
-                loaded = environment.parse(text, target.value)
-            except jinja2.TemplateSyntaxError as exc:
-                raise TemplateError(
-                    f"template {target.value!r} line {exc.lineno}: {exc.message}", source=name
-                ) from None
-            _reject_private_access(loaded, target.value, lambda line: line)
-            variables.update(meta.find_undeclared_variables(loaded))
-            pending.append(loaded)
+    for target, text, loaded, line in loaded_templates(tree, environment, name, line_of):
+        if _ROLE_LINE.search(text):
+            raise TemplateError(
+                f"template {target!r} has role lines (system:, user:...); a template that is "
+                "extended, included or imported must be plain text, since roles are read from "
+                "this template's own source",
+                source=name,
+                line=line,
+            )
+        _reject_private_access(loaded, target, lambda lineno: lineno)
+        variables.update(meta.find_undeclared_variables(loaded))
     return frozenset(variables)
 
 
@@ -402,12 +320,12 @@ class CompiledTemplate:
         if folder is not None:
             inherited = _referenced_templates(tree, environment, name, self._line_of)
             self.variables |= inherited
-            loading = next(iter(tree.find_all(_LOADING_NODES)), None)
+            loading = next(iter(tree.find_all(LOADING_NODES)), None)
             for variable in inherited:
                 lineno = loading.lineno if loading is not None else None
                 self.variable_lines.setdefault(variable, self._line_of(lineno))
         else:
-            for loader_node in tree.find_all(_LOADING_NODES):
+            for loader_node in tree.find_all(LOADING_NODES):
                 raise TemplateError(
                     "extends, include and import load other templates only from a template "
                     "file's folder, and this template has none (pass Prompt(..., "

@@ -142,7 +142,7 @@ def test_unknown_keys_are_kept_and_ignored(write):
         ("---\ninputs:\n  a: {type: string}\n---\nuser:\n{{ a }}\n\n{{ b }}\n", 8, "'b'"),
         ("---\noutput: {labels: [yes, no]}\n---\nhi\n", 2, "YAML reads as booleans"),
         ("---\nname: x\n---\nuser:\nhi\nassistant:\nprefill\n", 6, "end with a 'user:'"),
-        ("---\ntemplate: mustache\n---\nhi\n", 2, "mustache"),
+        ("---\ntemplate: handlebars\n---\nhi\n", 2, "'handlebars' is not supported"),
         ("---\noutput: {type: wizard}\n---\nhi\n", 2, "output needs"),
         (
             "---\noutput: {schema: {type: object, properties: {a: {type: string}}, allOf: []}}\n"

@@ -15,7 +15,7 @@ import promptkit as pk
 from promptkit.check import check_template
 from promptkit.cli import cli
 from promptkit.errors import PromptkitError, TemplateError
-from promptkit.files import sample_inputs
+from promptkit.prompty import sample_inputs
 
 REAL = Path(__file__).parent / "data" / "prompty" / "real"
 FILES = sorted(p.name for p in REAL.glob("*.prompty"))
