@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .conversation import history_loop_names
 from .errors import PromptkitError, TemplateError
 from .files import (
     ParsedFile,
@@ -70,7 +71,8 @@ def check_template(
     used = _check_body(parsed, findings)
     inputs = parsed.front.get("inputs")
     if isinstance(inputs, dict):
-        for name in sorted(set(used) - set(inputs), key=lambda n: used[n]):
+        conversations = set(history_loop_names(parsed.body))  # inputs of their own
+        for name in sorted(set(used) - set(inputs) - conversations, key=lambda n: used[n]):
             findings.error(
                 used[name],
                 f"the body uses {name!r}, which is not a declared input; add it under 'inputs'",

@@ -29,6 +29,7 @@ __all__ = [
     "Message",
     "SourcePiece",
     "ThreadSlot",
+    "history_loop_names",
     "is_thread_type",
     "split_threads",
     "thread_messages",

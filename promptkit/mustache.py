@@ -31,13 +31,14 @@ _OPENING = ("section", "inverted section")
 _LOOKUPS = ("variable", "no escape", *_OPENING)  # the tags that look a key up
 
 
-def _chevron() -> Any:
+def _chevron(source: str) -> Any:
     try:
         import chevron  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         raise TemplateError(
             "mustache templates are rendered by the chevron package, which is not installed; "
-            "pip install chevron (or write the template in jinja2)"
+            "pip install chevron (or write the template in jinja2)",
+            source=source,
         ) from None
     return chevron
 
@@ -75,7 +76,7 @@ class MustacheTemplate(CompiledTemplate):
         self.constant = not any(kind != "literal" for kind, _ in self._tokens)
 
     def _tokenize(self, source: str, shown: str) -> list[Token]:
-        chevron = _chevron()
+        chevron = _chevron(self.name)
         try:
             tokens: list[Token] = list(chevron.tokenizer.tokenize(source))
         except chevron.tokenizer.ChevronError as exc:
@@ -142,7 +143,7 @@ class MustacheTemplate(CompiledTemplate):
         _limits.start(self.limits)
         size = _Sizer(self._partials, _limits.active(), self.name).size(self._tokens, [data])
         _limits.active().length(size, "the rendered mustache text")
-        text: str = _chevron().render(
+        text: str = _chevron(self.name).render(
             template=self._tokens, data=data, partials_dict=self._partials, partials_path=""
         )
         return text

@@ -4,6 +4,7 @@ templates that extend others, loaded only from the template's own folder."""
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 from pydantic import BaseModel
@@ -72,6 +73,16 @@ def test_the_history_loop_with_whitespace_control_is_recognised(write):
     )
     messages = pk.load_prompt(path).render({"history": [{"role": "assistant", "content": "A"}]})
     assert [m["role"] for m in messages] == ["system", "assistant", "user"]
+
+
+def test_check_accepts_a_history_loop_over_an_input_it_adds(write):
+    path = write(
+        "loop.prompty",
+        "---\ninputs:\n  q: hi\n---\nsystem:\nS\n"
+        "{% for m in history %}\n{{ m.role }}:\n{{ m.content }}\n{% endfor %}\nuser:\n{{ q }}\n",
+    )
+    assert check_template(path) == []
+    assert "history" in pk.load_prompt(path).input_type.model_fields
 
 
 def test_save_and_load_keep_a_conversation_slot(tmp_path):
@@ -277,7 +288,15 @@ def test_response_format_in_another_shape_is_refused(write):
 MUSTACHE = "---\ntemplate: mustache\ninputs:\n  items: []\n  name: Ann\n---\n"
 
 
+def test_mustache_without_chevron_is_a_clear_error(write, monkeypatch):
+    monkeypatch.setitem(sys.modules, "chevron", None)  # as if not installed
+    with pytest.raises(TemplateError) as info:
+        pk.load_prompt(write("m.prompty", MUSTACHE + "hi\n"))
+    assert "m.prompty" in str(info.value) and "pip install chevron" in str(info.value)
+
+
 def test_mustache_sections_partials_and_unescaped_values(write):
+    pytest.importorskip("chevron")
     write("row.mustache", "- {{{.}}}\n")
     path = write(
         "m.prompty",
@@ -290,6 +309,7 @@ def test_mustache_sections_partials_and_unescaped_values(write):
 
 
 def test_mustache_partials_load_only_from_the_templates_folder(write):
+    pytest.importorskip("chevron")
     write("row.mustache", "x")
     with pytest.raises(TemplateError) as info:
         pk.load_prompt(write("inner/m.prompty", MUSTACHE + "{{> ../row}}\n"))
@@ -300,6 +320,7 @@ def test_mustache_partials_load_only_from_the_templates_folder(write):
 
 
 def test_mustache_keys_may_not_reach_attributes_or_private_names(write):
+    pytest.importorskip("chevron")
     upper = pk.load_prompt(write("a.prompty", MUSTACHE + "{{name.upper}}\n"))
     with pytest.raises(TemplateError) as info:
         upper.render({})
@@ -314,6 +335,7 @@ def test_mustache_keys_may_not_reach_attributes_or_private_names(write):
 
 
 def test_mustache_renders_under_the_template_limits(write):
+    pytest.importorskip("chevron")
     nested = "{{#items}}" * 6 + "xxxxxxxxxx" + "{{/items}}" * 6
     prompt = pk.load_prompt(write("big.prompty", MUSTACHE + nested + "\n"))
     with pytest.raises(TemplateError) as info:
@@ -327,12 +349,14 @@ def test_mustache_renders_under_the_template_limits(write):
 
 
 def test_a_mustache_name_outside_sections_must_be_an_input(write):
+    pytest.importorskip("chevron")
     with pytest.raises(pk.errors.MissingVariableError) as info:
         pk.load_prompt(write("m.prompty", MUSTACHE + "{{nobody}}\n"))
     assert "nobody" in str(info.value)
 
 
 def test_check_compiles_a_mustache_body_as_mustache(write):
+    pytest.importorskip("chevron")
     body = "system:\n{{! a comment }}Hi {{name}}{{#items}}{{.}}{{/items}}\nuser:\nGo\n"
     path = write("m.prompty", MUSTACHE + body)
     assert check_template(path) == []
