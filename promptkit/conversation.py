@@ -85,11 +85,25 @@ def turn_text(message: base.Message) -> str:
 
 
 def unplaced_threads(
-    fields: Mapping[str, FieldInfo], used: frozenset[str], slots: Sequence[str], source: str
+    fields: Mapping[str, FieldInfo],
+    used: frozenset[str],
+    slots: Sequence[str],
+    source: str,
+    printed: frozenset[str] = frozenset(),
 ) -> list[ThreadSlot]:
     """Slots for the message-list inputs (among an input type's ``fields``) that no turn
     places and no template uses: they go after the fixed turns, before the query. Raises
-    TemplateError for a slot whose input is not a message list."""
+    TemplateError for a slot whose input is not a message list, or a message list that a
+    template prints into text as it is (``{{ history }}`` inside a line)."""
+    for name in sorted(printed):
+        if name in fields and is_thread_type(fields[name].annotation):
+            raise TemplateError(
+                f"input {name!r} is a conversation, which is messages of its own, not text: "
+                f"write {{{{ {name} }}}} alone on a line of a template file's body, leave it "
+                "out of the templates (it then goes before the query), or loop over its "
+                "messages",
+                source=source,
+            )
     for name in slots:
         if name not in fields or not is_thread_type(fields[name].annotation):
             raise TemplateError(

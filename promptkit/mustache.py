@@ -72,6 +72,11 @@ class MustacheTemplate(CompiledTemplate):
             if depth == 0 and kind in _LOOKUPS
         }
         self.variables = frozenset(key for key in top if key != ".")
+        self.printed = frozenset(
+            key
+            for kind, key, depth in _walk(self._tokens)
+            if depth == 0 and kind in ("variable", "no escape")
+        )
         self.variable_lines = {key: first_line for key in self.variables}
         self.constant = not any(kind != "literal" for kind, _ in self._tokens)
 

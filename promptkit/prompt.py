@@ -81,7 +81,8 @@ class Prompt(Generic[OutputT]):
     """A typed prompt template.
 
     Args:
-        query: Jinja2 template of the question, over the input type's fields.
+        query: Jinja2 template of the question, over the input type's fields; None for a
+            prompt whose messages end with its turns (a conversation, or a system message).
         instruction: Jinja2 template of the task description (may use the inputs too).
         input_type: pydantic model of the inputs; inferred (every variable required) if omitted.
         output_type: what the answer is parsed and validated into.
@@ -91,7 +92,10 @@ class Prompt(Generic[OutputT]):
             :meth:`run` switches to the form the backend speaks.
         shots: how many examples to show by default (all when None).
         format_instructions: add a sentence saying how to answer (labels, JSON schema, ...).
-        turns: fixed ``(role, template)`` messages between the instruction and the examples.
+        turns: fixed ``(role, template)`` messages between the instruction and the examples,
+            and :class:`~promptkit.conversation.ThreadSlot` s, where a ``list[pk.Message]``
+            input's messages go (the examples then come before the first one). A message-list
+            input that no slot places and no template uses goes before the query.
         config: default generation settings for :meth:`run`.
         name, description, metadata: carried along (template files keep unknown keys here).
         source: names the template in error messages (a file path for template files).
@@ -288,7 +292,13 @@ class Prompt(Generic[OutputT]):
         self.input_type = input_type or _infer_input_type(used, slots)
         self.turns = (
             *self.turns,
-            *unplaced_threads(self.input_type.model_fields, used, slots, source),
+            *unplaced_threads(
+                self.input_type.model_fields,
+                used,
+                slots,
+                source,
+                frozenset().union(*(t.printed for t in templates)),
+            ),
         )
         declared = set(self.input_type.model_fields)
         missing = used - declared
@@ -349,8 +359,11 @@ class Prompt(Generic[OutputT]):
     def with_examples(self, examples: Sequence[Example]) -> Prompt[OutputT]:
         """A copy of this prompt with other demonstrations (validated), sharing its templates.
 
-        Raises InputValidationError when an example does not match the input or output type.
+        Raises InputValidationError when an example does not match the input or output type,
+        UsageError for examples of a prompt without a query.
         """
+        if examples and not self.asks_query:
+            raise UsageError("this prompt has no query, so it cannot show examples")
         other = copy.copy(self)
         other.examples = tuple(examples)
         other._example_inputs = [other._validate_example(i, e) for i, e in enumerate(examples)]

@@ -313,6 +313,13 @@ class CompiledTemplate:
             ) from None
         _reject_private_access(tree, name, self._line_of)
         self.variables: frozenset[str] = frozenset(meta.find_undeclared_variables(tree))
+        # the names printed as they are (``{{ name }}``), not through an attribute or filter
+        self.printed: frozenset[str] = frozenset(
+            node.name
+            for output in tree.find_all(nodes.Output)
+            for node in output.nodes
+            if isinstance(node, nodes.Name)
+        )
         self.variable_lines: dict[str, int] = {}
         for node in tree.find_all(nodes.Name):
             if node.ctx == "load" and node.name in self.variables:

@@ -360,3 +360,36 @@ def test_check_compiles_a_mustache_body_as_mustache(write):
     body = "system:\n{{! a comment }}Hi {{name}}{{#items}}{{.}}{{/items}}\nuser:\nGo\n"
     path = write("m.prompty", MUSTACHE + body)
     assert check_template(path) == []
+
+
+def test_a_prompt_without_a_query_takes_no_examples():
+    with pytest.raises(UsageError) as info:
+        pk.Prompt(query=None, instruction="S", examples=[pk.Example(input={}, output="x")])
+    assert "no query" in str(info.value)
+    bare = pk.Prompt(query=None, instruction="S")
+    assert bare.render({}) == [{"role": "system", "content": "S"}]
+    with pytest.raises(UsageError):
+        bare.with_examples([pk.Example(input={}, output="x")])
+
+
+def test_a_conversation_printed_into_text_is_refused():
+    with pytest.raises(TemplateError) as info:
+        pk.Prompt(query="Earlier: {{ history }}\n{{ question }}", input_type=Chat)
+    assert "input 'history' is a conversation" in str(info.value)
+    # looping over its messages is data rendering, and allowed
+    looped = pk.Prompt(
+        query="{% for m in history %}{{ m.content }} {% endfor %}{{ question }}",
+        input_type=Chat,
+    )
+    messages = looped.render({"history": [{"role": "user", "content": "a"}], "question": "q"})
+    assert messages[-1]["content"] == "a q"
+
+
+def test_a_thread_input_inside_a_line_of_a_file_is_refused(write):
+    path = write(
+        "t.prompty",
+        "---\ninputs:\n  - name: convo\n    kind: thread\n---\nuser:\nSee {{convo}} now\n",
+    )
+    with pytest.raises(TemplateError) as info:
+        pk.load_prompt(path)
+    assert "t.prompty" in str(info.value) and "'convo' is a conversation" in str(info.value)
