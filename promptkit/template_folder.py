@@ -61,7 +61,17 @@ class FolderLoader(jinja2.BaseLoader):
         except UnicodeDecodeError:
             raise TemplateError(f"{shown} is not UTF-8 text", source=self.source) from None
         body = split_front_matter(text)[1] if path.suffix == ".prompty" else text
-        return body, str(path), lambda: True
+        loaded = _modified(path)
+        return body, str(path), lambda: _modified(path) == loaded
+
+
+def _modified(path: Path) -> float | None:
+    """When ``path`` last changed (None when it is gone): a loaded template is reloaded when
+    this moves."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def loaded_templates(

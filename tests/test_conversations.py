@@ -393,3 +393,22 @@ def test_a_thread_input_inside_a_line_of_a_file_is_refused(write):
     with pytest.raises(TemplateError) as info:
         pk.load_prompt(path)
     assert "t.prompty" in str(info.value) and "'convo' is a conversation" in str(info.value)
+
+
+def test_an_edited_base_template_is_read_again(write):
+    parent = write("parent.prompty", "one {% block b %}{% endblock %}\n")
+    child = write("child.prompty", '{% extends "parent.prompty" %}{% block b %}x{% endblock %}\n')
+    assert pk.load_prompt(child).render({}) == "one x"
+    parent.write_text("two {% block b %}{% endblock %}\n", encoding="utf-8")
+    os.utime(parent, (1, 1))  # a different modification time, however fast the test runs
+    assert pk.load_prompt(child).render({}) == "two x"
+
+
+def test_arun_continues_a_conversation_too():
+    import asyncio
+
+    backend = pk.backends.ScriptedBackend(["B"])
+    prompt = pk.Prompt(instruction="S", query="{{ q }}")
+    history = [pk.Message(role="system", content="S"), pk.Message(role="user", content="A")]
+    result = asyncio.run(prompt.arun({"q": "Q"}, backend=backend, history=history))
+    assert [m.content for m in result.messages] == ["S", "A", "Q", "B"]
