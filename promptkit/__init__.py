@@ -19,6 +19,7 @@ __all__ = [
     "Attempt",
     "Example",
     "Lark",
+    "Message",
     "Prompt",
     "Regex",
     "Result",
@@ -38,6 +39,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Attempt": ("promptkit.runloop", "Attempt"),
     "Example": ("promptkit.prompt", "Example"),
     "Lark": ("promptkit.outputs", "Lark"),
+    "Message": ("promptkit.conversation", "Message"),
     "Prompt": ("promptkit.prompt", "Prompt"),
     "Regex": ("promptkit.outputs", "Regex"),
     "Result": ("promptkit.runloop", "Result"),
@@ -55,6 +57,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 if TYPE_CHECKING:
     from . import backends, errors
     from .backends import get_backend
+    from .conversation import Message
     from .files import bundled_templates, load_prompt, save_prompt
     from .outputs import Lark, Regex, SpanOf
     from .parsing import parse_output

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+from .conversation import history_loop_names
 from .errors import PromptkitError, TemplateError
 from .files import (
     ParsedFile,
@@ -15,7 +17,9 @@ from .files import (
     resolve_template_path,
     split_front_matter,
 )
+from .mustache import MustacheTemplate
 from .prompt import Example, Prompt
+from .prompty import sample_inputs, template_format
 from .templating import CompiledTemplate, split_roles
 
 __all__ = ["Problem", "check_template"]
@@ -67,7 +71,8 @@ def check_template(
     used = _check_body(parsed, findings)
     inputs = parsed.front.get("inputs")
     if isinstance(inputs, dict):
-        for name in sorted(set(used) - set(inputs), key=lambda n: used[n]):
+        conversations = set(history_loop_names(parsed.body))  # inputs of their own
+        for name in sorted(set(used) - set(inputs) - conversations, key=lambda n: used[n]):
             findings.error(
                 used[name],
                 f"the body uses {name!r}, which is not a declared input; add it under 'inputs'",
@@ -124,14 +129,20 @@ class _Findings:
 def _check_body(parsed: ParsedFile, findings: _Findings) -> dict[str, int]:
     """Compile each role block of the body; returns each variable used and its first line."""
     used: dict[str, int] = {}
+    folder = Path(parsed.path).parent
+    engine: type[CompiledTemplate] = CompiledTemplate
     try:
         segments = split_roles(parsed.body, parsed.body_line)
+        if template_format(parsed.front, parsed.path, None) == "mustache":
+            engine = MustacheTemplate
     except TemplateError as exc:
         findings.add(exc)
         return used
     for segment in segments:
         try:
-            compiled = CompiledTemplate(segment.source, name=parsed.path, first_line=segment.line)
+            compiled = engine(
+                segment.source, name=parsed.path, first_line=segment.line, folder=folder
+            )
         except TemplateError as exc:
             findings.add(exc)
             continue
@@ -167,10 +178,10 @@ def _check_sample(
 ) -> None:
     """The sample fits the inputs and, with ``render``, renders (which runs the body under
     its limits)."""
-    sample = prompt.metadata.get("sample")
-    if not isinstance(sample, dict):
+    sample = sample_inputs(prompt)
+    if sample is None:
         return
-    line = parsed.key_lines.get("sample")
+    line = parsed.key_lines.get("sample") or parsed.key_lines.get("inputs")
     try:
         prompt.validate_inputs(sample)
     except PromptkitError as exc:

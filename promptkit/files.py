@@ -19,14 +19,21 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from . import front_matter
+from . import front_matter, prompty
 from .backends.base import Backend
+from .body import body_parts
+from .conversation import ThreadSlot
 from .errors import ConfigurationError, PromptkitError, TemplateError
-from .prompt import Example, Prompt
-from .references import check_model_references, resolve_env, resolve_references
-from .templating import Segment, split_roles
+from .prompt import Example, Prompt, Style, TemplateFormat
+from .references import (
+    check_model_references,
+    read_confined,
+    resolve_env,
+    resolve_references,
+)
+from .template_folder import split_front_matter
 
 __all__ = [
     "build_prompt",
@@ -40,6 +47,7 @@ __all__ = [
 
 # Keys that become parts of the Prompt; every other key is kept in ``prompt.metadata``.
 _BUILT_KEYS = {
+    "inputSchema",
     "name",
     "description",
     "model",
@@ -85,20 +93,6 @@ class ParsedFile:
     body_line: int  # file line of the body's first line
     # line of each top-level key, input ("inputs.NAME") and example ("examples.INDEX")
     key_lines: dict[str, int] = field(default_factory=dict)
-
-
-def split_front_matter(text: str) -> tuple[str | None, str, int]:
-    """A template file's YAML front matter (None without one), its body and the body's first
-    line. Raises TemplateError when the front matter is never closed."""
-    lines = text.splitlines(keepends=True)
-    if not lines or lines[0].strip() != "---":
-        return None, text, 1
-    end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
-    if end is None:
-        raise TemplateError(
-            "front matter opened with '---' on line 1 is never closed by a '---' line", line=1
-        )
-    return "".join(lines[1:end]), "".join(lines[end + 1 :]), end + 2
 
 
 def parse_prompty(text: str, path: str = "<string>") -> ParsedFile:
@@ -212,7 +206,11 @@ def build_prompt(
     ``file_root``, by default ``folder`` itself). Raises the first problem found (TemplateError
     with its line, ConfigurationError, InputValidationError)."""
     prompt = _build(
-        parsed, folder, Path(file_root or folder), _names(allow_env), front_matter.Steps()
+        _with_base(parsed, folder),
+        folder,
+        Path(file_root or folder),
+        _names(allow_env),
+        front_matter.Steps(),
     )
     assert prompt is not None  # Steps that raise always build one
     return prompt
@@ -230,8 +228,53 @@ def file_problems(
     body cannot be built, a stand-in with an empty body and the file's types; None when even
     that cannot be); and whether that Prompt has the file's own body."""
     steps = front_matter.Steps(keep=True)
-    prompt = _build(parsed, folder, Path(file_root or folder), _names(allow_env), steps)
+    based = steps.run(lambda: _with_base(parsed, folder), parsed)
+    prompt = _build(based, folder, Path(file_root or folder), _names(allow_env), steps)
     return steps.problems, prompt, steps.own_body
+
+
+_MAX_BASES = 8  # how many ``base:`` files one template may stand on
+
+
+def _with_base(parsed: ParsedFile, folder: Path) -> ParsedFile:
+    """The file with the front matter of its ``base:`` file (Prompty 1) under its own: keys it
+    lacks come from the base, ``model`` is merged one level deep (its own settings win). The
+    base is a file in the template's own folder, itself maybe standing on another.
+    Raises TemplateError for a base that cannot load, a cycle or more than _MAX_BASES bases."""
+    front, line = dict(parsed.front), parsed.key_lines.get("base")
+    seen: list[str] = []
+    while "base" in front:
+        name = front.pop("base")
+        if not isinstance(name, str) or name in seen or len(seen) == _MAX_BASES:
+            why = "is not a file name" if not isinstance(name, str) else "is a cycle or too deep"
+            raise TemplateError(
+                f"base {name!r} {why}; name a .prompty file in the template's folder "
+                f"(at most {_MAX_BASES} bases deep)",
+                source=parsed.path,
+                line=line,
+            )
+        seen.append(name)
+        data = read_confined(name, folder, folder, f"base {name!r}", parsed.path, line)[1]
+        try:
+            base = parse_prompty(data.decode("utf-8-sig").replace("\r\n", "\n"), name).front
+        except (TemplateError, UnicodeDecodeError) as exc:
+            raise TemplateError(
+                f"base {name!r} does not load: {exc}", source=parsed.path, line=line
+            ) from None
+        own_model, base_model = front.get("model"), base.get("model")
+        front = {**base, **front}
+        if isinstance(own_model, dict) and isinstance(base_model, dict):
+            front["model"] = {**base_model, **own_model}
+            for key, value in base_model.items():
+                if isinstance(value, dict) and isinstance(own_model.get(key), dict):
+                    front["model"][key] = {**value, **own_model[key]}
+        if "base" in base:
+            front["base"] = base["base"]
+        else:
+            front.pop("base", None)
+    lines = {key: parsed.key_lines.get(key, line or 1) for key in front}
+    lines.update(parsed.key_lines)
+    return ParsedFile(parsed.path, front, parsed.body, parsed.body_line, lines)
 
 
 def _names(allow_env: Collection[str]) -> frozenset[str]:
@@ -248,6 +291,8 @@ def _build(
 ) -> Prompt[Any] | None:
     src, lines = parsed.path, parsed.key_lines
     model = parsed.front.get("model") or {}
+    if isinstance(model, str):
+        model = {"id": model}  # Prompty 2's shorthand ``model: gpt-4o``
     if not isinstance(model, dict):
         steps.run(
             _fail(TemplateError("'model' must be a mapping", source=src, line=lines.get("model"))),
@@ -255,27 +300,45 @@ def _build(
         )
         model = {}
     # model.* is kept as written: its connection settings are read when the backend is made.
-    steps.run(lambda: check_model_references(model, source=src, line=lines.get("model")), None)
-    front = _resolved_front(parsed, folder, file_root, allow_env, steps)
+    response_format, checked_model = prompty.split_response_format(model)
     steps.run(
-        lambda: _check_template_format(front.get("template"), src, lines.get("template")), None
+        lambda: check_model_references(checked_model, source=src, line=lines.get("model")), None
+    )
+    front = _resolved_front(parsed, folder, file_root, allow_env, steps)
+    declared_inputs = prompty.declared_inputs(front)
+    fmt: TemplateFormat = steps.run(
+        lambda: prompty.template_format(front, src, lines.get("template")), "jinja2"
     )
     style = steps.run(lambda: _style(model, src, lines.get("model")), None)
-    parts = steps.run(lambda: _body_parts(_segments(parsed.body, parsed.body_line, src), src), None)
+    threads = prompty.thread_inputs(declared_inputs)
+    parts = steps.run(lambda: body_parts(parsed.body, parsed.body_line, src, threads), None)
+    slots = threads | {t.name for t in (parts or {}).get("turns", ()) if isinstance(t, ThreadSlot)}
     input_type = steps.run(
         lambda: front_matter.input_type(
-            front.get("inputs"), front.get("sample"), src, lines, steps
+            declared_inputs, front.get("sample"), src, lines, steps, threads=slots
         ),
         None,
     )
-    output_type = steps.run(lambda: front_matter.output_type(front, src, lines), str)
+    output_type = steps.run(
+        lambda: (
+            prompty.response_format_type(
+                response_format,
+                lambda value: _resolved(parsed, "model", value, folder, file_root, allow_env),
+                src,
+                lines.get("model"),
+            )
+            if response_format is not None and not ({"output", "outputs"} & front.keys())
+            else front_matter.output_type(front, src, lines)
+        ),
+        str,
+    )
     examples: list[Example] = steps.run(
         lambda: front_matter.examples_of(front.get("examples", []), src, lines.get("examples")), []
     )
     shots = steps.run(lambda: _shots(front.get("shots"), src, lines.get("shots")), None)
     config = steps.run(
         lambda: front_matter.generation_config(
-            model.get("parameters") or {}, src, lines.get("model")
+            prompty.model_options(model, src, lines.get("model")), src, lines.get("model")
         ),
         None,
     )
@@ -301,6 +364,8 @@ def _build(
                 metadata=metadata,
                 first_lines=parts["lines"],
                 source=src,
+                template_folder=folder,
+                template_format=fmt,
             ),
             None,
         )
@@ -384,76 +449,13 @@ def _resolved(
     )
 
 
-def _segments(body: str, first_line: int, source: str) -> list[Segment]:
-    try:
-        return split_roles(body, first_line)
-    except TemplateError as exc:
-        raise TemplateError(exc.reason, source=source, line=exc.line) from None
-
-
-def _check_template_format(template: Any, source: str, line: int | None) -> None:
-    fmt = template.get("format") if isinstance(template, dict) else template
-    if fmt not in (None, "jinja2", "jinja"):
-        raise TemplateError(
-            f"template format {fmt!r} is not supported; promptkit renders jinja2",
-            source=source,
-            line=line,
-        )
-
-
-def _style(
-    model: dict[str, Any], source: str, line: int | None
-) -> Literal["chat", "completion"] | None:
+def _style(model: dict[str, Any], source: str, line: int | None) -> Style | None:
     api = model.get("api")
     if api in (None, "chat", "completion"):
         return api
     raise TemplateError(
         f"model.api must be 'chat' or 'completion', got {api!r}", source=source, line=line
     )
-
-
-def _body_parts(segments: list[Segment], source: str) -> dict[str, Any]:
-    if not segments:
-        raise TemplateError(
-            "the template body is empty; write the query after the front matter", source=source
-        )
-    if len(segments) == 1 and segments[0].role is None:
-        only = segments[0]
-        return {
-            "plain": True,
-            "query": only.source.strip("\n"),
-            "instruction": "",
-            "turns": [],
-            "lines": {"query": only.line + _leading_newlines(only.source)},
-        }
-    last = segments[-1]
-    if last.role != "user":
-        raise TemplateError(
-            "the body must end with a 'user:' block holding the query",
-            source=source,
-            line=last.line - 1,
-        )
-    lines = {"query": last.line + _leading_newlines(last.source)}
-    instruction: list[str] = []
-    turns: list[tuple[str, str]] = []
-    for seg in segments[:-1]:
-        if seg.role in (None, "system") and not turns:
-            instruction.append(seg.source.strip("\n"))
-            lines.setdefault("instruction", seg.line + _leading_newlines(seg.source))
-        else:
-            lines[f"turn{len(turns)}"] = seg.line + _leading_newlines(seg.source)
-            turns.append((seg.role or "system", seg.source.strip("\n")))
-    return {
-        "plain": False,
-        "query": last.source.strip("\n"),
-        "instruction": "\n\n".join(instruction),
-        "turns": turns,
-        "lines": lines,
-    }
-
-
-def _leading_newlines(text: str) -> int:
-    return len(text) - len(text.lstrip("\n"))
 
 
 def save_prompt(prompt: Prompt[Any], path: str | os.PathLike[str]) -> Path:

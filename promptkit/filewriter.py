@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from .conversation import ThreadSlot, is_thread_type
 from .outputs import Lark, Regex, strip_annotated
 from .prompt import Prompt
 
@@ -72,8 +73,14 @@ def _body(prompt: Prompt[Any]) -> str:
     blocks = []
     if header:
         blocks.append("system:\n" + "\n\n".join(header))
-    blocks.extend(f"{turn.role}:\n{turn.template.source}" for turn in prompt.turns)
-    blocks.append("user:\n" + prompt.query.source)
+    blocks.extend(
+        f"{{{{ {turn.name} }}}}"  # a conversation input alone on a line is its place
+        if isinstance(turn, ThreadSlot)
+        else f"{turn.role}:\n{turn.template.source}"
+        for turn in prompt.turns
+    )
+    if prompt.asks_query:
+        blocks.append("user:\n" + prompt.query.source)
     return "\n\n".join(b.rstrip("\n") for b in blocks) + "\n"
 
 
@@ -94,6 +101,8 @@ def _inputs(prompt: Prompt[Any]) -> dict[str, Any]:
             annotation = strip_annotated(args[0])
         if annotation is Any:
             pass
+        elif is_thread_type(annotation):
+            spec["type"] = "thread"
         elif typing.get_origin(annotation) is Literal:
             spec["type"] = "string"
             spec["enum"] = list(typing.get_args(annotation))
@@ -105,7 +114,10 @@ def _inputs(prompt: Prompt[Any]) -> dict[str, Any]:
         if info.description:
             spec["description"] = info.description
         if not info.is_required():
-            spec["default"] = info.get_default(call_default_factory=True)
+            default = info.get_default(call_default_factory=True)
+            if is_thread_type(annotation):
+                default = [message.model_dump() for message in default]
+            spec["default"] = default
         inputs[name] = spec
     return inputs
 

@@ -4,11 +4,12 @@ file's line in every error."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import partial
 from typing import Any, Literal, Optional, TypeVar
 
 from .backends.base import GenerationConfig
+from .conversation import Message
 from .errors import ConfigurationError, PromptkitError, TemplateError
 from .outputs import Lark, Regex
 from .prompt import Example
@@ -31,6 +32,7 @@ _INPUT_TYPES: dict[str, Any] = {
     "object": dict,
     "dict": dict,
 }
+_NONE = object()  # no sample given
 _SIMPLE_OUTPUTS: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool}
 _CONFIG_KEYS = {f for f in GenerationConfig.__dataclass_fields__}
 
@@ -55,10 +57,18 @@ class Steps:
 
 
 def input_type(
-    inputs: Any, sample: Any, source: str, key_lines: dict[str, int], steps: Steps
+    inputs: Any,
+    sample: Any,
+    source: str,
+    key_lines: dict[str, int],
+    steps: Steps,
+    *,
+    threads: Collection[str] = (),
 ) -> Any:
     """The pydantic model of the inputs (None: inferred from the body); an input whose spec is
-    wrong is a problem of its own (typed Any while checking)."""
+    wrong is a problem of its own (typed Any while checking). ``threads`` are conversations
+    (``list[pk.Message]``, empty by default); an input's ``sample`` / ``example`` value is
+    kept as its field's first example."""
     from pydantic import ConfigDict, Field, create_model
 
     inputs = _properties_as_mapping(inputs, "inputs", source, key_lines)
@@ -67,6 +77,8 @@ def input_type(
             inputs = {k: {"type": _json_type(v)} for k, v in sample.items()}
         else:
             return None  # inferred from the body's variables
+    if isinstance(inputs, dict):
+        inputs = {**{name: {"type": "thread"} for name in threads}, **inputs}
     if not isinstance(inputs, dict):
         raise TemplateError(
             "'inputs' must map each input name to its spec",
@@ -82,22 +94,36 @@ def input_type(
             )
         if not isinstance(spec, dict):
             spec = {"type": _json_type(spec), "default": spec}
+        if name in threads and spec.get("type", spec.get("kind")) in (None, "array", "list"):
+            spec = {**spec, "type": "thread"}  # a list the body walks as a conversation
+        if spec.get("type", spec.get("kind")) == "thread":
+            spec.setdefault("default", [])
         annotation: Any = steps.run(partial(_input_annotation, name, spec, source, line), Any)
         description = spec.get("description")
+        shown = next((spec[k] for k in ("sample", "example") if k in spec), _NONE)
+        examples = None if shown is _NONE else [shown]
         if "default" in spec:
             default = spec["default"]
             if default is None:
                 annotation = Optional[annotation]
-            fields[name] = (annotation, Field(default, description=description))
+            fields[name] = (
+                annotation,
+                Field(default, description=description, examples=examples),
+            )
         elif spec.get("required", True) is False:
-            fields[name] = (Optional[annotation], Field(None, description=description))
+            fields[name] = (
+                Optional[annotation],
+                Field(None, description=description, examples=examples),
+            )
         else:
-            fields[name] = (annotation, Field(..., description=description))
+            fields[name] = (annotation, Field(..., description=description, examples=examples))
     return create_model("Inputs", __config__=ConfigDict(extra="forbid"), **fields)
 
 
 def _input_annotation(name: str, spec: dict[str, Any], source: str, line: int | None) -> Any:
     kind = spec.get("type", spec.get("kind"))
+    if kind == "thread":
+        return list[Message]
     if "enum" in spec:
         return Literal[tuple(spec["enum"])]
     if kind is None:
@@ -106,7 +132,7 @@ def _input_annotation(name: str, spec: dict[str, Any], source: str, line: int | 
         return _INPUT_TYPES[kind]
     raise TemplateError(
         f"input {name!r} has unknown type {kind!r}; use one of "
-        "string, integer, number, boolean, array, object",
+        "string, integer, number, boolean, array, object, thread",
         source=source,
         line=line,
     )

@@ -12,11 +12,20 @@ import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .backends.base import GenerationConfig, Message, PromptInput, messages_to_text
+from .conversation import Message as ChatMessage
+from .conversation import (
+    ThreadSlot,
+    thread_messages,
+    turn_text,
+    unplaced_threads,
+    with_history,
+)
 from .demos import Selection, Strategy
 from .errors import (
     ConstraintError,
@@ -38,11 +47,12 @@ if TYPE_CHECKING:
     from .backends.base import Backend
     from .scoring import Classification
 
-__all__ = ["Attempt", "Constrained", "Example", "Prompt", "Result", "Style"]
+__all__ = ["Attempt", "Constrained", "Example", "Prompt", "Result", "Style", "TemplateFormat"]
 
 logger = logging.getLogger("promptkit")
 OutputT = TypeVar("OutputT")
 Style = Literal["chat", "completion"]
+TemplateFormat = Literal["jinja2", "mustache"]
 Constrained = Union[bool, Literal["fallback"], None]
 STYLES: tuple[Style, ...] = ("chat", "completion")
 
@@ -71,7 +81,8 @@ class Prompt(Generic[OutputT]):
     """A typed prompt template.
 
     Args:
-        query: Jinja2 template of the question, over the input type's fields.
+        query: Jinja2 template of the question, over the input type's fields; None for a
+            prompt whose messages end with its turns (a conversation, or a system message).
         instruction: Jinja2 template of the task description (may use the inputs too).
         input_type: pydantic model of the inputs; inferred (every variable required) if omitted.
         output_type: what the answer is parsed and validated into.
@@ -81,12 +92,19 @@ class Prompt(Generic[OutputT]):
             :meth:`run` switches to the form the backend speaks.
         shots: how many examples to show by default (all when None).
         format_instructions: add a sentence saying how to answer (labels, JSON schema, ...).
-        turns: fixed ``(role, template)`` messages between the instruction and the examples.
+        turns: fixed ``(role, template)`` messages between the instruction and the examples,
+            and :class:`~promptkit.conversation.ThreadSlot` s, where a ``list[pk.Message]``
+            input's messages go (the examples then come before the first one). A message-list
+            input that no slot places and no template uses goes before the query.
         config: default generation settings for :meth:`run`.
         name, description, metadata: carried along (template files keep unknown keys here).
         source: names the template in error messages (a file path for template files).
         first_lines: the file line where each part starts (``"instruction"``, ``"query"``,
             ``"turn0"``...), so that errors point at the right line of the file.
+        template_folder: the folder ``{% extends %}``, ``{% include %}`` and ``{% import %}``
+            (or mustache partials) load templates from (a template file's own; none when None).
+        template_format: ``"jinja2"``, or ``"mustache"`` (Prompty's other format, rendered by
+            chevron; see :mod:`promptkit.mustache`).
         check: ``check(inputs, output)``, a test of a parsed output against the run's validated
             inputs that a type cannot state (``lambda i, o: o < len(i.choices)``): it returns
             True or None to accept, False to refuse, or raises ValueError / AssertionError
@@ -105,7 +123,7 @@ class Prompt(Generic[OutputT]):
     def __init__(
         self: Prompt[OutputT],
         *,
-        query: str,
+        query: str | None,
         output_type: type[OutputT],
         instruction: str = ...,
         input_type: type[BaseModel] | None = ...,
@@ -114,7 +132,7 @@ class Prompt(Generic[OutputT]):
         style: Style = ...,
         shots: int | None = ...,
         format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str]] = ...,
+        turns: Sequence[tuple[str, str] | ThreadSlot] = ...,
         config: GenerationConfig | None = ...,
         name: str | None = ...,
         description: str | None = ...,
@@ -122,13 +140,15 @@ class Prompt(Generic[OutputT]):
         source: str | None = ...,
         first_lines: Mapping[str, int] | None = ...,
         check: OutputCheck | None = ...,
+        template_folder: Path | None = ...,
+        template_format: TemplateFormat = ...,
     ) -> None: ...
 
     @overload
     def __init__(
         self: Prompt[str],
         *,
-        query: str,
+        query: str | None,
         instruction: str = ...,
         input_type: type[BaseModel] | None = ...,
         examples: Sequence[Example] = ...,
@@ -136,7 +156,7 @@ class Prompt(Generic[OutputT]):
         style: Style = ...,
         shots: int | None = ...,
         format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str]] = ...,
+        turns: Sequence[tuple[str, str] | ThreadSlot] = ...,
         config: GenerationConfig | None = ...,
         name: str | None = ...,
         description: str | None = ...,
@@ -144,13 +164,15 @@ class Prompt(Generic[OutputT]):
         source: str | None = ...,
         first_lines: Mapping[str, int] | None = ...,
         check: OutputCheck | None = ...,
+        template_folder: Path | None = ...,
+        template_format: TemplateFormat = ...,
     ) -> None: ...
 
     @overload
     def __init__(
         self: Prompt[str],
         *,
-        query: str,
+        query: str | None,
         output_type: Regex | Lark,
         instruction: str = ...,
         input_type: type[BaseModel] | None = ...,
@@ -159,7 +181,7 @@ class Prompt(Generic[OutputT]):
         style: Style = ...,
         shots: int | None = ...,
         format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str]] = ...,
+        turns: Sequence[tuple[str, str] | ThreadSlot] = ...,
         config: GenerationConfig | None = ...,
         name: str | None = ...,
         description: str | None = ...,
@@ -167,13 +189,15 @@ class Prompt(Generic[OutputT]):
         source: str | None = ...,
         first_lines: Mapping[str, int] | None = ...,
         check: OutputCheck | None = ...,
+        template_folder: Path | None = ...,
+        template_format: TemplateFormat = ...,
     ) -> None: ...
 
     @overload
     def __init__(
         self: Prompt[Any],
         *,
-        query: str,
+        query: str | None,
         output_type: Any,
         instruction: str = ...,
         input_type: type[BaseModel] | None = ...,
@@ -182,7 +206,7 @@ class Prompt(Generic[OutputT]):
         style: Style = ...,
         shots: int | None = ...,
         format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str]] = ...,
+        turns: Sequence[tuple[str, str] | ThreadSlot] = ...,
         config: GenerationConfig | None = ...,
         name: str | None = ...,
         description: str | None = ...,
@@ -190,12 +214,14 @@ class Prompt(Generic[OutputT]):
         source: str | None = ...,
         first_lines: Mapping[str, int] | None = ...,
         check: OutputCheck | None = ...,
+        template_folder: Path | None = ...,
+        template_format: TemplateFormat = ...,
     ) -> None: ...
 
     def __init__(
         self,
         *,
-        query: str,
+        query: str | None,
         instruction: str = "",
         input_type: type[BaseModel] | None = None,
         output_type: Any = str,
@@ -204,7 +230,7 @@ class Prompt(Generic[OutputT]):
         style: Style = "chat",
         shots: int | None = None,
         format_instructions: bool = True,
-        turns: Sequence[tuple[str, str]] = (),
+        turns: Sequence[tuple[str, str] | ThreadSlot] = (),
         config: GenerationConfig | None = None,
         name: str | None = None,
         description: str | None = None,
@@ -212,6 +238,8 @@ class Prompt(Generic[OutputT]):
         source: str | None = None,
         first_lines: Mapping[str, int] | None = None,
         check: OutputCheck | None = None,
+        template_folder: Path | None = None,
+        template_format: TemplateFormat = "jinja2",
     ) -> None:
         if style not in STYLES:
             raise UsageError(f"style must be 'chat' or 'completion', got {style!r}")
@@ -226,20 +254,52 @@ class Prompt(Generic[OutputT]):
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.source = source
 
+        if template_format not in ("jinja2", "mustache"):
+            raise UsageError(
+                f"template_format must be 'jinja2' or 'mustache', got {template_format!r}"
+            )
+        self.template_format: TemplateFormat = template_format
+        engine: type[CompiledTemplate] = CompiledTemplate
+        if template_format == "mustache":
+            from .mustache import MustacheTemplate
+
+            engine = MustacheTemplate
+
         def compile_part(part: str, text: str) -> CompiledTemplate:
-            return CompiledTemplate(text, name=source, first_line=lines.get(part, 1))
+            return engine(text, name=source, first_line=lines.get(part, 1), folder=template_folder)
 
         self.instruction = compile_part("instruction", instruction)
-        self.query = compile_part("query", query)
-        self.turns = tuple(
-            _Turn(role, compile_part(f"turn{i}", text)) for i, (role, text) in enumerate(turns)
+        self.asks_query = query is not None  # False: the messages end with the last turn
+        self.query = compile_part("query", query or "")
+        self.turns: tuple[_Turn | ThreadSlot, ...] = tuple(
+            turn
+            if isinstance(turn, ThreadSlot)
+            else _Turn(turn[0], compile_part(f"turn{i}", turn[1]))
+            for i, turn in enumerate(turns)
         )
-        for role, _ in turns:
-            if role not in ("user", "assistant", "system"):
-                raise TemplateError(f"turn role must be user, assistant or system, not {role!r}")
-        templates = [self.instruction, self.query, *(t.template for t in self.turns)]
+        for turn in self.turns:
+            if isinstance(turn, _Turn) and turn.role not in ("user", "assistant", "system"):
+                raise TemplateError(
+                    f"turn role must be user, assistant or system, not {turn.role!r}"
+                )
+        templates = [
+            self.instruction,
+            self.query,
+            *(t.template for t in self.turns if isinstance(t, _Turn)),
+        ]
         used = frozenset().union(*(t.variables for t in templates))
-        self.input_type = input_type or _infer_input_type(used)
+        slots = [t.name for t in self.turns if isinstance(t, ThreadSlot)]
+        self.input_type = input_type or _infer_input_type(used, slots)
+        self.turns = (
+            *self.turns,
+            *unplaced_threads(
+                self.input_type.model_fields,
+                used,
+                slots,
+                source,
+                frozenset().union(*(t.printed for t in templates)),
+            ),
+        )
         declared = set(self.input_type.model_fields)
         missing = used - declared
         if missing:
@@ -272,6 +332,11 @@ class Prompt(Generic[OutputT]):
             raise UsageError(f"check must be a callable check(inputs, output), got {check!r}")
         self.check = check
         self.examples: tuple[Example, ...] = tuple(examples)
+        if self.examples and not self.asks_query:
+            raise UsageError(
+                "examples are shown as (query, answer) pairs, but this prompt has no query; "
+                "give it a query template or no examples"
+            )
         self._example_inputs = [self._validate_example(i, e) for i, e in enumerate(self.examples)]
         if shots is not None and not 0 <= shots <= len(self.examples):
             raise UsageError(
@@ -294,8 +359,11 @@ class Prompt(Generic[OutputT]):
     def with_examples(self, examples: Sequence[Example]) -> Prompt[OutputT]:
         """A copy of this prompt with other demonstrations (validated), sharing its templates.
 
-        Raises InputValidationError when an example does not match the input or output type.
+        Raises InputValidationError when an example does not match the input or output type,
+        UsageError for examples of a prompt without a query.
         """
+        if examples and not self.asks_query:
+            raise UsageError("this prompt has no query, so it cannot show examples")
         other = copy.copy(self)
         other.examples = tuple(examples)
         other._example_inputs = [other._validate_example(i, e) for i, e in enumerate(examples)]
@@ -404,6 +472,7 @@ class Prompt(Generic[OutputT]):
         style: Style,
         backend: Backend,
         config: GenerationConfig,
+        history: Sequence[ChatMessage] = (),
     ) -> tuple[PromptInput, list[int], list[tuple[int, str]]]:
         """Render, dropping the least wanted demonstrations until the prompt plus
         ``max_tokens`` fits the backend's context window (counted with its own tokenizer).
@@ -412,7 +481,7 @@ class Prompt(Generic[OutputT]):
         Raises ContextWindowError when the instruction and query alone do not fit.
         """
         chosen = list(chosen)
-        rendered = self._render_context(context, self._display(chosen, selection), style)
+        rendered = self._render_context(context, self._display(chosen, selection), style, history)
         window = backend.context_window
         if window is None:
             return rendered, chosen, []
@@ -439,7 +508,9 @@ class Prompt(Generic[OutputT]):
                     f"context window {window}",
                 )
             )
-            rendered = self._render_context(context, self._display(chosen, selection), style)
+            rendered = self._render_context(
+                context, self._display(chosen, selection), style, history
+            )
 
     def _shots(self, shots: int | None) -> int:
         if shots is None:
@@ -452,28 +523,57 @@ class Prompt(Generic[OutputT]):
         return shots
 
     def _render_context(
-        self, context: dict[str, Any], shown: Sequence[int], style: Style
+        self,
+        context: dict[str, Any],
+        shown: Sequence[int],
+        style: Style,
+        history: Sequence[ChatMessage] = (),
     ) -> PromptInput:
-        """Render with the examples ``shown`` (indices, in display order)."""
+        """Render with the examples ``shown`` (indices, in display order). A ``history`` that
+        starts with a system message is the whole conversation so far: only the query follows
+        it; another goes after the turns and demonstrations, before the query."""
+        asked = (
+            [Message(role="user", content=self.query.render(context).strip())]
+            if self.asks_query
+            else []
+        )
+        if history and history[0].role == "system":
+            if style == "completion":
+                return "\n\n".join(
+                    [*(turn_text(m.as_chat()) for m in history), *(m["content"] for m in asked)]
+                )
+            return [*(m.as_chat() for m in history), *asked]
         header = self._header(context, completion=style == "completion")
-        turns = [(t.role, t.template.render(context).strip()) for t in self.turns]
+        turns: list[Message] = []
+        before_demos = 0  # the fixed turns before the first conversation come before the demos
+        in_conversation = False
+        for turn in self.turns:
+            if isinstance(turn, ThreadSlot):
+                in_conversation = True
+                turns.extend(thread_messages(context[turn.name]))
+            else:
+                text = turn.template.render(context).strip()
+                turns.append(Message(role=turn.role, content=text))
+                before_demos += not in_conversation
         every = self._demonstrations()
         demos = [every[i] for i in shown]
-        query = self.query.render(context).strip()
+        fixed, rest = turns[:before_demos], [*turns[before_demos:], *thread_messages(history)]
         if style == "completion":
             parts = [header] if header else []
-            parts.extend(text for _, text in turns)
+            parts.extend(m["content"] for m in fixed)
             parts.extend(f"{q} {a}" for q, a in demos)
-            parts.append(query)
+            parts.extend(turn_text(m) for m in rest)
+            parts.extend(m["content"] for m in asked)
             return "\n\n".join(parts)
         messages: list[Message] = []
         if header:
             messages.append(Message(role="system", content=header))
-        messages.extend(Message(role=role, content=text) for role, text in turns)
+        messages.extend(fixed)
         for q, a in demos:
             messages.append(Message(role="user", content=q))
             messages.append(Message(role="assistant", content=a))
-        messages.append(Message(role="user", content=query))
+        messages.extend(rest)
+        messages.extend(asked)
         return messages
 
     def _header(self, context: dict[str, Any], *, completion: bool) -> str:
@@ -513,9 +613,12 @@ class Prompt(Generic[OutputT]):
         style: Style | None,
         constrained: Constrained,
         select: Selection | Strategy | None = None,
+        history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
     ) -> RunLoop[OutputT]:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise UsageError(f"max_attempts must be a positive integer, got {max_attempts!r}")
+        threads = [t.name for t in self.turns if isinstance(t, ThreadSlot)]
+        inputs, earlier = with_history(inputs, history, threads)
         chosen = style or self.style
         if chosen == "chat" and not backend.capabilities.chat:
             chosen = "completion"
@@ -534,7 +637,9 @@ class Prompt(Generic[OutputT]):
         if grammar is not None:
             config = config.replace(grammar=grammar)
         ranked = self._choose(context, count, selection)
-        rendered, shown, dropped = self._fit(context, ranked, selection, chosen, backend, config)
+        rendered, shown, dropped = self._fit(
+            context, ranked, selection, chosen, backend, config, earlier
+        )
         return RunLoop(
             rendered,
             chosen,
@@ -619,8 +724,14 @@ class Prompt(Generic[OutputT]):
         style: Style | None = None,
         constrained: Constrained = None,
         select: Selection | Strategy | None = None,
+        history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
     ) -> Result[OutputT]:
         """Render, generate, parse and validate; re-ask with the error on failure.
+
+        ``history`` continues a conversation (``pk.Message`` s, e.g. an earlier
+        ``result.messages``): one that starts with a system message is the whole conversation
+        so far and only the query follows it; another goes before the query (into the
+        prompt's message-list input when it has one: giving that input too is a UsageError).
 
         Demonstrations: the first ``shots`` of the examples ranked by ``select`` (see
         :mod:`promptkit.demos`); on backends that count tokens, the least wanted are dropped
@@ -636,7 +747,9 @@ class Prompt(Generic[OutputT]):
         when the output type cannot be a constraint (or ``max_tokens`` cannot hold any valid
         answer), and whatever the backend raises (BackendError, ContextWindowError, ...).
         """
-        loop = self._loop(inputs, backend, shots, max_attempts, config, style, constrained, select)
+        loop = self._loop(
+            inputs, backend, shots, max_attempts, config, style, constrained, select, history
+        )
         while True:
             request = loop.next_request()
             done = loop.accept(backend.generate(request.prompt, request.config))
@@ -670,9 +783,12 @@ class Prompt(Generic[OutputT]):
         style: Style | None = None,
         constrained: Constrained = None,
         select: Selection | Strategy | None = None,
+        history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
     ) -> Result[OutputT]:
         """The async twin of :meth:`run`."""
-        loop = self._loop(inputs, backend, shots, max_attempts, config, style, constrained, select)
+        loop = self._loop(
+            inputs, backend, shots, max_attempts, config, style, constrained, select, history
+        )
         while True:
             request = loop.next_request()
             done = loop.accept(await backend.agenerate(request.prompt, request.config))
@@ -802,8 +918,9 @@ def _check_concurrency(concurrency: int) -> None:
         raise UsageError(f"concurrency must be a positive integer, got {concurrency!r}")
 
 
-def _infer_input_type(names: frozenset[str]) -> type[BaseModel]:
+def _infer_input_type(names: frozenset[str], threads: Sequence[str] = ()) -> type[BaseModel]:
     fields: dict[str, Any] = {name: (Any, ...) for name in sorted(names)}
+    fields.update({name: (list[ChatMessage], []) for name in threads})
     model: type[BaseModel] = create_model("Inputs", __config__=ConfigDict(extra="forbid"), **fields)
     return model
 

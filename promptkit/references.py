@@ -26,7 +26,13 @@ from typing import Any
 
 from .errors import ConfigurationError, TemplateError
 
-__all__ = ["MAX_DATA_FILE_BYTES", "check_model_references", "resolve_env", "resolve_references"]
+__all__ = [
+    "MAX_DATA_FILE_BYTES",
+    "check_model_references",
+    "read_confined",
+    "resolve_env",
+    "resolve_references",
+]
 
 MAX_DATA_FILE_BYTES = 2_000_000  # the largest file a ${file:...} reference may load
 _REFERENCE = re.compile(r"\$\{(env|file):([^}]*)\}")
@@ -171,6 +177,23 @@ def _read_data_file(
     import yaml
 
     shown = f"${{file:{reference}}}"
+    target, data = read_confined(reference, folder, file_root, shown, source, line)
+    try:
+        text = data.decode("utf-8")
+        return json.loads(text) if target.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise TemplateError(
+            f"{shown} is not valid UTF-8 JSON/YAML: {exc}", source=source, line=line
+        ) from None
+
+
+def read_confined(
+    reference: str, folder: Path, file_root: Path, shown: str, source: str, line: int | None
+) -> tuple[Path, bytes]:
+    """The path and bytes of the file ``reference`` names relative to ``folder``: a regular
+    file of at most MAX_DATA_FILE_BYTES inside ``file_root`` (``shown`` names the reference in
+    errors). Raises TemplateError for an absolute path, a path out of the root, or a file that
+    is missing, not regular or too large."""
     if Path(reference).is_absolute():
         raise TemplateError(
             f"{shown}: absolute paths are not allowed; name the file relative to the "
@@ -188,14 +211,7 @@ def _read_data_file(
             source=source,
             line=line,
         )
-    data = _read_regular_file(target, shown, source, line)
-    try:
-        text = data.decode("utf-8")
-        return json.loads(text) if target.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise TemplateError(
-            f"{shown} is not valid UTF-8 JSON/YAML: {exc}", source=source, line=line
-        ) from None
+    return target, _read_regular_file(target, shown, source, line)
 
 
 def _read_regular_file(path: Path, shown: str, source: str, line: int | None) -> bytes:

@@ -11,6 +11,8 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +25,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import template_limits as _limits
 from .errors import MissingVariableError, TemplateError
+from .template_folder import LOADING_NODES, FolderLoader, loaded_templates
 from .template_limits import LIMITS, TemplateLimits
 
 __all__ = [
@@ -225,6 +228,35 @@ _ENV.filters.update({name: _limited_filter(name, f) for name, f in _ENV.filters.
 _LIPSUM = _ENV.globals["lipsum"]
 
 
+@lru_cache(maxsize=64)
+def _folder_environment(folder: Path, source: str) -> _Environment:
+    """The environment whose loader reads templates from ``folder`` (same limits)."""
+    environment = _ENV.overlay(loader=FolderLoader(folder, source))
+    assert isinstance(environment, _Environment)
+    return environment
+
+
+def _referenced_templates(
+    tree: nodes.Template, environment: _Environment, name: str, line_of: Any
+) -> frozenset[str]:
+    """The undeclared variables of every template ``tree`` extends, includes or imports
+    (loaded now, see :func:`~promptkit.template_folder.loaded_templates`). Raises
+    TemplateError for one that cannot load, is unsafe or has role lines."""
+    variables: set[str] = set()
+    for target, text, loaded, line in loaded_templates(tree, environment, name, line_of):
+        if _ROLE_LINE.search(text):
+            raise TemplateError(
+                f"template {target!r} has role lines (system:, user:...); a template that is "
+                "extended, included or imported must be plain text, since roles are read from "
+                "this template's own source",
+                source=name,
+                line=line,
+            )
+        _reject_private_access(loaded, target, lambda lineno: lineno)
+        variables.update(meta.find_undeclared_variables(loaded))
+    return frozenset(variables)
+
+
 @dataclass(frozen=True)
 class Segment:
     """A slice of template source: its chat role (None before any role line) and first line."""
@@ -266,25 +298,50 @@ class CompiledTemplate:
         name: str = "<template>",
         first_line: int = 1,
         limits: TemplateLimits = LIMITS,
+        folder: Path | None = None,
     ):
         self.source = source
         self.name = name
         self.first_line = first_line
         self.limits = limits
+        environment = _ENV if folder is None else _folder_environment(folder, name)
         try:
-            tree = _ENV.parse(source)
+            tree = environment.parse(source)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(
                 exc.message or "syntax error", source=name, line=self._line(exc)
             ) from None
         _reject_private_access(tree, name, self._line_of)
         self.variables: frozenset[str] = frozenset(meta.find_undeclared_variables(tree))
+        # the names printed as they are (``{{ name }}``), not through an attribute or filter
+        self.printed: frozenset[str] = frozenset(
+            node.name
+            for output in tree.find_all(nodes.Output)
+            for node in output.nodes
+            if isinstance(node, nodes.Name)
+        )
         self.variable_lines: dict[str, int] = {}
         for node in tree.find_all(nodes.Name):
             if node.ctx == "load" and node.name in self.variables:
                 self.variable_lines.setdefault(node.name, self._line_of(node.lineno))
+        if folder is not None:
+            inherited = _referenced_templates(tree, environment, name, self._line_of)
+            self.variables |= inherited
+            loading = next(iter(tree.find_all(LOADING_NODES)), None)
+            for variable in inherited:
+                lineno = loading.lineno if loading is not None else None
+                self.variable_lines.setdefault(variable, self._line_of(lineno))
+        else:
+            for loader_node in tree.find_all(LOADING_NODES):
+                raise TemplateError(
+                    "extends, include and import load other templates only from a template "
+                    "file's folder, and this template has none (pass Prompt(..., "
+                    "template_folder=DIR))",
+                    source=name,
+                    line=_lineno(loader_node, self._line_of),
+                )
         try:
-            self._template = _ENV.from_string(tree)
+            self._template = environment.from_string(tree)
         except RecursionError:
             raise TemplateError(
                 "the template nests too deeply to compile; flatten its expressions", source=name
@@ -406,6 +463,8 @@ def compile_template(
     name: str = "<template>",
     first_line: int = 1,
     limits: TemplateLimits = LIMITS,
+    folder: Path | None = None,
 ) -> CompiledTemplate:
-    """Compile template source (see :class:`CompiledTemplate`); raises TemplateError."""
-    return CompiledTemplate(source, name=name, first_line=first_line, limits=limits)
+    """Compile template source (see :class:`CompiledTemplate`; ``folder``: where ``{% extends
+    %}`` and its kin load templates from, none when None); raises TemplateError."""
+    return CompiledTemplate(source, name=name, first_line=first_line, limits=limits, folder=folder)
