@@ -19,13 +19,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass

@@ -202,10 +202,10 @@ def test_sliding_window_perplexity_matches_transformers(tmp_path):
 def test_constrained_json_answer_is_valid_with_fast_forward(llama_backend, monkeypatch):
     from typing import Literal
 
-    from promptkit.constraints import grammar_for
     from pydantic import BaseModel, ConfigDict
 
     from promptkit.backends.scratch.backend import ScratchBackend
+    from promptkit.grammar import grammar_for
     from promptkit.parsing import output_spec
 
     class Keys(BaseModel):  # short values, long keys: most tokens are forced by the grammar
