@@ -26,11 +26,15 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from .errors import UsageError
+from .backends.base import PromptInput, messages_to_text
+from .errors import ContextWindowError, UsageError
 
-__all__ = ["Embed", "Selection", "Strategy", "bm25_scores"]
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
+__all__ = ["Embed", "Selection", "Strategy", "bm25_scores", "fit_to_window"]
 
 Strategy = Literal["first", "random", "similar", "mmr"]
 STRATEGIES: tuple[Strategy, ...] = ("first", "random", "similar", "mmr")
@@ -201,3 +205,47 @@ def _interleave(order: list[int], labels: Sequence[str]) -> list[int]:
                 result.append(queue[depth])
         depth += 1
     return result
+
+
+def fit_to_window(
+    render: Callable[[list[int]], PromptInput],
+    ranked: Sequence[int],
+    backend: Backend,
+    max_tokens: int,
+) -> tuple[PromptInput, list[int], list[tuple[int, str]]]:
+    """Render with the ``ranked`` demonstrations (indices, most wanted first), dropping the
+    least wanted until the prompt plus ``max_tokens`` fits the backend's context window
+    (counted with its own tokenizer); ``render(kept)`` renders with the ``kept`` ones.
+
+    Returns the rendering, the demonstrations shown and the dropped ones with the reason.
+    Raises ContextWindowError when the instruction and query alone do not fit.
+    """
+    chosen = list(ranked)
+    rendered = render(chosen)
+    window = backend.context_window
+    if window is None:
+        return rendered, chosen, []
+    dropped: list[tuple[int, str]] = []
+    while True:
+        text = rendered if isinstance(rendered, str) else messages_to_text(rendered)
+        tokens = backend.count_tokens(text)
+        if tokens + max_tokens <= window:
+            return rendered, chosen, dropped
+        if not chosen:
+            raise ContextWindowError(
+                f"the instruction and query alone take {tokens} tokens; with max_tokens "
+                f"{max_tokens} they do not fit the context window of {window} "
+                "(demonstrations were dropped first); shorten the input or lower max_tokens",
+                prompt_tokens=tokens,
+                max_tokens=max_tokens,
+                context_window=window,
+            )
+        gone = chosen.pop()
+        dropped.append(
+            (
+                gone,
+                f"did not fit: {tokens} prompt tokens + max_tokens {max_tokens} > "
+                f"context window {window}",
+            )
+        )
+        rendered = render(chosen)

@@ -12,16 +12,15 @@ import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar, Union, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from .backends.base import GenerationConfig, Message, PromptInput, messages_to_text
+from .backends.base import GenerationConfig, Message, PromptInput
 from .constraints import Grammar, Lark, Regex, grammar_for, span_sources
-from .demos import Selection, Strategy
+from .demos import Selection, Strategy, fit_to_window
 from .errors import (
     ConstraintError,
-    ContextWindowError,
     InputValidationError,
     MissingVariableError,
     PromptkitError,
@@ -31,12 +30,14 @@ from .errors import (
 )
 from .parsing import OutputCheck, OutputSpec, output_spec, run_check
 from .runloop import Attempt, Result, RunLoop
+from .scoring import Classification, classify_labels
 from .spans import span_grammar
 from .templating import CompiledTemplate
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from .backends.base import Backend
-    from .scoring import Classification
 
 __all__ = ["Attempt", "Constrained", "Example", "Prompt", "Result", "Style"]
 
@@ -53,6 +54,27 @@ class Example:
 
     input: Mapping[str, Any] | BaseModel
     output: Any
+
+
+class PromptOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`Prompt` besides ``query`` and ``output_type`` (see its
+    docstring), named once for its typed overloads."""
+
+    instruction: str
+    input_type: type[BaseModel] | None
+    examples: Sequence[Example]
+    system: str | None
+    style: Style
+    shots: int | None
+    format_instructions: bool
+    turns: Sequence[tuple[str, str]]
+    config: GenerationConfig | None
+    name: str | None
+    description: str | None
+    metadata: Mapping[str, Any] | None
+    source: str | None
+    first_lines: Mapping[str, int] | None
+    check: OutputCheck | None
 
 
 @dataclass(frozen=True)
@@ -107,44 +129,11 @@ class Prompt(Generic[OutputT]):
         *,
         query: str,
         output_type: type[OutputT],
-        instruction: str = ...,
-        input_type: type[BaseModel] | None = ...,
-        examples: Sequence[Example] = ...,
-        system: str | None = ...,
-        style: Style = ...,
-        shots: int | None = ...,
-        format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str]] = ...,
-        config: GenerationConfig | None = ...,
-        name: str | None = ...,
-        description: str | None = ...,
-        metadata: Mapping[str, Any] | None = ...,
-        source: str | None = ...,
-        first_lines: Mapping[str, int] | None = ...,
-        check: OutputCheck | None = ...,
+        **options: Unpack[PromptOptions],
     ) -> None: ...
 
     @overload
-    def __init__(
-        self: Prompt[str],
-        *,
-        query: str,
-        instruction: str = ...,
-        input_type: type[BaseModel] | None = ...,
-        examples: Sequence[Example] = ...,
-        system: str | None = ...,
-        style: Style = ...,
-        shots: int | None = ...,
-        format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str]] = ...,
-        config: GenerationConfig | None = ...,
-        name: str | None = ...,
-        description: str | None = ...,
-        metadata: Mapping[str, Any] | None = ...,
-        source: str | None = ...,
-        first_lines: Mapping[str, int] | None = ...,
-        check: OutputCheck | None = ...,
-    ) -> None: ...
+    def __init__(self: Prompt[str], *, query: str, **options: Unpack[PromptOptions]) -> None: ...
 
     @overload
     def __init__(
@@ -152,44 +141,12 @@ class Prompt(Generic[OutputT]):
         *,
         query: str,
         output_type: Regex | Lark,
-        instruction: str = ...,
-        input_type: type[BaseModel] | None = ...,
-        examples: Sequence[Example] = ...,
-        system: str | None = ...,
-        style: Style = ...,
-        shots: int | None = ...,
-        format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str]] = ...,
-        config: GenerationConfig | None = ...,
-        name: str | None = ...,
-        description: str | None = ...,
-        metadata: Mapping[str, Any] | None = ...,
-        source: str | None = ...,
-        first_lines: Mapping[str, int] | None = ...,
-        check: OutputCheck | None = ...,
+        **options: Unpack[PromptOptions],
     ) -> None: ...
 
     @overload
     def __init__(
-        self: Prompt[Any],
-        *,
-        query: str,
-        output_type: Any,
-        instruction: str = ...,
-        input_type: type[BaseModel] | None = ...,
-        examples: Sequence[Example] = ...,
-        system: str | None = ...,
-        style: Style = ...,
-        shots: int | None = ...,
-        format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str]] = ...,
-        config: GenerationConfig | None = ...,
-        name: str | None = ...,
-        description: str | None = ...,
-        metadata: Mapping[str, Any] | None = ...,
-        source: str | None = ...,
-        first_lines: Mapping[str, int] | None = ...,
-        check: OutputCheck | None = ...,
+        self: Prompt[Any], *, query: str, output_type: Any, **options: Unpack[PromptOptions]
     ) -> None: ...
 
     def __init__(
@@ -396,51 +353,6 @@ class Prompt(Generic[OutputT]):
     def _display(chosen: list[int], selection: Selection) -> list[int]:
         return chosen[::-1] if selection.relevance_last else chosen
 
-    def _fit(
-        self,
-        context: dict[str, Any],
-        chosen: list[int],
-        selection: Selection,
-        style: Style,
-        backend: Backend,
-        config: GenerationConfig,
-    ) -> tuple[PromptInput, list[int], list[tuple[int, str]]]:
-        """Render, dropping the least wanted demonstrations until the prompt plus
-        ``max_tokens`` fits the backend's context window (counted with its own tokenizer).
-
-        Returns the rendering, the demonstrations shown and the dropped ones with the reason.
-        Raises ContextWindowError when the instruction and query alone do not fit.
-        """
-        chosen = list(chosen)
-        rendered = self._render_context(context, self._display(chosen, selection), style)
-        window = backend.context_window
-        if window is None:
-            return rendered, chosen, []
-        dropped: list[tuple[int, str]] = []
-        while True:
-            text = rendered if isinstance(rendered, str) else messages_to_text(rendered)
-            tokens = backend.count_tokens(text)
-            if tokens + config.max_tokens <= window:
-                return rendered, chosen, dropped
-            if not chosen:
-                raise ContextWindowError(
-                    f"the instruction and query alone take {tokens} tokens; with max_tokens "
-                    f"{config.max_tokens} they do not fit the context window of {window} "
-                    "(demonstrations were dropped first); shorten the input or lower max_tokens",
-                    prompt_tokens=tokens,
-                    max_tokens=config.max_tokens,
-                    context_window=window,
-                )
-            gone = chosen.pop()
-            dropped.append(
-                (
-                    gone,
-                    f"did not fit: {tokens} prompt tokens + max_tokens {config.max_tokens} > "
-                    f"context window {window}",
-                )
-            )
-            rendered = self._render_context(context, self._display(chosen, selection), style)
-
     def _shots(self, shots: int | None) -> int:
         if shots is None:
             return len(self.examples) if self.shots is None else self.shots
@@ -535,8 +447,12 @@ class Prompt(Generic[OutputT]):
             grammar = None  # structured output (response_format) exists only for chat
         if grammar is not None:
             config = config.replace(grammar=grammar)
-        ranked = self._choose(context, count, selection)
-        rendered, shown, dropped = self._fit(context, ranked, selection, chosen, backend, config)
+        rendered, shown, dropped = fit_to_window(
+            lambda kept: self._render_context(context, self._display(kept, selection), chosen),
+            self._choose(context, count, selection),
+            backend,
+            config.max_tokens,
+        )
         return RunLoop(
             rendered,
             chosen,
@@ -679,13 +595,13 @@ class Prompt(Generic[OutputT]):
 
         ``normalize`` divides each label's log-probability by its length in tokens;
         ``calibrate`` divides the label probabilities by those given for a content-free input
-        (every text field set to ``content_free``) before choosing. Needs a label output type
-        (``Literal`` / ``Enum`` / ``labels:``) and a backend that scores
-        (UnsupportedCapabilityError otherwise).
-        """
-        from .scoring import Classification, _softmax, score_continuations
-        from .scoring import calibrate as calibrated_by
+        (every text field set to ``content_free``) before choosing (see
+        :func:`promptkit.scoring.classify_labels`).
 
+        Raises UsageError unless the output type is a label set (``Literal`` / ``Enum`` /
+        ``labels:``), UnsupportedCapabilityError when the backend cannot score, and
+        InputValidationError for bad inputs or shots.
+        """
         if self.output.kind != "label":
             raise UsageError(
                 "classify needs a label output type (Literal[...], an Enum or labels: [...]); "
@@ -693,36 +609,16 @@ class Prompt(Generic[OutputT]):
             )
         backend.require("loglikelihood")
         count = self._shots(shots)
-        validated = self.validate_inputs(inputs)
+        context = _context(self.validate_inputs(inputs))
         selection = Selection.of(select)
-        shown = self._display(self._choose(_context(validated), count, selection), selection)
-        labels = self.output.labels
-        verbalised = [" " + label for label in labels]  # as demonstrations write answers
-
-        def label_probabilities(context: dict[str, Any]) -> tuple[list[float], tuple[float, ...]]:
-            text = self._render_context(context, shown, "completion")
-            assert isinstance(text, str)
-            scored = score_continuations(backend, text, verbalised)
-            scores = [score for score, _ in scored]
-            decisive = [s / max(n, 1) for s, n in scored] if normalize else scores
-            return scores, _softmax(decisive)
-
-        scores, probabilities = label_probabilities(_context(validated))
-        calibrated = None
-        if calibrate:
-            blank = {
-                key: content_free if isinstance(value, str) else value
-                for key, value in _context(validated).items()
-            }
-            calibrated = calibrated_by(probabilities, label_probabilities(blank)[1])
-        decisive = calibrated or probabilities
-        best = max(range(len(labels)), key=decisive.__getitem__)
-        return Classification(
-            label=self.output.validate(labels[best]),
-            labels=labels,
-            scores=tuple(scores),
-            probabilities=probabilities,
-            calibrated=calibrated,
+        shown = self._display(self._choose(context, count, selection), selection)
+        return classify_labels(
+            lambda values: self._render_context(values, shown, "completion"),
+            context,
+            self.output,
+            backend=backend,
+            normalize=normalize,
+            content_free=content_free if calibrate else None,
         )
 
     def run_batch(
