@@ -9,29 +9,29 @@ in the number of demonstrations.
 from __future__ import annotations
 
 import copy
-import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar, Union, overload
+from functools import partial
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ValidationError
 
-from .backends.base import GenerationConfig, Message, PromptInput
-from .constraints import Grammar, Lark, Regex, grammar_for, span_sources
-from .demos import Selection, Strategy, fit_to_window
-from .errors import (
-    ConstraintError,
-    InputValidationError,
-    MissingVariableError,
-    PromptkitError,
-    TemplateError,
-    UnsupportedCapabilityError,
-    UsageError,
+from ._batch import arun_each, run_each
+from ._decoding import Constrained, decoding_grammar
+from ._inputs import (
+    check_output_inputs,
+    check_variables,
+    infer_input_type,
+    template_context,
+    validate_inputs,
 )
+from .backends.base import GenerationConfig, Message, PromptInput
+from .constraints import Grammar, Lark, Regex
+from .demos import Selection, Strategy, fit_to_window
+from .errors import InputValidationError, PromptkitError, TemplateError, UsageError
 from .parsing import OutputCheck, OutputSpec, output_spec, run_check
 from .runloop import Attempt, Result, RunLoop
 from .scoring import Classification, classify_labels
-from .spans import span_grammar
 from .templating import CompiledTemplate
 
 if TYPE_CHECKING:
@@ -41,10 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Attempt", "Constrained", "Example", "Prompt", "Result", "Style"]
 
-logger = logging.getLogger("promptkit")
 OutputT = TypeVar("OutputT")
 Style = Literal["chat", "completion"]
-Constrained = Union[bool, Literal["fallback"], None]
 STYLES: tuple[Style, ...] = ("chat", "completion")
 
 
@@ -81,12 +79,6 @@ class PromptOptions(TypedDict, total=False):
 class _Turn:
     role: str
     template: CompiledTemplate
-
-
-def _context(instance: BaseModel) -> dict[str, Any]:
-    """The template variables of validated inputs (``dict(model)`` is several times slower)."""
-    extra = instance.__pydantic_extra__
-    return {**instance.__dict__, **extra} if extra else dict(instance.__dict__)
 
 
 class Prompt(Generic[OutputT]):
@@ -196,35 +188,12 @@ class Prompt(Generic[OutputT]):
                 raise TemplateError(f"turn role must be user, assistant or system, not {role!r}")
         templates = [self.instruction, self.query, *(t.template for t in self.turns)]
         used = frozenset().union(*(t.variables for t in templates))
-        self.input_type = input_type or _infer_input_type(used)
+        self.input_type = input_type or infer_input_type(used)
         declared = set(self.input_type.model_fields)
-        missing = used - declared
-        if missing:
-            first = min(
-                (t.variable_lines.get(v, t.first_line), v)
-                for t in templates
-                for v in missing
-                if v in t.variables
-            )
-            raise MissingVariableError(missing, available=declared, source=source, line=first[0])
+        check_variables(templates, declared, source)
         self.output: OutputSpec = output_spec(output_type)
         self.output_type = output_type
-        unknown_spans = span_sources(self.output.schema) - declared
-        if unknown_spans:
-            raise TemplateError(
-                f"the output copies spans from {', '.join(sorted(map(repr, unknown_spans)))}, "
-                f"which {'is not an input' if len(unknown_spans) == 1 else 'are not inputs'}; "
-                f"inputs: {', '.join(sorted(declared)) or '(none)'}",
-                source=source,
-            )
-        unknown_bounds = self.output.bound_inputs - declared
-        if unknown_bounds:
-            raise TemplateError(
-                f"the output schema's bounds use {', '.join(sorted(map(repr, unknown_bounds)))}, "
-                f"which {'is not an input' if len(unknown_bounds) == 1 else 'are not inputs'}; "
-                f"inputs: {', '.join(sorted(declared)) or '(none)'}",
-                source=source,
-            )
+        check_output_inputs(self.output, declared, source)
         if check is not None and not callable(check):
             raise UsageError(f"check must be a callable check(inputs, output), got {check!r}")
         self.check = check
@@ -278,19 +247,7 @@ class Prompt(Generic[OutputT]):
 
     def validate_inputs(self, inputs: Mapping[str, Any] | BaseModel) -> BaseModel:
         """Validate inputs against the input type; raises InputValidationError naming fields."""
-        if isinstance(inputs, self.input_type):
-            return inputs
-        if isinstance(inputs, BaseModel):
-            inputs = dict(inputs)
-        if not isinstance(inputs, Mapping):
-            raise InputValidationError(
-                f"inputs must be a mapping or a {self.input_type.__name__} instance, "
-                f"got {type(inputs).__name__}"
-            )
-        try:
-            return self.input_type.model_validate(inputs)
-        except ValidationError as exc:
-            raise InputValidationError(_input_problems(exc, self.input_type)) from None
+        return validate_inputs(self.input_type, inputs)
 
     def _validate_example(self, index: int, example: Example) -> BaseModel:
         if not isinstance(example, Example):
@@ -303,7 +260,7 @@ class Prompt(Generic[OutputT]):
         except InputValidationError as exc:
             raise InputValidationError(f"example {index} input: {exc}") from None
         try:
-            output = self.output.validate(example.output, _context(validated))
+            output = self.output.validate(example.output, template_context(validated))
         except (ValidationError, PromptkitError, ValueError) as exc:
             raise InputValidationError(
                 f"example {index} output {example.output!r} is not a valid "
@@ -333,7 +290,7 @@ class Prompt(Generic[OutputT]):
 
         Raises InputValidationError for bad inputs or shots, TemplateError if rendering fails.
         """
-        context = _context(self.validate_inputs(inputs))
+        context = template_context(self.validate_inputs(inputs))
         selection = Selection.of(select)
         chosen = self._choose(context, self._shots(shots), selection)
         return self._render_context(context, self._display(chosen, selection), style or self.style)
@@ -407,7 +364,7 @@ class Prompt(Generic[OutputT]):
         if self._demos is None:
             demos = []
             for validated, example in zip(self._example_inputs, self.examples, strict=True):
-                context = _context(validated)
+                context = template_context(validated)
                 answer = self.output.validate(example.output, context)
                 demos.append((self.query.render(context).strip(), self.output.serialize(answer)))
             self._demos = demos
@@ -435,7 +392,7 @@ class Prompt(Generic[OutputT]):
             chosen = "chat"
         count = self._shots(shots)
         validated = self.validate_inputs(inputs)
-        context = _context(validated)
+        context = template_context(validated)
         if self.output.bounded:
             self.output.schema_for(context)  # a bound that cannot render fails before any call
         selection = Selection.of(select)
@@ -462,18 +419,8 @@ class Prompt(Generic[OutputT]):
             demonstrations=tuple(self._display(shown, selection)),
             dropped=tuple(dropped),
             inputs=context,
-            check=None if self.check is None else self._checker(validated),
+            check=None if self.check is None else partial(run_check, self.check, validated),
         )
-
-    def _checker(self, validated: BaseModel) -> Callable[[Any], str | None]:
-        """The run loop's view of ``check`` for one run's inputs."""
-        check = self.check
-        assert check is not None
-
-        def refusal(output: Any) -> str | None:
-            return run_check(check, validated, output)
-
-        return refusal
 
     def constraint(
         self,
@@ -495,34 +442,7 @@ class Prompt(Generic[OutputT]):
         constrains; ``"fallback"`` is None that falls back to parse-and-re-ask when llguidance
         cannot compile the output type (instead of raising ConstraintError).
         """
-        if constrained not in (None, True, False, "fallback"):
-            raise UsageError(
-                f"constrained must be None, True, False or 'fallback', got {constrained!r}"
-            )
-        if constrained is False:
-            return None
-        masks = backend.capabilities.token_masks
-        spans = span_grammar(self.output, inputs) if inputs is not None and masks else None
-        grammar = grammar_for(self.output, inputs) if spans is None else spans
-        if grammar is None:
-            return None
-        structured = grammar.kind == "json_schema" and self.output.is_object
-        if not masks and not (structured and backend.capabilities.json_schema):
-            if constrained is True:
-                raise UnsupportedCapabilityError(
-                    backend.name,
-                    "constrained decoding (token masks)",
-                    "use a local backend (scratch, hf), or run with constrained=None",
-                )
-            return None
-        try:
-            grammar.compiled()
-        except ConstraintError as exc:
-            if constrained != "fallback":
-                raise
-            logger.info("constraints off for %s, parsing and re-asking instead: %s", self, exc)
-            return None
-        return grammar
+        return decoding_grammar(self.output, backend, constrained, inputs=inputs, owner=self)
 
     def run(
         self,
@@ -609,7 +529,7 @@ class Prompt(Generic[OutputT]):
             )
         backend.require("loglikelihood")
         count = self._shots(shots)
-        context = _context(self.validate_inputs(inputs))
+        context = template_context(self.validate_inputs(inputs))
         selection = Selection.of(select)
         shown = self._display(self._choose(context, count, selection), selection)
         return classify_labels(
@@ -635,20 +555,12 @@ class Prompt(Generic[OutputT]):
         With ``return_exceptions=True`` a failed item's promptkit error takes its place in the
         list instead of being raised.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
-        _check_concurrency(concurrency)
-
-        def one(item: Mapping[str, Any] | BaseModel) -> Result[OutputT] | Exception:
-            try:
-                return self.run(item, backend=backend, **options)
-            except PromptkitError as exc:
-                if return_exceptions:
-                    return exc
-                raise
-
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            return list(pool.map(one, inputs))
+        return run_each(
+            lambda item: self.run(item, backend=backend, **options),
+            inputs,
+            concurrency=concurrency,
+            return_exceptions=return_exceptions,
+        )
 
     async def arun_batch(
         self,
@@ -660,43 +572,9 @@ class Prompt(Generic[OutputT]):
         **options: Any,
     ) -> list[Result[OutputT] | Exception]:
         """The async twin of :meth:`run_batch`."""
-        import asyncio
-
-        _check_concurrency(concurrency)
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(item: Mapping[str, Any] | BaseModel) -> Result[OutputT] | Exception:
-            async with gate:
-                try:
-                    return await self.arun(item, backend=backend, **options)
-                except Exception as exc:
-                    if return_exceptions and isinstance(exc, PromptkitError):
-                        return exc
-                    raise
-
-        return list(await asyncio.gather(*(one(i) for i in inputs)))
-
-
-def _check_concurrency(concurrency: int) -> None:
-    if not isinstance(concurrency, int) or concurrency < 1:
-        raise UsageError(f"concurrency must be a positive integer, got {concurrency!r}")
-
-
-def _infer_input_type(names: frozenset[str]) -> type[BaseModel]:
-    fields: dict[str, Any] = {name: (Any, ...) for name in sorted(names)}
-    model: type[BaseModel] = create_model("Inputs", __config__=ConfigDict(extra="forbid"), **fields)
-    return model
-
-
-def _input_problems(exc: ValidationError, model: type[BaseModel]) -> str:
-    problems = []
-    for error in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in error["loc"]) or "inputs"
-        if error["type"] == "missing":
-            problems.append(f"missing input {where!r}")
-        elif error["type"] == "extra_forbidden":
-            problems.append(f"unknown input {where!r}")
-        else:
-            problems.append(f"input {where!r}: {error['msg']} (got {error['input']!r:.60})")
-    fields = ", ".join(model.model_fields) or "none"
-    return "invalid inputs: " + "; ".join(problems) + f". The inputs are: {fields}."
+        return await arun_each(
+            lambda item: self.arun(item, backend=backend, **options),
+            inputs,
+            concurrency=concurrency,
+            return_exceptions=return_exceptions,
+        )
