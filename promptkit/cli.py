@@ -34,7 +34,6 @@ EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
 
 if TYPE_CHECKING:
     from .backends.base import Backend
-    from .evaluate import ShotReport
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -478,79 +477,48 @@ def eval_command(
     cache_size: int,
 ) -> None:
     """Evaluate template FILE on a dataset for each shot count; write a report."""
-    from .backends.base import GenerationConfig
     from .demos import Selection
     from .evaluate import (
-        check_shots,
-        evaluate,
-        load_dataset,
+        comparison_line,
         markdown,
-        mcnemar,
-        pool_from,
+        model_calls,
+        plan_evaluation,
+        run_evaluation,
         write_report,
     )
-    from .files import load_prompt
     from .item_progress import ItemProgress
 
-    counts = _shot_counts(shots)
     kind: Literal["generate", "score"] = "score" if method == "score" else "generate"
-    prompts = {}
-    for path in [file, *([other_file] if other_file else [])]:
-        prompt = load_prompt(path)
-        prompts[prompt.name or Path(path).stem] = prompt
-    if other_file and len(prompts) < 2:
-        raise UsageError("the two templates have the same name; rename one to compare them")
-    plans = {}  # per template: its dataset items and demonstration pool, checked up front
-    for name, prompt in prompts.items():
-        items = load_dataset(data_path, prompt, expected_key=expected_key)
-        pool = (
-            pool_from(load_dataset(pool_path, prompt, expected_key=expected_key))
-            if pool_path
-            else list(prompt.examples)
-        )
-        check_shots(counts, pool)
-        plans[name] = (items, pool)
-    first = next(iter(prompts.values()))
-    backend: Backend = _with_cache(_backend_for(backend_spec, first), not no_cache, cache_size)
-    selection = Selection(select, balanced=balanced)  # type: ignore[arg-type]
-    runs = {}
-    total = sum(len(items) for items, _ in plans.values()) * len(counts)
-    with ItemProgress(total) as progress:
-        for name, prompt in prompts.items():
-            items, pool = plans[name]
-            config = prompt.config or GenerationConfig()
-            if max_tokens is not None:
-                config = config.replace(max_tokens=max_tokens)
-            runs[name] = evaluate(
-                prompt,
-                items,
-                backend=backend,
-                shots=counts,
-                pool=pool,
-                select=selection,
-                config=config,
-                max_attempts=max_attempts,
-                on_item=progress.advance,
-                method=kind,
-            )
-    comparisons = []
-    if other_file:
-        one, two = runs.values()
-        pairs = zip(one, two, strict=True)
-        comparisons = [mcnemar(a.correct, b.correct, a.shots) for a, b in pairs]
-    folder = Path(out_dir or f"eval-{next(iter(prompts))}")
-    written = write_report(
-        folder, runs, backend=backend.name, data=data_path, comparisons=comparisons, method=kind
+    templates = [file, *([other_file] if other_file else [])]
+    plan = plan_evaluation(
+        templates, data_path, shots=_shot_counts(shots), pool=pool_path, expected_key=expected_key
     )
-    for name, reports in runs.items():
-        click.echo(markdown(name, reports))
-    for comparison in comparisons:
-        click.echo(
-            f"shots {comparison.shots}: only first right {comparison.only_first}, only second "
-            f"right {comparison.only_second}, McNemar p = {comparison.p_value:.3g}"
+    name, first = plan.first
+    backend: Backend = _with_cache(_backend_for(backend_spec, first), not no_cache, cache_size)
+    with ItemProgress(plan.total) as progress:
+        outcome = run_evaluation(
+            plan,
+            backend=backend,
+            select=Selection(select, balanced=balanced),  # type: ignore[arg-type]
+            max_tokens=max_tokens,
+            max_attempts=max_attempts,
+            method=kind,
+            on_item=progress.advance,
         )
+    written = write_report(
+        Path(out_dir or f"eval-{name}"),
+        outcome.runs,
+        backend=backend.name,
+        data=data_path,
+        comparisons=outcome.comparisons,
+        method=kind,
+    )
+    for template, reports in outcome.runs.items():
+        click.echo(markdown(template, reports))
+    for comparison in outcome.comparisons:
+        click.echo(comparison_line(comparison))
     calls = getattr(backend, "calls", None)
-    note = _model_calls(runs, calls, scoring=kind == "score")
+    note = model_calls(outcome.runs, calls, scoring=kind == "score")
     click.echo(f"wrote {', '.join(str(p) for p in written)}; {note}")
 
 
@@ -644,19 +612,6 @@ def _with_cache(backend: Any, enabled: bool, size_mb: int = 256) -> Any:
     from .cache import CachedBackend, ResponseCache
 
     return CachedBackend(backend, ResponseCache(max_bytes=size_mb * 1024 * 1024))
-
-
-def _model_calls(runs: dict[str, list[ShotReport]], generated: int | None, scoring: bool) -> str:
-    """How many of an evaluation's requests reached the model. ``generated``: the generations
-    the response cache passed on (None: no cache, so every request did); scoring requests are
-    never cached."""
-    requests = sum(report.requests for reports in runs.values() for report in reports)
-    if generated is None:
-        return f"{requests} model call(s) (no cache)"
-    reached = generated + (requests if scoring else 0)
-    return (
-        f"{reached} model call(s) for {requests} request(s) ({requests - reached} from the cache)"
-    )
 
 
 def _shot_counts(text: str) -> list[int]:

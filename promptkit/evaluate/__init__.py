@@ -9,14 +9,17 @@ Per shot count the report gives accuracy (exact match; for records also the shar
 that match), validity (answers that parsed and validated), mean attempts, tokens and latency,
 and every item's inputs, prediction, raw text and attempts. Two templates on the same data are
 compared with McNemar's exact test on the items each got right (paired: the same items, the
-same backend). ``report.json`` is a :class:`Report` (``schema_version`` "1"): read one back
+same backend); :func:`plan_evaluation` and :func:`run_evaluation` are the ``eval`` command's
+steps. ``report.json`` is a :class:`Report` (``schema_version`` "1"): read one back
 with ``Report.model_validate_json(path.read_text())``.
 """
 
 from __future__ import annotations
 
-from ._report import markdown, write_report
-from ._runs import EvalItem, check_shots, evaluate, load_dataset, mcnemar, pool_from
+from ._metrics import compare_runs, mcnemar
+from ._plan import EvalOutcome, EvalPlan, plan_evaluation, run_evaluation
+from ._report import comparison_line, markdown, model_calls, write_report
+from ._runs import EvalItem, check_shots, evaluate, load_dataset, pool_from
 from ._schema import (
     REPORT_SCHEMA_VERSION,
     AttemptRecord,
@@ -31,14 +34,21 @@ __all__ = [
     "AttemptRecord",
     "Comparison",
     "EvalItem",
+    "EvalOutcome",
+    "EvalPlan",
     "ItemResult",
     "Report",
     "ShotReport",
     "check_shots",
+    "compare_runs",
+    "comparison_line",
     "evaluate",
     "load_dataset",
     "markdown",
     "mcnemar",
+    "model_calls",
+    "plan_evaluation",
     "pool_from",
+    "run_evaluation",
     "write_report",
 ]

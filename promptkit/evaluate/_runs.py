@@ -1,4 +1,4 @@
-"""Running a template on a dataset, for several shot counts; McNemar's test between two.
+"""Running a template on a dataset, for several shot counts.
 
 See :mod:`promptkit.evaluate` for the dataset format and what is measured.
 """
@@ -6,7 +6,6 @@ See :mod:`promptkit.evaluate` for the dataset format and what is measured.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from ..demos import Selection, Strategy
 from ..errors import InputValidationError, OutputValidationError, PromptkitError, UsageError
 from ..prompt import Example, Prompt
 from ..runloop import Attempt
-from ._schema import AttemptRecord, Comparison, ItemResult, ShotReport
+from ._schema import AttemptRecord, ItemResult, ShotReport
 
 
 @dataclass(frozen=True)
@@ -266,22 +265,6 @@ def _field_share(output: Any, expected: Any) -> float:
         same = sum(bool(getattr(output, n, None) == getattr(expected, n)) for n in names)
         return same / len(names)
     return float(output == expected)
-
-
-def mcnemar(first: Sequence[bool], second: Sequence[bool], shots: int = 0) -> Comparison:
-    """McNemar's exact (binomial) test on paired per-item correctness."""
-    if len(first) != len(second):
-        raise UsageError("the two runs must cover the same items")
-    only_first = sum(a and not b for a, b in zip(first, second, strict=True))
-    only_second = sum(b and not a for a, b in zip(first, second, strict=True))
-    n = only_first + only_second
-    if n == 0:
-        return Comparison(shots=shots, only_first=0, only_second=0, p_value=1.0)
-    k = min(only_first, only_second)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return Comparison(
-        shots=shots, only_first=only_first, only_second=only_second, p_value=min(1.0, 2 * tail)
-    )
 
 
 def _one_line(exc: BaseException) -> str:
