@@ -111,21 +111,35 @@ def evaluate(
     pool = list(prompt.examples if pool is None else pool)
     check_shots(shots, pool)
     run = _ItemRun(prompt, backend, select, config, max_attempts, method)
-    variants: dict[tuple[int, ...], Prompt[Any]] = {(): prompt.with_examples(pool)}
+    demonstrations = _PoolPrompts(prompt, pool)
     reports = []
     for count in shots:
         results = []
         for item in items:
-            excluded = tuple(i for i, e in enumerate(pool) if _same_input(e, item)) if count else ()
-            if excluded not in variants:
-                kept = [e for i, e in enumerate(pool) if i not in excluded]
-                variants[excluded] = prompt.with_examples(kept)
-            runner = variants[excluded]
+            runner = demonstrations.for_item(item) if count else demonstrations.whole
             results.append(run(runner, item, min(count, len(runner.examples))))
             if on_item is not None:
                 on_item()
         reports.append(_summary(count, results, records=prompt.output.is_object))
     return reports
+
+
+class _PoolPrompts:
+    """The prompt with the pool as its examples, less, for an item, the pool examples with the
+    item's own input (an item is never its own demonstration); one copy per exclusion."""
+
+    def __init__(self, prompt: Prompt[Any], pool: list[Example]):
+        self._prompt = prompt
+        self._pool = pool
+        self.whole = prompt.with_examples(pool)
+        self._copies: dict[tuple[int, ...], Prompt[Any]] = {(): self.whole}
+
+    def for_item(self, item: EvalItem) -> Prompt[Any]:
+        excluded = tuple(i for i, e in enumerate(self._pool) if _same_input(e, item))
+        if excluded not in self._copies:
+            kept = [e for i, e in enumerate(self._pool) if i not in excluded]
+            self._copies[excluded] = self._prompt.with_examples(kept)
+        return self._copies[excluded]
 
 
 @dataclass(frozen=True)
