@@ -17,12 +17,21 @@ import json
 import os
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
+from ._cli_options import (
+    backend_for,
+    backend_option,
+    collect_inputs,
+    input_options,
+    read_at,
+    shot_counts,
+    with_cache,
+)
 from .errors import BackendError, OutputValidationError, PromptkitError, UsageError
 
 EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
@@ -34,8 +43,6 @@ EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
 
 if TYPE_CHECKING:
     from .backends.base import Backend
-
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class _Group(click.Group):
@@ -102,122 +109,8 @@ def check_command(files: Sequence[str], strict: bool) -> None:
         sys.exit(2)
 
 
-def _input_options(function: Any) -> Any:
-    function = click.option(
-        "--shots",
-        type=click.IntRange(min=0),
-        help="Number of demonstrations to show (default: the template's).",
-    )(function)
-    function = click.option(
-        "--sample", is_flag=True, help="Start from the template's sample inputs."
-    )(function)
-    function = click.option(
-        "--inputs-json",
-        "inputs_json",
-        metavar="JSON",
-        help="Inputs as a JSON object (or @path to a JSON file).",
-    )(function)
-    function = click.option(
-        "-i",
-        "--input",
-        "input_pairs",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="An input value; KEY=@path reads it from a file. Repeatable.",
-    )(function)
-    return click.argument("file")(function)
-
-
-def _backend_option(*, template: bool) -> Callable[[_F], _F]:
-    """The --backend option of a command that needs a backend; its help states the default
-    rule of :func:`_backend_for` as it applies to the command."""
-    fallback = "the template's model.configuration, else " if template else ""
-    return click.option(
-        "--backend",
-        "backend_spec",
-        metavar="SPEC",
-        help="Backend spec, e.g. hf:gpt2, scratch:DIR or openai:MODEL. Default: "
-        f"$PROMPTKIT_BACKEND, else {fallback}the shipped promptkit-mini.",
-    )
-
-
-def _backend_for(spec: str | None, prompt: Any = None) -> Backend:
-    """The one default-backend rule of every command that needs a backend: --backend when
-    given, then $PROMPTKIT_BACKEND, then (for a command with a template) the template's
-    model.configuration, then the shipped promptkit-mini.
-
-    Raises UsageError when none applies (a copy of promptkit without promptkit-mini), and
-    whatever building the backend raises (ConfigurationError for a bad spec).
-    """
-    from .backends import DEFAULT_SPEC, get_backend
-
-    spec = spec or os.environ.get("PROMPTKIT_BACKEND")
-    if spec:
-        return get_backend(spec)
-    if prompt is not None:
-        from .files import backend_from_prompt
-
-        backend = backend_from_prompt(prompt)
-        if backend is not None:
-            return backend
-    from .models import mini_path
-
-    if mini_path() is None:
-        declare = ", or declare model.configuration in the template" if prompt is not None else ""
-        raise UsageError(
-            "no backend: pass --backend SPEC or set PROMPTKIT_BACKEND (this copy of promptkit "
-            f"has no promptkit-mini to fall back on){declare}"
-        )
-    return get_backend(DEFAULT_SPEC)
-
-
-def _collect_inputs(
-    prompt: Any, pairs: Sequence[str], inputs_json: str | None, sample: bool
-) -> dict[str, Any]:
-    inputs: dict[str, Any] = {}
-    if sample:
-        value = prompt.metadata.get("sample")
-        if not isinstance(value, dict):
-            raise UsageError(f"template {prompt.name!r} has no sample inputs; pass -i KEY=VALUE")
-        inputs.update(value)
-    if inputs_json:
-        text = _read_at(inputs_json, "--inputs-json")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--inputs-json is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise UsageError("--inputs-json must be a JSON object of input names to values")
-        inputs.update(data)
-    fields = prompt.input_type.model_fields
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"-i expects KEY=VALUE or KEY=@path, got {pair!r}")
-        value = _read_at(raw, f"-i {key}")
-        annotation = fields[key].annotation if key in fields else str
-        inputs[key] = value if annotation is str else _maybe_json(value)
-    return inputs
-
-
-def _read_at(value: str, what: str) -> str:
-    if not value.startswith("@"):
-        return value
-    try:
-        return Path(value[1:]).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{what}: cannot read {value[1:]!r}: {exc}") from None
-
-
-def _maybe_json(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
-
-
 @cli.command("render")
-@_input_options
+@input_options
 @click.option(
     "--style",
     type=click.Choice(["chat", "completion"]),
@@ -237,7 +130,7 @@ def render_command(
     from .files import load_prompt
 
     prompt = load_prompt(file)
-    inputs = _collect_inputs(prompt, input_pairs, inputs_json, sample)
+    inputs = collect_inputs(prompt, input_pairs, inputs_json, sample)
     rendered = prompt.render(inputs, shots=shots, style=style)  # type: ignore[arg-type]
     if as_json:
         click.echo(json.dumps(rendered, ensure_ascii=False, indent=2))
@@ -248,8 +141,8 @@ def render_command(
 
 
 @cli.command("run")
-@_input_options
-@_backend_option(template=True)
+@input_options
+@backend_option(template=True)
 @click.option(
     "--max-attempts",
     type=click.IntRange(min=1),
@@ -287,8 +180,8 @@ def run_command(
     from .files import load_prompt
 
     prompt = load_prompt(file)
-    inputs = _collect_inputs(prompt, input_pairs, inputs_json, sample)
-    backend = _with_cache(_backend_for(backend_spec, prompt), not no_cache)
+    inputs = collect_inputs(prompt, input_pairs, inputs_json, sample)
+    backend = with_cache(backend_for(backend_spec, prompt), not no_cache)
     changes = {
         k: v
         for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed))
@@ -387,15 +280,15 @@ def train_command(ctx: click.Context, /, **options: Any) -> None:
 
 @cli.command("perplexity")
 @click.argument("path")
-@_backend_option(template=False)
+@backend_option(template=False)
 @click.option("--stride", type=click.IntRange(min=1), help="Tokens each window advances.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def perplexity_command(
     path: str, backend_spec: str | None, stride: int | None, as_json: bool
 ) -> None:
     """Perplexity of the text file PATH under a model (sliding window)."""
-    text = _read_at("@" + path, "PATH")
-    backend = _backend_for(backend_spec)
+    text = read_at("@" + path, "PATH")
+    backend = backend_for(backend_spec)
     stats_of = getattr(backend, "perplexity_stats", None)
     if stats_of is None:
         backend.require("perplexity")
@@ -420,7 +313,7 @@ def perplexity_command(
 @cli.command("eval")
 @click.argument("file")
 @click.option("--data", "data_path", required=True, help="JSONL dataset: inputs + expected.")
-@_backend_option(template=True)
+@backend_option(template=True)
 @click.option(
     "--shots", default="0", show_default=True, help="Shot counts to evaluate, e.g. 0,1,3."
 )
@@ -491,10 +384,10 @@ def eval_command(
     kind: Literal["generate", "score"] = "score" if method == "score" else "generate"
     templates = [file, *([other_file] if other_file else [])]
     plan = plan_evaluation(
-        templates, data_path, shots=_shot_counts(shots), pool=pool_path, expected_key=expected_key
+        templates, data_path, shots=shot_counts(shots), pool=pool_path, expected_key=expected_key
     )
     name, first = plan.first
-    backend: Backend = _with_cache(_backend_for(backend_spec, first), not no_cache, cache_size)
+    backend: Backend = with_cache(backend_for(backend_spec, first), not no_cache, cache_size)
     with ItemProgress(plan.total) as progress:
         outcome = run_evaluation(
             plan,
@@ -562,7 +455,7 @@ def corpus_command(
 
 
 @cli.command("serve")
-@_backend_option(template=False)
+@backend_option(template=False)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option(
@@ -595,7 +488,7 @@ def serve_command(
         raise UsageError(
             f"promptkit serve needs FastAPI and uvicorn ({exc}); pip install 'promptkit[serve]'"
         ) from None
-    backend = _backend_for(backend_spec)
+    backend = backend_for(backend_spec)
     app = create_app(backend, model_name=model_name, api_key=api_key, max_body_bytes=max_body)
     click.echo(
         f"serving {backend.name} as {model_name or backend.name!r} on http://{host}:{port}/v1"
@@ -603,25 +496,6 @@ def serve_command(
         err=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")
-
-
-def _with_cache(backend: Any, enabled: bool, size_mb: int = 256) -> Any:
-    """The backend behind the response cache, unless disabled."""
-    if not enabled:
-        return backend
-    from .cache import CachedBackend, ResponseCache
-
-    return CachedBackend(backend, ResponseCache(max_bytes=size_mb * 1024 * 1024))
-
-
-def _shot_counts(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UsageError(f"--shots takes comma-separated whole numbers, got {text!r}") from None
-    if not counts or any(c < 0 for c in counts):
-        raise UsageError(f"--shots takes comma-separated whole numbers >= 0, got {text!r}")
-    return counts
 
 
 def _print_attempts(attempts: Sequence[Any]) -> None:
