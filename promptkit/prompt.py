@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, overload
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ._batch import arun_each, run_each
 from ._decoding import Constrained, decoding_grammar
@@ -25,14 +24,14 @@ from ._inputs import (
     template_context,
     validate_inputs,
 )
-from .backends.base import GenerationConfig, Message, PromptInput
+from ._layout import STYLES, Style, compile_parts, lay_out
+from .backends.base import GenerationConfig, PromptInput
 from .constraints import Grammar, Lark, Regex
-from .demos import Selection, Strategy, fit_to_window
-from .errors import InputValidationError, PromptkitError, TemplateError, UsageError
+from .demos import Example, Selection, Strategy, fit_to_window, validate_examples
+from .errors import InputValidationError, UsageError
 from .parsing import OutputCheck, OutputSpec, output_spec, run_check
 from .runloop import Attempt, Result, RunLoop
 from .scoring import Classification, classify_labels
-from .templating import CompiledTemplate
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -42,16 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["Attempt", "Constrained", "Example", "Prompt", "Result", "Style"]
 
 OutputT = TypeVar("OutputT")
-Style = Literal["chat", "completion"]
-STYLES: tuple[Style, ...] = ("chat", "completion")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One demonstration: an input (a mapping or an instance of the input type) and its output."""
-
-    input: Mapping[str, Any] | BaseModel
-    output: Any
 
 
 class PromptOptions(TypedDict, total=False):
@@ -73,12 +62,6 @@ class PromptOptions(TypedDict, total=False):
     source: str | None
     first_lines: Mapping[str, int] | None
     check: OutputCheck | None
-
-
-@dataclass(frozen=True)
-class _Turn:
-    role: str
-    template: CompiledTemplate
 
 
 class Prompt(Generic[OutputT]):
@@ -165,7 +148,6 @@ class Prompt(Generic[OutputT]):
         if style not in STYLES:
             raise UsageError(f"style must be 'chat' or 'completion', got {style!r}")
         source = source or (f"prompt {name!r}" if name else "<prompt>")
-        lines = dict(first_lines or {})
         self.name = name
         self.description = description
         self.style: Style = style
@@ -174,18 +156,9 @@ class Prompt(Generic[OutputT]):
         self.config = config
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.source = source
-
-        def compile_part(part: str, text: str) -> CompiledTemplate:
-            return CompiledTemplate(text, name=source, first_line=lines.get(part, 1))
-
-        self.instruction = compile_part("instruction", instruction)
-        self.query = compile_part("query", query)
-        self.turns = tuple(
-            _Turn(role, compile_part(f"turn{i}", text)) for i, (role, text) in enumerate(turns)
+        self.instruction, self.query, self.turns = compile_parts(
+            instruction, query, turns, source=source, first_lines=first_lines or {}
         )
-        for role, _ in turns:
-            if role not in ("user", "assistant", "system"):
-                raise TemplateError(f"turn role must be user, assistant or system, not {role!r}")
         templates = [self.instruction, self.query, *(t.template for t in self.turns)]
         used = frozenset().union(*(t.variables for t in templates))
         self.input_type = input_type or infer_input_type(used)
@@ -198,7 +171,7 @@ class Prompt(Generic[OutputT]):
             raise UsageError(f"check must be a callable check(inputs, output), got {check!r}")
         self.check = check
         self.examples: tuple[Example, ...] = tuple(examples)
-        self._example_inputs = [self._validate_example(i, e) for i, e in enumerate(self.examples)]
+        self._example_inputs = self._validated_examples()
         if shots is not None and not 0 <= shots <= len(self.examples):
             raise UsageError(
                 f"shots={shots} but the prompt has {len(self.examples)} example(s); "
@@ -224,7 +197,7 @@ class Prompt(Generic[OutputT]):
         """
         other = copy.copy(self)
         other.examples = tuple(examples)
-        other._example_inputs = [other._validate_example(i, e) for i, e in enumerate(examples)]
+        other._example_inputs = other._validated_examples()
         if self.shots is not None and self.shots > len(other.examples):
             other.shots = None
         other._demos = None
@@ -242,36 +215,18 @@ class Prompt(Generic[OutputT]):
             raise UsageError(f"check must be a callable check(inputs, output), got {check!r}")
         other = copy.copy(self)
         other.check = check
-        other._example_inputs = [other._validate_example(i, e) for i, e in enumerate(self.examples)]
+        other._example_inputs = other._validated_examples()
         return other
 
     def validate_inputs(self, inputs: Mapping[str, Any] | BaseModel) -> BaseModel:
         """Validate inputs against the input type; raises InputValidationError naming fields."""
         return validate_inputs(self.input_type, inputs)
 
-    def _validate_example(self, index: int, example: Example) -> BaseModel:
-        if not isinstance(example, Example):
-            raise InputValidationError(
-                f"example {index} must be a pk.Example(input=..., output=...), "
-                f"got {type(example).__name__}"
-            )
-        try:
-            validated = self.validate_inputs(example.input)
-        except InputValidationError as exc:
-            raise InputValidationError(f"example {index} input: {exc}") from None
-        try:
-            output = self.output.validate(example.output, template_context(validated))
-        except (ValidationError, PromptkitError, ValueError) as exc:
-            raise InputValidationError(
-                f"example {index} output {example.output!r} is not a valid "
-                f"{getattr(self.output_type, '__name__', self.output_type)}: {exc}"
-            ) from None
-        refused = run_check(self.check, validated, output) if self.check is not None else None
-        if refused is not None:
-            raise InputValidationError(
-                f"example {index} output {example.output!r} fails the check: {refused}"
-            )
-        return validated
+    def _validated_examples(self) -> list[BaseModel]:
+        """The examples' inputs, validated (each example's output too, and by ``check``)."""
+        return validate_examples(
+            self.examples, self.input_type, self.output, self.output_type, self.check
+        )
 
     # -- rendering ----------------------------------------------------------------------------
 
@@ -293,22 +248,13 @@ class Prompt(Generic[OutputT]):
         context = template_context(self.validate_inputs(inputs))
         selection = Selection.of(select)
         chosen = self._choose(context, self._shots(shots), selection)
-        return self._render_context(context, self._display(chosen, selection), style or self.style)
+        return self._render_context(context, selection.shown(chosen), style or self.style)
 
     def _choose(self, context: dict[str, Any], count: int, selection: Selection) -> list[int]:
         """Indices of the ``count`` most wanted examples for this input, most wanted first."""
-        if count == 0:
-            return []
-        if selection.strategy == "first" and not selection.balanced:
-            return list(range(count))
-        demos = self._demonstrations()
-        query = self.query.render(context).strip()
-        ranked = selection.rank(query, [q for q, _ in demos], [a for _, a in demos])
-        return ranked[:count]
-
-    @staticmethod
-    def _display(chosen: list[int], selection: Selection) -> list[int]:
-        return chosen[::-1] if selection.relevance_last else chosen
+        return selection.choose(
+            count, lambda: self.query.render(context).strip(), self._demonstrations
+        )
 
     def _shots(self, shots: int | None) -> int:
         if shots is None:
@@ -327,23 +273,8 @@ class Prompt(Generic[OutputT]):
         header = self._header(context, completion=style == "completion")
         turns = [(t.role, t.template.render(context).strip()) for t in self.turns]
         every = self._demonstrations()
-        demos = [every[i] for i in shown]
         query = self.query.render(context).strip()
-        if style == "completion":
-            parts = [header] if header else []
-            parts.extend(text for _, text in turns)
-            parts.extend(f"{q} {a}" for q, a in demos)
-            parts.append(query)
-            return "\n\n".join(parts)
-        messages: list[Message] = []
-        if header:
-            messages.append(Message(role="system", content=header))
-        messages.extend(Message(role=role, content=text) for role, text in turns)
-        for q, a in demos:
-            messages.append(Message(role="user", content=q))
-            messages.append(Message(role="assistant", content=a))
-        messages.append(Message(role="user", content=query))
-        return messages
+        return lay_out(header, turns, [every[i] for i in shown], query, style)
 
     def _header(self, context: dict[str, Any], *, completion: bool) -> str:
         cacheable = self.instruction.constant and not self.output.bounded
@@ -405,7 +336,7 @@ class Prompt(Generic[OutputT]):
         if grammar is not None:
             config = config.replace(grammar=grammar)
         rendered, shown, dropped = fit_to_window(
-            lambda kept: self._render_context(context, self._display(kept, selection), chosen),
+            lambda kept: self._render_context(context, selection.shown(kept), chosen),
             self._choose(context, count, selection),
             backend,
             config.max_tokens,
@@ -416,7 +347,7 @@ class Prompt(Generic[OutputT]):
             config,
             self.output,
             max_attempts,
-            demonstrations=tuple(self._display(shown, selection)),
+            demonstrations=tuple(selection.shown(shown)),
             dropped=tuple(dropped),
             inputs=context,
             check=None if self.check is None else partial(run_check, self.check, validated),
@@ -531,7 +462,7 @@ class Prompt(Generic[OutputT]):
         count = self._shots(shots)
         context = template_context(self.validate_inputs(inputs))
         selection = Selection.of(select)
-        shown = self._display(self._choose(context, count, selection), selection)
+        shown = selection.shown(self._choose(context, count, selection))
         return classify_labels(
             lambda values: self._render_context(values, shown, "completion"),
             context,
