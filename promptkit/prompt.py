@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from .backends.base import Backend
 
-__all__ = ["Attempt", "Constrained", "Example", "Prompt", "Result", "Style"]
+__all__ = ["Attempt", "Constrained", "Example", "Prompt", "PromptOptions", "Result", "Style"]
 
 OutputT = TypeVar("OutputT")
 
