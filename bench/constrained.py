@@ -36,7 +36,8 @@ from promptkit.backends.masking import TokenMasker, llg_tokenizer
 from promptkit.backends.scratch.backend import ScratchBackend
 from promptkit.backends.scratch.gpt2 import GPT, PRESETS
 from promptkit.backends.scratch.tokenizer import Tokenizer
-from promptkit.constraints import _compile, grammar_for
+from promptkit.grammar import grammar_for
+from promptkit.llg import compile_grammar
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
 
@@ -153,7 +154,7 @@ def main() -> None:
             continue
         times = []
         for _ in range(5):
-            _compile.cache_clear()
+            compile_grammar.cache_clear()
             began = time.perf_counter()
             TokenMasker(template_grammar, llg, batch=1, vocab_size=vocab, max_tokens=256)
             times.append(time.perf_counter() - began)

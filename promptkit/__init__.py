@@ -19,6 +19,7 @@ __all__ = [
     "Attempt",
     "Example",
     "Lark",
+    "Message",
     "Prompt",
     "Regex",
     "Result",
@@ -37,11 +38,12 @@ __all__ = [
 _LAZY: dict[str, tuple[str, str | None]] = {
     "Attempt": ("promptkit.runloop", "Attempt"),
     "Example": ("promptkit.prompt", "Example"),
-    "Lark": ("promptkit.constraints", "Lark"),
+    "Lark": ("promptkit.outputs", "Lark"),
+    "Message": ("promptkit.conversation", "Message"),
     "Prompt": ("promptkit.prompt", "Prompt"),
-    "Regex": ("promptkit.constraints", "Regex"),
+    "Regex": ("promptkit.outputs", "Regex"),
     "Result": ("promptkit.runloop", "Result"),
-    "SpanOf": ("promptkit.constraints", "SpanOf"),
+    "SpanOf": ("promptkit.outputs", "SpanOf"),
     "backends": ("promptkit.backends", None),
     "bundled_templates": ("promptkit.files", "bundled_templates"),
     "errors": ("promptkit.errors", None),
@@ -55,8 +57,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 if TYPE_CHECKING:
     from . import backends, errors
     from .backends import get_backend
-    from .constraints import Lark, Regex, SpanOf
+    from .conversation import Message
     from .files import bundled_templates, load_prompt, save_prompt
+    from .outputs import Lark, Regex, SpanOf
     from .parsing import parse_output
     from .prompt import Example, Prompt
     from .runloop import Attempt, Result

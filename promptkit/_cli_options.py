@@ -111,10 +111,12 @@ def collect_inputs(
     """
     inputs: dict[str, Any] = {}
     if sample:
-        value = prompt.metadata.get("sample")
-        if not isinstance(value, dict):
+        from .prompty import sample_inputs
+
+        samples = sample_inputs(prompt)
+        if samples is None:
             raise UsageError(f"template {prompt.name!r} has no sample inputs; pass -i KEY=VALUE")
-        inputs.update(value)
+        inputs.update(samples)
     if inputs_json:
         text = read_at(inputs_json, "--inputs-json")
         try:

@@ -6,10 +6,9 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, Union
 
-from .constraints import Grammar, grammar_for
 from .errors import ConstraintError, UnsupportedCapabilityError, UsageError
+from .grammar import Grammar, grammar_for, span_grammar
 from .parsing import OutputSpec
-from .spans import span_grammar
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -26,11 +25,13 @@ def decoding_grammar(
     constrained: Constrained = None,
     *,
     inputs: Mapping[str, Any] | None = None,
+    chat: bool = True,
     owner: object = None,
 ) -> Grammar | None:
     """The grammar that decoding ``output`` on ``backend`` is constrained to, or None; see
-    :meth:`promptkit.Prompt.constraint` for ``constrained`` and ``inputs``. ``owner`` (the
-    prompt) is named in the log line of a ``"fallback"``.
+    :meth:`promptkit.Prompt.constraint` for ``constrained``, ``inputs`` and ``chat`` (whether
+    the prompt goes to the backend as chat messages). ``owner`` (the prompt) is named in the
+    log line of a ``"fallback"``.
 
     Raises UsageError for an unknown ``constrained``, UnsupportedCapabilityError when it is
     True and the backend cannot constrain the output, ConstraintError when the grammar does
@@ -47,8 +48,7 @@ def decoding_grammar(
     grammar = grammar_for(output, inputs) if spans is None else spans
     if grammar is None:
         return None
-    structured = grammar.kind == "json_schema" and output.is_object
-    if not masks and not (structured and backend.capabilities.json_schema):
+    if not backend.capabilities.enforces(grammar, chat=chat):
         if constrained is True:
             raise UnsupportedCapabilityError(
                 backend.name,

@@ -8,8 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from .constraints import span_sources
+from .conversation import Message as ChatMessage
 from .errors import InputValidationError, MissingVariableError, TemplateError
+from .outputs import span_sources
 from .parsing import OutputSpec
 from .templating import CompiledTemplate
 
@@ -28,9 +29,11 @@ def template_context(instance: BaseModel) -> dict[str, Any]:
     return {**instance.__dict__, **extra} if extra else dict(instance.__dict__)
 
 
-def infer_input_type(names: frozenset[str]) -> type[BaseModel]:
-    """An input type requiring every one of ``names`` (of any type) and nothing else."""
+def infer_input_type(names: frozenset[str], threads: Sequence[str] = ()) -> type[BaseModel]:
+    """An input type requiring every one of ``names`` (of any type), with a message list
+    (``list[pk.Message]``, empty by default) for each of ``threads``, and nothing else."""
     fields: dict[str, Any] = {name: (Any, ...) for name in sorted(names)}
+    fields.update({name: (list[ChatMessage], []) for name in threads})
     model: type[BaseModel] = create_model("Inputs", __config__=ConfigDict(extra="forbid"), **fields)
     return model
 

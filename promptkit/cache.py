@@ -1,8 +1,10 @@
 """A response cache in SQLite: the same deterministic request is answered from disk.
 
 Only deterministic requests are cached — temperature 0, or a fixed seed — keyed by the
-backend's identity (its spec and, for local models, the weights file's size and modification
-time), and the full request: prompt (text or messages) and every generation setting, grammar
+backend's :meth:`~promptkit.backends.Backend.cache_identity` (everything besides the request that
+decides an answer: for API backends the base URL, endpoint, deployment, API version and
+organization, never the key; for local models the weights' fingerprint, the dtype and any
+adapter) and the full request: prompt (text or messages) and every generation setting, grammar
 included. Keys are SHA-256 digests; values are the completion's text, usage and finish reason.
 Nothing else is stored: no API keys, no headers.
 
@@ -26,7 +28,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,9 @@ from .backends.base import (
     Backend,
     Completion,
     GenerationConfig,
+    PerplexityStats,
     PromptInput,
+    TokenLogprob,
     Usage,
 )
 from .errors import ConfigurationError
@@ -67,14 +71,14 @@ def is_deterministic(config: GenerationConfig) -> bool:
     return config.temperature == 0 or config.seed is not None
 
 
-def request_key(identity: str, prompt: PromptInput, config: GenerationConfig) -> str:
-    """SHA-256 of the backend identity and the full request."""
+def request_key(identity: Mapping[str, Any], prompt: PromptInput, config: GenerationConfig) -> str:
+    """SHA-256 of the backend's cache identity (JSON data) and the full request."""
     settings = dataclasses.asdict(config)
     grammar = config.grammar
     settings["grammar"] = None if grammar is None else [grammar.kind, grammar.source]
     settings["stop"] = list(config.stop)
     payload = {
-        "backend": identity,
+        "backend": dict(identity),
         "prompt": prompt if isinstance(prompt, str) else [dict(m) for m in prompt],
         "config": settings,
     }
@@ -204,7 +208,9 @@ class _Transaction:
 class CachedBackend(Backend):
     """A backend whose deterministic generations go through a :class:`ResponseCache`.
 
-    Everything else (streaming, scoring, token counting) is passed to the wrapped backend.
+    ``generate`` and ``generate_batch`` are cached; every other method of the interface
+    (streaming, scoring, token counting, closing) is passed to the wrapped backend as it is.
+    ``calls`` counts the prompts that reached the wrapped backend.
     """
 
     def __init__(self, backend: Backend, cache: ResponseCache):
@@ -213,18 +219,18 @@ class CachedBackend(Backend):
         self.name = backend.name
         self.capabilities = backend.capabilities
         self.context_window = backend.context_window
-        self.calls = 0  # requests that reached the wrapped backend
+        self.calls = 0  # prompts that reached the wrapped backend
 
-    @property
-    def identity(self) -> str:
-        return backend_identity(self.backend)
+    def cache_identity(self) -> dict[str, Any]:
+        """The wrapped backend's identity: a cache in front changes no answer."""
+        return self.backend.cache_identity()
 
     def generate(self, prompt: PromptInput, config: GenerationConfig | None = None) -> Completion:
         config = config or GenerationConfig()
         if not is_deterministic(config):
             self.calls += 1
             return self.backend.generate(prompt, config)
-        key = request_key(self.identity, prompt, config)
+        key = request_key(self.cache_identity(), prompt, config)
         found = self.cache.get(key)
         if found is not None:
             return found
@@ -233,31 +239,64 @@ class CachedBackend(Backend):
         self.cache.put(key, completion)
         return completion
 
+    def generate_batch(
+        self, prompts: Sequence[str], config: GenerationConfig | None = None
+    ) -> list[Completion]:
+        """Answer the prompts asked before from the cache and send the rest to the wrapped
+        backend as one batch (every prompt when sampling without a seed)."""
+        config = config or GenerationConfig()
+        if not is_deterministic(config):
+            self.calls += len(prompts)
+            return self.backend.generate_batch(prompts, config)
+        identity = self.cache_identity()
+        keys = [request_key(identity, prompt, config) for prompt in prompts]
+        answers: list[Completion | None] = [self.cache.get(key) for key in keys]
+        missing = [i for i, answer in enumerate(answers) if answer is None]
+        if missing:
+            self.calls += len(missing)
+            fresh = self.backend.generate_batch([prompts[i] for i in missing], config)
+            for i, completion in zip(missing, fresh, strict=True):
+                self.cache.put(keys[i], completion)
+                answers[i] = completion
+        return [answer for answer in answers if answer is not None]
+
+    async def agenerate(
+        self, prompt: PromptInput, config: GenerationConfig | None = None
+    ) -> Completion:
+        """:meth:`generate` in a worker thread (the cache is synchronous)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.generate, prompt, config)
+
     def stream(self, prompt: PromptInput, config: GenerationConfig | None = None) -> Iterator[str]:
         return self.backend.stream(prompt, config)
+
+    def astream(
+        self, prompt: PromptInput, config: GenerationConfig | None = None
+    ) -> AsyncIterator[str]:
+        return self.backend.astream(prompt, config)
 
     def loglikelihood(self, context: str, continuation: str) -> float:
         return self.backend.loglikelihood(context, continuation)
 
-    def count_tokens(self, text: str) -> int:
-        return self.backend.count_tokens(text)
+    def score_choices(self, context: str, choices: Sequence[str]) -> list[tuple[float, int]]:
+        return self.backend.score_choices(context, choices)
+
+    def token_logprobs(self, text: str) -> list[TokenLogprob]:
+        return self.backend.token_logprobs(text)
 
     def perplexity(self, text: str, stride: int | None = None) -> float:
         return self.backend.perplexity(text, stride)
 
-    def __getattr__(self, name: str) -> Any:  # count_tokens, score_choices, ...
-        if name.startswith("__") or name in ("backend", "cache"):
-            raise AttributeError(name)
-        return getattr(self.backend, name)
+    def perplexity_stats(self, text: str, stride: int | None = None) -> PerplexityStats:
+        return self.backend.perplexity_stats(text, stride)
 
+    def count_tokens(self, text: str) -> int:
+        return self.backend.count_tokens(text)
 
-def backend_identity(backend: Backend) -> str:
-    """The backend's spec, plus the size and modification time of local weights (so a
-    retrained model is not answered from the old one's cache)."""
-    identity = backend.name
-    for attribute in ("weights_path",):
-        path = getattr(backend, attribute, None)
-        if path is not None and Path(path).is_file():
-            stat = Path(path).stat()
-            identity += f"@{stat.st_size}:{stat.st_mtime_ns}"
-    return identity
+    def close(self) -> None:
+        """Close the wrapped backend (the cache, which may be shared, stays open)."""
+        self.backend.close()
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
+from ._cli_models import models_command, pull_command
 from ._cli_options import (
     backend_for,
     backend_option,
@@ -32,6 +33,7 @@ from ._cli_options import (
     shot_counts,
     with_cache,
 )
+from ._cli_training import corpus_command, finetune_command, train_command
 from .errors import BackendError, OutputValidationError, PromptkitError, UsageError
 
 EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
@@ -76,6 +78,10 @@ def _fail(message: str, code: int) -> typing.NoReturn:
 @click.version_option(package_name="promptkit")
 def cli() -> None:
     """promptkit: typed prompt templates for GPT-style models."""
+
+
+for _command in (corpus_command, finetune_command, models_command, pull_command, train_command):
+    cli.add_command(_command)
 
 
 @cli.command("templates")
@@ -207,77 +213,6 @@ def run_command(
         click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
-@cli.command("train")
-@click.option(
-    "--corpus",
-    help="A text file, a folder of .txt files, or a .jsonl file (required unless --preset mini, "
-    "which generates its own).",
-)
-@click.option("--out", required=True, help="Folder for the checkpoint (model, config, tokenizer).")
-@click.option("--preset", default="small", show_default=True, help="Model shape.")
-@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option(
-    "--grad-accum",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Micro-batches per optimizer step.",
-)
-@click.option("--context-length", type=click.IntRange(min=8), help="Sequence length.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
-@click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True)
-@click.option("--tokenizer", help="Folder holding a tokenizer to use (default: train a BPE).")
-@click.option("--vocab-size", type=click.IntRange(min=257), default=4096, show_default=True)
-@click.option(
-    "--bare-capitals/--no-bare-capitals",
-    default=False,
-    show_default=True,
-    help="The trained BPE keeps the space before a capitalised word out of its tokens (a name "
-    "is then the same tokens in a sentence and in a JSON string).",
-)
-@click.option(
-    "--answer-weight",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help='Extra loss on answer tokens (a .jsonl corpus\'s "answer" offsets); 0: plain LM.',
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["float32", "bfloat16"]),
-    default="float32",
-    show_default=True,
-    help="Arithmetic of training: bfloat16 autocasts matrix products (weights stay float32).",
-)
-@click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True)
-@click.option("--seed", type=int, default=1337, show_default=True)
-@click.option("--device", help="cpu or cuda (default: cuda when available).")
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
-@click.pass_context
-def train_command(ctx: click.Context, /, **options: Any) -> None:
-    """Pretrain promptkit's own GPT on a corpus (next-token prediction).
-
-    --preset mini is the recipe of promptkit-mini: it generates the corpus and uses the
-    recipe's settings unless they are given here.
-    """
-    from .training import run_training
-
-    given = {
-        name
-        for name in options
-        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
-    }
-    result = run_training(options, given=given, progress=True)
-    last = result.history[-1] if result.history else {}
-    click.echo(
-        f"saved {result.out} after {result.steps} steps ({result.tokens_seen:,} tokens); "
-        f"validation perplexity {last.get('val_perplexity', float('nan')):.2f} vs unigram "
-        f"baseline {result.unigram_perplexity:.2f}"
-    )
-
-
 @cli.command("perplexity")
 @click.argument("path")
 @backend_option(template=False)
@@ -289,17 +224,12 @@ def perplexity_command(
     """Perplexity of the text file PATH under a model (sliding window)."""
     text = read_at("@" + path, "PATH")
     backend = backend_for(backend_spec)
-    stats_of = getattr(backend, "perplexity_stats", None)
-    if stats_of is None:
-        backend.require("perplexity")
-        figures: dict[str, Any] = {"perplexity": backend.perplexity(text, stride=stride)}
-    else:
-        stats = stats_of(text, stride=stride)
-        figures = {
-            "tokens": stats.tokens,
-            "mean_nll": stats.mean_nll,
-            "perplexity": stats.perplexity,
-        }
+    stats = backend.perplexity_stats(text, stride=stride)
+    figures: dict[str, Any] = {
+        "tokens": stats.tokens,
+        "mean_nll": stats.mean_nll,
+        "perplexity": stats.perplexity,
+    }
     if as_json:
         click.echo(json.dumps(figures))
     else:
@@ -312,7 +242,12 @@ def perplexity_command(
 
 @cli.command("eval")
 @click.argument("file")
-@click.option("--data", "data_path", required=True, help="JSONL dataset: inputs + expected.")
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    help="JSONL dataset: inputs + expected (pass@k: HumanEval problems, .jsonl or .jsonl.gz).",
+)
 @backend_option(template=True)
 @click.option(
     "--shots", default="0", show_default=True, help="Shot counts to evaluate, e.g. 0,1,3."
@@ -352,6 +287,32 @@ def perplexity_command(
     show_default=True,
     help="Response cache size limit in MB.",
 )
+@click.option(
+    "--metric",
+    type=click.Choice(["accuracy", "pass@k"]),
+    default="accuracy",
+    show_default=True,
+    help="pass@k: run code samples against each problem's tests (HumanEval-format --data).",
+)
+@click.option("--k", "ks", default="1", show_default=True, help="pass@k: the k's, e.g. 1,10.")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="pass@k: completions drawn per problem (n).",
+)
+@click.option("--samples-file", help="pass@k: score these completions (task_id, completion).")
+@click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling.")
+@click.option("--unsafe-exec", is_flag=True, help="pass@k: run code without isolation.")
+@click.option(
+    "--exec-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="pass@k: seconds each program may run.",
+)
 def eval_command(
     file: str,
     data_path: str,
@@ -368,8 +329,44 @@ def eval_command(
     max_attempts: int,
     no_cache: bool,
     cache_size: int,
+    metric: str,
+    ks: str,
+    samples: int,
+    samples_file: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    unsafe_exec: bool,
+    exec_timeout: float,
 ) -> None:
-    """Evaluate template FILE on a dataset for each shot count; write a report."""
+    """Evaluate template FILE on a dataset for each shot count; write a report. With
+    --metric pass@k (or --samples-file), run code samples in a sandbox and report pass@k."""
+    if metric == "pass@k" or samples_file:
+        from ._cli_passk import eval_pass_at_k
+
+        unused = {"--vs": other_file, "--pool": pool_path, "--method score": method != "generate"}
+        unused |= {
+            "--shots": shots != "0",
+            "--backend (with --samples-file)": samples_file and backend_spec,
+        }
+        eval_pass_at_k(
+            file,
+            data_path,
+            backend_spec,
+            out_dir=out_dir,
+            ks=ks,
+            samples=samples,
+            samples_file=samples_file,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            unsafe_exec=unsafe_exec,
+            exec_timeout=exec_timeout,
+            cache=not no_cache,
+            cache_size=cache_size,
+            unused=unused,
+        )
+        return
+    from .cache import CachedBackend
     from .demos import Selection
     from .evaluate import (
         comparison_line,
@@ -381,6 +378,10 @@ def eval_command(
     )
     from .item_progress import ItemProgress
 
+    pass_at_k_only = {"--k": ks != "1", "--samples": samples != 1, "--unsafe-exec": unsafe_exec}
+    if any(pass_at_k_only.values()):
+        given = ", ".join(k for k, v in pass_at_k_only.items() if v)
+        raise UsageError(f"{given}: only with --metric pass@k")
     kind: Literal["generate", "score"] = "score" if method == "score" else "generate"
     templates = [file, *([other_file] if other_file else [])]
     plan = plan_evaluation(
@@ -394,6 +395,8 @@ def eval_command(
             backend=backend,
             select=Selection(select, balanced=balanced),  # type: ignore[arg-type]
             max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
             max_attempts=max_attempts,
             method=kind,
             on_item=progress.advance,
@@ -410,48 +413,9 @@ def eval_command(
         click.echo(markdown(template, reports))
     for comparison in outcome.comparisons:
         click.echo(comparison_line(comparison))
-    calls = getattr(backend, "calls", None)
+    calls = backend.calls if isinstance(backend, CachedBackend) else None
     note = model_calls(outcome.runs, calls, scoring=kind == "score")
     click.echo(f"wrote {', '.join(str(p) for p in written)}; {note}")
-
-
-@cli.command("corpus")
-@click.option("--out", "out_path", required=True, help="The JSONL file to write.")
-@click.option("--documents", type=click.IntRange(min=1), default=20000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--split",
-    type=click.Choice(["train", "heldout"]),
-    default="train",
-    show_default=True,
-    help="Which names, label words and phrasings to use (held out ones are for evaluation).",
-)
-@click.option("--family", "families", multiple=True, help="Only these task families.")
-@click.option("--eval-dir", help="Also write held-out evaluation sets into this folder.")
-def corpus_command(
-    out_path: str,
-    documents: int,
-    seed: int,
-    split: str,
-    families: Sequence[str],
-    eval_dir: str | None,
-) -> None:
-    """Generate a training corpus in the formats promptkit renders (see promptkit.training)."""
-    from .training.corpus import write_corpus
-    from .training.evalsets import write_eval_tasks
-
-    if eval_dir:
-        files = write_eval_tasks(eval_dir, seed=seed)
-        click.echo(f"wrote {len(files)} evaluation files to {eval_dir}")
-
-    path = write_corpus(
-        out_path,
-        documents,
-        seed=seed,
-        split="heldout" if split == "heldout" else "train",
-        families=list(families) or None,
-    )
-    click.echo(f"wrote {documents} documents to {path}")
 
 
 @cli.command("serve")
@@ -469,7 +433,28 @@ def corpus_command(
     type=click.IntRange(min=1024),
     default=1024 * 1024,
     show_default=True,
-    help="Largest request body in bytes.",
+    help="Largest request body in bytes (limit max_body_bytes).",
+)
+@click.option(
+    "--max-prompts",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Most prompts in one /v1/completions request.",
+)
+@click.option(
+    "--max-choices",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Most completions one request asks for (prompts x n).",
+)
+@click.option(
+    "--max-request-tokens",
+    type=click.IntRange(min=1),
+    default=65_536,
+    show_default=True,
+    help="Most tokens one request may cost: prompt tokens plus n x max_tokens.",
 )
 def serve_command(
     backend_spec: str | None,
@@ -478,24 +463,34 @@ def serve_command(
     api_key: str | None,
     model_name: str | None,
     max_body: int,
+    max_prompts: int,
+    max_choices: int,
+    max_request_tokens: int,
 ) -> None:
-    """Serve a backend as an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
-    try:
-        import uvicorn
+    """Serve a backend as an OpenAI-compatible API (/v1/chat/completions, /v1/completions).
 
-        from .server import create_app
+    SIGINT or SIGTERM stops it within a few seconds, cutting any stream still being generated.
+    """
+    try:
+        from .server import ServerLimits, create_app, serve
     except ImportError as exc:
         raise UsageError(
             f"promptkit serve needs FastAPI and uvicorn ({exc}); pip install 'promptkit[serve]'"
         ) from None
     backend = backend_for(backend_spec)
-    app = create_app(backend, model_name=model_name, api_key=api_key, max_body_bytes=max_body)
+    limits = ServerLimits(
+        max_body_bytes=max_body,
+        max_prompts=max_prompts,
+        max_choices=max_choices,
+        max_request_tokens=max_request_tokens,
+    )
+    app = create_app(backend, model_name=model_name, api_key=api_key, limits=limits)
     click.echo(
         f"serving {backend.name} as {model_name or backend.name!r} on http://{host}:{port}/v1"
         + (" (API key required)" if api_key else ""),
         err=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    serve(app, host=host, port=port)
 
 
 def _print_attempts(attempts: Sequence[Any]) -> None:

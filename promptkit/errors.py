@@ -17,15 +17,16 @@ errors of the *world* (a model that answered badly, a service that failed)::
     └── BackendError                   the model or service failed (``retryable``: can a retry help)
 
 Every error's message says what was wrong and how to fix it. Secrets never appear in a message.
+
+:class:`OutputValidationError` keeps every attempt of a run. This module sits below everything
+else, so it types those attempts by their shape (:class:`AttemptRecord`, which
+:class:`promptkit.Attempt` has) instead of importing the run loop that raises it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .prompt import Attempt
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 __all__ = [
     "BackendError",
@@ -41,6 +42,39 @@ __all__ = [
     "UnsupportedCapabilityError",
     "UsageError",
 ]
+
+
+class AttemptUsage(Protocol):
+    """The token counts of one attempt (a :class:`promptkit.backends.Usage`)."""
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
+
+    @property
+    def total_tokens(self) -> int: ...
+
+
+class AttemptRecord(Protocol):
+    """One call to the model as an error keeps it (a :class:`promptkit.Attempt`): what was
+    sent, the raw text that came back, and why it was refused (None when accepted)."""
+
+    @property
+    def prompt(self) -> str | Sequence[Mapping[str, object]]: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    @property
+    def usage(self) -> AttemptUsage: ...
+
+    @property
+    def latency_s(self) -> float: ...
 
 
 class PromptkitError(Exception):
@@ -148,8 +182,8 @@ class OutputValidationError(PromptkitError):
     raw text, so nothing the model said is lost.
     """
 
-    def __init__(self, message: str, *, attempts: Sequence[Attempt] = (), raw_text: str = ""):
-        self.attempts: tuple[Attempt, ...] = tuple(attempts)
+    def __init__(self, message: str, *, attempts: Sequence[AttemptRecord] = (), raw_text: str = ""):
+        self.attempts: tuple[AttemptRecord, ...] = tuple(attempts)
         self.raw_text = raw_text
         super().__init__(message)
 

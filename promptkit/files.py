@@ -14,31 +14,40 @@ template (completion style unless ``model.api`` says chat).
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any
 
-from .backends.base import Backend, GenerationConfig
-from .constraints import Lark, Regex
-from .errors import ConfigurationError, TemplateError
-from .prompt import Example, Prompt
-from .schema import type_from_schema
-from .templating import Segment, split_roles
+from . import front_matter, prompty
+from .backends.base import Backend
+from .body import body_parts
+from .conversation import ThreadSlot
+from .errors import ConfigurationError, PromptkitError, TemplateError
+from .prompt import Example, Prompt, Style, TemplateFormat
+from .references import (
+    check_model_references,
+    read_confined,
+    resolve_env,
+    resolve_references,
+)
+from .template_folder import split_front_matter
 
 __all__ = [
     "build_prompt",
     "bundled_templates",
+    "file_problems",
     "load_prompt",
     "parse_prompty",
     "save_prompt",
+    "split_front_matter",
 ]
 
 # Keys that become parts of the Prompt; every other key is kept in ``prompt.metadata``.
 _BUILT_KEYS = {
+    "inputSchema",
     "name",
     "description",
     "model",
@@ -49,23 +58,6 @@ _BUILT_KEYS = {
     "shots",
     "format_instructions",
 }
-_CONFIG_KEYS = {f for f in GenerationConfig.__dataclass_fields__}
-_SUBSTITUTION = re.compile(r"\$\{(env|file):([^}]*)\}")
-_INPUT_TYPES: dict[str, Any] = {
-    "string": str,
-    "str": str,
-    "integer": int,
-    "int": int,
-    "number": float,
-    "float": float,
-    "boolean": bool,
-    "bool": bool,
-    "array": list,
-    "list": list,
-    "object": dict,
-    "dict": dict,
-}
-_SIMPLE_OUTPUTS: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool}
 
 
 def bundled_templates() -> dict[str, Path]:
@@ -99,26 +91,23 @@ class ParsedFile:
     front: dict[str, Any]
     body: str
     body_line: int  # file line of the body's first line
-    key_lines: dict[str, int] = field(default_factory=dict)  # top-level and input key -> line
+    # line of each top-level key, input ("inputs.NAME") and example ("examples.INDEX")
+    key_lines: dict[str, int] = field(default_factory=dict)
 
 
 def parse_prompty(text: str, path: str = "<string>") -> ParsedFile:
     """Split a template file into front matter (parsed YAML) and body; errors carry lines."""
     import yaml
 
-    lines = text.splitlines(keepends=True)
-    if not lines or lines[0].strip() != "---":
-        return ParsedFile(path, {}, text, 1)
-    end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
-    if end is None:
-        raise TemplateError(
-            "front matter opened with '---' on line 1 is never closed by a '---' line",
-            source=path,
-            line=1,
-        )
-    yaml_text = "".join(lines[1:end])
+    try:
+        yaml_text, body, body_line = split_front_matter(text)
+    except TemplateError as exc:
+        raise TemplateError(exc.reason, source=path, line=exc.line) from None
+    if yaml_text is None:
+        return ParsedFile(path, {}, body, body_line)
     try:
         node = yaml.compose(yaml_text, Loader=yaml.SafeLoader)
+        _check_yaml_size(node, path)
         front = yaml.safe_load(yaml_text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -138,372 +127,335 @@ def parse_prompty(text: str, path: str = "<string>") -> ParsedFile:
             if key_node.value == "inputs" and isinstance(value_node, yaml.MappingNode):
                 for input_key, _ in value_node.value:
                     key_lines[f"inputs.{input_key.value}"] = input_key.start_mark.line + 2
-    return ParsedFile(path, front, "".join(lines[end + 1 :]), end + 2, key_lines)
+            if key_node.value == "examples" and isinstance(value_node, yaml.SequenceNode):
+                for index, item in enumerate(value_node.value):
+                    key_lines[f"examples.{index}"] = item.start_mark.line + 2
+    return ParsedFile(path, front, body, body_line, key_lines)
 
 
-def _substitute(value: Any, folder: Path, source: str) -> Any:
-    """Apply ``${env:VAR}``, ``${env:VAR:default}`` and ``${file:path}`` recursively."""
-    if isinstance(value, dict):
-        return {k: _substitute(v, folder, source) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, folder, source) for v in value]
-    if not isinstance(value, str):
-        return value
-    whole = _SUBSTITUTION.fullmatch(value.strip())
-    if whole and whole.group(1) == "file":
-        return _read_data_file(folder / whole.group(2).strip(), source)
-    return _SUBSTITUTION.sub(lambda m: _env_or_text(m, source), value)
+_MAX_YAML_NODES = 100_000  # front matter values, aliases counted each time they are used
 
 
-def _env_or_text(match: re.Match[str], source: str) -> str:
-    kind, body = match.groups()
-    if kind == "file":
-        raise TemplateError(
-            f"${{file:{body}}} must be a whole value, not part of a string", source=source
-        )
-    name, has_default, default = body.partition(":")
-    if name in os.environ:
-        return os.environ[name]
-    if has_default:
-        return default
-    raise ConfigurationError(
-        f"{source}: environment variable {name!r} is not set; set it, or give a default "
-        f"as ${{env:{name}:default}}"
-    )
+def _check_yaml_size(node: Any, path: str) -> None:
+    """Refuse front matter whose aliases (``*name``) expand past _MAX_YAML_NODES values (a
+    "billion laughs" file would otherwise exhaust the load)."""
+    count = 0
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        count += 1
+        if count > _MAX_YAML_NODES:
+            raise TemplateError(
+                f"the front matter expands to more than {_MAX_YAML_NODES:,} values "
+                "(through YAML aliases?); write it out plainly",
+                source=path,
+                line=2,
+            )
+        if isinstance(current.value, list):
+            for item in current.value:
+                stack.extend(item if isinstance(item, tuple) else (item,))
 
 
-def _read_data_file(path: Path, source: str) -> Any:
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TemplateError(
-            f"cannot read ${{file:...}} {str(path)!r}: {exc.strerror}", source=source
-        ) from None
-    try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise TemplateError(
-            f"${{file:...}} {str(path)!r} is not valid JSON/YAML: {exc}", source=source
-        ) from None
-
-
-def load_prompt(path: str | os.PathLike[str]) -> Prompt[Any]:
+def load_prompt(
+    path: str | os.PathLike[str],
+    *,
+    file_root: str | os.PathLike[str] | None = None,
+    allow_env: Collection[str] = (),
+) -> Prompt[Any]:
     """Load a ``.prompty`` template file (or a bundled template by name) as a typed Prompt.
 
+    ``${file:...}`` references may read only inside ``file_root`` (default: the template's own
+    folder); ``${env:...}`` references only in the connection settings under ``model:``, or for
+    the variable names in ``allow_env`` (see :mod:`promptkit.references`).
+
     Raises TemplateError (with file and line) for a missing or malformed file, an unknown
-    template format, an undeclared variable or an unsupported schema.
+    template format, an undeclared variable, an unsupported schema or a refused reference.
     """
     file = resolve_template_path(path)
     try:
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise TemplateError(f"cannot read template file: {exc}", source=str(file)) from None
-    return prompt_from_text(text, source=str(file), folder=file.parent)
-
-
-def prompt_from_text(
-    text: str, *, source: str = "<string>", folder: Path | None = None
-) -> Prompt[Any]:
-    """Build a Prompt from the text of a template file."""
-    parsed = parse_prompty(text.replace("\r\n", "\n"), source)
-    return build_prompt(parsed, folder or Path.cwd())
-
-
-def build_prompt(parsed: ParsedFile, folder: Path) -> Prompt[Any]:
-    """Build the Prompt of a parsed template file (``folder`` resolves ``${file:...}``)."""
-    src = parsed.path
-    model = parsed.front.get("model") or {}
-    front = {k: v for k, v in parsed.front.items() if k != "model"}
-    front = _substitute(front, folder, src)  # model.* is left raw: it may reference secrets
-    if not isinstance(model, dict):
-        raise TemplateError(
-            "'model' must be a mapping", source=src, line=parsed.key_lines.get("model")
-        )
-    _check_template_format(front.get("template"), src, parsed.key_lines.get("template"))
-    style = _style(model, src)
-    segments = _segments(parsed.body, parsed.body_line, src)
-    parts = _body_parts(segments, src)
-    if style is None:
-        style = "completion" if parts["plain"] else "chat"
-    input_type = _input_type(front.get("inputs"), front.get("sample"), src, parsed.key_lines)
-    output_type = _output_type(front, src, parsed.key_lines)
-    examples = _examples(front.get("examples", []), src, parsed.key_lines.get("examples"))
-    shots = front.get("shots")
-    if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool)):
-        raise TemplateError(
-            f"'shots' must be a whole number, got {shots!r}",
-            source=src,
-            line=parsed.key_lines.get("shots"),
-        )
-    metadata = {k: v for k, v in front.items() if k not in _BUILT_KEYS}
-    if parsed.front.get("model") is not None:
-        metadata["model"] = model
-    try:
-        config = _config(model.get("parameters") or {})
-    except ConfigurationError as exc:
-        raise TemplateError(str(exc), source=src, line=parsed.key_lines.get("model")) from None
-    return Prompt(
-        query=parts["query"],
-        instruction=parts["instruction"],
-        turns=parts["turns"],
-        input_type=input_type,
-        output_type=output_type,
-        examples=examples,
-        style=style,
-        shots=shots,
-        format_instructions=bool(front.get("format_instructions", True)),
-        config=config,
-        name=front.get("name") or Path(src).stem,
-        description=front.get("description"),
-        metadata=metadata,
-        first_lines=parts["lines"],
-        source=src,
+    return prompt_from_text(
+        text, source=str(file), folder=file.parent, file_root=file_root, allow_env=allow_env
     )
 
 
-def _segments(body: str, first_line: int, source: str) -> list[Segment]:
-    try:
-        return split_roles(body, first_line)
-    except TemplateError as exc:
-        raise TemplateError(exc.reason, source=source, line=exc.line) from None
+def prompt_from_text(
+    text: str,
+    *,
+    source: str = "<string>",
+    folder: Path | None = None,
+    file_root: str | os.PathLike[str] | None = None,
+    allow_env: Collection[str] = (),
+) -> Prompt[Any]:
+    """Build a Prompt from the text of a template file (``folder``: where its ``${file:...}``
+    paths start, the current folder by default)."""
+    parsed = parse_prompty(text.replace("\r\n", "\n"), source)
+    return build_prompt(parsed, folder or Path.cwd(), file_root=file_root, allow_env=allow_env)
 
 
-def _check_template_format(template: Any, source: str, line: int | None) -> None:
-    fmt = template.get("format") if isinstance(template, dict) else template
-    if fmt not in (None, "jinja2", "jinja"):
-        raise TemplateError(
-            f"template format {fmt!r} is not supported; promptkit renders jinja2",
-            source=source,
-            line=line,
+def build_prompt(
+    parsed: ParsedFile,
+    folder: Path,
+    *,
+    file_root: str | os.PathLike[str] | None = None,
+    allow_env: Collection[str] = (),
+) -> Prompt[Any]:
+    """Build the Prompt of a parsed template file (``folder`` resolves ``${file:...}`` within
+    ``file_root``, by default ``folder`` itself). Raises the first problem found (TemplateError
+    with its line, ConfigurationError, InputValidationError)."""
+    prompt = _build(
+        _with_base(parsed, folder),
+        folder,
+        Path(file_root or folder),
+        _names(allow_env),
+        front_matter.Steps(),
+    )
+    assert prompt is not None  # Steps that raise always build one
+    return prompt
+
+
+def file_problems(
+    parsed: ParsedFile,
+    folder: Path,
+    *,
+    file_root: str | os.PathLike[str] | None = None,
+    allow_env: Collection[str] = (),
+) -> tuple[list[PromptkitError], Prompt[Any] | None, bool]:
+    """Every problem :func:`build_prompt` can find, each step run on its own; the Prompt built
+    without the file's examples, for the checker to test each example and the sample (when the
+    body cannot be built, a stand-in with an empty body and the file's types; None when even
+    that cannot be); and whether that Prompt has the file's own body."""
+    steps = front_matter.Steps(keep=True)
+    based = steps.run(lambda: _with_base(parsed, folder), parsed)
+    prompt = _build(based, folder, Path(file_root or folder), _names(allow_env), steps)
+    return steps.problems, prompt, steps.own_body
+
+
+_MAX_BASES = 8  # how many ``base:`` files one template may stand on
+
+
+def _with_base(parsed: ParsedFile, folder: Path) -> ParsedFile:
+    """The file with the front matter of its ``base:`` file (Prompty 1) under its own: keys it
+    lacks come from the base, ``model`` is merged one level deep (its own settings win). The
+    base is a file in the template's own folder, itself maybe standing on another.
+    Raises TemplateError for a base that cannot load, a cycle or more than _MAX_BASES bases."""
+    front, line = dict(parsed.front), parsed.key_lines.get("base")
+    seen: list[str] = []
+    while "base" in front:
+        name = front.pop("base")
+        if not isinstance(name, str) or name in seen or len(seen) == _MAX_BASES:
+            why = "is not a file name" if not isinstance(name, str) else "is a cycle or too deep"
+            raise TemplateError(
+                f"base {name!r} {why}; name a .prompty file in the template's folder "
+                f"(at most {_MAX_BASES} bases deep)",
+                source=parsed.path,
+                line=line,
+            )
+        seen.append(name)
+        data = read_confined(name, folder, folder, f"base {name!r}", parsed.path, line)[1]
+        try:
+            base = parse_prompty(data.decode("utf-8-sig").replace("\r\n", "\n"), name).front
+        except (TemplateError, UnicodeDecodeError) as exc:
+            raise TemplateError(
+                f"base {name!r} does not load: {exc}", source=parsed.path, line=line
+            ) from None
+        own_model, base_model = front.get("model"), base.get("model")
+        front = {**base, **front}
+        if isinstance(own_model, dict) and isinstance(base_model, dict):
+            front["model"] = {**base_model, **own_model}
+            for key, value in base_model.items():
+                if isinstance(value, dict) and isinstance(own_model.get(key), dict):
+                    front["model"][key] = {**value, **own_model[key]}
+        if "base" in base:
+            front["base"] = base["base"]
+        else:
+            front.pop("base", None)
+    lines = {key: parsed.key_lines.get(key, line or 1) for key in front}
+    lines.update(parsed.key_lines)
+    return ParsedFile(parsed.path, front, parsed.body, parsed.body_line, lines)
+
+
+def _names(allow_env: Collection[str]) -> frozenset[str]:
+    """The variable names of ``allow_env`` (one name given as a string is that name)."""
+    return frozenset([allow_env] if isinstance(allow_env, str) else allow_env)
+
+
+def _build(
+    parsed: ParsedFile,
+    folder: Path,
+    file_root: Path,
+    allow_env: frozenset[str],
+    steps: front_matter.Steps,
+) -> Prompt[Any] | None:
+    src, lines = parsed.path, parsed.key_lines
+    model = parsed.front.get("model") or {}
+    if isinstance(model, str):
+        model = {"id": model}  # Prompty 2's shorthand ``model: gpt-4o``
+    if not isinstance(model, dict):
+        steps.run(
+            _fail(TemplateError("'model' must be a mapping", source=src, line=lines.get("model"))),
+            None,
         )
+        model = {}
+    # model.* is kept as written: its connection settings are read when the backend is made.
+    response_format, checked_model = prompty.split_response_format(model)
+    steps.run(
+        lambda: check_model_references(checked_model, source=src, line=lines.get("model")), None
+    )
+    front = _resolved_front(parsed, folder, file_root, allow_env, steps)
+    declared_inputs = prompty.declared_inputs(front)
+    fmt: TemplateFormat = steps.run(
+        lambda: prompty.template_format(front, src, lines.get("template")), "jinja2"
+    )
+    style = steps.run(lambda: _style(model, src, lines.get("model")), None)
+    threads = prompty.thread_inputs(declared_inputs)
+    parts = steps.run(lambda: body_parts(parsed.body, parsed.body_line, src, threads), None)
+    slots = threads | {t.name for t in (parts or {}).get("turns", ()) if isinstance(t, ThreadSlot)}
+    input_type = steps.run(
+        lambda: front_matter.input_type(
+            declared_inputs, front.get("sample"), src, lines, steps, threads=slots
+        ),
+        None,
+    )
+    output_type = steps.run(
+        lambda: (
+            prompty.response_format_type(
+                response_format,
+                lambda value: _resolved(parsed, "model", value, folder, file_root, allow_env),
+                src,
+                lines.get("model"),
+            )
+            if response_format is not None and not ({"output", "outputs"} & front.keys())
+            else front_matter.output_type(front, src, lines)
+        ),
+        str,
+    )
+    examples: list[Example] = steps.run(
+        lambda: front_matter.examples_of(front.get("examples", []), src, lines.get("examples")), []
+    )
+    shots = steps.run(lambda: _shots(front.get("shots"), src, lines.get("shots")), None)
+    config = steps.run(
+        lambda: front_matter.generation_config(
+            prompty.model_options(model, src, lines.get("model")), src, lines.get("model")
+        ),
+        None,
+    )
+    metadata = {k: v for k, v in front.items() if k not in _BUILT_KEYS}
+    if parsed.front.get("model") is not None:
+        metadata["model"] = model
+    prompt = None
+    if parts is not None:
+        prompt = steps.run(
+            lambda: Prompt(
+                query=parts["query"],
+                instruction=parts["instruction"],
+                turns=parts["turns"],
+                input_type=input_type,
+                output_type=output_type,
+                examples=[] if steps.keep else examples,
+                style=style or ("completion" if parts["plain"] else "chat"),
+                shots=None if steps.keep else shots,
+                format_instructions=bool(front.get("format_instructions", True)),
+                config=config,
+                name=front.get("name") or Path(src).stem,
+                description=front.get("description"),
+                metadata=metadata,
+                first_lines=parts["lines"],
+                source=src,
+                template_folder=folder,
+                template_format=fmt,
+            ),
+            None,
+        )
+    if prompt is None and steps.keep and input_type is not None:
+        steps.own_body = False
+        prompt = steps.run(
+            lambda: Prompt(
+                query="", input_type=input_type, output_type=output_type, metadata=metadata
+            ),
+            None,
+        )
+    return prompt
 
 
-def _style(model: dict[str, Any], source: str) -> Literal["chat", "completion"] | None:
+def _fail(error: PromptkitError) -> Callable[[], None]:
+    def raise_it() -> None:
+        raise error
+
+    return raise_it
+
+
+def _shots(shots: Any, source: str, line: int | None) -> int | None:
+    if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool)):
+        raise TemplateError(
+            f"'shots' must be a whole number, got {shots!r}", source=source, line=line
+        )
+    return shots
+
+
+def _resolved_front(
+    parsed: ParsedFile,
+    folder: Path,
+    file_root: Path,
+    allow_env: frozenset[str],
+    steps: front_matter.Steps,
+) -> dict[str, Any]:
+    """The front matter but ``model``, its references resolved (errors at each key's line; a
+    key whose references fail is left out, an input keeps its spec as written)."""
+    front: dict[str, Any] = {}
+    for key, value in parsed.front.items():
+        if key == "model":
+            continue
+        if key == "inputs" and isinstance(value, dict):
+            front[key] = {
+                name: steps.run(
+                    partial(
+                        _resolved, parsed, f"inputs.{name}", spec, folder, file_root, allow_env
+                    ),
+                    spec,
+                )
+                for name, spec in value.items()
+            }
+            continue
+        resolve = partial(_resolved, parsed, str(key), value, folder, file_root, allow_env)
+        resolved = steps.run(resolve, _LEFT_OUT)
+        if resolved is not _LEFT_OUT:
+            front[key] = resolved
+    return front
+
+
+_LEFT_OUT = object()
+
+
+def _resolved(
+    parsed: ParsedFile,
+    where: str,
+    value: Any,
+    folder: Path,
+    file_root: Path,
+    allow_env: frozenset[str],
+) -> Any:
+    line = parsed.key_lines.get(where) or parsed.key_lines.get(where.partition(".")[0])
+    return resolve_references(
+        value,
+        folder=folder,
+        file_root=file_root,
+        allow_env=allow_env,
+        source=parsed.path,
+        line=line,
+        where=where,
+    )
+
+
+def _style(model: dict[str, Any], source: str, line: int | None) -> Style | None:
     api = model.get("api")
     if api in (None, "chat", "completion"):
         return api
-    raise TemplateError(f"model.api must be 'chat' or 'completion', got {api!r}", source=source)
-
-
-def _body_parts(segments: list[Segment], source: str) -> dict[str, Any]:
-    if not segments:
-        raise TemplateError(
-            "the template body is empty; write the query after the front matter", source=source
-        )
-    if len(segments) == 1 and segments[0].role is None:
-        only = segments[0]
-        return {
-            "plain": True,
-            "query": only.source.strip("\n"),
-            "instruction": "",
-            "turns": [],
-            "lines": {"query": only.line + _leading_newlines(only.source)},
-        }
-    last = segments[-1]
-    if last.role != "user":
-        raise TemplateError(
-            "the body must end with a 'user:' block holding the query",
-            source=source,
-            line=last.line - 1,
-        )
-    lines = {"query": last.line + _leading_newlines(last.source)}
-    instruction: list[str] = []
-    turns: list[tuple[str, str]] = []
-    for seg in segments[:-1]:
-        if seg.role in (None, "system") and not turns:
-            instruction.append(seg.source.strip("\n"))
-            lines.setdefault("instruction", seg.line + _leading_newlines(seg.source))
-        else:
-            lines[f"turn{len(turns)}"] = seg.line + _leading_newlines(seg.source)
-            turns.append((seg.role or "system", seg.source.strip("\n")))
-    return {
-        "plain": False,
-        "query": last.source.strip("\n"),
-        "instruction": "\n\n".join(instruction),
-        "turns": turns,
-        "lines": lines,
-    }
-
-
-def _leading_newlines(text: str) -> int:
-    return len(text) - len(text.lstrip("\n"))
-
-
-def _input_type(inputs: Any, sample: Any, source: str, key_lines: dict[str, int]) -> Any:
-    from pydantic import ConfigDict, Field, create_model
-
-    inputs = _properties_as_mapping(inputs, "inputs", source, key_lines)
-    if inputs is None:
-        if isinstance(sample, dict) and sample:
-            inputs = {k: {"type": _json_type(v)} for k, v in sample.items()}
-        else:
-            return None  # inferred from the body's variables
-    if not isinstance(inputs, dict):
-        raise TemplateError(
-            "'inputs' must map each input name to its spec",
-            source=source,
-            line=key_lines.get("inputs"),
-        )
-    fields: dict[str, Any] = {}
-    for name, spec in inputs.items():
-        line = key_lines.get(f"inputs.{name}")
-        if not isinstance(name, str) or not name.isidentifier():
-            raise TemplateError(
-                f"input name {name!r} is not a valid identifier", source=source, line=line
-            )
-        if not isinstance(spec, dict):
-            spec = {"type": _json_type(spec), "default": spec}
-        kind = spec.get("type", spec.get("kind"))
-        if kind is None:
-            annotation: Any = Literal[tuple(spec["enum"])] if "enum" in spec else Any
-        elif "enum" in spec:
-            annotation = Literal[tuple(spec["enum"])]
-        elif kind in _INPUT_TYPES:
-            annotation = _INPUT_TYPES[kind]
-        else:
-            raise TemplateError(
-                f"input {name!r} has unknown type {kind!r}; use one of "
-                "string, integer, number, boolean, array, object",
-                source=source,
-                line=line,
-            )
-        description = spec.get("description")
-        if "default" in spec:
-            default = spec["default"]
-            if default is None:
-                annotation = Optional[annotation]
-            fields[name] = (annotation, Field(default, description=description))
-        elif spec.get("required", True) is False:
-            fields[name] = (Optional[annotation], Field(None, description=description))
-        else:
-            fields[name] = (annotation, Field(..., description=description))
-    return create_model("Inputs", __config__=ConfigDict(extra="forbid"), **fields)
-
-
-def _properties_as_mapping(value: Any, key: str, source: str, key_lines: dict[str, int]) -> Any:
-    """Prompty 2 writes inputs/outputs as a list of ``{name, kind, ...}``; make it a mapping."""
-    if not isinstance(value, list):
-        return value
-    mapping: dict[str, Any] = {}
-    for item in value:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise TemplateError(
-                f"each entry of '{key}' needs a 'name', got {item!r}",
-                source=source,
-                line=key_lines.get(key),
-            )
-        spec = {k: v for k, v in item.items() if k != "name"}
-        if "kind" in spec and "type" not in spec:
-            spec["type"] = spec.pop("kind")
-        mapping[item["name"]] = spec
-    return mapping
-
-
-def _json_type(value: Any) -> str:
-    for kind, python in (
-        ("boolean", bool),
-        ("integer", int),
-        ("number", float),
-        ("array", list),
-        ("object", dict),
-    ):
-        if isinstance(value, python):
-            return kind
-    return "string"
-
-
-def _output_type(front: dict[str, Any], source: str, key_lines: dict[str, int]) -> Any:
-    output = front.get("output")
-    outputs = _properties_as_mapping(front.get("outputs"), "outputs", source, key_lines)
-    if output is None and outputs is None:
-        return str
-    if output is None:
-        if not isinstance(outputs, dict):
-            raise TemplateError(
-                "'outputs' must map output names to specs",
-                source=source,
-                line=key_lines.get("outputs"),
-            )
-        schema = {
-            "type": "object",
-            "properties": {k: _output_property(v) for k, v in outputs.items()},
-            "required": list(outputs),
-        }
-        return type_from_schema(schema, source=source)
-    line = key_lines.get("output")
-    if not isinstance(output, dict):
-        raise TemplateError(
-            "'output' must be a mapping such as {labels: [...]}, {type: integer}, "
-            "{regex: '...'} or {schema: {...}}",
-            source=source,
-            line=line,
-        )
-    try:
-        if "labels" in output:
-            labels = output["labels"]
-            if (
-                not isinstance(labels, list)
-                or not labels
-                or not all(isinstance(x, str) for x in labels)
-            ):
-                raise TemplateError(
-                    "output.labels must be a non-empty list of strings (quote labels such as "
-                    "'yes', 'no', 'on' or 'off', which YAML reads as booleans)"
-                )
-            return Literal[tuple(labels)]
-        if "schema" in output:
-            return type_from_schema(output["schema"], name=output.get("name", "Output"))
-        for key in ("regex", "lark"):
-            if key in output:
-                text = output[key]
-                if not isinstance(text, str):
-                    raise TemplateError(f"output.{key} must be a string, got {text!r}")
-                return Regex(text) if key == "regex" else Lark(text)
-        kind = output.get("type")
-        if kind in _SIMPLE_OUTPUTS or kind == "array":
-            return type_from_schema(output)
-        raise TemplateError(
-            "output needs 'labels', 'schema', 'regex', 'lark' or a 'type' (string, integer, "
-            f"number, boolean, array), got keys {sorted(output)}"
-        )
-    except TemplateError as exc:
-        raise TemplateError(exc.reason, source=source, line=line) from None
-
-
-_SCHEMA_KEYS = {"type", "description", "enum", "items", "properties", "minimum", "maximum"}
-
-
-def _output_property(spec: Any) -> dict[str, Any]:
-    """A Prompty ``outputs`` entry as a JSON schema (its other keys, e.g. ``example``, dropped)."""
-    if not isinstance(spec, dict):
-        return {"type": "string"}
-    schema = {k: v for k, v in spec.items() if k in _SCHEMA_KEYS}
-    schema.setdefault("type", "string")
-    return schema
-
-
-def _examples(raw: Any, source: str, line: int | None) -> list[Example]:
-    if not isinstance(raw, list):
-        raise TemplateError(
-            "'examples' must be a list of {input: {...}, output: ...}", source=source, line=line
-        )
-    examples = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict) or set(item) != {"input", "output"}:
-            raise TemplateError(
-                f"example {i} must have exactly the keys 'input' and 'output'",
-                source=source,
-                line=line,
-            )
-        examples.append(Example(input=item["input"], output=item["output"]))
-    return examples
-
-
-def _config(parameters: Mapping[str, Any]) -> GenerationConfig | None:
-    known = {k: v for k, v in parameters.items() if k in _CONFIG_KEYS}
-    return GenerationConfig(**known) if known else None
+    raise TemplateError(
+        f"model.api must be 'chat' or 'completion', got {api!r}", source=source, line=line
+    )
 
 
 def save_prompt(prompt: Prompt[Any], path: str | os.PathLike[str]) -> Path:
@@ -524,7 +476,7 @@ def backend_from_prompt(prompt: Prompt[Any]) -> Backend | None:
     ``api_key``, ``base_url``, ``organization``) gives ``openai:MODEL``. ``${env:VAR}`` values
     are read now, when the backend is made (never when the file is loaded or saved). Unset
     values fall back to the backends' standard environment variables.
-    Raises ConfigurationError for an unknown type or a missing variable.
+    Raises ConfigurationError for an unknown type, a missing variable or a ``${file:...}``.
     """
     from .backends import get_backend
 
@@ -535,7 +487,7 @@ def backend_from_prompt(prompt: Prompt[Any]) -> Backend | None:
     if not isinstance(settings, dict) or not settings.get("type"):
         return None
     source = prompt.source
-    values = {k: _substitute(v, Path.cwd(), source) for k, v in settings.items() if k != "type"}
+    values = {k: resolve_env(v, source) for k, v in settings.items() if k != "type"}
     kind = str(settings["type"]).lower()
     if kind in ("azure_openai", "azure"):
         deployment = values.pop("azure_deployment", None) or values.pop("deployment", None)

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .constraints import Lark, Regex
-from .parsing import _unwrap
+from .conversation import ThreadSlot, is_thread_type
+from .outputs import Lark, Regex, strip_annotated
 from .prompt import Prompt
 
 __all__ = ["dump_prompty"]
@@ -73,8 +73,14 @@ def _body(prompt: Prompt[Any]) -> str:
     blocks = []
     if header:
         blocks.append("system:\n" + "\n\n".join(header))
-    blocks.extend(f"{turn.role}:\n{turn.template.source}" for turn in prompt.turns)
-    blocks.append("user:\n" + prompt.query.source)
+    blocks.extend(
+        f"{{{{ {turn.name} }}}}"  # a conversation input alone on a line is its place
+        if isinstance(turn, ThreadSlot)
+        else f"{turn.role}:\n{turn.template.source}"
+        for turn in prompt.turns
+    )
+    if prompt.asks_query:
+        blocks.append("user:\n" + prompt.query.source)
     return "\n\n".join(b.rstrip("\n") for b in blocks) + "\n"
 
 
@@ -89,12 +95,14 @@ def _inputs(prompt: Prompt[Any]) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     for name, info in prompt.input_type.model_fields.items():
         spec: dict[str, Any] = {}
-        annotation = _unwrap(info.annotation)
+        annotation = strip_annotated(info.annotation)
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-            annotation = _unwrap(args[0])
+            annotation = strip_annotated(args[0])
         if annotation is Any:
             pass
+        elif is_thread_type(annotation):
+            spec["type"] = "thread"
         elif typing.get_origin(annotation) is Literal:
             spec["type"] = "string"
             spec["enum"] = list(typing.get_args(annotation))
@@ -106,7 +114,10 @@ def _inputs(prompt: Prompt[Any]) -> dict[str, Any]:
         if info.description:
             spec["description"] = info.description
         if not info.is_required():
-            spec["default"] = info.get_default(call_default_factory=True)
+            default = info.get_default(call_default_factory=True)
+            if is_thread_type(annotation):
+                default = [message.model_dump() for message in default]
+            spec["default"] = default
         inputs[name] = spec
     return inputs
 
@@ -121,7 +132,7 @@ def _output(prompt: Prompt[Any]) -> dict[str, Any] | None:
         return {"regex": spec.text_constraint.pattern}
     if isinstance(spec.text_constraint, Lark):
         return {"lark": spec.text_constraint.grammar}
-    inner = _unwrap(spec.type)
+    inner = strip_annotated(spec.type)
     if inner in (int, float, bool) or (isinstance(inner, type) and issubclass(inner, enum.Enum)):
         return {**{k: v for k, v in spec.schema.items() if k != "title"}}
     return {"schema": spec.schema}

@@ -20,8 +20,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import from_json
 
 from .bounds import bound_variables, has_bounds, schema_for_inputs
-from .constraints import SPAN_KEY, Lark, Regex, without_keywords
 from .errors import OutputParseError, TemplateError, UsageError
+from .outputs import SPAN_KEY, Lark, Regex, strip_annotated, without_keywords
 
 __all__ = ["OutputCheck", "OutputSpec", "extract_json", "output_spec", "parse_output", "run_check"]
 
@@ -37,13 +37,6 @@ _MAX_JSON_STARTS = 256  # bound the scan for JSON in long prose
 # pydantic's generated titles (noise in a prompt) and promptkit's own keyword (a SpanOf)
 _NOT_SHOWN = frozenset({"title", SPAN_KEY})
 _LABEL_PUNCTUATION = " \t\r\n\"'`.,;:!?*()[]{}"
-
-
-def _unwrap(tp: Any) -> Any:
-    """Strip ``Annotated[...]`` to find the type underneath."""
-    while typing.get_origin(tp) is typing.Annotated:
-        tp = typing.get_args(tp)[0]
-    return tp
 
 
 def _metadata(tp: Any) -> list[Any]:
@@ -73,7 +66,7 @@ class OutputSpec:
                 f"cannot use {output_type!r} as an output type: {exc}. Use a pydantic model, str, "
                 "int, float, bool, list[str], Literal[...] labels or an Enum."
             ) from exc
-        inner = _unwrap(output_type)
+        inner = strip_annotated(output_type)
         # Regex(...) / Lark(...) on a str output: the text itself is constrained.
         self.text_constraint: Regex | Lark | None = next(
             (m for m in _metadata(output_type) if isinstance(m, (Regex, Lark))), None
@@ -136,7 +129,7 @@ class OutputSpec:
 
     @property
     def is_object(self) -> bool:
-        inner = _unwrap(self.type)
+        inner = strip_annotated(self.type)
         return isinstance(inner, type) and issubclass(inner, BaseModel)
 
     def format_instructions(self, inputs: Mapping[str, Any] | None = None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, overload
 
 from pydantic import BaseModel
@@ -22,14 +23,17 @@ from ._inputs import (
     check_variables,
     infer_input_type,
     template_context,
-    validate_inputs,
 )
-from ._layout import STYLES, Style, compile_parts, lay_out
+from ._layout import STYLES, Style, TemplateFormat, Turn, compile_parts
+from ._rendering import PromptRendering
 from .backends.base import GenerationConfig, PromptInput
-from .constraints import Grammar, Lark, Regex
+from .conversation import Message as ChatMessage
+from .conversation import ThreadSlot, unplaced_threads, with_history
 from .demos import Example, Selection, Strategy, fit_to_window, validate_examples
-from .errors import InputValidationError, UsageError
-from .parsing import OutputCheck, OutputSpec, output_spec, run_check
+from .errors import UsageError
+from .grammar import Grammar
+from .outputs import Lark, Regex
+from .parsing import OutputCheck, output_spec, run_check
 from .runloop import Attempt, Result, RunLoop
 from .scoring import Classification, classify_labels
 
@@ -38,7 +42,16 @@ if TYPE_CHECKING:
 
     from .backends.base import Backend
 
-__all__ = ["Attempt", "Constrained", "Example", "Prompt", "PromptOptions", "Result", "Style"]
+__all__ = [
+    "Attempt",
+    "Constrained",
+    "Example",
+    "Prompt",
+    "PromptOptions",
+    "Result",
+    "Style",
+    "TemplateFormat",
+]
 
 OutputT = TypeVar("OutputT")
 
@@ -54,7 +67,7 @@ class PromptOptions(TypedDict, total=False):
     style: Style
     shots: int | None
     format_instructions: bool
-    turns: Sequence[tuple[str, str]]
+    turns: Sequence[tuple[str, str] | ThreadSlot]
     config: GenerationConfig | None
     name: str | None
     description: str | None
@@ -62,13 +75,16 @@ class PromptOptions(TypedDict, total=False):
     source: str | None
     first_lines: Mapping[str, int] | None
     check: OutputCheck | None
+    template_folder: Path | None
+    template_format: TemplateFormat
 
 
-class Prompt(Generic[OutputT]):
+class Prompt(PromptRendering, Generic[OutputT]):
     """A typed prompt template.
 
     Args:
-        query: Jinja2 template of the question, over the input type's fields.
+        query: Jinja2 template of the question, over the input type's fields; None for a
+            prompt whose messages end with its turns (a conversation, or a system message).
         instruction: Jinja2 template of the task description (may use the inputs too).
         input_type: pydantic model of the inputs; inferred (every variable required) if omitted.
         output_type: what the answer is parsed and validated into.
@@ -78,12 +94,19 @@ class Prompt(Generic[OutputT]):
             :meth:`run` switches to the form the backend speaks.
         shots: how many examples to show by default (all when None).
         format_instructions: add a sentence saying how to answer (labels, JSON schema, ...).
-        turns: fixed ``(role, template)`` messages between the instruction and the examples.
+        turns: fixed ``(role, template)`` messages between the instruction and the examples,
+            and :class:`~promptkit.conversation.ThreadSlot` s, where a ``list[pk.Message]``
+            input's messages go (the examples then come before the first one). A message-list
+            input that no slot places and no template uses goes before the query.
         config: default generation settings for :meth:`run`.
         name, description, metadata: carried along (template files keep unknown keys here).
         source: names the template in error messages (a file path for template files).
         first_lines: the file line where each part starts (``"instruction"``, ``"query"``,
             ``"turn0"``...), so that errors point at the right line of the file.
+        template_folder: the folder ``{% extends %}``, ``{% include %}`` and ``{% import %}``
+            (or mustache partials) load templates from (a template file's own; none when None).
+        template_format: ``"jinja2"``, or ``"mustache"`` (Prompty's other format, rendered by
+            chevron; see :mod:`promptkit.mustache`).
         check: ``check(inputs, output)``, a test of a parsed output against the run's validated
             inputs that a type cannot state (``lambda i, o: o < len(i.choices)``): it returns
             True or None to accept, False to refuse, or raises ValueError / AssertionError
@@ -102,32 +125,34 @@ class Prompt(Generic[OutputT]):
     def __init__(
         self: Prompt[OutputT],
         *,
-        query: str,
+        query: str | None,
         output_type: type[OutputT],
         **options: Unpack[PromptOptions],
     ) -> None: ...
 
     @overload
-    def __init__(self: Prompt[str], *, query: str, **options: Unpack[PromptOptions]) -> None: ...
+    def __init__(
+        self: Prompt[str], *, query: str | None, **options: Unpack[PromptOptions]
+    ) -> None: ...
 
     @overload
     def __init__(
         self: Prompt[str],
         *,
-        query: str,
+        query: str | None,
         output_type: Regex | Lark,
         **options: Unpack[PromptOptions],
     ) -> None: ...
 
     @overload
     def __init__(
-        self: Prompt[Any], *, query: str, output_type: Any, **options: Unpack[PromptOptions]
+        self: Prompt[Any], *, query: str | None, output_type: Any, **options: Unpack[PromptOptions]
     ) -> None: ...
 
     def __init__(
         self,
         *,
-        query: str,
+        query: str | None,
         instruction: str = "",
         input_type: type[BaseModel] | None = None,
         output_type: Any = str,
@@ -136,7 +161,7 @@ class Prompt(Generic[OutputT]):
         style: Style = "chat",
         shots: int | None = None,
         format_instructions: bool = True,
-        turns: Sequence[tuple[str, str]] = (),
+        turns: Sequence[tuple[str, str] | ThreadSlot] = (),
         config: GenerationConfig | None = None,
         name: str | None = None,
         description: str | None = None,
@@ -144,33 +169,55 @@ class Prompt(Generic[OutputT]):
         source: str | None = None,
         first_lines: Mapping[str, int] | None = None,
         check: OutputCheck | None = None,
+        template_folder: Path | None = None,
+        template_format: TemplateFormat = "jinja2",
     ) -> None:
         if style not in STYLES:
             raise UsageError(f"style must be 'chat' or 'completion', got {style!r}")
         source = source or (f"prompt {name!r}" if name else "<prompt>")
         self.name = name
         self.description = description
-        self.style: Style = style
+        self.style = style
         self.system = system
         self.format_instructions = format_instructions
         self.config = config
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.source = source
-        self.instruction, self.query, self.turns = compile_parts(
-            instruction, query, turns, source=source, first_lines=first_lines or {}
+        self.template_format: TemplateFormat = template_format
+        self.asks_query = query is not None  # False: the messages end with the last turn
+        self.instruction, self.query, placed = compile_parts(
+            instruction,
+            query or "",
+            turns,
+            source=source,
+            first_lines=first_lines or {},
+            folder=template_folder,
+            template_format=template_format,
         )
-        templates = [self.instruction, self.query, *(t.template for t in self.turns)]
+        fixed = (t.template for t in placed if isinstance(t, Turn))
+        templates = [self.instruction, self.query, *fixed]
         used = frozenset().union(*(t.variables for t in templates))
-        self.input_type = input_type or infer_input_type(used)
+        slots = [t.name for t in placed if isinstance(t, ThreadSlot)]
+        self.input_type = input_type or infer_input_type(used, slots)
+        printed = frozenset().union(*(t.printed for t in templates))
+        self.turns = (
+            *placed,
+            *unplaced_threads(self.input_type.model_fields, used, slots, source, printed),
+        )
         declared = set(self.input_type.model_fields)
         check_variables(templates, declared, source)
-        self.output: OutputSpec = output_spec(output_type)
+        self.output = output_spec(output_type)
         self.output_type = output_type
         check_output_inputs(self.output, declared, source)
         if check is not None and not callable(check):
             raise UsageError(f"check must be a callable check(inputs, output), got {check!r}")
         self.check = check
-        self.examples: tuple[Example, ...] = tuple(examples)
+        self.examples = tuple(examples)
+        if self.examples and not self.asks_query:
+            raise UsageError(
+                "examples are shown as (query, answer) pairs, but this prompt has no query; "
+                "give it a query template or no examples"
+            )
         self._example_inputs = self._validated_examples()
         if shots is not None and not 0 <= shots <= len(self.examples):
             raise UsageError(
@@ -178,8 +225,8 @@ class Prompt(Generic[OutputT]):
                 f"choose 0..{len(self.examples)}"
             )
         self.shots = shots
-        self._demos: list[tuple[str, str]] | None = None
-        self._header_cache: dict[bool, str] = {}
+        self._demos = None
+        self._header_cache = {}
 
     def __repr__(self) -> str:
         output = getattr(self.output_type, "__name__", repr(self.output_type))
@@ -193,8 +240,11 @@ class Prompt(Generic[OutputT]):
     def with_examples(self, examples: Sequence[Example]) -> Prompt[OutputT]:
         """A copy of this prompt with other demonstrations (validated), sharing its templates.
 
-        Raises InputValidationError when an example does not match the input or output type.
+        Raises InputValidationError when an example does not match the input or output type,
+        UsageError for examples of a prompt without a query.
         """
+        if examples and not self.asks_query:
+            raise UsageError("this prompt has no query, so it cannot show examples")
         other = copy.copy(self)
         other.examples = tuple(examples)
         other._example_inputs = other._validated_examples()
@@ -218,88 +268,11 @@ class Prompt(Generic[OutputT]):
         other._example_inputs = other._validated_examples()
         return other
 
-    def validate_inputs(self, inputs: Mapping[str, Any] | BaseModel) -> BaseModel:
-        """Validate inputs against the input type; raises InputValidationError naming fields."""
-        return validate_inputs(self.input_type, inputs)
-
     def _validated_examples(self) -> list[BaseModel]:
         """The examples' inputs, validated (each example's output too, and by ``check``)."""
         return validate_examples(
             self.examples, self.input_type, self.output, self.output_type, self.check
         )
-
-    # -- rendering ----------------------------------------------------------------------------
-
-    def render(
-        self,
-        inputs: Mapping[str, Any] | BaseModel,
-        shots: int | None = None,
-        *,
-        style: Style | None = None,
-        select: Selection | Strategy | None = None,
-    ) -> PromptInput:
-        """Render to one string (completion style) or a list of chat messages (chat style).
-
-        ``shots`` demonstrations are shown, chosen by ``select`` (default: the examples' own
-        order; see :mod:`promptkit.demos`).
-
-        Raises InputValidationError for bad inputs or shots, TemplateError if rendering fails.
-        """
-        context = template_context(self.validate_inputs(inputs))
-        selection = Selection.of(select)
-        chosen = self._choose(context, self._shots(shots), selection)
-        return self._render_context(context, selection.shown(chosen), style or self.style)
-
-    def _choose(self, context: dict[str, Any], count: int, selection: Selection) -> list[int]:
-        """Indices of the ``count`` most wanted examples for this input, most wanted first."""
-        return selection.choose(
-            count, lambda: self.query.render(context).strip(), self._demonstrations
-        )
-
-    def _shots(self, shots: int | None) -> int:
-        if shots is None:
-            return len(self.examples) if self.shots is None else self.shots
-        if not isinstance(shots, int) or not 0 <= shots <= len(self.examples):
-            raise InputValidationError(
-                f"shots={shots!r} but the prompt has {len(self.examples)} example(s); "
-                f"choose 0..{len(self.examples)}"
-            )
-        return shots
-
-    def _render_context(
-        self, context: dict[str, Any], shown: Sequence[int], style: Style
-    ) -> PromptInput:
-        """Render with the examples ``shown`` (indices, in display order)."""
-        header = self._header(context, completion=style == "completion")
-        turns = [(t.role, t.template.render(context).strip()) for t in self.turns]
-        every = self._demonstrations()
-        query = self.query.render(context).strip()
-        return lay_out(header, turns, [every[i] for i in shown], query, style)
-
-    def _header(self, context: dict[str, Any], *, completion: bool) -> str:
-        cacheable = self.instruction.constant and not self.output.bounded
-        if cacheable and completion in self._header_cache:
-            return self._header_cache[completion]
-        parts = [
-            self.system or "",
-            self.instruction.render(context).strip(),
-            self.output.format_instructions(context) if self.format_instructions else "",
-        ]
-        header = "\n\n".join(p.strip() for p in parts if p.strip())
-        if cacheable:
-            self._header_cache[completion] = header
-        return header
-
-    def _demonstrations(self) -> list[tuple[str, str]]:
-        """Each example as (rendered query, answer text), computed once."""
-        if self._demos is None:
-            demos = []
-            for validated, example in zip(self._example_inputs, self.examples, strict=True):
-                context = template_context(validated)
-                answer = self.output.validate(example.output, context)
-                demos.append((self.query.render(context).strip(), self.output.serialize(answer)))
-            self._demos = demos
-        return self._demos
 
     # -- running ------------------------------------------------------------------------------
 
@@ -313,9 +286,12 @@ class Prompt(Generic[OutputT]):
         style: Style | None,
         constrained: Constrained,
         select: Selection | Strategy | None = None,
+        history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
     ) -> RunLoop[OutputT]:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise UsageError(f"max_attempts must be a positive integer, got {max_attempts!r}")
+        threads = [t.name for t in self.turns if isinstance(t, ThreadSlot)]
+        inputs, earlier = with_history(inputs, history, threads)
         chosen = style or self.style
         if chosen == "chat" and not backend.capabilities.chat:
             chosen = "completion"
@@ -330,13 +306,11 @@ class Prompt(Generic[OutputT]):
         config = config or self.config or GenerationConfig()
         if chosen == "completion" and count and not config.stop:
             config = config.replace(stop=("\n\n",))  # the demonstrations' separator
-        grammar = self.constraint(backend, constrained, inputs=context)
-        if grammar is not None and not backend.capabilities.token_masks and chosen != "chat":
-            grammar = None  # structured output (response_format) exists only for chat
+        grammar = self.constraint(backend, constrained, inputs=context, chat=chosen == "chat")
         if grammar is not None:
             config = config.replace(grammar=grammar)
         rendered, shown, dropped = fit_to_window(
-            lambda kept: self._render_context(context, selection.shown(kept), chosen),
+            lambda kept: self._render_context(context, selection.shown(kept), chosen, earlier),
             self._choose(context, count, selection),
             backend,
             config.max_tokens,
@@ -359,12 +333,15 @@ class Prompt(Generic[OutputT]):
         constrained: Constrained = None,
         *,
         inputs: Mapping[str, Any] | None = None,
+        chat: bool = True,
     ) -> Grammar | None:
         """The grammar that decoding on ``backend`` is constrained to, or None.
 
         ``inputs`` (a run's, validated) restrict the output's SpanOf strings to the text of
         the inputs they are copied from, on backends with token masks, and render the bounds
-        that come from the inputs (without them, such bounds are left to validation).
+        that come from the inputs (without them, such bounds are left to validation). ``chat``
+        says whether the prompt goes to the backend as chat messages (an API's structured output
+        exists only for chat: :meth:`~promptkit.backends.Capabilities.enforces` is the rule).
 
         ``constrained``: None (the default) constrains structured output types (labels, JSON,
         numbers, regexes, grammars) on backends with token masks, and object output types on
@@ -373,7 +350,9 @@ class Prompt(Generic[OutputT]):
         constrains; ``"fallback"`` is None that falls back to parse-and-re-ask when llguidance
         cannot compile the output type (instead of raising ConstraintError).
         """
-        return decoding_grammar(self.output, backend, constrained, inputs=inputs, owner=self)
+        return decoding_grammar(
+            self.output, backend, constrained, inputs=inputs, chat=chat, owner=self
+        )
 
     def run(
         self,
@@ -386,8 +365,14 @@ class Prompt(Generic[OutputT]):
         style: Style | None = None,
         constrained: Constrained = None,
         select: Selection | Strategy | None = None,
+        history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
     ) -> Result[OutputT]:
         """Render, generate, parse and validate; re-ask with the error on failure.
+
+        ``history`` continues a conversation (``pk.Message`` s, e.g. an earlier
+        ``result.messages``): one that starts with a system message is the whole conversation
+        so far and only the query follows it; another goes before the query (into the
+        prompt's message-list input when it has one: giving that input too is a UsageError).
 
         Demonstrations: the first ``shots`` of the examples ranked by ``select`` (see
         :mod:`promptkit.demos`); on backends that count tokens, the least wanted are dropped
@@ -403,12 +388,30 @@ class Prompt(Generic[OutputT]):
         when the output type cannot be a constraint (or ``max_tokens`` cannot hold any valid
         answer), and whatever the backend raises (BackendError, ContextWindowError, ...).
         """
-        loop = self._loop(inputs, backend, shots, max_attempts, config, style, constrained, select)
+        loop = self._loop(
+            inputs, backend, shots, max_attempts, config, style, constrained, select, history
+        )
         while True:
             request = loop.next_request()
             done = loop.accept(backend.generate(request.prompt, request.config))
             if done is not None:
                 return done
+
+    def first_request(
+        self,
+        inputs: Mapping[str, Any] | BaseModel,
+        *,
+        backend: Backend,
+        shots: int | None = None,
+        config: GenerationConfig | None = None,
+        style: Style | None = None,
+        select: Selection | Strategy | None = None,
+    ) -> PromptInput:
+        """The prompt :meth:`run` sends to ``backend`` first, with the same arguments: its
+        style for that backend, its demonstrations fitted to the context window (what
+        fine-tuning trains on). Raises what :meth:`run` raises before calling the backend."""
+        loop = self._loop(inputs, backend, shots, 1, config, style, False, select)
+        return loop.next_request().prompt
 
     async def arun(
         self,
@@ -421,9 +424,12 @@ class Prompt(Generic[OutputT]):
         style: Style | None = None,
         constrained: Constrained = None,
         select: Selection | Strategy | None = None,
+        history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
     ) -> Result[OutputT]:
         """The async twin of :meth:`run`."""
-        loop = self._loop(inputs, backend, shots, max_attempts, config, style, constrained, select)
+        loop = self._loop(
+            inputs, backend, shots, max_attempts, config, style, constrained, select, history
+        )
         while True:
             request = loop.next_request()
             done = loop.accept(await backend.agenerate(request.prompt, request.config))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from .backends.base import Completion, GenerationConfig, Message, PromptInput, Usage
+from .conversation import Message as ChatMessage
 from .errors import OutputParseError, OutputValidationError
 from .parsing import OutputSpec
 
@@ -47,6 +48,9 @@ class Result(Generic[OutputT]):
     demonstrations: tuple[int, ...] = ()  # indices of the examples shown, in display order
     dropped: tuple[tuple[int, str], ...] = ()  # examples chosen but left out, and why
     constrained: bool = False  # whether decoding was constrained to the output type's grammar
+    # the conversation as the model first saw it, then its accepted answer (re-asks are in
+    # attempts); a completion prompt is one user message. Continue it with run(history=...).
+    messages: tuple[ChatMessage, ...] = ()
 
     @property
     def examples_used(self) -> int:
@@ -186,4 +190,13 @@ class RunLoop(Generic[OutputT]):
             demonstrations=self._demonstrations,
             dropped=self._dropped,
             constrained=request.config.grammar is not None,
+            messages=_conversation(self._attempts[0].prompt, completion.text),
         )
+
+
+def _conversation(prompt: PromptInput, answer: str) -> tuple[ChatMessage, ...]:
+    """The messages of a prompt and its answer, as typed data."""
+    sent = [Message(role="user", content=prompt)] if isinstance(prompt, str) else prompt
+    return tuple(
+        ChatMessage.model_validate(m) for m in [*sent, Message(role="assistant", content=answer)]
+    )

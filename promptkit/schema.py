@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import ConfigDict, Field, create_model
 
 from .bounds import BOUND_KEY, BOUND_KEYWORDS, InputBound
-from .constraints import SPAN_KEY, SpanOf
 from .errors import TemplateError
+from .outputs import SPAN_KEY, SpanOf
 
 __all__ = ["type_from_schema"]
 

@@ -18,8 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputValidationError
-
 if TYPE_CHECKING:
     from .backends.base import Backend, PromptInput
     from .parsing import OutputSpec
@@ -30,6 +28,7 @@ __all__ = [
     "classify_labels",
     "multiple_choice",
     "score_continuations",
+    "softmax",
 ]
 
 
@@ -50,7 +49,7 @@ class ChoiceResult:
     @property
     def probabilities(self) -> tuple[float, ...]:
         """The choices' scores (per length when normalized) as a distribution over them."""
-        return _softmax(self._decisive())
+        return softmax(self._decisive())
 
     def _decisive(self) -> list[float]:
         if not self.normalized:
@@ -72,24 +71,13 @@ class Classification:
 def score_continuations(
     backend: Backend, context: str, continuations: Sequence[str]
 ) -> list[tuple[float, int]]:
-    """Each continuation's summed log-probability after ``context`` and its length.
+    """Each continuation's summed log-probability after ``context`` and its length (the
+    backend's :meth:`~promptkit.backends.Backend.score_choices`).
 
     Raises UnsupportedCapabilityError when the backend cannot score, InputValidationError for
     no or empty continuations.
     """
-    backend.require("loglikelihood")
-    if isinstance(continuations, str) or not continuations:
-        raise InputValidationError("give at least one choice (a list of strings)")
-    shared = getattr(backend, "score_choices", None)
-    if shared is not None:
-        scored: list[tuple[float, int]] = shared(context, list(continuations))
-        return scored
-    results = []
-    for i, text in enumerate(continuations):
-        if not isinstance(text, str) or not text:
-            raise InputValidationError(f"choice {i} is empty or not a string: {text!r}")
-        results.append((backend.loglikelihood(context, text), len(text)))
-    return results
+    return backend.score_choices(context, continuations)
 
 
 def multiple_choice(
@@ -141,7 +129,7 @@ def classify_labels(
         scored = score_continuations(backend, text, verbalised)
         scores = [score for score, _ in scored]
         decisive = [s / max(n, 1) for s, n in scored] if normalize else scores
-        return scores, _softmax(decisive)
+        return scores, softmax(decisive)
 
     scores, probabilities = label_probabilities(inputs)
     calibrated = None
@@ -161,7 +149,8 @@ def classify_labels(
     )
 
 
-def _softmax(values: Sequence[float]) -> tuple[float, ...]:
+def softmax(values: Sequence[float]) -> tuple[float, ...]:
+    """Log-probabilities as a distribution over them (uniform when every one is -inf)."""
     top = max(values)
     if top == -math.inf:
         return tuple(1.0 / len(values) for _ in values)

@@ -25,3 +25,11 @@ def write(tmp_path: Path):
 def isolated_response_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch):
     """Each test gets its own response cache (never the user's ~/.cache/promptkit)."""
     monkeypatch.setenv("PROMPTKIT_CACHE_DIR", str(tmp_path_factory.mktemp("response-cache")))
+
+
+@pytest.fixture(autouse=True)
+def offline_models(request: pytest.FixtureRequest, monkeypatch):
+    """Fast tests never pull a model (``PROMPTKIT_OFFLINE=1``; their cache directory is the
+    temporary one above). Tests marked slow may fetch."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("PROMPTKIT_OFFLINE", "1")

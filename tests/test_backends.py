@@ -2,18 +2,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
 import pytest
+from pydantic import BaseModel
 
 import promptkit as pk
 from promptkit.backends import Backend, Capabilities, Completion, GenerationConfig, ScriptedBackend
-from promptkit.backends.base import cut_at_stop, messages_to_text
+from promptkit.backends.base import PerplexityStats, cut_at_stop, messages_to_text
 from promptkit.errors import (
     BackendError,
     ConfigurationError,
     InputValidationError,
     UnsupportedCapabilityError,
 )
+from promptkit.grammar import Grammar
 
 
 @pytest.mark.parametrize(
@@ -156,3 +159,127 @@ def test_missing_dependency_names_the_extra(monkeypatch):
 
 def test_repr_has_no_secrets():
     assert repr(ScriptedBackend([], name="mine")) == "<ScriptedBackend 'mine'>"
+
+
+OBJECT = Grammar.json_schema({"type": "object", "properties": {"a": {"type": "integer"}}})
+NUMBER = Grammar.json_schema({"type": "integer"})
+
+
+def test_the_grammar_rule_is_written_once_on_capabilities():
+    masks = Capabilities(token_masks=True)
+    api = Capabilities(chat=True, json_schema=True)
+    plain = Capabilities(chat=True)
+    regex = Grammar("regex", "a+")
+    assert all(masks.enforces(g, chat=c) for g in (OBJECT, NUMBER, regex) for c in (True, False))
+    assert api.enforces(OBJECT, chat=True)
+    assert not api.enforces(OBJECT, chat=False)  # structured output exists only for chat
+    assert not api.enforces(NUMBER, chat=True)  # ... and only for objects
+    assert not api.enforces(regex, chat=True)
+    assert not plain.enforces(OBJECT, chat=True)
+
+
+def test_a_backend_refuses_a_grammar_it_cannot_enforce():
+    backend = ScriptedBackend(["{}", "{}"], json_schema=True)
+    chat = [{"role": "user", "content": "x"}]
+    assert backend.generate(chat, GenerationConfig(grammar=OBJECT)).text == "{}"
+    with pytest.raises(UnsupportedCapabilityError, match="token_masks; structured output"):
+        backend.generate("x", GenerationConfig(grammar=OBJECT))  # text goes to completion
+    with pytest.raises(UnsupportedCapabilityError, match="token_masks"):
+        backend.generate(chat, GenerationConfig(grammar=NUMBER))
+    with pytest.raises(UnsupportedCapabilityError, match=r"token_masks; use a backend with"):
+        ScriptedBackend(["{}"]).generate(chat, GenerationConfig(grammar=OBJECT))
+
+
+class Point(BaseModel):
+    x: int
+    y: int
+
+
+@pytest.mark.parametrize(
+    "output_type, style, chat, constrained",
+    [
+        (Point, "chat", True, True),  # an object, as chat, to a backend with structured output
+        (Point, "completion", True, False),  # a completion prompt: no response_format
+        (Point, "chat", False, False),  # the backend takes no chat: flattened to completion
+        (int, "chat", True, False),  # not an object
+    ],
+)
+def test_prompts_follow_the_same_rule(output_type, style, chat, constrained):
+    prompt = pk.Prompt(query="{{ q }}", output_type=output_type, style=style)
+    backend = ScriptedBackend(['{"x": 1, "y": 2}' if output_type is Point else "3"], chat=chat)
+    backend.capabilities = Capabilities(completion=True, chat=chat, json_schema=True)
+    prompt.run({"q": "?"}, backend=backend)
+    grammar = backend.requests[0].config.grammar
+    assert (grammar is not None) == constrained
+    assert (prompt.constraint(backend) is not None) == (output_type is Point)
+
+
+def test_declared_defaults_work_on_any_backend():
+    class Scoring(ScriptedBackend):
+        def __init__(self) -> None:
+            super().__init__(["a", "b"])
+            self.capabilities = Capabilities(completion=True, loglikelihood=True)
+
+        def _loglikelihood(self, context: str, continuation: str) -> float:
+            return -float(len(continuation))
+
+    backend = Scoring()
+    batch = backend.generate_batch(["p", "q"], GenerationConfig(max_tokens=3))
+    assert [c.text for c in batch] == ["a", "b"] and not backend.capabilities.batching
+    assert backend.score_choices("ctx", ["x", "yyy"]) == [(-1.0, 1), (-3.0, 3)]
+    with pytest.raises(InputValidationError, match="choice 1 is empty"):
+        backend.score_choices("ctx", ["x", ""])
+    with pytest.raises(InputValidationError, match="at least one choice"):
+        backend.score_choices("ctx", "xyz")
+    assert pk.multiple_choice("ctx", ["yy", "z"], backend=backend).choice == "z"
+    with pytest.raises(UnsupportedCapabilityError, match="token_logprobs"):
+        backend.token_logprobs("some text")
+    with pytest.raises(UnsupportedCapabilityError, match="perplexity"):
+        backend.perplexity_stats("some text")
+    with pytest.raises(UnsupportedCapabilityError, match="loglikelihood"):
+        ScriptedBackend([]).score_choices("ctx", ["x"])
+    backend.close()
+    asyncio.run(backend.aclose())
+
+
+def test_perplexity_comes_from_the_declared_statistics():
+    class Stats(ScriptedBackend):
+        def __init__(self) -> None:
+            super().__init__([])
+            self.capabilities = Capabilities(perplexity=True)
+
+        def _perplexity_stats(self, text: str, stride: int | None) -> PerplexityStats:
+            return PerplexityStats(tokens=4, nll_sum=4 * math.log(3.0))
+
+    backend = Stats()
+    assert backend.perplexity("abc") == pytest.approx(3.0)
+    assert backend.perplexity_stats("abc", stride=2).mean_nll == pytest.approx(math.log(3.0))
+    with pytest.raises(InputValidationError, match="stride must be a positive integer"):
+        backend.perplexity_stats("abc", stride=0)
+    assert PerplexityStats(tokens=1, nll_sum=float("nan")).perplexity == math.inf
+    assert PerplexityStats(tokens=1, nll_sum=1e6).perplexity == math.inf
+
+
+def test_the_perplexity_command_asks_the_declared_method(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from promptkit import cli as cli_module
+
+    class Stats(ScriptedBackend):
+        def __init__(self) -> None:
+            super().__init__([])
+            self.capabilities = Capabilities(perplexity=True)
+
+        def _perplexity_stats(self, text: str, stride: int | None) -> PerplexityStats:
+            return PerplexityStats(tokens=len(text.split()), nll_sum=float(stride or 1))
+
+    text = tmp_path / "text.txt"
+    text.write_text("one two three four")
+    runner = CliRunner()
+    refused = runner.invoke(cli_module.cli, ["perplexity", str(text), "--backend", "scripted"])
+    assert refused.exit_code != 0
+    assert "'scripted' does not support perplexity" in refused.output
+    monkeypatch.setattr("promptkit.backends.get_backend", lambda spec: Stats())
+    done = runner.invoke(cli_module.cli, ["perplexity", str(text), "--backend", "x", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output) == {"tokens": 4, "mean_nll": 0.25, "perplexity": math.exp(0.25)}

@@ -58,7 +58,7 @@ def test_the_bound_is_rendered_for_each_call(count):
 
 def test_the_grammar_enforces_the_rendered_bound():
     pytest.importorskip("llguidance")
-    from promptkit.constraints import grammar_for
+    from promptkit.grammar import grammar_for
 
     prompt = pk.load_prompt("multiple_choice")
     for count in (2, 4):
@@ -119,7 +119,7 @@ def test_format_instructions_and_validation_of_an_object_use_each_calls_bounds(t
 
 def test_the_grammar_of_an_object_enforces_each_calls_bounds(tmp_path: Path):
     pytest.importorskip("llguidance")
-    from promptkit.constraints import grammar_for
+    from promptkit.grammar import grammar_for
 
     path = tmp_path / "pick.prompty"
     path.write_text(OBJECT_FILE)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
 import promptkit as pk
-from promptkit.backends import GenerationConfig, ScriptedBackend
-from promptkit.backends.base import Completion, Usage
+from promptkit.backends import Backend, Capabilities, GenerationConfig, ScriptedBackend
+from promptkit.backends.base import Completion, PerplexityStats, TokenLogprob, Usage
 from promptkit.cache import CachedBackend, ResponseCache, default_cache_path, request_key
-from promptkit.constraints import Grammar
 from promptkit.errors import ConfigurationError
+from promptkit.grammar import Grammar
 
 
 @pytest.fixture
@@ -42,16 +44,18 @@ def test_sampling_without_a_seed_is_never_cached(cache):
 
 
 def test_the_key_covers_backend_prompt_and_every_setting():
-    base = request_key("scratch:/m", "hi", GenerationConfig())
-    assert request_key("scratch:/m", "hi", GenerationConfig()) == base
+    backend = {"name": "scratch:/m"}
+    base = request_key(backend, "hi", GenerationConfig())
+    assert request_key({"name": "scratch:/m"}, "hi", GenerationConfig()) == base
     different = [
-        request_key("scratch:/other", "hi", GenerationConfig()),
-        request_key("scratch:/m", "hi!", GenerationConfig()),
-        request_key("scratch:/m", [{"role": "user", "content": "hi"}], GenerationConfig()),
-        request_key("scratch:/m", "hi", GenerationConfig(max_tokens=7)),
-        request_key("scratch:/m", "hi", GenerationConfig(stop=("\n",))),
-        request_key("scratch:/m", "hi", GenerationConfig(grammar=Grammar("regex", "a+"))),
-        request_key("scratch:/m", "hi", GenerationConfig(grammar=Grammar("regex", "b+"))),
+        request_key({"name": "scratch:/other"}, "hi", GenerationConfig()),
+        request_key({"name": "scratch:/m", "dtype": "bfloat16"}, "hi", GenerationConfig()),
+        request_key(backend, "hi!", GenerationConfig()),
+        request_key(backend, [{"role": "user", "content": "hi"}], GenerationConfig()),
+        request_key(backend, "hi", GenerationConfig(max_tokens=7)),
+        request_key(backend, "hi", GenerationConfig(stop=("\n",))),
+        request_key(backend, "hi", GenerationConfig(grammar=Grammar("regex", "a+"))),
+        request_key(backend, "hi", GenerationConfig(grammar=Grammar("regex", "b+"))),
     ]
     assert len({base, *different}) == len(different) + 1
 
@@ -142,9 +146,164 @@ def test_the_wrapper_counts_tokens_like_the_wrapped_backend(cache):
         def count_tokens(self, text: str) -> int:
             return 1000
 
-        def score_choices(self, context: str, choices: list[str]) -> list[tuple[float, int]]:
+        def score_choices(self, context: str, choices: Sequence[str]) -> list[tuple[float, int]]:
             return [(-1.0, 1) for _ in choices]
 
     backend = CachedBackend(Counting([], context_window=10), cache)
     assert backend.count_tokens("x") == 1000 and backend.context_window == 10
     assert backend.score_choices("a", ["b"]) == [(-1.0, 1)]
+
+
+def test_a_batch_goes_through_the_cache(cache):
+    scripted = ScriptedBackend(["one", "two", "three"])
+    backend = CachedBackend(scripted, cache)
+    greedy = GenerationConfig(max_tokens=5)
+    assert backend.generate("b", greedy).text == "one"  # cached before the batch
+    batch = backend.generate_batch(["a", "b", "c"], greedy)
+    assert [c.text for c in batch] == ["two", "one", "three"]
+    assert [r.prompt for r in scripted.requests] == ["b", "a", "c"]  # "b" came from the cache
+    again = backend.generate_batch(["c", "a"], greedy)
+    assert [c.text for c in again] == ["three", "two"] and len(scripted.requests) == 3
+    assert backend.calls == 3 and len(cache) == 3
+
+
+def test_a_batch_sampled_without_a_seed_skips_the_cache(cache):
+    backend = CachedBackend(ScriptedBackend(["x", "y"]), cache)
+    sampled = GenerationConfig(temperature=0.9)
+    assert [c.text for c in backend.generate_batch(["a", "a"], sampled)] == ["x", "y"]
+    assert len(cache) == 0 and backend.calls == 2
+
+
+def test_the_wrapper_delegates_every_method_of_the_interface(cache):
+    """Each public method of Backend is written out on CachedBackend (no __getattr__), so
+    nothing the interface declares bypasses the wrapper or reaches the wrapped backend's
+    defaults instead of its own methods."""
+    declared = {
+        name
+        for name, value in vars(Backend).items()
+        if callable(value) and not name.startswith("_") and name != "require"
+    }
+    assert declared <= set(vars(CachedBackend)), declared - set(vars(CachedBackend))
+    assert "__getattr__" not in vars(CachedBackend)
+
+    class Scoring(ScriptedBackend):
+        def __init__(self) -> None:
+            super().__init__([])
+            self.capabilities = Capabilities(
+                loglikelihood=True, perplexity=True, token_logprobs=True
+            )
+            self.closed = False
+
+        def _loglikelihood(self, context: str, continuation: str) -> float:
+            return -float(len(continuation))
+
+        def _token_logprobs(self, text: str) -> list[TokenLogprob]:
+            return [TokenLogprob(text, None, 0)]
+
+        def _perplexity_stats(self, text: str, stride: int | None) -> PerplexityStats:
+            return PerplexityStats(tokens=2, nll_sum=2.0)
+
+        def cache_identity(self) -> dict[str, Any]:
+            return {"name": self.name, "weights": "v2"}
+
+        def close(self) -> None:
+            self.closed = True
+
+    inner = Scoring()
+    backend = CachedBackend(inner, cache)
+    assert backend.loglikelihood("a", "bc") == -2.0
+    assert backend.score_choices("a", ["b", "cde"]) == [(-1.0, 1), (-3.0, 3)]
+    assert backend.token_logprobs("hi") == [TokenLogprob("hi", None, 0)]
+    assert backend.perplexity_stats("hi").tokens == 2
+    assert backend.perplexity("hi") == pytest.approx(2.718281828)
+    assert backend.cache_identity() == {"name": "scripted", "weights": "v2"}
+    backend.close()
+    assert inner.closed
+
+
+def test_the_default_identity_names_the_class_and_the_backend():
+    identity = ScriptedBackend([], name="mine").cache_identity()
+    assert identity == {"class": "promptkit.backends.scripted.ScriptedBackend", "name": "mine"}
+
+
+def test_the_identity_of_an_api_backend_holds_where_it_sends_and_never_the_key():
+    openai = pytest.importorskip("openai")
+    from promptkit.backends.openai import OpenAIBackend, azure_from_spec, from_spec
+
+    key = "sk-live-abcdefghijklmnop123456"
+
+    def identity(**options: Any) -> dict[str, Any]:
+        backend = from_spec("m", api_key=key, **options)
+        backend.close()
+        return backend.cache_identity()
+
+    first = identity(base_url="http://127.0.0.1:8000/v1")
+    others = [
+        identity(base_url="http://127.0.0.1:1/v1"),
+        identity(base_url="http://127.0.0.1:8000/v1", organization="org-2"),
+        identity(base_url="http://127.0.0.1:8000/v1", completions=True),
+    ]
+    assert first["base_url"] == "http://127.0.0.1:8000/v1/"
+    assert all(other != first for other in others)
+    azure = [
+        azure_from_spec("dep", endpoint="https://a.example", api_key=key, api_version=v)
+        for v in ("2024-06-01", "2024-10-21")
+    ]
+    ids = [a.cache_identity() for a in azure]
+    assert ids[0]["api_version"] == "2024-06-01" and ids[0] != ids[1]
+    assert ids[0]["base_url"].startswith("https://a.example") and ids[0]["model"] == "dep"
+    for backend in azure:
+        backend.close()
+    client = openai.OpenAI(api_key=key, base_url="http://h/v1", project="p1")
+    assert OpenAIBackend("m", client=client).cache_identity()["project"] == "p1"
+    client.close()
+    for found in (first, *others, *ids):
+        assert key not in json.dumps(found) and "abcdefghij" not in json.dumps(found)
+
+
+@pytest.mark.timeout(60)
+def test_a_cached_answer_for_one_server_is_not_served_for_another(tmp_path, monkeypatch):
+    """`promptkit run sentiment` answered (and cached) by one server; pointed at a dead one
+    (port 1), it must fail rather than print the cached answer."""
+    pytest.importorskip("openai")
+    fastapi = pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from click.testing import CliRunner
+    from fastapi.responses import JSONResponse
+    from servers import serve_in_thread
+
+    from promptkit.cli import cli
+
+    app = fastapi.FastAPI()
+    answer = {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "positive"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> Any:
+        return JSONResponse(answer)
+
+    monkeypatch.setenv("PROMPTKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    args = ["run", "sentiment", "--sample", "--backend", "openai:m"]
+    with serve_in_thread(app) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{url}/v1")
+        served = CliRunner().invoke(cli, args)
+        assert (served.exit_code, served.output.strip()) == (0, "positive")
+        assert CliRunner().invoke(cli, args).output.strip() == "positive"  # now from the cache
+    assert len(ResponseCache(tmp_path / "responses.sqlite")) == 1
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
+    dead = CliRunner().invoke(cli, args)
+    assert dead.exit_code != 0 and "positive" not in dead.output
+    assert "cannot connect" in dead.output

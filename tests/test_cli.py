@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from promptkit.backends.base import (
     Completion,
     GenerationConfig,
     Message,
+    PerplexityStats,
     Usage,
 )
 from promptkit.cli import cli
@@ -33,7 +35,8 @@ def test_templates_lists_every_bundled_template(invoke):
     result = invoke("templates")
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert len(lines) == 8
+    assert len(lines) == 10
+    assert any(line.startswith("code_completion_chat ") for line in lines)
     assert any(line.startswith("sentiment") and "positive or negative" in line for line in lines)
 
 
@@ -208,15 +211,13 @@ class _Recorded(Backend):
     def _chat(self, messages: list[Message], config: GenerationConfig) -> Completion:
         return self._complete("", config)
 
-    def _perplexity(self, text: str, stride: int | None) -> float:
-        return 2.0
+    def _perplexity_stats(self, text: str, stride: int | None) -> PerplexityStats:
+        return PerplexityStats(tokens=2, nll_sum=2 * math.log(2.0))
 
 
 @pytest.fixture
 def specs(monkeypatch):
     """The specs the command line asked ``get_backend`` for, in order (no model is loaded)."""
-    import uvicorn
-
     import promptkit.backends
     import promptkit.server
 
@@ -229,7 +230,7 @@ def specs(monkeypatch):
 
     monkeypatch.setattr(promptkit.backends, "get_backend", get_backend)
     monkeypatch.setattr(promptkit.server, "create_app", lambda backend, **_: backend)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **_: None)
+    monkeypatch.setattr(promptkit.server, "serve", lambda app, **_: None)
     monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
     return asked
 

@@ -10,10 +10,10 @@ import pytest
 from pydantic import BaseModel, Field
 
 import promptkit as pk
-from promptkit.constraints import Grammar, grammar_for, shortest_ending
+from promptkit.endings import shortest_ending
 from promptkit.errors import ConstraintError, OutputParseError, TemplateError
+from promptkit.grammar import Grammar, grammar_for, span_grammar
 from promptkit.parsing import output_spec
-from promptkit.spans import span_grammar
 
 pytest.importorskip("llguidance")
 

@@ -14,6 +14,7 @@ def test_all_is_locked_and_sorted():
         "Attempt",
         "Example",
         "Lark",
+        "Message",
         "Prompt",
         "Regex",
         "Result",

@@ -40,11 +40,13 @@ def test_prompty_without_inputs_infers_them_from_the_sample_file():
     assert sample["customer"]["firstName"] == "John"
     assert set(prompt.input_type.model_fields) == {"customer", "question", "chat_history"}
     messages = prompt.render(sample)
-    assert [m["role"] for m in messages] == ["system", "user"]
+    # Prompty's history loop becomes the conversation's own messages, before the query
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     system = messages[0]["content"]
     assert "The customer's name is John Smith and is 35 years old." in system
     assert "name: TrailMaster X4 Tent" in system
-    assert "Hello John! How can I help?" in system  # history stays data inside the message
+    assert "Hello John" not in system
+    assert messages[2]["content"] == "Hello John! How can I help?"
     assert prompt.metadata["tags"] == ["chat", "retail"] and prompt.metadata["version"] == "1.0.2"
 
 
@@ -76,7 +78,8 @@ output:
 {{ text }}
 """,
     )
-    prompt = pk.load_prompt(path)
+    # Environment references outside model: are read only for the names the caller allows.
+    prompt = pk.load_prompt(path, allow_env=["PK_TEST_UNSET", "PK_TEST_LABEL"])
     assert prompt.description == "fallback text"
     assert prompt.render({}) == [{"role": "user", "content": "positive"}] or prompt.render(
         {}
@@ -84,7 +87,7 @@ output:
     assert prompt.output.parse('{"n": 3}').n == 3
     path.write_text(path.read_text().replace("PK_TEST_UNSET:fallback text", "PK_TEST_UNSET"))
     with pytest.raises(ConfigurationError, match="PK_TEST_UNSET"):
-        pk.load_prompt(path)
+        pk.load_prompt(path, allow_env=["PK_TEST_UNSET", "PK_TEST_LABEL"])
 
 
 def test_promptkit_keys_labels_examples_and_shots(write):
@@ -139,7 +142,7 @@ def test_unknown_keys_are_kept_and_ignored(write):
         ("---\ninputs:\n  a: {type: string}\n---\nuser:\n{{ a }}\n\n{{ b }}\n", 8, "'b'"),
         ("---\noutput: {labels: [yes, no]}\n---\nhi\n", 2, "YAML reads as booleans"),
         ("---\nname: x\n---\nuser:\nhi\nassistant:\nprefill\n", 6, "end with a 'user:'"),
-        ("---\ntemplate: mustache\n---\nhi\n", 2, "mustache"),
+        ("---\ntemplate: handlebars\n---\nhi\n", 2, "'handlebars' is not supported"),
         ("---\noutput: {type: wizard}\n---\nhi\n", 2, "output needs"),
         (
             "---\noutput: {schema: {type: object, properties: {a: {type: string}}, allOf: []}}\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -10,9 +11,15 @@ from pydantic import BaseModel
 
 import promptkit as pk
 from promptkit.backends import GenerationConfig
-from promptkit.backends.openai import from_spec, request_params, response_format
-from promptkit.constraints import Grammar
+from promptkit.backends.openai import (
+    MIN_SECRET_LENGTH,
+    from_spec,
+    request_params,
+    response_format,
+    scrub,
+)
 from promptkit.errors import BackendError, ConfigurationError, ContextWindowError
+from promptkit.grammar import Grammar
 
 openai = pytest.importorskip("openai")
 fastapi = pytest.importorskip("fastapi")
@@ -288,3 +295,135 @@ def test_templates_choose_their_backend_from_model_configuration(tmp_path, monke
     monkeypatch.setattr(promptkit.models, "MINI", tmp_path / "no-shipped-model")
     missing = CliRunner().invoke(cli, ["run", "sentiment", "--sample"])
     assert missing.exit_code == 2 and "no backend" in missing.output
+
+
+def chat_server(reply: Any, *, stream_lines: list[str] | None = None) -> Any:
+    """A server whose chat endpoint answers 200 with ``reply`` (any JSON), or streams
+    ``stream_lines`` as server-sent events when the request asks to stream."""
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    app = fastapi.FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: fastapi.Request) -> Any:
+        if (await request.json()).get("stream"):
+            body = "".join(f"data: {line}\n\n" for line in stream_lines or []) + "data: [DONE]\n\n"
+            return StreamingResponse(iter([body]), media_type="text/event-stream")
+        return JSONResponse(reply)
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "reply, detail",
+    [
+        ({"id": "c", "object": "chat.completion", "choices": None}, "no choices"),
+        ({"id": "c", "object": "chat.completion", "choices": []}, "no choices"),
+        ({"choices": [{"index": 0, "finish_reason": "stop"}]}, "no message"),
+        ({"choices": [{"message": {"role": "assistant", "content": 42}}]}, "not a string"),
+        (["not", "an", "object"], "expected shape"),
+    ],
+)
+def test_a_200_of_the_wrong_shape_is_a_bad_response(reply, detail):
+    with serve_in_thread(chat_server(reply)) as url:
+        backend = from_spec("m", base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        with pytest.raises(BackendError) as caught:
+            backend.generate([{"role": "user", "content": "x"}])
+        backend.close()
+    message = str(caught.value)
+    assert caught.value.kind == "bad_response" and not caught.value.retryable
+    assert detail in message and "base URL" in message and KEY not in message
+
+
+def test_a_streamed_chunk_of_the_wrong_shape_is_a_bad_response():
+    chunk = '{"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": 5}]}'
+    with serve_in_thread(chat_server({}, stream_lines=[chunk])) as url:
+        backend = from_spec("m", base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        with pytest.raises(BackendError) as caught:
+            list(backend.stream([{"role": "user", "content": "x"}]))
+        backend.close()
+    assert caught.value.kind == "bad_response" and "streamed chunk" in str(caught.value)
+
+
+def test_a_long_malformed_response_is_quoted_in_part_and_says_so():
+    reply = {"choices": None, "padding": "y" * 5000}
+    with serve_in_thread(chat_server(reply)) as url:
+        backend = from_spec("m", base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        with pytest.raises(BackendError, match=r"the first 1000 of \d+ characters"):
+            backend.generate([{"role": "user", "content": "x"}])
+        backend.close()
+
+
+def test_errors_are_converted_the_same_on_every_path_and_the_sdk_error_is_left_alone():
+    import asyncio
+
+    behaviour = {"status": 401, "body": error(f"Incorrect API key provided: {KEY}")}
+    messages = [{"role": "user", "content": "x"}]
+
+    async def asynchronous(backend: Any) -> list[BaseException]:
+        caught: list[BaseException] = []
+        try:
+            await backend.agenerate(messages)
+        except BackendError as exc:
+            caught.append(exc)
+        try:
+            async for _ in backend.astream(messages):
+                pass
+        except BackendError as exc:
+            caught.append(exc)
+        await backend.aclose()
+        return caught
+
+    with serve_in_thread(fake_api(behaviour)) as url:
+        backend = from_spec("m", base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        caught: list[BaseException] = []
+        for call in (lambda: backend.generate(messages), lambda: list(backend.stream(messages))):
+            with pytest.raises(BackendError) as info:
+                call()
+            caught.append(info.value)
+        caught += asyncio.run(asynchronous(backend))
+        backend.close()
+    assert len(caught) == 4
+    for exc in caught:
+        assert isinstance(exc, BackendError) and exc.kind == "authentication"
+        cause = exc.__cause__
+        assert isinstance(cause, openai.AuthenticationError) and cause.status_code == 401
+        for text in (str(exc), str(cause), cause.message, json.dumps(cause.body)):
+            assert KEY not in text and "***" in text
+        original = exc.__context__  # the SDK's own exception, as the SDK raised it
+        assert isinstance(original, openai.AuthenticationError) and original is not cause
+        assert KEY in str(original) and KEY in original.args[0]
+
+
+def test_a_short_placeholder_key_is_not_scrubbed_from_messages():
+    behaviour = {"status": 400, "body": error("max_tokens is too large: x exceeds the limit")}
+    with serve_in_thread(fake_api(behaviour)) as url:
+        backend = from_spec("m", base_url=f"{url}/v1", api_key="x", max_retries=0)
+        with pytest.raises(BackendError) as caught:
+            backend.generate([{"role": "user", "content": "x"}])
+        backend.close()
+    assert "max_tokens is too large: x exceeds the limit" in str(caught.value)
+    assert scrub("abcdefg and abcdefgh", ["abcdefg"]) == "abcdefg and abcdefgh"
+    assert scrub("key abcdefgh here", ["abcdefgh"]) == "key *** here"
+    assert MIN_SECRET_LENGTH == 8
+
+
+def test_the_key_is_held_by_the_sdk_client_only():
+    backend = from_spec("m", base_url="http://127.0.0.1:9/v1", api_key=KEY)
+    assert backend._client.api_key == KEY  # the SDK must hold it to send it
+    for name, value in vars(backend).items():
+        if name not in ("_client", "_async_client"):
+            assert KEY not in repr(value), name
+    assert KEY not in repr(backend) and KEY not in json.dumps(backend.cache_identity())
+    backend.close()
+
+
+def test_missing_token_counts_keep_the_answer_and_are_logged(caplog):
+    reply = ok_reply()
+    reply["usage"] = {"prompt_tokens": None, "completion_tokens": "many"}
+    with serve_in_thread(chat_server(reply)) as url:
+        backend = from_spec("m", base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        completion = backend.generate([{"role": "user", "content": "x"}])
+        backend.close()
+    assert completion.text == "hi" and completion.usage.total_tokens == 0
+    assert "usage holds no token counts" in caplog.text

@@ -31,6 +31,8 @@ ANSWERS = {
     "translation": " La biblioteca abre a las nueve.",
     "summarize": " The council will add 40 km of bike lanes.",
     "extract": '{"name": "Maria Rossi", "age": 29, "city": "Milan", "date": "2024-09-02"}',
+    "code_completion": "\n    return a + b\n",
+    "code_completion_chat": "```python\ndef add(a: int, b: int) -> int:\n    return a + b\n```",
 }
 
 
@@ -69,6 +71,8 @@ def test_input_names_are_the_documented_ones():
         "translation": {"text", "source_language", "target_language"},
         "summarize": {"text"},
         "extract": {"text"},
+        "code_completion": {"prompt"},
+        "code_completion_chat": {"prompt", "entry_point"},
     }
 
 

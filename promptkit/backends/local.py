@@ -8,21 +8,35 @@ that every local backend scores with exactly the same semantics.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
-from ..errors import ContextWindowError, InputValidationError
-from .base import Backend, Capabilities, Completion, GenerationConfig
+from ..errors import ConfigurationError, ContextWindowError, InputValidationError
+from .base import (
+    Backend,
+    Capabilities,
+    Completion,
+    GenerationConfig,
+    PerplexityStats,
+    TokenLogprob,
+    check_choices,
+)
 
-__all__ = ["LOCAL_CAPABILITIES", "LocalScoring", "PerplexityStats", "safe_prefix"]
+__all__ = [
+    "LOCAL_CAPABILITIES",
+    "LocalScoring",
+    "folder_fingerprint",
+    "safe_prefix",
+    "sample_next",
+]
 
 SCORE_CHUNK = 4096  # positions scored together (their logits exist one block at a time)
 VOCAB_BLOCK = 2048  # vocabulary entries per block of the online log-sum-exp
 SCORE_BATCH = 8  # sequences per forward pass when scoring
+TOP_CHUNK = 256  # positions whose full logits exist at once when ranking the top tokens
 
 # What every local backend can do: text in, streaming, scoring, and token masks.
 LOCAL_CAPABILITIES = Capabilities(
@@ -33,23 +47,10 @@ LOCAL_CAPABILITIES = Capabilities(
     perplexity=True,
     token_masks=True,
     json_schema=True,
+    batching=True,
+    token_logprobs=True,
+    tokens=True,
 )
-
-
-@dataclass(frozen=True)
-class PerplexityStats:
-    """Perplexity of a text: ``exp(nll_sum / tokens)`` over the ``tokens`` scored."""
-
-    tokens: int
-    nll_sum: float
-
-    @property
-    def mean_nll(self) -> float:
-        return self.nll_sum / self.tokens
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(self.mean_nll) if self.mean_nll < 700 else math.inf
 
 
 class LocalScoring(Backend):
@@ -69,10 +70,14 @@ class LocalScoring(Backend):
         """The ``(C, vocab)`` output matrix: logits are ``hidden @ matrix``."""
         raise NotImplementedError
 
-    def generate_batch(
-        self, prompts: Sequence[str], config: GenerationConfig | None = None
-    ) -> list[Completion]:
-        """Generate for several text prompts at once."""
+    def generate_tokens(
+        self, prompt_ids: Sequence[int], config: GenerationConfig
+    ) -> tuple[list[int], Literal["stop", "length"]]:
+        """Token-level generation: the new token ids after ``prompt_ids`` (the end-of-text
+        token included when the model ended with it) and why generation ended.
+
+        Raises ContextWindowError when the prompt plus ``max_tokens`` does not fit.
+        """
         raise NotImplementedError
 
     def _complete(self, text: str, config: GenerationConfig) -> Completion:
@@ -119,36 +124,60 @@ class LocalScoring(Backend):
             requests.append((context_ids, self.tokenizer.encode(continuation)))
         return self.score_ids(requests)
 
-    @torch.inference_mode()
-    def token_logprobs(self, text: str) -> list[tuple[str, float | None, int]]:
-        """Each token of ``text``: its text, its log-probability given the tokens before it
-        (None for the first), and its character offset."""
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to ``vocab_size - 1`` (the rows of the output matrix)."""
+        return int(self._output_matrix().size(1))
+
+    def _token_logprobs(self, text: str) -> list[TokenLogprob]:
         ids = self.tokenizer.encode(text)
-        if not ids:
-            raise InputValidationError("the text is empty; there is nothing to score")
-        self._check_length(len(ids))
-        values: list[float | None] = [None]
-        if len(ids) > 1:
-            hidden = self._hidden_states(torch.tensor([ids], device=self.device))[0, :-1]
-            scores, _ = self._token_logprobs(hidden, torch.tensor(ids[1:], device=self.device))
-            values += [float(v) for v in scores]
         tokens, offset = [], 0
-        for i, value in enumerate(values):
-            piece = self.tokenizer.decode([ids[i]])
-            tokens.append((piece, value, offset))
+        for i, (value, _) in enumerate(self.token_id_logprobs(ids)):
+            tokens.append(TokenLogprob(self.tokenizer.decode([ids[i]]), value, offset))
             offset = len(self.tokenizer.decode(ids[: i + 1]))
         return tokens
+
+    @torch.inference_mode()
+    def token_id_logprobs(
+        self, ids: Sequence[int], top: int = 0
+    ) -> list[tuple[float | None, dict[int, float]]]:
+        """Each token of ``ids``: its log-probability given the tokens before it, and the
+        ``top`` most likely tokens at its place with theirs (None and ``{}`` for the first).
+
+        Raises InputValidationError for no ids or an id outside the vocabulary, and
+        ContextWindowError when they do not fit the context window.
+        """
+        if not ids:
+            raise InputValidationError("there are no tokens to score")
+        vocab = self.vocab_size
+        bad = next((i for i in ids if not 0 <= i < vocab), None)
+        if bad is not None:
+            raise InputValidationError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
+        self._check_length(len(ids))
+        results: list[tuple[float | None, dict[int, float]]] = [(None, {})]
+        if len(ids) < 2:
+            return results
+        hidden = self._hidden_states(torch.tensor([list(ids)], device=self.device))[0, :-1]
+        targets = torch.tensor(ids[1:], device=self.device)
+        scores, _ = self._target_logprobs(hidden, targets)
+        best: list[dict[int, float]] = [{} for _ in range(len(ids) - 1)]
+        if top > 0:
+            matrix = self._output_matrix()
+            for start in range(0, hidden.size(0), TOP_CHUNK):
+                logits = hidden[start : start + TOP_CHUNK] @ matrix  # (n, vocab)
+                values, indices = logits.float().log_softmax(-1).topk(min(top, vocab), dim=-1)
+                for row, (v, i) in enumerate(zip(values.tolist(), indices.tolist(), strict=True)):
+                    best[start + row] = dict(zip(i, v, strict=True))
+        results += [(float(s), b) for s, b in zip(scores, best, strict=True)]
+        return results
 
     def score_choices(self, context: str, choices: Sequence[str]) -> list[tuple[float, int]]:
         """Each choice's summed log-probability as a continuation of ``context``, and its number
         of tokens (context and choices tokenized separately, as in :meth:`loglikelihood_batch`).
         """
+        check_choices(choices)
         context_ids = self.tokenizer.encode(context) if context else [self.tokenizer.eot_id]
-        continuations = []
-        for i, choice in enumerate(choices):
-            if not isinstance(choice, str) or not choice:
-                raise InputValidationError(f"choice {i} is empty or not a string: {choice!r}")
-            continuations.append(self.tokenizer.encode(choice))
+        continuations = [self.tokenizer.encode(choice) for choice in choices]
         scores = self.score_choice_ids(context_ids, continuations)
         return [(score, len(ids)) for score, ids in zip(scores, continuations, strict=True)]
 
@@ -188,7 +217,7 @@ class LocalScoring(Backend):
                 targets += continuation_ids
                 owners += [i] * count
             picked = hidden[torch.tensor(rows), torch.tensor(cols)]  # (N, C)
-            logprobs, greedy = self._token_logprobs(
+            logprobs, greedy = self._target_logprobs(
                 picked, torch.tensor(targets, device=self.device)
             )
             sums = torch.zeros(len(group), dtype=torch.float64).index_add_(
@@ -209,7 +238,7 @@ class LocalScoring(Backend):
                 context_window=window,
             )
 
-    def _token_logprobs(
+    def _target_logprobs(
         self, hidden: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability of each target under the logits of ``hidden`` ``(N, C)``, and whether
@@ -248,11 +277,8 @@ class LocalScoring(Backend):
             greedy.append(best_index == wanted)
         return torch.cat(logprobs), torch.cat(greedy)
 
-    def _perplexity(self, text: str, stride: int | None) -> float:
-        return self.perplexity_stats(text, stride).perplexity
-
     @torch.inference_mode()
-    def perplexity_stats(self, text: str, stride: int | None = None) -> PerplexityStats:
+    def _perplexity_stats(self, text: str, stride: int | None) -> PerplexityStats:
         """Sliding-window perplexity: windows of the context length advance by ``stride``
         (default half the window) and score only their new tokens, so each token after the
         first is scored once with up to ``context - stride`` tokens of history. (With
@@ -273,7 +299,7 @@ class LocalScoring(Backend):
             chunk = torch.tensor(ids[begin:end], device=self.device)[None]
             hidden = self._hidden_states(chunk)[0, :-1]  # predicts tokens begin+1 .. end-1
             targets = chunk[0, 1:]
-            logprobs, _ = self._token_logprobs(hidden[-new:], targets[-new:])
+            logprobs, _ = self._target_logprobs(hidden[-new:], targets[-new:])
             nll -= float(logprobs.double().sum())
             scored += new
             previous_end = end
@@ -291,3 +317,65 @@ def safe_prefix(text: str, stops: Sequence[str]) -> str:
             if text.endswith(stop[:size]):
                 return text[: len(text) - size]
     return text
+
+
+def sample_next(
+    logits: torch.Tensor, config: GenerationConfig, generators: Sequence[torch.Generator] | None
+) -> torch.Tensor:
+    """Next token per row of ``logits`` ``(B, vocab)``: greedy at temperature 0, else sampled
+    after temperature, top-k and top-p (nucleus) filtering, each row with its own generator.
+    """
+    if config.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / config.temperature
+    if config.top_k is not None and config.top_k < logits.size(-1):
+        kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        ordered, order = torch.sort(logits, dim=-1, descending=True)
+        probs = ordered.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > config.top_p  # keep the smallest set >= top_p
+        ordered = ordered.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
+    probs = logits.softmax(dim=-1)
+    rows = [
+        torch.multinomial(probs[i], 1, generator=generators[i] if generators else None)
+        for i in range(probs.size(0))
+    ]
+    return torch.cat(rows)
+
+
+FINGERPRINT_FILES = 1000  # most files of a model folder fingerprinted one by one
+
+
+def folder_fingerprint(folder: Path) -> list[tuple[str, int, int]]:
+    """Name, size and modification time (ns) of every file in a model folder, or of the one
+    file of a GGUF model (weights,
+    adapters, tokenizer and configuration alike; subfolders, such as other formats' exports of
+    a hub snapshot, are not read by the loaders and are left out): what the response cache keys
+    local answers on, so retrained, converted or replaced weights are not answered from the old
+    ones' entries. Files are stat'ed, not read, so this stays cheap for large weights.
+
+    Raises ConfigurationError for a folder of more than :data:`FINGERPRINT_FILES` files (not a
+    model folder) or one that cannot be listed.
+    """
+    entries: list[tuple[str, int, int]] = []
+    try:
+        if folder.is_file():  # a model in one file (GGUF)
+            stat = folder.stat()
+            return [(folder.name, stat.st_size, stat.st_mtime_ns)]
+        for path in sorted(folder.iterdir()):
+            if not path.is_file():
+                continue
+            if len(entries) == FINGERPRINT_FILES:
+                raise ConfigurationError(
+                    f"the model folder {str(folder)!r} holds more than {FINGERPRINT_FILES} files "
+                    "(FINGERPRINT_FILES); point the backend at the folder of one model"
+                )
+            stat = path.stat()
+            entries.append((path.name, stat.st_size, stat.st_mtime_ns))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the model folder {str(folder)!r}: {exc.strerror or exc}"
+        ) from None
+    return entries

@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..constraints import Grammar, _llguidance, shortest_ending
+from ..endings import shortest_ending
 from ..errors import BackendError, ConstraintError
+from ..grammar import Grammar
+from ..llg import load_llguidance
 from .base import GenerationConfig
 
 if TYPE_CHECKING:
@@ -59,7 +61,7 @@ def llg_tokenizer(owner: Any, build: Callable[[int], LLTokenizer], vocab_size: i
 def _executor() -> Any:
     if not _EXECUTOR:
         threads = max(1, min(4, (os.cpu_count() or 1) // 2))
-        _EXECUTOR.append(_llguidance().LLExecutor(num_threads=threads))
+        _EXECUTOR.append(load_llguidance().LLExecutor(num_threads=threads))
     return _EXECUTOR[0]
 
 
@@ -98,7 +100,7 @@ class TokenMasker:
         max_tokens: int,
         greedy: bool = False,
     ):
-        llg = _llguidance()
+        llg = load_llguidance()
         compiled = grammar.compiled()
         if tokenizer.vocab_size != vocab_size:
             raise ValueError(

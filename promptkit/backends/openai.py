@@ -11,24 +11,36 @@ Chat templates use chat completions; completion templates use the completions en
 the model offers it (``completions=True``: legacy instruct models and most self-hosted servers),
 else they are sent as one user message. Parameters are mapped in one place
 (:func:`request_params`: ``max_tokens`` or ``max_completion_tokens``, stop sequences, seed), and
-so are errors (:func:`map_error`): each becomes a promptkit error with the SDK's error as
-``__cause__`` and a ``retryable`` flag. Retries (429, 5xx, connection errors) are the SDK's own:
-exponential backoff with jitter, honouring ``Retry-After``; ``max_retries`` sets how many.
+so are errors (:func:`map_error`, applied by one context manager around every SDK call and
+stream): each becomes a promptkit error with a ``retryable`` flag, and a 200 answer of the wrong
+shape is a ``BackendError`` of kind ``bad_response``. Retries (429, 5xx, connection errors) are
+the SDK's own: exponential backoff with jitter, honouring ``Retry-After``; ``max_retries`` sets
+how many.
 
-The API key is never kept on the backend, and is scrubbed from every error message (the SDK's
-included) before it is raised.
+The API key lives in the SDK client, which sends it; the backend keeps no copy. Every error
+message is scrubbed of the client's key (and of anything shaped like an ``sk-`` key); the
+promptkit error's ``__cause__`` is a scrubbed copy of the SDK's error, which itself is left as
+the SDK raised it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-import re
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from ..constraints import Grammar
-from ..errors import BackendError, ConfigurationError, ContextWindowError
+from ..errors import BackendError, ConfigurationError
+from ._openai_mapping import (
+    MIN_SECRET_LENGTH,
+    map_error,
+    request_params,
+    response_format,
+    scrub,
+    scrubbed_copy,
+)
 from .base import (
     Backend,
     Capabilities,
@@ -39,7 +51,16 @@ from .base import (
     Usage,
 )
 
-__all__ = ["OpenAIBackend", "azure_from_spec", "from_spec", "map_error", "request_params"]
+__all__ = [
+    "MIN_SECRET_LENGTH",
+    "OpenAIBackend",
+    "azure_from_spec",
+    "from_spec",
+    "map_error",
+    "request_params",
+    "response_format",
+    "scrub",
+]
 
 # Context windows of common models, for fitting demonstrations (others: pass context_window=).
 CONTEXT_WINDOWS = {
@@ -57,153 +78,17 @@ CONTEXT_WINDOWS = {
     "o3-mini": 200_000,
     "o4-mini": 200_000,
 }
-# Models that take max_completion_tokens and fix temperature/top_p (reasoning models).
-_REASONING = re.compile(r"^(o\d|gpt-5)")
-_KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-*.]{4,})")
-
-
-def request_params(model: str, config: GenerationConfig, *, chat: bool) -> dict[str, Any]:
-    """The API parameters of a GenerationConfig for ``model``.
-
-    Raises ConfigurationError for what the API cannot do (top_k, more than 4 stop sequences).
-    Reasoning models (o1, o3, o4-mini, gpt-5 ...) take ``max_completion_tokens`` and their
-    fixed temperature and top_p, so those two are not sent to them.
-    """
-    if config.top_k is not None:
-        raise ConfigurationError("top_k is not supported by the OpenAI API; leave it unset")
-    if len(config.stop) > 4:
-        raise ConfigurationError(
-            f"the OpenAI API takes at most 4 stop sequences, got {len(config.stop)}"
-        )
-    params: dict[str, Any] = {}
-    reasoning = bool(_REASONING.match(model))
-    if chat and reasoning:
-        params["max_completion_tokens"] = config.max_tokens
-    else:
-        params["max_tokens"] = config.max_tokens
-        params["temperature"] = config.temperature
-        params["top_p"] = config.top_p
-    if config.stop:
-        params["stop"] = list(config.stop)
-    if config.seed is not None:
-        params["seed"] = config.seed
-    return params
-
-
-def response_format(grammar: Grammar) -> dict[str, Any]:
-    """Structured output for a JSON-schema grammar: a strict ``json_schema`` response format
-    when the schema meets strict mode's rules (every property required, no extra
-    properties), else JSON mode (the run loop's parse-and-re-ask checks the rest)."""
-    schema = json.loads(grammar.source)
-    strict = _strict(schema)
-    if strict is None or schema.get("type") != "object":
-        return {"type": "json_object"}
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "output"))[:64]
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": strict, "strict": True}}
-
-
-def _strict(schema: Any) -> Any:
-    """``schema`` with ``additionalProperties: false`` on every object, or None when an
-    object leaves a property optional (strict mode requires them all)."""
-    if isinstance(schema, list):
-        items = [_strict(s) for s in schema]
-        return None if any(i is None for i in items) else items
-    if not isinstance(schema, dict):
-        return schema
-    result: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key in ("properties", "$defs", "definitions"):
-            inner = {k: _strict(v) for k, v in value.items()}
-            if any(v is None for v in inner.values()):
-                return None
-            result[key] = inner
-        elif isinstance(value, (dict, list)) and key not in ("enum", "const", "default"):
-            converted = _strict(value)
-            if converted is None:
-                return None
-            result[key] = converted
-        else:
-            result[key] = value
-    if result.get("type") == "object" and "properties" in result:
-        if set(result.get("required", [])) != set(result["properties"]):
-            return None
-        if result.get("additionalProperties", False) is not False:
-            return None
-        result["additionalProperties"] = False
-    return result
-
-
-def scrub(text: str, secrets: Sequence[str]) -> str:
-    """``text`` without any of ``secrets`` or anything shaped like an API key."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _KEY_PATTERN.sub("sk-***", text)
-
-
-def map_error(exc: Exception, backend: str, secrets: Sequence[str] = ()) -> Exception:
-    """The promptkit error for an ``openai`` SDK error (keys scrubbed, also from the SDK error,
-    which stays reachable as ``__cause__``)."""
-    import openai
-
-    message = scrub(str(getattr(exc, "message", None) or exc), secrets)
-    exc.args = (message,)
-    if hasattr(exc, "message"):
-        exc.message = message
-    if isinstance(exc, openai.APITimeoutError):
-        return BackendError(
-            f"the request timed out: {message}", backend=backend, retryable=True, kind="timeout"
-        )
-    if isinstance(exc, openai.APIConnectionError):
-        return BackendError(
-            f"cannot connect: {message}", backend=backend, retryable=True, kind="connection"
-        )
-    if isinstance(exc, openai.APIResponseValidationError):
-        return BackendError(
-            f"the service's response does not have the expected shape: {message}",
-            backend=backend,
-            kind="bad_response",
-        )
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        code = _error_code(exc)
-        if code == "context_length_exceeded" or "maximum context length" in message:
-            return ContextWindowError(f"{backend}: {message}")
-        if code == "content_filter" or "content management policy" in message:
-            return BackendError(
-                f"the request was refused by the content filter: {message}",
-                backend=backend,
-                kind="content_filter",
-            )
-        kinds = {
-            400: ("bad_request", False, "the request was refused"),
-            401: ("authentication", False, "authentication failed (check the API key)"),
-            403: ("permission", False, "permission denied"),
-            404: ("not_found", False, "not found (check the model or deployment name)"),
-            408: ("timeout", True, "the request timed out"),
-            409: ("conflict", True, "conflict"),
-            422: ("bad_request", False, "the request was refused"),
-            429: ("rate_limit", True, "rate limited (or out of quota)"),
-        }
-        kind, retryable, what = kinds.get(
-            status, ("server", status >= 500, f"the service failed (HTTP {status})")
-        )
-        return BackendError(f"{what}: {message}", backend=backend, retryable=retryable, kind=kind)
-    return BackendError(message, backend=backend, kind="other")
-
-
-def _error_code(exc: Any) -> str | None:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("code"):
-            return str(inner["code"])
-    code = getattr(exc, "code", None)
-    return str(code) if code else None
+logger = logging.getLogger(__name__)
+SHOWN_RESPONSE_CHARS = 1000  # how much of a malformed response an error message quotes
 
 
 class OpenAIBackend(Backend):
-    """A model behind the OpenAI API (or an OpenAI-compatible server, or Azure OpenAI)."""
+    """A model behind the OpenAI API (or an OpenAI-compatible server, or Azure OpenAI).
+
+    ``client`` (and ``async_client``) are the SDK's clients, which hold the API key and the
+    connection settings; ``secrets`` are further values to scrub from error messages (the
+    client's key always is).
+    """
 
     def __init__(
         self,
@@ -220,7 +105,7 @@ class OpenAIBackend(Backend):
         self.name = name or f"openai:{model}"
         self._client = client
         self._async_client = async_client
-        self._secrets = tuple(s for s in secrets if s)
+        self._extra_secrets = tuple(s for s in secrets if s)
         self.context_window = context_window or CONTEXT_WINDOWS.get(model)
         self.capabilities = Capabilities(
             completion=completions,
@@ -230,36 +115,74 @@ class OpenAIBackend(Backend):
             json_schema=True,
         )
 
+    def cache_identity(self) -> dict[str, Any]:
+        """Where requests go and as whom: the base URL (for Azure the endpoint, and the
+        deployment when the client fixes one), the model or deployment, the API version, the
+        organization and project, and which endpoint text prompts use. Never the key."""
+        client = self._client
+        return {
+            **super().cache_identity(),
+            "model": self.model,
+            "base_url": str(client.base_url),
+            "api_version": dict(client.default_query).get("api-version"),
+            "organization": getattr(client, "organization", None),
+            "project": getattr(client, "project", None),
+            "text_endpoint": "completions" if self.capabilities.completion else "chat",
+        }
+
     # -- calls --------------------------------------------------------------------------------
 
-    def _call(self, function: Callable[..., Any], **kwargs: Any) -> Any:
+    def _secrets(self) -> tuple[str, ...]:
+        """What error messages are scrubbed of: the client's key and the extra secrets."""
+        key = getattr(self._client, "api_key", None)
+        return (key, *self._extra_secrets) if isinstance(key, str) else self._extra_secrets
+
+    @contextlib.contextmanager
+    def _sdk_errors(self) -> Iterator[None]:
+        """Around every SDK call and stream: the SDK's errors become promptkit errors (see
+        :func:`map_error`), a body that is not JSON a ``bad_response``."""
         import openai
 
         try:
-            return function(**kwargs)
+            yield
         except openai.OpenAIError as exc:
-            raise map_error(exc, self.name, self._secrets) from exc
+            secrets = self._secrets()
+            raise map_error(exc, self.name, secrets) from scrubbed_copy(exc, secrets)
         except ValueError as exc:  # a body that is not JSON
-            raise self._bad_response(exc) from exc
+            raise BackendError(
+                f"the service answered with something that is not a valid API response "
+                f"({scrub(str(exc), self._secrets())}); check that the base URL points at an "
+                "OpenAI-compatible API",
+                backend=self.name,
+                kind="bad_response",
+            ) from exc
 
-    async def _acall(self, function: Callable[..., Any], **kwargs: Any) -> Any:
-        import openai
-
+    @contextlib.contextmanager
+    def _reading(self, response: Any, what: str) -> Iterator[None]:
+        """Around reading a parsed response: a missing or mistyped field (the SDK builds
+        responses without validating them) is a ``bad_response`` quoting what came back."""
         try:
-            return await function(**kwargs)
-        except openai.OpenAIError as exc:
-            raise map_error(exc, self.name, self._secrets) from exc
-        except ValueError as exc:
-            raise self._bad_response(exc) from exc
+            yield
+        except (AttributeError, TypeError, IndexError, KeyError, ValueError) as exc:
+            raise BackendError(
+                f"the service's {what} does not have the expected shape ({exc}); it was "
+                f"{self._quote(response)}; check that the base URL points at an "
+                "OpenAI-compatible API",
+                backend=self.name,
+                kind="bad_response",
+            ) from exc
 
-    def _bad_response(self, exc: Exception) -> BackendError:
-        return BackendError(
-            f"the service answered with something that is not a valid API response "
-            f"({scrub(str(exc), self._secrets)}); check that the base URL points at an "
-            "OpenAI-compatible API",
-            backend=self.name,
-            kind="bad_response",
-        )
+    def _quote(self, response: Any) -> str:
+        """The response as JSON for an error message, scrubbed, cut (and saying so) when long."""
+        try:
+            data = response.to_dict(warnings=False)
+        except Exception:  # not an SDK model: show what it is
+            data = response
+        text = scrub(json.dumps(data, default=repr, ensure_ascii=False), self._secrets())
+        if len(text) <= SHOWN_RESPONSE_CHARS:
+            return text
+        shown = SHOWN_RESPONSE_CHARS
+        return f"{text[:shown]}... (the first {shown} of {len(text)} characters)"
 
     def _chat_kwargs(self, messages: list[Message], config: GenerationConfig) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -272,10 +195,6 @@ class OpenAIBackend(Backend):
         return kwargs
 
     def _completion_kwargs(self, text: str, config: GenerationConfig) -> dict[str, Any]:
-        if config.grammar is not None:
-            raise ConfigurationError(
-                f"{self.name}: structured output needs the chat API; use a chat template"
-            )
         return {
             "model": self.model,
             "prompt": text,
@@ -283,57 +202,85 @@ class OpenAIBackend(Backend):
         }
 
     def _chat(self, messages: list[Message], config: GenerationConfig) -> Completion:
-        response = self._call(
-            self._client.chat.completions.create, **self._chat_kwargs(messages, config)
-        )
+        kwargs = self._chat_kwargs(messages, config)
+        with self._sdk_errors():
+            response = self._client.chat.completions.create(**kwargs)
         return self._completion(response, chat=True)
 
     def _complete(self, text: str, config: GenerationConfig) -> Completion:
-        response = self._call(
-            self._client.completions.create, **self._completion_kwargs(text, config)
-        )
+        kwargs = self._completion_kwargs(text, config)
+        with self._sdk_errors():
+            response = self._client.completions.create(**kwargs)
         return self._completion(response, chat=False)
 
     def _completion(self, response: Any, *, chat: bool) -> Completion:
-        choice = response.choices[0]
-        text = (choice.message.content if chat else choice.text) or ""
-        if choice.finish_reason == "content_filter":
+        """Our Completion of a (chat) completion response; raises BackendError for a filtered
+        answer (``content_filter``) or a response of the wrong shape (``bad_response``)."""
+        with self._reading(response, "chat completion" if chat else "completion"):
+            choices = response.choices
+            if not isinstance(choices, list) or not choices:
+                raise TypeError(f"it has no choices (choices is {choices!r})")
+            choice = choices[0]
+            if chat and choice.message is None:
+                raise TypeError("its first choice has no message")
+            text = choice.message.content if chat else choice.text
+            if not isinstance(text, (str, type(None))):
+                raise TypeError(f"the answer's text is a {type(text).__name__}, not a string")
+            finish = choice.finish_reason
+            counts = self._usage(response.usage)
+        if finish == "content_filter":
             raise BackendError(
                 "the answer was withheld by the content filter",
                 backend=self.name,
                 kind="content_filter",
             )
-        usage = response.usage
         return Completion(
-            text=text,
-            usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
-            finish_reason="length" if choice.finish_reason == "length" else "stop",
+            text=text or "",
+            usage=counts,
+            finish_reason="length" if finish == "length" else "stop",
         )
+
+    def _usage(self, usage: Any) -> Usage:
+        """Token counts of a response; a server that leaves them out (or sends something that is
+        not a count) gets zeros and a logged warning, not a failed call that loses the answer."""
+        if usage is None:
+            return Usage()
+        prompt = getattr(usage, "prompt_tokens", None)
+        completion = getattr(usage, "completion_tokens", None)
+        if type(prompt) is int and type(completion) is int:
+            return Usage(prompt, completion)
+        logger.warning("%s: the response's usage holds no token counts (%r)", self.name, usage)
+        return Usage()
 
     def _stream_chat(self, messages: list[Message], config: GenerationConfig) -> Iterator[str]:
-        stream = self._call(
-            self._client.chat.completions.create,
-            stream=True,
-            **self._chat_kwargs(messages, config),
-        )
-        yield from self._pieces(stream, chat=True)
-
-    def _stream_complete(self, text: str, config: GenerationConfig) -> Iterator[str]:
-        stream = self._call(
-            self._client.completions.create, stream=True, **self._completion_kwargs(text, config)
-        )
-        yield from self._pieces(stream, chat=False)
-
-    def _pieces(self, stream: Any, *, chat: bool) -> Iterator[str]:
-        import openai
-
-        try:
+        kwargs = self._chat_kwargs(messages, config)
+        with self._sdk_errors():
+            stream = self._client.chat.completions.create(stream=True, **kwargs)
             for chunk in stream:
-                piece = _chunk_text(chunk, chat)
+                piece = self._chunk_text(chunk, chat=True)
                 if piece:
                     yield piece
-        except openai.OpenAIError as exc:
-            raise map_error(exc, self.name, self._secrets) from exc
+
+    def _stream_complete(self, text: str, config: GenerationConfig) -> Iterator[str]:
+        kwargs = self._completion_kwargs(text, config)
+        with self._sdk_errors():
+            stream = self._client.completions.create(stream=True, **kwargs)
+            for chunk in stream:
+                piece = self._chunk_text(chunk, chat=False)
+                if piece:
+                    yield piece
+
+    def _chunk_text(self, chunk: Any, chat: bool) -> str:
+        """The text a streamed chunk adds (chat: the delta's content; completions: the text);
+        raises BackendError (``bad_response``) for a chunk of the wrong shape."""
+        with self._reading(chunk, "streamed chunk"):
+            if not chunk.choices:
+                return ""
+            choice = chunk.choices[0]
+            text = choice.delta.content if chat else choice.text
+            if not isinstance(text, (str, type(None))):
+                raise TypeError(f"the chunk's text is a {type(text).__name__}, not a string")
+        return text or ""
 
     # -- async ----------------------------------------------------------------------------------
 
@@ -351,21 +298,19 @@ class OpenAIBackend(Backend):
         config = config or GenerationConfig()
         chat, payload = self._route_async(prompt, config)
         if chat:
-            response = await self._acall(
-                self._async_client.chat.completions.create, **self._chat_kwargs(payload, config)
-            )
+            kwargs = self._chat_kwargs(payload, config)
+            with self._sdk_errors():
+                response = await self._async_client.chat.completions.create(**kwargs)
         else:
-            response = await self._acall(
-                self._async_client.completions.create, **self._completion_kwargs(payload, config)
-            )
+            kwargs = self._completion_kwargs(payload, config)
+            with self._sdk_errors():
+                response = await self._async_client.completions.create(**kwargs)
         return self._completion(response, chat=chat)
 
     async def astream(
         self, prompt: PromptInput, config: GenerationConfig | None = None
     ) -> AsyncIterator[str]:
         """Stream with the async client."""
-        import openai
-
         if self._async_client is None:
             async for piece in super().astream(prompt, config):
                 yield piece
@@ -373,24 +318,17 @@ class OpenAIBackend(Backend):
         config = config or GenerationConfig()
         chat, payload = self._route_async(prompt, config)
         if chat:
-            stream = await self._acall(
-                self._async_client.chat.completions.create,
-                stream=True,
-                **self._chat_kwargs(payload, config),
-            )
+            kwargs = self._chat_kwargs(payload, config)
+            create = self._async_client.chat.completions.create
         else:
-            stream = await self._acall(
-                self._async_client.completions.create,
-                stream=True,
-                **self._completion_kwargs(payload, config),
-            )
-        try:
+            kwargs = self._completion_kwargs(payload, config)
+            create = self._async_client.completions.create
+        with self._sdk_errors():
+            stream = await create(stream=True, **kwargs)
             async for chunk in stream:
-                piece = _chunk_text(chunk, chat)
+                piece = self._chunk_text(chunk, chat)
                 if piece:
                     yield piece
-        except openai.OpenAIError as exc:
-            raise map_error(exc, self.name, self._secrets) from exc
 
     async def aclose(self) -> None:
         """Close the async client's connections (inside the event loop that used them)."""
@@ -406,25 +344,34 @@ class OpenAIBackend(Backend):
     def _loglikelihood(self, context: str, continuation: str) -> float:
         """Log-probability of ``continuation`` from the completions endpoint (``echo`` with
         ``logprobs``): the prompt's own tokens are scored, nothing is generated."""
-        response = self._call(
-            self._client.completions.create,
-            model=self.model,
-            prompt=context + continuation,
-            max_tokens=0,
-            echo=True,
-            logprobs=0,
-        )
-        logprobs = response.choices[0].logprobs
-        if logprobs is None or logprobs.token_logprobs is None:
-            raise BackendError(
-                "the server returned no log-probabilities for echo=True", backend=self.name
+        with self._sdk_errors():
+            response = self._client.completions.create(
+                model=self.model,
+                prompt=context + continuation,
+                max_tokens=0,
+                echo=True,
+                logprobs=0,
             )
+        with self._reading(response, "completion with log-probabilities"):
+            logprobs = response.choices[0].logprobs
+            if logprobs is None or logprobs.token_logprobs is None:
+                raise BackendError(
+                    "the server returned no log-probabilities for echo=True; it may not "
+                    "support echo with logprobs",
+                    backend=self.name,
+                    kind="bad_response",
+                )
+            pairs = list(zip(logprobs.text_offset, logprobs.token_logprobs, strict=True))
         total = 0.0
-        for offset, value in zip(logprobs.text_offset, logprobs.token_logprobs, strict=True):
+        for offset, value in pairs:
             if offset >= len(context):
                 if value is None:
-                    raise BackendError("a continuation token has no log-probability")
-                total += value
+                    raise BackendError(
+                        "a continuation token has no log-probability",
+                        backend=self.name,
+                        kind="bad_response",
+                    )
+                total += float(value)
         return total
 
     def count_tokens(self, text: str) -> int:
@@ -436,14 +383,6 @@ class OpenAIBackend(Backend):
             return len(tiktoken.encoding_for_model(self.model).encode(text))
         except Exception:  # not installed, unknown model, or the encoding cannot be fetched
             return super().count_tokens(text)
-
-
-def _chunk_text(chunk: Any, chat: bool) -> str:
-    """The text a streamed chunk adds (chat: the delta's content; completions: the text)."""
-    if not chunk.choices:
-        return ""
-    choice = chunk.choices[0]
-    return str((choice.delta.content if chat else choice.text) or "")
 
 
 def _option(options: dict[str, Any], key: str, env: str | None = None) -> Any:
@@ -477,7 +416,6 @@ def from_spec(arg: str, **options: Any) -> OpenAIBackend:
         client=openai.OpenAI(**settings),
         async_client=openai.AsyncOpenAI(**settings),
         name=f"openai:{arg}",
-        secrets=(api_key,),
         **extra,
     )
 
@@ -523,7 +461,6 @@ def azure_from_spec(arg: str, **options: Any) -> OpenAIBackend:
         client=openai.AzureOpenAI(**settings),
         async_client=openai.AsyncAzureOpenAI(**settings),
         name=f"azure:{arg}",
-        secrets=(api_key or "",),
         **extra,
     )
 

@@ -57,6 +57,11 @@ class ScriptedBackend(Backend):
     cut at the request's stop sequences, as a real model's would be. Token usage counts
     whitespace-separated words. When the replies run out, a non-retryable
     :class:`~promptkit.errors.BackendError` says how many requests were served.
+
+    ``chat=False`` makes it a completion-only model (chat messages arrive flattened to text);
+    ``json_schema=True`` makes it stand in for an API with structured output: chat requests
+    for an object output type then carry the schema as ``request.config.grammar`` (the replies
+    are not checked against it: the script decides what the "model" says).
     """
 
     def __init__(
@@ -65,10 +70,13 @@ class ScriptedBackend(Backend):
         *,
         name: str = "scripted",
         chat: bool = True,
+        json_schema: bool = False,
         context_window: int | None = None,
     ):
         self.name = name
-        self.capabilities = Capabilities(completion=True, chat=chat, streaming=True)
+        self.capabilities = Capabilities(
+            completion=True, chat=chat, streaming=True, json_schema=json_schema
+        )
         self.context_window = context_window
         self.requests: list[Request] = []
         self._replies: deque[Reply] = deque(replies)

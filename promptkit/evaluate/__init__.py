@@ -12,43 +12,96 @@ compared with McNemar's exact test on the items each got right (paired: the same
 same backend); :func:`plan_evaluation` and :func:`run_evaluation` are the ``eval`` command's
 steps. ``report.json`` is a :class:`Report` (``schema_version`` "1"): read one back
 with ``Report.model_validate_json(path.read_text())``.
+
+Code templates are measured by pass@k instead (:func:`run_pass_at_k`): completions generated
+(or read from a samples file) for HumanEval-format problems run against each problem's tests in
+a :class:`Sandbox` (bubblewrap; limits in :class:`SandboxLimits`), and pass@k is estimated
+without bias (:func:`pass_at_k`, Chen et al. 2021).
 """
 
 from __future__ import annotations
 
+from ._code import (
+    Candidate,
+    PassAtKOptions,
+    completion_stops,
+    generate_candidates,
+    pass_at_k_markdown,
+    run_pass_at_k,
+    sampling_config,
+    score_candidates,
+    write_pass_at_k_report,
+)
+from ._humaneval import (
+    CODEX_STOPS,
+    CodeProblem,
+    completion_from_answer,
+    load_problems,
+    load_samples,
+    program_for,
+)
 from ._metrics import compare_runs, mcnemar
+from ._passk import mean_pass_at_k, parse_ks, pass_at_k
 from ._plan import EvalOutcome, EvalPlan, plan_evaluation, run_evaluation
 from ._report import comparison_line, markdown, model_calls, write_report
 from ._runs import EvalItem, check_shots, evaluate, load_dataset, pool_from
+from ._sandbox import Execution, Sandbox, SandboxLimits
 from ._schema import (
     REPORT_SCHEMA_VERSION,
     AttemptRecord,
     Comparison,
     ItemResult,
+    PassAtKReport,
+    ProblemResult,
     Report,
+    SampleRecord,
     ShotReport,
 )
 
 __all__ = [
+    "CODEX_STOPS",
     "REPORT_SCHEMA_VERSION",
     "AttemptRecord",
+    "Candidate",
+    "CodeProblem",
     "Comparison",
     "EvalItem",
     "EvalOutcome",
     "EvalPlan",
+    "Execution",
     "ItemResult",
+    "PassAtKOptions",
+    "PassAtKReport",
+    "ProblemResult",
     "Report",
+    "SampleRecord",
+    "Sandbox",
+    "SandboxLimits",
     "ShotReport",
     "check_shots",
     "compare_runs",
     "comparison_line",
+    "completion_from_answer",
+    "completion_stops",
     "evaluate",
+    "generate_candidates",
     "load_dataset",
+    "load_problems",
+    "load_samples",
     "markdown",
     "mcnemar",
+    "mean_pass_at_k",
     "model_calls",
+    "parse_ks",
+    "pass_at_k",
+    "pass_at_k_markdown",
     "plan_evaluation",
     "pool_from",
+    "program_for",
     "run_evaluation",
+    "run_pass_at_k",
+    "sampling_config",
+    "score_candidates",
+    "write_pass_at_k_report",
     "write_report",
 ]

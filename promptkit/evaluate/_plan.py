@@ -98,12 +98,15 @@ def run_evaluation(
     backend: Backend,
     select: Selection | Strategy | None = None,
     max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
     max_attempts: int = 1,
     method: Literal["generate", "score"] = "generate",
     on_item: Callable[[], None] | None = None,
 ) -> EvalOutcome:
     """Run every template of ``plan`` on its items for each shot count (see :func:`evaluate`;
-    ``max_tokens`` overrides each template's own) and compare two templates item by item.
+    ``max_tokens``, ``temperature`` and ``top_p``, when given, override each template's own)
+    and compare two templates item by item.
 
     Raises what :func:`evaluate` raises before its first item (UsageError,
     UnsupportedCapabilityError); an item's own failure is recorded in its report.
@@ -111,8 +114,8 @@ def run_evaluation(
     runs = {}
     for name, prompt in plan.prompts.items():
         config = prompt.config or GenerationConfig()
-        if max_tokens is not None:
-            config = config.replace(max_tokens=max_tokens)
+        sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+        config = config.replace(**{k: v for k, v in sampling.items() if v is not None})
         runs[name] = evaluate(
             prompt,
             plan.items[name],

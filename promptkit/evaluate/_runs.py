@@ -16,9 +16,16 @@ from pydantic import BaseModel, ValidationError
 
 from ..backends.base import Backend, GenerationConfig
 from ..demos import Selection, Strategy
-from ..errors import InputValidationError, OutputValidationError, PromptkitError, UsageError
+from ..errors import (
+    AttemptRecord as _Attempt,
+)
+from ..errors import (
+    InputValidationError,
+    OutputValidationError,
+    PromptkitError,
+    UsageError,
+)
 from ..prompt import Example, Prompt
-from ..runloop import Attempt
 from ._schema import AttemptRecord, ItemResult, ShotReport
 
 
@@ -194,7 +201,7 @@ class _ItemRun:
         began: float,
         output: Any,
         text: str | None,
-        attempts: Sequence[Attempt],
+        attempts: Sequence[_Attempt],
         *,
         valid: bool = True,
         error: str | None = None,

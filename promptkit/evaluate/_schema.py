@@ -3,8 +3,10 @@
 writes, so a report on disk is ``Report.model_validate_json(text)``.
 
 ``schema_version`` changes only when a field changes meaning or goes away; new fields (later
-work: fine-tuned variants, pass@k, assertions, HTML) are added with defaults, so a version-1
-reader still reads them.
+work: fine-tuned variants, pass@k, assertions, HTML) are added with defaults, so every
+version-1 file still reads. A pass@k run (``metric: "pass@k"``) leaves ``templates`` empty and
+fills ``pass_at_k`` (:class:`PassAtKReport`): per problem every sample's completion, raw text
+and how its program ended in the sandbox.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ __all__ = [
     "AttemptRecord",
     "Comparison",
     "ItemResult",
+    "PassAtKReport",
+    "ProblemResult",
     "Report",
+    "SampleRecord",
     "ShotReport",
 ]
 
@@ -119,14 +124,72 @@ class Comparison(_Record):
     p_value: float = Field(ge=0, le=1)
 
 
+class SampleRecord(_Record):
+    """One completion of a code problem, and how its program ended in the sandbox."""
+
+    completion: str = Field(description="the code placed after the problem's prompt")
+    text: str | None = Field(
+        description="the model's raw text (a chat answer with its fences); null for samples "
+        "read from a file"
+    )
+    status: Literal["passed", "failed", "timeout", "output_limit", "error"] = Field(
+        description="error: no completion (the backend failed); the others: the program's end"
+    )
+    passed: bool
+    detail: str = Field(description="why it failed, one line, naming the limit it hit")
+    output_tail: str = Field(description="the last 2,000 characters the program printed")
+    exec_s: float = Field(ge=0, description="seconds the sandboxed program ran")
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    latency_s: float = Field(default=0.0, ge=0, description="seconds generating it")
+
+
+class ProblemResult(_Record):
+    """One problem: its samples, how many passed, and its pass@k estimates."""
+
+    task_id: str
+    line: int = Field(ge=1, description="the problem's line in the problems file")
+    samples: int = Field(ge=1, description="n: samples of this problem")
+    correct: int = Field(ge=0, description="c: samples that passed")
+    pass_at_k: dict[str, float] = Field(description='per "pass@k": the unbiased estimate')
+    results: list[SampleRecord] = Field(description="every sample, in order")
+
+
+class PassAtKReport(_Record):
+    """A pass@k evaluation: code samples run against each problem's tests."""
+
+    template: str = Field(description="the template the samples were generated with")
+    source: Literal["generated", "samples-file"]
+    samples_file: str | None = None
+    k: list[int]
+    samples_per_problem: int | None = Field(description="n asked for; null: from the file")
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = Field(
+        default_factory=list, description="where generated completions were cut"
+    )
+    isolation: str = Field(description="bubblewrap, or none (--unsafe-exec)")
+    limits: dict[str, float] = Field(description="the sandbox's limits, by name")
+    pass_at_k: dict[str, float] = Field(description='per "pass@k": the mean over problems')
+    problems: list[ProblemResult] = Field(description="every problem evaluated, in file order")
+    unsampled: list[str] = Field(
+        default_factory=list, description="problems of the data file with no sample in the file"
+    )
+    wall_s: float = Field(ge=0)
+
+
 class Report(_Record):
     """The whole of ``report.json``."""
 
     schema_version: Literal["1"] = REPORT_SCHEMA_VERSION
     backend: str = Field(description="the backend's name (never a key)")
     data: str = Field(description="the dataset file")
-    method: Literal["generate", "score"]
+    method: Literal["generate", "score", "samples"] = Field(
+        description="samples: completions read from a samples file, nothing generated"
+    )
     templates: dict[str, list[ShotReport]] = Field(
         description="per template name, one report per shot count"
     )
     comparisons: list[Comparison] = Field(default_factory=list)
+    metric: Literal["accuracy", "pass@k"] = "accuracy"
+    pass_at_k: PassAtKReport | None = Field(default=None, description="metric pass@k: the run")

@@ -1,5 +1,6 @@
 """Progress on stderr: training (its phases, then step, loss, tokens/s and the latest
-validation figures) and evaluation (items done)."""
+validation figures), fine-tuning (steps, loss, dev accuracy per epoch) and evaluation (items
+done)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ if TYPE_CHECKING:
     from rich.progress import TaskID
     from rich.status import Status
 
-__all__ = ["TrainingProgress"]
+__all__ = ["FinetuneProgress", "TrainingProgress"]
 
 
 class TrainingProgress:
@@ -101,3 +102,57 @@ class TrainingProgress:
             f"loss {metrics['loss']:.3f} {metrics['tokens_per_s']:,.0f} tok/s{self._validation}"
         )
         self._progress.update(self._task, completed=step, status=status)
+
+
+class FinetuneProgress:
+    """Context manager that shows a fine-tuning run on stderr: a bar of the optimizer steps
+    with the latest loss and dev accuracy (``step(step, total, loss)``), and a lasting line per
+    epoch (``epoch(epoch, metrics)``, also in logs)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]finetune"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._task: TaskID | None = None
+        self._dev = ""
+
+    def __enter__(self) -> FinetuneProgress:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._progress.stop()
+
+    def step(self, step: int, total: int, loss: float) -> None:
+        """Optimizer step ``step`` of ``total`` has finished with this answer loss."""
+        if self._task is None:  # nothing shows before the first step (errors come before it)
+            self._task = self._progress.add_task("finetune", total=total, status="")
+            self._progress.start()
+        self._progress.update(
+            self._task, completed=step, total=total, status=f"loss {loss:.3f}{self._dev}"
+        )
+
+    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Epoch ``epoch`` has finished: its mean loss and (with dev data) dev accuracy."""
+        if "dev_accuracy" in metrics:
+            self._dev = f" dev accuracy {metrics['dev_accuracy']:.1%}"
+        self._progress.console.print(f"epoch {epoch}: loss {metrics['loss']:.3f}{self._dev}")

@@ -8,7 +8,7 @@ import pytest
 
 import promptkit as pk
 from promptkit.backends import GenerationConfig
-from promptkit.constraints import has_letter_or_digit
+from promptkit.outputs import has_letter_or_digit
 
 from .conftest import make_hf_gpt2
 

@@ -18,8 +18,9 @@ from promptkit.backends import GenerationConfig
 from promptkit.backends.hf import GrammarLogitsProcessor
 from promptkit.backends.masking import TokenMasker, llg_tokenizer
 from promptkit.backends.scripted import ScriptedBackend
-from promptkit.constraints import Grammar, Lark, Regex, grammar_for
 from promptkit.errors import ConstraintError, UnsupportedCapabilityError
+from promptkit.grammar import Grammar, grammar_for
+from promptkit.outputs import Lark, Regex
 from promptkit.parsing import output_spec
 from promptkit.schema import type_from_schema
 

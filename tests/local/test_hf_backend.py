@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -12,6 +18,8 @@ import promptkit as pk
 from promptkit.backends import GenerationConfig
 from promptkit.backends.hf import HFBackend
 from promptkit.errors import ConfigurationError, ContextWindowError
+
+from .conftest import make_hf_gpt2
 
 PROMPTS = ["The quick brown fox", "To be", "A journey of a thousand miles begins with"]
 
@@ -123,3 +131,180 @@ def test_bad_options():
 
 def test_saved_config_is_gpt2(hf_folder):
     assert json.loads((hf_folder / "config.json").read_text())["model_type"] == "gpt2"
+
+
+def test_seeded_sampling_neither_reads_nor_changes_global_random_state(hf):
+    config = GenerationConfig(max_tokens=8, temperature=1.0, seed=7)
+    torch.manual_seed(1)
+    first = hf.generate("To be", config).text
+    before = torch.random.get_rng_state()
+    torch.manual_seed(2)
+    assert hf.generate("To be", config).text == first  # whatever the global generator holds
+    torch.manual_seed(3)
+    state = torch.random.get_rng_state()
+    assert "".join(hf.stream("To be", config)) == first
+    hf.generate_batch(["To be", "A journey"], config)
+    assert torch.equal(torch.random.get_rng_state(), state)  # untouched by the calls
+    assert not torch.equal(before, state)
+    other = hf.generate("To be", config.replace(seed=8)).text
+    unseeded = {hf.generate("To be", config.replace(seed=None)).text for _ in range(3)}
+    assert other != first or len(unseeded) > 1  # the seed, not a fixed stream, decides
+
+
+def test_batched_sampling_gives_each_prompt_what_it_gets_alone(hf):
+    config = GenerationConfig(max_tokens=8, temperature=0.9, top_k=20, seed=3)
+    batch = hf.generate_batch(PROMPTS, config)
+    assert [c.text for c in batch] == [hf.generate(p, config).text for p in PROMPTS]
+
+
+def test_the_shared_tokenizer_is_not_changed(hf):
+    tokenizer = hf.tokenizer.hf
+    side, pad = tokenizer.padding_side, tokenizer.pad_token
+    hf.generate_batch(PROMPTS, GenerationConfig(max_tokens=2))
+    list(hf.stream("To be", GenerationConfig(max_tokens=2)))
+    assert (tokenizer.padding_side, tokenizer.pad_token) == (side, pad)
+    assert side == "right" and pad is None  # what the saved tokenizer says
+
+
+def test_the_model_cache_keeps_only_the_most_recently_used(hf_folder, monkeypatch):
+    from promptkit.backends import hf as hf_module
+
+    monkeypatch.setattr(hf_module, "_CACHE", type(hf_module._CACHE)())
+    monkeypatch.setattr(hf_module, "MODEL_CACHE_SIZE", 2)
+    first = pk.get_backend(f"hf:{hf_folder}", device="cpu", dtype="float32")
+    half = pk.get_backend(f"hf:{hf_folder}", device="cpu", dtype="bfloat16")
+    assert pk.get_backend(f"hf:{hf_folder}", device="cpu").model is first.model  # reused
+    pk.get_backend(f"hf:{hf_folder}", device="cpu", dtype="float16")  # evicts bfloat16
+    assert len(hf_module._CACHE) == 2
+    assert pk.get_backend(f"hf:{hf_folder}", device="cpu").model is first.model
+    assert pk.get_backend(f"hf:{hf_folder}", device="cpu", dtype="bfloat16").model is not (
+        half.model
+    )
+
+
+def test_the_cache_identity_holds_the_weights_and_the_dtype(tmp_path):
+    folder = make_hf_gpt2(tmp_path / "model")
+    backend = pk.get_backend(f"hf:{folder}", device="cpu")
+    identity = backend.cache_identity()
+    assert identity["dtype"] == "torch.float32" and identity["device"] == "cpu"
+    assert identity["folder"] == str(folder.resolve())
+    assert "model.safetensors" in {name for name, _, _ in identity["files"]}
+    half = pk.get_backend(f"hf:{folder}", device="cpu", dtype="bfloat16").cache_identity()
+    assert half != identity and half["dtype"] == "torch.bfloat16"
+    (folder / "adapter_model.safetensors").write_bytes(b"x")  # an adapter beside the weights
+    with_adapter = backend.cache_identity()
+    assert with_adapter != identity
+    weights = folder / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # retrained
+    assert backend.cache_identity() != with_adapter
+
+
+UNREACHABLE = """
+import json, time
+import promptkit as pk
+from promptkit.backends import hf  # torch and transformers imported before the clock starts
+began = time.monotonic()
+try:
+    pk.get_backend("hf:promptkit-test/not-cached-model")
+except pk.errors.ConfigurationError as exc:
+    result = {"message": str(exc), "seconds": time.monotonic() - began}
+cached = pk.get_backend("hf:promptkit-test/cached-model", device="cpu")
+result["cached"] = cached.cache_identity()["folder"]
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers, then loads a model
+@pytest.mark.timeout(150)
+def test_an_unreachable_hub_fails_at_once_in_one_line(tmp_path, hf_folder):
+    """The hub at a closed local port (HF_ENDPOINT, read when huggingface_hub is imported): a
+    model not in the hub cache is one ConfigurationError line, at once, with no retries logged
+    (it took 26 s and 13 lines of retries); one in the hub cache loads without the network."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    snapshot = tmp_path / "hf-home" / "hub" / "models--promptkit-test--cached-model"
+    (snapshot / "refs").mkdir(parents=True)
+    (snapshot / "refs" / "main").write_text("0123abcd")
+    shutil.copytree(hf_folder, snapshot / "snapshots" / "0123abcd")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    }
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf-home"))
+    done = subprocess.run(
+        [sys.executable, "-c", UNREACHABLE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout, done.stderr
+    result = json.loads(done.stdout)
+    message = result["message"]
+    assert "\n" not in message and "promptkit-test/not-cached-model" in message
+    assert f"127.0.0.1:{port}" in message and "HF_HUB_OFFLINE=1" in message
+    assert "Retry" not in done.stderr and f"127.0.0.1:{port}" not in done.stderr, done.stderr
+    assert result["seconds"] < 5
+    assert result["cached"] == str((snapshot / "snapshots" / "0123abcd").resolve())
+
+
+def test_a_closed_hub_port_is_asked_once_without_retries(tmp_path, monkeypatch, caplog):
+    """The same in this process (fast tier): huggingface_hub's endpoint and cache pointed at a
+    closed port and an empty folder."""
+    import logging
+
+    from huggingface_hub import constants
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    caplog.set_level(logging.INFO)
+    began = time.monotonic()
+    with pytest.raises(ConfigurationError) as info:
+        pk.get_backend("hf:promptkit-test/not-cached-model")
+    assert time.monotonic() - began < 5
+    message = str(info.value)
+    assert "\n" not in message and endpoint in message and "HF_HUB_OFFLINE=1" in message
+    assert not [r for r in caplog.records if "Retry" in r.getMessage()]
+
+
+def test_hf_hub_offline_fails_at_once_in_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    began = time.monotonic()
+    with pytest.raises(ConfigurationError) as info:
+        pk.get_backend("hf:promptkit-test/not-cached-model")
+    assert time.monotonic() - began < 5
+    message = str(info.value)
+    assert "\n" not in message and "HF_HUB_OFFLINE is set" in message
+
+
+def test_the_scratch_backend_identity_holds_its_checkpoint_files(backend, hf_folder):
+    identity = backend.cache_identity()
+    assert identity["folder"] == str(hf_folder.resolve())
+    assert identity["dtype"] == "torch.float32" and identity["device"] == "cpu"
+    names = {name for name, _, _ in identity["files"]}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+
+
+def test_a_folder_of_too_many_files_is_no_model_folder(tmp_path):
+    from promptkit.backends.local import FINGERPRINT_FILES, folder_fingerprint
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "ignored.bin").write_bytes(b"")
+    for i in range(3):
+        (tmp_path / f"f{i}").write_bytes(b"x" * i)
+    assert [(name, size) for name, size, _ in folder_fingerprint(tmp_path)] == [
+        ("f0", 0),
+        ("f1", 1),
+        ("f2", 2),
+    ]
+    for i in range(FINGERPRINT_FILES):
+        (tmp_path / f"g{i}").touch()
+    with pytest.raises(ConfigurationError, match=r"more than 1000 files \(FINGERPRINT_FILES\)"):
+        folder_fingerprint(tmp_path)

@@ -46,3 +46,14 @@ def refused() -> None:
     pk.Prompt(query="{{ text }}", shots="all")  # type: ignore[call-overload]
     pk.Prompt(query="{{ text }}", output_type=int, stlye="chat")  # type: ignore[call-overload]
     pk.Prompt(query="{{ text }}", output_type=pk.Regex("a"), style="prose")  # type: ignore[call-overload]
+
+
+def attempts_of(error: pk.errors.OutputValidationError) -> None:
+    first = error.attempts[0]
+    assert_type(first.text, str)
+    assert_type(first.error, str | None)
+    assert_type(first.usage.prompt_tokens, int)
+    attempt: pk.errors.AttemptRecord = pk.Attempt(
+        prompt="x", text="y", error=None, usage=pk.backends.Usage(1, 2), latency_s=0.1
+    )
+    assert_type(attempt.usage.total_tokens, int)

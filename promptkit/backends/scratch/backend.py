@@ -8,62 +8,59 @@ positions, never the full (tokens x vocabulary) log-softmax at once.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ...errors import ConfigurationError
 from ..base import Completion, GenerationConfig, Usage, cut_at_stop
-from ..local import LOCAL_CAPABILITIES, LocalScoring, safe_prefix
+from ..local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
 from ..masking import TokenMasker, llg_tokenizer
+from .adapter import (
+    ADAPTER_FILE,
+    adapter_fingerprint,
+    apply_adapter,
+    is_adapter_folder,
+    read_adapter_config,
+)
 from .gpt2 import GPT
+from .llama import Llama
 from .tokenizer import Tokenizer
 
 __all__ = ["ScratchBackend", "from_spec", "sample_next"]
 
 
-def sample_next(
-    logits: torch.Tensor, config: GenerationConfig, generators: Sequence[torch.Generator] | None
-) -> torch.Tensor:
-    """Next token per row of ``logits`` ``(B, vocab)``: greedy at temperature 0, else sampled
-    after temperature, top-k and top-p (nucleus) filtering, each row with its own generator.
-    """
-    if config.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / config.temperature
-    if config.top_k is not None and config.top_k < logits.size(-1):
-        kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if config.top_p < 1.0:
-        ordered, order = torch.sort(logits, dim=-1, descending=True)
-        probs = ordered.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > config.top_p  # keep the smallest set >= top_p
-        ordered = ordered.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
-    probs = logits.softmax(dim=-1)
-    rows = [
-        torch.multinomial(probs[i], 1, generator=generators[i] if generators else None)
-        for i in range(probs.size(0))
-    ]
-    return torch.cat(rows)
-
-
 class ScratchBackend(LocalScoring):
     """promptkit's own GPT (``scratch:PATH``): generate, stream, loglikelihood, perplexity."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, *, name: str = "scratch"):
+    def __init__(self, model: GPT | Llama, tokenizer: Tokenizer, *, name: str = "scratch"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.weights_path: Path | None = None  # the weights file, when loaded from one
+        self.adapter: Path | None = None  # the LoRA adapter folder merged into the weights
+        self.adapter_sha256: str | None = None  # its fingerprint when it was loaded
         self.context_window = model.config.context_length
         self.capabilities = LOCAL_CAPABILITIES
 
     @property
     def device(self) -> torch.device:
         return self.model.wte.weight.device
+
+    def cache_identity(self) -> dict[str, Any]:
+        """The weights (every file of the checkpoint folder: path, size and modification
+        time), the dtype and the device type."""
+        folder = None if self.weights_path is None else self.weights_path.parent
+        return {
+            **super().cache_identity(),
+            "folder": None if folder is None else str(folder.resolve()),
+            "files": None if folder is None else folder_fingerprint(folder),
+            "dtype": str(self.model.wte.weight.dtype),
+            "device": self.device.type,
+            "adapter": self.adapter_sha256,  # a LoRA adapter merged in at load, if any
+        }
 
     def _hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
         hidden: torch.Tensor = self.model(ids)
@@ -107,15 +104,36 @@ class ScratchBackend(LocalScoring):
                 reasons[row] = reason
         return outputs, reasons
 
-    def _stream_complete(self, text: str, config: GenerationConfig) -> Iterator[str]:
+    def generate_tokens(
+        self, prompt_ids: Sequence[int], config: GenerationConfig
+    ) -> tuple[list[int], Literal["stop", "length"]]:
+        """Token-level generation (see LocalScoring.generate_tokens)."""
+        (ids,), (reason,) = self.generate_ids([list(prompt_ids)], config)
+        stopped = (
+            config.grammar is not None or cut_at_stop(self.tokenizer.decode(ids), config.stops)[1]
+        )
+        if reason == "stop" and not stopped:  # it ended because the model chose end-of-text
+            ids.append(self.tokenizer.eot_id)
+        return ids, "stop" if reason == "stop" else "length"
+
+    def _stream_complete(
+        self, text: str, config: GenerationConfig
+    ) -> Generator[str, None, Completion]:
+        """Yield the text in pieces; return the whole Completion (its usage and finish reason,
+        which a streaming server reports at the end)."""
+        prompt = self.tokenizer.encode(text)
         ids: list[int] = []
         sent = 0
-        for _, token, _reason in self._decode([self.tokenizer.encode(text)], config):
+        finish = "length"
+        for _, token, reason in self._decode([prompt], config):
+            if reason is not None:
+                finish = reason
             if token is None:
                 continue
             ids.append(token)
             decoded, stopped = cut_at_stop(self.tokenizer.decode(ids), config.stops)
             if stopped:
+                finish = "stop"
                 break
             ready = safe_prefix(decoded, config.stops)
             if len(ready) > sent:
@@ -124,6 +142,8 @@ class ScratchBackend(LocalScoring):
         final, _ = cut_at_stop(self.tokenizer.decode(ids), config.stops)
         if len(final) > sent:
             yield final[sent:]
+        usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(ids))
+        return Completion(text=final, usage=usage, finish_reason=finish)  # type: ignore[arg-type]
 
     @torch.inference_mode()
     def _decode(
@@ -271,7 +291,7 @@ class ScratchBackend(LocalScoring):
             rows += [hidden[i, j] for j in range(len(ids) - 1)]
             targets += ids
             owners += [i] * len(ids)
-        logprobs, _ = self._token_logprobs(
+        logprobs, _ = self._target_logprobs(
             torch.stack(rows), torch.tensor(targets, device=self.device)
         )
         sums = torch.zeros(count, dtype=torch.float64).index_add_(
@@ -280,7 +300,16 @@ class ScratchBackend(LocalScoring):
         return [float(x) for x in sums]
 
 
-HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt"]
+HUB_FILES = [
+    "config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",  # sharded weights (larger Llama-family models)
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",  # names a Llama-family model's end-of-text token
+    "vocab.json",
+    "merges.txt",
+]
 
 
 def _from_hub(name: str) -> Path:
@@ -304,10 +333,14 @@ def _from_hub(name: str) -> Path:
 
 
 def from_spec(arg: str, *, device: str | None = None, **options: Any) -> ScratchBackend:
-    """``scratch:PATH``: a promptkit checkpoint folder or a Hugging Face GPT-2 folder; a name
-    that is no folder (``scratch:gpt2``) is fetched from the Hugging Face hub where the network
-    allows (or found in its local cache); plain ``scratch`` is the shipped promptkit-mini."""
-    from .checkpoint import load_checkpoint
+    """``scratch:PATH``: a promptkit checkpoint folder, a Hugging Face GPT-2 or Llama-family
+    folder, or a GGUF file; a known model name (``scratch:smollm2-135m-instruct``, see
+    ``promptkit models``) is its pulled file, pulled on first use; another name that is no folder
+    (``scratch:gpt2``) is fetched from the Hugging Face hub where the network allows (or found
+    in its local cache); plain ``scratch`` is the shipped promptkit-mini."""
+    from ...models.registry import lookup, pull
+    from .gguf import load_gguf
+    from .loading import load_model
 
     if options:
         raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")
@@ -323,10 +356,36 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
             )
         arg, name = str(shipped), "scratch:promptkit-mini"
     path = Path(os.path.expanduser(arg))
-    if not path.is_dir():
-        path = _from_hub(arg)
+    known = lookup(arg) if not path.exists() else None
+    if known is not None:  # a registry name: its verified file, pulled on first use
+        path, name = pull(known.name), f"scratch:{known.name}"
+    if path.is_dir() and is_adapter_folder(path):
+        return _with_adapter(path, device)
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_checkpoint(path, device=chosen)
+    model: GPT | Llama
+    if path.is_file() and path.suffix == ".gguf":
+        model, tokenizer = load_gguf(path, device=chosen)
+        weights = path
+    else:
+        if not path.is_dir():
+            path = _from_hub(arg)
+        model, tokenizer = load_model(path, device=chosen)
+        weights = path / "model.safetensors"
     backend = ScratchBackend(model, tokenizer, name=name or f"scratch:{path}")
-    backend.weights_path = path / "model.safetensors"
+    backend.weights_path = weights
+    return backend
+
+
+def _with_adapter(folder: Path, device: str | None) -> ScratchBackend:
+    """``scratch:DIR`` for a LoRA adapter folder: its base (by the spec it records), checked
+    against the recorded fingerprint, with the adapter merged in. The backend's weights file is
+    the adapter's, so its cache identity is the adapter's, not the base's; ``adapter`` and
+    ``adapter_sha256`` say which adapter, as it was when loaded."""
+    config = read_adapter_config(folder)
+    base = from_spec(config["base"]["spec"].partition(":")[2], device=device)
+    apply_adapter(base.model, folder, config)
+    backend = ScratchBackend(base.model, base.tokenizer, name=f"scratch:{folder}")
+    backend.weights_path = folder / ADAPTER_FILE
+    backend.adapter = folder
+    backend.adapter_sha256 = adapter_fingerprint(folder)
     return backend

@@ -21,7 +21,7 @@ from ...errors import ConfigurationError
 from .gpt2 import GPT, GPTConfig
 from .tokenizer import Tokenizer
 
-__all__ = ["FORMAT", "load_checkpoint", "load_hf_gpt2", "save_checkpoint"]
+__all__ = ["FORMAT", "load_checkpoint", "load_hf_gpt2", "load_state", "save_checkpoint"]
 
 FORMAT = "promptkit-gpt"
 
@@ -73,7 +73,7 @@ def load_checkpoint(
         state = {
             k: _in_out(model, k, v) for k, v in _read_tensors(root, ("model.safetensors",)).items()
         }
-        _load_state(model, state, root)
+        load_state(model, state, root)
         tokenizer = Tokenizer.from_folder(root)
     elif config.get("model_type") == "gpt2":
         model = load_hf_gpt2(root, config)
@@ -136,7 +136,7 @@ def load_hf_gpt2(folder: str | os.PathLike[str], config: dict[str, Any] | None =
         state[name] = _in_out(model, name, tensor)
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)  # tied: the token embedding is the output matrix
-    _load_state(model, state, root)
+    load_state(model, state, root)
     return model
 
 
@@ -164,7 +164,7 @@ def _read_tensors(root: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]
     raise ConfigurationError(f"no weights in {str(root)!r}: expected one of {', '.join(names)}")
 
 
-def _load_state(model: GPT, state: dict[str, torch.Tensor], root: Path) -> None:
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], root: Path) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

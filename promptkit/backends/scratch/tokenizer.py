@@ -20,19 +20,20 @@ END_OF_TEXT = "<|endoftext|>"
 
 
 class Tokenizer:
-    """Text <-> token ids, with GPT-2's end-of-text token."""
+    """Text <-> token ids, with an end-of-text token (GPT-2's, unless the model names another:
+    a Llama-family model's end-of-sequence or end-of-turn token)."""
 
-    def __init__(self, backend: object):
+    def __init__(self, backend: object, *, end_of_text: str = END_OF_TEXT):
         from tokenizers import Tokenizer as HFTokenizer
 
         if not isinstance(backend, HFTokenizer):
             raise ConfigurationError("Tokenizer wraps a tokenizers.Tokenizer")
         self._tokenizer = backend
         backend.encode_special_tokens = True  # "<|endoftext|>" in text is text, not a token
-        eot = backend.token_to_id(END_OF_TEXT)
+        eot = backend.token_to_id(end_of_text)
         if eot is None:
             raise ConfigurationError(
-                f"the tokenizer has no {END_OF_TEXT!r} token; promptkit models need it to mark "
+                f"the tokenizer has no {end_of_text!r} token; promptkit models need it to mark "
                 "the end of a text"
             )
         self.eot_id: int = eot
@@ -62,9 +63,9 @@ class Tokenizer:
 
     def to_llguidance(self, vocab_size: int) -> Any:
         """This tokenizer for llguidance (constrained decoding), over ``vocab_size`` model rows."""
-        from ...constraints import _llguidance
+        from ...llg import load_llguidance
 
-        return _llguidance().LLTokenizer(
+        return load_llguidance().LLTokenizer(
             self._tokenizer.to_str(), n_vocab=vocab_size, eos_token=self.eot_id
         )
 
@@ -74,16 +75,19 @@ class Tokenizer:
         return path
 
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike[str]) -> Tokenizer:
+    def from_folder(
+        cls, folder: str | os.PathLike[str], *, end_of_text: str = END_OF_TEXT
+    ) -> Tokenizer:
         """Load ``tokenizer.json``, or GPT-2's ``vocab.json`` + ``merges.txt``, from a folder."""
         from tokenizers import Tokenizer as HFTokenizer
 
         root = Path(folder)
         if (root / "tokenizer.json").is_file():
             try:
-                return cls(HFTokenizer.from_file(str(root / "tokenizer.json")))
+                backend = HFTokenizer.from_file(str(root / "tokenizer.json"))
             except Exception as exc:  # tokenizers raises a bare Exception for bad files
                 raise ConfigurationError(f"cannot read {root / 'tokenizer.json'}: {exc}") from None
+            return cls(backend, end_of_text=end_of_text)
         if (root / "vocab.json").is_file() and (root / "merges.txt").is_file():
             return cls.from_bpe_files(root / "vocab.json", root / "merges.txt")
         raise ConfigurationError(

@@ -1,8 +1,19 @@
-"""Span grammars: an output's :class:`~promptkit.constraints.SpanOf` strings as stretches of
-one run's inputs, for constrained decoding.
+"""The grammar compiler: output types as decoding constraints, compiled by llguidance.
 
-A span is copied from its input from word to word, without leading or trailing spaces, and
-holds at least one letter or digit; within a JSON answer it is a JSON string of such a stretch.
+An output type (its :class:`~promptkit.parsing.OutputSpec`) becomes a :class:`Grammar`: a
+pydantic model (or any JSON-typed output) its JSON schema in compact JSON (no free whitespace, so
+a weak model cannot wander into endless spaces), labels (``Literal`` / ``Enum``) a choice,
+``int`` / ``float`` / ``bool`` their JSON form, :class:`~promptkit.outputs.Regex` a regular
+expression and :class:`~promptkit.outputs.Lark` a Lark grammar. One space may precede a JSON or
+label answer (a model trained on ``"Answer: positive"`` writes one); the parser strips it.
+
+Span grammars (:func:`span_grammar`): for one run, an output's
+:class:`~promptkit.outputs.SpanOf` strings become stretches of that run's inputs. A span is
+copied from its input from word to word, without leading or trailing spaces, and holds at least
+one letter or digit; within a JSON answer it is a JSON string of such a stretch.
+
+Checking text against a grammar uses a byte-level view of it (:mod:`promptkit.llg`), so it needs
+no model tokenizer. llguidance is imported only when a grammar is compiled or checked.
 """
 
 from __future__ import annotations
@@ -10,29 +21,107 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
-from .constraints import (
+from .errors import ConstraintError
+from .llg import byte_matcher, compile_grammar, text_matches
+from .outputs import (
     SPAN_KEY,
-    Grammar,
+    Lark,
+    Regex,
     has_letter_or_digit,
     span_source,
     span_sources,
     without_spans,
 )
-from .errors import ConstraintError
 
 if TYPE_CHECKING:
+    from llguidance import LLMatcher
+
     from .parsing import OutputSpec
 
-__all__ = ["span_grammar"]
+__all__ = ["Grammar", "grammar_for", "span_grammar"]
+
+GrammarKind = Literal["json_schema", "choice", "regex", "lark"]
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """What constrained decoding must produce: ``kind`` and its ``source`` text.
+
+    ``json_schema`` and ``choice`` sources are JSON (a schema, a list of labels); ``regex`` and
+    ``lark`` sources are the pattern or grammar. ``leading_space`` lets one space precede the
+    answer.
+    """
+
+    kind: GrammarKind
+    source: str
+    leading_space: bool = False
+
+    @classmethod
+    def json_schema(cls, schema: dict[str, Any], *, leading_space: bool = True) -> Grammar:
+        return cls("json_schema", json.dumps(schema, ensure_ascii=False), leading_space)
+
+    @classmethod
+    def choice(cls, labels: tuple[str, ...], *, leading_space: bool = True) -> Grammar:
+        return cls("choice", json.dumps(list(labels), ensure_ascii=False), leading_space)
+
+    def compiled(self) -> str:
+        """The llguidance grammar; raises ConstraintError naming what llguidance cannot do,
+        ConfigurationError when llguidance is not installed."""
+        if self.kind in ("regex", "lark"):
+            return compile_grammar(self.kind, self.source, self.describe())
+        if self.kind == "json_schema":
+            schema = json.loads(self.source)
+            schema = {**schema, "x-guidance": {"whitespace_flexible": False}}
+            body = "%json " + json.dumps(schema, ensure_ascii=False)
+        else:
+            body = " | ".join(json.dumps(label) for label in json.loads(self.source))
+        space = '" "? ' if self.leading_space else ""
+        return compile_grammar("lark", f"start: {space}answer\nanswer: {body}\n", self.describe())
+
+    def matches(self, text: str) -> bool:
+        """Whether ``text`` is a complete answer of this grammar."""
+        return text_matches(self.compiled(), text)
+
+    def byte_matcher(self) -> LLMatcher:
+        """A fresh matcher of this grammar over single bytes."""
+        return byte_matcher(self.compiled())
+
+    def describe(self) -> str:
+        return {
+            "json_schema": "JSON matching the output type's schema",
+            "choice": "one of the labels",
+            "regex": "the regular expression",
+            "lark": "the Lark grammar",
+        }[self.kind]
+
+
+def grammar_for(spec: OutputSpec, inputs: Mapping[str, Any] | None = None) -> Grammar | None:
+    """The grammar of an output type, or None for free text (nothing to constrain).
+
+    ``inputs`` (a run's) render the bounds that come from them, so the grammar enforces them;
+    without, such bounds are left out (validation still checks them in a run). Raises
+    TemplateError when a bound's template fails."""
+    if spec.kind == "text":
+        return None
+    if spec.kind == "label":
+        return Grammar.choice(spec.labels)
+    if spec.kind == "grammar":
+        constraint = spec.text_constraint
+        if isinstance(constraint, Regex):
+            return Grammar("regex", constraint.pattern)
+        assert isinstance(constraint, Lark)
+        return Grammar("lark", constraint.grammar)
+    return Grammar.json_schema(without_spans(spec.schema_for(inputs)))
 
 
 def span_grammar(spec: OutputSpec, inputs: Mapping[str, Any]) -> Grammar | None:
-    """The grammar of ``spec`` for one run, its :class:`SpanOf` strings restricted to the text of
-    their inputs; None when the output type has no spans where a grammar can place them (the
-    output itself, or the properties of an object output, directly or as an ``anyOf`` option
-    such as ``str | None``). Spans deeper down are left to validation.
+    """The grammar of ``spec`` for one run, its :class:`~promptkit.outputs.SpanOf` strings
+    restricted to the text of their inputs; None when the output type has no spans where a
+    grammar can place them (the output itself, or the properties of an object output, directly
+    or as an ``anyOf`` option such as ``str | None``). Spans deeper down are left to validation.
 
     Raises ConstraintError when a required span's input holds no letter or digit (no valid
     answer exists); an optional one (``str | None``) can then only be null.
