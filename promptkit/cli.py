@@ -17,12 +17,23 @@ import json
 import os
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
+from ._cli_models import models_command, pull_command
+from ._cli_options import (
+    backend_for,
+    backend_option,
+    collect_inputs,
+    input_options,
+    read_at,
+    shot_counts,
+    with_cache,
+)
+from ._cli_training import corpus_command, finetune_command, train_command
 from .errors import BackendError, OutputValidationError, PromptkitError, UsageError
 
 EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
@@ -34,9 +45,6 @@ EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
 
 if TYPE_CHECKING:
     from .backends.base import Backend
-    from .evaluate import ShotReport
-
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class _Group(click.Group):
@@ -72,6 +80,10 @@ def cli() -> None:
     """promptkit: typed prompt templates for GPT-style models."""
 
 
+for _command in (corpus_command, finetune_command, models_command, pull_command, train_command):
+    cli.add_command(_command)
+
+
 @cli.command("templates")
 def templates_command() -> None:
     """List the bundled templates with one-line descriptions."""
@@ -103,124 +115,8 @@ def check_command(files: Sequence[str], strict: bool) -> None:
         sys.exit(2)
 
 
-def _input_options(function: Any) -> Any:
-    function = click.option(
-        "--shots",
-        type=click.IntRange(min=0),
-        help="Number of demonstrations to show (default: the template's).",
-    )(function)
-    function = click.option(
-        "--sample", is_flag=True, help="Start from the template's sample inputs."
-    )(function)
-    function = click.option(
-        "--inputs-json",
-        "inputs_json",
-        metavar="JSON",
-        help="Inputs as a JSON object (or @path to a JSON file).",
-    )(function)
-    function = click.option(
-        "-i",
-        "--input",
-        "input_pairs",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="An input value; KEY=@path reads it from a file. Repeatable.",
-    )(function)
-    return click.argument("file")(function)
-
-
-def _backend_option(*, template: bool) -> Callable[[_F], _F]:
-    """The --backend option of a command that needs a backend; its help states the default
-    rule of :func:`_backend_for` as it applies to the command."""
-    fallback = "the template's model.configuration, else " if template else ""
-    return click.option(
-        "--backend",
-        "backend_spec",
-        metavar="SPEC",
-        help="Backend spec, e.g. hf:gpt2, scratch:DIR or openai:MODEL. Default: "
-        f"$PROMPTKIT_BACKEND, else {fallback}the shipped promptkit-mini.",
-    )
-
-
-def _backend_for(spec: str | None, prompt: Any = None) -> Backend:
-    """The one default-backend rule of every command that needs a backend: --backend when
-    given, then $PROMPTKIT_BACKEND, then (for a command with a template) the template's
-    model.configuration, then the shipped promptkit-mini.
-
-    Raises UsageError when none applies (a copy of promptkit without promptkit-mini), and
-    whatever building the backend raises (ConfigurationError for a bad spec).
-    """
-    from .backends import DEFAULT_SPEC, get_backend
-
-    spec = spec or os.environ.get("PROMPTKIT_BACKEND")
-    if spec:
-        return get_backend(spec)
-    if prompt is not None:
-        from .files import backend_from_prompt
-
-        backend = backend_from_prompt(prompt)
-        if backend is not None:
-            return backend
-    from .models import mini_path
-
-    if mini_path() is None:
-        declare = ", or declare model.configuration in the template" if prompt is not None else ""
-        raise UsageError(
-            "no backend: pass --backend SPEC or set PROMPTKIT_BACKEND (this copy of promptkit "
-            f"has no promptkit-mini to fall back on){declare}"
-        )
-    return get_backend(DEFAULT_SPEC)
-
-
-def _collect_inputs(
-    prompt: Any, pairs: Sequence[str], inputs_json: str | None, sample: bool
-) -> dict[str, Any]:
-    inputs: dict[str, Any] = {}
-    if sample:
-        from .prompty import sample_inputs
-
-        samples = sample_inputs(prompt)
-        if samples is None:
-            raise UsageError(f"template {prompt.name!r} has no sample inputs; pass -i KEY=VALUE")
-        inputs.update(samples)
-    if inputs_json:
-        text = _read_at(inputs_json, "--inputs-json")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--inputs-json is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise UsageError("--inputs-json must be a JSON object of input names to values")
-        inputs.update(data)
-    fields = prompt.input_type.model_fields
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"-i expects KEY=VALUE or KEY=@path, got {pair!r}")
-        value = _read_at(raw, f"-i {key}")
-        annotation = fields[key].annotation if key in fields else str
-        inputs[key] = value if annotation is str else _maybe_json(value)
-    return inputs
-
-
-def _read_at(value: str, what: str) -> str:
-    if not value.startswith("@"):
-        return value
-    try:
-        return Path(value[1:]).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{what}: cannot read {value[1:]!r}: {exc}") from None
-
-
-def _maybe_json(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
-
-
 @cli.command("render")
-@_input_options
+@input_options
 @click.option(
     "--style",
     type=click.Choice(["chat", "completion"]),
@@ -240,7 +136,7 @@ def render_command(
     from .files import load_prompt
 
     prompt = load_prompt(file)
-    inputs = _collect_inputs(prompt, input_pairs, inputs_json, sample)
+    inputs = collect_inputs(prompt, input_pairs, inputs_json, sample)
     rendered = prompt.render(inputs, shots=shots, style=style)  # type: ignore[arg-type]
     if as_json:
         click.echo(json.dumps(rendered, ensure_ascii=False, indent=2))
@@ -251,8 +147,8 @@ def render_command(
 
 
 @cli.command("run")
-@_input_options
-@_backend_option(template=True)
+@input_options
+@backend_option(template=True)
 @click.option(
     "--max-attempts",
     type=click.IntRange(min=1),
@@ -290,8 +186,8 @@ def run_command(
     from .files import load_prompt
 
     prompt = load_prompt(file)
-    inputs = _collect_inputs(prompt, input_pairs, inputs_json, sample)
-    backend = _with_cache(_backend_for(backend_spec, prompt), not no_cache)
+    inputs = collect_inputs(prompt, input_pairs, inputs_json, sample)
+    backend = with_cache(backend_for(backend_spec, prompt), not no_cache)
     changes = {
         k: v
         for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed))
@@ -317,161 +213,17 @@ def run_command(
         click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
-@cli.command("train")
-@click.option(
-    "--corpus",
-    help="A text file, a folder of .txt files, or a .jsonl file (required unless --preset mini, "
-    "which generates its own).",
-)
-@click.option("--out", required=True, help="Folder for the checkpoint (model, config, tokenizer).")
-@click.option("--preset", default="small", show_default=True, help="Model shape.")
-@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option(
-    "--grad-accum",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Micro-batches per optimizer step.",
-)
-@click.option("--context-length", type=click.IntRange(min=8), help="Sequence length.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
-@click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True)
-@click.option("--tokenizer", help="Folder holding a tokenizer to use (default: train a BPE).")
-@click.option("--vocab-size", type=click.IntRange(min=257), default=4096, show_default=True)
-@click.option(
-    "--bare-capitals/--no-bare-capitals",
-    default=False,
-    show_default=True,
-    help="The trained BPE keeps the space before a capitalised word out of its tokens (a name "
-    "is then the same tokens in a sentence and in a JSON string).",
-)
-@click.option(
-    "--answer-weight",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help='Extra loss on answer tokens (a .jsonl corpus\'s "answer" offsets); 0: plain LM.',
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["float32", "bfloat16"]),
-    default="float32",
-    show_default=True,
-    help="Arithmetic of training: bfloat16 autocasts matrix products (weights stay float32).",
-)
-@click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True)
-@click.option("--seed", type=int, default=1337, show_default=True)
-@click.option("--device", help="cpu or cuda (default: cuda when available).")
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
-@click.pass_context
-def train_command(ctx: click.Context, /, **options: Any) -> None:
-    """Pretrain promptkit's own GPT on a corpus (next-token prediction).
-
-    --preset mini is the recipe of promptkit-mini: it generates the corpus and uses the
-    recipe's settings unless they are given here.
-    """
-    from .training import run_training
-
-    given = {
-        name
-        for name in options
-        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
-    }
-    result = run_training(options, given=given, progress=True)
-    last = result.history[-1] if result.history else {}
-    click.echo(
-        f"saved {result.out} after {result.steps} steps ({result.tokens_seen:,} tokens); "
-        f"validation perplexity {last.get('val_perplexity', float('nan')):.2f} vs unigram "
-        f"baseline {result.unigram_perplexity:.2f}"
-    )
-
-
-@cli.command("finetune")
-@click.argument("template")
-@click.option("--data", required=True, help="Training data: JSONL as for eval (inputs, expected).")
-@click.option("--out", required=True, help="Output folder; it loads with scratch:DIR.")
-@click.option(
-    "--backend",
-    default=None,
-    metavar="SPEC",
-    help="The scratch: model to start from. Default: $PROMPTKIT_BACKEND, else promptkit-mini.",
-)
-@click.option("--dev", help="Dev data: accuracy each epoch, best epoch kept, early stopping.")
-@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Default 1e-4 (LoRA 1e-3).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option(
-    "--lora-rank",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Rank of a LoRA adapter; 0 fine-tunes every weight.",
-)
-@click.option(
-    "--lora-alpha", type=click.IntRange(min=1), help="LoRA scale alpha (default 2 x rank)."
-)
-@click.option("--merge", is_flag=True, help="Merge the LoRA adapter into the weights.")
-@click.option(
-    "--lm-weight",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Weight of the LM loss on the prompt tokens (GPT-1's lambda).",
-)
-@click.option(
-    "--shots",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Demonstrations kept in each training prompt.",
-)
-@click.option(
-    "--patience",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Epochs without a better dev accuracy before stopping.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["float32", "bfloat16"]),
-    default="float32",
-    show_default=True,
-    help="Arithmetic of training: bfloat16 autocasts matrix products (weights stay float32).",
-)
-@click.option("--expected-key", default="expected", show_default=True)
-@click.option("--strict", is_flag=True, help="An example too long for the model is an error.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", help="cpu or cuda (default: cuda when available).")
-@click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
-def finetune_command(template: str, backend: str | None, **options: Any) -> None:
-    """Fine-tune a local model on TEMPLATE's data (every weight, or a LoRA adapter)."""
-    from .training import FinetuneConfig, run_finetune
-
-    spec = backend or os.environ.get("PROMPTKIT_BACKEND") or "scratch"
-    result = run_finetune(FinetuneConfig(template=template, backend=spec, **options), progress=True)
-    dev = "" if result.dev_accuracy is None else f", dev accuracy {result.dev_accuracy:.1%}"
-    dropped = f"; {len(result.dropped)} example(s) too long, left out" if result.dropped else ""
-    click.echo(
-        f"saved {result.out} (load it as scratch:{result.out}): epoch {result.best_epoch} of "
-        f"{result.epochs}{dev}, {result.trainable_parameters:,} parameters trained "
-        f"({result.trainable_share:.2%}){dropped}"
-    )
-
-
 @cli.command("perplexity")
 @click.argument("path")
-@_backend_option(template=False)
+@backend_option(template=False)
 @click.option("--stride", type=click.IntRange(min=1), help="Tokens each window advances.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def perplexity_command(
     path: str, backend_spec: str | None, stride: int | None, as_json: bool
 ) -> None:
     """Perplexity of the text file PATH under a model (sliding window)."""
-    text = _read_at("@" + path, "PATH")
-    backend = _backend_for(backend_spec)
+    text = read_at("@" + path, "PATH")
+    backend = backend_for(backend_spec)
     stats = backend.perplexity_stats(text, stride=stride)
     figures: dict[str, Any] = {
         "tokens": stats.tokens,
@@ -496,7 +248,7 @@ def perplexity_command(
     required=True,
     help="JSONL dataset: inputs + expected (pass@k: HumanEval problems, .jsonl or .jsonl.gz).",
 )
-@_backend_option(template=True)
+@backend_option(template=True)
 @click.option(
     "--shots", default="0", show_default=True, help="Shot counts to evaluate, e.g. 0,1,3."
 )
@@ -589,164 +341,85 @@ def eval_command(
     """Evaluate template FILE on a dataset for each shot count; write a report. With
     --metric pass@k (or --samples-file), run code samples in a sandbox and report pass@k."""
     if metric == "pass@k" or samples_file:
-        from .evaluate import (
-            PassAtKOptions,
-            SandboxLimits,
-            parse_ks,
-            pass_at_k_markdown,
-            run_pass_at_k,
-        )
-        from .files import load_prompt
+        from ._cli_passk import eval_pass_at_k
 
         unused = {"--vs": other_file, "--pool": pool_path, "--method score": method != "generate"}
         unused |= {
             "--shots": shots != "0",
             "--backend (with --samples-file)": samples_file and backend_spec,
         }
-        if any(unused.values()):
-            raise UsageError(f"pass@k does not use {', '.join(k for k, v in unused.items() if v)}")
-        prompt = load_prompt(file)
-        options = PassAtKOptions(
-            ks=tuple(parse_ks(ks)),
+        eval_pass_at_k(
+            file,
+            data_path,
+            backend_spec,
+            out_dir=out_dir,
+            ks=ks,
             samples=samples,
+            samples_file=samples_file,
             temperature=temperature,
             top_p=top_p,
             max_tokens=max_tokens,
-            samples_file=samples_file,
             unsafe_exec=unsafe_exec,
-            limits=SandboxLimits(timeout_s=exec_timeout),
+            exec_timeout=exec_timeout,
+            cache=not no_cache,
+            cache_size=cache_size,
+            unused=unused,
         )
-        generator = None
-        if not samples_file:
-            generator = _with_cache(_backend_for(backend_spec, prompt), not no_cache, cache_size)
-        out = out_dir or f"eval-{prompt.name or Path(file).stem}"
-        run, written = run_pass_at_k(prompt, data_path, backend=generator, options=options, out=out)
-        click.echo(pass_at_k_markdown(run))
-        click.echo(f"wrote {', '.join(str(p) for p in written)}")
         return
-    from .backends.base import GenerationConfig
+    from .cache import CachedBackend
     from .demos import Selection
     from .evaluate import (
-        check_shots,
-        evaluate,
-        load_dataset,
+        comparison_line,
         markdown,
-        mcnemar,
-        pool_from,
+        model_calls,
+        plan_evaluation,
+        run_evaluation,
         write_report,
     )
-    from .files import load_prompt
     from .item_progress import ItemProgress
 
     pass_at_k_only = {"--k": ks != "1", "--samples": samples != 1, "--unsafe-exec": unsafe_exec}
     if any(pass_at_k_only.values()):
         given = ", ".join(k for k, v in pass_at_k_only.items() if v)
         raise UsageError(f"{given}: only with --metric pass@k")
-    counts = _shot_counts(shots)
     kind: Literal["generate", "score"] = "score" if method == "score" else "generate"
-    prompts = {}
-    for path in [file, *([other_file] if other_file else [])]:
-        prompt = load_prompt(path)
-        prompts[prompt.name or Path(path).stem] = prompt
-    if other_file and len(prompts) < 2:
-        raise UsageError("the two templates have the same name; rename one to compare them")
-    plans = {}  # per template: its dataset items and demonstration pool, checked up front
-    for name, prompt in prompts.items():
-        items = load_dataset(data_path, prompt, expected_key=expected_key)
-        pool = (
-            pool_from(load_dataset(pool_path, prompt, expected_key=expected_key))
-            if pool_path
-            else list(prompt.examples)
-        )
-        check_shots(counts, pool)
-        plans[name] = (items, pool)
-    first = next(iter(prompts.values()))
-    backend: Backend = _with_cache(_backend_for(backend_spec, first), not no_cache, cache_size)
-    selection = Selection(select, balanced=balanced)  # type: ignore[arg-type]
-    runs = {}
-    total = sum(len(items) for items, _ in plans.values()) * len(counts)
-    with ItemProgress(total) as progress:
-        for name, prompt in prompts.items():
-            items, pool = plans[name]
-            config = prompt.config or GenerationConfig()
-            sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
-            config = config.replace(**{k: v for k, v in sampling.items() if v is not None})
-            runs[name] = evaluate(
-                prompt,
-                items,
-                backend=backend,
-                shots=counts,
-                pool=pool,
-                select=selection,
-                config=config,
-                max_attempts=max_attempts,
-                on_item=progress.advance,
-                method=kind,
-            )
-    comparisons = []
-    if other_file:
-        one, two = runs.values()
-        pairs = zip(one, two, strict=True)
-        comparisons = [mcnemar(a.correct, b.correct, a.shots) for a, b in pairs]
-    folder = Path(out_dir or f"eval-{next(iter(prompts))}")
-    written = write_report(
-        folder, runs, backend=backend.name, data=data_path, comparisons=comparisons, method=kind
+    templates = [file, *([other_file] if other_file else [])]
+    plan = plan_evaluation(
+        templates, data_path, shots=shot_counts(shots), pool=pool_path, expected_key=expected_key
     )
-    for name, reports in runs.items():
-        click.echo(markdown(name, reports))
-    for comparison in comparisons:
-        click.echo(
-            f"shots {comparison.shots}: only first right {comparison.only_first}, only second "
-            f"right {comparison.only_second}, McNemar p = {comparison.p_value:.3g}"
+    name, first = plan.first
+    backend: Backend = with_cache(backend_for(backend_spec, first), not no_cache, cache_size)
+    with ItemProgress(plan.total) as progress:
+        outcome = run_evaluation(
+            plan,
+            backend=backend,
+            select=Selection(select, balanced=balanced),  # type: ignore[arg-type]
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            max_attempts=max_attempts,
+            method=kind,
+            on_item=progress.advance,
         )
-    from .cache import CachedBackend
-
+    written = write_report(
+        Path(out_dir or f"eval-{name}"),
+        outcome.runs,
+        backend=backend.name,
+        data=data_path,
+        comparisons=outcome.comparisons,
+        method=kind,
+    )
+    for template, reports in outcome.runs.items():
+        click.echo(markdown(template, reports))
+    for comparison in outcome.comparisons:
+        click.echo(comparison_line(comparison))
     calls = backend.calls if isinstance(backend, CachedBackend) else None
-    note = _model_calls(runs, calls, scoring=kind == "score")
+    note = model_calls(outcome.runs, calls, scoring=kind == "score")
     click.echo(f"wrote {', '.join(str(p) for p in written)}; {note}")
 
 
-@cli.command("corpus")
-@click.option("--out", "out_path", required=True, help="The JSONL file to write.")
-@click.option("--documents", type=click.IntRange(min=1), default=20000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--split",
-    type=click.Choice(["train", "heldout"]),
-    default="train",
-    show_default=True,
-    help="Which names, label words and phrasings to use (held out ones are for evaluation).",
-)
-@click.option("--family", "families", multiple=True, help="Only these task families.")
-@click.option("--eval-dir", help="Also write held-out evaluation sets into this folder.")
-def corpus_command(
-    out_path: str,
-    documents: int,
-    seed: int,
-    split: str,
-    families: Sequence[str],
-    eval_dir: str | None,
-) -> None:
-    """Generate a training corpus in the formats promptkit renders (see promptkit.training)."""
-    from .training.corpus import write_corpus
-    from .training.evalsets import write_eval_tasks
-
-    if eval_dir:
-        files = write_eval_tasks(eval_dir, seed=seed)
-        click.echo(f"wrote {len(files)} evaluation files to {eval_dir}")
-
-    path = write_corpus(
-        out_path,
-        documents,
-        seed=seed,
-        split="heldout" if split == "heldout" else "train",
-        families=list(families) or None,
-    )
-    click.echo(f"wrote {documents} documents to {path}")
-
-
 @cli.command("serve")
-@_backend_option(template=False)
+@backend_option(template=False)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option(
@@ -804,7 +477,7 @@ def serve_command(
         raise UsageError(
             f"promptkit serve needs FastAPI and uvicorn ({exc}); pip install 'promptkit[serve]'"
         ) from None
-    backend = _backend_for(backend_spec)
+    backend = backend_for(backend_spec)
     limits = ServerLimits(
         max_body_bytes=max_body,
         max_prompts=max_prompts,
@@ -818,80 +491,6 @@ def serve_command(
         err=True,
     )
     serve(app, host=host, port=port)
-
-
-@cli.command("pull")
-@click.argument("name")
-def pull_command(name: str) -> None:
-    """Fetch a known real model into the model cache (see `promptkit models`); prints its path."""
-    from .models.registry import lookup, pull
-
-    path = pull(name)
-    known = lookup(name)
-    click.echo(f"{known.name if known else name}: {path}")
-
-
-@cli.command("models")
-@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
-def models_command(as_json: bool) -> None:
-    """List the known real models: pulled or not, size, sha256, path."""
-    from .models.registry import status
-
-    rows = [
-        {
-            "name": row.model.name,
-            "aliases": list(row.model.aliases),
-            "pulled": row.pulled,
-            "size": row.model.size,
-            "sha256": row.model.sha256,
-            "path": str(row.path),
-            "license": row.model.license,
-            "description": row.model.description,
-        }
-        for row in status()
-    ]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for item in status():
-        model = item.model
-        state = "pulled" if item.pulled else f"not pulled (promptkit pull {model.name})"
-        aliases = f" (also: {', '.join(model.aliases)})" if model.aliases else ""
-        click.echo(f"{model.name}{aliases}  {model.size / 1e6:.1f} MB  {state}")
-        click.echo(f"    {model.description}; {model.license}")
-        click.echo(f"    {item.path}  sha256 {model.sha256}")
-
-
-def _with_cache(backend: Any, enabled: bool, size_mb: int = 256) -> Any:
-    """The backend behind the response cache, unless disabled."""
-    if not enabled:
-        return backend
-    from .cache import CachedBackend, ResponseCache
-
-    return CachedBackend(backend, ResponseCache(max_bytes=size_mb * 1024 * 1024))
-
-
-def _model_calls(runs: dict[str, list[ShotReport]], generated: int | None, scoring: bool) -> str:
-    """How many of an evaluation's requests reached the model. ``generated``: the generations
-    the response cache passed on (None: no cache, so every request did); scoring requests are
-    never cached."""
-    requests = sum(report.requests for reports in runs.values() for report in reports)
-    if generated is None:
-        return f"{requests} model call(s) (no cache)"
-    reached = generated + (requests if scoring else 0)
-    return (
-        f"{reached} model call(s) for {requests} request(s) ({requests - reached} from the cache)"
-    )
-
-
-def _shot_counts(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UsageError(f"--shots takes comma-separated whole numbers, got {text!r}") from None
-    if not counts or any(c < 0 for c in counts):
-        raise UsageError(f"--shots takes comma-separated whole numbers >= 0, got {text!r}")
-    return counts
 
 
 def _print_attempts(attempts: Sequence[Any]) -> None:

@@ -1,4 +1,5 @@
-"""Choosing demonstrations: which examples a prompt shows, in what order, and which to drop.
+"""Demonstrations: an :class:`Example` (checked against a prompt's types by
+:func:`validate_examples`), and which examples a prompt shows, in what order, and which to drop.
 
 A :class:`Selection` ranks a pool of examples for one query, most wanted first:
 
@@ -12,7 +13,7 @@ A :class:`Selection` ranks a pool of examples for one query, most wanted first:
 and ``balanced=True`` interleaves the labels (for classification) so that every label is shown
 before any label is shown twice. The prompt shows the first ``shots`` of the ranking; when the
 prompt does not fit the backend's context window, demonstrations are dropped from the end of
-the ranking (the least wanted first) — never the instruction or the query.
+the ranking (the least wanted first) — never the instruction or the query (:func:`fit_to_window`).
 
 Shown demonstrations keep the ranking's order, except that ``similar`` and ``mmr`` put the most
 relevant one last, next to the query.
@@ -24,19 +25,94 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import UsageError
+from pydantic import BaseModel, ValidationError
 
-__all__ = ["Embed", "Selection", "Strategy", "bm25_scores"]
+from ._inputs import template_context, validate_inputs
+from .backends.base import PromptInput, messages_to_text
+from .errors import ContextWindowError, InputValidationError, PromptkitError, UsageError
+from .parsing import OutputCheck, OutputSpec, run_check
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
+__all__ = [
+    "Embed",
+    "Example",
+    "Selection",
+    "Strategy",
+    "bm25_scores",
+    "fit_to_window",
+    "validate_examples",
+]
 
 Strategy = Literal["first", "random", "similar", "mmr"]
 STRATEGIES: tuple[Strategy, ...] = ("first", "random", "similar", "mmr")
 Embed = Callable[[Sequence[str]], Sequence[Sequence[float]]]
 
 _WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One demonstration: an input (a mapping or an instance of the input type) and its output."""
+
+    input: Mapping[str, Any] | BaseModel
+    output: Any
+
+
+def validate_examples(
+    examples: Sequence[Example],
+    input_type: type[BaseModel],
+    output: OutputSpec,
+    output_type: Any,
+    check: OutputCheck | None,
+) -> list[BaseModel]:
+    """Each example's input validated as ``input_type``; its output must validate as
+    ``output`` (with the example's inputs) and pass ``check``.
+
+    Raises InputValidationError naming the first example that is not an :class:`Example`,
+    whose input or output does not validate, or whose output fails ``check``.
+    """
+    return [
+        _validate_example(index, example, input_type, output, output_type, check)
+        for index, example in enumerate(examples)
+    ]
+
+
+def _validate_example(
+    index: int,
+    example: Example,
+    input_type: type[BaseModel],
+    output: OutputSpec,
+    output_type: Any,
+    check: OutputCheck | None,
+) -> BaseModel:
+    if not isinstance(example, Example):
+        raise InputValidationError(
+            f"example {index} must be a pk.Example(input=..., output=...), "
+            f"got {type(example).__name__}"
+        )
+    try:
+        validated = validate_inputs(input_type, example.input)
+    except InputValidationError as exc:
+        raise InputValidationError(f"example {index} input: {exc}") from None
+    try:
+        value = output.validate(example.output, template_context(validated))
+    except (ValidationError, PromptkitError, ValueError) as exc:
+        raise InputValidationError(
+            f"example {index} output {example.output!r} is not a valid "
+            f"{getattr(output_type, '__name__', output_type)}: {exc}"
+        ) from None
+    refused = run_check(check, validated, value) if check is not None else None
+    if refused is not None:
+        raise InputValidationError(
+            f"example {index} output {example.output!r} fails the check: {refused}"
+        )
+    return validated
 
 
 def _words(text: str) -> list[str]:
@@ -134,6 +210,27 @@ class Selection:
             order = _interleave(order, labels)
         return order
 
+    def choose(
+        self,
+        count: int,
+        query: Callable[[], str],
+        pool: Callable[[], Sequence[tuple[str, str]]],
+    ) -> list[int]:
+        """Indices of the ``count`` most wanted demonstrations for a query, most wanted first:
+        ``pool()`` gives each as (rendered input, answer), ``query()`` the rendered query;
+        neither is called when the pool's own order is kept."""
+        if count == 0:
+            return []
+        if self.strategy == "first" and not self.balanced:
+            return list(range(count))
+        demos = pool()
+        ranked = self.rank(query(), [q for q, _ in demos], [a for _, a in demos])
+        return ranked[:count]
+
+    def shown(self, chosen: list[int]) -> list[int]:
+        """``chosen`` (most wanted first) in the order shown (see :attr:`relevance_last`)."""
+        return chosen[::-1] if self.relevance_last else chosen
+
     @property
     def relevance_last(self) -> bool:
         """Whether the most relevant demonstration is shown last (next to the query)."""
@@ -201,3 +298,47 @@ def _interleave(order: list[int], labels: Sequence[str]) -> list[int]:
                 result.append(queue[depth])
         depth += 1
     return result
+
+
+def fit_to_window(
+    render: Callable[[list[int]], PromptInput],
+    ranked: Sequence[int],
+    backend: Backend,
+    max_tokens: int,
+) -> tuple[PromptInput, list[int], list[tuple[int, str]]]:
+    """Render with the ``ranked`` demonstrations (indices, most wanted first), dropping the
+    least wanted until the prompt plus ``max_tokens`` fits the backend's context window
+    (counted with its own tokenizer); ``render(kept)`` renders with the ``kept`` ones.
+
+    Returns the rendering, the demonstrations shown and the dropped ones with the reason.
+    Raises ContextWindowError when the instruction and query alone do not fit.
+    """
+    chosen = list(ranked)
+    rendered = render(chosen)
+    window = backend.context_window
+    if window is None:
+        return rendered, chosen, []
+    dropped: list[tuple[int, str]] = []
+    while True:
+        text = rendered if isinstance(rendered, str) else messages_to_text(rendered)
+        tokens = backend.count_tokens(text)
+        if tokens + max_tokens <= window:
+            return rendered, chosen, dropped
+        if not chosen:
+            raise ContextWindowError(
+                f"the instruction and query alone take {tokens} tokens; with max_tokens "
+                f"{max_tokens} they do not fit the context window of {window} "
+                "(demonstrations were dropped first); shorten the input or lower max_tokens",
+                prompt_tokens=tokens,
+                max_tokens=max_tokens,
+                context_window=window,
+            )
+        gone = chosen.pop()
+        dropped.append(
+            (
+                gone,
+                f"did not fit: {tokens} prompt tokens + max_tokens {max_tokens} > "
+                f"context window {window}",
+            )
+        )
+        rendered = render(chosen)

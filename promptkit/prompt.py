@@ -9,75 +9,77 @@ in the number of demonstrations.
 from __future__ import annotations
 
 import copy
-import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel
 
-from .backends.base import GenerationConfig, Message, PromptInput, messages_to_text
+from ._batch import arun_each, run_each
+from ._decoding import Constrained, decoding_grammar
+from ._inputs import (
+    check_output_inputs,
+    check_variables,
+    infer_input_type,
+    template_context,
+)
+from ._layout import STYLES, Style, TemplateFormat, Turn, compile_parts
+from ._rendering import PromptRendering
+from .backends.base import GenerationConfig, PromptInput
 from .conversation import Message as ChatMessage
-from .conversation import (
-    ThreadSlot,
-    thread_messages,
-    turn_text,
-    unplaced_threads,
-    with_history,
-)
-from .demos import Selection, Strategy
-from .errors import (
-    ConstraintError,
-    ContextWindowError,
-    InputValidationError,
-    MissingVariableError,
-    PromptkitError,
-    TemplateError,
-    UnsupportedCapabilityError,
-    UsageError,
-)
-from .grammar import Grammar, grammar_for, span_grammar
-from .outputs import Lark, Regex, span_sources
-from .parsing import OutputCheck, OutputSpec, output_spec, run_check
+from .conversation import ThreadSlot, unplaced_threads, with_history
+from .demos import Example, Selection, Strategy, fit_to_window, validate_examples
+from .errors import UsageError
+from .grammar import Grammar
+from .outputs import Lark, Regex
+from .parsing import OutputCheck, output_spec, run_check
 from .runloop import Attempt, Result, RunLoop
-from .templating import CompiledTemplate
+from .scoring import Classification, classify_labels
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from .backends.base import Backend
-    from .scoring import Classification
 
-__all__ = ["Attempt", "Constrained", "Example", "Prompt", "Result", "Style", "TemplateFormat"]
+__all__ = [
+    "Attempt",
+    "Constrained",
+    "Example",
+    "Prompt",
+    "PromptOptions",
+    "Result",
+    "Style",
+    "TemplateFormat",
+]
 
-logger = logging.getLogger("promptkit")
 OutputT = TypeVar("OutputT")
-Style = Literal["chat", "completion"]
-TemplateFormat = Literal["jinja2", "mustache"]
-Constrained = Union[bool, Literal["fallback"], None]
-STYLES: tuple[Style, ...] = ("chat", "completion")
 
 
-@dataclass(frozen=True)
-class Example:
-    """One demonstration: an input (a mapping or an instance of the input type) and its output."""
+class PromptOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`Prompt` besides ``query`` and ``output_type`` (see its
+    docstring), named once for its typed overloads."""
 
-    input: Mapping[str, Any] | BaseModel
-    output: Any
+    instruction: str
+    input_type: type[BaseModel] | None
+    examples: Sequence[Example]
+    system: str | None
+    style: Style
+    shots: int | None
+    format_instructions: bool
+    turns: Sequence[tuple[str, str] | ThreadSlot]
+    config: GenerationConfig | None
+    name: str | None
+    description: str | None
+    metadata: Mapping[str, Any] | None
+    source: str | None
+    first_lines: Mapping[str, int] | None
+    check: OutputCheck | None
+    template_folder: Path | None
+    template_format: TemplateFormat
 
 
-@dataclass(frozen=True)
-class _Turn:
-    role: str
-    template: CompiledTemplate
-
-
-def _context(instance: BaseModel) -> dict[str, Any]:
-    """The template variables of validated inputs (``dict(model)`` is several times slower)."""
-    extra = instance.__pydantic_extra__
-    return {**instance.__dict__, **extra} if extra else dict(instance.__dict__)
-
-
-class Prompt(Generic[OutputT]):
+class Prompt(PromptRendering, Generic[OutputT]):
     """A typed prompt template.
 
     Args:
@@ -125,47 +127,12 @@ class Prompt(Generic[OutputT]):
         *,
         query: str | None,
         output_type: type[OutputT],
-        instruction: str = ...,
-        input_type: type[BaseModel] | None = ...,
-        examples: Sequence[Example] = ...,
-        system: str | None = ...,
-        style: Style = ...,
-        shots: int | None = ...,
-        format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str] | ThreadSlot] = ...,
-        config: GenerationConfig | None = ...,
-        name: str | None = ...,
-        description: str | None = ...,
-        metadata: Mapping[str, Any] | None = ...,
-        source: str | None = ...,
-        first_lines: Mapping[str, int] | None = ...,
-        check: OutputCheck | None = ...,
-        template_folder: Path | None = ...,
-        template_format: TemplateFormat = ...,
+        **options: Unpack[PromptOptions],
     ) -> None: ...
 
     @overload
     def __init__(
-        self: Prompt[str],
-        *,
-        query: str | None,
-        instruction: str = ...,
-        input_type: type[BaseModel] | None = ...,
-        examples: Sequence[Example] = ...,
-        system: str | None = ...,
-        style: Style = ...,
-        shots: int | None = ...,
-        format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str] | ThreadSlot] = ...,
-        config: GenerationConfig | None = ...,
-        name: str | None = ...,
-        description: str | None = ...,
-        metadata: Mapping[str, Any] | None = ...,
-        source: str | None = ...,
-        first_lines: Mapping[str, int] | None = ...,
-        check: OutputCheck | None = ...,
-        template_folder: Path | None = ...,
-        template_format: TemplateFormat = ...,
+        self: Prompt[str], *, query: str | None, **options: Unpack[PromptOptions]
     ) -> None: ...
 
     @overload
@@ -174,48 +141,12 @@ class Prompt(Generic[OutputT]):
         *,
         query: str | None,
         output_type: Regex | Lark,
-        instruction: str = ...,
-        input_type: type[BaseModel] | None = ...,
-        examples: Sequence[Example] = ...,
-        system: str | None = ...,
-        style: Style = ...,
-        shots: int | None = ...,
-        format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str] | ThreadSlot] = ...,
-        config: GenerationConfig | None = ...,
-        name: str | None = ...,
-        description: str | None = ...,
-        metadata: Mapping[str, Any] | None = ...,
-        source: str | None = ...,
-        first_lines: Mapping[str, int] | None = ...,
-        check: OutputCheck | None = ...,
-        template_folder: Path | None = ...,
-        template_format: TemplateFormat = ...,
+        **options: Unpack[PromptOptions],
     ) -> None: ...
 
     @overload
     def __init__(
-        self: Prompt[Any],
-        *,
-        query: str | None,
-        output_type: Any,
-        instruction: str = ...,
-        input_type: type[BaseModel] | None = ...,
-        examples: Sequence[Example] = ...,
-        system: str | None = ...,
-        style: Style = ...,
-        shots: int | None = ...,
-        format_instructions: bool = ...,
-        turns: Sequence[tuple[str, str] | ThreadSlot] = ...,
-        config: GenerationConfig | None = ...,
-        name: str | None = ...,
-        description: str | None = ...,
-        metadata: Mapping[str, Any] | None = ...,
-        source: str | None = ...,
-        first_lines: Mapping[str, int] | None = ...,
-        check: OutputCheck | None = ...,
-        template_folder: Path | None = ...,
-        template_format: TemplateFormat = ...,
+        self: Prompt[Any], *, query: str | None, output_type: Any, **options: Unpack[PromptOptions]
     ) -> None: ...
 
     def __init__(
@@ -244,108 +175,58 @@ class Prompt(Generic[OutputT]):
         if style not in STYLES:
             raise UsageError(f"style must be 'chat' or 'completion', got {style!r}")
         source = source or (f"prompt {name!r}" if name else "<prompt>")
-        lines = dict(first_lines or {})
         self.name = name
         self.description = description
-        self.style: Style = style
+        self.style = style
         self.system = system
         self.format_instructions = format_instructions
         self.config = config
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.source = source
-
-        if template_format not in ("jinja2", "mustache"):
-            raise UsageError(
-                f"template_format must be 'jinja2' or 'mustache', got {template_format!r}"
-            )
         self.template_format: TemplateFormat = template_format
-        engine: type[CompiledTemplate] = CompiledTemplate
-        if template_format == "mustache":
-            from .mustache import MustacheTemplate
-
-            engine = MustacheTemplate
-
-        def compile_part(part: str, text: str) -> CompiledTemplate:
-            return engine(text, name=source, first_line=lines.get(part, 1), folder=template_folder)
-
-        self.instruction = compile_part("instruction", instruction)
         self.asks_query = query is not None  # False: the messages end with the last turn
-        self.query = compile_part("query", query or "")
-        self.turns: tuple[_Turn | ThreadSlot, ...] = tuple(
-            turn
-            if isinstance(turn, ThreadSlot)
-            else _Turn(turn[0], compile_part(f"turn{i}", turn[1]))
-            for i, turn in enumerate(turns)
+        self.instruction, self.query, placed = compile_parts(
+            instruction,
+            query or "",
+            turns,
+            source=source,
+            first_lines=first_lines or {},
+            folder=template_folder,
+            template_format=template_format,
         )
-        for turn in self.turns:
-            if isinstance(turn, _Turn) and turn.role not in ("user", "assistant", "system"):
-                raise TemplateError(
-                    f"turn role must be user, assistant or system, not {turn.role!r}"
-                )
-        templates = [
-            self.instruction,
-            self.query,
-            *(t.template for t in self.turns if isinstance(t, _Turn)),
-        ]
+        fixed = (t.template for t in placed if isinstance(t, Turn))
+        templates = [self.instruction, self.query, *fixed]
         used = frozenset().union(*(t.variables for t in templates))
-        slots = [t.name for t in self.turns if isinstance(t, ThreadSlot)]
-        self.input_type = input_type or _infer_input_type(used, slots)
+        slots = [t.name for t in placed if isinstance(t, ThreadSlot)]
+        self.input_type = input_type or infer_input_type(used, slots)
+        printed = frozenset().union(*(t.printed for t in templates))
         self.turns = (
-            *self.turns,
-            *unplaced_threads(
-                self.input_type.model_fields,
-                used,
-                slots,
-                source,
-                frozenset().union(*(t.printed for t in templates)),
-            ),
+            *placed,
+            *unplaced_threads(self.input_type.model_fields, used, slots, source, printed),
         )
         declared = set(self.input_type.model_fields)
-        missing = used - declared
-        if missing:
-            first = min(
-                (t.variable_lines.get(v, t.first_line), v)
-                for t in templates
-                for v in missing
-                if v in t.variables
-            )
-            raise MissingVariableError(missing, available=declared, source=source, line=first[0])
-        self.output: OutputSpec = output_spec(output_type)
+        check_variables(templates, declared, source)
+        self.output = output_spec(output_type)
         self.output_type = output_type
-        unknown_spans = span_sources(self.output.schema) - declared
-        if unknown_spans:
-            raise TemplateError(
-                f"the output copies spans from {', '.join(sorted(map(repr, unknown_spans)))}, "
-                f"which {'is not an input' if len(unknown_spans) == 1 else 'are not inputs'}; "
-                f"inputs: {', '.join(sorted(declared)) or '(none)'}",
-                source=source,
-            )
-        unknown_bounds = self.output.bound_inputs - declared
-        if unknown_bounds:
-            raise TemplateError(
-                f"the output schema's bounds use {', '.join(sorted(map(repr, unknown_bounds)))}, "
-                f"which {'is not an input' if len(unknown_bounds) == 1 else 'are not inputs'}; "
-                f"inputs: {', '.join(sorted(declared)) or '(none)'}",
-                source=source,
-            )
+        check_output_inputs(self.output, declared, source)
         if check is not None and not callable(check):
             raise UsageError(f"check must be a callable check(inputs, output), got {check!r}")
         self.check = check
-        self.examples: tuple[Example, ...] = tuple(examples)
+        self.examples = tuple(examples)
         if self.examples and not self.asks_query:
             raise UsageError(
                 "examples are shown as (query, answer) pairs, but this prompt has no query; "
                 "give it a query template or no examples"
             )
-        self._example_inputs = [self._validate_example(i, e) for i, e in enumerate(self.examples)]
+        self._example_inputs = self._validated_examples()
         if shots is not None and not 0 <= shots <= len(self.examples):
             raise UsageError(
                 f"shots={shots} but the prompt has {len(self.examples)} example(s); "
                 f"choose 0..{len(self.examples)}"
             )
         self.shots = shots
-        self._demos: list[tuple[str, str]] | None = None
-        self._header_cache: dict[bool, str] = {}
+        self._demos = None
+        self._header_cache = {}
 
     def __repr__(self) -> str:
         output = getattr(self.output_type, "__name__", repr(self.output_type))
@@ -366,7 +247,7 @@ class Prompt(Generic[OutputT]):
             raise UsageError("this prompt has no query, so it cannot show examples")
         other = copy.copy(self)
         other.examples = tuple(examples)
-        other._example_inputs = [other._validate_example(i, e) for i, e in enumerate(examples)]
+        other._example_inputs = other._validated_examples()
         if self.shots is not None and self.shots > len(other.examples):
             other.shots = None
         other._demos = None
@@ -384,222 +265,14 @@ class Prompt(Generic[OutputT]):
             raise UsageError(f"check must be a callable check(inputs, output), got {check!r}")
         other = copy.copy(self)
         other.check = check
-        other._example_inputs = [other._validate_example(i, e) for i, e in enumerate(self.examples)]
+        other._example_inputs = other._validated_examples()
         return other
 
-    def validate_inputs(self, inputs: Mapping[str, Any] | BaseModel) -> BaseModel:
-        """Validate inputs against the input type; raises InputValidationError naming fields."""
-        if isinstance(inputs, self.input_type):
-            return inputs
-        if isinstance(inputs, BaseModel):
-            inputs = dict(inputs)
-        if not isinstance(inputs, Mapping):
-            raise InputValidationError(
-                f"inputs must be a mapping or a {self.input_type.__name__} instance, "
-                f"got {type(inputs).__name__}"
-            )
-        try:
-            return self.input_type.model_validate(inputs)
-        except ValidationError as exc:
-            raise InputValidationError(_input_problems(exc, self.input_type)) from None
-
-    def _validate_example(self, index: int, example: Example) -> BaseModel:
-        if not isinstance(example, Example):
-            raise InputValidationError(
-                f"example {index} must be a pk.Example(input=..., output=...), "
-                f"got {type(example).__name__}"
-            )
-        try:
-            validated = self.validate_inputs(example.input)
-        except InputValidationError as exc:
-            raise InputValidationError(f"example {index} input: {exc}") from None
-        try:
-            output = self.output.validate(example.output, _context(validated))
-        except (ValidationError, PromptkitError, ValueError) as exc:
-            raise InputValidationError(
-                f"example {index} output {example.output!r} is not a valid "
-                f"{getattr(self.output_type, '__name__', self.output_type)}: {exc}"
-            ) from None
-        refused = run_check(self.check, validated, output) if self.check is not None else None
-        if refused is not None:
-            raise InputValidationError(
-                f"example {index} output {example.output!r} fails the check: {refused}"
-            )
-        return validated
-
-    # -- rendering ----------------------------------------------------------------------------
-
-    def render(
-        self,
-        inputs: Mapping[str, Any] | BaseModel,
-        shots: int | None = None,
-        *,
-        style: Style | None = None,
-        select: Selection | Strategy | None = None,
-    ) -> PromptInput:
-        """Render to one string (completion style) or a list of chat messages (chat style).
-
-        ``shots`` demonstrations are shown, chosen by ``select`` (default: the examples' own
-        order; see :mod:`promptkit.demos`).
-
-        Raises InputValidationError for bad inputs or shots, TemplateError if rendering fails.
-        """
-        context = _context(self.validate_inputs(inputs))
-        selection = Selection.of(select)
-        chosen = self._choose(context, self._shots(shots), selection)
-        return self._render_context(context, self._display(chosen, selection), style or self.style)
-
-    def _choose(self, context: dict[str, Any], count: int, selection: Selection) -> list[int]:
-        """Indices of the ``count`` most wanted examples for this input, most wanted first."""
-        if count == 0:
-            return []
-        if selection.strategy == "first" and not selection.balanced:
-            return list(range(count))
-        demos = self._demonstrations()
-        query = self.query.render(context).strip()
-        ranked = selection.rank(query, [q for q, _ in demos], [a for _, a in demos])
-        return ranked[:count]
-
-    @staticmethod
-    def _display(chosen: list[int], selection: Selection) -> list[int]:
-        return chosen[::-1] if selection.relevance_last else chosen
-
-    def _fit(
-        self,
-        context: dict[str, Any],
-        chosen: list[int],
-        selection: Selection,
-        style: Style,
-        backend: Backend,
-        config: GenerationConfig,
-        history: Sequence[ChatMessage] = (),
-    ) -> tuple[PromptInput, list[int], list[tuple[int, str]]]:
-        """Render, dropping the least wanted demonstrations until the prompt plus
-        ``max_tokens`` fits the backend's context window (counted with its own tokenizer).
-
-        Returns the rendering, the demonstrations shown and the dropped ones with the reason.
-        Raises ContextWindowError when the instruction and query alone do not fit.
-        """
-        chosen = list(chosen)
-        rendered = self._render_context(context, self._display(chosen, selection), style, history)
-        window = backend.context_window
-        if window is None:
-            return rendered, chosen, []
-        dropped: list[tuple[int, str]] = []
-        while True:
-            text = rendered if isinstance(rendered, str) else messages_to_text(rendered)
-            tokens = backend.count_tokens(text)
-            if tokens + config.max_tokens <= window:
-                return rendered, chosen, dropped
-            if not chosen:
-                raise ContextWindowError(
-                    f"the instruction and query alone take {tokens} tokens; with max_tokens "
-                    f"{config.max_tokens} they do not fit the context window of {window} "
-                    "(demonstrations were dropped first); shorten the input or lower max_tokens",
-                    prompt_tokens=tokens,
-                    max_tokens=config.max_tokens,
-                    context_window=window,
-                )
-            gone = chosen.pop()
-            dropped.append(
-                (
-                    gone,
-                    f"did not fit: {tokens} prompt tokens + max_tokens {config.max_tokens} > "
-                    f"context window {window}",
-                )
-            )
-            rendered = self._render_context(
-                context, self._display(chosen, selection), style, history
-            )
-
-    def _shots(self, shots: int | None) -> int:
-        if shots is None:
-            return len(self.examples) if self.shots is None else self.shots
-        if not isinstance(shots, int) or not 0 <= shots <= len(self.examples):
-            raise InputValidationError(
-                f"shots={shots!r} but the prompt has {len(self.examples)} example(s); "
-                f"choose 0..{len(self.examples)}"
-            )
-        return shots
-
-    def _render_context(
-        self,
-        context: dict[str, Any],
-        shown: Sequence[int],
-        style: Style,
-        history: Sequence[ChatMessage] = (),
-    ) -> PromptInput:
-        """Render with the examples ``shown`` (indices, in display order). A ``history`` that
-        starts with a system message is the whole conversation so far: only the query follows
-        it; another goes after the turns and demonstrations, before the query."""
-        asked = (
-            [Message(role="user", content=self.query.render(context).strip())]
-            if self.asks_query
-            else []
+    def _validated_examples(self) -> list[BaseModel]:
+        """The examples' inputs, validated (each example's output too, and by ``check``)."""
+        return validate_examples(
+            self.examples, self.input_type, self.output, self.output_type, self.check
         )
-        if history and history[0].role == "system":
-            if style == "completion":
-                return "\n\n".join(
-                    [*(turn_text(m.as_chat()) for m in history), *(m["content"] for m in asked)]
-                )
-            return [*(m.as_chat() for m in history), *asked]
-        header = self._header(context, completion=style == "completion")
-        turns: list[Message] = []
-        before_demos = 0  # the fixed turns before the first conversation come before the demos
-        in_conversation = False
-        for turn in self.turns:
-            if isinstance(turn, ThreadSlot):
-                in_conversation = True
-                turns.extend(thread_messages(context[turn.name]))
-            else:
-                text = turn.template.render(context).strip()
-                turns.append(Message(role=turn.role, content=text))
-                before_demos += not in_conversation
-        every = self._demonstrations()
-        demos = [every[i] for i in shown]
-        fixed, rest = turns[:before_demos], [*turns[before_demos:], *thread_messages(history)]
-        if style == "completion":
-            parts = [header] if header else []
-            parts.extend(m["content"] for m in fixed)
-            parts.extend(f"{q} {a}" for q, a in demos)
-            parts.extend(turn_text(m) for m in rest)
-            parts.extend(m["content"] for m in asked)
-            return "\n\n".join(parts)
-        messages: list[Message] = []
-        if header:
-            messages.append(Message(role="system", content=header))
-        messages.extend(fixed)
-        for q, a in demos:
-            messages.append(Message(role="user", content=q))
-            messages.append(Message(role="assistant", content=a))
-        messages.extend(rest)
-        messages.extend(asked)
-        return messages
-
-    def _header(self, context: dict[str, Any], *, completion: bool) -> str:
-        cacheable = self.instruction.constant and not self.output.bounded
-        if cacheable and completion in self._header_cache:
-            return self._header_cache[completion]
-        parts = [
-            self.system or "",
-            self.instruction.render(context).strip(),
-            self.output.format_instructions(context) if self.format_instructions else "",
-        ]
-        header = "\n\n".join(p.strip() for p in parts if p.strip())
-        if cacheable:
-            self._header_cache[completion] = header
-        return header
-
-    def _demonstrations(self) -> list[tuple[str, str]]:
-        """Each example as (rendered query, answer text), computed once."""
-        if self._demos is None:
-            demos = []
-            for validated, example in zip(self._example_inputs, self.examples, strict=True):
-                context = _context(validated)
-                answer = self.output.validate(example.output, context)
-                demos.append((self.query.render(context).strip(), self.output.serialize(answer)))
-            self._demos = demos
-        return self._demos
 
     # -- running ------------------------------------------------------------------------------
 
@@ -626,7 +299,7 @@ class Prompt(Generic[OutputT]):
             chosen = "chat"
         count = self._shots(shots)
         validated = self.validate_inputs(inputs)
-        context = _context(validated)
+        context = template_context(validated)
         if self.output.bounded:
             self.output.schema_for(context)  # a bound that cannot render fails before any call
         selection = Selection.of(select)
@@ -636,9 +309,11 @@ class Prompt(Generic[OutputT]):
         grammar = self.constraint(backend, constrained, inputs=context, chat=chosen == "chat")
         if grammar is not None:
             config = config.replace(grammar=grammar)
-        ranked = self._choose(context, count, selection)
-        rendered, shown, dropped = self._fit(
-            context, ranked, selection, chosen, backend, config, earlier
+        rendered, shown, dropped = fit_to_window(
+            lambda kept: self._render_context(context, selection.shown(kept), chosen, earlier),
+            self._choose(context, count, selection),
+            backend,
+            config.max_tokens,
         )
         return RunLoop(
             rendered,
@@ -646,21 +321,11 @@ class Prompt(Generic[OutputT]):
             config,
             self.output,
             max_attempts,
-            demonstrations=tuple(self._display(shown, selection)),
+            demonstrations=tuple(selection.shown(shown)),
             dropped=tuple(dropped),
             inputs=context,
-            check=None if self.check is None else self._checker(validated),
+            check=None if self.check is None else partial(run_check, self.check, validated),
         )
-
-    def _checker(self, validated: BaseModel) -> Callable[[Any], str | None]:
-        """The run loop's view of ``check`` for one run's inputs."""
-        check = self.check
-        assert check is not None
-
-        def refusal(output: Any) -> str | None:
-            return run_check(check, validated, output)
-
-        return refusal
 
     def constraint(
         self,
@@ -685,33 +350,9 @@ class Prompt(Generic[OutputT]):
         constrains; ``"fallback"`` is None that falls back to parse-and-re-ask when llguidance
         cannot compile the output type (instead of raising ConstraintError).
         """
-        if constrained not in (None, True, False, "fallback"):
-            raise UsageError(
-                f"constrained must be None, True, False or 'fallback', got {constrained!r}"
-            )
-        if constrained is False:
-            return None
-        masks = backend.capabilities.token_masks
-        spans = span_grammar(self.output, inputs) if inputs is not None and masks else None
-        grammar = grammar_for(self.output, inputs) if spans is None else spans
-        if grammar is None:
-            return None
-        if not backend.capabilities.enforces(grammar, chat=chat):
-            if constrained is True:
-                raise UnsupportedCapabilityError(
-                    backend.name,
-                    "constrained decoding (token masks)",
-                    "use a local backend (scratch, hf), or run with constrained=None",
-                )
-            return None
-        try:
-            grammar.compiled()
-        except ConstraintError as exc:
-            if constrained != "fallback":
-                raise
-            logger.info("constraints off for %s, parsing and re-asking instead: %s", self, exc)
-            return None
-        return grammar
+        return decoding_grammar(
+            self.output, backend, constrained, inputs=inputs, chat=chat, owner=self
+        )
 
     def run(
         self,
@@ -811,13 +452,13 @@ class Prompt(Generic[OutputT]):
 
         ``normalize`` divides each label's log-probability by its length in tokens;
         ``calibrate`` divides the label probabilities by those given for a content-free input
-        (every text field set to ``content_free``) before choosing. Needs a label output type
-        (``Literal`` / ``Enum`` / ``labels:``) and a backend that scores
-        (UnsupportedCapabilityError otherwise).
-        """
-        from .scoring import Classification, score_continuations, softmax
-        from .scoring import calibrate as calibrated_by
+        (every text field set to ``content_free``) before choosing (see
+        :func:`promptkit.scoring.classify_labels`).
 
+        Raises UsageError unless the output type is a label set (``Literal`` / ``Enum`` /
+        ``labels:``), UnsupportedCapabilityError when the backend cannot score, and
+        InputValidationError for bad inputs or shots.
+        """
         if self.output.kind != "label":
             raise UsageError(
                 "classify needs a label output type (Literal[...], an Enum or labels: [...]); "
@@ -825,36 +466,16 @@ class Prompt(Generic[OutputT]):
             )
         backend.require("loglikelihood")
         count = self._shots(shots)
-        validated = self.validate_inputs(inputs)
+        context = template_context(self.validate_inputs(inputs))
         selection = Selection.of(select)
-        shown = self._display(self._choose(_context(validated), count, selection), selection)
-        labels = self.output.labels
-        verbalised = [" " + label for label in labels]  # as demonstrations write answers
-
-        def label_probabilities(context: dict[str, Any]) -> tuple[list[float], tuple[float, ...]]:
-            text = self._render_context(context, shown, "completion")
-            assert isinstance(text, str)
-            scored = score_continuations(backend, text, verbalised)
-            scores = [score for score, _ in scored]
-            decisive = [s / max(n, 1) for s, n in scored] if normalize else scores
-            return scores, softmax(decisive)
-
-        scores, probabilities = label_probabilities(_context(validated))
-        calibrated = None
-        if calibrate:
-            blank = {
-                key: content_free if isinstance(value, str) else value
-                for key, value in _context(validated).items()
-            }
-            calibrated = calibrated_by(probabilities, label_probabilities(blank)[1])
-        decisive = calibrated or probabilities
-        best = max(range(len(labels)), key=decisive.__getitem__)
-        return Classification(
-            label=self.output.validate(labels[best]),
-            labels=labels,
-            scores=tuple(scores),
-            probabilities=probabilities,
-            calibrated=calibrated,
+        shown = selection.shown(self._choose(context, count, selection))
+        return classify_labels(
+            lambda values: self._render_context(values, shown, "completion"),
+            context,
+            self.output,
+            backend=backend,
+            normalize=normalize,
+            content_free=content_free if calibrate else None,
         )
 
     def run_batch(
@@ -871,20 +492,12 @@ class Prompt(Generic[OutputT]):
         With ``return_exceptions=True`` a failed item's promptkit error takes its place in the
         list instead of being raised.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
-        _check_concurrency(concurrency)
-
-        def one(item: Mapping[str, Any] | BaseModel) -> Result[OutputT] | Exception:
-            try:
-                return self.run(item, backend=backend, **options)
-            except PromptkitError as exc:
-                if return_exceptions:
-                    return exc
-                raise
-
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            return list(pool.map(one, inputs))
+        return run_each(
+            lambda item: self.run(item, backend=backend, **options),
+            inputs,
+            concurrency=concurrency,
+            return_exceptions=return_exceptions,
+        )
 
     async def arun_batch(
         self,
@@ -896,44 +509,9 @@ class Prompt(Generic[OutputT]):
         **options: Any,
     ) -> list[Result[OutputT] | Exception]:
         """The async twin of :meth:`run_batch`."""
-        import asyncio
-
-        _check_concurrency(concurrency)
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(item: Mapping[str, Any] | BaseModel) -> Result[OutputT] | Exception:
-            async with gate:
-                try:
-                    return await self.arun(item, backend=backend, **options)
-                except Exception as exc:
-                    if return_exceptions and isinstance(exc, PromptkitError):
-                        return exc
-                    raise
-
-        return list(await asyncio.gather(*(one(i) for i in inputs)))
-
-
-def _check_concurrency(concurrency: int) -> None:
-    if not isinstance(concurrency, int) or concurrency < 1:
-        raise UsageError(f"concurrency must be a positive integer, got {concurrency!r}")
-
-
-def _infer_input_type(names: frozenset[str], threads: Sequence[str] = ()) -> type[BaseModel]:
-    fields: dict[str, Any] = {name: (Any, ...) for name in sorted(names)}
-    fields.update({name: (list[ChatMessage], []) for name in threads})
-    model: type[BaseModel] = create_model("Inputs", __config__=ConfigDict(extra="forbid"), **fields)
-    return model
-
-
-def _input_problems(exc: ValidationError, model: type[BaseModel]) -> str:
-    problems = []
-    for error in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in error["loc"]) or "inputs"
-        if error["type"] == "missing":
-            problems.append(f"missing input {where!r}")
-        elif error["type"] == "extra_forbidden":
-            problems.append(f"unknown input {where!r}")
-        else:
-            problems.append(f"input {where!r}: {error['msg']} (got {error['input']!r:.60})")
-    fields = ", ".join(model.model_fields) or "none"
-    return "invalid inputs: " + "; ".join(problems) + f". The inputs are: {fields}."
+        return await arun_each(
+            lambda item: self.arun(item, backend=backend, **options),
+            inputs,
+            concurrency=concurrency,
+            return_exceptions=return_exceptions,
+        )

@@ -14,16 +14,18 @@ local backends, characters elsewhere) so long answers are not penalised for thei
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
+    from .backends.base import Backend, PromptInput
+    from .parsing import OutputSpec
 
 __all__ = [
     "ChoiceResult",
     "Classification",
+    "classify_labels",
     "multiple_choice",
     "score_continuations",
     "softmax",
@@ -97,6 +99,54 @@ def multiple_choice(
     decisive = result._decisive()
     best = max(range(len(decisive)), key=decisive.__getitem__)
     return ChoiceResult(best, result.choices, result.scores, result.lengths, normalize)
+
+
+def classify_labels(
+    render: Callable[[dict[str, Any]], PromptInput],
+    inputs: dict[str, Any],
+    output: OutputSpec,
+    *,
+    backend: Backend,
+    normalize: bool = False,
+    content_free: str | None = None,
+) -> Classification:
+    """Choose one of ``output``'s labels (a label output spec) by likelihood: score each
+    label's verbalisation as a continuation of ``render(inputs)`` (a completion string) and
+    take the most probable; this is :meth:`promptkit.Prompt.classify` once the prompt has
+    chosen its demonstrations.
+
+    ``normalize`` divides each label's log-probability by its length in tokens; a
+    ``content_free`` string calibrates: the label probabilities are divided by those given
+    for a content-free input (every text input set to that string) before choosing. Raises
+    UnsupportedCapabilityError when the backend cannot score.
+    """
+    labels = output.labels
+    verbalised = [" " + label for label in labels]  # as demonstrations write answers
+
+    def label_probabilities(context: dict[str, Any]) -> tuple[list[float], tuple[float, ...]]:
+        text = render(context)
+        assert isinstance(text, str)
+        scored = score_continuations(backend, text, verbalised)
+        scores = [score for score, _ in scored]
+        decisive = [s / max(n, 1) for s, n in scored] if normalize else scores
+        return scores, softmax(decisive)
+
+    scores, probabilities = label_probabilities(inputs)
+    calibrated = None
+    if content_free is not None:
+        blank = {
+            key: content_free if isinstance(value, str) else value for key, value in inputs.items()
+        }
+        calibrated = calibrate(probabilities, label_probabilities(blank)[1])
+    decisive = calibrated or probabilities
+    best = max(range(len(labels)), key=decisive.__getitem__)
+    return Classification(
+        label=output.validate(labels[best]),
+        labels=labels,
+        scores=tuple(scores),
+        probabilities=probabilities,
+        calibrated=calibrated,
+    )
 
 
 def softmax(values: Sequence[float]) -> tuple[float, ...]:

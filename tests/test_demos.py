@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NoReturn
 
 import pytest
 
@@ -135,3 +135,27 @@ def test_without_a_known_window_nothing_is_dropped():
     backend = ScriptedBackend(["positive"])
     result = PROMPT.run({"text": "x"}, backend=backend)
     assert result.demonstrations == tuple(range(len(POOL))) and result.dropped == ()
+
+
+def test_choosing_in_the_pools_order_renders_nothing():
+    def refuse() -> NoReturn:
+        raise AssertionError("rendered although the pool's order is kept")
+
+    assert Selection().choose(2, refuse, refuse) == [0, 1]
+    assert Selection("similar").choose(0, refuse, refuse) == []
+    chosen = Selection("similar").choose(2, lambda: "warm soup", lambda: POOL)
+    assert chosen == [3, 0] and Selection("similar").shown(chosen) == [0, 3]
+    assert Selection("random").shown([2, 1]) == [2, 1]
+
+
+def test_fit_to_window_renders_with_fewer_demonstrations_until_it_fits():
+    from promptkit.demos import fit_to_window
+
+    backend = CountingBackend([], context_window=10)
+    rendered, shown, dropped = fit_to_window(
+        lambda kept: "word " * (4 + 2 * len(kept)), [5, 2, 7], backend, 2
+    )
+    assert (rendered, shown) == ("word " * 8, [5, 2])
+    assert dropped == [(7, "did not fit: 10 prompt tokens + max_tokens 2 > context window 10")]
+    with pytest.raises(ContextWindowError, match="alone take 4 tokens; with max_tokens 7"):
+        fit_to_window(lambda kept: "word " * (4 + 2 * len(kept)), [1], backend, 7)

@@ -291,3 +291,73 @@ def test_score_on_a_backend_that_cannot_score_fails_before_any_item():
     with pytest.raises(UnsupportedCapabilityError, match="loglikelihood"):
         evaluate(LABELS, items, backend=backend, method="score")
     assert backend.requests == []
+
+
+def test_plan_checks_templates_data_and_shots_before_any_backend(tmp_path):
+    from promptkit.evaluate import plan_evaluation
+
+    data = write_jsonl(tmp_path / "data.jsonl", [{"text": "fine", "expected": "positive"}] * 3)
+    plan = plan_evaluation(["sentiment"], data, shots=[0, 2])
+    assert plan.first[0] == "sentiment" and plan.shots == (0, 2) and plan.total == 6
+    assert len(plan.pools["sentiment"]) == len(pk.load_prompt("sentiment").examples)
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"text": "ok", "expected": "positive"}])
+    with pytest.raises(UsageError, match="shots=2 but the pool has 1"):
+        plan_evaluation(["sentiment"], data, shots=[2], pool=pool)
+    with pytest.raises(UsageError, match="the two templates have the same name"):
+        plan_evaluation(["sentiment", "sentiment"], data, shots=[0])
+    with pytest.raises(UsageError, match="evaluate one template, or two to compare; got 3"):
+        plan_evaluation(["sentiment"] * 3, data, shots=[0])
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n')
+    with pytest.raises(InputValidationError, match=r"bad\.jsonl:1: no 'expected' field"):
+        plan_evaluation(["sentiment"], tmp_path / "bad.jsonl", shots=[0])
+
+
+def test_run_evaluation_pairs_two_templates_item_by_item(tmp_path):
+    from promptkit.evaluate import plan_evaluation, run_evaluation
+
+    rows = [{"text": f"review {i}", "expected": "positive"} for i in range(3)]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    other = tmp_path / "other.prompty"
+    source = Path(pk.load_prompt("sentiment").source).read_text()
+    other.write_text(source.replace("name: sentiment", "name: sentiment_b"))
+    plan = plan_evaluation(["sentiment", other], data, shots=[0])
+    # the first template is right on every item, the second on none
+    backend = ScriptedBackend(["positive"] * 3 + ["negative"] * 3)
+    outcome = run_evaluation(plan, backend=backend, max_tokens=7)
+    assert list(outcome.runs) == ["sentiment", "sentiment_b"]
+    assert [r.accuracy for (r,) in outcome.runs.values()] == [1.0, 0.0]
+    (comparison,) = outcome.comparisons
+    assert (comparison.only_first, comparison.only_second) == (3, 0)
+    assert {request.config.max_tokens for request in backend.requests} == {7}
+    alone = plan_evaluation(["sentiment"], data, shots=[0])
+    outcome = run_evaluation(alone, backend=ScriptedBackend(["positive"] * 3))
+    assert outcome.runs["sentiment"][0].accuracy == 1.0
+    assert outcome.comparisons == []
+
+
+def test_compare_runs_needs_the_same_shot_counts():
+    from promptkit.evaluate import compare_runs
+
+    items = [EvalItem(1, {"text": "a"}, "positive")]
+    one = evaluate(LABELS, items, backend=ScriptedBackend(["positive"] * 2), shots=[0, 1])
+    other = evaluate(LABELS, items, backend=ScriptedBackend(["negative"]), shots=[1])
+    with pytest.raises(UsageError, match="the same shot counts"):
+        compare_runs(one, other)
+    (comparison,) = compare_runs(one[1:], other)
+    assert (comparison.shots, comparison.only_first, comparison.only_second) == (1, 1, 0)
+
+
+def test_model_calls_note_counts_what_reached_the_model():
+    from promptkit.evaluate import model_calls
+
+    items = [EvalItem(1, {"text": "a"}, "positive")]
+    runs = {
+        "labels": evaluate(LABELS, items, backend=ScriptedBackend(["positive"] * 2), shots=[0, 1])
+    }
+    assert model_calls(runs, None, scoring=False) == "2 model call(s) (no cache)"
+    assert (
+        model_calls(runs, 1, scoring=False) == "1 model call(s) for 2 request(s) (1 from the cache)"
+    )
+    assert (
+        model_calls(runs, 0, scoring=True) == "2 model call(s) for 2 request(s) (0 from the cache)"
+    )

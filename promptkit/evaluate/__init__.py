@@ -9,7 +9,8 @@ Per shot count the report gives accuracy (exact match; for records also the shar
 that match), validity (answers that parsed and validated), mean attempts, tokens and latency,
 and every item's inputs, prediction, raw text and attempts. Two templates on the same data are
 compared with McNemar's exact test on the items each got right (paired: the same items, the
-same backend). ``report.json`` is a :class:`Report` (``schema_version`` "1"): read one back
+same backend); :func:`plan_evaluation` and :func:`run_evaluation` are the ``eval`` command's
+steps. ``report.json`` is a :class:`Report` (``schema_version`` "1"): read one back
 with ``Report.model_validate_json(path.read_text())``.
 
 Code templates are measured by pass@k instead (:func:`run_pass_at_k`): completions generated
@@ -39,9 +40,11 @@ from ._humaneval import (
     load_samples,
     program_for,
 )
+from ._metrics import compare_runs, mcnemar
 from ._passk import mean_pass_at_k, parse_ks, pass_at_k
-from ._report import markdown, write_report
-from ._runs import EvalItem, check_shots, evaluate, load_dataset, mcnemar, pool_from
+from ._plan import EvalOutcome, EvalPlan, plan_evaluation, run_evaluation
+from ._report import comparison_line, markdown, model_calls, write_report
+from ._runs import EvalItem, check_shots, evaluate, load_dataset, pool_from
 from ._sandbox import Execution, Sandbox, SandboxLimits
 from ._schema import (
     REPORT_SCHEMA_VERSION,
@@ -63,6 +66,8 @@ __all__ = [
     "CodeProblem",
     "Comparison",
     "EvalItem",
+    "EvalOutcome",
+    "EvalPlan",
     "Execution",
     "ItemResult",
     "PassAtKOptions",
@@ -74,6 +79,8 @@ __all__ = [
     "SandboxLimits",
     "ShotReport",
     "check_shots",
+    "compare_runs",
+    "comparison_line",
     "completion_from_answer",
     "completion_stops",
     "evaluate",
@@ -84,11 +91,14 @@ __all__ = [
     "markdown",
     "mcnemar",
     "mean_pass_at_k",
+    "model_calls",
     "parse_ks",
     "pass_at_k",
     "pass_at_k_markdown",
+    "plan_evaluation",
     "pool_from",
     "program_for",
+    "run_evaluation",
     "run_pass_at_k",
     "sampling_config",
     "score_candidates",

@@ -1,5 +1,6 @@
 """Writing an evaluation's reports: ``report.json`` (the :class:`Report` schema), ``report.md``
-(tables) and ``accuracy.png`` (accuracy against shots)."""
+(tables) and ``accuracy.png`` (accuracy against shots); and the one-line summaries the ``eval``
+command prints."""
 
 from __future__ import annotations
 
@@ -27,6 +28,27 @@ def markdown(name: str, reports: Sequence[ShotReport]) -> str:
             f"{r.mean_latency_s:.3f} | {len(r.errors)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def comparison_line(comparison: Comparison) -> str:
+    """One line saying which template alone got how many items right, and McNemar's p."""
+    return (
+        f"shots {comparison.shots}: only first right {comparison.only_first}, only second "
+        f"right {comparison.only_second}, McNemar p = {comparison.p_value:.3g}"
+    )
+
+
+def model_calls(runs: dict[str, list[ShotReport]], generated: int | None, *, scoring: bool) -> str:
+    """How many of an evaluation's requests reached the model. ``generated``: the generations
+    the response cache passed on (None: no cache, so every request did); scoring requests are
+    never cached."""
+    requests = sum(report.requests for reports in runs.values() for report in reports)
+    if generated is None:
+        return f"{requests} model call(s) (no cache)"
+    reached = generated + (requests if scoring else 0)
+    return (
+        f"{reached} model call(s) for {requests} request(s) ({requests - reached} from the cache)"
+    )
 
 
 def write_report(

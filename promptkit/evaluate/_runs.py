@@ -1,4 +1,4 @@
-"""Running a template on a dataset, for several shot counts; McNemar's test between two.
+"""Running a template on a dataset, for several shot counts.
 
 See :mod:`promptkit.evaluate` for the dataset format and what is measured.
 """
@@ -6,7 +6,6 @@ See :mod:`promptkit.evaluate` for the dataset format and what is measured.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from ..errors import (
     UsageError,
 )
 from ..prompt import Example, Prompt
-from ._schema import AttemptRecord, Comparison, ItemResult, ShotReport
+from ._schema import AttemptRecord, ItemResult, ShotReport
 
 
 @dataclass(frozen=True)
@@ -119,21 +118,35 @@ def evaluate(
     pool = list(prompt.examples if pool is None else pool)
     check_shots(shots, pool)
     run = _ItemRun(prompt, backend, select, config, max_attempts, method)
-    variants: dict[tuple[int, ...], Prompt[Any]] = {(): prompt.with_examples(pool)}
+    demonstrations = _PoolPrompts(prompt, pool)
     reports = []
     for count in shots:
         results = []
         for item in items:
-            excluded = tuple(i for i, e in enumerate(pool) if _same_input(e, item)) if count else ()
-            if excluded not in variants:
-                kept = [e for i, e in enumerate(pool) if i not in excluded]
-                variants[excluded] = prompt.with_examples(kept)
-            runner = variants[excluded]
+            runner = demonstrations.for_item(item) if count else demonstrations.whole
             results.append(run(runner, item, min(count, len(runner.examples))))
             if on_item is not None:
                 on_item()
         reports.append(_summary(count, results, records=prompt.output.is_object))
     return reports
+
+
+class _PoolPrompts:
+    """The prompt with the pool as its examples, less, for an item, the pool examples with the
+    item's own input (an item is never its own demonstration); one copy per exclusion."""
+
+    def __init__(self, prompt: Prompt[Any], pool: list[Example]):
+        self._prompt = prompt
+        self._pool = pool
+        self.whole = prompt.with_examples(pool)
+        self._copies: dict[tuple[int, ...], Prompt[Any]] = {(): self.whole}
+
+    def for_item(self, item: EvalItem) -> Prompt[Any]:
+        excluded = tuple(i for i, e in enumerate(self._pool) if _same_input(e, item))
+        if excluded not in self._copies:
+            kept = [e for i, e in enumerate(self._pool) if i not in excluded]
+            self._copies[excluded] = self._prompt.with_examples(kept)
+        return self._copies[excluded]
 
 
 @dataclass(frozen=True)
@@ -273,22 +286,6 @@ def _field_share(output: Any, expected: Any) -> float:
         same = sum(bool(getattr(output, n, None) == getattr(expected, n)) for n in names)
         return same / len(names)
     return float(output == expected)
-
-
-def mcnemar(first: Sequence[bool], second: Sequence[bool], shots: int = 0) -> Comparison:
-    """McNemar's exact (binomial) test on paired per-item correctness."""
-    if len(first) != len(second):
-        raise UsageError("the two runs must cover the same items")
-    only_first = sum(a and not b for a, b in zip(first, second, strict=True))
-    only_second = sum(b and not a for a, b in zip(first, second, strict=True))
-    n = only_first + only_second
-    if n == 0:
-        return Comparison(shots=shots, only_first=0, only_second=0, p_value=1.0)
-    k = min(only_first, only_second)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return Comparison(
-        shots=shots, only_first=only_first, only_second=only_second, p_value=min(1.0, 2 * tail)
-    )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -217,25 +217,25 @@ def test_plain_scratch_is_the_model_shipped_in_the_package(hf_folder, tmp_path, 
     import shutil
 
     import promptkit.models
-    from promptkit.cli import _backend_for
+    from promptkit._cli_options import backend_for
 
     monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
     monkeypatch.setattr(promptkit.models, "MINI", tmp_path / "mini")
     with pytest.raises(ConfigurationError, match="ships no default model"):
         pk.get_backend("scratch")
     with pytest.raises(pk.errors.UsageError, match="no backend: pass --backend"):
-        _backend_for(None, pk.load_prompt("sentiment"))
+        backend_for(None, pk.load_prompt("sentiment"))
     shutil.copytree(hf_folder, tmp_path / "mini")
     for chosen in (
         pk.get_backend("scratch"),
         pk.get_backend(),
-        _backend_for(None, pk.load_prompt("sentiment")),
+        backend_for(None, pk.load_prompt("sentiment")),
     ):
         assert chosen.name == "scratch:promptkit-mini"
         assert chosen.weights_path == tmp_path / "mini" / "model.safetensors"
     monkeypatch.setenv("PROMPTKIT_BACKEND", f"scratch:{hf_folder}")
     assert pk.get_backend().name == f"scratch:{hf_folder}"  # the environment wins
-    assert _backend_for("scripted", None).name == "scripted"  # --backend wins
+    assert backend_for("scripted", None).name == "scripted"  # --backend wins
 
 
 def test_position_embeddings_start_from_sinusoids():

@@ -40,6 +40,14 @@ def positive(inputs: Any, out: int) -> bool:
     return out > 0
 
 
+def refused() -> None:
+    """Prompt's options are typed through its overloads: a wrong value or an unknown name is
+    a type error (an unused ignore below fails mypy, so these lines check it)."""
+    pk.Prompt(query="{{ text }}", shots="all")  # type: ignore[call-overload]
+    pk.Prompt(query="{{ text }}", output_type=int, stlye="chat")  # type: ignore[call-overload]
+    pk.Prompt(query="{{ text }}", output_type=pk.Regex("a"), style="prose")  # type: ignore[call-overload]
+
+
 def attempts_of(error: pk.errors.OutputValidationError) -> None:
     first = error.attempts[0]
     assert_type(first.text, str)

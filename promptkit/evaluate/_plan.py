@@ -1,0 +1,132 @@
+"""An evaluation as the ``eval`` command runs it: one template, or two to compare, on one
+dataset for several shot counts.
+
+Everything that can be checked without a model is checked when the plan is made (the
+templates, every dataset and pool line, the shot counts), so a mistake fails before any
+backend is built; :func:`run_evaluation` then runs each template and pairs two with McNemar's
+test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..backends.base import Backend, GenerationConfig
+from ..demos import Selection, Strategy
+from ..errors import UsageError
+from ..files import load_prompt
+from ..prompt import Example, Prompt
+from ._metrics import compare_runs
+from ._runs import EvalItem, check_shots, evaluate, load_dataset, pool_from
+from ._schema import Comparison, ShotReport
+
+__all__ = ["EvalOutcome", "EvalPlan", "plan_evaluation", "run_evaluation"]
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """The templates to evaluate, by name, each with its dataset items and demonstration pool
+    (all validated), and the shot counts (each within every pool)."""
+
+    prompts: dict[str, Prompt[Any]]
+    items: dict[str, list[EvalItem]]
+    pools: dict[str, list[Example]]
+    shots: tuple[int, ...]
+
+    @property
+    def first(self) -> tuple[str, Prompt[Any]]:
+        """The first template's name and prompt (its model.configuration is the default
+        backend's, its name the default report folder's)."""
+        return next(iter(self.prompts.items()))
+
+    @property
+    def total(self) -> int:
+        """How many item runs the plan holds: every item of every template per shot count."""
+        return sum(len(items) for items in self.items.values()) * len(self.shots)
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    """Each template's reports (one per shot count) and, for two, their comparisons."""
+
+    runs: dict[str, list[ShotReport]]
+    comparisons: list[Comparison]
+
+
+def plan_evaluation(
+    templates: Sequence[str | Path],
+    data: str | Path,
+    *,
+    shots: Sequence[int],
+    pool: str | Path | None = None,
+    expected_key: str = "expected",
+) -> EvalPlan:
+    """Load one template, or two to compare, and for each its dataset ``data`` and its
+    demonstration pool (the JSONL file ``pool``, else the template's own examples).
+
+    A template's name is its ``name``, else its file's stem. Raises UsageError for no or more
+    than two templates, two with the same name, or a shot count larger than a pool;
+    InputValidationError naming the file and line of a bad dataset or pool line; and whatever
+    loading a template raises (TemplateError, ...).
+    """
+    if not 1 <= len(templates) <= 2:
+        raise UsageError(f"evaluate one template, or two to compare; got {len(templates)}")
+    prompts = {}
+    for path in templates:
+        prompt = load_prompt(path)
+        prompts[prompt.name or Path(path).stem] = prompt
+    if len(prompts) < len(templates):
+        raise UsageError("the two templates have the same name; rename one to compare them")
+    items, pools = {}, {}
+    for name, prompt in prompts.items():
+        items[name] = load_dataset(data, prompt, expected_key=expected_key)
+        pools[name] = (
+            pool_from(load_dataset(pool, prompt, expected_key=expected_key))
+            if pool
+            else list(prompt.examples)
+        )
+        check_shots(shots, pools[name])
+    return EvalPlan(prompts, items, pools, tuple(shots))
+
+
+def run_evaluation(
+    plan: EvalPlan,
+    *,
+    backend: Backend,
+    select: Selection | Strategy | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_attempts: int = 1,
+    method: Literal["generate", "score"] = "generate",
+    on_item: Callable[[], None] | None = None,
+) -> EvalOutcome:
+    """Run every template of ``plan`` on its items for each shot count (see :func:`evaluate`;
+    ``max_tokens``, ``temperature`` and ``top_p``, when given, override each template's own)
+    and compare two templates item by item.
+
+    Raises what :func:`evaluate` raises before its first item (UsageError,
+    UnsupportedCapabilityError); an item's own failure is recorded in its report.
+    """
+    runs = {}
+    for name, prompt in plan.prompts.items():
+        config = prompt.config or GenerationConfig()
+        sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+        config = config.replace(**{k: v for k, v in sampling.items() if v is not None})
+        runs[name] = evaluate(
+            prompt,
+            plan.items[name],
+            backend=backend,
+            shots=plan.shots,
+            pool=plan.pools[name],
+            select=select,
+            config=config,
+            max_attempts=max_attempts,
+            on_item=on_item,
+            method=method,
+        )
+    comparisons = compare_runs(*runs.values()) if len(runs) == 2 else []
+    return EvalOutcome(runs, comparisons)
