@@ -259,12 +259,12 @@ class TokenMasker:
         row.produced += 1
         row.since += 1
         taken = self._bytes(token) if token != self.eos else b""
-        if row.tail is not None and row.tail.startswith(taken):
-            row.tail = row.tail[len(taken) :]  # the rest of the ending still ends the answer
-            row.ending = row.ending[1:] if row.ending and row.ending[0] == token else None
-        elif token in row.endings_after:  # found when the token was checked
+        if token in row.endings_after:  # found when the token was checked: it fits the budget
             row.tail, row.ending = row.endings_after[token]
             row.ending_length, row.since = len(row.ending), 0
+        elif row.tail is not None and row.tail.startswith(taken):
+            row.tail = row.tail[len(taken) :]  # the rest of the ending still ends the answer
+            row.ending = row.ending[1:] if row.ending and row.ending[0] == token else None
         else:
             row.tail = row.ending = None
         row.endings_after.clear()

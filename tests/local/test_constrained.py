@@ -24,7 +24,7 @@ from promptkit.outputs import Lark, Regex
 from promptkit.parsing import output_spec
 from promptkit.schema import type_from_schema
 
-from .conftest import make_hf_gpt2
+from .conftest import GPT2_TOKENIZER, make_hf_gpt2
 
 pytest.importorskip("llguidance")
 
@@ -204,6 +204,109 @@ def test_generated_schemas_always_give_valid_answers(scratch, schema, temperatur
         completion = scratch.generate("JSON:", config.replace(max_tokens=exc.min_tokens))
     spec.parse(completion.text)  # raises OutputParseError when invalid
     assert grammar.matches(completion.text), completion.text
+
+
+# Found by the test above with GPT-2's tokenizer (hypothesis, max_examples=30).
+BUDGET_COUNTEREXAMPLE = _object(
+    {
+        "a": {
+            "anyOf": [
+                _object(
+                    {
+                        "a": {"type": "string"},
+                        "b": {"type": "string"},
+                        "x_1": {"type": "string"},
+                        "name": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+                    },
+                    [False, False, True, True],
+                ),
+                {"type": "null"},
+            ]
+        },
+        "kind": {"type": "boolean"},
+        "name": _object(
+            {
+                "a": {
+                    "type": "array",
+                    "items": {"type": "number", "minimum": 9.5, "maximum": 10.5},
+                    "minItems": 2,
+                    "maxItems": 2,
+                },
+                "b": {"type": "string"},
+            },
+            [True, True],
+        ),
+    },
+    [True, False, True, False],
+)
+
+
+@pytest.mark.skipif(
+    not (GPT2_TOKENIZER / "tokenizer.json").is_file(),
+    reason="the counterexample was found with GPT-2's tokenizer (../shared/data/gpt2-tokenizer)",
+)
+def test_a_token_allowed_near_the_budget_keeps_the_ending_it_was_checked_with(scratch):
+    """With 10 tokens left the ending found was '10,9.5],"b":""}}' (10 tokens). The sampled '1'
+    was allowed because '0,10],"b":""}}' fits after it, but the decoder then kept the rest of the
+    older ending, '0,9.5],"b":""}}', one token too many: the answer was cut off at max_tokens
+    before its two closing braces."""
+    spec = output_spec(type_from_schema(BUDGET_COUNTEREXAMPLE, name="Generated"))
+    grammar = grammar_for(spec)
+    assert grammar is not None
+    config = GenerationConfig(max_tokens=80, temperature=1.0, seed=8120, grammar=grammar)
+    completion = scratch.generate("JSON:", config)
+    assert completion.usage.completion_tokens == 80  # the budget is what ended the answer
+    assert grammar.matches(completion.text), completion.text
+    spec.parse(completion.text)
+
+
+@pytest.fixture(scope="module")
+def mini_tokenizer_scratch(tmp_path_factory: pytest.TempPathFactory):
+    """A random GPT-2 over promptkit-mini's tokenizer (shipped in the package)."""
+    folder = make_hf_gpt2(tmp_path_factory.mktemp("mini-tokenizer-gpt2"), mini_tokenizer=True)
+    return pk.get_backend(f"scratch:{folder}", device="cpu")
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_model_that_spells_numbers_out_still_ends_within_the_budget(
+    mini_tokenizer_scratch, monkeypatch, temperature
+):
+    """A model that prefers the shortest tokens writes '1', '0' where the ending found has '10':
+    the guard allows '1' (an ending fits after it) and must then keep that ending, not the rest
+    of the one it had (with promptkit-mini's tokenizer, max_tokens 10 and 11 were cut off)."""
+    backend = mini_tokenizer_scratch
+    vocab = backend.model.config.vocab_size
+    length = [len(backend.tokenizer.decode([t]).encode()) for t in range(vocab)]
+    shortest_first = -torch.tensor(length, dtype=torch.float) + torch.linspace(0, 0.5, vocab)
+    monkeypatch.setattr(
+        backend.model, "logits", lambda hidden: shortest_first.repeat(hidden.size(0), 1)
+    )
+    pair = _object(
+        {
+            "a": {
+                "type": "array",
+                "items": {"type": "number", "minimum": 9.5, "maximum": 10.5},
+                "minItems": 2,
+                "maxItems": 2,
+            }
+        },
+        [True],
+    )
+    spec = output_spec(type_from_schema(pair, name="Pair"))
+    grammar = grammar_for(spec)
+    assert grammar is not None
+    for max_tokens in range(6, 16):
+        config = GenerationConfig(
+            max_tokens=max_tokens, temperature=temperature, seed=1, grammar=grammar
+        )
+        try:
+            completion = backend.generate("JSON:", config)
+        except ConstraintError as exc:
+            assert exc.min_tokens is not None and exc.min_tokens > max_tokens
+            continue
+        assert completion.usage.completion_tokens <= max_tokens
+        assert grammar.matches(completion.text), (max_tokens, completion.text)
+        assert len(spec.parse(completion.text).a) == 2
 
 
 # -- batching, fast-forward, streaming ----------------------------------------------------------
