@@ -146,7 +146,14 @@ class TokenMasker:
         )
 
     def _check_budget(self) -> None:
-        ending = self._ending(self.rows[0])
+        """Find the answer's shortest ending, before any token, for every row (they all start in
+        the same state: a row without it would look far from its budget and be left unguarded
+        for its first tokens). Raises ConstraintError when it does not fit ``max_tokens``."""
+        first = self.rows[0]
+        ending = self._ending(first)
+        for row in self.rows[1:]:
+            row.tail, row.ending_length = first.tail, first.ending_length
+            row.ending = None if ending is None else list(ending)
         if ending is not None and len(ending) > self.max_tokens:
             text = self.tokenizer.decode_str(ending)
             raise ConstraintError(

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import promptkit as pk
 from promptkit.backends import GenerationConfig
 from promptkit.backends.hf import GrammarLogitsProcessor
-from promptkit.backends.masking import TokenMasker, llg_tokenizer
+from promptkit.backends.masking import NEAR, SLACK, TokenMasker, llg_tokenizer
 from promptkit.backends.scripted import ScriptedBackend
 from promptkit.errors import ConstraintError, UnsupportedCapabilityError
 from promptkit.grammar import Grammar, grammar_for
@@ -267,32 +267,39 @@ def mini_tokenizer_scratch(tmp_path_factory: pytest.TempPathFactory):
     return pk.get_backend(f"scratch:{folder}", device="cpu")
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_a_model_that_spells_numbers_out_still_ends_within_the_budget(
-    mini_tokenizer_scratch, monkeypatch, temperature
-):
-    """A model that prefers the shortest tokens writes '1', '0' where the ending found has '10':
-    the guard allows '1' (an ending fits after it) and must then keep that ending, not the rest
-    of the one it had (with promptkit-mini's tokenizer, max_tokens 10 and 11 were cut off)."""
+@pytest.fixture
+def shortest_first(mini_tokenizer_scratch, monkeypatch):
+    """That model made to prefer the shortest tokens: it spells '10' as '1', '0' and '{"' as
+    '{', '"', so each token it may choose costs the budget most."""
     backend = mini_tokenizer_scratch
     vocab = backend.model.config.vocab_size
     length = [len(backend.tokenizer.decode([t]).encode()) for t in range(vocab)]
-    shortest_first = -torch.tensor(length, dtype=torch.float) + torch.linspace(0, 0.5, vocab)
+    preference = -torch.tensor(length, dtype=torch.float) + torch.linspace(0, 0.5, vocab)
     monkeypatch.setattr(
-        backend.model, "logits", lambda hidden: shortest_first.repeat(hidden.size(0), 1)
+        backend.model, "logits", lambda hidden: preference.repeat(hidden.size(0), 1)
     )
-    pair = _object(
-        {
-            "a": {
-                "type": "array",
-                "items": {"type": "number", "minimum": 9.5, "maximum": 10.5},
-                "minItems": 2,
-                "maxItems": 2,
-            }
-        },
-        [True],
-    )
-    spec = output_spec(type_from_schema(pair, name="Pair"))
+    return backend
+
+
+PAIR = _object(
+    {
+        "a": {
+            "type": "array",
+            "items": {"type": "number", "minimum": 9.5, "maximum": 10.5},
+            "minItems": 2,
+            "maxItems": 2,
+        }
+    },
+    [True],
+)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_model_that_spells_numbers_out_still_ends_within_the_budget(shortest_first, temperature):
+    """Where the ending found has '10' the model writes '1': the guard allows it (an ending fits
+    after it) and must then keep that ending, not the rest of the one it had (with
+    promptkit-mini's tokenizer, max_tokens 10 and 11 were cut off)."""
+    spec = output_spec(type_from_schema(PAIR, name="Pair"))
     grammar = grammar_for(spec)
     assert grammar is not None
     for max_tokens in range(6, 16):
@@ -300,13 +307,38 @@ def test_a_model_that_spells_numbers_out_still_ends_within_the_budget(
             max_tokens=max_tokens, temperature=temperature, seed=1, grammar=grammar
         )
         try:
-            completion = backend.generate("JSON:", config)
+            completion = shortest_first.generate("JSON:", config)
         except ConstraintError as exc:
             assert exc.min_tokens is not None and exc.min_tokens > max_tokens
             continue
         assert completion.usage.completion_tokens <= max_tokens
         assert grammar.matches(completion.text), (max_tokens, completion.text)
         assert len(spec.parse(completion.text).a) == 2
+
+
+EMAILS = _object({n: {"type": "string", "pattern": PATTERNS[1]} for n in "abc"}, [True] * 3)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_every_row_of_a_batch_is_guarded_from_its_first_token(shortest_first, temperature):
+    """Only the first row's ending was found before generating: the other rows looked far from
+    their budget and spelled their first tokens unguarded, so at the smallest max_tokens they
+    were cut off short of their closing brace."""
+    spec = output_spec(type_from_schema(EMAILS, name="Emails"))
+    grammar = grammar_for(spec)
+    assert grammar is not None
+    with pytest.raises(ConstraintError) as caught:
+        shortest_first.generate("JSON:", GenerationConfig(max_tokens=1, grammar=grammar))
+    smallest = caught.value.min_tokens
+    assert smallest is not None and smallest > NEAR + SLACK  # where an unguarded row started
+    for max_tokens in (smallest, smallest + 1):
+        config = GenerationConfig(
+            max_tokens=max_tokens, temperature=temperature, seed=1, grammar=grammar
+        )
+        rows = shortest_first.generate_batch(["JSON:", "Emails:", "x"], config)
+        for completion in rows:
+            assert grammar.matches(completion.text), (max_tokens, completion.text)
+            spec.parse(completion.text)
 
 
 # -- batching, fast-forward, streaming ----------------------------------------------------------
