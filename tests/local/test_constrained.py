@@ -261,23 +261,29 @@ def test_a_token_allowed_near_the_budget_keeps_the_ending_it_was_checked_with(sc
 
 
 @pytest.fixture(scope="module")
-def mini_tokenizer_scratch(tmp_path_factory: pytest.TempPathFactory):
+def mini_tokenizer_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random GPT-2 over promptkit-mini's tokenizer (shipped in the package)."""
-    folder = make_hf_gpt2(tmp_path_factory.mktemp("mini-tokenizer-gpt2"), mini_tokenizer=True)
-    return pk.get_backend(f"scratch:{folder}", device="cpu")
+    return make_hf_gpt2(tmp_path_factory.mktemp("mini-tokenizer-gpt2"), mini_tokenizer=True)
 
 
-@pytest.fixture
-def shortest_first(mini_tokenizer_scratch, monkeypatch):
-    """That model made to prefer the shortest tokens: it spells '10' as '1', '0' and '{"' as
-    '{', '"', so each token it may choose costs the budget most."""
-    backend = mini_tokenizer_scratch
+@pytest.fixture(params=BACKENDS)
+def shortest_first(request: pytest.FixtureRequest, mini_tokenizer_folder, monkeypatch):
+    """That model, on each local backend, made to prefer the shortest tokens: it spells '10' as
+    '1', '0' and '{"' as '{', '"', so each token it may choose costs the budget most."""
+    backend = pk.get_backend(f"{request.param}:{mini_tokenizer_folder}", device="cpu")
     vocab = backend.model.config.vocab_size
     length = [len(backend.tokenizer.decode([t]).encode()) for t in range(vocab)]
     preference = -torch.tensor(length, dtype=torch.float) + torch.linspace(0, 0.5, vocab)
-    monkeypatch.setattr(
-        backend.model, "logits", lambda hidden: preference.repeat(hidden.size(0), 1)
-    )
+    if request.param == "scratch":
+        monkeypatch.setattr(
+            backend.model, "logits", lambda hidden: preference.repeat(hidden.size(0), 1)
+        )
+    else:
+        monkeypatch.setattr(
+            backend.model.lm_head,
+            "forward",
+            lambda hidden: preference.repeat(*hidden.shape[:-1], 1),
+        )
     return backend
 
 
@@ -339,6 +345,43 @@ def test_every_row_of_a_batch_is_guarded_from_its_first_token(shortest_first, te
         for completion in rows:
             assert grammar.matches(completion.text), (max_tokens, completion.text)
             spec.parse(completion.text)
+
+
+OPTIONAL_EMAILS = _object(
+    {
+        "x": {
+            "anyOf": [
+                _object(
+                    {n: {"type": "string", "pattern": PATTERNS[1]} for n in "abcd"}, [True] * 4
+                ),
+                {"type": "null"},
+            ]
+        }
+    },
+    [True],
+)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_token_far_from_the_budget_cannot_open_more_than_it_can_close(
+    shortest_first, temperature
+):
+    """'null' ends the answer in a few tokens, so the guard was not yet checking tokens one by
+    one when the model took '{' and committed to four required e-mail addresses, some 40
+    tokens: cut off at most budgets. Every sampled token is now checked to leave room."""
+    spec = output_spec(type_from_schema(OPTIONAL_EMAILS, name="Optional"))
+    grammar = grammar_for(spec)
+    assert grammar is not None
+    opened = 0
+    for max_tokens in range(8, 60, 3):
+        config = GenerationConfig(
+            max_tokens=max_tokens, temperature=temperature, seed=1, grammar=grammar
+        )
+        completion = shortest_first.generate("JSON:", config)
+        assert completion.usage.completion_tokens <= max_tokens
+        assert grammar.matches(completion.text), (max_tokens, completion.text)
+        opened += spec.parse(completion.text).x is not None
+    assert opened or temperature > 0  # greedy: the '{' it prefers, wherever the object fits
 
 
 # -- batching, fast-forward, streaming ----------------------------------------------------------
