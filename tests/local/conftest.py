@@ -51,6 +51,16 @@ def make_hf_gpt2(folder: Path, *, mini_tokenizer: bool = False, **config: int) -
     return folder
 
 
+def object_schema(properties: dict[str, dict], required: list[bool]) -> dict:
+    """A JSON schema object of ``properties``, each required where ``required`` says (in order)."""
+    names = list(properties)
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [n for n, r in zip(names, required, strict=False) if r],
+    }
+
+
 @pytest.fixture(scope="session")
 def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_hf_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))

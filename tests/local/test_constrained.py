@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import promptkit as pk
 from promptkit.backends import GenerationConfig
 from promptkit.backends.hf import GrammarLogitsProcessor
-from promptkit.backends.masking import NEAR, SLACK, TokenMasker, llg_tokenizer
+from promptkit.backends.masking import TokenMasker, llg_tokenizer
 from promptkit.backends.scripted import ScriptedBackend
 from promptkit.errors import ConstraintError, UnsupportedCapabilityError
 from promptkit.grammar import Grammar, grammar_for
@@ -24,7 +24,7 @@ from promptkit.outputs import Lark, Regex
 from promptkit.parsing import output_spec
 from promptkit.schema import type_from_schema
 
-from .conftest import GPT2_TOKENIZER, make_hf_gpt2
+from .conftest import make_hf_gpt2, object_schema
 
 pytest.importorskip("llguidance")
 
@@ -148,15 +148,6 @@ LEAVES = st.one_of(
 )
 
 
-def _object(properties: dict[str, dict], required: list[bool]) -> dict:
-    names = list(properties)
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": [n for n, r in zip(names, required, strict=False) if r],
-    }
-
-
 def _compound(children: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
     arrays = st.builds(
         lambda items, low, extra: {
@@ -170,7 +161,7 @@ def _compound(children: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
         st.integers(0, 3),
     )
     objects = st.builds(
-        _object,
+        object_schema,
         st.dictionaries(NAMES, children, min_size=1, max_size=4),
         st.lists(st.booleans(), min_size=4, max_size=4),
     )
@@ -179,7 +170,7 @@ def _compound(children: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
 
 
 SCHEMAS = st.builds(
-    _object,
+    object_schema,
     st.dictionaries(NAMES, st.recursive(LEAVES, _compound, max_leaves=6), min_size=1, max_size=4),
     st.lists(st.booleans(), min_size=4, max_size=4),
 )
@@ -204,184 +195,6 @@ def test_generated_schemas_always_give_valid_answers(scratch, schema, temperatur
         completion = scratch.generate("JSON:", config.replace(max_tokens=exc.min_tokens))
     spec.parse(completion.text)  # raises OutputParseError when invalid
     assert grammar.matches(completion.text), completion.text
-
-
-# Found by the test above with GPT-2's tokenizer (hypothesis, max_examples=30).
-BUDGET_COUNTEREXAMPLE = _object(
-    {
-        "a": {
-            "anyOf": [
-                _object(
-                    {
-                        "a": {"type": "string"},
-                        "b": {"type": "string"},
-                        "x_1": {"type": "string"},
-                        "name": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
-                    },
-                    [False, False, True, True],
-                ),
-                {"type": "null"},
-            ]
-        },
-        "kind": {"type": "boolean"},
-        "name": _object(
-            {
-                "a": {
-                    "type": "array",
-                    "items": {"type": "number", "minimum": 9.5, "maximum": 10.5},
-                    "minItems": 2,
-                    "maxItems": 2,
-                },
-                "b": {"type": "string"},
-            },
-            [True, True],
-        ),
-    },
-    [True, False, True, False],
-)
-
-
-@pytest.mark.skipif(
-    not (GPT2_TOKENIZER / "tokenizer.json").is_file(),
-    reason="the counterexample was found with GPT-2's tokenizer (../shared/data/gpt2-tokenizer)",
-)
-def test_a_token_allowed_near_the_budget_keeps_the_ending_it_was_checked_with(scratch):
-    """With 10 tokens left the ending found was '10,9.5],"b":""}}' (10 tokens). The sampled '1'
-    was allowed because '0,10],"b":""}}' fits after it, but the decoder then kept the rest of the
-    older ending, '0,9.5],"b":""}}', one token too many: the answer was cut off at max_tokens
-    before its two closing braces."""
-    spec = output_spec(type_from_schema(BUDGET_COUNTEREXAMPLE, name="Generated"))
-    grammar = grammar_for(spec)
-    assert grammar is not None
-    config = GenerationConfig(max_tokens=80, temperature=1.0, seed=8120, grammar=grammar)
-    completion = scratch.generate("JSON:", config)
-    assert completion.usage.completion_tokens == 80  # the budget is what ended the answer
-    assert grammar.matches(completion.text), completion.text
-    spec.parse(completion.text)
-
-
-@pytest.fixture(scope="module")
-def mini_tokenizer_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random GPT-2 over promptkit-mini's tokenizer (shipped in the package)."""
-    return make_hf_gpt2(tmp_path_factory.mktemp("mini-tokenizer-gpt2"), mini_tokenizer=True)
-
-
-@pytest.fixture(params=BACKENDS)
-def shortest_first(request: pytest.FixtureRequest, mini_tokenizer_folder, monkeypatch):
-    """That model, on each local backend, made to prefer the shortest tokens: it spells '10' as
-    '1', '0' and '{"' as '{', '"', so each token it may choose costs the budget most."""
-    backend = pk.get_backend(f"{request.param}:{mini_tokenizer_folder}", device="cpu")
-    vocab = backend.model.config.vocab_size
-    length = [len(backend.tokenizer.decode([t]).encode()) for t in range(vocab)]
-    preference = -torch.tensor(length, dtype=torch.float) + torch.linspace(0, 0.5, vocab)
-    if request.param == "scratch":
-        monkeypatch.setattr(
-            backend.model, "logits", lambda hidden: preference.repeat(hidden.size(0), 1)
-        )
-    else:
-        monkeypatch.setattr(
-            backend.model.lm_head,
-            "forward",
-            lambda hidden: preference.repeat(*hidden.shape[:-1], 1),
-        )
-    return backend
-
-
-PAIR = _object(
-    {
-        "a": {
-            "type": "array",
-            "items": {"type": "number", "minimum": 9.5, "maximum": 10.5},
-            "minItems": 2,
-            "maxItems": 2,
-        }
-    },
-    [True],
-)
-
-
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_a_model_that_spells_numbers_out_still_ends_within_the_budget(shortest_first, temperature):
-    """Where the ending found has '10' the model writes '1': the guard allows it (an ending fits
-    after it) and must then keep that ending, not the rest of the one it had (with
-    promptkit-mini's tokenizer, max_tokens 10 and 11 were cut off)."""
-    spec = output_spec(type_from_schema(PAIR, name="Pair"))
-    grammar = grammar_for(spec)
-    assert grammar is not None
-    for max_tokens in range(6, 16):
-        config = GenerationConfig(
-            max_tokens=max_tokens, temperature=temperature, seed=1, grammar=grammar
-        )
-        try:
-            completion = shortest_first.generate("JSON:", config)
-        except ConstraintError as exc:
-            assert exc.min_tokens is not None and exc.min_tokens > max_tokens
-            continue
-        assert completion.usage.completion_tokens <= max_tokens
-        assert grammar.matches(completion.text), (max_tokens, completion.text)
-        assert len(spec.parse(completion.text).a) == 2
-
-
-EMAILS = _object({n: {"type": "string", "pattern": PATTERNS[1]} for n in "abc"}, [True] * 3)
-
-
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_every_row_of_a_batch_is_guarded_from_its_first_token(shortest_first, temperature):
-    """Only the first row's ending was found before generating: the other rows looked far from
-    their budget and spelled their first tokens unguarded, so at the smallest max_tokens they
-    were cut off short of their closing brace."""
-    spec = output_spec(type_from_schema(EMAILS, name="Emails"))
-    grammar = grammar_for(spec)
-    assert grammar is not None
-    with pytest.raises(ConstraintError) as caught:
-        shortest_first.generate("JSON:", GenerationConfig(max_tokens=1, grammar=grammar))
-    smallest = caught.value.min_tokens
-    assert smallest is not None and smallest > NEAR + SLACK  # where an unguarded row started
-    for max_tokens in (smallest, smallest + 1):
-        config = GenerationConfig(
-            max_tokens=max_tokens, temperature=temperature, seed=1, grammar=grammar
-        )
-        rows = shortest_first.generate_batch(["JSON:", "Emails:", "x"], config)
-        for completion in rows:
-            assert grammar.matches(completion.text), (max_tokens, completion.text)
-            spec.parse(completion.text)
-
-
-OPTIONAL_EMAILS = _object(
-    {
-        "x": {
-            "anyOf": [
-                _object(
-                    {n: {"type": "string", "pattern": PATTERNS[1]} for n in "abcd"}, [True] * 4
-                ),
-                {"type": "null"},
-            ]
-        }
-    },
-    [True],
-)
-
-
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_a_token_far_from_the_budget_cannot_open_more_than_it_can_close(
-    shortest_first, temperature
-):
-    """'null' ends the answer in a few tokens, so the guard was not yet checking tokens one by
-    one when the model took '{' and committed to four required e-mail addresses, some 40
-    tokens: cut off at most budgets. Every sampled token is now checked to leave room."""
-    spec = output_spec(type_from_schema(OPTIONAL_EMAILS, name="Optional"))
-    grammar = grammar_for(spec)
-    assert grammar is not None
-    opened = 0
-    for max_tokens in range(8, 60, 3):
-        config = GenerationConfig(
-            max_tokens=max_tokens, temperature=temperature, seed=1, grammar=grammar
-        )
-        completion = shortest_first.generate("JSON:", config)
-        assert completion.usage.completion_tokens <= max_tokens
-        assert grammar.matches(completion.text), (max_tokens, completion.text)
-        opened += spec.parse(completion.text).x is not None
-    assert opened or temperature > 0  # greedy: the '{' it prefers, wherever the object fits
 
 
 # -- batching, fast-forward, streaming ----------------------------------------------------------
