@@ -283,16 +283,16 @@ class TokenMasker:
             return True  # no ending known to compare with: the mask is all there is
         if ending and ending[0] == token:
             return True  # the known way to finish (it fits whenever anything does)
-        if len(ending) <= left and row.tail is not None and self._still_ends(row, token):
-            row.endings_after[token] = (row.tail, self._tokens(row, row.tail, token))
+        tail = row.tail
+        if tail is not None and len(ending) <= left and self._still_ends(row, token, tail):
+            row.endings_after[token] = (tail, self._tokens(row, tail, token))
             return len(row.endings_after[token][1]) <= left
         return self._fits_after(row, token, left)
 
-    def _still_ends(self, row: _Row, token: int) -> bool:
-        """Whether the row's known ending still ends the answer after ``token``."""
-        assert row.tail is not None
+    def _still_ends(self, row: _Row, token: int, tail: bytes) -> bool:
+        """Whether ``tail`` (the row's known ending) still ends the answer after ``token``."""
         after = row.bytes.deep_copy()
-        return bool(after.consume_tokens(list(self._bytes(token) + row.tail))) and (
+        return bool(after.consume_tokens(list(self._bytes(token) + tail))) and (
             after.is_accepting() or shortest_ending(after, 0) == b""
         )
 

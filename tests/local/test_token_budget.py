@@ -13,8 +13,8 @@ import torch
 
 import promptkit as pk
 from promptkit.backends import GenerationConfig
-from promptkit.backends.masking import NEAR, SLACK
-from promptkit.errors import ConstraintError
+from promptkit.backends.masking import NEAR, SLACK, TokenMasker, llg_tokenizer
+from promptkit.errors import BackendError, ConstraintError
 from promptkit.grammar import grammar_for
 from promptkit.parsing import output_spec
 from promptkit.schema import type_from_schema
@@ -211,3 +211,29 @@ def test_a_token_far_from_the_budget_cannot_open_more_than_it_can_close(
         assert grammar.matches(completion.text), (max_tokens, completion.text)
         opened += spec.parse(completion.text).x is not None
     assert opened or temperature > 0  # greedy: the '{' it prefers, wherever the object fits
+
+
+def test_a_drawn_token_without_room_to_end_is_drawn_again(mini_tokenizer_folder):
+    """TokenMasker.sample: after '{"x":' with 10 tokens left, 'null' fits and '{' (four e-mail
+    addresses to follow) does not; '{' is drawn again, and with nothing else allowed it is a
+    BackendError, never a token that leaves the answer cut off."""
+    backend = pk.get_backend(f"scratch:{mini_tokenizer_folder}", device="cpu")
+    vocab = backend.model.config.vocab_size
+    tokenizer = llg_tokenizer(backend.tokenizer, backend.tokenizer.to_llguidance, vocab)
+    grammar = grammar_for(output_spec(type_from_schema(OPTIONAL_EMAILS, name="Optional")))
+    assert grammar is not None
+    config = GenerationConfig(max_tokens=12, temperature=0, grammar=grammar)
+    masker = TokenMasker.for_request(config, tokenizer, batch=1, vocab_size=vocab)
+    for token in tokenizer.tokenize_str('{"x":'):
+        masker.advance(0, token)
+    (brace,) = tokenizer.tokenize_str("{")
+    (null,) = tokenizer.tokenize_str("null")
+    assert not masker.fits(0, brace) and masker.fits(0, null)
+    logits = torch.full((1, vocab), float("-inf"))
+    logits[0, brace], logits[0, null] = 5.0, 1.0  # the model prefers '{'
+    assert masker.sample(logits, [0], config, None).tolist() == [null]
+    assert logits[0, brace] == float("-inf")
+    only_brace = torch.full((1, vocab), float("-inf"))
+    only_brace[0, brace] = 0.0
+    with pytest.raises(BackendError, match="no allowed token leaves room to end the answer"):
+        masker.sample(only_brace, [0], config, None)
