@@ -110,7 +110,8 @@ def main() -> None:
     undo()
 
     calls: list[tuple[str, float]] = []
-    undos = [timed(TokenMasker, name, calls) for name in ("apply", "advance", "forced")]
+    names = ("apply", "fits", "advance", "forced")  # fits: the drawn token's budget check
+    undos = [timed(TokenMasker, name, calls) for name in names]
     masker_steps: list[float] = []
     apply_calls: list[float] = []
     text = ""

@@ -82,7 +82,9 @@ class GrammarLogitsProcessor(LogitsProcessor):
     Pass it to ``model.generate(..., logits_processor=LogitsProcessorList([processor]))`` with
     ``max_new_tokens`` equal to the masker's ``max_tokens``. Each call feeds the tokens sampled
     at the previous step to the matchers, then masks what may not come next; rows whose answer
-    is complete may only end (EOS).
+    is complete may only end (EOS). The mask alone keeps answers inside the budget only near its
+    end: transformers' own sampler cannot be asked to draw again a token that commits to more
+    than the budget holds, which :class:`HFBackend` does (``masker.sample``).
     """
 
     def __init__(self, masker: TokenMasker, prompt_width: int):
@@ -116,14 +118,28 @@ class GrammarLogitsProcessor(LogitsProcessor):
 class _SamplingProcessor(LogitsProcessor):
     """Samples each row's next token with the call's own generators (temperature, top-k and
     top-p as on the scratch backend) and leaves only that token possible, so that
-    transformers' greedy step takes it: no global random state is read or changed."""
+    transformers' greedy step takes it: no global random state is read or changed. With the
+    grammar's ``masker``, a token that would not leave room to end the answer is drawn again
+    (:meth:`TokenMasker.sample`)."""
 
-    def __init__(self, config: GenerationConfig, generators: list[torch.Generator]):
+    def __init__(
+        self,
+        config: GenerationConfig,
+        generators: list[torch.Generator] | None,
+        masker: TokenMasker | None = None,
+        done: list[bool] | None = None,
+    ):
         self.config = config
         self.generators = generators
+        self.masker = masker
+        self.done = done
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        chosen = sample_next(scores, self.config, self.generators)  # (B,)
+        if self.masker is None:
+            chosen = sample_next(scores, self.config, self.generators)  # (B,)
+        else:
+            live = [row for row, done in enumerate(self.done or []) if not done]
+            chosen = self.masker.sample(scores, live, self.config, self.generators)
         only = torch.full_like(scores, float("-inf"))
         return only.scatter_(1, chosen[:, None], 0.0)
 
@@ -218,8 +234,11 @@ class HFBackend(LocalScoring):
         kwargs = {**inputs, **self.generate_kwargs(config)}
         ids = inputs["input_ids"]
         processors: list[LogitsProcessor] = []
+        grammar: GrammarLogitsProcessor | None = None
         if config.grammar is not None:
-            processors.append(self.grammar_processor(config, ids.size(0), ids.size(1)))
+            grammar = self.grammar_processor(config, ids.size(0), ids.size(1))
+            processors.append(grammar)
+        generators: list[torch.Generator] | None = None
         if config.temperature > 0:
             generators = []
             for _ in range(ids.size(0)):  # one per row: each prompt draws as it would alone
@@ -229,6 +248,9 @@ class HFBackend(LocalScoring):
                 else:
                     generator.manual_seed(config.seed)
                 generators.append(generator)
+        if grammar is not None:  # also when greedy: a token must leave room to end
+            processors.append(_SamplingProcessor(config, generators, grammar.masker, grammar.done))
+        elif generators is not None:
             processors.append(_SamplingProcessor(config, generators))
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)

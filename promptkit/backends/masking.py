@@ -10,9 +10,11 @@ same masker through :class:`~promptkit.backends.hf.GrammarLogitsProcessor`.
 The token budget is part of the constraint: each row keeps a short valid ending of its answer
 (found on a byte-level view of the grammar). When the tokens left come close to what that ending
 needs, only tokens that still leave room to finish are allowed (the most likely ones, checked one
-by one), and when nothing else fits the ending is forced. So an answer is complete and valid when
-``max_tokens`` runs out, and ``max_tokens`` too small for any valid answer is an error before
-generation starts.
+by one), and when nothing else fits the ending is forced. Farther from the end one token can
+still commit to more than the budget holds (a ``{`` opening an object of many required fields),
+so the backends draw through :meth:`TokenMasker.sample`, which draws again when the token drawn
+does not :meth:`~TokenMasker.fits`. So an answer is complete and valid when ``max_tokens`` runs
+out, and ``max_tokens`` too small for any valid answer is an error before generation starts.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..errors import BackendError, ConstraintError
 from ..grammar import Grammar
 from ..llg import load_llguidance
 from .base import GenerationConfig
+from .local import sample_next
 
 if TYPE_CHECKING:
     from llguidance import LLMatcher, LLTokenizer
@@ -146,7 +149,14 @@ class TokenMasker:
         )
 
     def _check_budget(self) -> None:
-        ending = self._ending(self.rows[0])
+        """Find the answer's shortest ending, before any token, for every row (they all start in
+        the same state: a row without it would look far from its budget and be left unguarded
+        for its first tokens). Raises ConstraintError when it does not fit ``max_tokens``."""
+        first = self.rows[0]
+        ending = self._ending(first)
+        for row in self.rows[1:]:
+            row.tail, row.ending_length = first.tail, first.ending_length
+            row.ending = None if ending is None else list(ending)
         if ending is not None and len(ending) > self.max_tokens:
             text = self.tokenizer.decode_str(ending)
             raise ConstraintError(
@@ -224,6 +234,68 @@ class TokenMasker:
                 keep.append(token)
         self._only(logits, keep)
 
+    def sample(
+        self,
+        logits: torch.Tensor,
+        rows: Sequence[int],
+        config: GenerationConfig,
+        generators: Sequence[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """The next token of every row of masked ``logits`` ``(B, vocab)``, as
+        :func:`~promptkit.backends.local.sample_next` draws it, except that a token of one of
+        ``rows`` that does not :meth:`fit <fits>` the budget is set to -inf (in place) and that
+        row drawn again. Raises BackendError when no allowed token leaves room to end."""
+        tokens = sample_next(logits, config, generators)  # (B,)
+        for i in rows:
+            token = int(tokens[i])
+            while not self.fits(i, token):
+                logits[i, token] = float("-inf")
+                if not torch.isfinite(logits[i]).any():
+                    raise BackendError(
+                        "constrained decoding went wrong: no allowed token leaves room to end "
+                        f"the answer within max_tokens={self.max_tokens}"
+                    )
+                own = [generators[i]] if generators else None
+                token = int(sample_next(logits[i : i + 1], config, own)[0])
+            tokens[i] = token
+        return tokens
+
+    def fits(self, i: int, token: int) -> bool:
+        """Whether row ``i`` may take ``token`` (one the mask allows) without outgrowing its
+        budget: an ending of the answer in the tokens then left follows it.
+
+        The mask alone cannot promise it far from the budget, where tokens are not checked
+        one by one: a ``{`` may open an object whose required fields take more tokens than are
+        left. So the local backends ask this of the token they sampled, and sample again
+        without it when it does not fit. Cheap for a token after which the ending known
+        still ends the answer (inside a string, a number, a free choice); otherwise an ending
+        is looked for after it (kept for :meth:`advance`).
+        """
+        row = self.rows[i]
+        if row.forced or token == self.eos or row.matcher.is_stopped():
+            return True
+        left = self.max_tokens - row.produced - 1  # after this token
+        checked = row.endings_after.get(token)
+        if checked is not None:
+            return len(checked[1]) <= left
+        ending = self._ending(row)
+        if ending is None:
+            return True  # no ending known to compare with: the mask is all there is
+        if ending and ending[0] == token:
+            return True  # the known way to finish (it fits whenever anything does)
+        tail = row.tail
+        if tail is not None and len(ending) <= left and self._still_ends(row, token, tail):
+            row.endings_after[token] = (tail, self._tokens(row, tail, token))
+            return len(row.endings_after[token][1]) <= left
+        return self._fits_after(row, token, left)
+
+    def _still_ends(self, row: _Row, token: int, tail: bytes) -> bool:
+        """Whether ``tail`` (the row's known ending) still ends the answer after ``token``."""
+        after = row.bytes.deep_copy()
+        return bool(after.consume_tokens(list(self._bytes(token) + tail))) and (
+            after.is_accepting() or shortest_ending(after, 0) == b""
+        )
+
     @staticmethod
     def _only(logits: torch.Tensor, tokens: list[int]) -> None:
         kept = logits[tokens].clone()
@@ -259,12 +331,12 @@ class TokenMasker:
         row.produced += 1
         row.since += 1
         taken = self._bytes(token) if token != self.eos else b""
-        if row.tail is not None and row.tail.startswith(taken):
-            row.tail = row.tail[len(taken) :]  # the rest of the ending still ends the answer
-            row.ending = row.ending[1:] if row.ending and row.ending[0] == token else None
-        elif token in row.endings_after:  # found when the token was checked
+        if token in row.endings_after:  # found when the token was checked: it fits the budget
             row.tail, row.ending = row.endings_after[token]
             row.ending_length, row.since = len(row.ending), 0
+        elif row.tail is not None and row.tail.startswith(taken):
+            row.tail = row.tail[len(taken) :]  # the rest of the ending still ends the answer
+            row.ending = row.ending[1:] if row.ending and row.ending[0] == token else None
         else:
             row.tail = row.ending = None
         row.endings_after.clear()

@@ -21,11 +21,12 @@ CORPUS = (
 ) * 20
 
 
-def tokenizer_files(folder: Path) -> Tokenizer:
+def tokenizer_files(folder: Path, *, mini: bool = False) -> Tokenizer:
     """GPT-2's real tokenizer when ../shared/data is present, else promptkit-mini's (shipped in
-    the package: a 2,048-token BPE of English and JSON), so a fresh clone runs every test."""
+    the package: a 2,048-token BPE of English and JSON), so a fresh clone runs every test.
+    ``mini``: promptkit-mini's in any case."""
     folder.mkdir(parents=True, exist_ok=True)
-    if (GPT2_TOKENIZER / "tokenizer.json").is_file():
+    if not mini and (GPT2_TOKENIZER / "tokenizer.json").is_file():
         for name in ("tokenizer.json", "vocab.json", "merges.txt"):
             shutil.copy(GPT2_TOKENIZER / name, folder / name)
     else:
@@ -33,9 +34,10 @@ def tokenizer_files(folder: Path) -> Tokenizer:
     return Tokenizer.from_folder(folder)
 
 
-def make_hf_gpt2(folder: Path, **config: int) -> Path:
-    """A randomly initialised transformers GPT-2, saved with save_pretrained, plus tokenizer."""
-    tokenizer = tokenizer_files(folder)
+def make_hf_gpt2(folder: Path, *, mini_tokenizer: bool = False, **config: int) -> Path:
+    """A randomly initialised transformers GPT-2, saved with save_pretrained, plus tokenizer
+    (promptkit-mini's when ``mini_tokenizer``, else as :func:`tokenizer_files` chooses)."""
+    tokenizer = tokenizer_files(folder, mini=mini_tokenizer)
     torch.manual_seed(0)
     options = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128}
     options.update(config)
@@ -47,6 +49,16 @@ def make_hf_gpt2(folder: Path, **config: int) -> Path:
     )
     transformers.GPT2LMHeadModel(hf_config).eval().save_pretrained(folder)
     return folder
+
+
+def object_schema(properties: dict[str, dict], required: list[bool]) -> dict:
+    """A JSON schema object of ``properties``, each required where ``required`` says (in order)."""
+    names = list(properties)
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [n for n, r in zip(names, required, strict=False) if r],
+    }
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from promptkit.outputs import Lark, Regex
 from promptkit.parsing import output_spec
 from promptkit.schema import type_from_schema
 
-from .conftest import make_hf_gpt2
+from .conftest import make_hf_gpt2, object_schema
 
 pytest.importorskip("llguidance")
 
@@ -148,15 +148,6 @@ LEAVES = st.one_of(
 )
 
 
-def _object(properties: dict[str, dict], required: list[bool]) -> dict:
-    names = list(properties)
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": [n for n, r in zip(names, required, strict=False) if r],
-    }
-
-
 def _compound(children: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
     arrays = st.builds(
         lambda items, low, extra: {
@@ -170,7 +161,7 @@ def _compound(children: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
         st.integers(0, 3),
     )
     objects = st.builds(
-        _object,
+        object_schema,
         st.dictionaries(NAMES, children, min_size=1, max_size=4),
         st.lists(st.booleans(), min_size=4, max_size=4),
     )
@@ -179,7 +170,7 @@ def _compound(children: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
 
 
 SCHEMAS = st.builds(
-    _object,
+    object_schema,
     st.dictionaries(NAMES, st.recursive(LEAVES, _compound, max_leaves=6), min_size=1, max_size=4),
     st.lists(st.booleans(), min_size=4, max_size=4),
 )

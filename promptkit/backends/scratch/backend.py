@@ -183,7 +183,9 @@ class ScratchBackend(LocalScoring):
             live = [row for row in range(batch) if alive[row]]
             if masker is not None:
                 masker.apply(logits, live)
-            next_tokens = sample_next(logits, config, generators)  # (B,)
+                next_tokens = masker.sample(logits, live, config, generators)  # (B,)
+            else:
+                next_tokens = sample_next(logits, config, generators)  # (B,)
             feed = [[token] for token in next_tokens.tolist()]
             for row in live:
                 token = feed[row][0]
