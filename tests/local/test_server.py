@@ -627,8 +627,11 @@ def test_lm_eval_harness_scores_like_promptkit_eval(hf_folder, tmp_path, monkeyp
     )
     assert ran.exit_code == 0, ran.output
     report = json.loads((out / "report.json").read_text())
-    correct = report["templates"]["weather"][0]["correct"]
-    assert correct == [c == item["expected"] for c, item in zip(chosen, items, strict=True)]
+    results = report["templates"]["weather"][0]["results"]
+    assert [r["prediction"] for r in results] == chosen  # promptkit eval's choice, item by item
+    assert [r["correct"] for r in results] == [
+        c == item["expected"] for c, item in zip(chosen, items, strict=True)
+    ]
 
     monkeypatch.chdir(tasks)  # the task's data_files are relative to its folder
     with serve_in_thread(create_app(local, model_name="tiny")) as url:
