@@ -59,6 +59,9 @@ class _Group(click.Group):
             _fail(str(exc), next(code for kind, code in EXIT_CODES if isinstance(exc, kind)))
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except OSError as exc:  # the file system refused (a path, a permission, a full disk)
+            where = f" {exc.filename!r}" if exc.filename else ""
+            _fail(f"cannot use{where}: {exc.strerror or exc}", 1)
         except Exception as exc:
             if os.environ.get("PROMPTKIT_DEBUG"):
                 raise

@@ -333,6 +333,24 @@ def test_train_argument_errors_come_before_any_progress(invoke, write, tmp_path,
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
 
 
+def test_an_output_that_cannot_be_a_folder_is_refused_before_training(invoke, write, tmp_path):
+    corpus = write("corpus.txt", "the cat sat on the mat. " * 200)
+    afile = write("afile", "not a folder")
+    for out, message in ((afile, "is a file"), ("/proc/promptkit-test", "cannot be created")):
+        result = invoke("train", "--corpus", str(corpus), "--out", str(out), *TINY_TRAINING)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("error: ") and message in result.stderr
+        assert "%" not in result.stderr and "step" not in result.stderr  # before any training
+
+
+def test_file_system_errors_are_one_line(invoke, tmp_path):
+    result = invoke("corpus", "--out", "/proc/promptkit-test/corpus.jsonl", "--documents", "2")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot use ")
+    assert "internal error" not in result.stderr
+
+
 def test_training_progress_shows_nothing_before_its_first_phase_and_times_each(capsys):
     from promptkit.training.progress import TrainingProgress
 

@@ -49,6 +49,7 @@ from .finetune_data import (
 )
 from .finetune_run import STATE_FILE, FinetuneConfig, FinetuneResult, Run, save_output
 from .memory import available_memory, check_fits_memory, estimate_memory
+from .pretrain import check_output_folder
 from .progress import FinetuneProgress
 
 if TYPE_CHECKING:
@@ -362,6 +363,7 @@ def _settings(config: FinetuneConfig, template: Path, base: str) -> dict[str, An
 def _check_out(out: Path, resume: bool) -> None:
     """Refuse (ConfigurationError) an ``out`` that holds a model or a run, unless resuming
     one, and a resume with no interrupted run to continue."""
+    check_output_folder(out)
     if resume:
         if not (out / STATE_FILE).is_file():
             finished = " (its run finished)" if (out / "config.json").is_file() else ""

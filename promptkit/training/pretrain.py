@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from ..backends.scratch.tokenizer import Tokenizer
 from ..errors import ConfigurationError, UsageError
 from .documents import read_documents
 
-__all__ = ["Progress", "TrainConfig", "TrainResult", "train"]
+__all__ = ["Progress", "TrainConfig", "TrainResult", "check_output_folder", "train"]
 
 STATE_FILE = "trainer_state.pt"
 LOG_FILE = "training_log.jsonl"
@@ -82,6 +84,24 @@ class TrainConfig:
             bad.append("answer_weight must be a finite number >= 0")
         if bad:
             raise ConfigurationError("invalid training settings: " + "; ".join(bad))
+        check_output_folder(self.out)
+
+
+def check_output_folder(out: str | Path) -> None:
+    """Check, before any work, that ``out`` can become the folder a run writes into: it is no
+    file, and a folder can be made where it will be (probed in the nearest folder above it
+    that exists, leaving nothing behind). Raises ConfigurationError saying which."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigurationError(f"--out {str(out)!r} is a file; give a folder to write into")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".promptkit-probe-", dir=existing))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--out {str(out)!r} cannot be created: {str(existing)!r} refuses new folders "
+            f"({exc.strerror or exc}); give a folder this user can write"
+        ) from None
 
 
 @dataclass
