@@ -36,34 +36,34 @@ __all__ = [
 ]
 
 _LAZY: dict[str, tuple[str, str | None]] = {
-    "Attempt": ("promptkit.runloop", "Attempt"),
-    "Example": ("promptkit.prompt", "Example"),
-    "Lark": ("promptkit.outputs", "Lark"),
-    "Message": ("promptkit.conversation", "Message"),
-    "Prompt": ("promptkit.prompt", "Prompt"),
-    "Regex": ("promptkit.outputs", "Regex"),
-    "Result": ("promptkit.runloop", "Result"),
-    "SpanOf": ("promptkit.outputs", "SpanOf"),
+    "Attempt": ("promptkit._runloop", "Attempt"),
+    "Example": ("promptkit._prompt", "Example"),
+    "Lark": ("promptkit._outputs", "Lark"),
+    "Message": ("promptkit._conversation", "Message"),
+    "Prompt": ("promptkit._prompt", "Prompt"),
+    "Regex": ("promptkit._outputs", "Regex"),
+    "Result": ("promptkit._runloop", "Result"),
+    "SpanOf": ("promptkit._outputs", "SpanOf"),
     "backends": ("promptkit.backends", None),
-    "bundled_templates": ("promptkit.files", "bundled_templates"),
+    "bundled_templates": ("promptkit._files", "bundled_templates"),
     "errors": ("promptkit.errors", None),
     "get_backend": ("promptkit.backends", "get_backend"),
-    "load_prompt": ("promptkit.files", "load_prompt"),
-    "multiple_choice": ("promptkit.scoring", "multiple_choice"),
-    "parse_output": ("promptkit.parsing", "parse_output"),
-    "save_prompt": ("promptkit.files", "save_prompt"),
+    "load_prompt": ("promptkit._files", "load_prompt"),
+    "multiple_choice": ("promptkit._scoring", "multiple_choice"),
+    "parse_output": ("promptkit._parsing", "parse_output"),
+    "save_prompt": ("promptkit._files", "save_prompt"),
 }
 
 if TYPE_CHECKING:
     from . import backends, errors
+    from ._conversation import Message
+    from ._files import bundled_templates, load_prompt, save_prompt
+    from ._outputs import Lark, Regex, SpanOf
+    from ._parsing import parse_output
+    from ._prompt import Example, Prompt
+    from ._runloop import Attempt, Result
+    from ._scoring import multiple_choice
     from .backends import get_backend
-    from .conversation import Message
-    from .files import bundled_templates, load_prompt, save_prompt
-    from .outputs import Lark, Regex, SpanOf
-    from .parsing import parse_output
-    from .prompt import Example, Prompt
-    from .runloop import Attempt, Result
-    from .scoring import multiple_choice
 
 
 def __getattr__(name: str) -> Any:

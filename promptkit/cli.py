@@ -44,7 +44,7 @@ EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
 )
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
+    from .backends._base import Backend
 
 
 class _Group(click.Group):
@@ -87,7 +87,7 @@ for _command in (corpus_command, finetune_command, models_command, pull_command,
 @cli.command("templates")
 def templates_command() -> None:
     """List the bundled templates with one-line descriptions."""
-    from .files import bundled_templates, load_prompt
+    from ._files import bundled_templates, load_prompt
 
     bundled = bundled_templates()
     width = max((len(name) for name in bundled), default=0)
@@ -101,7 +101,7 @@ def templates_command() -> None:
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 def check_command(files: Sequence[str], strict: bool) -> None:
     """Validate template FILES; print each problem with its line number."""
-    from .check import check_template
+    from ._check import check_template
 
     failed = False
     for file in files:
@@ -133,7 +133,7 @@ def render_command(
     as_json: bool,
 ) -> None:
     """Render template FILE with the given inputs and print it."""
-    from .files import load_prompt
+    from ._files import load_prompt
 
     prompt = load_prompt(file)
     inputs = collect_inputs(prompt, input_pairs, inputs_json, sample)
@@ -180,10 +180,10 @@ def run_command(
     """Run template FILE on a backend and print the validated output.
 
     Deterministic requests (temperature 0, or a --seed) are answered from the response cache
-    when they were asked before (see promptkit.cache); --no-cache turns it off.
+    when they were asked before (see promptkit._cache); --no-cache turns it off.
     """
-    from .backends.base import GenerationConfig
-    from .files import load_prompt
+    from ._files import load_prompt
+    from .backends._base import GenerationConfig
 
     prompt = load_prompt(file)
     inputs = collect_inputs(prompt, input_pairs, inputs_json, sample)
@@ -366,8 +366,9 @@ def eval_command(
             unused=unused,
         )
         return
-    from .cache import CachedBackend
-    from .demos import Selection
+    from ._cache import CachedBackend
+    from ._demos import Selection
+    from ._item_progress import ItemProgress
     from .evaluate import (
         comparison_line,
         markdown,
@@ -376,7 +377,6 @@ def eval_command(
         run_evaluation,
         write_report,
     )
-    from .item_progress import ItemProgress
 
     pass_at_k_only = {"--k": ks != "1", "--samples": samples != 1, "--unsafe-exec": unsafe_exec}
     if any(pass_at_k_only.values()):

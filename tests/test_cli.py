@@ -9,7 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from promptkit.backends.base import (
+from promptkit.backends._base import (
     Backend,
     Capabilities,
     Completion,
@@ -334,7 +334,7 @@ def test_train_argument_errors_come_before_any_progress(invoke, write, tmp_path,
 
 
 def test_training_progress_shows_nothing_before_its_first_phase_and_times_each(capsys):
-    from promptkit.training.progress import TrainingProgress
+    from promptkit.training._progress import TrainingProgress
 
     with pytest.raises(ValueError), TrainingProgress(3):
         raise ValueError("bad settings")  # an error before any phase: nothing was shown

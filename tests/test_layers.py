@@ -169,12 +169,12 @@ def test_no_module_imports_another_modules_private_names():
 # The layering (issue 19): each module builds on the one before it, and none reaches one after.
 LAYERS = [
     "promptkit.errors",
-    "promptkit.outputs",
-    "promptkit.parsing",
-    "promptkit.grammar",
-    "promptkit.backends.base",
-    "promptkit.runloop",
-    "promptkit.prompt",
+    "promptkit._outputs",
+    "promptkit._parsing",
+    "promptkit._grammar",
+    "promptkit.backends._base",
+    "promptkit._runloop",
+    "promptkit._prompt",
 ]
 
 

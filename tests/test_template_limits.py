@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import promptkit as pk
-from promptkit.check import check_template
+from promptkit._check import check_template
+from promptkit._templating import TemplateLimits, compile_template
 from promptkit.errors import TemplateError
-from promptkit.templating import TemplateLimits, compile_template
 
 HOSTILE = [
     # (body, the limit that must fire)

@@ -56,8 +56,8 @@ def test_training_modules_import_no_private_names_of_each_other():
 def test_generating_a_corpus_does_not_import_torch():
     code = (
         "import sys, promptkit.training as training\n"
-        "from promptkit.training.corpus import generate\n"
-        "from promptkit.training.evalsets import write_eval_tasks\n"
+        "from promptkit.training._corpus import generate\n"
+        "from promptkit.training._evalsets import write_eval_tasks\n"
         "assert len(list(training.generate(3))) == 3\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n"
     )
