@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import promptkit as pk
-from promptkit._cache import CachedBackend, ResponseCache
+from promptkit import CachedBackend, ResponseCache
 from promptkit.backends.scratch._backend import ScratchBackend
 from promptkit.backends.scratch._tokenizer import Tokenizer
 from promptkit.backends.scratch.gpt2 import GPT, PRESETS

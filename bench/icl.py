@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import promptkit as pk
-from promptkit._demos import Selection
+from promptkit import Selection
 from promptkit.evaluate import ShotReport, evaluate, load_dataset
 from promptkit.training._evalsets import write_eval_tasks
 
