@@ -167,15 +167,15 @@ def test_the_shared_tokenizer_is_not_changed(hf):
 
 
 def test_the_model_cache_keeps_only_the_most_recently_used(hf_folder, monkeypatch):
-    from promptkit.backends import _hf as hf_module
+    from promptkit.backends import _hf_loading
 
-    monkeypatch.setattr(hf_module, "_CACHE", type(hf_module._CACHE)())
-    monkeypatch.setattr(hf_module, "MODEL_CACHE_SIZE", 2)
+    monkeypatch.setattr(_hf_loading, "_CACHE", type(_hf_loading._CACHE)())
+    monkeypatch.setattr(_hf_loading, "MODEL_CACHE_SIZE", 2)
     first = pk.get_backend(f"hf:{hf_folder}", device="cpu", dtype="float32")
     half = pk.get_backend(f"hf:{hf_folder}", device="cpu", dtype="bfloat16")
     assert pk.get_backend(f"hf:{hf_folder}", device="cpu").model is first.model  # reused
     pk.get_backend(f"hf:{hf_folder}", device="cpu", dtype="float16")  # evicts bfloat16
-    assert len(hf_module._CACHE) == 2
+    assert len(_hf_loading._CACHE) == 2
     assert pk.get_backend(f"hf:{hf_folder}", device="cpu").model is first.model
     assert pk.get_backend(f"hf:{hf_folder}", device="cpu", dtype="bfloat16").model is not (
         half.model
