@@ -86,7 +86,7 @@ def exceeded(limit: str, value: int, detail: str) -> TemplateError:
     """The error for a limit that fired: names the limit, its value and what hit it."""
     return TemplateError(
         f"template limit {limit!r} exceeded: {detail} the limit of {value:,} (a template may "
-        "not loop, recurse or build text without bound; see promptkit._template_limits)"
+        "not loop, recurse or build text without bound; see promptkit.TemplateLimits)"
     )
 
 

@@ -180,7 +180,7 @@ def run_command(
     """Run template FILE on a backend and print the validated output.
 
     Deterministic requests (temperature 0, or a --seed) are answered from the response cache
-    when they were asked before (see promptkit._cache); --no-cache turns it off.
+    when they were asked before (see promptkit.CachedBackend); --no-cache turns it off.
     """
     from ._files import load_prompt
     from .backends._base import GenerationConfig

@@ -191,3 +191,10 @@ def test_hostile_template_file_loads_and_checks_fast_then_fails_at_render(tmp_pa
     with pytest.raises(TemplateError, match="'max_int_digits'") as caught:
         prompt.render({})
     assert caught.value.line == 5 and caught.value.source == str(path)
+
+
+def test_a_limit_error_points_to_the_public_limits():
+    assert pk.TemplateLimits is TemplateLimits
+    assert pk.TemplateLimits().max_steps == 500_000  # the README's numbers
+    with pytest.raises(TemplateError, match=r"see promptkit\.TemplateLimits\)"):
+        compile_template("{{ 'x' * 51 }}", limits=TemplateLimits(max_length=50)).render({})
