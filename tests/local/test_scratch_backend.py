@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import promptkit as pk
-from promptkit.backends import GenerationConfig, local
+from promptkit.backends import GenerationConfig, _local
 from promptkit.backends.scratch import _backend as scratch_backend
 from promptkit.errors import ConfigurationError, ContextWindowError, InputValidationError
 
@@ -143,8 +143,8 @@ def test_greedy_flag(backend):
 def test_chunked_scoring_equals_unchunked(backend, monkeypatch):
     pairs = [("The quick", " brown fox jumps over the lazy dog"), ("To", " be or not")]
     full = backend.loglikelihood_batch(pairs)
-    monkeypatch.setattr(local, "SCORE_CHUNK", 3)
-    monkeypatch.setattr(local, "SCORE_BATCH", 1)
+    monkeypatch.setattr(_local, "SCORE_CHUNK", 3)
+    monkeypatch.setattr(_local, "SCORE_BATCH", 1)
     chunked = backend.loglikelihood_batch(pairs)
     for (a, ga), (b, gb) in zip(full, chunked, strict=True):
         assert a == pytest.approx(b, abs=1e-4) and ga == gb
