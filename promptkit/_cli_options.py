@@ -84,7 +84,7 @@ def backend_for(spec: str | None, prompt: Any = None) -> Backend:
     if spec:
         return get_backend(spec)
     if prompt is not None:
-        from ._files import backend_from_prompt
+        from ._prompty import backend_from_prompt
 
         backend = backend_from_prompt(prompt)
         if backend is not None:

@@ -29,12 +29,10 @@ from ._prompt import Example, Prompt, Style, TemplateFormat
 from ._references import (
     check_model_references,
     read_confined,
-    resolve_env,
     resolve_references,
 )
 from ._template_folder import split_front_matter
-from .backends._base import Backend
-from .errors import ConfigurationError, PromptkitError, TemplateError
+from .errors import PromptkitError, TemplateError
 
 __all__ = [
     "build_prompt",
@@ -466,47 +464,3 @@ def save_prompt(prompt: Prompt[Any], path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     target.write_text(dump_prompty(prompt), encoding="utf-8")
     return target
-
-
-def backend_from_prompt(prompt: Prompt[Any]) -> Backend | None:
-    """The backend a template's ``model.configuration`` (Prompty 1) or ``model.connection``
-    (Prompty 2) names, or None when it names none.
-
-    ``type: azure_openai`` (``azure_deployment``, ``azure_endpoint``, ``api_version``,
-    ``api_key``) gives ``azure:DEPLOYMENT``; ``type: openai`` (``name`` or ``model``,
-    ``api_key``, ``base_url``, ``organization``) gives ``openai:MODEL``. ``${env:VAR}`` values
-    are read now, when the backend is made (never when the file is loaded or saved). Unset
-    values fall back to the backends' standard environment variables.
-    Raises ConfigurationError for an unknown type, a missing variable or a ``${file:...}``.
-    """
-    from .backends import get_backend
-
-    model = prompt.metadata.get("model")
-    if not isinstance(model, dict):
-        return None
-    settings = model.get("configuration") or model.get("connection")
-    if not isinstance(settings, dict) or not settings.get("type"):
-        return None
-    source = prompt.source
-    values = {k: resolve_env(v, source) for k, v in settings.items() if k != "type"}
-    kind = str(settings["type"]).lower()
-    if kind in ("azure_openai", "azure"):
-        deployment = values.pop("azure_deployment", None) or values.pop("deployment", None)
-        if not deployment:
-            raise ConfigurationError(f"{source}: model.configuration needs azure_deployment")
-        options = {
-            "endpoint": values.get("azure_endpoint") or values.get("endpoint"),
-            "api_version": values.get("api_version"),
-            "api_key": values.get("api_key"),
-        }
-        return get_backend(f"azure:{deployment}", **{k: v for k, v in options.items() if v})
-    if kind == "openai":
-        name = values.get("name") or values.get("model") or model.get("name")
-        if not name:
-            raise ConfigurationError(f"{source}: model.configuration needs the model's name")
-        options = {k: values.get(k) for k in ("api_key", "base_url", "organization")}
-        return get_backend(f"openai:{name}", **{k: v for k, v in options.items() if v})
-    raise ConfigurationError(
-        f"{source}: model.configuration type {settings['type']!r} is not one promptkit knows "
-        "(azure_openai, openai); pass --backend instead"
-    )

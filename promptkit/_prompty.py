@@ -3,7 +3,8 @@
 ``model: gpt-4o`` (an id alone), ``model.options`` beside ``model.parameters`` (camelCase
 names such as ``maxOutputTokens`` included), ``model.*.response_format`` as the output type
 (``${file:schema.json}`` allowed there), Prompty 2's ``inputSchema: {properties: [...]}``,
-``kind: thread`` inputs, and per-input ``sample:`` / ``example:`` values.
+``kind: thread`` inputs, per-input ``sample:`` / ``example:`` values, and the backend that
+``model.configuration`` (Prompty 1) or ``model.connection`` (Prompty 2) names.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._prompt import Prompt, TemplateFormat
+from ._references import resolve_env
 from ._schema import type_from_schema
-from .errors import TemplateError
+from .backends._base import Backend
+from .errors import ConfigurationError, TemplateError
 
 __all__ = [
+    "backend_from_prompt",
     "declared_inputs",
     "model_options",
     "response_format_type",
@@ -147,3 +151,47 @@ def sample_inputs(prompt: Prompt[Any]) -> dict[str, Any] | None:
     if isinstance(whole, dict):
         sample.update(whole)
     return sample or None
+
+
+def backend_from_prompt(prompt: Prompt[Any]) -> Backend | None:
+    """The backend a template's ``model.configuration`` (Prompty 1) or ``model.connection``
+    (Prompty 2) names, or None when it names none.
+
+    ``type: azure_openai`` (``azure_deployment``, ``azure_endpoint``, ``api_version``,
+    ``api_key``) gives ``azure:DEPLOYMENT``; ``type: openai`` (``name`` or ``model``,
+    ``api_key``, ``base_url``, ``organization``) gives ``openai:MODEL``. ``${env:VAR}`` values
+    are read now, when the backend is made (never when the file is loaded or saved). Unset
+    values fall back to the backends' standard environment variables.
+    Raises ConfigurationError for an unknown type, a missing variable or a ``${file:...}``.
+    """
+    from .backends import get_backend
+
+    model = prompt.metadata.get("model")
+    if not isinstance(model, dict):
+        return None
+    settings = model.get("configuration") or model.get("connection")
+    if not isinstance(settings, dict) or not settings.get("type"):
+        return None
+    source = prompt.source
+    values = {k: resolve_env(v, source) for k, v in settings.items() if k != "type"}
+    kind = str(settings["type"]).lower()
+    if kind in ("azure_openai", "azure"):
+        deployment = values.pop("azure_deployment", None) or values.pop("deployment", None)
+        if not deployment:
+            raise ConfigurationError(f"{source}: model.configuration needs azure_deployment")
+        options = {
+            "endpoint": values.get("azure_endpoint") or values.get("endpoint"),
+            "api_version": values.get("api_version"),
+            "api_key": values.get("api_key"),
+        }
+        return get_backend(f"azure:{deployment}", **{k: v for k, v in options.items() if v})
+    if kind == "openai":
+        name = values.get("name") or values.get("model") or model.get("name")
+        if not name:
+            raise ConfigurationError(f"{source}: model.configuration needs the model's name")
+        options = {k: values.get(k) for k in ("api_key", "base_url", "organization")}
+        return get_backend(f"openai:{name}", **{k: v for k, v in options.items() if v})
+    raise ConfigurationError(
+        f"{source}: model.configuration type {settings['type']!r} is not one promptkit knows "
+        "(azure_openai, openai); pass --backend instead"
+    )

@@ -256,7 +256,7 @@ user:
 def test_templates_choose_their_backend_from_model_configuration(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from promptkit._files import backend_from_prompt
+    from promptkit._prompty import backend_from_prompt
     from promptkit.cli import cli
 
     monkeypatch.setenv("MY_ENDPOINT", "https://example.invalid")

@@ -11,7 +11,7 @@ import pytest
 
 import promptkit as pk
 from promptkit._check import check_template
-from promptkit._files import backend_from_prompt
+from promptkit._prompty import backend_from_prompt
 from promptkit._references import MAX_DATA_FILE_BYTES
 from promptkit.errors import ConfigurationError, TemplateError
 
