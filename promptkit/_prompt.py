@@ -375,7 +375,7 @@ class Prompt(PromptRendering, Generic[OutputT]):
         prompt's message-list input when it has one: giving that input too is a UsageError).
 
         Demonstrations: the first ``shots`` of the examples ranked by ``select`` (see
-        :mod:`promptkit._demos`); on backends that count tokens, the least wanted are dropped
+        :class:`~promptkit.Selection`); on backends that count tokens, the least wanted are dropped
         until the prompt plus ``max_tokens`` fits the context window (``result.dropped`` says
         which and why).
 
@@ -452,8 +452,7 @@ class Prompt(PromptRendering, Generic[OutputT]):
 
         ``normalize`` divides each label's log-probability by its length in tokens;
         ``calibrate`` divides the label probabilities by those given for a content-free input
-        (every text field set to ``content_free``) before choosing (see
-        :func:`promptkit._scoring.classify_labels`).
+        (every text field set to ``content_free``) before choosing.
 
         Raises UsageError unless the output type is a label set (``Literal`` / ``Enum`` /
         ``labels:``), UnsupportedCapabilityError when the backend cannot score, and
