@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from promptkit.backends.scratch.tokenizer import Tokenizer
+from promptkit.backends.scratch._tokenizer import Tokenizer
 
 
 def same_weights(n_layer: int = 12, n_embd: int = 768, n_head: int = 12) -> tuple[Any, Any]:
     """A random transformers GPT2LMHeadModel and our GPT holding exactly its weights."""
     import transformers
 
-    from promptkit.backends.scratch.checkpoint import load_hf_gpt2
+    from promptkit.backends.scratch._checkpoint import load_hf_gpt2
 
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head)

@@ -30,14 +30,14 @@ from typing import Any
 import torch
 
 import promptkit as pk
+from promptkit._grammar import grammar_for
+from promptkit._llg import compile_grammar
 from promptkit.backends import GenerationConfig
-from promptkit.backends.base import messages_to_text
-from promptkit.backends.masking import TokenMasker, llg_tokenizer
-from promptkit.backends.scratch.backend import ScratchBackend
+from promptkit.backends._base import messages_to_text
+from promptkit.backends._masking import TokenMasker, llg_tokenizer
+from promptkit.backends.scratch._backend import ScratchBackend
+from promptkit.backends.scratch._tokenizer import Tokenizer
 from promptkit.backends.scratch.gpt2 import GPT, PRESETS
-from promptkit.backends.scratch.tokenizer import Tokenizer
-from promptkit.grammar import grammar_for
-from promptkit.llg import compile_grammar
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
 

@@ -17,7 +17,7 @@ import torch
 from common import IdsOnlyTokenizer, best_time, memory_bandwidth_gb_s, same_weights
 
 from promptkit.backends import GenerationConfig
-from promptkit.backends.scratch.backend import ScratchBackend
+from promptkit.backends.scratch._backend import ScratchBackend
 
 
 def main() -> None:

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 import promptkit as pk
-from promptkit.backends.scratch.backend import ScratchBackend
+from promptkit import CachedBackend, ResponseCache
+from promptkit.backends.scratch._backend import ScratchBackend
+from promptkit.backends.scratch._tokenizer import Tokenizer
 from promptkit.backends.scratch.gpt2 import GPT, PRESETS
-from promptkit.backends.scratch.tokenizer import Tokenizer
-from promptkit.cache import CachedBackend, ResponseCache
 from promptkit.evaluate import EvalItem, evaluate
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"

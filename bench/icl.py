@@ -2,7 +2,7 @@
 
     python bench/icl.py [--backend scratch] [--out docs]
 
-Held-out evaluation sets from ``promptkit.training.evalsets.write_eval_tasks`` (made-up label words,
+Held-out evaluation sets from ``promptkit.training.write_eval_tasks`` (made-up label words,
 phrasings, names and cities that the training corpus never contains):
 
 - demonstration-defined classification, 32 tasks and their mirrors (the two label words
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Literal
 
 import promptkit as pk
-from promptkit.demos import Selection
+from promptkit import Selection
 from promptkit.evaluate import ShotReport, evaluate, load_dataset
-from promptkit.training.evalsets import write_eval_tasks
+from promptkit.training._evalsets import write_eval_tasks
 
 SHOTS = [0, 1, 2, 4, 8]
 # 32 tasks and their mirrors: with no demonstrations each task lands far from 50% one way or

@@ -16,8 +16,8 @@ import argparse
 import torch
 from common import IdsOnlyTokenizer, best_time
 
-from promptkit.backends.local import LocalScoring
-from promptkit.backends.scratch.backend import ScratchBackend
+from promptkit.backends._local import LocalScoring
+from promptkit.backends.scratch._backend import ScratchBackend
 from promptkit.backends.scratch.gpt2 import GPT, PRESETS
 
 

@@ -16,7 +16,7 @@ import argparse
 import torch
 from common import IdsOnlyTokenizer, best_time, same_weights
 
-from promptkit.backends.scratch.backend import ScratchBackend
+from promptkit.backends.scratch._backend import ScratchBackend
 
 
 def main() -> None:

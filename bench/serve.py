@@ -35,10 +35,10 @@ import openai
 import torch
 
 from promptkit.backends import GenerationConfig
-from promptkit.backends.scratch.backend import ScratchBackend
-from promptkit.backends.scratch.checkpoint import save_checkpoint
+from promptkit.backends.scratch._backend import ScratchBackend
+from promptkit.backends.scratch._checkpoint import save_checkpoint
+from promptkit.backends.scratch._tokenizer import Tokenizer
 from promptkit.backends.scratch.gpt2 import GPT, GPTConfig
-from promptkit.backends.scratch.tokenizer import Tokenizer
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
 PROMPT = "The quick brown fox jumps over the lazy dog"

@@ -20,7 +20,7 @@ from common import best_time
 
 import promptkit as pk
 from promptkit.backends import GenerationConfig
-from promptkit.models.registry import pull
+from promptkit.models._registry import pull
 
 
 def main() -> None:

@@ -17,13 +17,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attempt",
+    "CachedBackend",
     "Example",
     "Lark",
     "Message",
     "Prompt",
     "Regex",
+    "ResponseCache",
     "Result",
+    "Selection",
     "SpanOf",
+    "TemplateLimits",
     "__version__",
     "backends",
     "bundled_templates",
@@ -36,34 +40,41 @@ __all__ = [
 ]
 
 _LAZY: dict[str, tuple[str, str | None]] = {
-    "Attempt": ("promptkit.runloop", "Attempt"),
-    "Example": ("promptkit.prompt", "Example"),
-    "Lark": ("promptkit.outputs", "Lark"),
-    "Message": ("promptkit.conversation", "Message"),
-    "Prompt": ("promptkit.prompt", "Prompt"),
-    "Regex": ("promptkit.outputs", "Regex"),
-    "Result": ("promptkit.runloop", "Result"),
-    "SpanOf": ("promptkit.outputs", "SpanOf"),
+    "Attempt": ("promptkit._runloop", "Attempt"),
+    "CachedBackend": ("promptkit._cache", "CachedBackend"),
+    "Example": ("promptkit._prompt", "Example"),
+    "Lark": ("promptkit._outputs", "Lark"),
+    "Message": ("promptkit._conversation", "Message"),
+    "Prompt": ("promptkit._prompt", "Prompt"),
+    "Regex": ("promptkit._outputs", "Regex"),
+    "ResponseCache": ("promptkit._cache", "ResponseCache"),
+    "Result": ("promptkit._runloop", "Result"),
+    "Selection": ("promptkit._demos", "Selection"),
+    "SpanOf": ("promptkit._outputs", "SpanOf"),
+    "TemplateLimits": ("promptkit._template_limits", "TemplateLimits"),
     "backends": ("promptkit.backends", None),
-    "bundled_templates": ("promptkit.files", "bundled_templates"),
+    "bundled_templates": ("promptkit._files", "bundled_templates"),
     "errors": ("promptkit.errors", None),
     "get_backend": ("promptkit.backends", "get_backend"),
-    "load_prompt": ("promptkit.files", "load_prompt"),
-    "multiple_choice": ("promptkit.scoring", "multiple_choice"),
-    "parse_output": ("promptkit.parsing", "parse_output"),
-    "save_prompt": ("promptkit.files", "save_prompt"),
+    "load_prompt": ("promptkit._files", "load_prompt"),
+    "multiple_choice": ("promptkit._scoring", "multiple_choice"),
+    "parse_output": ("promptkit._parsing", "parse_output"),
+    "save_prompt": ("promptkit._files", "save_prompt"),
 }
 
 if TYPE_CHECKING:
     from . import backends, errors
+    from ._cache import CachedBackend, ResponseCache
+    from ._conversation import Message
+    from ._demos import Selection
+    from ._files import bundled_templates, load_prompt, save_prompt
+    from ._outputs import Lark, Regex, SpanOf
+    from ._parsing import parse_output
+    from ._prompt import Example, Prompt
+    from ._runloop import Attempt, Result
+    from ._scoring import multiple_choice
+    from ._template_limits import TemplateLimits
     from .backends import get_backend
-    from .conversation import Message
-    from .files import bundled_templates, load_prompt, save_prompt
-    from .outputs import Lark, Regex, SpanOf
-    from .parsing import parse_output
-    from .prompt import Example, Prompt
-    from .runloop import Attempt, Result
-    from .scoring import multiple_choice
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """The ``promptkit pull`` and ``promptkit models`` commands (registered on the ``promptkit``
-group in :mod:`promptkit.cli`): the known real models of :mod:`promptkit.models.registry`,
+group in :mod:`promptkit.cli`): the known real models of :mod:`promptkit.models._registry`,
 fetched into the model cache and listed."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["models_command", "pull_command"]
 @click.argument("name")
 def pull_command(name: str) -> None:
     """Fetch a known real model into the model cache (see `promptkit models`); prints its path."""
-    from .models.registry import lookup, pull
+    from .models._registry import lookup, pull
 
     path = pull(name)
     known = lookup(name)
@@ -26,7 +26,7 @@ def pull_command(name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def models_command(as_json: bool) -> None:
     """List the known real models: pulled or not, size, sha256, path."""
-    from .models.registry import status
+    from .models._registry import status
 
     rows = [
         {

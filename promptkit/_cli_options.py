@@ -14,7 +14,7 @@ import click
 from .errors import UsageError
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
+    from .backends._base import Backend
 
 __all__ = [
     "backend_for",
@@ -84,7 +84,7 @@ def backend_for(spec: str | None, prompt: Any = None) -> Backend:
     if spec:
         return get_backend(spec)
     if prompt is not None:
-        from .files import backend_from_prompt
+        from ._prompty import backend_from_prompt
 
         backend = backend_from_prompt(prompt)
         if backend is not None:
@@ -111,7 +111,7 @@ def collect_inputs(
     """
     inputs: dict[str, Any] = {}
     if sample:
-        from .prompty import sample_inputs
+        from ._prompty import sample_inputs
 
         samples = sample_inputs(prompt)
         if samples is None:
@@ -159,7 +159,7 @@ def with_cache(backend: Any, enabled: bool, size_mb: int = 256) -> Any:
     """The backend behind the response cache, unless disabled."""
     if not enabled:
         return backend
-    from .cache import CachedBackend, ResponseCache
+    from ._cache import CachedBackend, ResponseCache
 
     return CachedBackend(backend, ResponseCache(max_bytes=size_mb * 1024 * 1024))
 

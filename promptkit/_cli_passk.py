@@ -40,6 +40,7 @@ def eval_pass_at_k(
     naming the given ones (pass@k would ignore them), and what
     :func:`~promptkit.evaluate.run_pass_at_k` raises.
     """
+    from ._files import load_prompt
     from .evaluate import (
         PassAtKOptions,
         SandboxLimits,
@@ -47,7 +48,6 @@ def eval_pass_at_k(
         pass_at_k_markdown,
         run_pass_at_k,
     )
-    from .files import load_prompt
 
     if any(unused.values()):
         raise UsageError(f"pass@k does not use {', '.join(k for k, v in unused.items() if v)}")

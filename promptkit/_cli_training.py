@@ -35,8 +35,8 @@ def corpus_command(
     eval_dir: str | None,
 ) -> None:
     """Generate a training corpus in the formats promptkit renders (see promptkit.training)."""
-    from .training.corpus import write_corpus
-    from .training.evalsets import write_eval_tasks
+    from .training._corpus import write_corpus
+    from .training._evalsets import write_eval_tasks
 
     if eval_dir:
         files = write_eval_tasks(eval_dir, seed=seed)

@@ -6,12 +6,12 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, Union
 
+from ._grammar import Grammar, grammar_for, span_grammar
+from ._parsing import OutputSpec
 from .errors import ConstraintError, UnsupportedCapabilityError, UsageError
-from .grammar import Grammar, grammar_for, span_grammar
-from .parsing import OutputSpec
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
+    from .backends._base import Backend
 
 __all__ = ["Constrained", "decoding_grammar"]
 

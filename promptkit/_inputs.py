@@ -8,11 +8,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from .conversation import Message as ChatMessage
+from ._conversation import Message as ChatMessage
+from ._outputs import span_sources
+from ._parsing import OutputSpec
+from ._templating import CompiledTemplate
 from .errors import InputValidationError, MissingVariableError, TemplateError
-from .outputs import span_sources
-from .parsing import OutputSpec
-from .templating import CompiledTemplate
 
 __all__ = [
     "check_output_inputs",

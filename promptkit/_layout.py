@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .backends.base import Message, PromptInput
-from .conversation import Message as ChatMessage
-from .conversation import ThreadSlot, thread_messages, turn_text
+from ._conversation import Message as ChatMessage
+from ._conversation import ThreadSlot, thread_messages, turn_text
+from ._templating import CompiledTemplate
+from .backends._base import Message, PromptInput
 from .errors import TemplateError, UsageError
-from .templating import CompiledTemplate
 
 __all__ = [
     "STYLES",
@@ -62,7 +62,7 @@ def compile_parts(
         raise UsageError(f"template_format must be 'jinja2' or 'mustache', got {template_format!r}")
     engine: type[CompiledTemplate] = CompiledTemplate
     if template_format == "mustache":
-        from .mustache import MustacheTemplate
+        from ._mustache import MustacheTemplate
 
         engine = MustacheTemplate
 

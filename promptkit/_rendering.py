@@ -10,15 +10,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ._conversation import Message as ChatMessage
+from ._conversation import ThreadSlot, thread_messages
+from ._demos import Example, Selection, Strategy
 from ._inputs import template_context, validate_inputs
 from ._layout import Style, Turn, continue_conversation, lay_out, render_turns
-from .backends.base import Message, PromptInput
-from .conversation import Message as ChatMessage
-from .conversation import ThreadSlot, thread_messages
-from .demos import Example, Selection, Strategy
+from ._parsing import OutputSpec
+from ._templating import CompiledTemplate
+from .backends._base import Message, PromptInput
 from .errors import InputValidationError
-from .parsing import OutputSpec
-from .templating import CompiledTemplate
 
 __all__ = ["PromptRendering"]
 
@@ -58,7 +58,7 @@ class PromptRendering:
         """Render to one string (completion style) or a list of chat messages (chat style).
 
         ``shots`` demonstrations are shown, chosen by ``select`` (default: the examples' own
-        order; see :mod:`promptkit.demos`).
+        order; see :mod:`promptkit._demos`).
 
         Raises InputValidationError for bad inputs or shots, TemplateError if rendering fails.
         """

@@ -33,6 +33,7 @@ from ._cli_options import (
     shot_counts,
     with_cache,
 )
+from ._cli_serve import serve_command
 from ._cli_training import corpus_command, finetune_command, train_command
 from .errors import BackendError, OutputValidationError, PromptkitError, UsageError
 
@@ -44,7 +45,7 @@ EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
 )
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
+    from .backends._base import Backend
 
 
 class _Group(click.Group):
@@ -83,14 +84,22 @@ def cli() -> None:
     """promptkit: typed prompt templates for GPT-style models."""
 
 
-for _command in (corpus_command, finetune_command, models_command, pull_command, train_command):
+_COMMANDS = (
+    corpus_command,
+    finetune_command,
+    models_command,
+    pull_command,
+    serve_command,
+    train_command,
+)
+for _command in _COMMANDS:
     cli.add_command(_command)
 
 
 @cli.command("templates")
 def templates_command() -> None:
     """List the bundled templates with one-line descriptions."""
-    from .files import bundled_templates, load_prompt
+    from ._files import bundled_templates, load_prompt
 
     bundled = bundled_templates()
     width = max((len(name) for name in bundled), default=0)
@@ -104,7 +113,7 @@ def templates_command() -> None:
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 def check_command(files: Sequence[str], strict: bool) -> None:
     """Validate template FILES; print each problem with its line number."""
-    from .check import check_template
+    from ._check import check_template
 
     failed = False
     for file in files:
@@ -136,7 +145,7 @@ def render_command(
     as_json: bool,
 ) -> None:
     """Render template FILE with the given inputs and print it."""
-    from .files import load_prompt
+    from ._files import load_prompt
 
     prompt = load_prompt(file)
     inputs = collect_inputs(prompt, input_pairs, inputs_json, sample)
@@ -183,10 +192,10 @@ def run_command(
     """Run template FILE on a backend and print the validated output.
 
     Deterministic requests (temperature 0, or a --seed) are answered from the response cache
-    when they were asked before (see promptkit.cache); --no-cache turns it off.
+    when they were asked before (see promptkit.CachedBackend); --no-cache turns it off.
     """
-    from .backends.base import GenerationConfig
-    from .files import load_prompt
+    from ._files import load_prompt
+    from .backends._base import GenerationConfig
 
     prompt = load_prompt(file)
     inputs = collect_inputs(prompt, input_pairs, inputs_json, sample)
@@ -369,8 +378,9 @@ def eval_command(
             unused=unused,
         )
         return
-    from .cache import CachedBackend
-    from .demos import Selection
+    from ._cache import CachedBackend
+    from ._demos import Selection
+    from ._item_progress import ItemProgress
     from .evaluate import (
         comparison_line,
         markdown,
@@ -379,7 +389,6 @@ def eval_command(
         run_evaluation,
         write_report,
     )
-    from .item_progress import ItemProgress
 
     pass_at_k_only = {"--k": ks != "1", "--samples": samples != 1, "--unsafe-exec": unsafe_exec}
     if any(pass_at_k_only.values()):
@@ -419,81 +428,6 @@ def eval_command(
     calls = backend.calls if isinstance(backend, CachedBackend) else None
     note = model_calls(outcome.runs, calls, scoring=kind == "score")
     click.echo(f"wrote {', '.join(str(p) for p in written)}; {note}")
-
-
-@cli.command("serve")
-@backend_option(template=False)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option(
-    "--api-key",
-    envvar="PROMPTKIT_API_KEY",
-    help="Require this key from clients (env: PROMPTKIT_API_KEY).",
-)
-@click.option("--model-name", help="The model name clients ask for (default: the spec).")
-@click.option(
-    "--max-body",
-    type=click.IntRange(min=1024),
-    default=1024 * 1024,
-    show_default=True,
-    help="Largest request body in bytes (limit max_body_bytes).",
-)
-@click.option(
-    "--max-prompts",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Most prompts in one /v1/completions request.",
-)
-@click.option(
-    "--max-choices",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Most completions one request asks for (prompts x n).",
-)
-@click.option(
-    "--max-request-tokens",
-    type=click.IntRange(min=1),
-    default=65_536,
-    show_default=True,
-    help="Most tokens one request may cost: prompt tokens plus n x max_tokens.",
-)
-def serve_command(
-    backend_spec: str | None,
-    host: str,
-    port: int,
-    api_key: str | None,
-    model_name: str | None,
-    max_body: int,
-    max_prompts: int,
-    max_choices: int,
-    max_request_tokens: int,
-) -> None:
-    """Serve a backend as an OpenAI-compatible API (/v1/chat/completions, /v1/completions).
-
-    SIGINT or SIGTERM stops it within a few seconds, cutting any stream still being generated.
-    """
-    try:
-        from .server import ServerLimits, create_app, serve
-    except ImportError as exc:
-        raise UsageError(
-            f"promptkit serve needs FastAPI and uvicorn ({exc}); pip install 'promptkit[serve]'"
-        ) from None
-    backend = backend_for(backend_spec)
-    limits = ServerLimits(
-        max_body_bytes=max_body,
-        max_prompts=max_prompts,
-        max_choices=max_choices,
-        max_request_tokens=max_request_tokens,
-    )
-    app = create_app(backend, model_name=model_name, api_key=api_key, limits=limits)
-    click.echo(
-        f"serving {backend.name} as {model_name or backend.name!r} on http://{host}:{port}/v1"
-        + (" (API key required)" if api_key else ""),
-        err=True,
-    )
-    serve(app, host=host, port=port)
 
 
 def _print_attempts(attempts: Sequence[Any]) -> None:

@@ -8,15 +8,15 @@ import pytest
 from pydantic import BaseModel
 
 import promptkit as pk
+from promptkit._grammar import Grammar
 from promptkit.backends import Backend, Capabilities, Completion, GenerationConfig, ScriptedBackend
-from promptkit.backends.base import PerplexityStats, cut_at_stop, messages_to_text
+from promptkit.backends._base import PerplexityStats, cut_at_stop, messages_to_text
 from promptkit.errors import (
     BackendError,
     ConfigurationError,
     InputValidationError,
     UnsupportedCapabilityError,
 )
-from promptkit.grammar import Grammar
 
 
 @pytest.mark.parametrize(

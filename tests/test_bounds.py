@@ -10,6 +10,7 @@ import pytest
 from pydantic import BaseModel, TypeAdapter
 
 import promptkit as pk
+from promptkit._schema import type_from_schema
 from promptkit.backends import ScriptedBackend
 from promptkit.errors import (
     InputValidationError,
@@ -18,7 +19,6 @@ from promptkit.errors import (
     TemplateError,
     UsageError,
 )
-from promptkit.schema import type_from_schema
 
 QUESTION = {"context": "It rained.", "question": "What got wet?"}
 
@@ -58,7 +58,7 @@ def test_the_bound_is_rendered_for_each_call(count):
 
 def test_the_grammar_enforces_the_rendered_bound():
     pytest.importorskip("llguidance")
-    from promptkit.grammar import grammar_for
+    from promptkit._grammar import grammar_for
 
     prompt = pk.load_prompt("multiple_choice")
     for count in (2, 4):
@@ -119,7 +119,7 @@ def test_format_instructions_and_validation_of_an_object_use_each_calls_bounds(t
 
 def test_the_grammar_of_an_object_enforces_each_calls_bounds(tmp_path: Path):
     pytest.importorskip("llguidance")
-    from promptkit.grammar import grammar_for
+    from promptkit._grammar import grammar_for
 
     path = tmp_path / "pick.prompty"
     path.write_text(OBJECT_FILE)

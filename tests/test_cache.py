@@ -12,11 +12,11 @@ from typing import Any, Literal
 import pytest
 
 import promptkit as pk
+from promptkit._cache import CachedBackend, ResponseCache, default_cache_path, request_key
+from promptkit._grammar import Grammar
 from promptkit.backends import Backend, Capabilities, GenerationConfig, ScriptedBackend
-from promptkit.backends.base import Completion, PerplexityStats, TokenLogprob, Usage
-from promptkit.cache import CachedBackend, ResponseCache, default_cache_path, request_key
+from promptkit.backends._base import Completion, PerplexityStats, TokenLogprob, Usage
 from promptkit.errors import ConfigurationError
-from promptkit.grammar import Grammar
 
 
 @pytest.fixture
@@ -223,12 +223,12 @@ def test_the_wrapper_delegates_every_method_of_the_interface(cache):
 
 def test_the_default_identity_names_the_class_and_the_backend():
     identity = ScriptedBackend([], name="mine").cache_identity()
-    assert identity == {"class": "promptkit.backends.scripted.ScriptedBackend", "name": "mine"}
+    assert identity == {"class": "promptkit.backends._scripted.ScriptedBackend", "name": "mine"}
 
 
 def test_the_identity_of_an_api_backend_holds_where_it_sends_and_never_the_key():
     openai = pytest.importorskip("openai")
-    from promptkit.backends.openai import OpenAIBackend, azure_from_spec, from_spec
+    from promptkit.backends._openai import OpenAIBackend, azure_from_spec, from_spec
 
     key = "sk-live-abcdefghijklmnop123456"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from promptkit.check import check_template
+from promptkit._check import check_template
+from promptkit._files import parse_prompty
 from promptkit.errors import TemplateError
-from promptkit.files import parse_prompty
 
 MANY_PROBLEMS = """\
 ---

@@ -9,7 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from promptkit.backends.base import (
+from promptkit.backends._base import (
     Backend,
     Capabilities,
     Completion,
@@ -352,7 +352,7 @@ def test_file_system_errors_are_one_line(invoke, tmp_path):
 
 
 def test_training_progress_shows_nothing_before_its_first_phase_and_times_each(capsys):
-    from promptkit.training.progress import TrainingProgress
+    from promptkit.training._progress import TrainingProgress
 
     with pytest.raises(ValueError), TrainingProgress(3):
         raise ValueError("bad settings")  # an error before any phase: nothing was shown

@@ -10,10 +10,10 @@ import pytest
 from pydantic import BaseModel, Field
 
 import promptkit as pk
-from promptkit.endings import shortest_ending
+from promptkit._endings import shortest_ending
+from promptkit._grammar import Grammar, grammar_for, span_grammar
+from promptkit._parsing import output_spec
 from promptkit.errors import ConstraintError, OutputParseError, TemplateError
-from promptkit.grammar import Grammar, grammar_for, span_grammar
-from promptkit.parsing import output_spec
 
 pytest.importorskip("llguidance")
 

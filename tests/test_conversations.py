@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 import promptkit as pk
-from promptkit.check import check_template
+from promptkit._check import check_template
 from promptkit.errors import InputValidationError, TemplateError, UsageError
 
 

@@ -11,11 +11,11 @@ from click.testing import CliRunner
 import promptkit as pk
 from promptkit.cli import cli
 from promptkit.errors import UsageError
-from promptkit.training.corpus import generate
-from promptkit.training.documents import read_corpus, read_documents
-from promptkit.training.evalsets import write_eval_tasks
-from promptkit.training.tasks import FAMILIES, person
-from promptkit.training.vocabulary import (
+from promptkit.training._corpus import generate
+from promptkit.training._documents import read_corpus, read_documents
+from promptkit.training._evalsets import write_eval_tasks
+from promptkit.training._tasks import FAMILIES, person
+from promptkit.training._vocabulary import (
     CITIES,
     FIRST_NAMES,
     GROUPS,
@@ -39,7 +39,7 @@ def test_generation_is_the_same_in_every_process():
     import sys
 
     code = (
-        "import hashlib; from promptkit.training.corpus import generate; "
+        "import hashlib; from promptkit.training._corpus import generate; "
         "print(hashlib.sha256(''.join(d.text for d in generate(300, seed=0)).encode())"
         ".hexdigest())"
     )

@@ -7,8 +7,8 @@ from typing import Literal, NoReturn
 import pytest
 
 import promptkit as pk
+from promptkit._demos import Selection, bm25_scores
 from promptkit.backends import GenerationConfig, ScriptedBackend
-from promptkit.demos import Selection, bm25_scores
 from promptkit.errors import ContextWindowError, UsageError
 
 POOL = [
@@ -149,7 +149,7 @@ def test_choosing_in_the_pools_order_renders_nothing():
 
 
 def test_fit_to_window_renders_with_fewer_demonstrations_until_it_fits():
-    from promptkit.demos import fit_to_window
+    from promptkit._demos import fit_to_window
 
     backend = CountingBackend([], context_window=10)
     rendered, shown, dropped = fit_to_window(

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 import promptkit as pk
 from promptkit.backends import ScriptedBackend
-from promptkit.backends.base import Backend, Capabilities
+from promptkit.backends._base import Backend, Capabilities
 from promptkit.cli import cli
 from promptkit.errors import InputValidationError, UsageError
 from promptkit.evaluate import (

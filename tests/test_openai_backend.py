@@ -10,8 +10,9 @@ import pytest
 from pydantic import BaseModel
 
 import promptkit as pk
+from promptkit._grammar import Grammar
 from promptkit.backends import GenerationConfig
-from promptkit.backends.openai import (
+from promptkit.backends._openai import (
     MIN_SECRET_LENGTH,
     from_spec,
     request_params,
@@ -19,7 +20,6 @@ from promptkit.backends.openai import (
     scrub,
 )
 from promptkit.errors import BackendError, ConfigurationError, ContextWindowError
-from promptkit.grammar import Grammar
 
 openai = pytest.importorskip("openai")
 fastapi = pytest.importorskip("fastapi")
@@ -256,8 +256,8 @@ user:
 def test_templates_choose_their_backend_from_model_configuration(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
+    from promptkit._prompty import backend_from_prompt
     from promptkit.cli import cli
-    from promptkit.files import backend_from_prompt
 
     monkeypatch.setenv("MY_ENDPOINT", "https://example.invalid")
     monkeypatch.setenv("MY_KEY", KEY)

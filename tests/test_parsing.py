@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 import promptkit as pk
 from promptkit import parse_output
+from promptkit._parsing import extract_json
 from promptkit.errors import OutputParseError, PromptkitError
-from promptkit.parsing import extract_json
 
 
 class Person(BaseModel):
@@ -230,7 +230,7 @@ def test_arbitrary_text_raises_only_promptkit_errors(text, output_type):
 def test_labels_keep_the_order_each_type_declares_them_in():
     # Literal["yes", "no"] == Literal["no", "yes"]: the cache of specs must not hand one the
     # other's order (the format instructions list the labels in it).
-    from promptkit.parsing import output_spec
+    from promptkit._parsing import output_spec
 
     assert output_spec(Literal["yes", "no"]).labels == ("yes", "no")
     assert output_spec(Literal["no", "yes"]).labels == ("no", "yes")

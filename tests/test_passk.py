@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import promptkit as pk
 from promptkit.backends import GenerationConfig, ScriptedBackend
-from promptkit.backends.scripted import Request
+from promptkit.backends._scripted import Request
 from promptkit.cli import cli
 from promptkit.errors import ConfigurationError, InputValidationError, UsageError
 from promptkit.evaluate import (

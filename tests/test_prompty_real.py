@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from pydantic import BaseModel
 
 import promptkit as pk
-from promptkit.check import check_template
+from promptkit._check import check_template
+from promptkit._prompty import sample_inputs
 from promptkit.cli import cli
 from promptkit.errors import PromptkitError, TemplateError
-from promptkit.prompty import sample_inputs
 
 REAL = Path(__file__).parent / "data" / "prompty" / "real"
 FILES = sorted(p.name for p in REAL.glob("*.prompty"))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import promptkit as pk
-from promptkit.check import check_template
+from promptkit._check import check_template
+from promptkit._prompty import backend_from_prompt
+from promptkit._references import MAX_DATA_FILE_BYTES
 from promptkit.errors import ConfigurationError, TemplateError
-from promptkit.files import backend_from_prompt
-from promptkit.references import MAX_DATA_FILE_BYTES
 
 SECRET = "sk-test-0123456789abcdef-secret"
 

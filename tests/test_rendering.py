@@ -224,7 +224,7 @@ def test_guess_language_filter():
 def test_plain_substitution_fast_path_matches_jinja(source, value):
     import jinja2
 
-    from promptkit.templating import CompiledTemplate
+    from promptkit._templating import CompiledTemplate
 
     compiled = CompiledTemplate(source)
     assert compiled._pieces is not None

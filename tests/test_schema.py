@@ -5,8 +5,8 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
+from promptkit._schema import type_from_schema
 from promptkit.errors import TemplateError
-from promptkit.schema import type_from_schema
 
 
 def test_nested_objects_arrays_enums_and_optional_fields():

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import promptkit as pk
-from promptkit.check import check_template
+from promptkit._check import check_template
+from promptkit._templating import TemplateLimits, compile_template
 from promptkit.errors import TemplateError
-from promptkit.templating import TemplateLimits, compile_template
 
 HOSTILE = [
     # (body, the limit that must fire)
@@ -191,3 +191,10 @@ def test_hostile_template_file_loads_and_checks_fast_then_fails_at_render(tmp_pa
     with pytest.raises(TemplateError, match="'max_int_digits'") as caught:
         prompt.render({})
     assert caught.value.line == 5 and caught.value.source == str(path)
+
+
+def test_a_limit_error_points_to_the_public_limits():
+    assert pk.TemplateLimits is TemplateLimits
+    assert pk.TemplateLimits().max_steps == 500_000  # the README's numbers
+    with pytest.raises(TemplateError, match=r"see promptkit\.TemplateLimits\)"):
+        compile_template("{{ 'x' * 51 }}", limits=TemplateLimits(max_length=50)).render({})

@@ -7,8 +7,8 @@ import json
 import pytest
 
 import promptkit as pk
+from promptkit._check import check_template
 from promptkit.backends import ScriptedBackend
-from promptkit.check import check_template
 
 BUNDLED = pk.bundled_templates()
 

@@ -10,7 +10,7 @@ import importlib
 from typing import Any, NamedTuple
 
 from ..errors import ConfigurationError
-from .base import (
+from ._base import (
     Backend,
     Capabilities,
     Completion,
@@ -19,7 +19,7 @@ from .base import (
     PromptInput,
     Usage,
 )
-from .scripted import Request, ScriptedBackend
+from ._scripted import Request, ScriptedBackend
 
 __all__ = [
     "Backend",
@@ -47,14 +47,16 @@ class _Builtin(NamedTuple):
 
 _BUILTIN: dict[str, _Builtin] = {
     "scripted": _Builtin(
-        "promptkit.backends.scripted", "from_spec", None, "scripted[:REPLIES.json]"
+        "promptkit.backends._scripted", "from_spec", None, "scripted[:REPLIES.json]"
     ),
-    "hf": _Builtin("promptkit.backends.hf", "from_spec", "local", "hf:NAME_OR_FOLDER"),
+    "hf": _Builtin("promptkit.backends._hf", "from_spec", "local", "hf:NAME_OR_FOLDER"),
     "scratch": _Builtin(
-        "promptkit.backends.scratch.backend", "from_spec", "local", "scratch:MODEL_FOLDER"
+        "promptkit.backends.scratch._backend", "from_spec", "local", "scratch:MODEL_FOLDER"
     ),
-    "openai": _Builtin("promptkit.backends.openai", "from_spec", "openai", "openai:MODEL"),
-    "azure": _Builtin("promptkit.backends.openai", "azure_from_spec", "openai", "azure:DEPLOYMENT"),
+    "openai": _Builtin("promptkit.backends._openai", "from_spec", "openai", "openai:MODEL"),
+    "azure": _Builtin(
+        "promptkit.backends._openai", "azure_from_spec", "openai", "azure:DEPLOYMENT"
+    ),
 }
 
 

@@ -1,7 +1,7 @@
 """How promptkit speaks the OpenAI API: a GenerationConfig as request parameters, a grammar as
 ``response_format``, and the SDK's errors as promptkit errors with secrets scrubbed.
 
-Private to :mod:`promptkit.backends.openai`, which re-exports the public names.
+Private to :mod:`promptkit.backends._openai`, which re-exports the public names.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from .._grammar import Grammar
 from ..errors import BackendError, ConfigurationError, ContextWindowError
-from ..grammar import Grammar
-from .base import GenerationConfig
+from ._base import GenerationConfig
 
 __all__ = [
     "MIN_SECRET_LENGTH",

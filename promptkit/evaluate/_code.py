@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Backend, GenerationConfig, cut_at_stop
+from .._item_progress import ItemProgress
+from .._prompt import Prompt
+from ..backends._base import Backend, GenerationConfig, cut_at_stop
 from ..errors import BackendError, UsageError
-from ..item_progress import ItemProgress
-from ..prompt import Prompt
 from ._humaneval import (
     CODEX_STOPS,
     CodeProblem,

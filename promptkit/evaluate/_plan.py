@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..backends.base import Backend, GenerationConfig
-from ..demos import Selection, Strategy
+from .._demos import Selection, Strategy
+from .._files import load_prompt
+from .._prompt import Example, Prompt
+from ..backends._base import Backend, GenerationConfig
 from ..errors import UsageError
-from ..files import load_prompt
-from ..prompt import Example, Prompt
 from ._metrics import compare_runs
 from ._runs import EvalItem, check_shots, evaluate, load_dataset, pool_from
 from ._schema import Comparison, ShotReport

@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from ..backends.base import Backend, GenerationConfig
-from ..demos import Selection, Strategy
+from .._demos import Selection, Strategy
+from .._prompt import Example, Prompt
+from ..backends._base import Backend, GenerationConfig
 from ..errors import (
     AttemptRecord as _Attempt,
 )
@@ -25,7 +26,6 @@ from ..errors import (
     PromptkitError,
     UsageError,
 )
-from ..prompt import Example, Prompt
 from ._schema import AttemptRecord, ItemResult, ShotReport
 
 

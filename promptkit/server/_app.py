@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..backends.base import (
+from ..backends._base import (
     Backend,
     Completion,
     GenerationConfig,
@@ -30,7 +30,7 @@ from ._tokens import chat_scores, completion_scores, local_model, prompt_scores
 from ._worker import Stream, Worker
 
 if TYPE_CHECKING:
-    from ..backends.local import LocalScoring
+    from ..backends._local import LocalScoring
 
 
 def create_app(

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any, Union
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-from ..backends.base import Completion, GenerationConfig
+from .._grammar import Grammar
+from ..backends._base import Completion, GenerationConfig
 from ..errors import UsageError
-from ..grammar import Grammar
 from ._errors import ApiError
 from ._guard import check_unicode
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from ..backends.base import Backend, Completion, GenerationConfig, Usage, cut_at_stop
+from ..backends._base import Backend, Completion, GenerationConfig, Usage, cut_at_stop
 
 if TYPE_CHECKING:
-    from ..backends.local import LocalScoring
+    from ..backends._local import LocalScoring
 
 
 def local_model(backend: Backend) -> LocalScoring | None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from ..backends.base import Backend, Completion, GenerationConfig, messages_to_text
+from ..backends._base import Backend, Completion, GenerationConfig, messages_to_text
 from ._errors import api_error
 
 R = TypeVar("R")

@@ -1,18 +1,18 @@
 """Training promptkit's own GPT: the generated corpus, pretraining, progress, the mini recipe.
 
-- :mod:`~promptkit.training.corpus` generates documents in promptkit's own prompt formats
-  (families in :mod:`~promptkit.training.tasks`, items and their train/held-out split in
-  :mod:`~promptkit.training.vocabulary`); :mod:`~promptkit.training.evalsets` writes the
+- :mod:`~promptkit.training._corpus` generates documents in promptkit's own prompt formats
+  (families in :mod:`~promptkit.training._tasks`, items and their train/held-out split in
+  :mod:`~promptkit.training._vocabulary`); :mod:`~promptkit.training._evalsets` writes the
   held-out evaluation sets;
-- :mod:`~promptkit.training.documents` reads a corpus from disk;
-- :mod:`~promptkit.training.pretrain` is the training loop (:func:`train`, :class:`TrainConfig`);
-- :mod:`~promptkit.training.finetune` fine-tunes a model on a template's data
+- :mod:`~promptkit.training._documents` reads a corpus from disk;
+- :mod:`~promptkit.training._pretrain` is the training loop (:func:`train`, :class:`TrainConfig`);
+- :mod:`~promptkit.training._finetune` fine-tunes a model on a template's data
   (:func:`finetune`, :class:`FinetuneConfig`; LoRA with peft), its data rendered by
-  :mod:`~promptkit.training.finetune_data`, its output folder written by
-  :mod:`~promptkit.training.finetune_run`, its memory checked by
-  :mod:`~promptkit.training.memory`;
-- :mod:`~promptkit.training.progress` shows a run's progress;
-- :mod:`~promptkit.training.recipes` holds promptkit-mini's recipe (:func:`train_mini`) and
+  :mod:`~promptkit.training._finetune_data`, its output folder written by
+  :mod:`~promptkit.training._finetune_run`, its memory checked by
+  :mod:`~promptkit.training._memory`;
+- :mod:`~promptkit.training._progress` shows a run's progress;
+- :mod:`~promptkit.training._recipes` holds promptkit-mini's recipe (:func:`train_mini`) and
   ``promptkit train`` as one call (:func:`run_training`).
 
 The models it trains live in :mod:`promptkit.backends.scratch`, which only runs them. Names
@@ -46,35 +46,35 @@ __all__ = [
 ]
 
 _LAZY: dict[str, str] = {
-    "MINI_CORPUS": "promptkit.training.recipes",
-    "MINI_RECIPE": "promptkit.training.recipes",
-    "Document": "promptkit.training.corpus",
-    "FinetuneConfig": "promptkit.training.finetune_run",
-    "FinetuneResult": "promptkit.training.finetune_run",
-    "TrainConfig": "promptkit.training.pretrain",
-    "TrainResult": "promptkit.training.pretrain",
-    "TrainingProgress": "promptkit.training.progress",
-    "finetune": "promptkit.training.finetune",
-    "generate": "promptkit.training.corpus",
-    "read_corpus": "promptkit.training.documents",
-    "read_documents": "promptkit.training.documents",
-    "run_finetune": "promptkit.training.finetune",
-    "run_training": "promptkit.training.recipes",
-    "train": "promptkit.training.pretrain",
-    "train_mini": "promptkit.training.recipes",
-    "write_corpus": "promptkit.training.corpus",
-    "write_eval_tasks": "promptkit.training.evalsets",
+    "MINI_CORPUS": "promptkit.training._recipes",
+    "MINI_RECIPE": "promptkit.training._recipes",
+    "Document": "promptkit.training._corpus",
+    "FinetuneConfig": "promptkit.training._finetune_run",
+    "FinetuneResult": "promptkit.training._finetune_run",
+    "TrainConfig": "promptkit.training._pretrain",
+    "TrainResult": "promptkit.training._pretrain",
+    "TrainingProgress": "promptkit.training._progress",
+    "finetune": "promptkit.training._finetune",
+    "generate": "promptkit.training._corpus",
+    "read_corpus": "promptkit.training._documents",
+    "read_documents": "promptkit.training._documents",
+    "run_finetune": "promptkit.training._finetune",
+    "run_training": "promptkit.training._recipes",
+    "train": "promptkit.training._pretrain",
+    "train_mini": "promptkit.training._recipes",
+    "write_corpus": "promptkit.training._corpus",
+    "write_eval_tasks": "promptkit.training._evalsets",
 }
 
 if TYPE_CHECKING:
-    from .corpus import Document, generate, write_corpus
-    from .documents import read_corpus, read_documents
-    from .evalsets import write_eval_tasks
-    from .finetune import finetune, run_finetune
-    from .finetune_run import FinetuneConfig, FinetuneResult
-    from .pretrain import TrainConfig, TrainResult, train
-    from .progress import TrainingProgress
-    from .recipes import MINI_CORPUS, MINI_RECIPE, run_training, train_mini
+    from ._corpus import Document, generate, write_corpus
+    from ._documents import read_corpus, read_documents
+    from ._evalsets import write_eval_tasks
+    from ._finetune import finetune, run_finetune
+    from ._finetune_run import FinetuneConfig, FinetuneResult
+    from ._pretrain import TrainConfig, TrainResult, train
+    from ._progress import TrainingProgress
+    from ._recipes import MINI_CORPUS, MINI_RECIPE, run_training, train_mini
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 import promptkit  # noqa: E402
-from promptkit.backends.scratch.tokenizer import Tokenizer  # noqa: E402
+from promptkit.backends.scratch._tokenizer import Tokenizer  # noqa: E402
 
 GPT2_TOKENIZER = Path(__file__).resolve().parents[3] / "shared" / "data" / "gpt2-tokenizer"
 MINI_TOKENIZER = Path(promptkit.__file__).resolve().parent / "models" / "mini" / "tokenizer.json"

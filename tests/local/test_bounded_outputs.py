@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import promptkit as pk
+from promptkit._outputs import has_letter_or_digit
 from promptkit.backends import GenerationConfig
-from promptkit.outputs import has_letter_or_digit
 
 from .conftest import make_hf_gpt2
 

@@ -14,15 +14,15 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field
 
 import promptkit as pk
+from promptkit._grammar import Grammar, grammar_for
+from promptkit._outputs import Lark, Regex
+from promptkit._parsing import output_spec
+from promptkit._schema import type_from_schema
 from promptkit.backends import GenerationConfig
-from promptkit.backends.hf import GrammarLogitsProcessor
-from promptkit.backends.masking import TokenMasker, llg_tokenizer
-from promptkit.backends.scripted import ScriptedBackend
+from promptkit.backends._hf import GrammarLogitsProcessor
+from promptkit.backends._masking import TokenMasker, llg_tokenizer
+from promptkit.backends._scripted import ScriptedBackend
 from promptkit.errors import ConstraintError, UnsupportedCapabilityError
-from promptkit.grammar import Grammar, grammar_for
-from promptkit.outputs import Lark, Regex
-from promptkit.parsing import output_spec
-from promptkit.schema import type_from_schema
 
 from .conftest import make_hf_gpt2, object_schema
 

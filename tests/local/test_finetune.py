@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import promptkit as pk
-from promptkit.backends.scratch.adapter import ADAPTER_FORMAT, weights_fingerprint
-from promptkit.backends.scratch.checkpoint import save_checkpoint
+from promptkit.backends.scratch._adapter import ADAPTER_FORMAT, weights_fingerprint
+from promptkit.backends.scratch._checkpoint import save_checkpoint
+from promptkit.backends.scratch._tokenizer import Tokenizer
 from promptkit.backends.scratch.gpt2 import GPT, GPTConfig
-from promptkit.backends.scratch.tokenizer import Tokenizer
 from promptkit.cli import cli
 from promptkit.errors import (
     ConfigurationError,
@@ -31,8 +31,8 @@ from promptkit.errors import (
 )
 from promptkit.evaluate import evaluate, load_dataset
 from promptkit.training import FinetuneConfig, finetune
-from promptkit.training.finetune_data import batch_of, encode_items, render_for_training
-from promptkit.training.memory import (
+from promptkit.training._finetune_data import batch_of, encode_items, render_for_training
+from promptkit.training._memory import (
     MemoryEstimate,
     available_memory,
     check_fits_memory,
@@ -340,7 +340,7 @@ def test_an_adapter_folder_loads_onto_its_base_and_only_onto_it(task, tmp_path):
 def test_lora_trains_only_the_adapter_and_merging_gives_the_same_logits(task, tmp_path):
     from peft import PeftModel
 
-    from promptkit.backends.scratch.adapter import to_torch_linears
+    from promptkit.backends.scratch._adapter import to_torch_linears
 
     kept = finetune(settings(task, tmp_path / "kept", lora_rank=1, epochs=2, lr=1e-2))
     merged = finetune(
@@ -416,7 +416,7 @@ def test_examples_too_long_are_dropped_with_a_count_or_refused_with_strict(task,
     rows = [{"text": "the red cup", "expected": "KAV"}] * 3
     rows.insert(1, {"text": " ".join(["word"] * 80), "expected": "ZOR"})
     data = write_jsonl(tmp_path / "long.jsonl", rows)
-    with caplog.at_level("WARNING", logger="promptkit.training.finetune"):
+    with caplog.at_level("WARNING", logger="promptkit.training._finetune"):
         result = finetune(settings(task, tmp_path / "out", data=data))
     assert result.dropped == [2]
     assert "1 example(s) of" in caplog.text and "(lines 2;" in caplog.text
@@ -441,7 +441,7 @@ def test_a_batch_that_would_not_fit_in_memory_is_refused_with_a_smaller_one(
     grows = estimate_memory(trainable=10, n_layer=2, n_embd=64, n_head=2, vocab_size=100, tokens=64)
     assert grows.total(2) > grows.total(1) > grows.fixed >= 4 * 10 * 4
 
-    module = importlib.import_module("promptkit.training.finetune")  # not the function
+    module = importlib.import_module("promptkit.training._finetune")  # not the function
     monkeypatch.setattr(module, "available_memory", lambda: 2**20)
     with pytest.raises(
         ConfigurationError, match=r"training would need about .* more memory .* available"

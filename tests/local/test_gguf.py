@@ -14,9 +14,9 @@ import torch
 import transformers
 
 import promptkit as pk
-from promptkit.backends.base import GenerationConfig
+from promptkit.backends._base import GenerationConfig
 from promptkit.errors import ConfigurationError
-from promptkit.models.registry import models_dir
+from promptkit.models._registry import models_dir
 
 from .test_llama import make_hf_llama
 
@@ -153,7 +153,7 @@ def test_float32_gguf_gives_the_original_models_logits(tmp_path, kind):
 
 
 def test_unpermuting_is_needed_and_is_llama_cpps_inverse():
-    from promptkit.backends.scratch.gguf import unpermute
+    from promptkit.backends.scratch._gguf import unpermute
 
     weight = torch.randn(4 * 8, 5)
     permuted = torch.from_numpy(llama_cpp_permute(weight.numpy(), 4, 4))
@@ -268,7 +268,7 @@ def test_registry_names_on_both_backends_are_offline_errors_when_not_pulled():
 
 
 def test_converted_tokenizer_is_kept_in_the_model_cache(tmp_path, monkeypatch):
-    from promptkit.backends.scratch import gguf as gguf_module
+    from promptkit.backends.scratch import _gguf as gguf_module
 
     folder = make_hf_llama(tmp_path / "hf", "llama")
     path = tmp_path / "model.gguf"

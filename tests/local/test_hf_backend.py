@@ -16,7 +16,7 @@ import transformers
 
 import promptkit as pk
 from promptkit.backends import GenerationConfig
-from promptkit.backends.hf import HFBackend
+from promptkit.backends._hf import HFBackend
 from promptkit.errors import ConfigurationError, ContextWindowError
 
 from .conftest import make_hf_gpt2
@@ -167,15 +167,15 @@ def test_the_shared_tokenizer_is_not_changed(hf):
 
 
 def test_the_model_cache_keeps_only_the_most_recently_used(hf_folder, monkeypatch):
-    from promptkit.backends import hf as hf_module
+    from promptkit.backends import _hf_loading
 
-    monkeypatch.setattr(hf_module, "_CACHE", type(hf_module._CACHE)())
-    monkeypatch.setattr(hf_module, "MODEL_CACHE_SIZE", 2)
+    monkeypatch.setattr(_hf_loading, "_CACHE", type(_hf_loading._CACHE)())
+    monkeypatch.setattr(_hf_loading, "MODEL_CACHE_SIZE", 2)
     first = pk.get_backend(f"hf:{hf_folder}", device="cpu", dtype="float32")
     half = pk.get_backend(f"hf:{hf_folder}", device="cpu", dtype="bfloat16")
     assert pk.get_backend(f"hf:{hf_folder}", device="cpu").model is first.model  # reused
     pk.get_backend(f"hf:{hf_folder}", device="cpu", dtype="float16")  # evicts bfloat16
-    assert len(hf_module._CACHE) == 2
+    assert len(_hf_loading._CACHE) == 2
     assert pk.get_backend(f"hf:{hf_folder}", device="cpu").model is first.model
     assert pk.get_backend(f"hf:{hf_folder}", device="cpu", dtype="bfloat16").model is not (
         half.model
@@ -203,7 +203,7 @@ def test_the_cache_identity_holds_the_weights_and_the_dtype(tmp_path):
 UNREACHABLE = """
 import json, time
 import promptkit as pk
-from promptkit.backends import hf  # torch and transformers imported before the clock starts
+from promptkit.backends import _hf as hf  # torch and transformers imported before the clock starts
 began = time.monotonic()
 try:
     pk.get_backend("hf:promptkit-test/not-cached-model")
@@ -293,7 +293,7 @@ def test_the_scratch_backend_identity_holds_its_checkpoint_files(backend, hf_fol
 
 
 def test_a_folder_of_too_many_files_is_no_model_folder(tmp_path):
-    from promptkit.backends.local import FINGERPRINT_FILES, folder_fingerprint
+    from promptkit.backends._local import FINGERPRINT_FILES, folder_fingerprint
 
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "ignored.bin").write_bytes(b"")

@@ -14,10 +14,10 @@ import torch
 import transformers
 
 import promptkit as pk
-from promptkit.backends.base import GenerationConfig
+from promptkit.backends._base import GenerationConfig
+from promptkit.backends.scratch._loading import config_from_hf
+from promptkit.backends.scratch._tokenizer import Tokenizer
 from promptkit.backends.scratch.llama import Llama, LlamaConfig
-from promptkit.backends.scratch.loading import config_from_hf
-from promptkit.backends.scratch.tokenizer import Tokenizer
 from promptkit.errors import ConfigurationError
 
 from .conftest import MINI_TOKENIZER
@@ -204,9 +204,9 @@ def test_constrained_json_answer_is_valid_with_fast_forward(llama_backend, monke
 
     from pydantic import BaseModel, ConfigDict
 
-    from promptkit.backends.scratch.backend import ScratchBackend
-    from promptkit.grammar import grammar_for
-    from promptkit.parsing import output_spec
+    from promptkit._grammar import grammar_for
+    from promptkit._parsing import output_spec
+    from promptkit.backends.scratch._backend import ScratchBackend
 
     class Keys(BaseModel):  # short values, long keys: most tokens are forced by the grammar
         model_config = ConfigDict(extra="forbid")

@@ -16,12 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 import promptkit as pk
+from promptkit._demos import Selection
 from promptkit.backends import GenerationConfig
 from promptkit.cli import cli
-from promptkit.demos import Selection
 from promptkit.evaluate import evaluate, load_dataset
 from promptkit.models import MINI, mini_path
-from promptkit.training.evalsets import write_eval_tasks
+from promptkit.training._evalsets import write_eval_tasks
 
 pytestmark = pytest.mark.skipif(mini_path() is None, reason="this copy ships no promptkit-mini")
 

@@ -9,9 +9,9 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from promptkit.backends.scratch.checkpoint import load_checkpoint, save_checkpoint
+from promptkit.backends.scratch._checkpoint import load_checkpoint, save_checkpoint
+from promptkit.backends.scratch._tokenizer import Tokenizer
 from promptkit.backends.scratch.gpt2 import GPT, GPTConfig, preset
-from promptkit.backends.scratch.tokenizer import Tokenizer
 from promptkit.errors import ConfigurationError
 
 from .conftest import CORPUS, GPT2_TOKENIZER, make_hf_gpt2

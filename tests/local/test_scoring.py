@@ -8,10 +8,10 @@ from typing import Literal
 import pytest
 
 import promptkit as pk
+from promptkit._scoring import calibrate
 from promptkit.backends import ScriptedBackend
-from promptkit.backends.local import LocalScoring
+from promptkit.backends._local import LocalScoring
 from promptkit.errors import ContextWindowError, InputValidationError, UsageError
-from promptkit.scoring import calibrate
 
 CONTEXT = "The capital of France is a city called"
 CHOICES = [" Paris", " Lyon and its many bridges", " Marseille", " a"]

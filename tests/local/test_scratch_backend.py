@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import promptkit as pk
-from promptkit.backends import GenerationConfig, local
-from promptkit.backends.scratch import backend as scratch_backend
+from promptkit.backends import GenerationConfig, _local
+from promptkit.backends.scratch import _backend as scratch_backend
 from promptkit.errors import ConfigurationError, ContextWindowError, InputValidationError
 
 PROMPTS = ["The quick brown fox", "To be", "A journey of a thousand miles begins with"]
@@ -143,8 +143,8 @@ def test_greedy_flag(backend):
 def test_chunked_scoring_equals_unchunked(backend, monkeypatch):
     pairs = [("The quick", " brown fox jumps over the lazy dog"), ("To", " be or not")]
     full = backend.loglikelihood_batch(pairs)
-    monkeypatch.setattr(local, "SCORE_CHUNK", 3)
-    monkeypatch.setattr(local, "SCORE_BATCH", 1)
+    monkeypatch.setattr(_local, "SCORE_CHUNK", 3)
+    monkeypatch.setattr(_local, "SCORE_BATCH", 1)
     chunked = backend.loglikelihood_batch(pairs)
     for (a, ga), (b, gb) in zip(full, chunked, strict=True):
         assert a == pytest.approx(b, abs=1e-4) and ga == gb
@@ -239,8 +239,8 @@ def test_plain_scratch_is_the_model_shipped_in_the_package(hf_folder, tmp_path, 
 
 
 def test_position_embeddings_start_from_sinusoids():
+    from promptkit.backends.scratch._gpt2_extras import sinusoids
     from promptkit.backends.scratch.gpt2 import GPT, preset
-    from promptkit.backends.scratch.gpt2_extras import sinusoids
 
     codes = sinusoids(64, 16, std=0.02)
     assert codes.shape == (64, 16) and float(codes.std()) == pytest.approx(0.02, rel=1e-4)
@@ -312,8 +312,8 @@ def test_non_gpt2_options_agree_across_cache_and_padding(extras):
 
 
 def test_mimetic_start_gives_each_query_its_own_key():
+    from promptkit.backends.scratch._gpt2_extras import MIMETIC_SCORE
     from promptkit.backends.scratch.gpt2 import GPT, preset
-    from promptkit.backends.scratch.gpt2_extras import MIMETIC_SCORE
 
     torch.manual_seed(0)
     model = GPT(preset("tiny", mimetic_init=True))
@@ -398,7 +398,7 @@ def test_alibi_agrees_across_cache_and_padding():
 
 
 def test_alibi_bias_is_minus_slope_times_distance():
-    from promptkit.backends.scratch.gpt2_extras import alibi_bias, alibi_slopes
+    from promptkit.backends.scratch._gpt2_extras import alibi_bias, alibi_slopes
 
     slopes = alibi_slopes(4)
     assert torch.allclose(slopes, torch.tensor([2**-2, 2**-4, 2**-6, 2**-8]))

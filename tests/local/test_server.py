@@ -15,11 +15,11 @@ from pydantic import BaseModel
 from servers import connect, get, post, serve_in_thread, serve_process, stream_then_disconnect
 
 import promptkit as pk
+from promptkit._outputs import span_sources
 from promptkit.backends import GenerationConfig
-from promptkit.backends.base import Backend, Capabilities, Completion, Usage
-from promptkit.backends.openai import OpenAIBackend, azure_from_spec, from_spec
+from promptkit.backends._base import Backend, Capabilities, Completion, Usage
+from promptkit.backends._openai import OpenAIBackend, azure_from_spec, from_spec
 from promptkit.errors import BackendError, ConfigurationError, ContextWindowError
-from promptkit.outputs import span_sources
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -491,7 +491,7 @@ def test_completion_logprobs_give_the_top_alternatives(client, backend):
 def test_echoed_logprobs_hold_the_end_of_text_the_model_ended_with(hf_folder, backend):
     """lm-evaluation-harness drops the last token as the generated one: it must be there even
     when the model ends at once (what vLLM does), or the answer's last token is lost."""
-    from promptkit.backends.scratch.backend import ScratchBackend
+    from promptkit.backends.scratch._backend import ScratchBackend
 
     class EndsAtOnce(ScratchBackend):
         def generate_tokens(self, prompt_ids, config):

@@ -13,7 +13,7 @@ import transformers
 
 import promptkit as pk
 from promptkit.errors import BackendError, ConfigurationError
-from promptkit.models.registry import lookup, pull
+from promptkit.models._registry import lookup, pull
 
 from .test_scratch_backend import hf_sliding_perplexity
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import promptkit as pk
+from promptkit._grammar import grammar_for
+from promptkit._parsing import output_spec
+from promptkit._schema import type_from_schema
 from promptkit.backends import GenerationConfig
-from promptkit.backends.masking import NEAR, SLACK, TokenMasker, llg_tokenizer
+from promptkit.backends._masking import NEAR, SLACK, TokenMasker, llg_tokenizer
 from promptkit.errors import BackendError, ConstraintError
-from promptkit.grammar import grammar_for
-from promptkit.parsing import output_spec
-from promptkit.schema import type_from_schema
 
 from .conftest import GPT2_TOKENIZER, make_hf_gpt2, object_schema
 

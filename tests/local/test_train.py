@@ -10,13 +10,13 @@ import torch
 from click.testing import CliRunner
 
 import promptkit as pk
-from promptkit.backends.scratch.checkpoint import load_checkpoint
-from promptkit.backends.scratch.tokenizer import Tokenizer
+from promptkit.backends.scratch._checkpoint import load_checkpoint
+from promptkit.backends.scratch._tokenizer import Tokenizer
 from promptkit.cli import cli
 from promptkit.errors import ConfigurationError, UsageError
-from promptkit.training.documents import read_documents
-from promptkit.training.pretrain import TrainConfig, _encode, lr_at, train
-from promptkit.training.recipes import MINI_RECIPE, run_training, train_mini
+from promptkit.training._documents import read_documents
+from promptkit.training._pretrain import TrainConfig, _encode, lr_at, train
+from promptkit.training._recipes import MINI_RECIPE, run_training, train_mini
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_trained_model_is_a_backend_and_cli_trains_from_a_folder(corpus, tmp_pat
 
 
 def test_the_mini_recipe_generates_its_corpus_and_applies_its_settings(tmp_path, monkeypatch):
-    from promptkit.training import recipes as train_module
+    from promptkit.training import _recipes as train_module
 
     monkeypatch.setattr(train_module, "MINI_CORPUS", {"documents": 120, "seed": 0})
     out = tmp_path / "mini"

@@ -4,8 +4,8 @@ Decoder-only Transformer as in GPT-2: token + learned position embeddings, pre-L
 of causal multi-head self-attention and a GELU MLP, a final LayerNorm, and an output projection
 tied to the token embedding. Attention goes through PyTorch's scaled_dot_product_attention and
 reads and writes a preallocated key/value cache for incremental decoding. Beside it:
-:mod:`~promptkit.backends.scratch.layout` stores each weight the way decoding on a CPU streams
-it fastest, and :mod:`~promptkit.backends.scratch.gpt2_extras` holds the options that GPT-2 does
+:mod:`~promptkit.backends.scratch._layout` stores each weight the way decoding on a CPU streams
+it fastest, and :mod:`~promptkit.backends.scratch._gpt2_extras` holds the options that GPT-2 does
 not have, off unless a config asks (the ``mini`` preset does): ALiBi positions, smeared keys, a
 local convolution before attention, and a mimetic start of attention (see GPTConfig).
 """
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigurationError
-from .gpt2_extras import LocalMix, alibi_bias, alibi_slopes, mimetic, sinusoids, smeared
-from .layout import FEW_ROWS, Linear, rows_times
+from ._gpt2_extras import LocalMix, alibi_bias, alibi_slopes, mimetic, sinusoids, smeared
+from ._layout import FEW_ROWS, Linear, rows_times
 
 __all__ = ["GPT", "PRESETS", "GPTConfig", "KVCache", "attention_mask", "preset"]
 
@@ -361,7 +361,7 @@ PRESETS: dict[str, GPTConfig] = {
     "tiny": GPTConfig(vocab_size=512, context_length=128, n_layer=2, n_head=2, n_embd=64),
     "small": GPTConfig(vocab_size=4096, context_length=256, n_layer=4, n_head=4, n_embd=256),
     # promptkit-mini: the small shape with room for few-shot prompts, and the extras
-    # (see promptkit.training.recipes.MINI_RECIPE).
+    # (see promptkit.training._recipes.MINI_RECIPE).
     "mini": GPTConfig(
         vocab_size=4096,
         context_length=512,

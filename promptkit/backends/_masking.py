@@ -1,0 +1,413 @@
+"""The token mask shared by the local backends: a grammar decides which tokens may come next.
+
+:class:`TokenMasker` holds one llguidance matcher per sequence of a batch. Each step it computes
+the allowed tokens of every live row (in parallel, into one bitmask) and applies them to the
+logits in eager PyTorch; after sampling, :meth:`TokenMasker.advance` feeds the chosen token to
+the row's matcher, and :meth:`TokenMasker.forced` says which tokens the grammar now forces (the
+scratch backend feeds them without sampling: fast-forward). transformers' ``generate`` uses the
+same masker through :class:`~promptkit.backends._hf.GrammarLogitsProcessor`.
+
+The token budget is part of the constraint: each row keeps a short valid ending of its answer
+(found on a byte-level view of the grammar). When the tokens left come close to what that ending
+needs, only tokens that still leave room to finish are allowed (the most likely ones, checked one
+by one), and when nothing else fits the ending is forced. Farther from the end one token can
+still commit to more than the budget holds (a ``{`` opening an object of many required fields),
+so the backends draw through :meth:`TokenMasker.sample`, which draws again when the token drawn
+does not :meth:`~TokenMasker.fits`. So an answer is complete and valid when ``max_tokens`` runs
+out, and ``max_tokens`` too small for any valid answer is an error before generation starts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .._endings import shortest_ending
+from .._grammar import Grammar
+from .._llg import load_llguidance
+from ..errors import BackendError, ConstraintError
+from ._base import GenerationConfig
+from ._local import sample_next
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher, LLTokenizer
+
+__all__ = ["TokenMasker", "llg_tokenizer"]
+
+NEAR = 16  # start guarding the budget this many tokens before the ending must begin
+CANDIDATES = 8  # most likely tokens checked one by one near the end of the budget
+SLACK = 8  # until this close to NEAR, the ending is looked for only every REFRESH tokens
+REFRESH = 4
+ENDING_LIMIT = 8192  # bytes searched for a valid ending before giving up on one
+
+_TOKENIZERS: weakref.WeakKeyDictionary[Any, dict[int, LLTokenizer]] = weakref.WeakKeyDictionary()
+_TOKENIZERS_LOCK = threading.Lock()
+_EXECUTOR: list[Any] = []
+
+
+def llg_tokenizer(owner: Any, build: Callable[[int], LLTokenizer], vocab_size: int) -> LLTokenizer:
+    """The llguidance tokenizer of ``owner`` (a tokenizer object) for a model vocabulary of
+    ``vocab_size``: built once by ``build(vocab_size)`` (about 0.3 s for GPT-2), then cached."""
+    with _TOKENIZERS_LOCK:
+        per_owner = _TOKENIZERS.setdefault(owner, {})
+        if vocab_size not in per_owner:
+            per_owner[vocab_size] = build(vocab_size)
+        return per_owner[vocab_size]
+
+
+def _executor() -> Any:
+    if not _EXECUTOR:
+        threads = max(1, min(4, (os.cpu_count() or 1) // 2))
+        _EXECUTOR.append(load_llguidance().LLExecutor(num_threads=threads))
+    return _EXECUTOR[0]
+
+
+class _Row:
+    """The constraint state of one sequence."""
+
+    def __init__(self, matcher: LLMatcher, byte_matcher: LLMatcher):
+        self.matcher = matcher
+        self.bytes = byte_matcher
+        self.produced = 0  # tokens consumed so far
+        self.tail: bytes | None = None  # a valid ending from the current state (cached)
+        self.ending: list[int] | None = None  # ``tail`` as tokens (cached)
+        self.ending_length = 0  # length of the last ending found
+        self.since = 0  # tokens taken since it was found
+        self.endings_after: dict[int, tuple[bytes, list[int]]] = {}  # after candidate tokens
+        self.forced: list[int] = []  # an ending being forced because the budget requires it
+
+
+class TokenMasker:
+    """Allowed-token masks for a batch of ``batch`` sequences constrained by ``grammar``.
+
+    ``greedy``: decoding takes the most likely token (so near the end of the budget only that
+    one needs checking).
+
+    Raises ConstraintError when the grammar cannot be compiled, or when ``max_tokens`` cannot
+    hold any valid answer.
+    """
+
+    def __init__(
+        self,
+        grammar: Grammar,
+        tokenizer: LLTokenizer,
+        *,
+        batch: int,
+        vocab_size: int,
+        max_tokens: int,
+        greedy: bool = False,
+    ):
+        llg = load_llguidance()
+        compiled = grammar.compiled()
+        if tokenizer.vocab_size != vocab_size:
+            raise ValueError(
+                f"the llguidance tokenizer has {tokenizer.vocab_size} tokens, the model "
+                f"{vocab_size}; build it with n_vocab={vocab_size}"
+            )
+        self.grammar = grammar
+        self.tokenizer = tokenizer
+        self.eos = tokenizer.eos_token
+        self.vocab_size = vocab_size
+        self.max_tokens = max_tokens
+        self.candidates = 1 if greedy else CANDIDATES  # greedy takes the top token or nothing
+        self._token_bytes: dict[int, bytes] = {}
+        self.rows: list[_Row] = []
+        first = llg.LLMatcher(tokenizer, compiled, log_level=0)
+        if first.is_error():
+            raise ConstraintError(
+                f"llguidance cannot use {grammar.describe()}: {first.get_error()}",
+                feature=first.get_error(),
+            )
+        first_bytes = grammar.byte_matcher()
+        for i in range(batch):
+            matcher = first if i == 0 else first.deep_copy()
+            self.rows.append(_Row(matcher, first_bytes if i == 0 else first_bytes.deep_copy()))
+        self._check_budget()
+        words = (vocab_size + 31) // 32
+        self._bitmask = torch.full((batch, words), -1, dtype=torch.int32)
+
+    @classmethod
+    def for_request(
+        cls, config: GenerationConfig, tokenizer: LLTokenizer, *, batch: int, vocab_size: int
+    ) -> TokenMasker:
+        """The masker of a generation request (``config.grammar`` must be set)."""
+        if config.grammar is None:
+            raise ValueError("the request has no grammar to constrain to")
+        return cls(
+            config.grammar,
+            tokenizer,
+            batch=batch,
+            vocab_size=vocab_size,
+            max_tokens=config.max_tokens,
+            greedy=config.temperature == 0,
+        )
+
+    def _check_budget(self) -> None:
+        """Find the answer's shortest ending, before any token, for every row (they all start in
+        the same state: a row without it would look far from its budget and be left unguarded
+        for its first tokens). Raises ConstraintError when it does not fit ``max_tokens``."""
+        first = self.rows[0]
+        ending = self._ending(first)
+        for row in self.rows[1:]:
+            row.tail, row.ending_length = first.tail, first.ending_length
+            row.ending = None if ending is None else list(ending)
+        if ending is not None and len(ending) > self.max_tokens:
+            text = self.tokenizer.decode_str(ending)
+            raise ConstraintError(
+                f"max_tokens={self.max_tokens} is too small for any valid answer: the shortest "
+                f"answer found, {text!r}, takes {len(ending)} tokens; raise max_tokens to at "
+                f"least {len(ending)}",
+                min_tokens=len(ending),
+            )
+
+    # -- per step -----------------------------------------------------------------------------
+
+    def apply(self, logits: torch.Tensor, rows: Sequence[int]) -> None:
+        """Set to -inf, in place, the logits ``(B, vocab)`` of every token that ``rows`` may not
+        take next (other rows are left alone)."""
+        free = [i for i in rows if not (self.rows[i].forced or self.rows[i].matcher.is_stopped())]
+        bitmask = self._bitmask
+        width = bitmask.size(1) * 4
+        if len(free) == 1:  # one row: no need for the thread pool
+            row_mask = bitmask[free[0]]
+            self.rows[free[0]].matcher.unsafe_compute_mask_ptr(row_mask.data_ptr(), width)
+        elif free:
+            matchers = [(self.rows[i].matcher, i) for i in free]
+            _executor().unsafe_compute_mask_ptr(
+                matchers, bitmask.data_ptr(), width, bitmask.size(0)
+            )
+        for i in rows:
+            row = self.rows[i]
+            if row.forced or row.matcher.is_stopped():
+                only = row.forced[0] if row.forced else self.eos
+                bitmask[i].zero_()
+                bitmask[i, only // 32] = _bit(only % 32)
+        blocked = self._blocked(rows, logits.size(-1)).to(logits.device)
+        if len(rows) == len(self.rows):
+            logits.masked_fill_(blocked, float("-inf"))
+        else:
+            on_device = torch.tensor(list(rows), dtype=torch.long, device=logits.device)
+            logits[on_device] = logits[on_device].masked_fill(blocked, float("-inf"))
+        for i in free:
+            self._guard_budget(i, logits[i])
+
+    def _blocked(self, rows: Sequence[int], vocab: int) -> torch.Tensor:
+        """``(len(rows), vocab)`` booleans, True where the token is not allowed."""
+        packed = self._bitmask.numpy().view(np.uint8)  # little-endian: bit t % 8 of byte t // 8
+        if len(rows) < len(self.rows):
+            packed = packed[list(rows)]
+        bits = np.unpackbits(np.invert(packed), axis=-1, bitorder="little", count=vocab)
+        return torch.from_numpy(bits).view(torch.bool)  # 0/1 bytes reinterpreted, no copy
+
+    def _guard_budget(self, i: int, logits: torch.Tensor) -> None:
+        """Near the end of the budget, keep only tokens after which the answer can still end."""
+        row = self.rows[i]
+        left = self.max_tokens - row.produced
+        if row.tail is None and left > row.ending_length + NEAR + SLACK and row.since < REFRESH:
+            return  # not yet near the end of the budget: looking every few tokens is enough
+        ending = self._ending(row)
+        if ending is None or left - len(ending) > NEAR:
+            return
+        if ending and len(ending) > left:  # no room for anything else: force the ending
+            row.forced = list(ending)
+            self._only(logits, [ending[0]])
+            return
+        # The ending found is one way to finish; the model's own candidates stay allowed when
+        # an ending still fits after them, even when the ending found exactly fills the budget
+        # (forcing it then would overrule a model that prefers another answer of that length).
+        keep = [ending[0]] if ending else [self.eos]
+        if self.candidates == 1:
+            candidates = [int(logits.argmax())]
+        else:
+            count = min(self.candidates, int(torch.isfinite(logits).sum()))
+            candidates = torch.topk(logits, count).indices.tolist()
+        for token in candidates:
+            if token in keep:
+                continue
+            if token == self.eos or self._fits_after(row, token, left - 1):
+                keep.append(token)
+        self._only(logits, keep)
+
+    def sample(
+        self,
+        logits: torch.Tensor,
+        rows: Sequence[int],
+        config: GenerationConfig,
+        generators: Sequence[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """The next token of every row of masked ``logits`` ``(B, vocab)``, as
+        :func:`~promptkit.backends._local.sample_next` draws it, except that a token of one of
+        ``rows`` that does not :meth:`fit <fits>` the budget is set to -inf (in place) and that
+        row drawn again. Raises BackendError when no allowed token leaves room to end."""
+        tokens = sample_next(logits, config, generators)  # (B,)
+        for i in rows:
+            token = int(tokens[i])
+            while not self.fits(i, token):
+                logits[i, token] = float("-inf")
+                if not torch.isfinite(logits[i]).any():
+                    raise BackendError(
+                        "constrained decoding went wrong: no allowed token leaves room to end "
+                        f"the answer within max_tokens={self.max_tokens}"
+                    )
+                own = [generators[i]] if generators else None
+                token = int(sample_next(logits[i : i + 1], config, own)[0])
+            tokens[i] = token
+        return tokens
+
+    def fits(self, i: int, token: int) -> bool:
+        """Whether row ``i`` may take ``token`` (one the mask allows) without outgrowing its
+        budget: an ending of the answer in the tokens then left follows it.
+
+        The mask alone cannot promise it far from the budget, where tokens are not checked
+        one by one: a ``{`` may open an object whose required fields take more tokens than are
+        left. So the local backends ask this of the token they sampled, and sample again
+        without it when it does not fit. Cheap for a token after which the ending known
+        still ends the answer (inside a string, a number, a free choice); otherwise an ending
+        is looked for after it (kept for :meth:`advance`).
+        """
+        row = self.rows[i]
+        if row.forced or token == self.eos or row.matcher.is_stopped():
+            return True
+        left = self.max_tokens - row.produced - 1  # after this token
+        checked = row.endings_after.get(token)
+        if checked is not None:
+            return len(checked[1]) <= left
+        ending = self._ending(row)
+        if ending is None:
+            return True  # no ending known to compare with: the mask is all there is
+        if ending and ending[0] == token:
+            return True  # the known way to finish (it fits whenever anything does)
+        tail = row.tail
+        if tail is not None and len(ending) <= left and self._still_ends(row, token, tail):
+            row.endings_after[token] = (tail, self._tokens(row, tail, token))
+            return len(row.endings_after[token][1]) <= left
+        return self._fits_after(row, token, left)
+
+    def _still_ends(self, row: _Row, token: int, tail: bytes) -> bool:
+        """Whether ``tail`` (the row's known ending) still ends the answer after ``token``."""
+        after = row.bytes.deep_copy()
+        return bool(after.consume_tokens(list(self._bytes(token) + tail))) and (
+            after.is_accepting() or shortest_ending(after, 0) == b""
+        )
+
+    @staticmethod
+    def _only(logits: torch.Tensor, tokens: list[int]) -> None:
+        kept = logits[tokens].clone()
+        logits.fill_(float("-inf"))
+        logits[tokens] = kept
+        if not torch.isfinite(kept).any():  # the forced token was masked by nothing but -inf
+            logits[tokens] = 0.0
+
+    def _fits_after(self, row: _Row, token: int, left: int) -> bool:
+        """Whether an ending of at most ``left`` tokens follows ``token`` (kept for advance)."""
+        after = row.bytes.deep_copy()
+        if not after.consume_tokens(list(self._bytes(token))):
+            return False
+        tail = shortest_ending(after, ENDING_LIMIT)
+        if tail is None:
+            return False
+        ending = self._tokens(row, tail, token)
+        row.endings_after[token] = (tail, ending)
+        return len(ending) <= left
+
+    def advance(self, i: int, token: int) -> None:
+        """Feed the token that row ``i`` took to its matcher."""
+        row = self.rows[i]
+        if row.forced:
+            row.forced.pop(0)
+        if not row.matcher.consume_token(token):
+            raise BackendError(
+                f"constrained decoding went wrong: token {token} was refused by the grammar "
+                f"({row.matcher.get_error()})"
+            )
+        if token != self.eos:
+            row.bytes.consume_tokens(list(self._bytes(token)))
+        row.produced += 1
+        row.since += 1
+        taken = self._bytes(token) if token != self.eos else b""
+        if token in row.endings_after:  # found when the token was checked: it fits the budget
+            row.tail, row.ending = row.endings_after[token]
+            row.ending_length, row.since = len(row.ending), 0
+        elif row.tail is not None and row.tail.startswith(taken):
+            row.tail = row.tail[len(taken) :]  # the rest of the ending still ends the answer
+            row.ending = row.ending[1:] if row.ending and row.ending[0] == token else None
+        else:
+            row.tail = row.ending = None
+        row.endings_after.clear()
+
+    def forced(self, i: int) -> list[int]:
+        """Tokens row ``i`` must take next, whatever the model says (possibly none)."""
+        row = self.rows[i]
+        if row.forced:
+            return list(row.forced)
+        if row.matcher.is_stopped():
+            return []
+        return list(row.matcher.compute_ff_tokens())
+
+    def finished(self, i: int) -> bool:
+        """Whether row ``i``'s answer is complete and nothing more may follow."""
+        return bool(self.rows[i].matcher.is_stopped())
+
+    # -- endings ------------------------------------------------------------------------------
+
+    def _ending(self, row: _Row) -> list[int] | None:
+        """Tokens of a short valid ending from the row's state (None when none was found)."""
+        if row.tail is None:
+            tail = b"" if row.matcher.is_accepting() else shortest_ending(row.bytes, ENDING_LIMIT)
+            if tail is None:
+                return None
+            row.tail, row.ending = tail, None
+            row.since = 0
+        if row.ending is None:
+            row.ending = self._tokens(row, row.tail, None)
+            if self.grammar.leading_space and row.produced == 0:
+                self._prefer_spaced(row)
+            row.ending_length = len(row.ending)
+        return row.ending
+
+    def _prefer_spaced(self, row: _Row) -> None:
+        """The shortest ending in bytes is not always the shortest in tokens: before an answer
+        that may start with a space, `` negative`` can be one token where ``negative`` is
+        three. Take the spaced form when it is shorter, so that a tight ``max_tokens`` is not
+        spent (or refused) on the unspaced spelling."""
+        assert row.tail is not None and row.ending is not None
+        if row.tail.startswith(b" "):
+            return
+        spaced = b" " + row.tail
+        check = row.bytes.deep_copy()
+        if not (check.consume_tokens(list(spaced)) and check.is_accepting()):
+            return
+        tokens = self._tokens(row, spaced, None)
+        if len(tokens) < len(row.ending) and row.matcher.validate_tokens(tokens) == len(tokens):
+            row.tail, row.ending = spaced, tokens
+
+    def _tokens(self, row: _Row, tail: bytes, after: int | None) -> list[int]:
+        """``tail`` as tokens the row's matcher accepts (after ``after``, when given)."""
+        tokens = list(self.tokenizer.tokenize_bytes(tail))
+        matcher = row.matcher
+        if after is not None:
+            matcher = matcher.deep_copy()
+            matcher.consume_token(after)
+        if matcher.validate_tokens(tokens) == len(tokens):
+            return tokens
+        single = [self.tokenizer.tokenize_bytes(bytes([b])) for b in tail]
+        if all(len(t) == 1 for t in single):
+            return [t[0] for t in single]
+        return tokens
+
+    def _bytes(self, token: int) -> bytes:
+        found = self._token_bytes.get(token)
+        if found is None:
+            found = self._token_bytes[token] = self.tokenizer.decode_bytes([token])
+        return found
+
+
+def _bit(position: int) -> int:
+    """The int32 value with one bit set (bit 31 is the sign bit)."""
+    return (1 << position) - (1 << 32) if position == 31 else 1 << position

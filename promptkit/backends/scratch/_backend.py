@@ -1,0 +1,393 @@
+"""The scratch backend: promptkit's own GPT behind the backend interface.
+
+Generation decodes incrementally with a preallocated key/value cache (left-padded batches, so
+every prompt gets the same tokens as alone); scoring computes log-probabilities in chunks of
+positions, never the full (tokens x vocabulary) log-softmax at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ...errors import ConfigurationError
+from .._base import Completion, GenerationConfig, Usage, cut_at_stop
+from .._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
+from .._masking import TokenMasker, llg_tokenizer
+from ._adapter import (
+    ADAPTER_FILE,
+    adapter_fingerprint,
+    apply_adapter,
+    is_adapter_folder,
+    read_adapter_config,
+)
+from ._tokenizer import Tokenizer
+from .gpt2 import GPT
+from .llama import Llama
+
+__all__ = ["ScratchBackend", "from_spec", "sample_next"]
+
+
+class ScratchBackend(LocalScoring):
+    """promptkit's own GPT (``scratch:PATH``): generate, stream, loglikelihood, perplexity."""
+
+    def __init__(self, model: GPT | Llama, tokenizer: Tokenizer, *, name: str = "scratch"):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.weights_path: Path | None = None  # the weights file, when loaded from one
+        self.adapter: Path | None = None  # the LoRA adapter folder merged into the weights
+        self.adapter_sha256: str | None = None  # its fingerprint when it was loaded
+        self.context_window = model.config.context_length
+        self.capabilities = LOCAL_CAPABILITIES
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.wte.weight.device
+
+    def cache_identity(self) -> dict[str, Any]:
+        """The weights (every file of the checkpoint folder: path, size and modification
+        time), the dtype and the device type."""
+        folder = None if self.weights_path is None else self.weights_path.parent
+        return {
+            **super().cache_identity(),
+            "folder": None if folder is None else str(folder.resolve()),
+            "files": None if folder is None else folder_fingerprint(folder),
+            "dtype": str(self.model.wte.weight.dtype),
+            "device": self.device.type,
+            "adapter": self.adapter_sha256,  # a LoRA adapter merged in at load, if any
+        }
+
+    def _hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden: torch.Tensor = self.model(ids)
+        return hidden
+
+    def _output_matrix(self) -> torch.Tensor:
+        return self.model.output_matrix()
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def generate_batch(
+        self, prompts: Sequence[str], config: GenerationConfig | None = None
+    ) -> list[Completion]:
+        """Generate for several text prompts at once; each gets what it would get alone."""
+        config = config or GenerationConfig()
+        for prompt in prompts:
+            self._check_text(prompt)
+        encoded = self.tokenizer.encode_batch(prompts)
+        outputs, reasons = self.generate_ids(encoded, config)
+        completions = []
+        for ids, reason, prompt_ids in zip(outputs, reasons, encoded, strict=True):
+            text, _ = cut_at_stop(self.tokenizer.decode(ids), config.stops)
+            usage = Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(ids))
+            completions.append(Completion(text=text, usage=usage, finish_reason=reason))  # type: ignore[arg-type]
+        return completions
+
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        config: GenerationConfig,
+        *,
+        stop_at_end_of_text: bool = True,
+    ) -> tuple[list[list[int]], list[str]]:
+        """Token-level generation: the new ids of each prompt and why each ended."""
+        outputs: list[list[int]] = [[] for _ in prompts]
+        reasons = ["length"] * len(prompts)
+        for row, token, reason in self._decode(prompts, config, stop_at_end_of_text):
+            if token is not None:
+                outputs[row].append(token)
+            if reason is not None:
+                reasons[row] = reason
+        return outputs, reasons
+
+    def generate_tokens(
+        self, prompt_ids: Sequence[int], config: GenerationConfig
+    ) -> tuple[list[int], Literal["stop", "length"]]:
+        """Token-level generation (see LocalScoring.generate_tokens)."""
+        (ids,), (reason,) = self.generate_ids([list(prompt_ids)], config)
+        stopped = (
+            config.grammar is not None or cut_at_stop(self.tokenizer.decode(ids), config.stops)[1]
+        )
+        if reason == "stop" and not stopped:  # it ended because the model chose end-of-text
+            ids.append(self.tokenizer.eot_id)
+        return ids, "stop" if reason == "stop" else "length"
+
+    def _stream_complete(
+        self, text: str, config: GenerationConfig
+    ) -> Generator[str, None, Completion]:
+        """Yield the text in pieces; return the whole Completion (its usage and finish reason,
+        which a streaming server reports at the end)."""
+        prompt = self.tokenizer.encode(text)
+        ids: list[int] = []
+        sent = 0
+        finish = "length"
+        for _, token, reason in self._decode([prompt], config):
+            if reason is not None:
+                finish = reason
+            if token is None:
+                continue
+            ids.append(token)
+            decoded, stopped = cut_at_stop(self.tokenizer.decode(ids), config.stops)
+            if stopped:
+                finish = "stop"
+                break
+            ready = safe_prefix(decoded, config.stops)
+            if len(ready) > sent:
+                yield ready[sent:]
+                sent = len(ready)
+        final, _ = cut_at_stop(self.tokenizer.decode(ids), config.stops)
+        if len(final) > sent:
+            yield final[sent:]
+        usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(ids))
+        return Completion(text=final, usage=usage, finish_reason=finish)  # type: ignore[arg-type]
+
+    @torch.inference_mode()
+    def _decode(
+        self, prompts: list[list[int]], config: GenerationConfig, stop_at_end_of_text: bool = True
+    ) -> Iterator[tuple[int, int | None, str | None]]:
+        """Yield ``(row, token or None, finish reason or None)`` as tokens are produced.
+
+        Raises ContextWindowError when a prompt plus ``max_tokens`` does not fit.
+        """
+        self.check_fits([len(ids) for ids in prompts], config)
+        batch, longest = len(prompts), max(len(ids) for ids in prompts)
+        masker = self._masker(config, batch) if config.grammar is not None else None
+        device = self.device
+        eot = self.tokenizer.eot_id
+        tokens = torch.full((batch, longest), eot, dtype=torch.long)
+        key_valid = torch.zeros((batch, longest + config.max_tokens), dtype=torch.bool)
+        for i, ids in enumerate(prompts):  # left padding: every prompt ends at the same column
+            tokens[i, longest - len(ids) :] = torch.tensor(ids)
+            key_valid[i, longest - len(ids) :] = True
+        tokens, key_valid = tokens.to(device), key_valid.to(device)
+        padded = any(len(ids) != longest for ids in prompts)
+        positions = (key_valid[:, :longest].cumsum(-1) - 1).clamp(min=0)
+        lengths = torch.tensor([len(ids) for ids in prompts], device=device)
+        generators = self._generators(batch, config.seed) if config.temperature > 0 else None
+        cache = self.model.new_cache(batch, longest + config.max_tokens)
+        hidden = self.model(
+            tokens,
+            positions=positions,
+            key_valid=key_valid[:, :longest] if padded else None,
+            cache=cache,
+        )
+        logits = self.model.logits(hidden[:, -1])  # (B, vocab)
+        alive = [True] * batch
+        generated: list[list[int]] = [[] for _ in prompts]
+        used = 0  # cache slots filled after the prompts (the same for every row)
+        while True:
+            live = [row for row in range(batch) if alive[row]]
+            if masker is not None:
+                masker.apply(logits, live)
+                next_tokens = masker.sample(logits, live, config, generators)  # (B,)
+            else:
+                next_tokens = sample_next(logits, config, generators)  # (B,)
+            feed = [[token] for token in next_tokens.tolist()]
+            for row in live:
+                token = feed[row][0]
+                yield from self._take(
+                    row, token, generated, alive, masker, config, stop_at_end_of_text
+                )
+            if masker is not None:  # fast-forward: tokens the grammar forces need no sampling
+                forced = {row: masker.forced(row) for row in range(batch) if alive[row]}
+                count = min((len(f) for f in forced.values()), default=0)
+                count = min(count, config.max_tokens - used - 1)
+                for row, ahead in forced.items():
+                    for token in ahead[:count]:
+                        feed[row].append(token)
+                        yield from self._take(row, token, generated, alive, masker, config, True)
+                for row in range(batch):
+                    feed[row] += [eot] * (1 + max(count, 0) - len(feed[row]))
+            used += len(feed[0])
+            if not any(alive) or used >= config.max_tokens:
+                break
+            width = len(feed[0])
+            steps = torch.arange(width, device=device)
+            hidden = self.model(
+                torch.tensor(feed, device=device),  # (B, width)
+                positions=(lengths + used - width)[:, None] + steps,
+                key_valid=key_valid[:, : longest + used] if padded else None,
+                cache=cache,
+            )
+            logits = self.model.logits(hidden[:, -1])
+
+    def _take(
+        self,
+        row: int,
+        token: int,
+        generated: list[list[int]],
+        alive: list[bool],
+        masker: TokenMasker | None,
+        config: GenerationConfig,
+        stop_at_eot: bool,
+    ) -> Iterator[tuple[int, int | None, str | None]]:
+        """Record that ``row`` took ``token``: yield it, and the finish reason when it ends."""
+        if not alive[row]:
+            return
+        if masker is not None:
+            masker.advance(row, token)
+        if token == self.tokenizer.eot_id and (masker is not None or stop_at_eot):
+            alive[row] = False
+            yield row, None, "stop"
+            return
+        generated[row].append(token)
+        yield row, token, None
+        if masker is not None:
+            if masker.finished(row):
+                alive[row] = False
+                yield row, None, "stop"
+        elif config.stops and cut_at_stop(self.tokenizer.decode(generated[row]), config.stops)[1]:
+            alive[row] = False
+            yield row, None, "stop"
+
+    def _masker(self, config: GenerationConfig, batch: int) -> TokenMasker:
+        vocab = self.model.config.vocab_size
+        tokenizer = llg_tokenizer(self.tokenizer, self.tokenizer.to_llguidance, vocab)
+        return TokenMasker.for_request(config, tokenizer, batch=batch, vocab_size=vocab)
+
+    def _generators(self, batch: int, seed: int | None) -> list[torch.Generator]:
+        generators = []
+        for _ in range(batch):
+            generator = torch.Generator(device=self.device)
+            if seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(seed)
+            generators.append(generator)
+        return generators
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score_choice_ids(
+        self, context_ids: list[int], continuations: Sequence[list[int]]
+    ) -> list[float]:
+        """Score every continuation of one context, running the context once: its keys and
+        values are cached, repeated for each choice, and only the choices' own tokens go
+        through the model again."""
+        if not continuations:
+            return []
+        longest = max(len(c) for c in continuations)
+        self._check_length(len(context_ids) + longest - 1)
+        count, width = len(continuations), longest - 1
+        cache = self.model.new_cache(1, len(context_ids) + width)
+        context = torch.tensor([context_ids], device=self.device)
+        last = self.model(context, cache=cache)[:, -1]  # (1, C): predicts each first token
+        rows, targets = [], []
+        if width:
+            cache.select(torch.zeros(count, dtype=torch.long, device=self.device))
+            batch = torch.zeros((count, width), dtype=torch.long)
+            for i, ids in enumerate(continuations):  # right padding: causal attention ignores it
+                batch[i, : len(ids) - 1] = torch.tensor(ids[:-1], dtype=torch.long)
+            positions = len(context_ids) + torch.arange(width, device=self.device)
+            hidden = self.model(
+                batch.to(self.device), positions=positions.expand(count, -1), cache=cache
+            )  # (count, width, C)
+        owners = []
+        for i, ids in enumerate(continuations):
+            rows.append(last[0])
+            rows += [hidden[i, j] for j in range(len(ids) - 1)]
+            targets += ids
+            owners += [i] * len(ids)
+        logprobs, _ = self._target_logprobs(
+            torch.stack(rows), torch.tensor(targets, device=self.device)
+        )
+        sums = torch.zeros(count, dtype=torch.float64).index_add_(
+            0, torch.tensor(owners), logprobs.double().cpu()
+        )
+        return [float(x) for x in sums]
+
+
+HUB_FILES = [
+    "config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",  # sharded weights (larger Llama-family models)
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",  # names a Llama-family model's end-of-text token
+    "vocab.json",
+    "merges.txt",
+]
+
+
+def _from_hub(name: str) -> Path:
+    """The local folder of a hub model (downloaded once, then cached by huggingface_hub)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ConfigurationError(
+            f"scratch: no model folder at {name!r} (and huggingface_hub, needed to fetch a hub "
+            "model by name, is not installed)"
+        ) from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception as exc:  # network, authentication and not-found errors all land here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigurationError(
+            f"scratch: no model folder at {name!r}, and it could not be fetched from the Hugging "
+            f"Face hub ({first}); give a local folder, or download it once where the network "
+            "allows"
+        ) from None
+
+
+def from_spec(arg: str, *, device: str | None = None, **options: Any) -> ScratchBackend:
+    """``scratch:PATH``: a promptkit checkpoint folder, a Hugging Face GPT-2 or Llama-family
+    folder, or a GGUF file; a known model name (``scratch:smollm2-135m-instruct``, see
+    ``promptkit models``) is its pulled file, pulled on first use; another name that is no folder
+    (``scratch:gpt2``) is fetched from the Hugging Face hub where the network allows (or found
+    in its local cache); plain ``scratch`` is the shipped promptkit-mini."""
+    from ...models._registry import lookup, pull
+    from ._gguf import load_gguf
+    from ._loading import load_model
+
+    if options:
+        raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")
+    name = None
+    if not arg:
+        from ...models import mini_path
+
+        shipped = mini_path()
+        if shipped is None:
+            raise ConfigurationError(
+                "scratch needs a model folder: scratch:PATH (a checkpoint from `promptkit train` "
+                "or a Hugging Face GPT-2 folder); this copy of promptkit ships no default model"
+            )
+        arg, name = str(shipped), "scratch:promptkit-mini"
+    path = Path(os.path.expanduser(arg))
+    known = lookup(arg) if not path.exists() else None
+    if known is not None:  # a registry name: its verified file, pulled on first use
+        path, name = pull(known.name), f"scratch:{known.name}"
+    if path.is_dir() and is_adapter_folder(path):
+        return _with_adapter(path, device)
+    chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model: GPT | Llama
+    if path.is_file() and path.suffix == ".gguf":
+        model, tokenizer = load_gguf(path, device=chosen)
+        weights = path
+    else:
+        if not path.is_dir():
+            path = _from_hub(arg)
+        model, tokenizer = load_model(path, device=chosen)
+        weights = path / "model.safetensors"
+    backend = ScratchBackend(model, tokenizer, name=name or f"scratch:{path}")
+    backend.weights_path = weights
+    return backend
+
+
+def _with_adapter(folder: Path, device: str | None) -> ScratchBackend:
+    """``scratch:DIR`` for a LoRA adapter folder: its base (by the spec it records), checked
+    against the recorded fingerprint, with the adapter merged in. The backend's weights file is
+    the adapter's, so its cache identity is the adapter's, not the base's; ``adapter`` and
+    ``adapter_sha256`` say which adapter, as it was when loaded."""
+    config = read_adapter_config(folder)
+    base = from_spec(config["base"]["spec"].partition(":")[2], device=device)
+    apply_adapter(base.model, folder, config)
+    backend = ScratchBackend(base.model, base.tokenizer, name=f"scratch:{folder}")
+    backend.weights_path = folder / ADAPTER_FILE
+    backend.adapter = folder
+    backend.adapter_sha256 = adapter_fingerprint(folder)
+    return backend
