@@ -50,6 +50,30 @@ class _Tokenizer:
         return str(self.hf.decode(list(ids), skip_special_tokens=False))
 
 
+def _eager_streamer(hf_tokenizer: Any) -> Any:
+    """transformers' ``TextIteratorStreamer``, passing text on as soon as it is whole: it holds
+    back only an incomplete character and trailing spaces (which a next token's punctuation may
+    clean away). transformers' own waits for a space after any symbol, so text without spaces
+    arrived only when generation ended, and a reader that left could not stop it."""
+    from transformers import TextIteratorStreamer
+
+    class EagerStreamer(TextIteratorStreamer):
+        def put(self, value: torch.Tensor) -> None:
+            if value.dim() > 1:
+                value = value[0]
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend(value.tolist())
+            text = str(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
+            ready = text.rstrip("\ufffd").rstrip()
+            if len(ready) > self.print_len:
+                self.on_finalized_text(ready[self.print_len :])
+                self.print_len = len(ready)
+
+    return EagerStreamer(hf_tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
 class _Abandoned(StoppingCriteria):
     """Stops ``generate`` once ``event`` is set (a streaming reader has gone)."""
 
@@ -304,12 +328,8 @@ class HFBackend(LocalScoring):
     ) -> Generator[str, None, Completion]:
         """Yield the text in pieces; return the whole Completion (its usage and finish reason,
         which a streaming server reports at the end)."""
-        from transformers import TextIteratorStreamer
-
         inputs = self._inputs([text], config)
-        streamer = TextIteratorStreamer(
-            self.tokenizer.hf, skip_prompt=True, skip_special_tokens=True
-        )
+        streamer = _eager_streamer(self.tokenizer.hf)
         abandoned = threading.Event()  # the reader closed the stream: stop generating
         kwargs = {
             **self._call_kwargs(inputs, config),

@@ -124,7 +124,12 @@ def _from_pretrained(name_or_path: str, dtype: torch.dtype, *, local: bool) -> t
         )
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local)
     model: Any = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=dtype, local_files_only=local
+        name_or_path,
+        dtype=dtype,
+        local_files_only=local,
+        # transformers looks for a PEFT adapter on the hub without local_files_only (with peft
+        # installed): five retries against an unreachable hub before a cached model loads
+        adapter_kwargs={"local_files_only": local},
     )
     return model, tokenizer
 
