@@ -4,10 +4,12 @@ set (:class:`promptkit.server.ServerLimits`)."""
 
 from __future__ import annotations
 
+import socket
+
 import click
 
 from ._cli_options import backend_for, backend_option
-from .errors import UsageError
+from .errors import ConfigurationError, UsageError
 
 __all__ = ["serve_command"]
 
@@ -71,6 +73,7 @@ def serve_command(
         raise UsageError(
             f"promptkit serve needs FastAPI and uvicorn ({exc}); pip install 'promptkit[serve]'"
         ) from None
+    _check_port(host, port)
     backend = backend_for(backend_spec)
     limits = ServerLimits(
         max_body_bytes=max_body,
@@ -85,3 +88,22 @@ def serve_command(
         err=True,
     )
     serve(app, host=host, port=port)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Raises ConfigurationError, before the model loads, when ``host:port`` cannot be bound
+    (another server listens there, or the address is not this machine's)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc}; choose another --port "
+                "(or stop what listens there)"
+            ) from None

@@ -369,3 +369,18 @@ def test_training_progress_shows_nothing_before_its_first_phase_and_times_each(c
     assert lines[2] == "training: 3 steps of 8 tokens ..."
     assert "training: 3 steps of 8 tokens: done" not in log  # the steps' bar took over
     assert "3/3" in lines[-1] and "0/3" not in log
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(invoke, specs):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = invoke("serve", "--port", str(port))
+    assert result.exit_code == 2
+    assert (
+        result.stderr.startswith("error: cannot serve on 127.0.0.1:") and "--port" in result.stderr
+    )
+    assert "serving" not in result.stderr and specs == []  # refused before the backend was made

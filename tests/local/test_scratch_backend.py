@@ -196,10 +196,15 @@ def test_spec_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(promptkit.models, "MINI", tmp_path / "no-shipped-model")
     with pytest.raises(ConfigurationError, match="needs a model folder"):
         pk.get_backend("scratch")  # a copy of promptkit without promptkit-mini
-    with pytest.raises(ConfigurationError, match="no model folder.*Hugging Face hub"):
+    with pytest.raises(ConfigurationError, match="no such model folder or file"):
         pk.get_backend(f"scratch:{tmp_path / 'nope'}")
     with pytest.raises(ConfigurationError, match="unknown option"):
         pk.get_backend(f"scratch:{tmp_path}", temperature=1)
+    with pytest.raises(ConfigurationError, match="no such model folder or file"):
+        pk.get_backend("scratch:/nonexistent/model")  # a path: not looked up on the hub
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ConfigurationError, match="is a file, not a model"):
+        pk.get_backend(f"scratch:{tmp_path / 'notes.txt'}")
 
 
 def test_prompt_runs_on_the_scratch_backend(backend):

@@ -369,6 +369,16 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
         model, tokenizer = load_gguf(path, device=chosen)
         weights = path
     else:
+        if path.is_file():
+            raise ConfigurationError(
+                f"scratch: {arg!r} is a file, not a model: give a model folder (a checkpoint or "
+                "a Hugging Face folder) or a .gguf file"
+            )
+        if not path.is_dir() and _looks_like_a_path(arg):
+            raise ConfigurationError(
+                f"scratch: no such model folder or file: {arg!r}; give a checkpoint folder, a "
+                "Hugging Face folder or a .gguf file (`promptkit models` lists pullable names)"
+            )
         if not path.is_dir():
             path = _from_hub(arg)
         model, tokenizer = load_model(path, device=chosen)
@@ -376,6 +386,15 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
     backend = ScratchBackend(model, tokenizer, name=name or f"scratch:{path}")
     backend.weights_path = weights
     return backend
+
+
+def _looks_like_a_path(arg: str) -> bool:
+    """Whether ``arg`` is written as a path (absolute, home- or dot-relative, or with a folder
+    separator beyond a hub name's one ``owner/name``), so that a missing one is not looked up
+    on the hub."""
+    return (
+        arg.startswith(("/", "~", ".")) or arg.count("/") > 1 or (os.sep != "/" and os.sep in arg)
+    )
 
 
 def _with_adapter(folder: Path, device: str | None) -> ScratchBackend:
