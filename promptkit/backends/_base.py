@@ -21,6 +21,10 @@ command line) never probe a backend with ``getattr``:
 ``cache_identity``     everything besides the request that decides an answer (the cache key)
 ``close``/``aclose``   release connections or memory (nothing to do by default)
 =====================  ====================================================================
+
+The flag ``tokens`` says a backend is a local model with token-level access (``LocalScoring``:
+``generate_tokens`` from token ids, ``token_id_logprobs`` with the top alternatives), which the
+server's token-id prompts and top log-probabilities use.
 """
 
 from __future__ import annotations
