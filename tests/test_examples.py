@@ -60,7 +60,9 @@ def test_example_errors_are_one_line_without_traceback(name, args, message):
 
 @pytest.mark.slow  # loads torch for the scratch backend: several seconds on a busy machine
 def test_example_with_a_missing_local_model_is_one_line():
-    _fails_in_one_line("code_explainer.py", ["--backend", "scratch:/nonexistent"], "no model")
+    _fails_in_one_line(
+        "code_explainer.py", ["--backend", "scratch:/nonexistent"], "no such model folder"
+    )
 
 
 def test_code_explainer_names_an_unreadable_file(tmp_path):
