@@ -742,3 +742,21 @@ def test_serve_options_default_to_the_server_limits():
     for field in fields(ServerLimits):
         option = next(k for k in options if names.get(k, k) == field.name)
         assert options[option] == getattr(limits, field.name), field.name
+
+
+class Counting(Backend):
+    """Answers ``ok``; its usage counts the prompt's characters as tokens."""
+
+    name = "counting"
+    capabilities = Capabilities()
+
+    def _complete(self, text, config):
+        return Completion(text="ok", usage=Usage(len(text), 1))
+
+
+def test_usage_counts_every_prompt_and_every_choice():
+    with serve_in_thread(create_app(Counting())) as url:
+        body = {"model": "counting", "prompt": ["a", "bcd"], "n": 2, "max_tokens": 1}
+        status, answer = post(url, "/v1/completions", body)
+    assert status == 200 and len(answer["choices"]) == 4
+    assert answer["usage"] == {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}
