@@ -325,10 +325,11 @@ def fit_to_window(
         if tokens + max_tokens <= window:
             return rendered, chosen, dropped
         if not chosen:
+            note = f" (all {len(dropped)} demonstrations were dropped first)" if dropped else ""
             raise ContextWindowError(
                 f"the instruction and query alone take {tokens} tokens; with max_tokens "
-                f"{max_tokens} they do not fit the context window of {window} "
-                "(demonstrations were dropped first); shorten the input or lower max_tokens",
+                f"{max_tokens} they do not fit the context window of {window}{note}; "
+                "shorten the input or lower max_tokens",
                 prompt_tokens=tokens,
                 max_tokens=max_tokens,
                 context_window=window,

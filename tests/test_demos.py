@@ -157,5 +157,9 @@ def test_fit_to_window_renders_with_fewer_demonstrations_until_it_fits():
     )
     assert (rendered, shown) == ("word " * 8, [5, 2])
     assert dropped == [(7, "did not fit: 10 prompt tokens + max_tokens 2 > context window 10")]
-    with pytest.raises(ContextWindowError, match="alone take 4 tokens; with max_tokens 7"):
+    with pytest.raises(ContextWindowError, match="alone take 4 tokens; with max_tokens 7") as e:
         fit_to_window(lambda kept: "word " * (4 + 2 * len(kept)), [1], backend, 7)
+    assert "all 1 demonstrations were dropped first" in str(e.value)
+    with pytest.raises(ContextWindowError) as none_shown:  # no demonstrations to drop: no word
+        fit_to_window(lambda kept: "word " * 4, [], backend, 7)
+    assert "dropped" not in str(none_shown.value)
