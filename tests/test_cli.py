@@ -343,6 +343,17 @@ def test_an_output_that_cannot_be_a_folder_is_refused_before_training(invoke, wr
         assert "%" not in result.stderr and "step" not in result.stderr  # before any training
 
 
+def test_train_never_overwrites_a_model_unless_resuming(invoke, write, tmp_path):
+    corpus = write("corpus.txt", "the cat sat on the mat. " * 200)
+    out = tmp_path / "m"
+    args = ["train", "--corpus", str(corpus), "--out", str(out), *TINY_TRAINING]
+    assert invoke(*args).exit_code == 0
+    trained = (out / "model.safetensors").read_bytes()
+    again = invoke(*args)
+    assert again.exit_code == 2 and "already holds a model" in again.stderr
+    assert (out / "model.safetensors").read_bytes() == trained
+
+
 def test_file_system_errors_are_one_line(invoke, tmp_path):
     result = invoke("corpus", "--out", "/proc/promptkit-test/corpus.jsonl", "--documents", "2")
     assert result.exit_code == 1

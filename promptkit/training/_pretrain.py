@@ -85,6 +85,11 @@ class TrainConfig:
         if bad:
             raise ConfigurationError("invalid training settings: " + "; ".join(bad))
         check_output_folder(self.out)
+        if not self.resume and (Path(self.out) / "model.safetensors").exists():
+            raise ConfigurationError(
+                f"--out {self.out!r} already holds a model; choose another folder, remove it, "
+                "or pass --resume to continue its run"
+            )
 
 
 def check_output_folder(out: str | Path) -> None:
