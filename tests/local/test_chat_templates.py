@@ -170,6 +170,9 @@ def test_chat_template_false_keeps_flattening(chat_folder):
     backend = pk.get_backend(f"scratch:{chat_folder}", device="cpu", chat_template=False)
     assert not backend.capabilities.chat
     assert isinstance(backend, ScratchBackend) and backend.chat_template is None
+    templated = pk.get_backend(f"scratch:{chat_folder}", device="cpu")
+    assert templated.cache_identity()["chat_template"] == CHATML  # cached answers differ
+    assert backend.cache_identity() != templated.cache_identity()
 
 
 def test_gguf_metadata_chat_template_renders_like_the_folder(chat_folder, tmp_path):

@@ -60,7 +60,7 @@ class ScratchBackend(LocalScoring):
 
     def cache_identity(self) -> dict[str, Any]:
         """The weights (every file of the checkpoint folder: path, size and modification
-        time), the dtype and the device type."""
+        time), the dtype, the device type and the chat template messages are rendered with."""
         folder = None if self.weights_path is None else self.weights_path.parent
         return {
             **super().cache_identity(),
@@ -69,6 +69,7 @@ class ScratchBackend(LocalScoring):
             "dtype": str(self.model.wte.weight.dtype),
             "device": self.device.type,
             "adapter": self.adapter_sha256,  # a LoRA adapter merged in at load, if any
+            "chat_template": None if self.chat_template is None else self.chat_template.source,
         }
 
     def _hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
