@@ -34,6 +34,7 @@ __all__ = [
     "TemplateLimits",
     "compile_template",
     "guess_language",
+    "sandboxed_environment",
     "split_roles",
 ]
 
@@ -226,6 +227,18 @@ _ENV.filters["guess_language"] = guess_language
 _ENV.filters["tojson"] = _to_json
 _ENV.filters.update({name: _limited_filter(name, f) for name, f in _ENV.filters.items()})
 _LIPSUM = _ENV.globals["lipsum"]
+
+
+def sandboxed_environment(**options: Any) -> jinja2.Environment:
+    """A copy of the environment with other Jinja2 ``options`` (``trim_blocks``...), for
+    templates written for other tools (a model's chat template): the same sandbox and limits,
+    loop controls (``break``/``continue``), undefined names falsy as in plain Jinja2, and its
+    own globals, so adding one does not reach promptkit's templates."""
+    environment = _ENV.overlay(
+        undefined=jinja2.Undefined, extensions=["jinja2.ext.loopcontrols"], **options
+    )
+    environment.globals = dict(environment.globals)
+    return environment
 
 
 @lru_cache(maxsize=64)

@@ -60,10 +60,17 @@ def gguf_name(hf_name: str) -> str:
     return f"blk.{layer}.{TO_GGUF[stem]}.{kind}"
 
 
-def write_gguf(folder: Path, path: Path, qtypes: dict[str, object], arch: str = "llama") -> None:
+def write_gguf(
+    folder: Path,
+    path: Path,
+    qtypes: dict[str, object],
+    arch: str = "llama",
+    chat_template: str | None = None,
+) -> None:
     """The Hugging Face folder as llama.cpp's converter would write it. ``qtypes`` maps a
     GGUF name piece (``ffn_up``, ``token_embd``, ...; ``*`` for the rest) to the storage type
-    of 2-D weights; 1-D tensors stay F32 as in llama.cpp."""
+    of 2-D weights; 1-D tensors stay F32 as in llama.cpp. ``chat_template``: written as
+    ``tokenizer.chat_template``."""
     config = json.loads((folder / "config.json").read_text())
     model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
     writer = gguf.GGUFWriter(str(path), arch)
@@ -90,6 +97,8 @@ def write_gguf(folder: Path, path: Path, qtypes: dict[str, object], arch: str = 
     writer.add_eos_token_id(config["eos_token_id"])
     writer.add_bos_token_id(config["bos_token_id"])
     writer.add_add_bos_token(False)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and config.get("tie_word_embeddings"):

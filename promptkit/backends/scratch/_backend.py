@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from ...errors import ConfigurationError
-from .._base import Completion, GenerationConfig, Usage, cut_at_stop
+from ...errors import ConfigurationError, UnsupportedCapabilityError
+from .._base import Completion, GenerationConfig, Message, Usage, cut_at_stop
+from .._chat_templates import ChatTemplate
 from .._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
 from .._masking import TokenMasker, llg_tokenizer
 from ._adapter import (
@@ -44,6 +46,13 @@ class ScratchBackend(LocalScoring):
         self.adapter_sha256: str | None = None  # its fingerprint when it was loaded
         self.context_window = model.config.context_length
         self.capabilities = LOCAL_CAPABILITIES
+        self.chat_template: ChatTemplate | None = None  # the model's own, when it has one
+
+    def use_chat_template(self, template: ChatTemplate | None) -> None:
+        """Render chat messages with ``template`` (the model's own) and declare ``chat``; None
+        goes back to flattening messages into text."""
+        self.chat_template = template
+        self.capabilities = replace(LOCAL_CAPABILITIES, chat=template is not None)
 
     @property
     def device(self) -> torch.device:
@@ -51,7 +60,7 @@ class ScratchBackend(LocalScoring):
 
     def cache_identity(self) -> dict[str, Any]:
         """The weights (every file of the checkpoint folder: path, size and modification
-        time), the dtype and the device type."""
+        time), the dtype, the device type and the chat template messages are rendered with."""
         folder = None if self.weights_path is None else self.weights_path.parent
         return {
             **super().cache_identity(),
@@ -60,6 +69,7 @@ class ScratchBackend(LocalScoring):
             "dtype": str(self.model.wte.weight.dtype),
             "device": self.device.type,
             "adapter": self.adapter_sha256,  # a LoRA adapter merged in at load, if any
+            "chat_template": None if self.chat_template is None else self.chat_template.source,
         }
 
     def _hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
@@ -116,12 +126,40 @@ class ScratchBackend(LocalScoring):
             ids.append(self.tokenizer.eot_id)
         return ids, "stop" if reason == "stop" else "length"
 
+    def _chat_ids(self, messages: list[Message]) -> list[int]:
+        """The prompt ids of ``messages``: the chat template's text, assistant turn opened, with
+        its special tokens recognised (message contents were rendered into it as text)."""
+        if self.chat_template is None:
+            raise UnsupportedCapabilityError(self.name, "chat")
+        text = self.chat_template.render(messages, add_generation_prompt=True)
+        ids: list[int] = self.tokenizer.encode_with_special_tokens(text)
+        return ids
+
+    def _chat(self, messages: list[Message], config: GenerationConfig) -> Completion:
+        """Generate the assistant's answer to ``messages`` (ends at the end-of-turn token)."""
+        prompt = self._chat_ids(messages)
+        (ids,), (reason,) = self.generate_ids([prompt], config)
+        text, _ = cut_at_stop(self.tokenizer.decode(ids), config.stops)
+        usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(ids))
+        return Completion(text=text, usage=usage, finish_reason=reason)  # type: ignore[arg-type]
+
+    def _stream_chat(
+        self, messages: list[Message], config: GenerationConfig
+    ) -> Generator[str, None, Completion]:
+        """Stream the assistant's answer to ``messages`` (see :meth:`_stream_complete`)."""
+        return self._stream_ids(self._chat_ids(messages), config)
+
     def _stream_complete(
         self, text: str, config: GenerationConfig
     ) -> Generator[str, None, Completion]:
         """Yield the text in pieces; return the whole Completion (its usage and finish reason,
         which a streaming server reports at the end)."""
-        prompt = self.tokenizer.encode(text)
+        return self._stream_ids(self.tokenizer.encode(text), config)
+
+    def _stream_ids(
+        self, prompt: list[int], config: GenerationConfig
+    ) -> Generator[str, None, Completion]:
+        """Stream the text generated after the token ids ``prompt``."""
         ids: list[int] = []
         sent = 0
         finish = "length"
@@ -334,14 +372,20 @@ def _from_hub(name: str) -> Path:
         ) from None
 
 
-def from_spec(arg: str, *, device: str | None = None, **options: Any) -> ScratchBackend:
+def from_spec(
+    arg: str, *, device: str | None = None, chat_template: bool = True, **options: Any
+) -> ScratchBackend:
     """``scratch:PATH``: a promptkit checkpoint folder, a Hugging Face GPT-2 or Llama-family
     folder, or a GGUF file; a known model name (``scratch:smollm2-135m-instruct``, see
     ``promptkit models``) is its pulled file, pulled on first use; another name that is no folder
     (``scratch:gpt2``) is fetched from the Hugging Face hub where the network allows (or found
-    in its local cache); plain ``scratch`` is the shipped promptkit-mini."""
+    in its local cache); plain ``scratch`` is the shipped promptkit-mini.
+
+    A model with a chat template (an instruction-tuned one) gets chat messages rendered with it;
+    ``chat_template=False`` flattens them into text as for a model without one."""
     from ...models._registry import lookup, pull
-    from ._gguf import load_gguf
+    from .._chat_templates import folder_chat_template
+    from ._gguf import gguf_chat_template, load_gguf
     from ._loading import load_model
 
     if options:
@@ -368,6 +412,7 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
     if path.is_file() and path.suffix == ".gguf":
         model, tokenizer = load_gguf(path, device=chosen)
         weights = path
+        template = gguf_chat_template(path, tokenizer) if chat_template else None
     else:
         if path.is_file():
             raise ConfigurationError(
@@ -383,8 +428,10 @@ def from_spec(arg: str, *, device: str | None = None, **options: Any) -> Scratch
             path = _from_hub(arg)
         model, tokenizer = load_model(path, device=chosen)
         weights = path / "model.safetensors"
+        template = folder_chat_template(path) if chat_template else None
     backend = ScratchBackend(model, tokenizer, name=name or f"scratch:{path}")
     backend.weights_path = weights
+    backend.use_chat_template(template)
     return backend
 
 
@@ -407,6 +454,7 @@ def _with_adapter(folder: Path, device: str | None) -> ScratchBackend:
     apply_adapter(base.model, folder, config)
     backend = ScratchBackend(base.model, base.tokenizer, name=f"scratch:{folder}")
     backend.weights_path = folder / ADAPTER_FILE
+    backend.use_chat_template(base.chat_template)
     backend.adapter = folder
     backend.adapter_sha256 = adapter_fingerprint(folder)
     return backend

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ...errors import ConfigurationError
+from .._chat_templates import ChatTemplate
 from ._checkpoint import load_state
 from ._tokenizer import Tokenizer
 from .llama import Llama, LlamaConfig
@@ -35,6 +36,7 @@ from .llama import Llama, LlamaConfig
 __all__ = [
     "GGUF_NAMES",
     "config_from_gguf",
+    "gguf_chat_template",
     "gguf_tokenizer",
     "load_gguf",
     "read_gguf",
@@ -244,3 +246,25 @@ def load_gguf(
             f"{config.vocab_size}"
         )
     return model.to(device).eval(), tokenizer
+
+
+def gguf_chat_template(path: Path, tokenizer: Tokenizer) -> ChatTemplate | None:
+    """The chat template in a GGUF file's metadata (``tokenizer.chat_template``) with its
+    beginning- and end-of-text tokens, or None when it has none; raises ConfigurationError for
+    an unreadable file, TemplateError for a template that does not compile."""
+    try:
+        fields = _gguf().GGUFReader(str(path)).fields
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"{str(path)!r} is not a readable GGUF file: {exc}") from None
+    field = fields.get("tokenizer.chat_template")
+    source = field.contents() if field is not None else None
+    if not isinstance(source, str) or not source.strip():
+        return None
+    bos = fields.get("tokenizer.ggml.bos_token_id")
+    bos_id = bos.contents() if bos is not None else None
+    return ChatTemplate(
+        source,
+        bos_token=tokenizer.decode([bos_id]) if isinstance(bos_id, int) else "",
+        eos_token=tokenizer.decode([tokenizer.eot_id]),
+        name=f"{path} (tokenizer.chat_template)",
+    )

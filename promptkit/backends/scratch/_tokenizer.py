@@ -29,6 +29,7 @@ class Tokenizer:
         if not isinstance(backend, HFTokenizer):
             raise ConfigurationError("Tokenizer wraps a tokenizers.Tokenizer")
         self._tokenizer = backend
+        self._special: HFTokenizer | None = None  # a copy that recognises special tokens
         backend.encode_special_tokens = True  # "<|endoftext|>" in text is text, not a token
         eot = backend.token_to_id(end_of_text)
         if eot is None:
@@ -45,6 +46,17 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; the text ``<|endoftext|>`` is data, never the EOT token."""
         return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def encode_with_special_tokens(self, text: str) -> list[int]:
+        """Token ids of ``text`` where special-token text (``<|im_start|>``...) is the special
+        token: for a prompt rendered by the model's own chat template, never for user data."""
+        if self._special is None:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            special = HFTokenizer.from_str(self._tokenizer.to_str())
+            special.encode_special_tokens = False
+            self._special = special
+        return list(self._special.encode(text, add_special_tokens=False).ids)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [
