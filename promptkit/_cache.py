@@ -43,7 +43,13 @@ from .backends._base import (
 )
 from .errors import ConfigurationError
 
-__all__ = ["CachedBackend", "ResponseCache", "default_cache_path", "is_deterministic"]
+__all__ = [
+    "CachedBackend",
+    "ResponseCache",
+    "cache_dir",
+    "default_cache_path",
+    "is_deterministic",
+]
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 _SCHEMA = """
@@ -57,13 +63,19 @@ CREATE INDEX IF NOT EXISTS responses_last_used ON responses (last_used);
 """
 
 
-def default_cache_path() -> Path:
-    """Where the cache lives unless told otherwise (see the module docstring)."""
+def cache_dir() -> Path:
+    """promptkit's cache directory (responses, pulled models): ``$PROMPTKIT_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/promptkit``, else ``~/.cache/promptkit``."""
     folder = os.environ.get("PROMPTKIT_CACHE_DIR")
     if folder:
-        return Path(folder) / "responses.sqlite"
+        return Path(folder)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "promptkit" / "responses.sqlite"
+    return Path(base) / "promptkit"
+
+
+def default_cache_path() -> Path:
+    """Where the cache lives unless told otherwise (see the module docstring)."""
+    return cache_dir() / "responses.sqlite"
 
 
 def is_deterministic(config: GenerationConfig) -> bool:

@@ -26,6 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._cache import cache_dir
 from ..errors import BackendError, ConfigurationError
 
 __all__ = [
@@ -121,11 +122,7 @@ def _known(name: str) -> KnownModel:
 
 def models_dir() -> Path:
     """The model cache: ``models/`` under the promptkit cache directory."""
-    folder = os.environ.get("PROMPTKIT_CACHE_DIR")
-    if folder:
-        return Path(folder) / "models"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "promptkit" / "models"
+    return cache_dir() / "models"
 
 
 def pulled_path(model: KnownModel) -> Path:
