@@ -30,6 +30,7 @@ from ._humaneval import (
     program_for,
 )
 from ._passk import mean_pass_at_k, pass_at_k
+from ._report import line_plot
 from ._sandbox import Execution, Sandbox, SandboxLimits
 from ._schema import PassAtKReport, ProblemResult, Report, SampleRecord
 
@@ -309,26 +310,15 @@ def write_pass_at_k_report(
 
 
 def _plot(path: Path, run: PassAtKReport) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    figure, axes = plt.subplots(figsize=(5, 3.5), dpi=120)
-    axes.plot(run.k, [run.pass_at_k[f"pass@{k}"] for k in run.k], marker="o", label=run.template)
-    axes.set_xscale("log")
-    axes.set_xticks(run.k, [str(k) for k in run.k])
-    axes.set_xlabel("k (samples allowed)")
-    axes.set_ylabel("pass@k")
-    axes.set_ylim(0, 1)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return True
+    ys = [run.pass_at_k[f"pass@{k}"] for k in run.k]
+    return line_plot(
+        path,
+        {run.template: (run.k, ys)},
+        x_label="k (samples allowed)",
+        y_label="pass@k",
+        x_ticks=run.k,
+        log_x=True,
+    )
 
 
 @dataclass(frozen=True)

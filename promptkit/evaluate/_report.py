@@ -4,7 +4,7 @@ command prints."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -95,6 +95,27 @@ def write_report(
 
 
 def _plot(path: Path, runs: dict[str, list[ShotReport]]) -> bool:
+    lines = {
+        name: ([r.shots for r in reports], [r.accuracy for r in reports])
+        for name, reports in runs.items()
+    }
+    ticks = sorted({r.shots for reports in runs.values() for r in reports})
+    return line_plot(
+        path, lines, x_label="demonstrations (shots)", y_label="accuracy", x_ticks=ticks
+    )
+
+
+def line_plot(
+    path: Path,
+    lines: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    x_label: str,
+    y_label: str,
+    x_ticks: Sequence[int],
+    log_x: bool = False,
+) -> bool:
+    """Draw ``lines`` (label -> x and y values, y between 0 and 1) into the PNG at ``path``;
+    False when matplotlib is not installed (the report then says how to get the plot)."""
     try:
         import matplotlib
 
@@ -103,13 +124,14 @@ def _plot(path: Path, runs: dict[str, list[ShotReport]]) -> bool:
     except ImportError:
         return False
     figure, axes = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for name, reports in runs.items():
-        shots = [r.shots for r in reports]
-        axes.plot(shots, [r.accuracy for r in reports], marker="o", label=name)
-    axes.set_xlabel("demonstrations (shots)")
-    axes.set_ylabel("accuracy")
+    for label, (xs, ys) in lines.items():
+        axes.plot(xs, ys, marker="o", label=label)
+    if log_x:
+        axes.set_xscale("log")
+    axes.set_xticks(x_ticks, [str(t) for t in x_ticks])
+    axes.set_xlabel(x_label)
+    axes.set_ylabel(y_label)
     axes.set_ylim(0, 1)
-    axes.set_xticks(sorted({r.shots for reports in runs.values() for r in reports}))
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
