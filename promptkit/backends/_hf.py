@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Generator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,8 +26,9 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from ..errors import BackendError, ConfigurationError
-from ._base import Completion, GenerationConfig, Usage, cut_at_stop
+from ..errors import BackendError, ConfigurationError, UnsupportedCapabilityError
+from ._base import Completion, GenerationConfig, Message, Usage, cut_at_stop
+from ._chat_templates import ChatTemplate
 from ._hf_loading import load_cached
 from ._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
 from ._masking import TokenMasker, llg_tokenizer
@@ -168,6 +170,13 @@ class HFBackend(LocalScoring):
             config, "max_position_embeddings", None
         )
         self.capabilities = LOCAL_CAPABILITIES
+        self.chat_template: ChatTemplate | None = None  # the model's own, when it has one
+
+    def use_chat_template(self, template: ChatTemplate | None) -> None:
+        """Render chat messages with ``template`` (the model's own) and declare ``chat``; None
+        goes back to flattening messages into text."""
+        self.chat_template = template
+        self.capabilities = replace(LOCAL_CAPABILITIES, chat=template is not None)
 
     @property
     def device(self) -> torch.device:
@@ -185,6 +194,7 @@ class HFBackend(LocalScoring):
             "model": None if files is not None else type(self.model).__qualname__,
             "dtype": str(self.model.dtype),
             "device": self.device.type,
+            "chat_template": None if self.chat_template is None else self.chat_template.source,
         }
 
     def _hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
@@ -257,11 +267,14 @@ class HFBackend(LocalScoring):
         return kwargs
 
     def _inputs(self, prompts: Sequence[str], config: GenerationConfig) -> dict[str, Any]:
-        """Token ids and attention mask of the prompts, left-padded with end-of-text (done
-        here, so the shared tokenizer's padding settings are never changed)."""
+        """Token ids and attention mask of text prompts (see :meth:`_id_inputs`)."""
         for prompt in prompts:
             self._check_text(prompt)
-        encoded = [self.tokenizer.encode(prompt) for prompt in prompts]
+        return self._id_inputs([self.tokenizer.encode(prompt) for prompt in prompts], config)
+
+    def _id_inputs(self, encoded: list[list[int]], config: GenerationConfig) -> dict[str, Any]:
+        """Token ids and attention mask of prompts given as ids, left-padded with end-of-text
+        (done here, so the shared tokenizer's padding settings are never changed)."""
         self.check_fits([len(ids) for ids in encoded], config)
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(encoded), width), self.tokenizer.eot_id, dtype=torch.long)
@@ -275,12 +288,34 @@ class HFBackend(LocalScoring):
             "attention_mask": attention_mask.to(self.device),
         }
 
+    def _chat_ids(self, messages: list[Message]) -> list[int]:
+        """The prompt ids of ``messages``: the chat template's text, assistant turn opened, with
+        its special tokens recognised (message contents were rendered into it as text)."""
+        if self.chat_template is None:
+            raise UnsupportedCapabilityError(self.name, "chat")
+        text = self.chat_template.render(messages, add_generation_prompt=True)
+        return list(self.tokenizer.hf(text, add_special_tokens=False)["input_ids"])
+
+    def _chat(self, messages: list[Message], config: GenerationConfig) -> Completion:
+        """Generate the assistant's answer to ``messages`` (ends at the end-of-turn token)."""
+        (completion,) = self._generate(self._id_inputs([self._chat_ids(messages)], config), config)
+        return completion
+
+    def _stream_chat(
+        self, messages: list[Message], config: GenerationConfig
+    ) -> Generator[str, None, Completion]:
+        """Stream the assistant's answer to ``messages`` (see :meth:`_stream_complete`)."""
+        return self._stream_inputs(self._id_inputs([self._chat_ids(messages)], config), config)
+
     def generate_batch(
         self, prompts: Sequence[str], config: GenerationConfig | None = None
     ) -> list[Completion]:
         """Generate for several prompts at once (left padding, one ``generate`` call)."""
         config = config or GenerationConfig()
-        inputs = self._inputs(prompts, config)
+        return self._generate(self._inputs(prompts, config), config)
+
+    def _generate(self, inputs: dict[str, Any], config: GenerationConfig) -> list[Completion]:
+        """One ``generate`` call on prepared inputs: each row's Completion."""
         kwargs = self._call_kwargs(inputs, config)
         with torch.inference_mode():
             output = self.model.generate(**kwargs)
@@ -328,7 +363,12 @@ class HFBackend(LocalScoring):
     ) -> Generator[str, None, Completion]:
         """Yield the text in pieces; return the whole Completion (its usage and finish reason,
         which a streaming server reports at the end)."""
-        inputs = self._inputs([text], config)
+        return self._stream_inputs(self._inputs([text], config), config)
+
+    def _stream_inputs(
+        self, inputs: dict[str, Any], config: GenerationConfig
+    ) -> Generator[str, None, Completion]:
+        """Stream the text generated after one prepared prompt."""
         streamer = _eager_streamer(self.tokenizer.hf)
         abandoned = threading.Event()  # the reader closed the stream: stop generating
         kwargs = {
@@ -405,13 +445,20 @@ class HFBackend(LocalScoring):
 
 
 def from_spec(
-    arg: str, *, device: str | None = None, dtype: str | None = None, **options: Any
+    arg: str,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    chat_template: bool = True,
+    **options: Any,
 ) -> HFBackend:
     """``hf:NAME_OR_PATH`` with optional ``device=`` and ``dtype=`` (default float32 on CPU).
 
     NAME_OR_PATH is a hub name, a local folder, a GGUF file (loaded by transformers with
     ``gguf_file=``), or a known model name (``hf:smollm2-135m-instruct``: its pulled file,
-    pulled on first use; see ``promptkit models``)."""
+    pulled on first use; see ``promptkit models``). A model whose tokenizer has a chat template
+    (an instruction-tuned one) gets chat messages rendered with it, in promptkit's sandbox;
+    ``chat_template=False`` flattens them into text as for a model without one."""
     if options:
         raise ConfigurationError(f"unknown option(s) for hf: {', '.join(sorted(options))}")
     if not arg:
@@ -423,4 +470,25 @@ def from_spec(
     if known is not None:  # a registry name: its verified file, pulled on first use
         arg, label = str(pull(known.name)), f"hf:{known.name}"
     loaded = load_cached(arg, device, dtype)
-    return HFBackend(loaded.model, loaded.tokenizer, name=label, folder=loaded.folder)
+    backend = HFBackend(loaded.model, loaded.tokenizer, name=label, folder=loaded.folder)
+    if chat_template:
+        backend.use_chat_template(_tokenizer_chat_template(loaded.tokenizer, label))
+    return backend
+
+
+def _tokenizer_chat_template(hf_tokenizer: Any, name: str) -> ChatTemplate | None:
+    """The chat template a transformers tokenizer carries (from tokenizer_config.json,
+    chat_template.jinja or a GGUF file's metadata), to render in promptkit's sandbox rather
+    than with ``apply_chat_template``; None when it has none. Raises TemplateError for a
+    template that does not compile."""
+    source = hf_tokenizer.chat_template
+    if isinstance(source, dict):  # several named templates: the default one
+        source = source.get("default")
+    if not isinstance(source, str) or not source.strip():
+        return None
+    return ChatTemplate(
+        source,
+        bos_token=hf_tokenizer.bos_token or "",
+        eos_token=hf_tokenizer.eos_token or "",
+        name=f"{name} (chat template)",
+    )
