@@ -66,19 +66,24 @@ def backend_option(*, template: bool) -> Callable[[_F], _F]:
         "backend_spec",
         metavar="SPEC",
         help="Backend spec, e.g. hf:gpt2, scratch:DIR or openai:MODEL. Default: "
-        f"$PROMPTKIT_BACKEND, else {fallback}the shipped promptkit-mini.",
+        f"$PROMPTKIT_BACKEND, else {fallback}SmolLM2-135M-Instruct once pulled (`promptkit "
+        "pull smollm2-135m-instruct`), else the shipped promptkit-mini.",
     )
 
 
 def backend_for(spec: str | None, prompt: Any = None) -> Backend:
     """The one default-backend rule of every command that needs a backend: --backend when
     given, then $PROMPTKIT_BACKEND, then (for a command with a template) the template's
-    model.configuration, then the shipped promptkit-mini.
+    model.configuration, then SmolLM2-135M-Instruct when it is pulled, then the shipped
+    promptkit-mini. The last two print a one-line note on stderr saying which model answers
+    (and, for promptkit-mini, how to get the real one).
 
-    Raises UsageError when none applies (a copy of promptkit without promptkit-mini), and
-    whatever building the backend raises (ConfigurationError for a bad spec).
+    Raises UsageError when none applies (a copy of promptkit without promptkit-mini and no
+    pulled model), and whatever building the backend raises (ConfigurationError for a bad
+    spec).
     """
-    from .backends import DEFAULT_SPEC, get_backend
+    from .backends import default_backend, get_backend
+    from .errors import ConfigurationError
 
     spec = spec or os.environ.get("PROMPTKIT_BACKEND")
     if spec:
@@ -89,15 +94,13 @@ def backend_for(spec: str | None, prompt: Any = None) -> Backend:
         backend = backend_from_prompt(prompt)
         if backend is not None:
             return backend
-    from .models import mini_path
-
-    if mini_path() is None:
+    try:
+        default = default_backend()
+    except ConfigurationError as exc:
         declare = ", or declare model.configuration in the template" if prompt is not None else ""
-        raise UsageError(
-            "no backend: pass --backend SPEC or set PROMPTKIT_BACKEND (this copy of promptkit "
-            f"has no promptkit-mini to fall back on){declare}"
-        )
-    return get_backend(DEFAULT_SPEC)
+        raise UsageError(f"{exc}{declare}") from None
+    click.echo(default.note, err=True)
+    return get_backend(default.spec)
 
 
 def collect_inputs(

@@ -269,11 +269,70 @@ def test_one_default_backend_rule_for_every_command(command, invoke, write, spec
 
 @pytest.mark.parametrize("command", ["run", "eval", "perplexity", "serve"])
 def test_help_describes_the_default_backend_as_it_is(command, invoke):
-    text = " ".join(invoke(command, "--help").output.split())
+    text = " ".join(invoke(command, "--help").output.split()).replace("- ", "-")  # wrapped
     rule = "Default: $PROMPTKIT_BACKEND, else "
     if command in ("run", "eval"):
         rule += "the template's model.configuration, else "
+    rule += "SmolLM2-135M-Instruct once pulled (`promptkit pull smollm2-135m-instruct`), else "
     assert rule + "the shipped promptkit-mini." in text
+
+
+def _fake_pull(size: int | None = None) -> None:
+    """Put a file of the default model's size where a pull would leave it (in the test's own
+    cache directory): what the default rule checks (loading verifies the sha256)."""
+    from promptkit.models._registry import lookup, pulled_path
+
+    model = lookup("smollm2-135m-instruct")
+    assert model is not None
+    path = pulled_path(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as file:
+        file.truncate(model.size if size is None else size)
+
+
+def test_the_pulled_real_model_is_the_default_and_a_note_says_so(invoke, specs):
+    first = invoke("run", "sentiment", "-i", "text=hi", "--no-cache")
+    assert first.exit_code == 0
+    assert "answered by promptkit-mini" in first.stderr
+    assert "`promptkit pull smollm2-135m-instruct` (98 MB) gets a real model" in first.stderr
+    _fake_pull(size=1000)  # a partial file is not the model
+    assert invoke("run", "sentiment", "-i", "text=hi", "--no-cache").exit_code == 0
+    _fake_pull()
+    second = invoke("run", "sentiment", "-i", "text=hi", "--no-cache")
+    assert second.exit_code == 0
+    assert second.stderr.strip().splitlines() == [
+        "promptkit: answered by scratch:smollm2-135m-instruct (the default; --backend or "
+        "PROMPTKIT_BACKEND picks another)"
+    ]
+    assert invoke("run", "sentiment", "-i", "text=hi", "--backend", "x").stderr == ""
+    assert specs == ["scratch", "scratch", "scratch:smollm2-135m-instruct", "x"]
+
+
+_SCRATCH_ASKED: list[str] = []
+
+
+def _scratch_recorder(arg: str, **options: object) -> Backend:
+    """Stands in for the scratch backend's factory: records the argument, loads nothing."""
+    _SCRATCH_ASKED.append(arg)
+    return _Recorded(f"scratch:{arg}")
+
+
+def test_python_default_is_the_pulled_model_and_the_fallback_warns(monkeypatch, caplog):
+    import promptkit.backends as backends
+
+    monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
+    recorder = backends._BUILTIN["scratch"]._replace(module=__name__, factory="_scratch_recorder")
+    monkeypatch.setitem(backends._BUILTIN, "scratch", recorder)
+    _SCRATCH_ASKED.clear()
+    with caplog.at_level("INFO", logger="promptkit"):
+        assert backends.get_backend().name == "scratch:"
+        _fake_pull()
+        assert backends.get_backend().name == "scratch:smollm2-135m-instruct"
+    assert _SCRATCH_ASKED == ["", "smollm2-135m-instruct"]
+    fallback, real = caplog.records
+    assert fallback.levelname == "WARNING" and "answered by promptkit-mini" in fallback.message
+    assert "promptkit pull smollm2-135m-instruct" in fallback.message
+    assert real.levelname == "INFO" and "scratch:smollm2-135m-instruct" in real.message
 
 
 def test_no_backend_without_promptkit_mini_is_one_line(invoke, write, monkeypatch):
@@ -283,7 +342,10 @@ def test_no_backend_without_promptkit_mini_is_one_line(invoke, write, monkeypatc
     monkeypatch.setattr(promptkit.models, "mini_path", lambda: None)
     result = invoke("perplexity", str(write("t.txt", "some text")))
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: no backend: pass --backend SPEC or set PROMPTKIT_")
+    assert result.stderr.startswith(
+        "error: no backend configured and no model to fall back on: `promptkit pull "
+        "smollm2-135m-instruct` (98 MB) gets a real model"
+    )
     assert "model.configuration" not in result.stderr  # perplexity has no template
     result = invoke("run", "sentiment", "-i", "text=hi")
     assert result.exit_code == 2 and "declare model.configuration" in result.stderr
@@ -294,7 +356,7 @@ def test_perplexity_defaults_to_promptkit_mini(invoke, write, monkeypatch):
     monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
     result = invoke("perplexity", str(write("t.txt", "The cat sat on the mat. " * 4)), "--json")
     assert result.exit_code == 0, result.output
-    figures = json.loads(result.output)
+    figures = json.loads(result.stdout)
     assert figures["perplexity"] > 1 and figures["tokens"] > 10
 
 

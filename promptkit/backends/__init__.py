@@ -7,6 +7,7 @@ asks for them, so ``import promptkit`` stays light.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any, NamedTuple
 
 from ..errors import ConfigurationError
@@ -25,6 +26,7 @@ __all__ = [
     "Backend",
     "Capabilities",
     "Completion",
+    "DefaultBackend",
     "GenerationConfig",
     "Message",
     "PromptInput",
@@ -32,6 +34,7 @@ __all__ = [
     "ScriptedBackend",
     "Usage",
     "available_backends",
+    "default_backend",
     "get_backend",
 ]
 
@@ -70,13 +73,64 @@ def available_backends() -> dict[str, str]:
     return names
 
 
-DEFAULT_SPEC = "scratch"  # promptkit-mini, shipped in the package
+DEFAULT_MODEL = "smollm2-135m-instruct"  # the real model used by default once pulled
+DEFAULT_SPEC = "scratch"  # promptkit-mini, shipped in the package: the fallback
+
+_logger = logging.getLogger("promptkit")
+
+
+class DefaultBackend(NamedTuple):
+    """What :func:`get_backend` uses when no spec is given, and the one-line note that says
+    which model that is (and, for the fallback, how to get the real one)."""
+
+    spec: str
+    note: str
+    fallback: bool  # promptkit-mini, because the real model is not pulled
+
+
+def default_backend() -> DefaultBackend:
+    """The default when nothing is configured: SmolLM2-135M-Instruct on the scratch decoder
+    when it is in the model cache (``promptkit pull smollm2-135m-instruct``), else the shipped
+    promptkit-mini. Never downloads anything (``$PROMPTKIT_BACKEND`` is the caller's to read).
+
+    Raises ConfigurationError when neither is there (a copy of promptkit without
+    promptkit-mini), saying how to get the real model.
+    """
+    from ..models import mini_path
+    from ..models._registry import REGISTRY, pulled_path
+
+    (model,) = (known for known in REGISTRY if known.name == DEFAULT_MODEL)
+    path = pulled_path(model)
+    if path.is_file() and path.stat().st_size == model.size:  # loading verifies its sha256
+        spec = f"scratch:{DEFAULT_MODEL}"
+        note = (
+            f"promptkit: answered by {spec} (the default; --backend or PROMPTKIT_BACKEND "
+            "picks another)"
+        )
+        return DefaultBackend(spec, note, fallback=False)
+    get = (
+        f"`promptkit pull {DEFAULT_MODEL}` ({model.size / 1e6:.0f} MB) gets a real model, the "
+        "default once pulled"
+    )
+    if mini_path() is None:
+        raise ConfigurationError(
+            f"no backend configured and no model to fall back on: {get}, or pass a spec "
+            "(--backend SPEC, PROMPTKIT_BACKEND, or get_backend(SPEC))"
+        )
+    note = (
+        "promptkit: answered by promptkit-mini, a tiny embedded model that is right only on "
+        f"the formats it was trained on; {get}"
+    )
+    return DefaultBackend(DEFAULT_SPEC, note, fallback=True)
 
 
 def get_backend(spec: str | None = None, **options: Any) -> Backend:
     """Build a backend from a spec string such as ``"scripted"`` or ``"hf:gpt2"``.
 
-    Without a spec: ``$PROMPTKIT_BACKEND``, else the shipped promptkit-mini (``scratch``).
+    Without a spec: ``$PROMPTKIT_BACKEND``, else SmolLM2-135M-Instruct when it has been pulled,
+    else the shipped promptkit-mini (:func:`default_backend`; the fallback logs a warning on
+    the ``promptkit`` logger saying how to get the real model, which Python's logging prints
+    on stderr when nothing else is configured).
 
     The part before the first ``:`` names the backend, the rest is its argument (a model name,
     path or deployment). ``options`` go to the backend's constructor. Third-party backends
@@ -88,7 +142,11 @@ def get_backend(spec: str | None = None, **options: Any) -> Backend:
     if spec is None:
         import os
 
-        spec = os.environ.get("PROMPTKIT_BACKEND") or DEFAULT_SPEC
+        spec = os.environ.get("PROMPTKIT_BACKEND")
+        if not spec:
+            default = default_backend()
+            spec = default.spec
+            _logger.log(logging.WARNING if default.fallback else logging.INFO, default.note)
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigurationError(
             f"a backend spec must be a non-empty string such as 'scripted', got {spec!r}"
