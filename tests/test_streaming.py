@@ -210,6 +210,7 @@ class Counting(Backend):
             self.closed += 1
 
 
+@pytest.mark.timeout(10)
 def test_leaving_a_stream_early_closes_the_backends_stream():
     prompt = pk.Prompt(query="{{ text }}", style="completion")
     backend = Counting()

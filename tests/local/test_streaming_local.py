@@ -46,12 +46,18 @@ def local(hf_folder):
     return pk.get_backend(f"scratch:{hf_folder}", device="cpu")
 
 
+@pytest.fixture(scope="module", params=["scratch", "hf"])
+def either(request: pytest.FixtureRequest, hf_folder):
+    """Each local backend (promptkit's own decoder, transformers)."""
+    return pk.get_backend(f"{request.param}:{hf_folder}", device="cpu")
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("seed", [1, 2])
-def test_constrained_records_stream_through_parseable_prefixes(local, seed):
+def test_constrained_records_stream_through_parseable_prefixes(either, seed):
     prompt = pk.Prompt(query="{{ text }}", output_type=Meeting, format_instructions=False)
     config = GenerationConfig(max_tokens=60, temperature=1.0, seed=seed)
-    events = list(prompt.stream({"text": TEXT}, backend=local, config=config, max_attempts=1))
+    events = list(prompt.stream({"text": TEXT}, backend=either, config=config, max_attempts=1))
     result = events[-1].result
     assert result is not None and result.constrained and len(result.attempts) == 1
     assert all(json_prefix_parses(e.text) for e in events if e.text.strip())
@@ -66,11 +72,11 @@ def test_constrained_records_stream_through_parseable_prefixes(local, seed):
     ("output_type", "name"),
     [(Meeting, "record"), (list[Pet], "list"), (Literal["yes", "no way"], "label"), (int, "int")],
 )
-def test_local_streams_end_with_what_run_returns(local, output_type, name):
+def test_local_streams_end_with_what_run_returns(either, output_type, name):
     prompt = pk.Prompt(query="{{ text }}", output_type=output_type, format_instructions=False)
     config = GenerationConfig(max_tokens=60)
-    events = list(prompt.stream({"text": TEXT}, backend=local, config=config, max_attempts=1))
-    ran = prompt.run({"text": TEXT}, backend=local, config=config, max_attempts=1)
+    events = list(prompt.stream({"text": TEXT}, backend=either, config=config, max_attempts=1))
+    ran = prompt.run({"text": TEXT}, backend=either, config=config, max_attempts=1)
     result = events[-1].result
     assert result is not None and result.output == ran.output == events[-1].partial
     assert result.text == ran.text == "".join(e.delta for e in events)
