@@ -20,6 +20,7 @@ time linear in its length, which ``max_tokens`` bounds.
 
 from __future__ import annotations
 
+import types
 import typing
 from collections.abc import Mapping
 from contextlib import suppress
@@ -63,13 +64,17 @@ def partial_model(model: type[BaseModel]) -> type[BaseModel]:
 
 
 def _partial_type(annotation: Any) -> Any:
-    """``annotation`` with its models (directly or as list items) made partial."""
+    """``annotation`` with its models (directly, as list items or in a union) made partial."""
     inner = strip_annotated(annotation)
     if isinstance(inner, type) and issubclass(inner, BaseModel):
         return partial_model(inner)
-    if typing.get_origin(inner) is list:
+    origin = typing.get_origin(inner)
+    if origin is list:
         (item,) = typing.get_args(inner) or (Any,)
         return list[_partial_type(item)]  # type: ignore[misc]
+    if origin in (typing.Union, types.UnionType):
+        members: tuple[Any, ...] = tuple(_partial_type(a) for a in typing.get_args(inner))
+        return typing.Union[members]
     return annotation
 
 

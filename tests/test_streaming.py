@@ -258,10 +258,12 @@ def test_partial_models_keep_constraints_and_nest():
     class Team(BaseModel):
         lead: Person
         members: list[Person]
+        deputy: Person | None = None
 
     partial = partial_model(Team)
     assert partial.model_validate({}).lead is None
-    team = partial.model_validate({"members": [{"name": "Ada"}]})
+    team = partial.model_validate({"members": [{"name": "Ada"}], "deputy": {"name": "Bo"}})
     assert team.members[0].name == "Ada" and team.members[0].age is None
+    assert team.deputy is not None and team.deputy.name == "Bo" and team.deputy.age is None
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         partial.model_validate({"lead": {"age": -1}})
