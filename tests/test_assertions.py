@@ -132,7 +132,8 @@ def test_a_bad_assertion_is_refused_naming_file_line_and_assertion(tmp_path, spe
     [
         ({"assert": "contains x"}, "'assert' must be a non-empty list"),
         ({"assert": []}, "'assert' must be a non-empty list"),
-        ({"assert": [{"type": "is-json"}], "threshold": "high"}, "'threshold' .* must be a number"),
+        ({"assert": [{"type": "is-json"}], "threshold": "high"}, "'threshold' .* finite number"),
+        ({"assert": [{"type": "is-json"}], "threshold": float("nan")}, "'threshold' .* got nan"),
         ({"threshold": 0.5, "expected": "b"}, "'threshold' .* needs an 'assert' list"),
         ({"assert": [{"type": "is-json"}], "metadata": [1]}, "'metadata' .* must be an object"),
     ],
@@ -353,6 +354,7 @@ def test_python_assertions_run_in_the_sandbox(tmp_path, sandbox):
         },
         {"type": "python", "value": "len(output) / 10", "threshold": 0.5, "metric": "long"},
         {"type": "python", "value": "0"},
+        {"type": "python", "value": "float('nan')"},
         {"type": "not-python", "value": "'Lyon' in output"},
         {"type": "python", "value": f"import os\nreturn os.path.exists({str(tmp_path)!r})"},
     ]
@@ -369,6 +371,7 @@ def test_python_assertions_run_in_the_sandbox(tmp_path, sandbox):
         (False, 0.25),
         (True, 0.5),
         (False, 0.0),
+        (False, 0.0),  # not a finite score
         (True, 1.0),
         (False, 0.0),  # the sandbox sees nothing of this machine's files
     ]

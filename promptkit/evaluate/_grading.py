@@ -5,6 +5,7 @@ run loop. See :mod:`promptkit.evaluate._assertions` for the vocabulary."""
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -164,7 +165,7 @@ def _python_verdict(assertion: Assertion, returned: Any) -> AssertionResult:
     threshold = assertion.threshold
     if isinstance(returned, bool):
         return assertion.result(returned, float(returned), f"returned {returned}")
-    if isinstance(returned, (int, float)):
+    if _is_score(returned):
         score = float(returned)
         passed = score >= threshold if threshold is not None else score > 0
         return assertion.result(passed, score, f"returned the score {score:g}")
@@ -172,16 +173,16 @@ def _python_verdict(assertion: Assertion, returned: Any) -> AssertionResult:
         passed = returned["pass"]
         score = returned.get("score", float(passed))
         reason = returned.get("reason", f"returned pass={passed}")
-        if (
-            isinstance(score, (int, float))
-            and not isinstance(score, bool)
-            and isinstance(reason, str)
-        ):
+        if _is_score(score) and isinstance(reason, str):
             return assertion.result(passed, float(score), reason)
     return assertion.failure(
         f"the python assertion returned {json.dumps(returned)[:200]}; return a bool, a number "
         "(a score) or {'pass': bool, 'score': float, 'reason': str}"
     )
+
+
+def _is_score(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _one_line(exc: BaseException) -> str:

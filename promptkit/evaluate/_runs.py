@@ -5,6 +5,7 @@ See :mod:`promptkit.evaluate` for the dataset format and what is measured.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -139,10 +140,11 @@ def _assertions_of(
     if "threshold" not in record or is_input:
         return assertions, None
     threshold = record.pop("threshold")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+    number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    if not (number and math.isfinite(threshold)):
         raise InputValidationError(
             f"{where}: 'threshold' (the weighted score the assertions must reach) must be a "
-            f"number, got {threshold!r}"
+            f"finite number, got {threshold!r}"
         )
     return assertions, float(threshold)
 
