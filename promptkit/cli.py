@@ -259,7 +259,8 @@ def perplexity_command(
     "--data",
     "data_path",
     required=True,
-    help="JSONL dataset: inputs + expected (pass@k: HumanEval problems, .jsonl or .jsonl.gz).",
+    help="JSONL dataset: inputs + expected and/or assert (pass@k: HumanEval problems, "
+    ".jsonl or .jsonl.gz).",
 )
 @backend_option(template=True)
 @click.option(

@@ -54,8 +54,10 @@ from ._schema import AssertionResult, ItemResult
 __all__ = [
     "ASSERTION_TYPES",
     "Assertion",
+    "as_text",
     "assertion_pass_rates",
     "assertions_pass",
+    "check_text",
     "compile_python",
     "parse_assertions",
     "python_program",
