@@ -27,6 +27,7 @@ __all__ = [
     "Result",
     "Selection",
     "SpanOf",
+    "StreamEvent",
     "TemplateLimits",
     "__version__",
     "backends",
@@ -51,6 +52,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Result": ("promptkit._runloop", "Result"),
     "Selection": ("promptkit._demos", "Selection"),
     "SpanOf": ("promptkit._outputs", "SpanOf"),
+    "StreamEvent": ("promptkit._streaming", "StreamEvent"),
     "TemplateLimits": ("promptkit._template_limits", "TemplateLimits"),
     "backends": ("promptkit.backends", None),
     "bundled_templates": ("promptkit._files", "bundled_templates"),
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
     from ._prompt import Example, Prompt
     from ._runloop import Attempt, Result
     from ._scoring import multiple_choice
+    from ._streaming import StreamEvent
     from ._template_limits import TemplateLimits
     from .backends import get_backend
 

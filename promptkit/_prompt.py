@@ -9,7 +9,7 @@ in the number of demonstrations.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, overload
@@ -34,6 +34,7 @@ from ._parsing import OutputCheck, output_spec, run_check
 from ._rendering import PromptRendering
 from ._runloop import Attempt, Result, RunLoop
 from ._scoring import Classification, classify_labels
+from ._streaming import StreamEvent, astream_run, stream_run
 from .backends._base import GenerationConfig, PromptInput
 from .errors import UsageError
 
@@ -435,6 +436,53 @@ class Prompt(PromptRendering, Generic[OutputT]):
             done = loop.accept(await backend.agenerate(request.prompt, request.config))
             if done is not None:
                 return done
+
+    def stream(
+        self,
+        inputs: Mapping[str, Any] | BaseModel,
+        *,
+        backend: Backend,
+        shots: int | None = None,
+        max_attempts: int = 3,
+        config: GenerationConfig | None = None,
+        style: Style | None = None,
+        constrained: Constrained = None,
+        select: Selection | Strategy | None = None,
+        history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
+    ) -> Iterator[StreamEvent[OutputT]]:
+        """:meth:`run`, streamed: :class:`~promptkit.StreamEvent` s with each piece of text
+        (``.delta``) and the output so far (``.partial``); the last event's ``.result`` is
+        what :meth:`run` returns. A re-ask streams as the next ``.attempt``.
+
+        Raises UnsupportedCapabilityError (naming the backend and ``streaming``) when the
+        backend cannot stream, and what :meth:`run` raises before its first call here; the
+        rest (OutputValidationError, the backend's errors) while iterating.
+        """
+        backend.require("streaming")
+        loop = self._loop(
+            inputs, backend, shots, max_attempts, config, style, constrained, select, history
+        )
+        return stream_run(loop, backend)
+
+    def astream(
+        self,
+        inputs: Mapping[str, Any] | BaseModel,
+        *,
+        backend: Backend,
+        shots: int | None = None,
+        max_attempts: int = 3,
+        config: GenerationConfig | None = None,
+        style: Style | None = None,
+        constrained: Constrained = None,
+        select: Selection | Strategy | None = None,
+        history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
+    ) -> AsyncIterator[StreamEvent[OutputT]]:
+        """The async twin of :meth:`stream` (``async for event in prompt.astream(...)``)."""
+        backend.require("streaming")
+        loop = self._loop(
+            inputs, backend, shots, max_attempts, config, style, constrained, select, history
+        )
+        return astream_run(loop, backend)
 
     def classify(
         self,

@@ -140,6 +140,21 @@ class RunLoop(Generic[OutputT]):
         self._started = time.perf_counter()
         self._sent_at = self._started
 
+    @property
+    def spec(self) -> OutputSpec:
+        """The output type's spec, which answers are parsed with."""
+        return self._spec
+
+    @property
+    def inputs(self) -> Mapping[str, Any] | None:
+        """The run's validated inputs (what SpanOf answers and bounds are checked against)."""
+        return self._inputs
+
+    @property
+    def attempts(self) -> tuple[Attempt, ...]:
+        """The attempts so far, the latest last."""
+        return tuple(self._attempts)
+
     def next_request(self) -> Request:
         self._sent_at = time.perf_counter()
         return self._request

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
+from ._cli_assertions import assertion_sandbox
 from ._cli_models import models_command, pull_command
 from ._cli_options import (
     backend_for,
@@ -258,7 +259,8 @@ def perplexity_command(
     "--data",
     "data_path",
     required=True,
-    help="JSONL dataset: inputs + expected (pass@k: HumanEval problems, .jsonl or .jsonl.gz).",
+    help="JSONL dataset: inputs + expected and/or assert (pass@k: HumanEval problems, "
+    ".jsonl or .jsonl.gz).",
 )
 @backend_option(template=True)
 @click.option(
@@ -317,13 +319,21 @@ def perplexity_command(
 @click.option("--samples-file", help="pass@k: score these completions (task_id, completion).")
 @click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling.")
-@click.option("--unsafe-exec", is_flag=True, help="pass@k: run code without isolation.")
+@click.option(
+    "--unsafe-exec", is_flag=True, help="pass@k, python assertions: run code without isolation."
+)
 @click.option(
     "--exec-timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=3.0,
     show_default=True,
-    help="pass@k: seconds each program may run.",
+    help="pass@k, python assertions: seconds each program may run.",
+)
+@click.option(
+    "--grader",
+    "grader_spec",
+    metavar="SPEC",
+    help="Backend that judges llm-rubric assertions, e.g. openai:gpt-4o-mini.",
 )
 def eval_command(
     file: str,
@@ -349,6 +359,7 @@ def eval_command(
     top_p: float | None,
     unsafe_exec: bool,
     exec_timeout: float,
+    grader_spec: str | None,
 ) -> None:
     """Evaluate template FILE on a dataset for each shot count; write a report. With
     --metric pass@k (or --samples-file), run code samples in a sandbox and report pass@k."""
@@ -356,6 +367,7 @@ def eval_command(
         from ._cli_passk import eval_pass_at_k
 
         unused = {"--vs": other_file, "--pool": pool_path, "--method score": method != "generate"}
+        unused["--grader"] = grader_spec
         unused |= {
             "--shots": shots != "0",
             "--backend (with --samples-file)": samples_file and backend_spec,
@@ -390,7 +402,7 @@ def eval_command(
         write_report,
     )
 
-    pass_at_k_only = {"--k": ks != "1", "--samples": samples != 1, "--unsafe-exec": unsafe_exec}
+    pass_at_k_only = {"--k": ks != "1", "--samples": samples != 1}
     if any(pass_at_k_only.values()):
         given = ", ".join(k for k, v in pass_at_k_only.items() if v)
         raise UsageError(f"{given}: only with --metric pass@k")
@@ -399,8 +411,10 @@ def eval_command(
     plan = plan_evaluation(
         templates, data_path, shots=shot_counts(shots), pool=pool_path, expected_key=expected_key
     )
+    sandbox = assertion_sandbox(plan.assertion_types, grader_spec, unsafe_exec, exec_timeout)
     name, first = plan.first
     backend: Backend = with_cache(backend_for(backend_spec, first), not no_cache, cache_size)
+    grader = with_cache(backend_for(grader_spec), not no_cache, cache_size) if grader_spec else None
     with ItemProgress(plan.total) as progress:
         outcome = run_evaluation(
             plan,
@@ -412,6 +426,8 @@ def eval_command(
             max_attempts=max_attempts,
             method=kind,
             on_item=progress.advance,
+            grader=grader,
+            sandbox=sandbox,
         )
     written = write_report(
         Path(out_dir or f"eval-{name}"),

@@ -24,6 +24,7 @@ def test_all_is_locked_and_sorted():
         "Result",
         "Selection",
         "SpanOf",
+        "StreamEvent",
         "TemplateLimits",
         "__version__",
         "backends",

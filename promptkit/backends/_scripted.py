@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -116,11 +116,22 @@ class ScriptedBackend(Backend):
     def _chat(self, messages: list[Message], config: GenerationConfig) -> Completion:
         return self._answer(messages, config)
 
-    def _stream_complete(self, text: str, config: GenerationConfig) -> Iterator[str]:
-        yield from _pieces(self._answer(text, config).text)
+    def _stream_complete(
+        self, text: str, config: GenerationConfig
+    ) -> Generator[str, None, Completion]:
+        """Yield the reply in word-sized pieces; return the whole Completion (as ``generate``
+        gives it: usage and finish reason)."""
+        completion = self._answer(text, config)
+        yield from _pieces(completion.text)
+        return completion
 
-    def _stream_chat(self, messages: list[Message], config: GenerationConfig) -> Iterator[str]:
-        yield from _pieces(self._answer(messages, config).text)
+    def _stream_chat(
+        self, messages: list[Message], config: GenerationConfig
+    ) -> Generator[str, None, Completion]:
+        """Stream the reply to ``messages`` (see :meth:`_stream_complete`)."""
+        completion = self._answer(messages, config)
+        yield from _pieces(completion.text)
+        return completion
 
 
 def _pieces(text: str) -> Iterator[str]:

@@ -5,6 +5,12 @@ output under ``expected`` (configurable). Demonstrations come from a separate po
 template's own examples by default, or a JSONL file in the same format) and never from the item
 being evaluated (a pool example with the same input is left out for that item).
 
+A line may instead (or also) carry assertions under ``assert``, in promptfoo's vocabulary
+(``equals``, ``contains``, ``icontains``, ``regex``, ``is-json``, ``python``, ``llm-rubric``,
+...; see :mod:`promptkit.evaluate._assertions`): an item is then right when its answer also
+passes them, each assertion's outcome is in its :class:`AssertionResult`, and each report
+gives every assertion's pass rate.
+
 Per shot count the report gives accuracy (exact match; for records also the share of fields
 that match), validity (answers that parsed and validated), mean attempts, tokens and latency,
 and every item's inputs, prediction, raw text and attempts. Two templates on the same data are
@@ -21,6 +27,7 @@ without bias (:func:`pass_at_k`, Chen et al. 2021).
 
 from __future__ import annotations
 
+from ._assertions import ASSERTION_TYPES, Assertion
 from ._code import (
     Candidate,
     PassAtKOptions,
@@ -48,6 +55,7 @@ from ._runs import EvalItem, check_shots, evaluate, load_dataset, pool_from
 from ._sandbox import Execution, Sandbox, SandboxLimits
 from ._schema import (
     REPORT_SCHEMA_VERSION,
+    AssertionResult,
     AttemptRecord,
     Comparison,
     ItemResult,
@@ -59,8 +67,11 @@ from ._schema import (
 )
 
 __all__ = [
+    "ASSERTION_TYPES",
     "CODEX_STOPS",
     "REPORT_SCHEMA_VERSION",
+    "Assertion",
+    "AssertionResult",
     "AttemptRecord",
     "Candidate",
     "CodeProblem",

@@ -21,6 +21,7 @@ from ..backends._base import Backend, GenerationConfig
 from ..errors import UsageError
 from ._metrics import compare_runs
 from ._runs import EvalItem, check_shots, evaluate, load_dataset, pool_from
+from ._sandbox import Sandbox
 from ._schema import Comparison, ShotReport
 
 __all__ = ["EvalOutcome", "EvalPlan", "plan_evaluation", "run_evaluation"]
@@ -41,6 +42,12 @@ class EvalPlan:
         """The first template's name and prompt (its model.configuration is the default
         backend's, its name the default report folder's)."""
         return next(iter(self.prompts.items()))
+
+    @property
+    def assertion_types(self) -> set[str]:
+        """The assertion types (without ``not-``) the items use, e.g. to know whether a grader
+        or the sandbox is needed before building anything."""
+        return {a.base for items in self.items.values() for i in items for a in i.assertions}
 
     @property
     def total(self) -> int:
@@ -84,7 +91,7 @@ def plan_evaluation(
     for name, prompt in prompts.items():
         items[name] = load_dataset(data, prompt, expected_key=expected_key)
         pools[name] = (
-            pool_from(load_dataset(pool, prompt, expected_key=expected_key))
+            pool_from(load_dataset(pool, prompt, expected_key=expected_key, require_expected=True))
             if pool
             else list(prompt.examples)
         )
@@ -103,13 +110,17 @@ def run_evaluation(
     max_attempts: int = 1,
     method: Literal["generate", "score"] = "generate",
     on_item: Callable[[], None] | None = None,
+    grader: Backend | None = None,
+    sandbox: Sandbox | None = None,
 ) -> EvalOutcome:
     """Run every template of ``plan`` on its items for each shot count (see :func:`evaluate`;
     ``max_tokens``, ``temperature`` and ``top_p``, when given, override each template's own)
-    and compare two templates item by item.
+    and compare two templates item by item. ``grader`` judges llm-rubric assertions,
+    ``sandbox`` runs python ones.
 
     Raises what :func:`evaluate` raises before its first item (UsageError,
-    UnsupportedCapabilityError); an item's own failure is recorded in its report.
+    UnsupportedCapabilityError, ConfigurationError); an item's own failure is recorded in its
+    report.
     """
     runs = {}
     for name, prompt in plan.prompts.items():
@@ -127,6 +138,8 @@ def run_evaluation(
             max_attempts=max_attempts,
             on_item=on_item,
             method=method,
+            grader=grader,
+            sandbox=sandbox,
         )
     comparisons = compare_runs(*runs.values()) if len(runs) == 2 else []
     return EvalOutcome(runs, comparisons)

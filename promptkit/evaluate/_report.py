@@ -12,7 +12,8 @@ from ._schema import Comparison, Report, ShotReport
 
 
 def markdown(name: str, reports: Sequence[ShotReport]) -> str:
-    """A Markdown table of one template's reports."""
+    """A Markdown table of one template's reports, and one of its assertions' pass rates when
+    the items have assertions."""
     lines = [
         f"### {name}",
         "",
@@ -27,7 +28,21 @@ def markdown(name: str, reports: Sequence[ShotReport]) -> str:
             f"{r.mean_attempts:.2f} | {r.prompt_tokens} | {r.completion_tokens} | "
             f"{r.mean_latency_s:.3f} | {len(r.errors)} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _pass_rates(reports)) + "\n"
+
+
+def _pass_rates(reports: Sequence[ShotReport]) -> list[str]:
+    """A table of each assertion's pass rate (by metric name, else type) per shot count."""
+    keys = sorted({key for r in reports for key in r.assertion_pass_rates})
+    if not keys:
+        return []
+    header = " | ".join(k.replace("|", "\\|") for k in keys)
+    lines = ["", f"| shots | {header} |", "| ---: |" + " ---: |" * len(keys)]
+    for r in reports:
+        rates = r.assertion_pass_rates
+        cells = [f"{rates[k]:.1%}" if k in rates else "-" for k in keys]
+        lines.append(f"| {r.shots} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def comparison_line(comparison: Comparison) -> str:

@@ -5,9 +5,10 @@ See :mod:`promptkit.evaluate` for the dataset format and what is measured.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,48 +26,127 @@ from ..errors import (
     PromptkitError,
     UsageError,
 )
+from ._assertions import (
+    Assertion,
+    assertion_pass_rates,
+    assertions_pass,
+    parse_assertions,
+    record_fields,
+)
+from ._grading import Grading
 from ._jsonl import jsonl_records
+from ._sandbox import Sandbox
 from ._schema import AttemptRecord, ItemResult, ShotReport
 
 
 @dataclass(frozen=True)
 class EvalItem:
-    """One dataset line: its number, the inputs, and the expected output (validated)."""
+    """One dataset line: its number, the inputs, the expected output (validated; None and
+    ``has_expected`` False when the line gives only assertions), its assertions, the
+    weighted score they must reach (None: every one must pass) and its ``metadata`` (carried
+    into the report, never shown to the model)."""
 
     line: int
     inputs: dict[str, Any]
     expected: Any
+    assertions: tuple[Assertion, ...] = ()
+    threshold: float | None = None
+    has_expected: bool = True
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def load_dataset(
-    path: str | Path, prompt: Prompt[Any], *, expected_key: str = "expected"
+    path: str | Path,
+    prompt: Prompt[Any],
+    *,
+    expected_key: str = "expected",
+    require_expected: bool = False,
 ) -> list[EvalItem]:
-    """Read and validate a JSONL dataset for ``prompt``.
+    """Read and validate a JSONL dataset for ``prompt``: each line the inputs, and the expected
+    output, or assertions under ``assert`` (with an optional ``threshold``; see
+    :mod:`promptkit.evaluate._assertions`), or both; an optional ``metadata`` object is kept
+    with the item's result. ``threshold`` and ``metadata`` are inputs instead when the prompt
+    has inputs of those names. ``require_expected``: every line must give the expected output
+    (demonstration pools).
 
-    Raises InputValidationError naming the file, line and field of the first bad line.
+    Raises InputValidationError naming the file, line and field (or assertion) of the first
+    bad line.
     """
     items = []
+    fields = record_fields(prompt.output)
     for where, number, record in jsonl_records(Path(path), "dataset"):
+        assertions, threshold = _assertions_of(record, where, prompt, fields)
+        metadata = _metadata_of(record, where, prompt)
         if expected_key not in record:
+            if assertions and not require_expected:
+                _check_inputs(prompt, record, where)
+                items.append(EvalItem(number, record, None, assertions, threshold, False, metadata))
+                continue
             raise InputValidationError(
-                f"{where}: no {expected_key!r} field (the expected output); fields: "
+                f"{where}: no {expected_key!r} field (the expected output)"
+                f"{'' if require_expected else ' and no assert list'}; fields: "
                 f"{', '.join(sorted(record))}. Use --expected-key to name another field"
             )
         expected = record.pop(expected_key)
-        try:
-            prompt.validate_inputs(record)
-        except InputValidationError as exc:
-            raise InputValidationError(f"{where}: {exc}") from None
+        _check_inputs(prompt, record, where)
         try:
             expected = prompt.output.validate(expected)
         except (ValidationError, PromptkitError) as exc:
             raise InputValidationError(
                 f"{where}: field {expected_key!r} is not a valid output: {_one_line(exc)}"
             ) from None
-        items.append(EvalItem(number, record, expected))
+        items.append(EvalItem(number, record, expected, assertions, threshold, True, metadata))
     if not items:
         raise InputValidationError(f"the dataset {str(path)!r} has no items")
     return items
+
+
+def _check_inputs(prompt: Prompt[Any], record: dict[str, Any], where: str) -> None:
+    """Check that ``record`` (a line less its expected output and assertions) holds valid
+    inputs for ``prompt``; raises InputValidationError naming ``where``."""
+    try:
+        prompt.validate_inputs(record)
+    except InputValidationError as exc:
+        raise InputValidationError(f"{where}: {exc}") from None
+
+
+def _metadata_of(record: dict[str, Any], where: str, prompt: Prompt[Any]) -> dict[str, Any]:
+    """Take a line's ``metadata`` object out of ``record`` (unless it is an input)."""
+    if "metadata" not in record or "metadata" in prompt.input_type.model_fields:
+        return {}
+    metadata = record.pop("metadata")
+    if not isinstance(metadata, dict):
+        raise InputValidationError(
+            f"{where}: 'metadata' (kept with the item's result, never shown to the model) must "
+            f"be an object, got {metadata!r:.80}"
+        )
+    return metadata
+
+
+def _assertions_of(
+    record: dict[str, Any], where: str, prompt: Prompt[Any], fields: list[str] | None
+) -> tuple[tuple[Assertion, ...], float | None]:
+    """Take a line's ``assert`` list and ``threshold`` out of ``record``, checked. A
+    ``threshold`` stays an input when the prompt has an input of that name."""
+    is_input = "threshold" in prompt.input_type.model_fields
+    if "assert" not in record:
+        if "threshold" in record and not is_input:
+            raise InputValidationError(
+                f"{where}: 'threshold' (the weighted score the assertions must reach) needs an "
+                "'assert' list on the same line"
+            )
+        return (), None
+    assertions = parse_assertions(record.pop("assert"), where, fields=fields)
+    if "threshold" not in record or is_input:
+        return assertions, None
+    threshold = record.pop("threshold")
+    number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    if not (number and math.isfinite(threshold)):
+        raise InputValidationError(
+            f"{where}: 'threshold' (the weighted score the assertions must reach) must be a "
+            f"finite number, got {threshold!r}"
+        )
+    return assertions, float(threshold)
 
 
 def pool_from(items: Sequence[EvalItem]) -> list[Example]:
@@ -86,14 +166,20 @@ def evaluate(
     max_attempts: int = 1,
     on_item: Callable[[], None] | None = None,
     method: Literal["generate", "score"] = "generate",
+    grader: Backend | None = None,
+    sandbox: Sandbox | None = None,
 ) -> list[ShotReport]:
     """Run ``prompt`` on every item for each shot count; ``on_item`` is called after each run.
 
     ``method="score"`` chooses a label by likelihood (:meth:`Prompt.classify`) instead of
-    generating an answer: label output types only, on backends that score.
-    Raises UsageError when a shot count exceeds the pool (or the pool is empty), or for
-    ``score`` on an output type that is not a label set; UnsupportedCapabilityError for
-    ``score`` on a backend that cannot score (before any item runs).
+    generating an answer: label output types only, on backends that score. Items' assertions
+    are checked on each answer: ``python`` ones in ``sandbox`` (default: a bubblewrap
+    :class:`Sandbox`), ``llm-rubric`` ones by the ``grader`` backend.
+    Raises UsageError when a shot count exceeds the pool (or the pool is empty), for
+    ``score`` on an output type that is not a label set, or for llm-rubric assertions without
+    a grader; UnsupportedCapabilityError for ``score`` on a backend that cannot score;
+    ConfigurationError for python assertions where the sandbox cannot isolate code (all
+    before any item runs).
     """
     if method not in ("generate", "score"):
         raise UsageError(f"method must be 'generate' or 'score', got {method!r}")
@@ -103,7 +189,9 @@ def evaluate(
         backend.require("loglikelihood")
     pool = list(prompt.examples if pool is None else pool)
     check_shots(shots, pool)
-    run = _ItemRun(prompt, backend, select, config, max_attempts, method)
+    grading = Grading(sandbox or Sandbox(), grader)
+    grading.prepare(item.assertions for item in items)
+    run = _ItemRun(prompt, backend, select, config, max_attempts, method, grading)
     demonstrations = _PoolPrompts(prompt, pool)
     reports = []
     for count in shots:
@@ -113,7 +201,7 @@ def evaluate(
             results.append(run(runner, item, min(count, len(runner.examples))))
             if on_item is not None:
                 on_item()
-        reports.append(_summary(count, results, records=prompt.output.is_object))
+        reports.append(_summary(count, items, results, records=prompt.output.is_object))
     return reports
 
 
@@ -145,6 +233,7 @@ class _ItemRun:
     config: GenerationConfig | None
     max_attempts: int
     method: Literal["generate", "score"]
+    grading: Grading
 
     def __call__(self, runner: Prompt[Any], item: EvalItem, shots: int) -> ItemResult:
         began = time.perf_counter()
@@ -196,6 +285,11 @@ class _ItemRun:
         prompt_tokens: int | None = None,
     ) -> ItemResult:
         dump = self.prompt.output.adapter.dump_python
+        prediction = dump(output, mode="json") if valid else None
+        checked = self.grading.check(
+            item.assertions, text=text, prediction=prediction, valid=valid, inputs=item.inputs
+        )
+        matches = output == item.expected if item.has_expected else True
         records = [
             AttemptRecord(
                 text=a.text,
@@ -209,13 +303,13 @@ class _ItemRun:
         return ItemResult(
             line=item.line,
             inputs=item.inputs,
-            expected=dump(item.expected, mode="json"),
-            prediction=dump(output, mode="json") if valid else None,
+            expected=dump(item.expected, mode="json") if item.has_expected else None,
+            prediction=prediction,
             text=text,
             valid=valid,
-            correct=valid and output == item.expected,
+            correct=valid and matches and assertions_pass(checked, item.threshold),
             field_share=(_field_share(output, item.expected) if valid else 0.0)
-            if self.prompt.output.is_object
+            if self.prompt.output.is_object and item.has_expected
             else None,
             scores=scores,
             attempts=records,
@@ -226,16 +320,22 @@ class _ItemRun:
             completion_tokens=sum(r.completion_tokens for r in records),
             latency_s=time.perf_counter() - began,
             error=error,
+            assertions=checked,
+            metadata=item.metadata,
         )
 
 
-def _summary(shots: int, results: list[ItemResult], *, records: bool) -> ShotReport:
+def _summary(
+    shots: int, items: Sequence[EvalItem], results: list[ItemResult], *, records: bool
+) -> ShotReport:
     n = len(results)
     return ShotReport(
         shots=shots,
         items=n,
         accuracy=sum(r.correct for r in results) / n,
-        field_accuracy=sum(r.field_share or 0.0 for r in results) / n if records else None,
+        field_accuracy=_mean([r.field_share for r in results if r.field_share is not None])
+        if records
+        else None,
         validity=sum(r.valid for r in results) / n,
         mean_attempts=sum(r.requests for r in results) / n,
         requests=sum(r.requests for r in results),
@@ -244,6 +344,7 @@ def _summary(shots: int, results: list[ItemResult], *, records: bool) -> ShotRep
         mean_latency_s=sum(r.latency_s for r in results) / n,
         errors=[f"line {r.line}: {r.error}" for r in results if r.error is not None],
         results=results,
+        assertion_pass_rates=assertion_pass_rates([i.assertions for i in items], results),
     )
 
 
@@ -255,6 +356,10 @@ def check_shots(shots: Sequence[int], pool: Sequence[Example]) -> None:
         if count > len(pool):
             what = "the demonstration pool is empty" if not pool else f"the pool has {len(pool)}"
             raise UsageError(f"shots={count} but {what}; give a larger --pool or fewer shots")
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _same_input(example: Example, item: EvalItem) -> bool:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
+    "AssertionResult",
     "AttemptRecord",
     "Comparison",
     "ItemResult",
@@ -44,12 +45,25 @@ class AttemptRecord(_Record):
     latency_s: float = Field(ge=0)
 
 
+class AssertionResult(_Record):
+    """One assertion checked against one item's answer."""
+
+    type: str = Field(description="the assertion's type, with its not- prefix if any")
+    value: Any = Field(description="its value as the data gave it (null when it has none)")
+    passed: bool
+    score: float = Field(description="1 or 0, or the grader's or python code's score")
+    reason: str = Field(description="why it passed or failed, one line")
+    weight: float = Field(ge=0, description="its weight in the item's score (0: reported only)")
+
+
 class ItemResult(_Record):
     """One dataset item at one shot count: what went in, what came out, and whether it is right."""
 
     line: int = Field(ge=1, description="the item's line in the dataset file")
     inputs: dict[str, Any]
-    expected: Any = Field(description="the expected output, as JSON")
+    expected: Any = Field(
+        description="the expected output, as JSON; null when the item has only assertions"
+    )
     prediction: Any = Field(
         description="the validated output, as JSON; null when no answer validated"
     )
@@ -58,7 +72,10 @@ class ItemResult(_Record):
         "method score, which generates nothing"
     )
     valid: bool = Field(description="an answer parsed and validated")
-    correct: bool = Field(description="the prediction equals the expected output")
+    correct: bool = Field(
+        description="an answer validated, equals the expected output (when the item gives one) "
+        "and passes the item's assertions"
+    )
     field_share: float | None = Field(
         default=None, ge=0, le=1, description="records: the share of fields that match"
     )
@@ -76,6 +93,12 @@ class ItemResult(_Record):
     latency_s: float = Field(ge=0)
     error: str | None = Field(
         default=None, description="a failure outside validation (e.g. the backend's), one line"
+    )
+    assertions: list[AssertionResult] = Field(
+        default_factory=list, description="the item's assertions, in the data's order"
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="the data line's metadata (never shown to the model)"
     )
 
 
@@ -96,6 +119,10 @@ class ShotReport(_Record):
     mean_latency_s: float = Field(ge=0)
     errors: list[str] = Field(description="failures outside validation, 'line N: message'")
     results: list[ItemResult] = Field(description="every item, in dataset order")
+    assertion_pass_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description="per assertion metric name (else type): the share of its checks that passed",
+    )
 
     @model_validator(mode="after")
     def _one_result_per_item(self) -> ShotReport:

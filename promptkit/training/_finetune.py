@@ -87,9 +87,12 @@ def finetune(
     prompt = load_prompt(template)
     if config.shots:
         check_shots([config.shots], prompt.examples)
-    items = load_dataset(config.data, prompt, expected_key=config.expected_key)
+    key = config.expected_key
+    items = load_dataset(config.data, prompt, expected_key=key, require_expected=True)
     dev_items = (
-        load_dataset(config.dev, prompt, expected_key=config.expected_key) if config.dev else []
+        load_dataset(config.dev, prompt, expected_key=key, require_expected=True)
+        if config.dev
+        else []
     )
     out = Path(config.out)
     _check_out(out, config.resume)

@@ -409,6 +409,10 @@ def test_a_bad_data_line_names_its_line_and_field(task, tmp_path):
     missing = write_jsonl(tmp_path / "missing.jsonl", [{"expected": "KAV"}])
     with pytest.raises(InputValidationError, match=r"missing.jsonl:1: .*text"):
         finetune(settings(task, tmp_path / "out", data=missing))
+    asserted = [{"text": "the red cup", "assert": [{"type": "contains", "value": "K"}]}]
+    only_assertions = write_jsonl(tmp_path / "asserted.jsonl", asserted)
+    with pytest.raises(InputValidationError, match=r"asserted.jsonl:1: no 'expected' field"):
+        finetune(settings(task, tmp_path / "out", data=only_assertions))
     assert not (tmp_path / "out").exists()
 
 

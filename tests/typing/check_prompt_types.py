@@ -36,6 +36,17 @@ def check() -> None:
     assert_type(labelled, pk.Prompt[str])
 
 
+async def streamed() -> None:
+    backend = ScriptedBackend([])
+    typed = pk.Prompt(query="{{ text }}", output_type=Person)
+    for event in typed.stream({"text": "x"}, backend=backend):
+        assert_type(event, pk.StreamEvent[Person])
+        if event.result is not None:
+            assert_type(event.result.output, Person)
+    async for later in typed.astream({"text": "x"}, backend=backend):
+        assert_type(later, pk.StreamEvent[Person])
+
+
 def positive(inputs: Any, out: int) -> bool:
     return out > 0
 
