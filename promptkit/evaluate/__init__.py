@@ -48,6 +48,7 @@ from ._runs import EvalItem, check_shots, evaluate, load_dataset, pool_from
 from ._sandbox import Execution, Sandbox, SandboxLimits
 from ._schema import (
     REPORT_SCHEMA_VERSION,
+    AssertionResult,
     AttemptRecord,
     Comparison,
     ItemResult,
@@ -61,6 +62,7 @@ from ._schema import (
 __all__ = [
     "CODEX_STOPS",
     "REPORT_SCHEMA_VERSION",
+    "AssertionResult",
     "AttemptRecord",
     "Candidate",
     "CodeProblem",

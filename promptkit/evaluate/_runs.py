@@ -6,7 +6,7 @@ See :mod:`promptkit.evaluate` for the dataset format and what is measured.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from .._demos import Selection, Strategy
 from .._prompt import Example, Prompt
-from ..backends._base import Backend, GenerationConfig
+from ..backends._base import Backend, GenerationConfig, PromptInput
 from ..errors import (
     AttemptRecord as _Attempt,
 )
@@ -179,6 +179,7 @@ class _ItemRun:
             scores=dict(zip(chosen.labels, chosen.scores, strict=True)),
             requests=1,
             prompt_tokens=self.backend.count_tokens(context),
+            prompt=context,
         )
 
     def _record(
@@ -194,6 +195,7 @@ class _ItemRun:
         scores: dict[str, float] | None = None,
         requests: int | None = None,
         prompt_tokens: int | None = None,
+        prompt: PromptInput | None = None,
     ) -> ItemResult:
         dump = self.prompt.output.adapter.dump_python
         records = [
@@ -226,6 +228,7 @@ class _ItemRun:
             completion_tokens=sum(r.completion_tokens for r in records),
             latency_s=time.perf_counter() - began,
             error=error,
+            prompt=_sent(attempts[0].prompt if attempts else prompt),
         )
 
 
@@ -255,6 +258,15 @@ def check_shots(shots: Sequence[int], pool: Sequence[Example]) -> None:
         if count > len(pool):
             what = "the demonstration pool is empty" if not pool else f"the pool has {len(pool)}"
             raise UsageError(f"shots={count} but {what}; give a larger --pool or fewer shots")
+
+
+def _sent(
+    prompt: PromptInput | Sequence[Mapping[str, object]] | None,
+) -> str | list[dict[str, Any]] | None:
+    """A rendered prompt as report.json keeps it: the text, or the chat messages as dicts."""
+    if prompt is None or isinstance(prompt, str):
+        return prompt
+    return [dict(message) for message in prompt]
 
 
 def _same_input(example: Example, item: EvalItem) -> bool:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
+    "AssertionResult",
     "AttemptRecord",
     "Comparison",
     "ItemResult",
@@ -42,6 +43,17 @@ class AttemptRecord(_Record):
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
     latency_s: float = Field(ge=0)
+
+
+class AssertionResult(_Record):
+    """One assertion of an item checked against the model's answer."""
+
+    type: str = Field(description="the assertion's type, e.g. contains or not-regex")
+    value: Any = Field(description="what the assertion compares with")
+    passed: bool
+    score: float
+    reason: str = Field(description="why it passed or failed")
+    weight: float
 
 
 class ItemResult(_Record):
@@ -77,6 +89,12 @@ class ItemResult(_Record):
     error: str | None = Field(
         default=None, description="a failure outside validation (e.g. the backend's), one line"
     )
+    assertions: list[AssertionResult] = Field(default_factory=list)
+    prompt: str | list[dict[str, Any]] | None = Field(
+        default=None,
+        description="the rendered prompt first sent (text, or chat messages); null when "
+        "nothing was sent",
+    )
 
 
 class ShotReport(_Record):
@@ -96,6 +114,9 @@ class ShotReport(_Record):
     mean_latency_s: float = Field(ge=0)
     errors: list[str] = Field(description="failures outside validation, 'line N: message'")
     results: list[ItemResult] = Field(description="every item, in dataset order")
+    assertion_pass_rates: dict[str, float] = Field(
+        default_factory=dict, description="per assertion type (or metric name): the share passed"
+    )
 
     @model_validator(mode="after")
     def _one_result_per_item(self) -> ShotReport:

@@ -1,0 +1,134 @@
+"""``report.html``: an evaluation report as one self-contained page, for reading in a browser
+opened from disk (no network, no scripts or styles from elsewhere).
+
+The page holds the summary (one row per variant: a template at a shot count), the plot (the
+PNG inlined as base64), McNemar's comparisons and a table of items against variants with
+filters (failures only, items where the variants differ), a search box and a detail view of
+one item under each variant (rendered prompt, raw text, attempts, assertion results).
+
+Everything from the report (model text above all) reaches the page escaped: the visible parts
+through Jinja2's autoescaping, the whole report as JSON in a ``<script type="application/json">``
+block whose ``<``, ``>`` and ``&`` are written as JSON escapes, so no text can close the block.
+The page's script reads that block and builds the detail view with ``textContent`` only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, StrictUndefined
+from markupsafe import Markup
+
+from ._schema import ItemResult, Report
+
+_PAGE = Path(__file__).with_name("_report_page")
+_JSON_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+@dataclass(frozen=True)
+class _Variant:
+    """One column of the item table: a template at one shot count."""
+
+    template: str
+    shots: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.template} · {self.shots} shot{'' if self.shots == 1 else 's'}"
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One dataset item across every variant (None where a variant has no such item)."""
+
+    line: int
+    inputs: str
+    expected: str
+    cells: list[ItemResult | None]
+
+    @property
+    def failed(self) -> bool:
+        return any(cell is None or not cell.correct for cell in self.cells)
+
+    @property
+    def differs(self) -> bool:
+        outcomes = {
+            None if c is None else (c.correct, _compact(c.prediction), c.valid) for c in self.cells
+        }
+        return len(outcomes) > 1
+
+    @property
+    def search_text(self) -> str:
+        parts = [self.inputs, self.expected]
+        for cell in self.cells:
+            if cell is not None:
+                parts += [_compact(cell.prediction), cell.text or "", cell.error or ""]
+        return "\n".join(parts).lower()
+
+
+def render_html(report: Report, plot_png: bytes | None = None) -> str:
+    """The page for ``report`` (an accuracy report); ``plot_png``: the plot to inline, None
+    when there is none (the page then says how to get it)."""
+    variants = [
+        _Variant(name, shot.shots) for name, shots in report.templates.items() for shot in shots
+    ]
+    summaries = [shot for shots in report.templates.values() for shot in shots]
+    by_variant = [{item.line: item for item in shot.results} for shot in summaries]
+    lines = sorted({line for items in by_variant for line in items})
+    rows = []
+    for line in lines:
+        cells = [items.get(line) for items in by_variant]
+        known = next(cell for cell in cells if cell is not None)
+        rows.append(_Row(line, _compact(known.inputs), _compact(known.expected), cells))
+    pass_rate_names = sorted({name for shot in summaries for name in shot.assertion_pass_rates})
+    first, second = [*report.templates, "", ""][:2]  # the templates McNemar compares
+    environment = Environment(autoescape=True, undefined=StrictUndefined)
+    environment.globals["compact"] = _compact
+    page = environment.from_string((_PAGE / "report.html.j2").read_text(encoding="utf-8"))
+    return page.render(
+        report=report,
+        variants=variants,
+        summaries=list(zip(variants, summaries, strict=True)),
+        pass_rate_names=pass_rate_names,
+        rows=rows,
+        first=first,
+        second=second,
+        plot=None if plot_png is None else base64.b64encode(plot_png).decode("ascii"),
+        data=_json_block(
+            {
+                "variants": [v.label for v in variants],
+                "items": {
+                    str(line): [None if c is None else c.model_dump(mode="json") for c in cells]
+                    for line, cells in ((r.line, r.cells) for r in rows)
+                },
+            }
+        ),
+        style=Markup((_PAGE / "report.css").read_text(encoding="utf-8")),
+        script=Markup((_PAGE / "report.js").read_text(encoding="utf-8")),
+    )
+
+
+def write_html(path: Path, report: Report, plot_png: bytes | None = None) -> Path:
+    """Write :func:`render_html`'s page to ``path`` and return it. Raises OSError when the file
+    cannot be written."""
+    path.write_text(render_html(report, plot_png), encoding="utf-8")
+    return path
+
+
+def _compact(value: Any) -> str:
+    """A value as the table shows it: strings as they are, anything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+def _json_block(value: Any) -> Markup:
+    """JSON that is safe inside a ``<script>`` element: no ``<``, ``>`` or ``&`` left to end
+    the block or open a comment (each written as its JSON escape, which parses back the same)."""
+    return Markup(json.dumps(value, ensure_ascii=False).translate(_JSON_ESCAPES))

@@ -1,0 +1,270 @@
+"""report.html: one self-contained page (summary, plot, items against variants, filters, search,
+detail view), model text escaped everywhere, checked as HTML here and in a real headless browser."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from html.parser import HTMLParser
+from typing import Any, Literal
+
+import pytest
+
+import promptkit as pk
+from promptkit.backends import ScriptedBackend
+from promptkit.evaluate import (
+    AssertionResult,
+    AttemptRecord,
+    EvalItem,
+    ItemResult,
+    Report,
+    ShotReport,
+    evaluate,
+    write_report,
+)
+from promptkit.evaluate._html import render_html
+
+# Model text that would run (or fetch a file, logging a console error) if it reached the page
+# unescaped: in a raw answer, an input, a prediction and an assertion's reason.
+SCRIPT = "</script><script>window.pwned = true;</script><!--"
+IMAGE = '<img src="nowhere.png" onerror="window.pwned = true">'
+PNG = b"\x89PNG\r\n\x1a\n" + b"not really a picture"
+
+
+def _item(
+    line: int, prediction: str, *, expected: str = "positive", text: str | None = None, **more: Any
+) -> ItemResult:
+    text = prediction if text is None else text
+    attempt = AttemptRecord(
+        text=text, error=None, prompt_tokens=12, completion_tokens=2, latency_s=0.05
+    )
+    fields: dict[str, Any] = {
+        "line": line,
+        "inputs": {"text": f"review {line}"},
+        "expected": expected,
+        "prediction": prediction,
+        "text": text,
+        "valid": True,
+        "correct": prediction == expected,
+        "attempts": [attempt],
+        "requests": 1,
+        "prompt_tokens": 12,
+        "completion_tokens": 2,
+        "latency_s": 0.05,
+        "prompt": f"Review: review {line}\nSentiment:",
+    }
+    return ItemResult(**(fields | more))
+
+
+def _shots(shots: int, results: list[ItemResult], **more: Any) -> ShotReport:
+    n = len(results)
+    return ShotReport(
+        shots=shots,
+        items=n,
+        accuracy=sum(r.correct for r in results) / n,
+        field_accuracy=None,
+        validity=1.0,
+        mean_attempts=1.0,
+        requests=n,
+        prompt_tokens=12 * n,
+        completion_tokens=2 * n,
+        mean_latency_s=0.05,
+        errors=[],
+        results=results,
+        **more,
+    )
+
+
+def hand_report() -> Report:
+    """Two templates, terse at 0 and 2 shots and chatty at 0: line 1 right everywhere, line 2
+    wrong only for terse at 0 shots (the variants differ; its raw answer holds a script), line 3
+    wrong everywhere with the same answer (a failure, but no difference)."""
+    contains = AssertionResult(
+        type="icontains", value="positive", passed=False, score=0.0, reason=SCRIPT, weight=1.0
+    )
+    tricky = _item(
+        2,
+        "negative",
+        text=f"negative {SCRIPT}",
+        inputs={"text": IMAGE},
+        assertions=[contains],
+        prompt=[
+            {"role": "system", "content": "Label the review."},
+            {"role": "user", "content": IMAGE},
+        ],
+    )
+    third = {"expected": "negative"}
+    terse = [
+        _shots(
+            0,
+            [_item(1, "positive"), tricky, _item(3, "positive", **third)],
+            assertion_pass_rates={"icontains": 0.5},
+        ),
+        _shots(2, [_item(1, "positive"), _item(2, "positive"), _item(3, "positive", **third)]),
+    ]
+    chatty = [
+        _shots(0, [_item(1, "positive"), _item(2, "positive"), _item(3, "positive", **third)])
+    ]
+    return Report(
+        backend="scripted", data="reviews.jsonl", method="generate",
+        templates={"terse": terse, "chatty": chatty},
+    )  # fmt: skip
+
+
+class _Page(HTMLParser):
+    """What a test reads off the page: the rows' classes, every src/href, the script blocks."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.rows: list[str] = []
+        self.links: list[str] = []
+        self.scripts: list[tuple[dict[str, str | None], str]] = []
+        self._script: dict[str, str | None] | None = None
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "tr" and "item" in (found.get("class") or "").split():
+            self.rows.append(found["class"] or "")
+        self.links += [v or "" for k, v in attrs if k in ("src", "href")]
+        if tag == "script":
+            self._script = found
+
+    def handle_data(self, data: str) -> None:
+        if self._script is not None:
+            self.scripts.append((self._script, data))
+            self._script = None
+
+
+def test_the_page_escapes_model_text_and_keeps_the_report_as_json():
+    report = hand_report()
+    html = render_html(report, PNG)
+    page = _Page(html)
+    # only the page's own two script blocks: nothing from the model opened a third
+    assert [attrs.get("type") for attrs, _ in page.scripts] == ["application/json", None]
+    assert "window.pwned" not in page.scripts[1][1]
+    assert SCRIPT not in html and IMAGE not in html and "&lt;/script&gt;" in html
+    # the JSON block parses back to every item exactly, model text included
+    block = json.loads(page.scripts[0][1])
+    assert block["variants"] == ["terse · 0 shots", "terse · 2 shots", "chatty · 0 shots"]
+    terse_zero = report.templates["terse"][0].results
+    assert block["items"]["2"][0] == terse_zero[1].model_dump(mode="json")
+    assert block["items"]["2"][0]["text"] == f"negative {SCRIPT}"
+
+
+def test_the_page_needs_no_network_and_inlines_the_plot():
+    html = render_html(hand_report(), PNG)
+    links = _Page(html).links
+    assert links and all(link.startswith("data:") for link in links), links
+    assert f"data:image/png;base64,{base64.b64encode(PNG).decode()}" in links
+    assert 'id="no-plot"' not in html
+    assert 'id="no-plot"' in render_html(hand_report(), None)
+
+
+def test_rows_are_items_flagged_for_the_filters():
+    page = _Page(render_html(hand_report()))
+    assert page.rows == ["item", "item failed differs", "item failed"]
+
+
+def test_assertion_pass_rates_and_comparisons_reach_the_summary():
+    html = render_html(hand_report())
+    assert "<th>icontains passed</th>" in html and "<td>50.0%</td>" in html
+    assert "McNemar" not in html  # no comparison in the report, no table
+
+
+def test_an_evaluation_records_the_prompt_it_sent_and_writes_the_page(tmp_path):
+    labels = pk.Prompt(
+        query="Review: {{ text }}\nSentiment:",
+        output_type=Literal["positive", "negative"],
+        examples=[pk.Example({"text": "good"}, "positive")],
+        style="completion",
+    )
+    items = [EvalItem(1, {"text": "fine <b>film</b>"}, "positive")]
+    reports = evaluate(labels, items, backend=ScriptedBackend(["positive"] * 2), shots=[0, 1])
+    assert reports[0].results[0].prompt == labels.render({"text": "fine <b>film</b>"}, 0)
+    assert "good" in str(reports[1].results[0].prompt)  # the demonstration was sent
+    written = write_report(tmp_path, {"labels": reports}, backend="scripted", data="d.jsonl")
+    assert written[-1] == tmp_path / "report.html"
+    assert "[report.html](report.html)" in (tmp_path / "report.md").read_text()
+    html = written[-1].read_text(encoding="utf-8")
+    assert "fine &lt;b&gt;film&lt;/b&gt;" in html and "<b>film" not in html
+    assert _Page(html).rows == ["item"]
+    again = Report.model_validate_json((tmp_path / "report.json").read_text())
+    assert again.templates["labels"][0].results[0].prompt == reports[0].results[0].prompt
+
+
+def test_an_item_that_failed_before_sending_has_no_prompt():
+    labels = pk.Prompt(query="{{ text }}", output_type=str, style="completion")
+    failing = ScriptedBackend([pk.errors.BackendError("the server is down", retryable=False)])
+    (report,) = evaluate(labels, [EvalItem(1, {"text": "x"}, "y")], backend=failing)
+    assert report.results[0].error and report.results[0].prompt is None
+
+
+# -- in a real browser: Debian's chromium and chromium-driver, driven through selenium (about 3 s,
+# so in the fast tier; it skips, saying why, where either is missing) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed (pip install 'promptkit[dev]')"
+    )
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium "
+                    "chromium-driver)")  # fmt: skip
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.add_argument("--window-size=1400,900")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver_path))
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.timeout(60)
+def test_the_page_works_in_a_headless_browser(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "report.html"
+    page.write_text(render_html(hand_report(), None), encoding="utf-8")
+    browser.get(page.as_uri())
+    rows = browser.find_elements(By.CSS_SELECTOR, "#item-table tbody tr.item")
+    assert len(rows) == 3
+
+    def visible() -> list[str]:
+        return [r.get_attribute("data-line") for r in rows if r.is_displayed()]
+
+    browser.find_element(By.ID, "failures-only").click()
+    assert visible() == ["2", "3"]
+    assert browser.find_element(By.ID, "shown").text == "2 of 3 items"
+    browser.find_element(By.ID, "differ-only").click()
+    assert visible() == ["2"]
+    browser.find_element(By.ID, "failures-only").click()
+    browser.find_element(By.ID, "differ-only").click()
+    browser.find_element(By.ID, "search").send_keys("ONERROR")  # in line 2's input, any case
+    assert visible() == ["2"]
+
+    # the detail of line 2 under terse at 0 shots: the model's text shown as text, not run
+    rows[1].find_elements(By.CSS_SELECTOR, "td.cell button")[0].click()
+    detail = browser.find_element(By.ID, "detail")
+    assert detail.is_displayed()
+    assert browser.find_element(By.ID, "detail-title").text == "Line 2"
+    texts = [pre.text for pre in detail.find_elements(By.TAG_NAME, "pre")]
+    assert f"negative {SCRIPT}" in texts and IMAGE in texts  # raw text; input and prompt
+    assert "Label the review." in texts  # the rendered chat prompt
+    cells = [td.text for td in detail.find_elements(By.CSS_SELECTOR, "table.assertions td")]
+    assert cells[:3] == ["icontains", "positive", "failed"] and cells[-1] == SCRIPT
+    tabs = detail.find_elements(By.CSS_SELECTOR, ".tabs button")
+    assert [t.get_attribute("aria-selected") for t in tabs] == ["true", "false", "false"]
+    tabs[2].click()
+    assert "correct" in browser.find_element(By.ID, "detail-body").text
+    browser.find_element(By.ID, "close-detail").click()
+    assert not detail.is_displayed()
+
+    assert browser.execute_script("return window.pwned === undefined") is True
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
