@@ -130,11 +130,13 @@
     detail.dataset.line = String(line);
     detail.dataset.variant = String(variant);
     detail.hidden = false;
+    document.body.classList.add("detail-open");
     for (const row of rows) row.classList.toggle("selected", row.dataset.line === String(line));
   }
 
   function closeDetail() {
     detail.hidden = true;
+    document.body.classList.remove("detail-open");
     for (const row of rows) row.classList.remove("selected");
   }
 
