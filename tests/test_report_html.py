@@ -7,6 +7,7 @@ import base64
 import json
 import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -268,3 +269,34 @@ def test_the_page_works_in_a_headless_browser(browser, tmp_path):
     assert browser.execute_script("return window.pwned === undefined") is True
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_readme_session_runs_as_shown(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from promptkit.cli import cli
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    session = readme.split("**A session, end to end", 1)[1]
+    data = session.split("cat > reviews.jsonl <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    shown = session.split("```\n", 3)[2]  # the output block after the commands
+    (tmp_path / "reviews.jsonl").write_text(data + "\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROMPTKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
+    args = ["eval", "sentiment", "--data", "reviews.jsonl", "--shots", "0,4", "--out", "report/"]
+    assert f"promptkit {' '.join(args)}\n" in session
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+
+    def without_latency(text: str) -> list[list[str]]:  # the one column that varies
+        rows = [line.split("|") for line in text.splitlines() if line.startswith("| ")]
+        return [row[:8] + row[9:] for row in rows]
+
+    assert without_latency(result.output) == without_latency(shown)
+    assert shown.splitlines()[-1] in result.output  # the files written and the model calls
+    assert (tmp_path / "report" / "report.html").is_file()
+    assert "](docs/report.png)" in session
+    assert (Path(__file__).resolve().parent.parent / "docs" / "report.png").is_file()
