@@ -145,7 +145,7 @@ def test_the_page_escapes_model_text_and_keeps_the_report_as_json():
     # only the page's own two script blocks: nothing from the model opened a third
     assert [attrs.get("type") for attrs, _ in page.scripts] == ["application/json", None]
     assert "window.pwned" not in page.scripts[1][1]
-    assert SCRIPT not in html and IMAGE not in html and "&lt;/script&gt;" in html
+    assert SCRIPT not in html and IMAGE not in html and "&lt;img src=" in html  # the inputs
     # the JSON block parses back to every item exactly, model text included
     block = json.loads(page.scripts[0][1])
     assert block["variants"] == ["terse · 0 shots", "terse · 2 shots", "chatty · 0 shots"]
@@ -229,6 +229,7 @@ def browser():
 @pytest.mark.timeout(60)
 def test_the_page_works_in_a_headless_browser(browser, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     page = tmp_path / "report.html"
     page.write_text(render_html(hand_report(), None), encoding="utf-8")
@@ -246,13 +247,24 @@ def test_the_page_works_in_a_headless_browser(browser, tmp_path):
     assert visible() == ["2"]
     browser.find_element(By.ID, "failures-only").click()
     browser.find_element(By.ID, "differ-only").click()
-    browser.find_element(By.ID, "search").send_keys("ONERROR")  # in line 2's input, any case
+    search = browser.find_element(By.ID, "search")
+    search.send_keys("PWNED")  # any case: line 2's input and raw text
     assert visible() == ["2"]
+    search.send_keys(" nowhere-else")  # every word must be found
+    assert visible() == [] and browser.find_element(By.ID, "none-shown").is_displayed()
+    search.clear()
+    search.send_keys("review 3")  # line 3's input
+    assert visible() == ["3"]
+    search.clear()
+    search.send_keys(" ")  # nothing to look for: every row
+    assert visible() == ["1", "2", "3"]
 
     # the detail of line 2 under terse at 0 shots: the model's text shown as text, not run
-    rows[1].find_elements(By.CSS_SELECTOR, "td.cell button")[0].click()
+    opener = rows[1].find_elements(By.CSS_SELECTOR, "td.cell button")[0]
+    opener.click()
     detail = browser.find_element(By.ID, "detail")
     assert detail.is_displayed()
+    assert browser.switch_to.active_element == browser.find_element(By.ID, "close-detail")
     assert browser.find_element(By.ID, "detail-title").text == "Line 2"
     texts = [pre.text for pre in detail.find_elements(By.TAG_NAME, "pre")]
     assert f"negative {SCRIPT}" in texts and IMAGE in texts  # raw text; input and prompt
@@ -264,6 +276,11 @@ def test_the_page_works_in_a_headless_browser(browser, tmp_path):
     tabs[2].click()
     assert "correct" in browser.find_element(By.ID, "detail-body").text
     browser.find_element(By.ID, "close-detail").click()
+    assert not detail.is_displayed()
+    assert browser.switch_to.active_element == opener  # focus back where it was
+    rows[2].find_element(By.CSS_SELECTOR, "button.open").click()  # the line's own button
+    assert browser.find_element(By.ID, "detail-title").text == "Line 3"
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)
     assert not detail.is_displayed()
 
     assert browser.execute_script("return window.pwned === undefined") is True

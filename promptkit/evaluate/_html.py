@@ -63,14 +63,6 @@ class _Row:
         }
         return len(outcomes) > 1
 
-    @property
-    def search_text(self) -> str:
-        parts = [self.inputs, self.expected]
-        for cell in self.cells:
-            if cell is not None:
-                parts += [_compact(cell.prediction), cell.text or "", cell.error or ""]
-        return "\n".join(parts).lower()
-
 
 def render_html(report: Report, plot_png: bytes | None = None) -> str:
     """The page for ``report`` (an accuracy report); ``plot_png``: the plot to inline, None

@@ -12,15 +12,30 @@
   const detail = document.getElementById("detail");
   const detailTitle = document.getElementById("detail-title");
   const detailBody = document.getElementById("detail-body");
+  const closeButton = document.getElementById("close-detail");
+  let opener = null; // the button that opened the detail view, focused again when it closes
+
+  // What the search box looks in, per row: the inputs, the expected output, and every
+  // variant's prediction, raw text, attempts and error.
+  const searchable = new Map(rows.map((row) => {
+    const parts = [];
+    for (const result of data.items[row.dataset.line]) {
+      if (result === null) continue;
+      parts.push(JSON.stringify(result.inputs), asText(result.expected), asText(result.prediction),
+        result.text || "", result.error || "", ...result.attempts.map((a) => a.text));
+    }
+    return [row, parts.join("\n").toLowerCase()];
+  }));
 
   function applyFilters() {
-    const words = search.value.trim().toLowerCase();
+    const terms = search.value.toLowerCase().split(/\s+/).filter((term) => term !== "");
     let count = 0;
     for (const row of rows) {
+      const text = searchable.get(row);
       const visible =
         (!failuresOnly.checked || row.classList.contains("failed")) &&
         (!differOnly.checked || row.classList.contains("differs")) &&
-        (words === "" || row.dataset.search.includes(words));
+        terms.every((term) => text.includes(term));
       row.hidden = !visible;
       if (visible) count += 1;
     }
@@ -131,21 +146,25 @@
     detail.dataset.variant = String(variant);
     detail.hidden = false;
     document.body.classList.add("detail-open");
+    closeButton.focus();
     for (const row of rows) row.classList.toggle("selected", row.dataset.line === String(line));
   }
 
   function closeDetail() {
+    if (detail.hidden) return;
     detail.hidden = true;
     document.body.classList.remove("detail-open");
     for (const row of rows) row.classList.remove("selected");
+    if (opener !== null) opener.focus();
   }
 
   document.getElementById("item-table").addEventListener("click", (event) => {
     const button = event.target.closest("button.open");
     if (button === null) return;
+    opener = button;
     openDetail(Number(button.closest("tr").dataset.line), Number(button.dataset.variant));
   });
-  document.getElementById("close-detail").addEventListener("click", closeDetail);
+  closeButton.addEventListener("click", closeDetail);
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape") closeDetail();
   });
