@@ -30,6 +30,7 @@ from promptkit.evaluate._html import render_html
 # unescaped: in a raw answer, an input, a prediction and an assertion's reason.
 SCRIPT = "</script><script>window.pwned = true;</script><!--"
 IMAGE = '<img src="nowhere.png" onerror="window.pwned = true">'
+SCORES = {"positive": -0.25, "negative": float("-inf")}  # JSON has no -inf
 PNG = b"\x89PNG\r\n\x1a\n" + b"not really a picture"
 
 
@@ -102,7 +103,14 @@ def hand_report() -> Report:
             [_item(1, "positive"), tricky, _item(3, "positive", **third)],
             assertion_pass_rates={"icontains": 0.5},
         ),
-        _shots(2, [_item(1, "positive"), _item(2, "positive"), _item(3, "positive", **third)]),
+        _shots(
+            2,
+            [
+                _item(1, "positive"),
+                _item(2, "positive", scores=SCORES),
+                _item(3, "positive", **third),
+            ],
+        ),
     ]
     chatty = [
         _shots(0, [_item(1, "positive"), _item(2, "positive"), _item(3, "positive", **third)])
@@ -147,11 +155,16 @@ def test_the_page_escapes_model_text_and_keeps_the_report_as_json():
     assert "window.pwned" not in page.scripts[1][1]
     assert SCRIPT not in html and IMAGE not in html and "&lt;img src=" in html  # the inputs
     # the JSON block parses back to every item exactly, model text included
-    block = json.loads(page.scripts[0][1])
+    block = json.loads(page.scripts[0][1], parse_constant=_not_json)
     assert block["variants"] == ["terse · 0 shots", "terse · 2 shots", "chatty · 0 shots"]
     terse_zero = report.templates["terse"][0].results
     assert block["items"]["2"][0] == terse_zero[1].model_dump(mode="json")
     assert block["items"]["2"][0]["text"] == f"negative {SCRIPT}"
+    assert block["items"]["2"][1]["scores"] == {"positive": -0.25, "negative": "-inf"}
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON (JSON.parse would fail)")
 
 
 def test_the_page_needs_no_network_and_inlines_the_plot():
@@ -273,6 +286,10 @@ def test_the_page_works_in_a_headless_browser(browser, tmp_path):
     assert cells[:3] == ["icontains", "positive", "failed"] and cells[-1] == SCRIPT
     tabs = detail.find_elements(By.CSS_SELECTOR, ".tabs button")
     assert [t.get_attribute("aria-selected") for t in tabs] == ["true", "false", "false"]
+    tabs[1].click()  # terse at 2 shots: its label scores, -inf shown as such
+    cells = [td.text for td in detail.find_elements(By.CSS_SELECTOR, "table.scores td")]
+    assert cells == ["positive", "-0.2500", "negative", "-inf"]
+    tabs = detail.find_elements(By.CSS_SELECTOR, ".tabs button")
     tabs[2].click()
     assert "correct" in browser.find_element(By.ID, "detail-body").text
     browser.find_element(By.ID, "close-detail").click()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,5 +123,18 @@ def _compact(value: Any) -> str:
 
 def _json_block(value: Any) -> Markup:
     """JSON that is safe inside a ``<script>`` element: no ``<``, ``>`` or ``&`` left to end
-    the block or open a comment (each written as its JSON escape, which parses back the same)."""
-    return Markup(json.dumps(value, ensure_ascii=False).translate(_JSON_ESCAPES))
+    the block or open a comment (each written as its JSON escape, which parses back the same);
+    infinite and NaN floats (a label's log-probability can be -inf), which JSON cannot hold,
+    as the strings "-inf", "inf" and "nan"."""
+    text = json.dumps(_finite(value), ensure_ascii=False, allow_nan=False)
+    return Markup(text.translate(_JSON_ESCAPES))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value

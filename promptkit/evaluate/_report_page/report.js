@@ -97,7 +97,8 @@
     block(box, "Raw text", result.text === null ? "(none: scored, nothing generated)" : result.text);
     if (result.scores !== null) {
       block(box, "Label scores (log-probability)", table("scores", ["label", "score"],
-        Object.entries(result.scores).map(([label, score]) => [[label], [score.toFixed(4)]])));
+        Object.entries(result.scores).map(([label, score]) =>
+          [[label], [typeof score === "number" ? score.toFixed(4) : score]])));
     }
     if (result.assertions.length > 0) {
       block(box, "Assertions", table("assertions",
