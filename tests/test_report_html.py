@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,6 +18,7 @@ from promptkit.backends import ScriptedBackend
 from promptkit.evaluate import (
     AssertionResult,
     AttemptRecord,
+    Comparison,
     EvalItem,
     ItemResult,
     Report,
@@ -181,10 +183,23 @@ def test_rows_are_items_flagged_for_the_filters():
     assert page.rows == ["item", "item failed differs", "item failed"]
 
 
+def _summary(html: str) -> str:
+    return html.split('<section id="summary">', 1)[1].split("</section>", 1)[0]
+
+
 def test_assertion_pass_rates_and_comparisons_reach_the_summary():
-    html = render_html(hand_report())
-    assert "<th>icontains passed</th>" in html and "<td>50.0%</td>" in html
-    assert "McNemar" not in html  # no comparison in the report, no table
+    summary = _summary(render_html(hand_report()))
+    assert "<th>icontains passed</th>" in summary
+    # per variant, the last figure: the pass rate where that variant's items had assertions
+    assert re.findall(r"<td>([^<]*)</td>\s*</tr>", summary) == ["50.0%", "-", "-"]
+    assert "McNemar" not in summary  # no comparison in the report, no table
+    compared = hand_report().model_copy(
+        update={"comparisons": [Comparison(shots=0, only_first=0, only_second=1, p_value=1.0)]}
+    )
+    summary = _summary(render_html(compared))
+    assert "<h3>terse vs chatty (McNemar's exact test)</h3>" in summary
+    assert "<th>only terse right</th><th>only chatty right</th>" in summary
+    assert "<tr><td>0</td><td>0</td><td>1</td><td>1</td></tr>" in summary
 
 
 def test_an_evaluation_records_the_prompt_it_sent_and_writes_the_page(tmp_path):
