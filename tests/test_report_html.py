@@ -21,9 +21,13 @@ from promptkit.evaluate import (
     Comparison,
     EvalItem,
     ItemResult,
+    PassAtKReport,
+    ProblemResult,
     Report,
+    SampleRecord,
     ShotReport,
     evaluate,
+    write_pass_at_k_report,
     write_report,
 )
 from promptkit.evaluate._html import render_html
@@ -349,3 +353,96 @@ def test_the_readme_session_runs_as_shown(tmp_path, monkeypatch):
     assert (tmp_path / "report" / "report.html").is_file()
     assert "](docs/report.png)" in session
     assert (Path(__file__).resolve().parent.parent / "docs" / "report.png").is_file()
+
+
+# -- a pass@k report: problems for items, samples for variants ---------------------------------
+
+
+def _sample(status: str, completion: str = "    return 1\n", **more: Any) -> SampleRecord:
+    fields: dict[str, Any] = {
+        "completion": completion,
+        "text": completion,
+        "status": status,
+        "passed": status == "passed",
+        "detail": "" if status == "passed" else f"the program ended: {status}",
+        "output_tail": "",
+        "exec_s": 0.02,
+    }
+    return SampleRecord(**(fields | more))
+
+
+def _problem(line: int, samples: list[SampleRecord]) -> ProblemResult:
+    n, c = len(samples), sum(s.passed for s in samples)
+    return ProblemResult(
+        task_id=f"Mini/{line - 1}", line=line, samples=n, correct=c,
+        pass_at_k={"pass@1": c / n}, results=samples,
+    )  # fmt: skip
+
+
+def hand_pass_at_k_report() -> Report:
+    """Three problems of two samples: all passed, one of two (its failing sample's code and
+    output hold a script), none."""
+    hostile = _sample("failed", completion=f"    return '{SCRIPT}'\n", output_tail=IMAGE)
+    problems = [
+        _problem(1, [_sample("passed"), _sample("passed")]),
+        _problem(2, [_sample("passed"), hostile]),
+        _problem(3, [_sample("timeout"), _sample("error", text=None)]),
+    ]
+    run = PassAtKReport(
+        template="code_completion", source="generated", k=[1], samples_per_problem=2,
+        temperature=0.8, top_p=0.95, stop=["\nclass"], isolation="bubblewrap",
+        limits={"timeout_s": 3.0}, pass_at_k={"pass@1": 0.5}, problems=problems, wall_s=1.5,
+    )  # fmt: skip
+    return Report(
+        backend="scripted", data="problems.jsonl", method="generate", templates={},
+        metric="pass@k", pass_at_k=run,
+    )  # fmt: skip
+
+
+def test_the_pass_at_k_page_lists_problems_and_escapes_their_code(tmp_path):
+    report = hand_pass_at_k_report()
+    html = render_html(report, PNG)
+    page = _Page(html)
+    assert page.rows == ["item", "item failed differs", "item failed"]
+    assert [attrs.get("type") for attrs, _ in page.scripts] == ["application/json", None]
+    assert SCRIPT not in html and IMAGE not in html
+    block = json.loads(page.scripts[0][1], parse_constant=_not_json)
+    assert block["kind"] == "pass@k" and block["items"]["2"]["task_id"] == "Mini/1"
+    assert block["items"]["2"]["samples"][1]["output_tail"] == IMAGE
+    assert "<td>50.0%</td>" in _summary(html)  # pass@1 over the problems
+    assert 'title="sample 2: failed"' in html
+
+
+def test_a_pass_at_k_run_writes_its_page(tmp_path):
+    run = hand_pass_at_k_report().pass_at_k
+    assert run is not None
+    written = write_pass_at_k_report(tmp_path, run, backend="scripted", data="problems.jsonl")
+    assert written[-1] == tmp_path / "report.html"
+    assert "[report.html](report.html)" in (tmp_path / "report.md").read_text()
+    assert _Page(written[-1].read_text(encoding="utf-8")).rows[1] == "item failed differs"
+
+
+@pytest.mark.timeout(60)
+def test_the_pass_at_k_page_works_in_a_headless_browser(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "report.html"
+    page.write_text(render_html(hand_pass_at_k_report(), None), encoding="utf-8")
+    browser.get(page.as_uri())
+    rows = browser.find_elements(By.CSS_SELECTOR, "#item-table tbody tr.item")
+    assert len(rows) == 3
+    browser.find_element(By.ID, "failures-only").click()
+    assert [r.is_displayed() for r in rows] == [False, True, True]
+    browser.find_element(By.ID, "search").send_keys("timeout")  # a sample's status
+    assert [r.is_displayed() for r in rows] == [False, False, True]
+    browser.find_element(By.ID, "search").clear()
+    browser.find_element(By.ID, "search").send_keys(" ")
+    rows[1].find_elements(By.CSS_SELECTOR, "button.sample")[1].click()  # Mini/1's failed sample
+    detail = browser.find_element(By.ID, "detail")
+    assert browser.find_element(By.ID, "detail-title").text == "Mini/1"
+    texts = [pre.text for pre in detail.find_elements(By.TAG_NAME, "pre")]
+    assert f"    return '{SCRIPT}'" in texts and IMAGE in texts  # the code and its output, as text
+    tabs = detail.find_elements(By.CSS_SELECTOR, ".tabs button")
+    assert [t.get_attribute("aria-selected") for t in tabs] == ["false", "true"]
+    assert browser.execute_script("return window.pwned === undefined") is True
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

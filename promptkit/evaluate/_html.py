@@ -1,10 +1,12 @@
 """``report.html``: an evaluation report as one self-contained page, for reading in a browser
 opened from disk (no network, no scripts or styles from elsewhere).
 
-The page holds the summary (one row per variant: a template at a shot count), the plot (the
-PNG inlined as base64), McNemar's comparisons and a table of items against variants with
-filters (failures only, items where the variants differ), a search box and a detail view of
-one item under each variant (rendered prompt, raw text, attempts, assertion results).
+An accuracy report's page holds the summary (one row per variant: a template at a shot count),
+the plot (the PNG inlined as base64), McNemar's comparisons and a table of items against
+variants with filters (failures only, items where the variants differ), a search box and a
+detail view of one item under each variant (rendered prompt, raw text, attempts, assertion
+results). A pass@k report's page is the same with problems for items and samples for variants
+(each sample's completion, raw text, how its program ended and the tail of its output).
 
 Everything from the report (model text above all) reaches the page escaped: the visible parts
 through Jinja2's autoescaping, the whole report as JSON in a ``<script type="application/json">``
@@ -21,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from ._schema import ItemResult, Report
+from ._schema import ItemResult, PassAtKReport, Report
 
 _PAGE = Path(__file__).with_name("_report_page")
 _JSON_ESCAPES = str.maketrans(
@@ -66,45 +68,11 @@ class _Row:
 
 
 def render_html(report: Report, plot_png: bytes | None = None) -> str:
-    """The page for ``report`` (an accuracy report); ``plot_png``: the plot to inline, None
+    """The page for ``report`` (accuracy or pass@k); ``plot_png``: the plot to inline, None
     when there is none (the page then says how to get it)."""
-    variants = [
-        _Variant(name, shot.shots) for name, shots in report.templates.items() for shot in shots
-    ]
-    summaries = [shot for shots in report.templates.values() for shot in shots]
-    by_variant = [{item.line: item for item in shot.results} for shot in summaries]
-    lines = sorted({line for items in by_variant for line in items})
-    rows = []
-    for line in lines:
-        cells = [items.get(line) for items in by_variant]
-        known = next(cell for cell in cells if cell is not None)
-        rows.append(_Row(line, _compact(known.inputs), _compact(known.expected), cells))
-    pass_rate_names = sorted({name for shot in summaries for name in shot.assertion_pass_rates})
-    first, second = [*report.templates, "", ""][:2]  # the templates McNemar compares
-    environment = Environment(autoescape=True, undefined=StrictUndefined)
-    environment.globals["compact"] = _compact
-    page = environment.from_string((_PAGE / "report.html.j2").read_text(encoding="utf-8"))
-    return page.render(
-        report=report,
-        variants=variants,
-        summaries=list(zip(variants, summaries, strict=True)),
-        pass_rate_names=pass_rate_names,
-        rows=rows,
-        first=first,
-        second=second,
-        plot=None if plot_png is None else base64.b64encode(plot_png).decode("ascii"),
-        data=_json_block(
-            {
-                "variants": [v.label for v in variants],
-                "items": {
-                    str(line): [None if c is None else c.model_dump(mode="json") for c in cells]
-                    for line, cells in ((r.line, r.cells) for r in rows)
-                },
-            }
-        ),
-        style=Markup((_PAGE / "report.css").read_text(encoding="utf-8")),
-        script=Markup((_PAGE / "report.js").read_text(encoding="utf-8")),
-    )
+    if report.pass_at_k is not None:
+        return _pass_at_k_page(report, report.pass_at_k, plot_png)
+    return _accuracy_page(report, plot_png)
 
 
 def write_html(path: Path, report: Report, plot_png: bytes | None = None) -> Path:
@@ -112,6 +80,68 @@ def write_html(path: Path, report: Report, plot_png: bytes | None = None) -> Pat
     cannot be written."""
     path.write_text(render_html(report, plot_png), encoding="utf-8")
     return path
+
+
+def _accuracy_page(report: Report, plot_png: bytes | None) -> str:
+    variants = [
+        _Variant(name, shot.shots) for name, shots in report.templates.items() for shot in shots
+    ]
+    summaries = [shot for shots in report.templates.values() for shot in shots]
+    by_variant = [{item.line: item for item in shot.results} for shot in summaries]
+    rows = []
+    for line in sorted({line for items in by_variant for line in items}):
+        cells = [items.get(line) for items in by_variant]
+        known = next(cell for cell in cells if cell is not None)
+        rows.append(_Row(line, _compact(known.inputs), _compact(known.expected), cells))
+    first, second = [*report.templates, "", ""][:2]  # the templates McNemar compares
+    data = {
+        "kind": "accuracy",
+        "variants": [v.label for v in variants],
+        "items": {
+            str(row.line): [None if c is None else c.model_dump(mode="json") for c in row.cells]
+            for row in rows
+        },
+    }
+    return _render(
+        "report.html.j2",
+        data,
+        plot_png,
+        report=report,
+        variants=variants,
+        summaries=list(zip(variants, summaries, strict=True)),
+        pass_rate_names=sorted({n for shot in summaries for n in shot.assertion_pass_rates}),
+        rows=rows,
+        first=first,
+        second=second,
+    )
+
+
+def _pass_at_k_page(report: Report, run: PassAtKReport, plot_png: bytes | None) -> str:
+    data = {
+        "kind": "pass@k",
+        "items": {
+            str(problem.line): {
+                "task_id": problem.task_id,
+                "samples": [sample.model_dump(mode="json") for sample in problem.results],
+            }
+            for problem in run.problems
+        },
+    }
+    return _render("pass_at_k.html.j2", data, plot_png, report=report, run=run)
+
+
+def _render(template: str, data: Any, plot_png: bytes | None, **context: Any) -> str:
+    environment = Environment(
+        loader=FileSystemLoader(_PAGE), autoescape=True, undefined=StrictUndefined
+    )
+    environment.globals["compact"] = _compact
+    return environment.get_template(template).render(
+        context,
+        plot=None if plot_png is None else base64.b64encode(plot_png).decode("ascii"),
+        data=_json_block(data),
+        style=Markup((_PAGE / "report.css").read_text(encoding="utf-8")),
+        script=Markup((_PAGE / "report.js").read_text(encoding="utf-8")),
+    )
 
 
 def _compact(value: Any) -> str:

@@ -1,6 +1,8 @@
 "use strict";
 // The report page's behaviour: filters and search over the item table, and the detail view of
 // one item, built from the JSON block with textContent only (model text is never parsed as HTML).
+// An accuracy report's items are dataset lines under each variant; a pass@k report's are
+// problems, each with its samples.
 (function () {
   const data = JSON.parse(document.getElementById("report-data").textContent);
   const rows = Array.from(document.querySelectorAll("#item-table tbody tr.item"));
@@ -14,18 +16,6 @@
   const detailBody = document.getElementById("detail-body");
   const closeButton = document.getElementById("close-detail");
   let opener = null; // the button that opened the detail view, focused again when it closes
-
-  // What the search box looks in, per row: the inputs, the expected output, and every
-  // variant's prediction, raw text, attempts and error.
-  const searchable = new Map(rows.map((row) => {
-    const parts = [];
-    for (const result of data.items[row.dataset.line]) {
-      if (result === null) continue;
-      parts.push(JSON.stringify(result.inputs), asText(result.expected), asText(result.prediction),
-        result.text || "", result.error || "", ...result.attempts.map((a) => a.text));
-    }
-    return [row, parts.join("\n").toLowerCase()];
-  }));
 
   function applyFilters() {
     const terms = search.value.toLowerCase().split(/\s+/).filter((term) => term !== "");
@@ -125,16 +115,56 @@
     return box;
   }
 
+  function sampleView(sample) {
+    const box = el("div");
+    box.append(el("p", sample.passed ? "passed" : sample.status, "verdict " + (sample.passed ? "right" : "wrong")));
+    box.append(el("p", "ran " + sample.exec_s.toFixed(3) + " s · " + sample.prompt_tokens + " prompt + " +
+      sample.completion_tokens + " completion tokens · generated in " + sample.latency_s.toFixed(3) + " s", "note"));
+    if (sample.detail !== "") block(box, "Why", sample.detail);
+    block(box, "Completion (the code run after the prompt)", sample.completion);
+    block(box, "Raw text", sample.text === null ? "(none: read from a samples file)" : sample.text);
+    block(box, "Output (last 2,000 characters)", sample.output_tail === "" ? "(nothing printed)" : sample.output_tail);
+    return box;
+  }
+
+  // Per kind of report: what a row's search looks in, the detail's title and heading, its tabs
+  // (the variants, or the problem's samples) and the view of one tab.
+  const kinds = {
+    accuracy: {
+      searchText: (results) => results.filter((r) => r !== null).flatMap((r) => [
+        JSON.stringify(r.inputs), asText(r.expected), asText(r.prediction), r.text || "",
+        r.error || "", ...r.attempts.map((a) => a.text)]),
+      title: (line) => "Line " + line,
+      heading(box, results) {
+        const known = results.find((result) => result !== null);
+        block(box, "Inputs", asText(known.inputs));
+        block(box, "Expected", asText(known.expected));
+      },
+      tabs: () => data.variants,
+      view: (results, index) => resultView(results[index]),
+    },
+    "pass@k": {
+      searchText: (problem) => [problem.task_id, ...problem.samples.flatMap((s) => [
+        s.status, s.completion, s.text || "", s.detail, s.output_tail])],
+      title: (line, problem) => problem.task_id,
+      heading(box, problem) {
+        const passed = problem.samples.filter((s) => s.passed).length;
+        box.append(el("p", passed + " of " + problem.samples.length + " samples passed", "note"));
+      },
+      tabs: (problem) => problem.samples.map((s, index) => String(index + 1)),
+      view: (problem, index) => sampleView(problem.samples[index]),
+    },
+  };
+  const kind = kinds[data.kind];
+
   function openDetail(line, variant) {
-    const results = data.items[String(line)];
-    const known = results.find((result) => result !== null);
-    detailTitle.textContent = "Line " + line;
+    const item = data.items[String(line)];
+    detailTitle.textContent = kind.title(line, item);
     detailBody.replaceChildren();
-    block(detailBody, "Inputs", asText(known.inputs));
-    block(detailBody, "Expected", asText(known.expected));
+    kind.heading(detailBody, item);
     const tabs = el("div", null, "tabs");
     tabs.setAttribute("role", "tablist");
-    data.variants.forEach((label, index) => {
+    kind.tabs(item).forEach((label, index) => {
       const tab = el("button", label);
       tab.type = "button";
       tab.setAttribute("role", "tab");
@@ -142,7 +172,7 @@
       tab.addEventListener("click", () => openDetail(line, index));
       tabs.append(tab);
     });
-    detailBody.append(tabs, resultView(results[variant]));
+    detailBody.append(tabs, kind.view(item, variant));
     detail.dataset.line = String(line);
     detail.dataset.variant = String(variant);
     detail.hidden = false;
@@ -169,6 +199,8 @@
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape") closeDetail();
   });
+  const searchable = new Map(rows.map((row) =>
+    [row, kind.searchText(data.items[row.dataset.line]).join("\n").toLowerCase()]));
   failuresOnly.addEventListener("change", applyFilters);
   differOnly.addEventListener("change", applyFilters);
   search.addEventListener("input", applyFilters);
