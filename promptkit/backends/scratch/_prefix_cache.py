@@ -21,6 +21,7 @@ import itertools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -294,5 +295,9 @@ def store_prefixes(
     """Store every prompt's keys and values from ``cache`` once they are computed (columns up
     to ``longest``, rows left-padded as in :func:`prefill_from_cache`)."""
     for row, ids in enumerate(prompts):
-        views, pad = _row_views(cache, row), longest - len(ids)
-        prefixes.insert(ids, lambda start, stop, v=views, p=pad: [t[p + start : p + stop] for t in v])
+        prefixes.insert(ids, partial(_columns, _row_views(cache, row), longest - len(ids)))
+
+
+def _columns(views: Slab, pad: int, start: int, stop: int) -> Slab:
+    """Positions ``start..stop-1`` of a row that starts at column ``pad``."""
+    return [view[pad + start : pad + stop] for view in views]
