@@ -270,21 +270,20 @@ def prefill_from_cache(
 
     One forward pass computes the same columns of every row, so that column is the smallest of
     the rows' padding plus cached length: a row with more cached recomputes some of it, a row
-    whose padding reaches past it reuses nothing. Padding columns before it are zeros (masked
-    out, and finite, unlike the empty cache's contents)."""
+    whose padding reaches past it reuses nothing. Padding columns before it are set to zeros
+    (masked out, and finite, unlike the empty cache's contents)."""
     found = [prefixes.lookup(ids, len(ids) - 1) for ids in prompts]
     pads = [longest - len(ids) for ids in prompts]
     start = min(pad + prefix.length for pad, prefix in zip(pads, found, strict=True))
     reused = [max(0, start - pad) for pad in pads]
     prefixes.record(reused, [len(ids) - n for ids, n in zip(prompts, reused, strict=True)])
-    if start:
-        for tensor in [*cache.keys, *cache.values]:
-            tensor[:, :, :start].zero_()
-        for tensor in cache.inputs:
-            tensor[:, :start].zero_()
-        for row, (prefix, pad, count) in enumerate(zip(found, pads, reused, strict=True)):
-            if count:
-                prefix.write(_row_views(cache, row), pad, count)
+    for row, (prefix, pad, count) in enumerate(zip(found, pads, reused, strict=True)):
+        if not start:
+            break
+        views = _row_views(cache, row)
+        for view in views:
+            view[: min(pad, start)].zero_()
+        prefix.write(views, pad, count)
     cache.length = start
     return start
 
