@@ -133,6 +133,20 @@ def test_left_padded_batch_with_different_cached_lengths(backends):
     assert together == alone
 
 
+def test_a_batch_computes_the_start_its_rows_share_once(backends):
+    plain, cached = backends
+    cached.prefix_cache.clear()  # cold: nothing of the shared start is cached
+    prompts = [SHARED + "Batch row: " + query for query in QUERIES]
+    assert_same(plain, cached, lambda b: [c.text for c in b.generate_batch(prompts, CONFIG)])
+    encoded = [cached.tokenizer.encode(p) for p in prompts]
+    shared = next(i for i, t in enumerate(zip(*encoded, strict=False)) if len(set(t)) > 1)
+    longest = max(len(ids) for ids in encoded)
+    # the shared start once, then each row's rest (a shorter row's left padding moves its
+    # shared start right, so it recomputes as many of those tokens as it has padding)
+    rest = sum(len(ids) - shared + (longest - len(ids)) for ids in encoded)
+    assert cached.prefix_cache.stats().tokens_computed == shared + rest < sum(map(len, encoded))
+
+
 def test_streaming_equals_the_completion(backends):
     plain, cached = backends
     cached.generate(SHARED + "Warm-up review.", CONFIG)

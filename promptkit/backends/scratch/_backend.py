@@ -34,6 +34,7 @@ from ._prefix_cache import (
     PrefixCache,
     check_budget,
     prefill_from_cache,
+    prefill_shared_start,
     store_prefixes,
     weights_version,
 )
@@ -231,6 +232,7 @@ class ScratchBackend(LocalScoring):
         generators = self._generators(batch, config.seed) if config.temperature > 0 else None
         cache = self.model.new_cache(batch, longest + config.max_tokens)
         self.prefix_cache.check_owner(weights_version(self.model))
+        prefill_shared_start(self.prefix_cache, self.model, prompts)
         start = prefill_from_cache(self.prefix_cache, cache, prompts, longest)
         hidden = self.model(
             tokens[:, start:],

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from ...errors import ConfigurationError
-from .gpt2 import KVCache
+from .gpt2 import GPT, KVCache
+from .llama import Llama
 
 __all__ = [
     "DEFAULT_PREFIX_CACHE_BYTES",
@@ -36,11 +37,13 @@ __all__ = [
     "PrefixCacheStats",
     "check_budget",
     "prefill_from_cache",
+    "prefill_shared_start",
     "store_prefixes",
     "weights_version",
 ]
 
 DEFAULT_PREFIX_CACHE_BYTES = 256 * 2**20  # ScratchBackend's default budget (256 MiB)
+SHARED_START_MIN = 16  # fewest uncached tokens a batch's rows share for a pass of their own
 
 Slab = list[torch.Tensor]  # the tensors of a run of positions, each ``(length, ...)``
 
@@ -164,20 +167,30 @@ class PrefixCache:
             self._counts["lookups"] += 1
             if not self.max_bytes:
                 return _NOTHING
-            now = next(self._clock)
-            node, length, pieces = self._root, 0, []
-            while length < limit:
-                child = node.children.get(prompt[length])
-                if child is None:
-                    break
-                same = _common_length(child.ids, prompt, length, limit)
+            return self._walk(prompt, limit, next(self._clock))
+
+    def cached_length(self, prompt: Sequence[int]) -> int:
+        """How many of ``prompt``'s first tokens are cached (not counted as a lookup, and not
+        a use of them)."""
+        with self._lock:
+            return self._walk(prompt, len(prompt), None).length
+
+    def _walk(self, prompt: Sequence[int], limit: int, now: int | None) -> CachedPrefix:
+        """Follow ``prompt`` down the tree (marking the nodes used at ``now``, if given)."""
+        node, length, pieces = self._root, 0, []
+        while length < limit:
+            child = node.children.get(prompt[length])
+            if child is None:
+                break
+            same = _common_length(child.ids, prompt, length, limit)
+            if now is not None:
                 child.last_used = now
-                pieces.append((child.slab, same))
-                length += same
-                if same < len(child.ids):
-                    break
-                node = child
-            return CachedPrefix(length, tuple(pieces))
+            pieces.append((child.slab, same))
+            length += same
+            if same < len(child.ids):
+                break
+            node = child
+        return CachedPrefix(length, tuple(pieces))
 
     def record(self, reused: Sequence[int], computed: Sequence[int]) -> None:
         """Count the prompt tokens that one forward pass took from the cache and computed."""
@@ -300,3 +313,25 @@ def store_prefixes(
 def _columns(views: Slab, pad: int, start: int, stop: int) -> Slab:
     """Positions ``start..stop-1`` of a row that starts at column ``pad``."""
     return [view[pad + start : pad + stop] for view in views]
+
+
+def prefill_shared_start(
+    prefixes: PrefixCache, model: GPT | Llama, prompts: Sequence[Sequence[int]]
+) -> None:
+    """Cache the start that every row of a batch shares, computed once in a pass of its own,
+    when at least :data:`SHARED_START_MIN` of its tokens are not cached yet (concurrent
+    requests with one system prompt), so that the rows reuse it instead of each computing it.
+    """
+    if len(prompts) < 2 or not prefixes.max_bytes:
+        return
+    shared: list[int] = []
+    for tokens in zip(*prompts, strict=False):  # up to the shortest
+        if any(token != tokens[0] for token in tokens):
+            break
+        shared.append(tokens[0])
+    if len(shared) - prefixes.cached_length(shared) < SHARED_START_MIN:
+        return
+    cache = model.new_cache(1, len(shared))
+    start = prefill_from_cache(prefixes, cache, [shared], len(shared))
+    model(torch.tensor([shared[start:]], device=cache.keys[0].device), cache=cache)
+    store_prefixes(prefixes, cache, [shared], len(shared))
