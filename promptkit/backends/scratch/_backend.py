@@ -33,10 +33,8 @@ from ._prefix_cache import (
     DEFAULT_PREFIX_CACHE_BYTES,
     PrefixCache,
     check_budget,
-    prefill_from_cache,
-    prefill_shared_start,
+    reuse_prefixes,
     store_prefixes,
-    weights_version,
 )
 from ._tokenizer import Tokenizer
 from .gpt2 import GPT
@@ -231,9 +229,7 @@ class ScratchBackend(LocalScoring):
         lengths = torch.tensor([len(ids) for ids in prompts], device=device)
         generators = self._generators(batch, config.seed) if config.temperature > 0 else None
         cache = self.model.new_cache(batch, longest + config.max_tokens)
-        self.prefix_cache.check_owner(weights_version(self.model))
-        prefill_shared_start(self.prefix_cache, self.model, prompts)
-        start = prefill_from_cache(self.prefix_cache, cache, prompts, longest)
+        start = reuse_prefixes(self.prefix_cache, self.model, cache, prompts, longest)
         hidden = self.model(
             tokens[:, start:],
             positions=positions[:, start:],
@@ -341,8 +337,9 @@ class ScratchBackend(LocalScoring):
         self._check_length(len(context_ids) + longest - 1)
         count, width = len(continuations), longest - 1
         cache = self.model.new_cache(1, len(context_ids) + width)
-        self.prefix_cache.check_owner(weights_version(self.model))
-        start = prefill_from_cache(self.prefix_cache, cache, [context_ids], len(context_ids))
+        start = reuse_prefixes(
+            self.prefix_cache, self.model, cache, [context_ids], len(context_ids)
+        )
         context = torch.tensor([context_ids[start:]], device=self.device)
         last = self.model(context, cache=cache)[:, -1]  # (1, C): predicts each first token
         store_prefixes(self.prefix_cache, cache, [context_ids], len(context_ids))

@@ -38,6 +38,7 @@ __all__ = [
     "check_budget",
     "prefill_from_cache",
     "prefill_shared_start",
+    "reuse_prefixes",
     "store_prefixes",
     "weights_version",
 ]
@@ -335,3 +336,19 @@ def prefill_shared_start(
     start = prefill_from_cache(prefixes, cache, [shared], len(shared))
     model(torch.tensor([shared[start:]], device=cache.keys[0].device), cache=cache)
     store_prefixes(prefixes, cache, [shared], len(shared))
+
+
+def reuse_prefixes(
+    prefixes: PrefixCache,
+    model: GPT | Llama,
+    cache: KVCache,
+    prompts: Sequence[Sequence[int]],
+    longest: int,
+) -> int:
+    """Before the prefill of ``prompts`` (left-padded rows ending at column ``longest``) into
+    the empty ``cache``: drop prefixes of other weights than ``model``'s, compute the start the
+    rows share once (:func:`prefill_shared_start`), and copy the cached prefixes in
+    (:func:`prefill_from_cache`). Returns the first column the prefill must compute."""
+    prefixes.check_owner(weights_version(model))
+    prefill_shared_start(prefixes, model, prompts)
+    return prefill_from_cache(prefixes, cache, prompts, longest)
