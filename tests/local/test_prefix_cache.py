@@ -304,6 +304,21 @@ def test_eviction_takes_the_least_recently_used_first():
     assert cache.stats().evictions == 1
 
 
+def test_a_small_budget_holds_the_backend_within_it(backend):
+    plain, _ = pair(backend)
+    per_token = sum(
+        t[0, :, 0].numel() * t.element_size() for t in backend.model.new_cache(1, 1).keys
+    )
+    budget = 2 * per_token * 70  # keys and values of 70 positions
+    small = ScratchBackend(backend.model, backend.tokenizer, prefix_cache_bytes=budget)
+    for i in range(6):
+        prompt = SHARED + f"Item {i}: " + QUERIES[i % 3]
+        assert small.generate(prompt, CONFIG).text == plain.generate(prompt, CONFIG).text
+        assert small.prefix_cache.stats().bytes <= budget
+    stats = small.prefix_cache.stats()
+    assert stats.evictions > 0 and stats.hits > 0 and stats.bytes > 0
+
+
 def test_a_zero_budget_stores_nothing_but_counts_tokens(backend):
     plain, _ = pair(backend)
     for _ in range(2):
