@@ -134,7 +134,7 @@ def test_report_files(tmp_path):
     items = [EvalItem(1, {"text": "a"}, "positive")]
     reports = evaluate(LABELS, items, backend=ScriptedBackend(["positive"] * 2), shots=[0, 2])
     written = write_report(tmp_path / "out", {"labels": reports}, backend="scripted", data="d")
-    assert [p.name for p in written] == ["report.json", "report.md", "accuracy.png"]
+    assert [p.name for p in written] == ["report.json", "report.md", "accuracy.png", "report.html"]
     data = json.loads(written[0].read_text())
     assert data["templates"]["labels"][1]["accuracy"] == 1.0
     assert "| 2 | 100.0% |" in written[1].read_text()

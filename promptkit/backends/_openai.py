@@ -378,7 +378,7 @@ class OpenAIBackend(Backend):
         """Exact with tiktoken when it is installed and has the model's encoding offline; else
         the base estimate (four characters a token)."""
         try:
-            import tiktoken  # type: ignore[import-not-found]
+            import tiktoken  # type: ignore[import-not-found,unused-ignore]
 
             return len(tiktoken.encoding_for_model(self.model).encode(text))
         except Exception:  # not installed, unknown model, or the encoding cannot be fetched

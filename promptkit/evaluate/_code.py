@@ -21,6 +21,7 @@ from .._item_progress import ItemProgress
 from .._prompt import Prompt
 from ..backends._base import Backend, GenerationConfig, cut_at_stop
 from ..errors import BackendError, UsageError
+from ._html import write_html
 from ._humaneval import (
     CODEX_STOPS,
     CodeProblem,
@@ -283,9 +284,10 @@ def pass_at_k_markdown(run: PassAtKReport) -> str:
 def write_pass_at_k_report(
     out: str | Path, run: PassAtKReport, *, backend: str, data: str
 ) -> list[Path]:
-    """Write ``report.json`` (a :class:`Report` with ``metric: "pass@k"``), ``report.md`` and
-    ``pass_at_k.png`` (left out, with a note in the Markdown, without matplotlib) into ``out``;
-    returns the paths written. Raises OSError when the folder cannot be written."""
+    """Write ``report.json`` (a :class:`Report` with ``metric: "pass@k"``), ``report.md``,
+    ``pass_at_k.png`` (left out, with a note in the Markdown, without matplotlib) and
+    ``report.html`` (every problem and sample) into ``out``; returns the paths written. Raises
+    OSError when the folder cannot be written."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(
@@ -300,13 +302,16 @@ def write_pass_at_k_report(
     written[0].write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
     text = f"# pass@k on {data} with {backend}\n\n" + pass_at_k_markdown(run)
     plot = folder / "pass_at_k.png"
-    if _plot(plot, run):
+    drawn = _plot(plot, run)
+    if drawn:
         written.append(plot)
         text += "\n![pass@k against k](pass_at_k.png)\n"
     else:
         text += "\n(No plot: install matplotlib, e.g. pip install 'promptkit[eval]'.)\n"
+    text += "\nEvery problem and sample, with filters and details: [report.html](report.html)\n"
     written[1].write_text(text, encoding="utf-8")
-    return written
+    html = write_html(folder / "report.html", report, plot.read_bytes() if drawn else None)
+    return [*written, html]
 
 
 def _plot(path: Path, run: PassAtKReport) -> bool:

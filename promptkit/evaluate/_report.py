@@ -1,6 +1,6 @@
 """Writing an evaluation's reports: ``report.json`` (the :class:`Report` schema), ``report.md``
-(tables) and ``accuracy.png`` (accuracy against shots); and the one-line summaries the ``eval``
-command prints."""
+(tables), ``accuracy.png`` (accuracy against shots) and ``report.html`` (the page of
+:mod:`._html`); and the one-line summaries the ``eval`` command prints."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from ._html import write_html
 from ._schema import Comparison, Report, ShotReport
 
 
@@ -75,9 +76,10 @@ def write_report(
     comparisons: Sequence[Comparison] = (),
     method: Literal["generate", "score"] = "generate",
 ) -> list[Path]:
-    """Write ``report.json`` (a :class:`Report`), ``report.md`` and ``accuracy.png`` into
-    ``out``; returns the paths written (the plot is left out, with a note in the Markdown, when
-    matplotlib is not installed). Raises OSError when the folder cannot be written."""
+    """Write ``report.json`` (a :class:`Report`), ``report.md``, ``accuracy.png`` and
+    ``report.html`` (every item, with filters and a detail view) into ``out``; returns the paths
+    written (the plot is left out, with a note in the Markdown and the page, when matplotlib is
+    not installed). Raises OSError when the folder cannot be written."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(
@@ -99,13 +101,17 @@ def write_report(
             )
         )
     plot = folder / "accuracy.png"
-    if _plot(plot, runs):
-        written.append(plot)
+    drawn = _plot(plot, runs)
+    if drawn:
         parts.append("![accuracy against shots](accuracy.png)\n")
     else:
         parts.append("(No plot: install matplotlib, e.g. pip install 'promptkit[eval]'.)\n")
-    (folder / "report.md").write_text("\n".join(parts), encoding="utf-8")
-    written.insert(1, folder / "report.md")
+    parts.append("Every item, with filters and details: [report.html](report.html)\n")
+    written.append(folder / "report.md")
+    written[-1].write_text("\n".join(parts), encoding="utf-8")
+    if drawn:
+        written.append(plot)
+    written.append(write_html(folder / "report.html", report, plot.read_bytes() if drawn else None))
     return written
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from .._demos import Selection, Strategy
 from .._prompt import Example, Prompt
-from ..backends._base import Backend, GenerationConfig
+from ..backends._base import Backend, GenerationConfig, PromptInput
 from ..errors import (
     AttemptRecord as _Attempt,
 )
@@ -268,6 +268,7 @@ class _ItemRun:
             scores=dict(zip(chosen.labels, chosen.scores, strict=True)),
             requests=1,
             prompt_tokens=self.backend.count_tokens(context),
+            prompt=context,
         )
 
     def _record(
@@ -283,6 +284,7 @@ class _ItemRun:
         scores: dict[str, float] | None = None,
         requests: int | None = None,
         prompt_tokens: int | None = None,
+        prompt: PromptInput | None = None,
     ) -> ItemResult:
         dump = self.prompt.output.adapter.dump_python
         prediction = dump(output, mode="json") if valid else None
@@ -322,6 +324,7 @@ class _ItemRun:
             error=error,
             assertions=checked,
             metadata=item.metadata,
+            prompt=_sent(attempts[0].prompt if attempts else prompt),
         )
 
 
@@ -360,6 +363,13 @@ def check_shots(shots: Sequence[int], pool: Sequence[Example]) -> None:
 
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
+def _sent(
+    prompt: PromptInput | Sequence[Mapping[str, object]] | None,
+) -> str | list[dict[str, Any]] | None:
+    """A rendered prompt as report.json keeps it: the text, or the chat messages as dicts."""
+    if prompt is None or isinstance(prompt, str):
+        return prompt
+    return [dict(message) for message in prompt]
 
 
 def _same_input(example: Example, item: EvalItem) -> bool:

@@ -100,6 +100,11 @@ class ItemResult(_Record):
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="the data line's metadata (never shown to the model)"
     )
+    prompt: str | list[dict[str, Any]] | None = Field(
+        default=None,
+        description="the rendered prompt first sent (text, or chat messages); null when "
+        "nothing was sent",
+    )
 
 
 class ShotReport(_Record):

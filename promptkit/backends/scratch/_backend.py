@@ -2,7 +2,9 @@
 
 Generation decodes incrementally with a preallocated key/value cache (left-padded batches, so
 every prompt gets the same tokens as alone); scoring computes log-probabilities in chunks of
-positions, never the full (tokens x vocabulary) log-softmax at once.
+positions, never the full (tokens x vocabulary) log-softmax at once. A prefix cache keeps the
+keys and values of prompts across requests, so prompts that share a start (a few-shot
+instruction and demonstrations, a system prompt) compute it once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from ._adapter import (
     is_adapter_folder,
     read_adapter_config,
 )
+from ._prefix_cache import (
+    DEFAULT_PREFIX_CACHE_BYTES,
+    PrefixCache,
+    check_budget,
+    reuse_prefixes,
+    store_prefixes,
+)
 from ._tokenizer import Tokenizer
 from .gpt2 import GPT
 from .llama import Llama
@@ -35,9 +44,21 @@ __all__ = ["ScratchBackend", "from_spec", "sample_next"]
 
 
 class ScratchBackend(LocalScoring):
-    """promptkit's own GPT (``scratch:PATH``): generate, stream, loglikelihood, perplexity."""
+    """promptkit's own GPT (``scratch:PATH``): generate, stream, loglikelihood, perplexity.
 
-    def __init__(self, model: GPT | Llama, tokenizer: Tokenizer, *, name: str = "scratch"):
+    ``prefix_cache_bytes`` bounds the prefix cache (``prefix_cache``: the keys and values of
+    earlier prompts, reused by prompts that start the same way; 0 disables it). Raises
+    ConfigurationError for a budget that is not a non-negative integer.
+    """
+
+    def __init__(
+        self,
+        model: GPT | Llama,
+        tokenizer: Tokenizer,
+        *,
+        name: str = "scratch",
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -47,6 +68,7 @@ class ScratchBackend(LocalScoring):
         self.context_window = model.config.context_length
         self.capabilities = LOCAL_CAPABILITIES
         self.chat_template: ChatTemplate | None = None  # the model's own, when it has one
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
 
     def use_chat_template(self, template: ChatTemplate | None) -> None:
         """Render chat messages with ``template`` (the model's own) and declare ``chat``; None
@@ -207,12 +229,14 @@ class ScratchBackend(LocalScoring):
         lengths = torch.tensor([len(ids) for ids in prompts], device=device)
         generators = self._generators(batch, config.seed) if config.temperature > 0 else None
         cache = self.model.new_cache(batch, longest + config.max_tokens)
+        start = reuse_prefixes(self.prefix_cache, self.model, cache, prompts, longest)
         hidden = self.model(
-            tokens,
-            positions=positions,
+            tokens[:, start:],
+            positions=positions[:, start:],
             key_valid=key_valid[:, :longest] if padded else None,
             cache=cache,
         )
+        store_prefixes(self.prefix_cache, cache, prompts, longest)
         logits = self.model.logits(hidden[:, -1])  # (B, vocab)
         alive = [True] * batch
         generated: list[list[int]] = [[] for _ in prompts]
@@ -313,8 +337,12 @@ class ScratchBackend(LocalScoring):
         self._check_length(len(context_ids) + longest - 1)
         count, width = len(continuations), longest - 1
         cache = self.model.new_cache(1, len(context_ids) + width)
-        context = torch.tensor([context_ids], device=self.device)
+        start = reuse_prefixes(
+            self.prefix_cache, self.model, cache, [context_ids], len(context_ids)
+        )
+        context = torch.tensor([context_ids[start:]], device=self.device)
         last = self.model(context, cache=cache)[:, -1]  # (1, C): predicts each first token
+        store_prefixes(self.prefix_cache, cache, [context_ids], len(context_ids))
         rows, targets = [], []
         if width:
             cache.select(torch.zeros(count, dtype=torch.long, device=self.device))
@@ -373,7 +401,12 @@ def _from_hub(name: str) -> Path:
 
 
 def from_spec(
-    arg: str, *, device: str | None = None, chat_template: bool = True, **options: Any
+    arg: str,
+    *,
+    device: str | None = None,
+    chat_template: bool = True,
+    prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+    **options: Any,
 ) -> ScratchBackend:
     """``scratch:PATH``: a promptkit checkpoint folder, a Hugging Face GPT-2 or Llama-family
     folder, or a GGUF file; a known model name (``scratch:smollm2-135m-instruct``, see
@@ -382,7 +415,10 @@ def from_spec(
     in its local cache); plain ``scratch`` is the shipped promptkit-mini.
 
     A model with a chat template (an instruction-tuned one) gets chat messages rendered with it;
-    ``chat_template=False`` flattens them into text as for a model without one."""
+    ``chat_template=False`` flattens them into text as for a model without one.
+
+    ``prefix_cache_bytes`` bounds the cache of prompt prefixes kept across requests (see
+    :class:`ScratchBackend`; 0 disables it)."""
     from ...models._registry import lookup, pull
     from .._chat_templates import folder_chat_template
     from ._gguf import gguf_chat_template, load_gguf
@@ -390,6 +426,7 @@ def from_spec(
 
     if options:
         raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")
+    check_budget(prefix_cache_bytes)  # before the model loads
     name = None
     if not arg:
         from ...models import mini_path
@@ -406,7 +443,7 @@ def from_spec(
     if known is not None:  # a registry name: its verified file, pulled on first use
         path, name = pull(known.name), f"scratch:{known.name}"
     if path.is_dir() and is_adapter_folder(path):
-        return _with_adapter(path, device)
+        return _with_adapter(path, device, prefix_cache_bytes)
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model: GPT | Llama
     if path.is_file() and path.suffix == ".gguf":
@@ -429,7 +466,9 @@ def from_spec(
         model, tokenizer = load_model(path, device=chosen)
         weights = path / "model.safetensors"
         template = folder_chat_template(path) if chat_template else None
-    backend = ScratchBackend(model, tokenizer, name=name or f"scratch:{path}")
+    backend = ScratchBackend(
+        model, tokenizer, name=name or f"scratch:{path}", prefix_cache_bytes=prefix_cache_bytes
+    )
     backend.weights_path = weights
     backend.use_chat_template(template)
     return backend
@@ -444,15 +483,17 @@ def _looks_like_a_path(arg: str) -> bool:
     )
 
 
-def _with_adapter(folder: Path, device: str | None) -> ScratchBackend:
+def _with_adapter(folder: Path, device: str | None, prefix_cache_bytes: int) -> ScratchBackend:
     """``scratch:DIR`` for a LoRA adapter folder: its base (by the spec it records), checked
     against the recorded fingerprint, with the adapter merged in. The backend's weights file is
     the adapter's, so its cache identity is the adapter's, not the base's; ``adapter`` and
     ``adapter_sha256`` say which adapter, as it was when loaded."""
     config = read_adapter_config(folder)
-    base = from_spec(config["base"]["spec"].partition(":")[2], device=device)
+    base = from_spec(config["base"]["spec"].partition(":")[2], device=device, prefix_cache_bytes=0)
     apply_adapter(base.model, folder, config)
-    backend = ScratchBackend(base.model, base.tokenizer, name=f"scratch:{folder}")
+    backend = ScratchBackend(
+        base.model, base.tokenizer, name=f"scratch:{folder}", prefix_cache_bytes=prefix_cache_bytes
+    )
     backend.weights_path = folder / ADAPTER_FILE
     backend.use_chat_template(base.chat_template)
     backend.adapter = folder
