@@ -325,6 +325,23 @@ def perplexity_command(
     show_default=True,
     help="pass@k: seconds each program may run.",
 )
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Items in flight at once (API backends; the SDK retries each request).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out: skip the items its results.jsonl holds.",
+)
+@click.option(
+    "--batch-api",
+    is_flag=True,
+    help="openai: send the items through OpenAI's Batch API (cheaper, up to 24 h).",
+)
 def eval_command(
     file: str,
     data_path: str,
@@ -349,6 +366,9 @@ def eval_command(
     top_p: float | None,
     unsafe_exec: bool,
     exec_timeout: float,
+    concurrency: int,
+    resume: bool,
+    batch_api: bool,
 ) -> None:
     """Evaluate template FILE on a dataset for each shot count; write a report. With
     --metric pass@k (or --samples-file), run code samples in a sandbox and report pass@k."""
@@ -359,6 +379,9 @@ def eval_command(
         unused |= {
             "--shots": shots != "0",
             "--backend (with --samples-file)": samples_file and backend_spec,
+            "--concurrency": concurrency != 1,
+            "--resume": resume,
+            "--batch-api": batch_api,
         }
         eval_pass_at_k(
             file,
@@ -382,11 +405,14 @@ def eval_command(
     from ._demos import Selection
     from ._item_progress import ItemProgress
     from .evaluate import (
+        ResultsLog,
         comparison_line,
         markdown,
         model_calls,
         plan_evaluation,
+        run_batch_evaluation,
         run_evaluation,
+        run_fingerprint,
         write_report,
     )
 
@@ -400,26 +426,59 @@ def eval_command(
         templates, data_path, shots=shot_counts(shots), pool=pool_path, expected_key=expected_key
     )
     name, first = plan.first
-    backend: Backend = with_cache(backend_for(backend_spec, first), not no_cache, cache_size)
-    with ItemProgress(plan.total) as progress:
-        outcome = run_evaluation(
-            plan,
-            backend=backend,
-            select=Selection(select, balanced=balanced),  # type: ignore[arg-type]
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            max_attempts=max_attempts,
-            method=kind,
-            on_item=progress.advance,
-        )
+    if batch_api and (concurrency != 1 or kind == "score"):
+        given = "--concurrency" if concurrency != 1 else "--method score"
+        raise UsageError(f"{given}: the Batch API sends every generation at once; leave it out")
+    backend: Backend = backend_for(backend_spec, first)
+    if not batch_api:
+        backend = with_cache(backend, not no_cache, cache_size)
+    settings: dict[str, Any] = {"shots": list(plan.shots), "expected_key": expected_key}
+    settings |= {"select": select, "balanced": balanced, "method": kind, "max_tokens": max_tokens}
+    settings |= {"temperature": temperature, "top_p": top_p, "max_attempts": max_attempts}
+    files = [str(prompt.source) for prompt in plan.prompts.values()]  # bundled ones resolved
+    fingerprint = run_fingerprint(
+        files, data_path, pool=pool_path, backend=backend, settings=settings
+    )
+    out = Path(out_dir or f"eval-{name}")
+    selection = Selection(select, balanced=balanced)  # type: ignore[arg-type]
+    with (
+        ResultsLog.open(out, fingerprint, total=plan.total, resume=resume) as log,
+        ItemProgress(plan.total - log.count) as progress,
+    ):
+        if batch_api:
+            outcome = run_batch_evaluation(
+                plan,
+                backend=backend,
+                log=log,
+                select=selection,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                max_attempts=max_attempts,
+                on_item=progress.advance,
+            )
+        else:
+            outcome = run_evaluation(
+                plan,
+                backend=backend,
+                select=selection,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                max_attempts=max_attempts,
+                method=kind,
+                on_item=progress.advance,
+                concurrency=concurrency,
+                log=log,
+            )
     written = write_report(
-        Path(out_dir or f"eval-{name}"),
+        out,
         outcome.runs,
         backend=backend.name,
         data=data_path,
         comparisons=outcome.comparisons,
         method=kind,
+        fingerprint=fingerprint,
     )
     for template, reports in outcome.runs.items():
         click.echo(markdown(template, reports))

@@ -21,6 +21,7 @@ without bias (:func:`pass_at_k`, Chen et al. 2021).
 
 from __future__ import annotations
 
+from ._batch_api import BATCHES_FILE, run_batch_evaluation
 from ._code import (
     Candidate,
     PassAtKOptions,
@@ -44,6 +45,7 @@ from ._metrics import compare_runs, mcnemar
 from ._passk import mean_pass_at_k, parse_ks, pass_at_k
 from ._plan import EvalOutcome, EvalPlan, plan_evaluation, run_evaluation
 from ._report import comparison_line, markdown, model_calls, write_report
+from ._resume import RESULTS_FILE, ResultsLog, run_fingerprint
 from ._runs import EvalItem, check_shots, evaluate, load_dataset, pool_from
 from ._sandbox import Execution, Sandbox, SandboxLimits
 from ._schema import (
@@ -59,8 +61,10 @@ from ._schema import (
 )
 
 __all__ = [
+    "BATCHES_FILE",
     "CODEX_STOPS",
     "REPORT_SCHEMA_VERSION",
+    "RESULTS_FILE",
     "AttemptRecord",
     "Candidate",
     "CodeProblem",
@@ -74,6 +78,7 @@ __all__ = [
     "PassAtKReport",
     "ProblemResult",
     "Report",
+    "ResultsLog",
     "SampleRecord",
     "Sandbox",
     "SandboxLimits",
@@ -98,7 +103,9 @@ __all__ = [
     "plan_evaluation",
     "pool_from",
     "program_for",
+    "run_batch_evaluation",
     "run_evaluation",
+    "run_fingerprint",
     "run_pass_at_k",
     "sampling_config",
     "score_candidates",

@@ -6,15 +6,17 @@ See :mod:`promptkit.evaluate` for the dataset format and what is measured.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from .._batch import run_as_completed
 from .._demos import Selection, Strategy
 from .._prompt import Example, Prompt
+from .._runloop import Result
 from ..backends._base import Backend, GenerationConfig
 from ..errors import (
     AttemptRecord as _Attempt,
@@ -86,14 +88,22 @@ def evaluate(
     max_attempts: int = 1,
     on_item: Callable[[], None] | None = None,
     method: Literal["generate", "score"] = "generate",
+    concurrency: int = 1,
+    done: Mapping[tuple[int, int], ItemResult] | None = None,
+    on_result: Callable[[int, ItemResult], None] | None = None,
 ) -> list[ShotReport]:
     """Run ``prompt`` on every item for each shot count; ``on_item`` is called after each run.
 
     ``method="score"`` chooses a label by likelihood (:meth:`Prompt.classify`) instead of
     generating an answer: label output types only, on backends that score.
-    Raises UsageError when a shot count exceeds the pool (or the pool is empty), or for
-    ``score`` on an output type that is not a label set; UnsupportedCapabilityError for
-    ``score`` on a backend that cannot score (before any item runs).
+    ``concurrency`` items run at once (in threads; more than 1 on backends that declare
+    ``concurrent``, i.e. APIs). ``done`` holds results of an earlier run by (shot count, dataset
+    line): those items are not run again. ``on_result(shots, result)`` is called with each new
+    result as it comes (in the calling thread), e.g. to write it down at once.
+    Raises UsageError when a shot count exceeds the pool (or the pool is empty), for
+    ``score`` on an output type that is not a label set, or for ``concurrency`` above 1 on a
+    backend that is not ``concurrent``; UnsupportedCapabilityError for ``score`` on a backend
+    that cannot score (before any item runs).
     """
     if method not in ("generate", "score"):
         raise UsageError(f"method must be 'generate' or 'score', got {method!r}")
@@ -103,21 +113,44 @@ def evaluate(
         backend.require("loglikelihood")
     pool = list(prompt.examples if pool is None else pool)
     check_shots(shots, pool)
-    run = _ItemRun(prompt, backend, select, config, max_attempts, method)
-    demonstrations = _PoolPrompts(prompt, pool)
+    check_concurrency(concurrency, backend)
+    run = ItemRun(prompt, backend, select, config, max_attempts, method)
+    demonstrations = PoolPrompts(prompt, pool)
+    earlier = done or {}
     reports = []
     for count in shots:
-        results = []
-        for item in items:
+        todo = [item for item in items if (count, item.line) not in earlier]
+
+        def one(item: EvalItem, count: int = count) -> ItemResult:
             runner = demonstrations.for_item(item) if count else demonstrations.whole
-            results.append(run(runner, item, min(count, len(runner.examples))))
+            return run(runner, item, min(count, len(runner.examples)))
+
+        def finished(index: int, result: ItemResult, count: int = count) -> None:
+            if on_result is not None:
+                on_result(count, result)
             if on_item is not None:
                 on_item()
-        reports.append(_summary(count, results, records=prompt.output.is_object))
+
+        fresh = run_as_completed(one, todo, concurrency=concurrency, on_done=finished)
+        known = {**earlier, **{(count, result.line): result for result in fresh}}
+        results = [known[(count, item.line)] for item in items]
+        reports.append(summarize(count, results, records=prompt.output.is_object))
     return reports
 
 
-class _PoolPrompts:
+def check_concurrency(concurrency: int, backend: Backend) -> None:
+    """Raise UsageError unless ``concurrency`` is a positive integer, and 1 on a backend that
+    does not declare ``concurrent`` (a local model runs one request at a time)."""
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise UsageError(f"concurrency must be a positive integer, got {concurrency!r}")
+    if concurrency > 1 and not backend.capabilities.concurrent:
+        raise UsageError(
+            f"--concurrency {concurrency}: {backend.name} runs one request at a time; "
+            "concurrency is for API backends (openai:, azure:)"
+        )
+
+
+class PoolPrompts:
     """The prompt with the pool as its examples, less, for an item, the pool examples with the
     item's own input (an item is never its own demonstration); one copy per exclusion."""
 
@@ -136,7 +169,7 @@ class _PoolPrompts:
 
 
 @dataclass(frozen=True)
-class _ItemRun:
+class ItemRun:
     """Runs one item (generating or scoring) and records everything about it."""
 
     prompt: Prompt[Any]
@@ -159,12 +192,21 @@ class _ItemRun:
                 max_attempts=self.max_attempts,
                 select=self.select,
             )
-            return self._record(item, began, result.output, result.text, result.attempts)
-        except OutputValidationError as exc:
+        except PromptkitError as exc:
+            return self.failed(item, began, exc)
+        return self.succeeded(item, began, result)
+
+    def succeeded(self, item: EvalItem, began: float, result: Result[Any]) -> ItemResult:
+        """The record of an item whose answer validated (``began``: its perf_counter start)."""
+        return self._record(item, began, result.output, result.text, result.attempts)
+
+    def failed(self, item: EvalItem, began: float, exc: PromptkitError) -> ItemResult:
+        """The record of an item that failed: every attempt of an OutputValidationError, the
+        one-line message of another error."""
+        if isinstance(exc, OutputValidationError):
             last = exc.attempts[-1].text if exc.attempts else None
             return self._record(item, began, None, last, exc.attempts, valid=False)
-        except PromptkitError as exc:
-            return self._record(item, began, None, None, (), valid=False, error=_one_line(exc))
+        return self._record(item, began, None, None, (), valid=False, error=_one_line(exc))
 
     def _score(self, runner: Prompt[Any], item: EvalItem, shots: int, began: float) -> ItemResult:
         chosen = runner.classify(item.inputs, backend=self.backend, shots=shots, select=self.select)
@@ -229,7 +271,8 @@ class _ItemRun:
         )
 
 
-def _summary(shots: int, results: list[ItemResult], *, records: bool) -> ShotReport:
+def summarize(shots: int, results: list[ItemResult], *, records: bool) -> ShotReport:
+    """One shot count's figures over its items' results (in dataset order)."""
     n = len(results)
     return ShotReport(
         shots=shots,

@@ -1,0 +1,197 @@
+"""OpenAI's Batch API: many requests in one JSONL file, answered within 24 hours at half price.
+
+:class:`OpenAIBatch` (``backend.batch_api()`` of an ``openai:`` backend) writes each request as
+a line whose body is exactly what :meth:`~promptkit.backends.Backend.generate` would send,
+uploads the file (``files``, purpose ``batch``), creates the batch (``batches``), polls it with
+backoff until it ends, and reads back the answers and the errors (the output and error files)
+as promptkit Completions and errors. Every call goes through the backend's error mapping, so a
+failure is a promptkit error (BackendError with ``kind`` and ``retryable``), and the SDK retries
+failed calls as it does for ``generate``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from ..errors import BackendError, PromptkitError, UsageError
+from ._base import BatchAPI, Completion, GenerationConfig, PromptInput
+from ._openai_mapping import scrub, status_error
+
+__all__ = ["FINAL_STATES", "OpenAIBatch"]
+
+FINAL_STATES = ("completed", "expired", "cancelled", "failed")  # a batch that will not change
+COMPLETION_WINDOW = "24h"  # the only window the API offers
+SHOWN_ERRORS = 5  # how many of a failed batch's errors its message quotes
+
+
+class OpenAIBatch(BatchAPI):
+    """One backend's requests through the Batch API (see the module docstring).
+
+    ``poll_s`` is the first wait between polls, multiplied by 1.5 after each up to
+    ``max_poll_s``; :meth:`wait` gives up after ``max_wait_s`` (the 24-hour window and the
+    time to finish it). ``sleep`` waits (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        client: Any,
+        errors: Callable[[], AbstractContextManager[None]],
+        body: Callable[[PromptInput, GenerationConfig], tuple[str, Any]],
+        answer: Callable[[str, Any], Completion],
+        *,
+        poll_s: float = 5.0,
+        max_poll_s: float = 60.0,
+        max_wait_s: float = 26 * 3600.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.name = name
+        self.poll_s = poll_s
+        self.max_poll_s = max_poll_s
+        self.max_wait_s = max_wait_s
+        self._client = client
+        self._errors = errors
+        self._body = body
+        self._answer = answer
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"<OpenAIBatch {self.name!r}>"
+
+    def line(self, custom_id: str, prompt: PromptInput, config: GenerationConfig) -> dict[str, Any]:
+        """One line of a batch's input file: the request :meth:`generate` would send.
+
+        Raises what ``generate`` raises before sending (InputValidationError,
+        UnsupportedCapabilityError).
+        """
+        url, body = self._body(prompt, config)
+        return {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
+
+    def submit(self, lines: Sequence[Mapping[str, Any]], metadata: Mapping[str, str]) -> str:
+        """Upload ``lines`` (from :meth:`line`, one endpoint) as a JSONL file and create a
+        batch of them; returns the batch id.
+
+        Raises UsageError for no lines or lines for two endpoints, BackendError when the
+        service refuses.
+        """
+        endpoints = sorted({str(line["url"]) for line in lines})
+        if len(endpoints) != 1:
+            raise UsageError(f"a batch holds requests for one endpoint, got {endpoints or 'none'}")
+        data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
+        with self._errors():
+            upload = self._client.files.create(
+                file=("promptkit-batch.jsonl", data, "application/jsonl"), purpose="batch"
+            )
+            batch = self._client.batches.create(
+                input_file_id=upload.id,
+                endpoint=endpoints[0],
+                completion_window=COMPLETION_WINDOW,
+                metadata=dict(metadata),
+            )
+        return str(batch.id)
+
+    def wait(self, batch_id: str, on_poll: Callable[[Any], None] | None = None) -> Any:
+        """Poll the batch until it ends (completed, expired or cancelled: each may hold
+        answers), waiting longer between polls; returns the SDK's batch. ``on_poll`` gets the
+        batch after each poll.
+
+        Raises BackendError for a batch that failed (its validation errors quoted), for one
+        still running after ``max_wait_s`` (kind ``timeout``: resume to wait again), and when
+        polling fails.
+        """
+        started = time.monotonic()
+        pause = self.poll_s
+        while True:
+            with self._errors():
+                batch = self._client.batches.retrieve(batch_id)
+            if on_poll is not None:
+                on_poll(batch)
+            if batch.status == "failed":
+                raise BackendError(
+                    f"batch {batch_id} failed: {self._failures(batch)}",
+                    backend=self.name,
+                    kind="bad_request",
+                )
+            if batch.status in FINAL_STATES:
+                return batch
+            if time.monotonic() - started + pause > self.max_wait_s:
+                raise BackendError(
+                    f"batch {batch_id} is still {batch.status} after {self.max_wait_s:.0f} s; "
+                    "run again with --resume to keep waiting for it",
+                    backend=self.name,
+                    retryable=True,
+                    kind="timeout",
+                )
+            self._sleep(pause)
+            pause = min(pause * 1.5, self.max_poll_s)
+
+    def answers(self, batch: Any) -> dict[str, Completion | PromptkitError]:
+        """Each request's answer in an ended batch, by custom id: a Completion, or the promptkit
+        error of a request that failed (an error line, or an answer that cannot be used).
+        Requests with neither (an expired or cancelled batch) are left out.
+
+        Raises BackendError when a file cannot be read or a line is not a batch result.
+        """
+        found: dict[str, Completion | PromptkitError] = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            for custom_id, outcome in self._results(file_id, str(batch.endpoint)):
+                found[custom_id] = outcome
+        return found
+
+    def _results(
+        self, file_id: str | None, endpoint: str
+    ) -> Iterator[tuple[str, Completion | PromptkitError]]:
+        if not file_id:
+            return
+        with self._errors():
+            text = self._client.files.content(file_id).text
+        for number, raw in enumerate(text.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+                custom_id = str(line["custom_id"])
+                response, error = line.get("response"), line.get("error")
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise BackendError(
+                    f"line {number} of the batch file {file_id} is not a batch result ({exc}): "
+                    f"{scrub(raw[:200], ())}",
+                    backend=self.name,
+                    kind="bad_response",
+                ) from None
+            yield custom_id, self._outcome(endpoint, response, error)
+
+    def _outcome(self, endpoint: str, response: Any, error: Any) -> Completion | PromptkitError:
+        """A Completion of a 200 answer; the error of any other line."""
+        status = response.get("status_code") if isinstance(response, dict) else None
+        body = response.get("body") if isinstance(response, dict) else None
+        if status == 200 and not error:
+            try:
+                return self._answer(endpoint, body)
+            except PromptkitError as exc:
+                return exc
+        detail = error if isinstance(error, dict) else None
+        if detail is None and isinstance(body, dict) and isinstance(body.get("error"), dict):
+            detail = body["error"]
+        detail = detail or {}
+        message = scrub(str(detail.get("message") or f"no answer (HTTP {status})"), ())
+        code = detail.get("code")
+        if isinstance(status, int) and status >= 400:
+            return status_error(status, code if isinstance(code, str) else None, message, self.name)
+        kind = code if isinstance(code, str) else "other"
+        expired = kind == "batch_expired"  # the window closed first: sending it again can help
+        return BackendError(message, backend=self.name, kind=kind, retryable=expired)
+
+    @staticmethod
+    def _failures(batch: Any) -> str:
+        errors = (batch.errors.data if batch.errors is not None else None) or []
+        shown = [
+            f"{e.message} (line {e.line})" if e.line else str(e.message)
+            for e in errors[:SHOWN_ERRORS]
+        ]
+        more = f" and {len(errors) - SHOWN_ERRORS} more" if len(errors) > SHOWN_ERRORS else ""
+        return scrub("; ".join(shown) + more, ()) if shown else "the service gave no reason"
