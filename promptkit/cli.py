@@ -430,7 +430,8 @@ def eval_command(
         given = "--concurrency" if concurrency != 1 else "--method score"
         raise UsageError(f"{given}: the Batch API sends every generation at once; leave it out")
     backend: Backend = backend_for(backend_spec, first)
-    if not batch_api:
+    api = backend.batch_api() if batch_api else None  # batches bypass the response cache
+    if api is None:
         backend = with_cache(backend, not no_cache, cache_size)
     settings: dict[str, Any] = {"shots": list(plan.shots), "expected_key": expected_key}
     settings |= {"select": select, "balanced": balanced, "method": kind, "max_tokens": max_tokens}
@@ -445,10 +446,11 @@ def eval_command(
         ResultsLog.open(out, fingerprint, total=plan.total, resume=resume) as log,
         ItemProgress(plan.total - log.count) as progress,
     ):
-        if batch_api:
+        if api is not None:
             outcome = run_batch_evaluation(
                 plan,
                 backend=backend,
+                api=api,
                 log=log,
                 select=selection,
                 max_tokens=max_tokens,

@@ -454,8 +454,9 @@ class Backend:
     def batch_api(self) -> BatchAPI:
         """The provider's batch endpoint for this backend's requests. Raises
         UnsupportedCapabilityError unless the backend declares ``batch_api``."""
-        self.require("batch_api")
-        raise UnsupportedCapabilityError(self.name, "batch_api")
+        raise UnsupportedCapabilityError(
+            self.name, "batch_api", "the Batch API is OpenAI's: use an openai:MODEL backend"
+        )
 
     def close(self) -> None:
         """Release the backend's connections or memory (nothing to do by default)."""

@@ -30,11 +30,12 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import BackendError, ConfigurationError
 from ._base import (
     Backend,
+    BatchAPI,
     Capabilities,
     Completion,
     GenerationConfig,
@@ -50,9 +51,6 @@ from ._openai_mapping import (
     scrub,
     scrubbed_copy,
 )
-
-if TYPE_CHECKING:
-    from ._openai_batch import OpenAIBatch
 
 __all__ = [
     "MIN_SECRET_LENGTH",
@@ -348,11 +346,12 @@ class OpenAIBackend(Backend):
 
     # -- the Batch API ---------------------------------------------------------------------------
 
-    def batch_api(self) -> OpenAIBatch:
+    def batch_api(self) -> BatchAPI:
         """This backend's requests through OpenAI's Batch API (see :class:`OpenAIBatch`)."""
         from ._openai_batch import OpenAIBatch
 
-        self.require("batch_api")
+        if not self.capabilities.batch_api:
+            return super().batch_api()  # raises: Azure deployments are not served
         return OpenAIBatch(
             self.name, self._client, self._sdk_errors, self._request_body, self._batch_answer
         )

@@ -25,6 +25,9 @@ __all__ = ["FINAL_STATES", "OpenAIBatch"]
 
 FINAL_STATES = ("completed", "expired", "cancelled", "failed")  # a batch that will not change
 COMPLETION_WINDOW = "24h"  # the only window the API offers
+FIRST_POLL_S = 5.0  # the first wait between polls; each next one is 1.5 times longer
+MAX_POLL_S = 60.0  # the longest wait between polls
+MAX_WAIT_S = 26 * 3600.0  # the 24-hour window and the time to finish it
 SHOWN_ERRORS = 5  # how many of a failed batch's errors its message quotes
 
 
@@ -32,8 +35,8 @@ class OpenAIBatch(BatchAPI):
     """One backend's requests through the Batch API (see the module docstring).
 
     ``poll_s`` is the first wait between polls, multiplied by 1.5 after each up to
-    ``max_poll_s``; :meth:`wait` gives up after ``max_wait_s`` (the 24-hour window and the
-    time to finish it). ``sleep`` waits (tests pass a fake).
+    ``max_poll_s``; :meth:`wait` gives up after ``max_wait_s``. They default to the module's
+    FIRST_POLL_S, MAX_POLL_S and MAX_WAIT_S.
     """
 
     def __init__(
@@ -44,20 +47,18 @@ class OpenAIBatch(BatchAPI):
         body: Callable[[PromptInput, GenerationConfig], tuple[str, Any]],
         answer: Callable[[str, Any], Completion],
         *,
-        poll_s: float = 5.0,
-        max_poll_s: float = 60.0,
-        max_wait_s: float = 26 * 3600.0,
-        sleep: Callable[[float], None] = time.sleep,
+        poll_s: float | None = None,
+        max_poll_s: float | None = None,
+        max_wait_s: float | None = None,
     ):
         self.name = name
-        self.poll_s = poll_s
-        self.max_poll_s = max_poll_s
-        self.max_wait_s = max_wait_s
+        self.poll_s = FIRST_POLL_S if poll_s is None else poll_s
+        self.max_poll_s = MAX_POLL_S if max_poll_s is None else max_poll_s
+        self.max_wait_s = MAX_WAIT_S if max_wait_s is None else max_wait_s
         self._client = client
         self._errors = errors
         self._body = body
         self._answer = answer
-        self._sleep = sleep
 
     def __repr__(self) -> str:
         return f"<OpenAIBatch {self.name!r}>"
@@ -126,7 +127,7 @@ class OpenAIBatch(BatchAPI):
                     retryable=True,
                     kind="timeout",
                 )
-            self._sleep(pause)
+            time.sleep(pause)
             pause = min(pause * 1.5, self.max_poll_s)
 
     def answers(self, batch: Any) -> dict[str, Completion | PromptkitError]:
@@ -181,6 +182,7 @@ class OpenAIBatch(BatchAPI):
         message = scrub(str(detail.get("message") or f"no answer (HTTP {status})"), ())
         code = detail.get("code")
         if isinstance(status, int) and status >= 400:
+            message = f"Error code: {status} - {message}"  # as the SDK words a direct answer
             return status_error(status, code if isinstance(code, str) else None, message, self.name)
         kind = code if isinstance(code, str) else "other"
         expired = kind == "batch_expired"  # the window closed first: sending it again can help

@@ -24,7 +24,7 @@ from typing import Any
 
 from .._demos import Selection, Strategy
 from .._runloop import RunLoop
-from ..backends._base import Backend
+from ..backends._base import Backend, BatchAPI
 from ..errors import BackendError, ConfigurationError, PromptkitError
 from ._metrics import compare_runs
 from ._plan import EvalOutcome, EvalPlan, plan_config
@@ -52,6 +52,7 @@ def run_batch_evaluation(
     plan: EvalPlan,
     *,
     backend: Backend,
+    api: BatchAPI,
     log: ResultsLog,
     select: Selection | Strategy | None = None,
     max_tokens: int | None = None,
@@ -60,14 +61,14 @@ def run_batch_evaluation(
     max_attempts: int = 1,
     on_item: Callable[[], None] | None = None,
 ) -> EvalOutcome:
-    """:func:`run_evaluation` with the requests sent as batches (see the module docstring);
-    the results go to ``log`` and the batch ids next to it.
+    """:func:`run_evaluation` with ``backend``'s requests sent as batches through ``api``
+    (``backend.batch_api()``; see the module docstring); the results go to ``log`` and the
+    batch ids next to it.
 
-    Raises UnsupportedCapabilityError for a backend without ``batch_api``, what starting a
-    run raises for a bad item before any batch is sent, and BackendError when a batch cannot
-    be sent, fails or is not done in time (a resume waits for it again).
+    Raises what starting a run raises for a bad item before any batch is sent, and
+    BackendError when a batch cannot be sent, fails or is not done in time (a resume waits
+    for it again).
     """
-    api = backend.batch_api()
     record = _BatchRecord(log.path.parent / BATCHES_FILE, fresh=not log.resumed)
     pending: dict[str, _Pending] = {}
     for index, (name, prompt) in enumerate(plan.prompts.items()):

@@ -1,0 +1,186 @@
+"""``eval --batch-api`` and ``--concurrency`` against a fake OpenAI API on a real loopback
+socket (files, batches and chat completions), through the real ``openai`` client."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import promptkit as pk
+from promptkit.cli import cli
+from promptkit.errors import BackendError
+from promptkit.evaluate import BATCHES_FILE, Report
+
+pytest.importorskip("openai")
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytestmark = pytest.mark.timeout(120)
+
+import promptkit.backends._openai_batch as openai_batch  # noqa: E402
+from servers import fake_openai, serve_in_thread  # noqa: E402
+
+KEY = "sk-test-abcdefghijklmnopqrstuvwx"
+ROWS = [{"text": f"review {i}", "expected": "positive" if i % 3 else "negative"} for i in range(6)]
+
+
+def answer(body: dict[str, Any]) -> Any:
+    """Positive for even review numbers; review 1 first gets a word that is not a label (and
+    the right one when re-asked); review 5 is refused by the service."""
+    asked = [m["content"] for m in body["messages"] if m["role"] == "user"]
+    queries = [(i, re.search(r"Review: review (\d+)", text)) for i, text in enumerate(asked)]
+    at, query = [(i, found) for i, found in queries if found][-1]
+    number = int(query.group(1))
+    if number == 5:
+        return 400, {"error": {"message": "this review is refused", "code": None}}
+    if number == 1 and at == len(asked) - 1:  # not re-asked yet
+        return "maybe"
+    return "positive" if number % 2 == 0 else "negative"
+
+
+@pytest.fixture
+def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The fake API's base URL and state, with the CLI's openai backend pointed at it."""
+    monkeypatch.setattr(openai_batch, "FIRST_POLL_S", 0.01)
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    app = fake_openai(answer, delay=0.05)
+    with serve_in_thread(app) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        yield app.state.fake
+
+
+def run_eval(tmp_path: Path, out: str, *extra: str) -> Any:
+    args = ["eval", "sentiment", "--data", str(tmp_path / "data.jsonl"), "--shots", "0,2"]
+    args += ["--backend", "openai:gpt-4o-mini", "--max-attempts", "2", "--no-cache"]
+    return CliRunner().invoke(cli, [*args, "--out", str(tmp_path / out), *extra])
+
+
+def comparable(folder: Path) -> dict[str, Any]:
+    """report.json without timings, and without the fingerprint (the Batch API's may differ
+    from a direct run's only in nothing; checked on its own)."""
+    report = json.loads((folder / "report.json").read_text())
+    for reports in report["templates"].values():
+        for shot in reports:
+            shot.pop("mean_latency_s")
+            for item in shot["results"]:
+                item.pop("latency_s")
+                for attempt in item["attempts"]:
+                    attempt.pop("latency_s")
+    return report
+
+
+def test_the_batch_api_builds_the_report_a_direct_run_builds(tmp_path, api):
+    direct = run_eval(tmp_path, "direct")
+    assert direct.exit_code == 0, direct.output
+    sent_directly = sorted(json.dumps(body, sort_keys=True) for body in api["chat"])
+    api["chat"].clear()
+
+    batched = run_eval(tmp_path, "batched", "--batch-api")
+    assert batched.exit_code == 0, batched.output
+    assert not api["chat"]  # nothing went to the chat endpoint itself
+    assert comparable(tmp_path / "batched") == comparable(tmp_path / "direct")
+
+    first, follow_up = api["uploads"]
+    assert len(first) == len(ROWS) * 2
+    assert {line["url"] for line in first} == {"/v1/chat/completions"}
+    assert [line["custom_id"] for line in follow_up] == ["0-0-2", "0-2-2"]  # review 1 re-asked
+    assert "could not be used" in follow_up[0]["body"]["messages"][-1]["content"]
+    # every line's body is exactly what the backend sends directly
+    batch_bodies = sorted(json.dumps(line["body"], sort_keys=True) for line in first + follow_up)
+    assert batch_bodies == sent_directly
+
+    created = list(api["batches"].values())
+    assert [b["completion_window"] for b in created] == ["24h", "24h"]
+    recorded = json.loads((tmp_path / "batched" / BATCHES_FILE).read_text())
+    assert recorded == {"batches": [b["id"] for b in created]}
+
+    report = Report.model_validate_json((tmp_path / "batched" / "report.json").read_text())
+    items = {r.line: r for r in report.templates["sentiment"][0].results}
+    assert [a.text for a in items[2].attempts] == ["maybe", "negative"]
+    assert items[2].valid and items[2].requests == 2
+    assert not items[6].valid
+    assert items[6].error == (
+        "openai:gpt-4o-mini: the request was refused: Error code: 400 - this review is refused"
+    )
+
+
+def test_a_batch_run_stopped_while_waiting_resumes_its_recorded_batch(tmp_path, api, monkeypatch):
+    monkeypatch.setattr(openai_batch, "MAX_WAIT_S", 0.0)
+    stopped = run_eval(tmp_path, "out", "--batch-api")
+    assert stopped.exit_code == 4
+    assert "is still in_progress after 0 s; run again with --resume" in stopped.output
+    recorded = json.loads((tmp_path / "out" / BATCHES_FILE).read_text())["batches"]
+    assert len(recorded) == 1 and len(api["uploads"]) == 1
+
+    monkeypatch.setattr(openai_batch, "MAX_WAIT_S", 60.0)
+    resumed = run_eval(tmp_path, "out", "--batch-api", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert len(api["uploads"]) == 2  # the first batch was waited for, not sent again
+    assert json.loads((tmp_path / "out" / BATCHES_FILE).read_text())["batches"][0] == recorded[0]
+    direct = run_eval(tmp_path, "direct")
+    assert direct.exit_code == 0, direct.output
+    assert comparable(tmp_path / "out") == comparable(tmp_path / "direct")
+
+
+def test_a_resume_without_the_batch_api_continues_a_batch_runs_results(tmp_path, api):
+    batched = run_eval(tmp_path, "out", "--batch-api")
+    assert batched.exit_code == 0, batched.output
+    calls = len(api["chat"])
+    resumed = run_eval(tmp_path, "out", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert len(api["chat"]) == calls  # every item was already done
+
+
+def test_concurrency_runs_requests_at_once_within_its_bound(tmp_path, api):
+    one = run_eval(tmp_path, "one")
+    assert one.exit_code == 0, one.output
+    assert api["most_in_flight"] == 1
+    four = run_eval(tmp_path, "four", "--concurrency", "4")
+    assert four.exit_code == 0, four.output
+    assert 2 <= api["most_in_flight"] <= 4
+    assert comparable(tmp_path / "four") == comparable(tmp_path / "one")
+
+
+def test_batch_api_needs_an_openai_backend_and_no_concurrency(tmp_path, api):
+    scripted = CliRunner().invoke(
+        cli,
+        ["eval", "sentiment", "--data", str(tmp_path / "data.jsonl"), "--backend", "scripted"]
+        + ["--batch-api", "--out", str(tmp_path / "s")],
+    )
+    assert scripted.exit_code == 2
+    assert "does not support batch_api; the Batch API is OpenAI's" in scripted.output
+    both = run_eval(tmp_path, "out", "--batch-api", "--concurrency", "2")
+    assert both.exit_code == 2 and "--concurrency: the Batch API" in both.output
+
+
+def test_polling_backs_off_and_gives_up_after_its_limit(api):
+    backend = pk.get_backend("openai:gpt-4o-mini")
+    batch = backend.batch_api()
+    line = batch.line(
+        "a", [{"role": "user", "content": "Review: review 2"}], pk.backends.GenerationConfig()
+    )
+    batch_id = batch.submit([line], {"promptkit": "test"})
+    batch.poll_s, batch.max_poll_s, batch.max_wait_s = 0.01, 0.02, 0.25
+    api["batches"][batch_id]["polls"] = -1000  # it will not finish in time
+    with pytest.raises(BackendError) as caught:
+        batch.wait(batch_id)
+    assert caught.value.kind == "timeout" and caught.value.retryable
+    assert f"batch {batch_id} is still in_progress after 0 s" in str(caught.value)
+    polls = api["batches"][batch_id]["polls"] + 1000
+    assert 5 <= polls <= 25  # waits of 0.01, 0.015, 0.02, 0.02, ... within 0.25 s
+    api["batches"][batch_id]["polls"] = 10
+    answers = batch.answers(batch.wait(batch_id))
+    assert answers["a"].text == "positive" and answers["a"].usage.prompt_tokens == 5
+
+
+def test_batch_lines_never_carry_the_key(tmp_path, api):
+    batched = run_eval(tmp_path, "out", "--batch-api")
+    assert batched.exit_code == 0, batched.output
+    for name in ("results.jsonl", "report.json", BATCHES_FILE):
+        assert KEY not in (tmp_path / "out" / name).read_text()
+    assert KEY not in json.dumps(api["uploads"])
