@@ -21,8 +21,9 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytestmark = pytest.mark.timeout(120)
 
-import promptkit.backends._openai_batch as openai_batch  # noqa: E402
 from servers import fake_openai, serve_in_thread  # noqa: E402
+
+import promptkit.backends._openai_batch as openai_batch  # noqa: E402
 
 KEY = "sk-test-abcdefghijklmnopqrstuvwx"
 ROWS = [{"text": f"review {i}", "expected": "positive" if i % 3 else "negative"} for i in range(6)]
@@ -147,11 +148,8 @@ def test_concurrency_runs_requests_at_once_within_its_bound(tmp_path, api):
 
 
 def test_batch_api_needs_an_openai_backend_and_no_concurrency(tmp_path, api):
-    scripted = CliRunner().invoke(
-        cli,
-        ["eval", "sentiment", "--data", str(tmp_path / "data.jsonl"), "--backend", "scripted"]
-        + ["--batch-api", "--out", str(tmp_path / "s")],
-    )
+    args = ["eval", "sentiment", "--data", str(tmp_path / "data.jsonl"), "--backend", "scripted"]
+    scripted = CliRunner().invoke(cli, [*args, "--batch-api", "--out", str(tmp_path / "s")])
     assert scripted.exit_code == 2
     assert "does not support batch_api; the Batch API is OpenAI's" in scripted.output
     both = run_eval(tmp_path, "out", "--batch-api", "--concurrency", "2")
