@@ -335,7 +335,8 @@ def perplexity_command(
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue the run in --out: skip the items its results.jsonl holds.",
+    help="Continue the run in --out: skip the items its results.jsonl holds (those that "
+    "failed with a backend error run again).",
 )
 @click.option(
     "--batch-api",

@@ -98,7 +98,7 @@ def test_the_batch_api_builds_the_report_a_direct_run_builds(tmp_path, api):
     created = list(api["batches"].values())
     assert [b["completion_window"] for b in created] == ["24h", "24h"]
     recorded = json.loads((tmp_path / "batched" / BATCHES_FILE).read_text())
-    assert recorded == {"batches": [b["id"] for b in created]}
+    assert recorded == {"rounds": [{"/v1/chat/completions": b["id"]} for b in created]}
 
     report = Report.model_validate_json((tmp_path / "batched" / "report.json").read_text())
     items = {r.line: r for r in report.templates["sentiment"][0].results}
@@ -115,26 +115,27 @@ def test_a_batch_run_stopped_while_waiting_resumes_its_recorded_batch(tmp_path, 
     stopped = run_eval(tmp_path, "out", "--batch-api")
     assert stopped.exit_code == 4
     assert "is still in_progress after 0 s; run again with --resume" in stopped.output
-    recorded = json.loads((tmp_path / "out" / BATCHES_FILE).read_text())["batches"]
+    recorded = json.loads((tmp_path / "out" / BATCHES_FILE).read_text())["rounds"]
     assert len(recorded) == 1 and len(api["uploads"]) == 1
 
     monkeypatch.setattr(openai_batch, "MAX_WAIT_S", 60.0)
     resumed = run_eval(tmp_path, "out", "--batch-api", "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert len(api["uploads"]) == 2  # the first batch was waited for, not sent again
-    assert json.loads((tmp_path / "out" / BATCHES_FILE).read_text())["batches"][0] == recorded[0]
+    assert json.loads((tmp_path / "out" / BATCHES_FILE).read_text())["rounds"][0] == recorded[0]
     direct = run_eval(tmp_path, "direct")
     assert direct.exit_code == 0, direct.output
     assert comparable(tmp_path / "out") == comparable(tmp_path / "direct")
 
 
-def test_a_resume_without_the_batch_api_continues_a_batch_runs_results(tmp_path, api):
+def test_a_resume_without_the_batch_api_asks_again_only_what_the_service_refused(tmp_path, api):
     batched = run_eval(tmp_path, "out", "--batch-api")
     assert batched.exit_code == 0, batched.output
-    calls = len(api["chat"])
+    assert not api["chat"]
     resumed = run_eval(tmp_path, "out", "--resume")
     assert resumed.exit_code == 0, resumed.output
-    assert len(api["chat"]) == calls  # every item was already done
+    asked = [body["messages"][-1]["content"] for body in api["chat"]]
+    assert asked == ["Review: review 5\nSentiment:"] * 2  # the refused item, at 0 and 2 shots
 
 
 def test_concurrency_runs_requests_at_once_within_its_bound(tmp_path, api):

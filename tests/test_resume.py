@@ -16,7 +16,7 @@ from promptkit._batch import run_as_completed
 from promptkit.backends import ScriptedBackend
 from promptkit.backends._scripted import Request
 from promptkit.cli import cli
-from promptkit.errors import UsageError
+from promptkit.errors import BackendError, UsageError
 from promptkit.evaluate import RESULTS_FILE, Report
 
 ROWS = [{"text": f"review {i}", "expected": "positive" if i % 3 else "negative"} for i in range(8)]
@@ -106,7 +106,8 @@ def test_a_line_cut_short_by_a_kill_is_dropped_and_its_item_run_again(project):
     resumed = CliRunner().invoke(cli, eval_args(project, "out", "--resume"))
     assert resumed.exit_code == 0, resumed.output
     assert len(rest.requests) == TOTAL - 3
-    assert len(results.read_text().splitlines()) == 1 + TOTAL
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(lines) == 1 + TOTAL and all("result" in line for line in lines[1:])
 
 
 @pytest.mark.parametrize(
@@ -198,3 +199,19 @@ def test_run_as_completed_stops_at_an_interrupt_and_runs_nothing_more():
     assert ordered == list(range(20)) and sorted(seen) == list(range(20))
     with pytest.raises(UsageError, match="concurrency must be a positive integer"):
         run_as_completed(call, [1], concurrency=0, on_done=on_done)
+
+
+def test_resume_runs_again_the_items_that_failed_with_a_backend_error(project):
+    failing = BackendError("rate limited", backend="scripted:judge", retryable=True)
+    project["backend"] = scripted([judge, failing] + [judge] * (TOTAL - 2))
+    first = CliRunner().invoke(cli, eval_args(project, "out"))
+    assert first.exit_code == 0, first.output
+    report = Report.model_validate_json((project["tmp"] / "out" / "report.json").read_text())
+    assert report.templates["sentiment"][0].errors == ["line 2: scripted:judge: rate limited"]
+    project["backend"] = again = scripted([judge] * TOTAL)
+    resumed = CliRunner().invoke(cli, eval_args(project, "out", "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    assert len(again.requests) == 1
+    report = Report.model_validate_json((project["tmp"] / "out" / "report.json").read_text())
+    assert report.templates["sentiment"][0].errors == []
+    assert report.templates["sentiment"][0].results[1].prediction == "negative"

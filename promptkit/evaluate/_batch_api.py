@@ -8,9 +8,10 @@ those requests make a follow-up batch, until every item has its answer or has us
 ``max_attempts``. An item whose request failed (an error line, an expired batch) keeps the
 error in its result, as in a direct run.
 
-Batch ids are kept in ``DIR/batches.json`` as each batch is created, so a run stopped while it
-waits continues with ``--resume``: the loops are started again (their requests are the same)
-and the recorded batches are waited for and read instead of being sent again.
+Batch ids are kept in ``DIR/batches.json`` as each batch is created (per round, one batch per
+endpoint), so a run stopped while it waits continues with ``--resume``: the loops are started
+again (their requests are the same) and the recorded batches are waited for and read instead of
+being sent again. The answers do not go through the response cache.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from typing import Any
 
 from .._demos import Selection, Strategy
 from .._runloop import RunLoop
-from ..backends._base import Backend, BatchAPI
-from ..errors import BackendError, ConfigurationError, PromptkitError
+from ..backends._base import Backend, BatchAPI, Completion
+from ..errors import BackendError, ConfigurationError, OutputValidationError, PromptkitError
 from ._metrics import compare_runs
 from ._plan import EvalOutcome, EvalPlan, plan_config
 from ._resume import ResultsLog
 from ._runs import EvalItem, ItemRun, PoolPrompts, summarize
+from ._schema import ItemResult
 
 __all__ = ["BATCHES_FILE", "run_batch_evaluation"]
 
@@ -46,6 +48,10 @@ class _Pending:
     loop: RunLoop[Any]
     run: ItemRun
     began: float
+
+    def failed(self, exc: PromptkitError) -> ItemResult:
+        """The item's record after ``exc``."""
+        return self.run.failed(self.item, self.began, exc)
 
 
 def run_batch_evaluation(
@@ -71,6 +77,12 @@ def run_batch_evaluation(
     """
     record = _BatchRecord(log.path.parent / BATCHES_FILE, fresh=not log.resumed)
     pending: dict[str, _Pending] = {}
+
+    def finish(template: str, shots: int, result: ItemResult) -> None:
+        log.write(template, shots, result)
+        if on_item is not None:
+            on_item()
+
     for index, (name, prompt) in enumerate(plan.prompts.items()):
         config = plan_config(prompt, max_tokens, temperature, top_p)
         run = ItemRun(prompt, backend, select, config, max_attempts, "generate")
@@ -80,49 +92,59 @@ def run_batch_evaluation(
             for item in plan.items[name]:
                 if (count, item.line) in done:
                     continue
-                runner = demonstrations.for_item(item) if count else demonstrations.whole
-                loop = runner.start(
-                    item.inputs,
-                    backend=backend,
-                    shots=min(count, len(runner.examples)),
-                    max_attempts=max_attempts,
-                    config=config,
-                    select=select,
-                )
+                key = f"{index}-{count}-{item.line}"
                 began = time.perf_counter()
-                pending[f"{index}-{count}-{item.line}"] = _Pending(
-                    name, count, item, loop, run, began
-                )
+                runner = demonstrations.for_item(item) if count else demonstrations.whole
+                try:
+                    loop = runner.start(
+                        item.inputs,
+                        backend=backend,
+                        shots=min(count, len(runner.examples)),
+                        max_attempts=max_attempts,
+                        config=config,
+                        select=select,
+                    )
+                except PromptkitError as exc:  # e.g. a prompt too long for the model
+                    finish(name, count, run.failed(item, began, exc))
+                    continue
+                pending[key] = _Pending(name, count, item, loop, run, began)
     rounds = 0
     while pending:
-        requests = {key: p.loop.next_request() for key, p in pending.items()}
-        batch_id = record.batch(rounds)
-        if batch_id is None:
-            lines = [api.line(key, r.prompt, r.config) for key, r in requests.items()]
-            batch_id = api.submit(lines, {"promptkit": f"eval round {rounds + 1}"})
-            record.add(batch_id)
-        answers = api.answers(api.wait(batch_id))
-        for key in list(pending):
-            waiting = pending[key]
+        groups: dict[str, list[dict[str, Any]]] = {}  # a batch serves one endpoint
+        for key, waiting in list(pending.items()):
+            request = waiting.loop.next_request()
+            try:
+                line = api.line(key, request.prompt, request.config)
+            except PromptkitError as exc:  # a request the backend would refuse to send
+                finish(waiting.template, waiting.shots, waiting.failed(exc))
+                del pending[key]
+                continue
+            groups.setdefault(str(line["url"]), []).append(line)
+        for endpoint, lines in groups.items():
+            if record.batch(rounds, endpoint) is None:
+                batch_id = api.submit(lines, {"promptkit": f"eval round {rounds + 1}"})
+                record.add(rounds, endpoint, batch_id)
+        answers: dict[str, Completion | PromptkitError] = {}
+        for endpoint in groups:
+            answers |= api.answers(api.wait(str(record.batch(rounds, endpoint))))
+        for key, waiting in list(pending.items()):
             answer = answers.get(key) or BackendError(
-                f"batch {batch_id} holds no answer for this item",
+                f"round {rounds + 1}'s batch holds no answer for this item (see {BATCHES_FILE})",
                 backend=backend.name,
                 kind="bad_response",
             )
-            result = None
             try:
                 if isinstance(answer, PromptkitError):
-                    raise answer
-                accepted = waiting.loop.accept(answer)
-                if accepted is None:
-                    continue  # re-asked in the next batch
-                result = waiting.run.succeeded(waiting.item, waiting.began, accepted)
-            except PromptkitError as exc:  # OutputValidationError keeps every attempt
-                result = waiting.run.failed(waiting.item, waiting.began, exc)
-            log.write(waiting.template, waiting.shots, result)
+                    result = waiting.failed(answer)
+                else:
+                    accepted = waiting.loop.accept(answer)
+                    if accepted is None:
+                        continue  # re-asked in the next round's batch
+                    result = waiting.run.succeeded(waiting.item, waiting.began, accepted)
+            except OutputValidationError as exc:  # no attempts left; it keeps every one
+                result = waiting.failed(exc)
+            finish(waiting.template, waiting.shots, result)
             del pending[key]
-            if on_item is not None:
-                on_item()
         rounds += 1
     runs = {
         name: [
@@ -139,31 +161,33 @@ def run_batch_evaluation(
 
 
 class _BatchRecord:
-    """``batches.json``: the id of each batch of the run, in the order they were sent, written
-    as soon as a batch exists."""
+    """``batches.json``: per round (the first batch, then each follow-up), the batch sent to
+    each endpoint, written as soon as the batch exists."""
 
     def __init__(self, path: Path, *, fresh: bool):
         self._path = path
-        self._ids: list[str] = []
+        self._rounds: list[dict[str, str]] = []
         if fresh:
             path.unlink(missing_ok=True)
         elif path.is_file():
             try:
-                ids = json.loads(path.read_text(encoding="utf-8"))["batches"]
-                self._ids = [str(i) for i in ids]
-            except (ValueError, KeyError, TypeError) as exc:
+                rounds = json.loads(path.read_text(encoding="utf-8"))["rounds"]
+                self._rounds = [{str(k): str(v) for k, v in r.items()} for r in rounds]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise ConfigurationError(
                     f"{path}: not a record of batch ids ({exc}); remove it to send the "
                     "pending items again"
                 ) from None
 
-    def batch(self, round_: int) -> str | None:
-        """The id of the batch sent in round ``round_`` (0: the first), if one was."""
-        return self._ids[round_] if round_ < len(self._ids) else None
+    def batch(self, round_: int, endpoint: str) -> str | None:
+        """The id of the batch sent to ``endpoint`` in round ``round_`` (0: the first)."""
+        return self._rounds[round_].get(endpoint) if round_ < len(self._rounds) else None
 
-    def add(self, batch_id: str) -> None:
-        """Record the next round's batch."""
-        self._ids.append(batch_id)
+    def add(self, round_: int, endpoint: str, batch_id: str) -> None:
+        """Record a batch the moment it exists."""
+        while len(self._rounds) <= round_:
+            self._rounds.append({})
+        self._rounds[round_][endpoint] = batch_id
         partial = self._path.with_suffix(".partial")
-        partial.write_text(json.dumps({"batches": self._ids}) + "\n", encoding="utf-8")
+        partial.write_text(json.dumps({"rounds": self._rounds}) + "\n", encoding="utf-8")
         partial.replace(self._path)

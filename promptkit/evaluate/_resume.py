@@ -3,7 +3,9 @@
 ``DIR/results.jsonl`` starts with a header line (the run's fingerprint and how many item runs
 it holds), then gets one line per finished item run (template, shot count, the item's
 :class:`ItemResult`), appended and flushed as each finishes: a run that is killed loses at most
-the items in flight. Resuming reads the lines back, skips those items and appends the rest.
+the items in flight. Resuming reads the lines back, skips those items and appends the rest;
+an item that failed outside validation (the backend's error: a rate limit, an expired batch)
+is run again, and its latest line counts.
 
 The fingerprint is what decides the answers: a digest of each template file, of the dataset and
 of the pool file, the backend (its name and a digest of its identity: model, base URL, ...;
@@ -138,7 +140,11 @@ class ResultsLog:
                 )
             with path.open("r+b") as raw:  # drop a line cut short when the run was killed
                 raw.truncate(kept)
-            return cls(path, path.open("a", encoding="utf-8"), done, resumed=True)
+            answered = {
+                template: {key: result for key, result in results.items() if result.error is None}
+                for template, results in done.items()
+            }
+            return cls(path, path.open("a", encoding="utf-8"), answered, resumed=True)
         if path.is_file():
             header, done, _ = _read(path)
             held = sum(len(results) for results in done.values())
