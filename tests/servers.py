@@ -159,7 +159,8 @@ def fake_openai(answer, *, delay: float = 0.0, polls_to_finish: int = 2):
 
     ``answer(body)`` decides each chat request's reply from its body: a string (the answer's
     text) or ``(status, error JSON)``; it serves direct requests and every line of a batch.
-    Direct requests wait ``delay`` seconds (without blocking others). A batch stays
+    Direct requests wait ``delay`` seconds (without blocking others); set ``refuse_next`` in
+    ``app.state.fake`` to answer that many of them with a 429 first. A batch stays
     ``validating``, then ``in_progress`` for ``polls_to_finish`` retrievals, then completes:
     answers in its output file, errors in its error file. ``app.state.fake`` records the
     direct request bodies (``chat``), the most requests in flight at once (``most_in_flight``),
@@ -176,6 +177,7 @@ def fake_openai(answer, *, delay: float = 0.0, polls_to_finish: int = 2):
 
     fake: dict[str, Any] = {
         "chat": [],
+        "refuse_next": 0,
         "in_flight": 0,
         "most_in_flight": 0,
         "uploads": [],
@@ -190,6 +192,10 @@ def fake_openai(answer, *, delay: float = 0.0, polls_to_finish: int = 2):
 
     async def chat(request):
         body = await request.json()
+        if fake["refuse_next"] > 0:  # a rate limit the SDK waits out and retries
+            fake["refuse_next"] -= 1
+            limited = {"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}}
+            return JSONResponse(limited, status_code=429, headers={"retry-after-ms": "10"})
         fake["chat"].append(body)
         fake["in_flight"] += 1
         fake["most_in_flight"] = max(fake["most_in_flight"], fake["in_flight"])

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import promptkit as pk
+from promptkit.backends import GenerationConfig
 from promptkit.cli import cli
 from promptkit.errors import BackendError
 from promptkit.evaluate import BATCHES_FILE, Report
@@ -142,9 +143,10 @@ def test_concurrency_runs_requests_at_once_within_its_bound(tmp_path, api):
     one = run_eval(tmp_path, "one")
     assert one.exit_code == 0, one.output
     assert api["most_in_flight"] == 1
+    api["refuse_next"] = 2  # rate limited at first: the SDK retries those requests
     four = run_eval(tmp_path, "four", "--concurrency", "4")
     assert four.exit_code == 0, four.output
-    assert 2 <= api["most_in_flight"] <= 4
+    assert api["refuse_next"] == 0 and 2 <= api["most_in_flight"] <= 4
     assert comparable(tmp_path / "four") == comparable(tmp_path / "one")
 
 
@@ -160,9 +162,7 @@ def test_batch_api_needs_an_openai_backend_and_no_concurrency(tmp_path, api):
 def test_polling_backs_off_and_gives_up_after_its_limit(api):
     backend = pk.get_backend("openai:gpt-4o-mini")
     batch = backend.batch_api()
-    line = batch.line(
-        "a", [{"role": "user", "content": "Review: review 2"}], pk.backends.GenerationConfig()
-    )
+    line = batch.line("a", [{"role": "user", "content": "Review: review 2"}], GenerationConfig())
     batch_id = batch.submit([line], {"promptkit": "test"})
     batch.poll_s, batch.max_poll_s, batch.max_wait_s = 0.01, 0.02, 0.25
     api["batches"][batch_id]["polls"] = -1000  # it will not finish in time
@@ -183,3 +183,25 @@ def test_batch_lines_never_carry_the_key(tmp_path, api):
     for name in ("results.jsonl", "report.json", BATCHES_FILE):
         assert KEY not in (tmp_path / "out" / name).read_text()
     assert KEY not in json.dumps(api["uploads"])
+
+
+def test_a_failed_batch_and_a_malformed_result_line_are_typed_errors(api):
+    batch = pk.get_backend("openai:gpt-4o-mini").batch_api()
+    line = batch.line("a", [{"role": "user", "content": "Review: review 2"}], GenerationConfig())
+    batch_id = batch.submit([line], {"promptkit": "test"})
+    state = api["batches"][batch_id]
+    state["status"] = "failed"
+    state["errors"] = {
+        "object": "list",
+        "data": [{"code": "invalid_json_line", "message": "This line is not JSON", "line": 3}],
+    }
+    with pytest.raises(BackendError) as caught:
+        batch.wait(batch_id)
+    assert f"batch {batch_id} failed: This line is not JSON (line 3)" in str(caught.value)
+    state["status"], state["errors"] = "completed", None
+    state["output_file_id"] = "file-broken"
+    api["files"]["file-broken"] = b'{"custom_id": "a", "response": {"status_code": 200}}\n[1]\n'
+    with pytest.raises(BackendError) as caught:
+        batch.answers(batch.wait(batch_id))
+    assert caught.value.kind == "bad_response"
+    assert "line 2 of the batch file file-broken is not a batch result" in str(caught.value)
