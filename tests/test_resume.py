@@ -215,3 +215,14 @@ def test_resume_runs_again_the_items_that_failed_with_a_backend_error(project):
     report = Report.model_validate_json((project["tmp"] / "out" / "report.json").read_text())
     assert report.templates["sentiment"][0].errors == []
     assert report.templates["sentiment"][0].results[1].prediction == "negative"
+
+
+def test_pass_at_k_takes_none_of_the_long_run_options(tmp_path):
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("")
+    for option in (["--resume"], ["--concurrency", "2"], ["--batch-api"]):
+        refused = CliRunner().invoke(
+            cli, ["eval", "code_completion", "--data", str(problems), "--metric", "pass@k", *option]
+        )
+        assert refused.exit_code == 2
+        assert f"pass@k does not use {option[0]}" in refused.output

@@ -11,7 +11,10 @@ and every item's inputs, prediction, raw text and attempts. Two templates on the
 compared with McNemar's exact test on the items each got right (paired: the same items, the
 same backend); :func:`plan_evaluation` and :func:`run_evaluation` are the ``eval`` command's
 steps. ``report.json`` is a :class:`Report` (``schema_version`` "1"): read one back
-with ``Report.model_validate_json(path.read_text())``.
+with ``Report.model_validate_json(path.read_text())``. A run writes each item's result as it
+finishes (:class:`ResultsLog`, ``results.jsonl``) and can be resumed when its fingerprint
+(:func:`run_fingerprint`) matches; API backends run items concurrently, and
+:func:`run_batch_evaluation` sends them through OpenAI's Batch API instead.
 
 Code templates are measured by pass@k instead (:func:`run_pass_at_k`): completions generated
 (or read from a samples file) for HumanEval-format problems run against each problem's tests in
