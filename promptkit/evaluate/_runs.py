@@ -119,10 +119,14 @@ def evaluate(
     earlier = done or {}
     reports = []
     for count in shots:
-        todo = [item for item in items if (count, item.line) not in earlier]
+        todo = [  # each item's prompt is chosen here, in one thread
+            (demonstrations.for_item(item) if count else demonstrations.whole, item)
+            for item in items
+            if (count, item.line) not in earlier
+        ]
 
-        def one(item: EvalItem, count: int = count) -> ItemResult:
-            runner = demonstrations.for_item(item) if count else demonstrations.whole
+        def one(job: tuple[Prompt[Any], EvalItem], count: int = count) -> ItemResult:
+            runner, item = job
             return run(runner, item, min(count, len(runner.examples)))
 
         def finished(index: int, result: ItemResult, count: int = count) -> None:
