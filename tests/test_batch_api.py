@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import promptkit as pk
 from promptkit.backends import GenerationConfig
 from promptkit.cli import cli
-from promptkit.errors import BackendError
+from promptkit.errors import BackendError, UnsupportedCapabilityError, UsageError
 from promptkit.evaluate import BATCHES_FILE, Report
 
 pytest.importorskip("openai")
@@ -99,7 +99,7 @@ def test_the_batch_api_builds_the_report_a_direct_run_builds(tmp_path, api):
     created = list(api["batches"].values())
     assert [b["completion_window"] for b in created] == ["24h", "24h"]
     recorded = json.loads((tmp_path / "batched" / BATCHES_FILE).read_text())
-    assert recorded == {"rounds": [{"/v1/chat/completions": b["id"]} for b in created]}
+    assert recorded == {"rounds": [{"/v1/chat/completions #1": b["id"]} for b in created]}
 
     report = Report.model_validate_json((tmp_path / "batched" / "report.json").read_text())
     items = {r.line: r for r in report.templates["sentiment"][0].results}
@@ -205,3 +205,32 @@ def test_a_failed_batch_and_a_malformed_result_line_are_typed_errors(api):
         batch.answers(batch.wait(batch_id))
     assert caught.value.kind == "bad_response"
     assert "line 2 of the batch file file-broken is not a batch result" in str(caught.value)
+
+
+def test_a_round_larger_than_a_batch_may_be_is_split(tmp_path, api, monkeypatch):
+    monkeypatch.setattr(openai_batch.OpenAIBatch, "max_requests", 5)
+    batched = run_eval(tmp_path, "batched", "--batch-api")
+    assert batched.exit_code == 0, batched.output
+    assert [len(lines) for lines in api["uploads"]] == [5, 5, 2, 2]  # 12 lines, then re-asks
+    rounds = json.loads((tmp_path / "batched" / BATCHES_FILE).read_text())["rounds"]
+    assert [sorted(r) for r in rounds] == [
+        ["/v1/chat/completions #1", "/v1/chat/completions #2", "/v1/chat/completions #3"],
+        ["/v1/chat/completions #1"],
+    ]
+    direct = run_eval(tmp_path, "direct")
+    assert direct.exit_code == 0, direct.output
+    assert comparable(tmp_path / "batched") == comparable(tmp_path / "direct")
+    batch = pk.get_backend("openai:gpt-4o-mini").batch_api()
+    line = batch.line("a", [{"role": "user", "content": "hi"}], GenerationConfig())
+    with pytest.raises(UsageError, match=r"at most 5 requests in \d+ bytes \(max_requests"):
+        batch.submit([line] * 6, {})
+
+
+def test_azure_deployments_have_no_batch_api():
+    from promptkit.backends._openai import azure_from_spec
+
+    backend = azure_from_spec(
+        "dep", endpoint="https://x.openai.azure.com", api_key="k" * 20, api_version="2024-06-01"
+    )
+    with pytest.raises(UnsupportedCapabilityError, match="use an openai:MODEL backend"):
+        backend.batch_api()

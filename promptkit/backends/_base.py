@@ -58,6 +58,7 @@ __all__ = [
     "TokenLogprob",
     "Usage",
     "cut_at_stop",
+    "encode_line",
     "messages_to_text",
 ]
 
@@ -259,11 +260,16 @@ def check_messages(messages: Sequence[Any]) -> list[Message]:
 
 class BatchAPI(abc.ABC):
     """A provider's batch endpoint (:meth:`Backend.batch_api`): requests written as lines,
-    sent together, answered later."""
+    sent together, answered later; one batch holds at most ``max_requests`` lines of
+    ``max_bytes`` (as :func:`encode_line` writes them)."""
+
+    max_requests: int
+    max_bytes: int
 
     @abc.abstractmethod
     def line(self, custom_id: str, prompt: PromptInput, config: GenerationConfig) -> dict[str, Any]:
-        """One request as a line of the batch's file: exactly what ``generate`` would send."""
+        """One request as a line of the batch's file: exactly what ``generate`` would send,
+        under ``body``, with its endpoint under ``url`` (a batch serves one endpoint)."""
 
     @abc.abstractmethod
     def submit(self, lines: Sequence[Mapping[str, Any]], metadata: Mapping[str, str]) -> str:
@@ -276,6 +282,11 @@ class BatchAPI(abc.ABC):
     @abc.abstractmethod
     def answers(self, batch: Any) -> dict[str, Completion | PromptkitError]:
         """Each request's answer (or the error it got) in an ended batch, by custom id."""
+
+
+def encode_line(line: Mapping[str, Any]) -> bytes:
+    """One line of a batch's JSONL file, as it is uploaded."""
+    return (json.dumps(line, ensure_ascii=False) + "\n").encode()
 
 
 class Backend:

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from ..errors import BackendError, PromptkitError, UsageError
-from ._base import BatchAPI, Completion, GenerationConfig, PromptInput
+from ._base import BatchAPI, Completion, GenerationConfig, PromptInput, encode_line
 from ._openai_mapping import scrub, status_error
 
 __all__ = ["FINAL_STATES", "OpenAIBatch"]
@@ -32,7 +32,8 @@ SHOWN_ERRORS = 5  # how many of a failed batch's errors its message quotes
 
 
 class OpenAIBatch(BatchAPI):
-    """One backend's requests through the Batch API (see the module docstring).
+    """One backend's requests through the Batch API (see the module docstring): at most
+    50,000 requests and 200 MB a batch.
 
     ``poll_s`` is the first wait between polls, multiplied by 1.5 after each up to
     ``max_poll_s``; :meth:`wait` gives up after ``max_wait_s``. They default to the module's
@@ -60,6 +61,9 @@ class OpenAIBatch(BatchAPI):
         self._body = body
         self._answer = answer
 
+    max_requests = 50_000
+    max_bytes = 200 * 1024 * 1024
+
     def __repr__(self) -> str:
         return f"<OpenAIBatch {self.name!r}>"
 
@@ -82,7 +86,12 @@ class OpenAIBatch(BatchAPI):
         endpoints = sorted({str(line["url"]) for line in lines})
         if len(endpoints) != 1:
             raise UsageError(f"a batch holds requests for one endpoint, got {endpoints or 'none'}")
-        data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
+        data = b"".join(encode_line(line) for line in lines)
+        if len(lines) > self.max_requests or len(data) > self.max_bytes:
+            raise UsageError(
+                f"a batch holds at most {self.max_requests} requests in {self.max_bytes} bytes "
+                f"(max_requests, max_bytes), got {len(lines)} in {len(data)}"
+            )
         with self._errors():
             upload = self._client.files.create(
                 file=("promptkit-batch.jsonl", data, "application/jsonl"), purpose="batch"
@@ -95,10 +104,9 @@ class OpenAIBatch(BatchAPI):
             )
         return str(batch.id)
 
-    def wait(self, batch_id: str, on_poll: Callable[[Any], None] | None = None) -> Any:
+    def wait(self, batch_id: str) -> Any:
         """Poll the batch until it ends (completed, expired or cancelled: each may hold
-        answers), waiting longer between polls; returns the SDK's batch. ``on_poll`` gets the
-        batch after each poll.
+        answers), waiting longer between polls; returns the SDK's batch.
 
         Raises BackendError for a batch that failed (its validation errors quoted), for one
         still running after ``max_wait_s`` (kind ``timeout``: resume to wait again), and when
@@ -109,8 +117,6 @@ class OpenAIBatch(BatchAPI):
         while True:
             with self._errors():
                 batch = self._client.batches.retrieve(batch_id)
-            if on_poll is not None:
-                on_poll(batch)
             if batch.status == "failed":
                 raise BackendError(
                     f"batch {batch_id} failed: {self._failures(batch)}",

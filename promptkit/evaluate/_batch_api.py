@@ -8,8 +8,9 @@ those requests make a follow-up batch, until every item has its answer or has us
 ``max_attempts``. An item whose request failed (an error line, an expired batch) keeps the
 error in its result, as in a direct run.
 
-Batch ids are kept in ``DIR/batches.json`` as each batch is created (per round, one batch per
-endpoint), so a run stopped while it waits continues with ``--resume``: the loops are started
+A round's requests go in one batch per endpoint, or several when they exceed the API's limits
+(OpenAI: 50,000 requests, 200 MB). Batch ids are kept in ``DIR/batches.json`` as each batch is
+created, so a run stopped while it waits continues with ``--resume``: the loops are started
 again (their requests are the same) and the recorded batches are waited for and read instead of
 being sent again. The answers do not go through the response cache.
 """
@@ -25,8 +26,14 @@ from typing import Any
 
 from .._demos import Selection, Strategy
 from .._runloop import RunLoop
-from ..backends._base import Backend, BatchAPI, Completion
-from ..errors import BackendError, ConfigurationError, OutputValidationError, PromptkitError
+from ..backends._base import Backend, BatchAPI, Completion, encode_line
+from ..errors import (
+    BackendError,
+    ConfigurationError,
+    OutputValidationError,
+    PromptkitError,
+    UsageError,
+)
 from ._metrics import compare_runs
 from ._plan import EvalOutcome, EvalPlan, plan_config
 from ._resume import ResultsLog
@@ -110,23 +117,21 @@ def run_batch_evaluation(
                 pending[key] = _Pending(name, count, item, loop, run, began)
     rounds = 0
     while pending:
-        groups: dict[str, list[dict[str, Any]]] = {}  # a batch serves one endpoint
+        groups = _Groups(api.max_requests, api.max_bytes)
         for key, waiting in list(pending.items()):
             request = waiting.loop.next_request()
             try:
-                line = api.line(key, request.prompt, request.config)
+                groups.add(api.line(key, request.prompt, request.config))
             except PromptkitError as exc:  # a request the backend would refuse to send
                 finish(waiting.template, waiting.shots, waiting.failed(exc))
                 del pending[key]
-                continue
-            groups.setdefault(str(line["url"]), []).append(line)
-        for endpoint, lines in groups.items():
-            if record.batch(rounds, endpoint) is None:
+        for part, lines in groups.parts.items():
+            if record.batch(rounds, part) is None:
                 batch_id = api.submit(lines, {"promptkit": f"eval round {rounds + 1}"})
-                record.add(rounds, endpoint, batch_id)
+                record.add(rounds, part, batch_id)
         answers: dict[str, Completion | PromptkitError] = {}
-        for endpoint in groups:
-            answers |= api.answers(api.wait(str(record.batch(rounds, endpoint))))
+        for part in groups.parts:
+            answers |= api.answers(api.wait(str(record.batch(rounds, part))))
         for key, waiting in list(pending.items()):
             answer = answers.get(key) or BackendError(
                 f"round {rounds + 1}'s batch holds no answer for this item (see {BATCHES_FILE})",
@@ -158,6 +163,31 @@ def run_batch_evaluation(
         for name, prompt in plan.prompts.items()
     }
     return EvalOutcome(runs, compare_runs(*runs.values()) if len(runs) == 2 else [])
+
+
+class _Groups:
+    """A round's lines split into batches: one endpoint each, within the API's limits. Each
+    batch is named ``ENDPOINT #N``."""
+
+    def __init__(self, max_requests: int, max_bytes: int):
+        self.parts: dict[str, list[dict[str, Any]]] = {}
+        self._limits = (max_requests, max_bytes)
+        self._filling: dict[str, tuple[int, int]] = {}  # per endpoint: open batch, its bytes
+
+    def add(self, line: dict[str, Any]) -> None:
+        """Put ``line`` in its endpoint's open batch, or start the next one when it is full.
+        Raises UsageError for a line larger than a whole batch may be."""
+        endpoint, size = str(line["url"]), len(encode_line(line))
+        most_requests, most_bytes = self._limits
+        if size > most_bytes:
+            raise UsageError(f"the request is {size} bytes; a batch holds at most {most_bytes}")
+        number, used = self._filling.get(endpoint, (1, 0))
+        if len(self.parts.get(f"{endpoint} #{number}", ())) >= most_requests or (
+            used + size > most_bytes
+        ):
+            number, used = number + 1, 0
+        self.parts.setdefault(f"{endpoint} #{number}", []).append(line)
+        self._filling[endpoint] = (number, used + size)
 
 
 class _BatchRecord:
