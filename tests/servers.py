@@ -159,7 +159,8 @@ def fake_openai(answer, *, delay: float = 0.0, polls_to_finish: int = 2):
 
     ``answer(body)`` decides each chat request's reply from its body: a string (the answer's
     text) or ``(status, error JSON)``; it serves direct requests and every line of a batch.
-    Direct requests wait ``delay`` seconds (without blocking others); set ``refuse_next`` in
+    Direct requests wait ``delay`` seconds (without blocking others; ``delay`` in
+    ``app.state.fake`` changes it); set ``refuse_next`` in
     ``app.state.fake`` to answer that many of them with a 429 first. A batch stays
     ``validating``, then ``in_progress`` for ``polls_to_finish`` retrievals, then completes:
     answers in its output file, errors in its error file. ``app.state.fake`` records the
@@ -178,6 +179,7 @@ def fake_openai(answer, *, delay: float = 0.0, polls_to_finish: int = 2):
     fake: dict[str, Any] = {
         "chat": [],
         "refuse_next": 0,
+        "delay": delay,
         "in_flight": 0,
         "most_in_flight": 0,
         "uploads": [],
@@ -200,7 +202,7 @@ def fake_openai(answer, *, delay: float = 0.0, polls_to_finish: int = 2):
         fake["in_flight"] += 1
         fake["most_in_flight"] = max(fake["most_in_flight"], fake["in_flight"])
         try:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(fake["delay"])
             status, content = reply(body)
         finally:
             fake["in_flight"] -= 1

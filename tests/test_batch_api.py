@@ -234,3 +234,57 @@ def test_azure_deployments_have_no_batch_api():
     )
     with pytest.raises(UnsupportedCapabilityError, match="use an openai:MODEL backend"):
         backend.batch_api()
+
+
+@pytest.mark.slow
+def test_a_process_killed_mid_run_resumes_to_the_same_report(tmp_path, api):
+    """kill -9 while items are in flight: the lines written so far are whole, and a resume
+    asks only for the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    args = ["eval", "sentiment", "--data", str(tmp_path / "data.jsonl"), "--shots", "0,2"]
+    args += ["--backend", "openai:gpt-4o-mini", "--max-attempts", "2", "--no-cache"]
+    api["delay"] = 0.4
+    env = {**os.environ, "OPENAI_BASE_URL": os.environ["OPENAI_BASE_URL"], "OPENAI_API_KEY": KEY}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "promptkit", *args, "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 60
+    while not (results.exists() and len(results.read_text().splitlines()) >= 4):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    api["delay"] = 0.0
+    lines = [json.loads(line) for line in results.read_text().splitlines()[1:]]  # all whole
+    answered = sum(line["result"]["error"] is None for line in lines)
+    assert 3 <= len(lines) < len(ROWS) * 2
+    before = len(api["chat"])
+    resumed = run_eval(tmp_path, "killed", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    asked = len(api["chat"]) - before  # the items left (and those refused), 2 re-asks at most
+    assert len(ROWS) * 2 - len(lines) <= asked <= len(ROWS) * 2 - answered + 2
+    direct = run_eval(tmp_path, "direct")
+    assert direct.exit_code == 0, direct.output
+    assert comparable(out) == comparable(tmp_path / "direct")
+
+
+def test_resume_refuses_the_same_model_behind_another_base_url(tmp_path, api, monkeypatch):
+    first = run_eval(tmp_path, "out", "--batch-api")
+    assert first.exit_code == 0, first.output
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    refused = run_eval(tmp_path, "out", "--resume")
+    assert refused.exit_code == 2
+    assert (
+        "the backend openai:gpt-4o-mini differs from the run's in its settings (model, base URL"
+        in refused.output
+    )

@@ -74,9 +74,11 @@ def _changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
             changes.append(f"{what} ({(new or {}).get('path')}) differs from the run's")
     old_backend, new_backend = saved.get("backend") or {}, now["backend"]
     if old_backend.get("sha256") != new_backend["sha256"]:
+        name = new_backend["name"]
         changes.append(
-            f"the backend is {new_backend['name']}, the run used {old_backend.get('name')}"
-            + (" with other settings" if old_backend.get("name") == new_backend["name"] else "")
+            f"the backend {name} differs from the run's in its settings (model, base URL, ...)"
+            if old_backend.get("name") == name
+            else f"the backend is {name}, the run used {old_backend.get('name')}"
         )
     old_settings, new_settings = saved.get("settings") or {}, now["settings"]
     for key in sorted(set(old_settings) | set(new_settings)):
