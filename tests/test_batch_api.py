@@ -99,7 +99,9 @@ def test_the_batch_api_builds_the_report_a_direct_run_builds(tmp_path, api):
     created = list(api["batches"].values())
     assert [b["completion_window"] for b in created] == ["24h", "24h"]
     recorded = json.loads((tmp_path / "batched" / BATCHES_FILE).read_text())
-    assert recorded == {"rounds": [{"/v1/chat/completions #1": b["id"]} for b in created]}
+    assert recorded["rounds"] == [{"/v1/chat/completions #1": b["id"]} for b in created]
+    header = json.loads((tmp_path / "batched" / "results.jsonl").read_text().splitlines()[0])
+    assert recorded["run"] == header["run"]
 
     report = Report.model_validate_json((tmp_path / "batched" / "report.json").read_text())
     items = {r.line: r for r in report.templates["sentiment"][0].results}
@@ -288,3 +290,28 @@ def test_resume_refuses_the_same_model_behind_another_base_url(tmp_path, api, mo
         "the backend openai:gpt-4o-mini differs from the run's in its settings (model, base URL"
         in refused.output
     )
+
+
+def test_a_batch_record_of_an_earlier_run_in_the_folder_is_not_used(tmp_path, api, monkeypatch):
+    from promptkit.evaluate import ResultsLog
+
+    earlier = run_eval(tmp_path, "out", "--batch-api")
+    assert earlier.exit_code == 0, earlier.output
+    sent = len(api["uploads"])
+    write = ResultsLog.write
+    written: list[int] = []
+
+    def write_two_then_stop(self: ResultsLog, *args: Any) -> None:
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(1)
+        write(self, *args)
+
+    monkeypatch.setattr(ResultsLog, "write", write_two_then_stop)
+    stopped = run_eval(tmp_path, "out")  # a new run in the same folder, stopped early
+    assert stopped.exit_code == 130
+    monkeypatch.setattr(ResultsLog, "write", write)
+    resumed = run_eval(tmp_path, "out", "--batch-api", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert len(api["uploads"]) == sent + 2  # its own first batch and follow-up, not the old ones
+    assert len(api["uploads"][sent]) == len(ROWS) * 2 - 2

@@ -82,7 +82,7 @@ def run_batch_evaluation(
     BackendError when a batch cannot be sent, fails or is not done in time (a resume waits
     for it again).
     """
-    record = _BatchRecord(log.path.parent / BATCHES_FILE, fresh=not log.resumed)
+    record = _BatchRecord(log.path.parent / BATCHES_FILE, log.run_id)
     pending: dict[str, _Pending] = {}
 
     def finish(template: str, shots: int, result: ItemResult) -> None:
@@ -191,23 +191,25 @@ class _Groups:
 
 
 class _BatchRecord:
-    """``batches.json``: per round (the first batch, then each follow-up), the batch sent to
-    each endpoint, written as soon as the batch exists."""
+    """``batches.json``: per round (the first batch, then each follow-up), the batches sent,
+    written as soon as each exists; it belongs to the run ``run_id`` (a record of another run,
+    which the folder held before, is replaced)."""
 
-    def __init__(self, path: Path, *, fresh: bool):
+    def __init__(self, path: Path, run_id: str):
         self._path = path
+        self._run_id = run_id
         self._rounds: list[dict[str, str]] = []
-        if fresh:
-            path.unlink(missing_ok=True)
-        elif path.is_file():
-            try:
-                rounds = json.loads(path.read_text(encoding="utf-8"))["rounds"]
-                self._rounds = [{str(k): str(v) for k, v in r.items()} for r in rounds]
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ConfigurationError(
-                    f"{path}: not a record of batch ids ({exc}); remove it to send the "
-                    "pending items again"
-                ) from None
+        if not path.is_file():
+            return
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if record["run"] == run_id:
+                self._rounds = [{str(k): str(v) for k, v in r.items()} for r in record["rounds"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigurationError(
+                f"{path}: not a record of batch ids ({exc}); remove it to send the pending "
+                "items again"
+            ) from None
 
     def batch(self, round_: int, endpoint: str) -> str | None:
         """The id of the batch sent to ``endpoint`` in round ``round_`` (0: the first)."""
@@ -219,5 +221,6 @@ class _BatchRecord:
             self._rounds.append({})
         self._rounds[round_][endpoint] = batch_id
         partial = self._path.with_suffix(".partial")
-        partial.write_text(json.dumps({"rounds": self._rounds}) + "\n", encoding="utf-8")
+        record = {"run": self._run_id, "rounds": self._rounds}
+        partial.write_text(json.dumps(record) + "\n", encoding="utf-8")
         partial.replace(self._path)

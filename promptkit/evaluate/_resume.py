@@ -1,11 +1,11 @@
 """Evaluation runs that survive being stopped: results written item by item, and resumed.
 
-``DIR/results.jsonl`` starts with a header line (the run's fingerprint and how many item runs
-it holds), then gets one line per finished item run (template, shot count, the item's
-:class:`ItemResult`), appended and flushed as each finishes: a run that is killed loses at most
-the items in flight. Resuming reads the lines back, skips those items and appends the rest;
-an item that failed outside validation (the backend's error: a rate limit, an expired batch)
-is run again, and its latest line counts.
+``DIR/results.jsonl`` starts with a header line (the run's fingerprint, how many item runs it
+holds, and a run id that the run's other files carry), then gets one line per finished item
+run (template, shot count, the item's :class:`ItemResult`), appended and flushed as each
+finishes: a run that is killed loses at most the items in flight. Resuming reads the lines
+back, skips those items and appends the rest; an item that failed outside validation (the
+backend's error: a rate limit, an expired batch) is run again, and its latest line counts.
 
 The fingerprint is what decides the answers: a digest of each template file, of the dataset and
 of the pool file, the backend (its name and a digest of its identity: model, base URL, ...;
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -102,10 +103,10 @@ class ResultsLog:
         stream: IO[str],
         done: dict[str, dict[tuple[int, int], ItemResult]],
         *,
-        resumed: bool,
+        run_id: str,
     ):
         self.path = path
-        self.resumed = resumed  # whether the log continues an earlier run's
+        self.run_id = run_id  # names the run (what else it leaves in the folder carries it)
         self._stream = stream
         self.done = done
 
@@ -146,7 +147,8 @@ class ResultsLog:
                 template: {key: result for key, result in results.items() if result.error is None}
                 for template, results in done.items()
             }
-            return cls(path, path.open("a", encoding="utf-8"), answered, resumed=True)
+            stream = path.open("a", encoding="utf-8")
+            return cls(path, stream, answered, run_id=str(header.get("run", "")))
         if path.is_file():
             header, done, _ = _read(path)
             held = sum(len(results) for results in done.values())
@@ -158,9 +160,11 @@ class ResultsLog:
                 )
         path.parent.mkdir(parents=True, exist_ok=True)
         stream = path.open("w", encoding="utf-8")
-        stream.write(json.dumps({"fingerprint": fingerprint, "total": total}) + "\n")
+        run_id = uuid.uuid4().hex
+        header = {"fingerprint": fingerprint, "total": total, "run": run_id}
+        stream.write(json.dumps(header) + "\n")
         stream.flush()
-        return cls(path, stream, {}, resumed=False)
+        return cls(path, stream, {}, run_id=run_id)
 
     def write(self, template: str, shots: int, result: ItemResult) -> None:
         """Append one item's result and flush it to the file."""
