@@ -99,7 +99,7 @@ def test_the_batch_api_builds_the_report_a_direct_run_builds(tmp_path, api):
     created = list(api["batches"].values())
     assert [b["completion_window"] for b in created] == ["24h", "24h"]
     recorded = json.loads((tmp_path / "batched" / BATCHES_FILE).read_text())
-    assert recorded["rounds"] == [{"/v1/chat/completions #1": b["id"]} for b in created]
+    assert recorded["rounds"] == [[b["id"]] for b in created]
     header = json.loads((tmp_path / "batched" / "results.jsonl").read_text().splitlines()[0])
     assert recorded["run"] == header["run"]
 
@@ -215,10 +215,7 @@ def test_a_round_larger_than_a_batch_may_be_is_split(tmp_path, api, monkeypatch)
     assert batched.exit_code == 0, batched.output
     assert [len(lines) for lines in api["uploads"]] == [5, 5, 2, 2]  # 12 lines, then re-asks
     rounds = json.loads((tmp_path / "batched" / BATCHES_FILE).read_text())["rounds"]
-    assert [sorted(r) for r in rounds] == [
-        ["/v1/chat/completions #1", "/v1/chat/completions #2", "/v1/chat/completions #3"],
-        ["/v1/chat/completions #1"],
-    ]
+    assert [len(ids) for ids in rounds] == [3, 1]
     direct = run_eval(tmp_path, "direct")
     assert direct.exit_code == 0, direct.output
     assert comparable(tmp_path / "batched") == comparable(tmp_path / "direct")
@@ -315,3 +312,32 @@ def test_a_batch_record_of_an_earlier_run_in_the_folder_is_not_used(tmp_path, ap
     assert resumed.exit_code == 0, resumed.output
     assert len(api["uploads"]) == sent + 2  # its own first batch and follow-up, not the old ones
     assert len(api["uploads"][sent]) == len(ROWS) * 2 - 2
+
+
+def test_a_run_stopped_between_two_batches_sends_only_what_its_record_does_not_answer(
+    tmp_path, api, monkeypatch
+):
+    monkeypatch.setattr(openai_batch.OpenAIBatch, "max_requests", 5)
+    submit = openai_batch.OpenAIBatch.submit
+    calls: list[int] = []
+
+    def stop_at_the_second(self: Any, *args: Any) -> str:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return submit(self, *args)
+
+    monkeypatch.setattr(openai_batch.OpenAIBatch, "submit", stop_at_the_second)
+    stopped = run_eval(tmp_path, "out", "--batch-api")
+    assert stopped.exit_code == 130
+    rounds = json.loads((tmp_path / "out" / BATCHES_FILE).read_text())["rounds"]
+    assert [len(ids) for ids in rounds] == [1]  # the first of three batches was sent
+    monkeypatch.setattr(openai_batch.OpenAIBatch, "submit", submit)
+    resumed = run_eval(tmp_path, "out", "--batch-api", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    first = {line["custom_id"] for line in api["uploads"][0]}
+    again = {line["custom_id"] for lines in api["uploads"][1:3] for line in lines}
+    assert len(first) == 5 and len(again) == 7 and not first & again
+    direct = run_eval(tmp_path, "direct")
+    assert direct.exit_code == 0, direct.output
+    assert comparable(tmp_path / "out") == comparable(tmp_path / "direct")

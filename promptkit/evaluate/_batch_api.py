@@ -11,8 +11,8 @@ error in its result, as in a direct run.
 A round's requests go in one batch per endpoint, or several when they exceed the API's limits
 (OpenAI: 50,000 requests, 200 MB). Batch ids are kept in ``DIR/batches.json`` as each batch is
 created, so a run stopped while it waits continues with ``--resume``: the loops are started
-again (their requests are the same) and the recorded batches are waited for and read instead of
-being sent again. The answers do not go through the response cache.
+again (their requests are the same), the recorded batches are waited for and read, and only
+the requests they do not answer are sent. The answers do not go through the response cache.
 """
 
 from __future__ import annotations
@@ -117,27 +117,34 @@ def run_batch_evaluation(
                 pending[key] = _Pending(name, count, item, loop, run, began)
     rounds = 0
     while pending:
+        answers: dict[str, Completion | PromptkitError] = {}
+        for batch_id in record.batches(rounds):  # sent before this run was stopped
+            answers |= api.answers(api.wait(batch_id))
         groups = _Groups(api.max_requests, api.max_bytes)
         for key, waiting in list(pending.items()):
             request = waiting.loop.next_request()
+            if key in answers:
+                continue
             try:
                 groups.add(api.line(key, request.prompt, request.config))
             except PromptkitError as exc:  # a request the backend would refuse to send
                 finish(waiting.template, waiting.shots, waiting.failed(exc))
                 del pending[key]
-        for part, lines in groups.parts.items():
-            if record.batch(rounds, part) is None:
-                batch_id = api.submit(lines, {"promptkit": f"eval round {rounds + 1}"})
-                record.add(rounds, part, batch_id)
-        answers: dict[str, Completion | PromptkitError] = {}
-        for part in groups.parts:
-            answers |= api.answers(api.wait(str(record.batch(rounds, part))))
+        sent = []
+        for lines in groups.parts:
+            sent.append(api.submit(lines, {"promptkit": f"eval round {rounds + 1}"}))
+            record.add(rounds, sent[-1])
+        for batch_id in sent:
+            answers |= api.answers(api.wait(batch_id))
         for key, waiting in list(pending.items()):
-            answer = answers.get(key) or BackendError(
-                f"round {rounds + 1}'s batch holds no answer for this item (see {BATCHES_FILE})",
-                backend=backend.name,
-                kind="bad_response",
-            )
+            answer = answers.get(key)
+            if answer is None:
+                answer = BackendError(
+                    f"round {rounds + 1}'s batches hold no answer for this item (see "
+                    f"{BATCHES_FILE})",
+                    backend=backend.name,
+                    kind="bad_response",
+                )
             try:
                 if isinstance(answer, PromptkitError):
                     result = waiting.failed(answer)
@@ -166,13 +173,12 @@ def run_batch_evaluation(
 
 
 class _Groups:
-    """A round's lines split into batches: one endpoint each, within the API's limits. Each
-    batch is named ``ENDPOINT #N``."""
+    """A round's lines split into batches: one endpoint each, within the API's limits."""
 
     def __init__(self, max_requests: int, max_bytes: int):
-        self.parts: dict[str, list[dict[str, Any]]] = {}
+        self.parts: list[list[dict[str, Any]]] = []
         self._limits = (max_requests, max_bytes)
-        self._filling: dict[str, tuple[int, int]] = {}  # per endpoint: open batch, its bytes
+        self._open: dict[str, tuple[int, int]] = {}  # per endpoint: its open part, its bytes
 
     def add(self, line: dict[str, Any]) -> None:
         """Put ``line`` in its endpoint's open batch, or start the next one when it is full.
@@ -181,45 +187,44 @@ class _Groups:
         most_requests, most_bytes = self._limits
         if size > most_bytes:
             raise UsageError(f"the request is {size} bytes; a batch holds at most {most_bytes}")
-        number, used = self._filling.get(endpoint, (1, 0))
-        if len(self.parts.get(f"{endpoint} #{number}", ())) >= most_requests or (
-            used + size > most_bytes
-        ):
-            number, used = number + 1, 0
-        self.parts.setdefault(f"{endpoint} #{number}", []).append(line)
-        self._filling[endpoint] = (number, used + size)
+        part, used = self._open.get(endpoint, (-1, 0))
+        if part < 0 or len(self.parts[part]) >= most_requests or used + size > most_bytes:
+            self.parts.append([])
+            part, used = len(self.parts) - 1, 0
+        self.parts[part].append(line)
+        self._open[endpoint] = (part, used + size)
 
 
 class _BatchRecord:
-    """``batches.json``: per round (the first batch, then each follow-up), the batches sent,
-    written as soon as each exists; it belongs to the run ``run_id`` (a record of another run,
-    which the folder held before, is replaced)."""
+    """``batches.json``: per round (the first batch, then each follow-up), the ids of the
+    batches sent, written as soon as each exists; it belongs to the run ``run_id`` (a record of
+    another run, which the folder held before, is replaced)."""
 
     def __init__(self, path: Path, run_id: str):
         self._path = path
         self._run_id = run_id
-        self._rounds: list[dict[str, str]] = []
+        self._rounds: list[list[str]] = []
         if not path.is_file():
             return
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
             if record["run"] == run_id:
-                self._rounds = [{str(k): str(v) for k, v in r.items()} for r in record["rounds"]]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                self._rounds = [[str(i) for i in ids] for ids in record["rounds"]]
+        except (ValueError, KeyError, TypeError) as exc:
             raise ConfigurationError(
                 f"{path}: not a record of batch ids ({exc}); remove it to send the pending "
                 "items again"
             ) from None
 
-    def batch(self, round_: int, endpoint: str) -> str | None:
-        """The id of the batch sent to ``endpoint`` in round ``round_`` (0: the first)."""
-        return self._rounds[round_].get(endpoint) if round_ < len(self._rounds) else None
+    def batches(self, round_: int) -> list[str]:
+        """The ids of the batches sent in round ``round_`` (0: the first)."""
+        return list(self._rounds[round_]) if round_ < len(self._rounds) else []
 
-    def add(self, round_: int, endpoint: str, batch_id: str) -> None:
+    def add(self, round_: int, batch_id: str) -> None:
         """Record a batch the moment it exists."""
         while len(self._rounds) <= round_:
-            self._rounds.append({})
-        self._rounds[round_][endpoint] = batch_id
+            self._rounds.append([])
+        self._rounds[round_].append(batch_id)
         partial = self._path.with_suffix(".partial")
         record = {"run": self._run_id, "rounds": self._rounds}
         partial.write_text(json.dumps(record) + "\n", encoding="utf-8")
