@@ -63,8 +63,8 @@ def run_eval(tmp_path: Path, out: str, *extra: str) -> Any:
 
 
 def comparable(folder: Path) -> dict[str, Any]:
-    """report.json without timings, and without the fingerprint (the Batch API's may differ
-    from a direct run's only in nothing; checked on its own)."""
+    """report.json without the timings (its fingerprint too is the same for a direct run and
+    a batch run: the Batch API changes no answer)."""
     report = json.loads((folder / "report.json").read_text())
     for reports in report["templates"].values():
         for shot in reports:

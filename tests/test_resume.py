@@ -226,3 +226,22 @@ def test_pass_at_k_takes_none_of_the_long_run_options(tmp_path):
         )
         assert refused.exit_code == 2
         assert f"pass@k does not use {option[0]}" in refused.output
+
+
+def test_two_templates_compared_resume_to_the_comparison_of_an_uninterrupted_run(project):
+    other = project["tmp"] / "other.prompty"
+    text = project["template"].read_text()
+    other.write_text(text.replace("name: sentiment", "name: sentiment_b"))
+    vs = ["--vs", str(other)]
+    project["backend"] = scripted([judge] * TOTAL * 2)
+    whole = CliRunner().invoke(cli, eval_args(project, "whole", *vs))
+    assert whole.exit_code == 0, whole.output
+    project["backend"] = scripted([judge] * (TOTAL + 3) + [KeyboardInterrupt()])
+    killed = CliRunner().invoke(cli, eval_args(project, "killed", *vs))
+    assert killed.exit_code == 130
+    project["backend"] = rest = scripted([judge] * TOTAL * 2)
+    resumed = CliRunner().invoke(cli, eval_args(project, "killed", "--resume", *vs))
+    assert resumed.exit_code == 0, resumed.output
+    assert len(rest.requests) == TOTAL - 3
+    report = comparable(project["tmp"] / "killed")
+    assert report == comparable(project["tmp"] / "whole") and len(report["comparisons"]) == 2
