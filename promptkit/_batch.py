@@ -1,5 +1,6 @@
 """One call over many inputs with at most ``concurrency`` in flight, in threads or on the event
-loop, results in the inputs' order: the machinery of ``Prompt.run_batch`` and ``arun_batch``."""
+loop, results in the inputs' order: the machinery of ``Prompt.run_batch`` and ``arun_batch``,
+and of evaluation runs (:func:`run_as_completed`, which reports each result as it comes)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TypeVar
 
 from .errors import PromptkitError, UsageError
 
-__all__ = ["arun_each", "run_each"]
+__all__ = ["arun_each", "run_as_completed", "run_each"]
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -40,6 +41,47 @@ def run_each(
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         return list(pool.map(one, items))
+
+
+def run_as_completed(
+    call: Callable[[ItemT], ResultT],
+    items: Sequence[ItemT],
+    *,
+    concurrency: int,
+    on_done: Callable[[int, ResultT], None],
+) -> list[ResultT]:
+    """``call(item)`` for every item, at most ``concurrency`` at once; ``on_done(index,
+    result)`` runs in the calling thread as each call finishes (in the order they finish), and
+    the results come back in the items' order.
+
+    With ``concurrency`` 1 the calls run one after the other in the calling thread. An
+    exception from a call or from ``on_done`` (KeyboardInterrupt included) cancels the calls
+    not yet started, waits for those in flight (their results are dropped) and is raised.
+    Raises UsageError when ``concurrency`` is not a positive integer.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    _check_concurrency(concurrency)
+    results: dict[int, ResultT] = {}
+    if concurrency == 1:
+        for index, item in enumerate(items):
+            results[index] = call(item)
+            on_done(index, results[index])
+        return [results[i] for i in range(len(items))]
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        pending = {pool.submit(call, item): index for index, item in enumerate(items)}
+        try:
+            while pending:
+                finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    index = pending.pop(future)
+                    results[index] = future.result()
+                    on_done(index, results[index])
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return [results[i] for i in range(len(items))]
 
 
 async def arun_each(

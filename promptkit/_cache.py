@@ -34,6 +34,7 @@ from typing import Any
 
 from .backends._base import (
     Backend,
+    BatchAPI,
     Completion,
     GenerationConfig,
     PerplexityStats,
@@ -305,6 +306,10 @@ class CachedBackend(Backend):
 
     def count_tokens(self, text: str) -> int:
         return self.backend.count_tokens(text)
+
+    def batch_api(self) -> BatchAPI:
+        """The wrapped backend's batch endpoint (its answers do not go through the cache)."""
+        return self.backend.batch_api()
 
     def close(self) -> None:
         """Close the wrapped backend (the cache, which may be shared, stays open)."""

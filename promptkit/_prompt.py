@@ -398,6 +398,21 @@ class Prompt(PromptRendering, Generic[OutputT]):
             if done is not None:
                 return done
 
+    def start(
+        self,
+        inputs: Mapping[str, Any] | BaseModel,
+        *,
+        backend: Backend,
+        shots: int | None = None,
+        max_attempts: int = 3,
+        config: GenerationConfig | None = None,
+        select: Selection | Strategy | None = None,
+    ) -> RunLoop[OutputT]:
+        """The run loop :meth:`run` drives, for callers that send the requests themselves (a
+        batch API): take each request from ``next_request``, give it each completion with
+        ``accept``. Raises what :meth:`run` raises before calling the backend."""
+        return self._loop(inputs, backend, shots, max_attempts, config, None, None, select)
+
     def first_request(
         self,
         inputs: Mapping[str, Any] | BaseModel,

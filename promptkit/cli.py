@@ -335,6 +335,24 @@ def perplexity_command(
     metavar="SPEC",
     help="Backend that judges llm-rubric assertions, e.g. openai:gpt-4o-mini.",
 )
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Items in flight at once (API backends; the SDK retries each request).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out: skip the items its results.jsonl holds (those that "
+    "failed with a backend error run again).",
+)
+@click.option(
+    "--batch-api",
+    is_flag=True,
+    help="openai: send the items through OpenAI's Batch API (cheaper, up to 24 h).",
+)
 def eval_command(
     file: str,
     data_path: str,
@@ -360,6 +378,9 @@ def eval_command(
     unsafe_exec: bool,
     exec_timeout: float,
     grader_spec: str | None,
+    concurrency: int,
+    resume: bool,
+    batch_api: bool,
 ) -> None:
     """Evaluate template FILE on a dataset for each shot count; write a report. With
     --metric pass@k (or --samples-file), run code samples in a sandbox and report pass@k."""
@@ -371,6 +392,9 @@ def eval_command(
         unused |= {
             "--shots": shots != "0",
             "--backend (with --samples-file)": samples_file and backend_spec,
+            "--concurrency": concurrency != 1,
+            "--resume": resume,
+            "--batch-api": batch_api,
         }
         eval_pass_at_k(
             file,
@@ -394,11 +418,14 @@ def eval_command(
     from ._demos import Selection
     from ._item_progress import ItemProgress
     from .evaluate import (
+        ResultsLog,
         comparison_line,
         markdown,
         model_calls,
         plan_evaluation,
+        run_batch_evaluation,
         run_evaluation,
+        run_fingerprint,
         write_report,
     )
 
@@ -413,29 +440,66 @@ def eval_command(
     )
     sandbox = assertion_sandbox(plan.assertion_types, grader_spec, unsafe_exec, exec_timeout)
     name, first = plan.first
-    backend: Backend = with_cache(backend_for(backend_spec, first), not no_cache, cache_size)
+    if batch_api and (concurrency != 1 or kind == "score"):
+        given = "--concurrency" if concurrency != 1 else "--method score"
+        raise UsageError(f"{given}: the Batch API sends every generation at once; leave it out")
+    backend: Backend = backend_for(backend_spec, first)
     grader = with_cache(backend_for(grader_spec), not no_cache, cache_size) if grader_spec else None
-    with ItemProgress(plan.total) as progress:
-        outcome = run_evaluation(
-            plan,
-            backend=backend,
-            select=Selection(select, balanced=balanced),  # type: ignore[arg-type]
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            max_attempts=max_attempts,
-            method=kind,
-            on_item=progress.advance,
-            grader=grader,
-            sandbox=sandbox,
-        )
+    api = backend.batch_api() if batch_api else None  # batches bypass the response cache
+    if api is None:
+        backend = with_cache(backend, not no_cache, cache_size)
+    settings: dict[str, Any] = {"shots": list(plan.shots), "expected_key": expected_key}
+    settings |= {"select": select, "balanced": balanced, "method": kind, "max_tokens": max_tokens}
+    settings |= {"temperature": temperature, "top_p": top_p, "max_attempts": max_attempts}
+    files = [str(prompt.source) for prompt in plan.prompts.values()]  # bundled ones resolved
+    fingerprint = run_fingerprint(
+        files, data_path, pool=pool_path, backend=backend, settings=settings
+    )
+    out = Path(out_dir or f"eval-{name}")
+    selection = Selection(select, balanced=balanced)  # type: ignore[arg-type]
+    with (
+        ResultsLog.open(out, fingerprint, total=plan.total, resume=resume) as log,
+        ItemProgress(plan.total - log.count) as progress,
+    ):
+        if api is not None:
+            outcome = run_batch_evaluation(
+                plan,
+                backend=backend,
+                api=api,
+                log=log,
+                select=selection,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                max_attempts=max_attempts,
+                on_item=progress.advance,
+                grader=grader,
+                sandbox=sandbox,
+            )
+        else:
+            outcome = run_evaluation(
+                plan,
+                backend=backend,
+                select=selection,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                max_attempts=max_attempts,
+                method=kind,
+                on_item=progress.advance,
+                concurrency=concurrency,
+                log=log,
+                grader=grader,
+                sandbox=sandbox,
+            )
     written = write_report(
-        Path(out_dir or f"eval-{name}"),
+        out,
         outcome.runs,
         backend=backend.name,
         data=data_path,
         comparisons=outcome.comparisons,
         method=kind,
+        fingerprint=fingerprint,
     )
     for template, reports in outcome.runs.items():
         click.echo(markdown(template, reports))

@@ -19,6 +19,7 @@ command line) never probe a backend with ``getattr``:
 ``token_logprobs``     each token's log-probability (flag ``token_logprobs``)
 ``perplexity_stats``   tokens scored and their summed negative log-likelihood (``perplexity``)
 ``cache_identity``     everything besides the request that decides an answer (the cache key)
+``batch_api``          requests in bulk through the provider's batch endpoint (``batch_api``)
 ``close``/``aclose``   release connections or memory (nothing to do by default)
 =====================  ====================================================================
 
@@ -29,6 +30,7 @@ server's token-id prompts and top log-probabilities use.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import math
@@ -37,10 +39,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, TypedDict, TypeVar, Union
 
 from .._grammar import Grammar
-from ..errors import ConfigurationError, InputValidationError, UnsupportedCapabilityError
+from ..errors import (
+    ConfigurationError,
+    InputValidationError,
+    PromptkitError,
+    UnsupportedCapabilityError,
+)
 
 __all__ = [
     "Backend",
+    "BatchAPI",
     "Capabilities",
     "Completion",
     "GenerationConfig",
@@ -50,6 +58,7 @@ __all__ = [
     "TokenLogprob",
     "Usage",
     "cut_at_stop",
+    "encode_line",
     "messages_to_text",
 ]
 
@@ -165,6 +174,8 @@ class Capabilities:
     batching: bool = False  # generate_batch runs prompts together (else it loops over generate)
     token_logprobs: bool = False  # can give each token's log-probability (token_logprobs)
     tokens: bool = False  # token-level access (a local model): token-id prompts, top logprobs
+    concurrent: bool = False  # calls may run at once (an API: each call is its own request)
+    batch_api: bool = False  # takes requests in bulk through the provider's batch endpoint
 
     def enforces(self, grammar: Grammar, *, chat: bool) -> bool:
         """Whether decoding can be held to ``grammar`` on a backend with these capabilities.
@@ -245,6 +256,37 @@ def check_messages(messages: Sequence[Any]) -> list[Message]:
             )
         checked.append(Message(role=m["role"], content=m["content"]))
     return checked
+
+
+class BatchAPI(abc.ABC):
+    """A provider's batch endpoint (:meth:`Backend.batch_api`): requests written as lines,
+    sent together, answered later; one batch holds at most ``max_requests`` lines of
+    ``max_bytes`` (as :func:`encode_line` writes them)."""
+
+    max_requests: int
+    max_bytes: int
+
+    @abc.abstractmethod
+    def line(self, custom_id: str, prompt: PromptInput, config: GenerationConfig) -> dict[str, Any]:
+        """One request as a line of the batch's file: exactly what ``generate`` would send,
+        under ``body``, with its endpoint under ``url`` (a batch serves one endpoint)."""
+
+    @abc.abstractmethod
+    def submit(self, lines: Sequence[Mapping[str, Any]], metadata: Mapping[str, str]) -> str:
+        """Send the lines as one batch; returns its id."""
+
+    @abc.abstractmethod
+    def wait(self, batch_id: str) -> Any:
+        """The batch, once it has ended."""
+
+    @abc.abstractmethod
+    def answers(self, batch: Any) -> dict[str, Completion | PromptkitError]:
+        """Each request's answer (or the error it got) in an ended batch, by custom id."""
+
+
+def encode_line(line: Mapping[str, Any]) -> bytes:
+    """One line of a batch's JSONL file, as it is uploaded."""
+    return (json.dumps(line, ensure_ascii=False) + "\n").encode()
 
 
 class Backend:
@@ -419,6 +461,13 @@ class Backend:
         """
         kind = type(self)
         return {"class": f"{kind.__module__}.{kind.__qualname__}", "name": self.name}
+
+    def batch_api(self) -> BatchAPI:
+        """The provider's batch endpoint for this backend's requests. Raises
+        UnsupportedCapabilityError unless the backend declares ``batch_api``."""
+        raise UnsupportedCapabilityError(
+            self.name, "batch_api", "the Batch API is OpenAI's: use an openai:MODEL backend"
+        )
 
     def close(self) -> None:
         """Release the backend's connections or memory (nothing to do by default)."""

@@ -35,6 +35,7 @@ from typing import Any
 from ..errors import BackendError, ConfigurationError
 from ._base import (
     Backend,
+    BatchAPI,
     Capabilities,
     Completion,
     GenerationConfig,
@@ -87,7 +88,8 @@ class OpenAIBackend(Backend):
 
     ``client`` (and ``async_client``) are the SDK's clients, which hold the API key and the
     connection settings; ``secrets`` are further values to scrub from error messages (the
-    client's key always is).
+    client's key always is). ``batch_api``: the service has OpenAI's files and batches
+    endpoints (``openai:`` specs; not Azure's deployments).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class OpenAIBackend(Backend):
         completions: bool = False,
         context_window: int | None = None,
         secrets: Sequence[str] = (),
+        batch_api: bool = False,
     ):
         self.model = model
         self.name = name or f"openai:{model}"
@@ -113,6 +116,8 @@ class OpenAIBackend(Backend):
             streaming=True,
             loglikelihood=completions,
             json_schema=True,
+            concurrent=True,
+            batch_api=batch_api,
         )
 
     def cache_identity(self) -> dict[str, Any]:
@@ -339,6 +344,38 @@ class OpenAIBackend(Backend):
         """Close the client's connections."""
         self._client.close()
 
+    # -- the Batch API ---------------------------------------------------------------------------
+
+    def batch_api(self) -> BatchAPI:
+        """This backend's requests through OpenAI's Batch API (see :class:`OpenAIBatch`)."""
+        from ._openai_batch import OpenAIBatch
+
+        if not self.capabilities.batch_api:
+            return super().batch_api()  # raises: Azure deployments are not served
+        return OpenAIBatch(
+            self.name, self._client, self._sdk_errors, self._request_body, self._batch_answer
+        )
+
+    def _request_body(self, prompt: PromptInput, config: GenerationConfig) -> tuple[str, Any]:
+        """The endpoint and the body that :meth:`generate` would send for this request."""
+        chat, payload = self._route_async(prompt, config)
+        if chat:
+            return "/v1/chat/completions", self._chat_kwargs(payload, config)
+        return "/v1/completions", self._completion_kwargs(payload, config)
+
+    def _batch_answer(self, endpoint: str, body: Any) -> Completion:
+        """Our Completion of a response body from a batch's output file (BackendError as for
+        :meth:`generate`'s response)."""
+        from openai.types import Completion as TextCompletion
+        from openai.types.chat import ChatCompletion
+
+        chat = endpoint.endswith("/chat/completions")
+        with self._reading(body, "batch response"):
+            if not isinstance(body, dict):
+                raise TypeError("the response body is not an object")
+            response = (ChatCompletion if chat else TextCompletion).construct(**body)
+        return self._completion(response, chat=chat)
+
     # -- scoring and counting -------------------------------------------------------------------
 
     def _loglikelihood(self, context: str, continuation: str) -> float:
@@ -416,6 +453,7 @@ def from_spec(arg: str, **options: Any) -> OpenAIBackend:
         client=openai.OpenAI(**settings),
         async_client=openai.AsyncOpenAI(**settings),
         name=f"openai:{arg}",
+        batch_api=True,
         **extra,
     )
 

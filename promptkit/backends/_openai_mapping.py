@@ -22,6 +22,7 @@ __all__ = [
     "response_format",
     "scrub",
     "scrubbed_copy",
+    "status_error",
 ]
 
 # Models that take max_completion_tokens and fix temperature/top_p (reasoning models).
@@ -137,31 +138,38 @@ def map_error(exc: Exception, backend: str, secrets: Sequence[str] = ()) -> Exce
             kind="bad_response",
         )
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        code = _error_code(exc)
-        if code == "context_length_exceeded" or "maximum context length" in message:
-            return ContextWindowError(f"{backend}: {message}")
-        if code == "content_filter" or "content management policy" in message:
-            return BackendError(
-                f"the request was refused by the content filter: {message}",
-                backend=backend,
-                kind="content_filter",
-            )
-        kinds = {
-            400: ("bad_request", False, "the request was refused"),
-            401: ("authentication", False, "authentication failed (check the API key)"),
-            403: ("permission", False, "permission denied"),
-            404: ("not_found", False, "not found (check the model or deployment name)"),
-            408: ("timeout", True, "the request timed out"),
-            409: ("conflict", True, "conflict"),
-            422: ("bad_request", False, "the request was refused"),
-            429: ("rate_limit", True, "rate limited (or out of quota)"),
-        }
-        kind, retryable, what = kinds.get(
-            status, ("server", status >= 500, f"the service failed (HTTP {status})")
-        )
-        return BackendError(f"{what}: {message}", backend=backend, retryable=retryable, kind=kind)
+        return status_error(exc.status_code, _error_code(exc), message, backend)
     return BackendError(message, backend=backend, kind="other")
+
+
+def status_error(
+    status: int, code: str | None, message: str, backend: str
+) -> BackendError | ContextWindowError:
+    """The promptkit error of an HTTP error answer (``code``: the error's ``code`` field), by
+    its status: a context window overflow, a content filter refusal, or a BackendError whose
+    ``kind`` and ``retryable`` the status decides."""
+    if code == "context_length_exceeded" or "maximum context length" in message:
+        return ContextWindowError(f"{backend}: {message}")
+    if code == "content_filter" or "content management policy" in message:
+        return BackendError(
+            f"the request was refused by the content filter: {message}",
+            backend=backend,
+            kind="content_filter",
+        )
+    kinds = {
+        400: ("bad_request", False, "the request was refused"),
+        401: ("authentication", False, "authentication failed (check the API key)"),
+        403: ("permission", False, "permission denied"),
+        404: ("not_found", False, "not found (check the model or deployment name)"),
+        408: ("timeout", True, "the request timed out"),
+        409: ("conflict", True, "conflict"),
+        422: ("bad_request", False, "the request was refused"),
+        429: ("rate_limit", True, "rate limited (or out of quota)"),
+    }
+    kind, retryable, what = kinds.get(
+        status, ("server", status >= 500, f"the service failed (HTTP {status})")
+    )
+    return BackendError(f"{what}: {message}", backend=backend, retryable=retryable, kind=kind)
 
 
 def scrubbed_copy(exc: Exception, secrets: Sequence[str]) -> Exception:

@@ -17,7 +17,10 @@ and every item's inputs, prediction, raw text and attempts. Two templates on the
 compared with McNemar's exact test on the items each got right (paired: the same items, the
 same backend); :func:`plan_evaluation` and :func:`run_evaluation` are the ``eval`` command's
 steps. ``report.json`` is a :class:`Report` (``schema_version`` "1"): read one back
-with ``Report.model_validate_json(path.read_text())``.
+with ``Report.model_validate_json(path.read_text())``. A run writes each item's result as it
+finishes (:class:`ResultsLog`, ``results.jsonl``) and can be resumed when its fingerprint
+(:func:`run_fingerprint`) matches; API backends run items concurrently, and
+:func:`run_batch_evaluation` sends them through OpenAI's Batch API instead.
 
 Code templates are measured by pass@k instead (:func:`run_pass_at_k`): completions generated
 (or read from a samples file) for HumanEval-format problems run against each problem's tests in
@@ -28,6 +31,7 @@ without bias (:func:`pass_at_k`, Chen et al. 2021).
 from __future__ import annotations
 
 from ._assertions import ASSERTION_TYPES, Assertion
+from ._batch_api import BATCHES_FILE, run_batch_evaluation
 from ._code import (
     Candidate,
     PassAtKOptions,
@@ -51,6 +55,7 @@ from ._metrics import compare_runs, mcnemar
 from ._passk import mean_pass_at_k, parse_ks, pass_at_k
 from ._plan import EvalOutcome, EvalPlan, plan_evaluation, run_evaluation
 from ._report import comparison_line, markdown, model_calls, write_report
+from ._resume import RESULTS_FILE, ResultsLog, run_fingerprint
 from ._runs import EvalItem, check_shots, evaluate, load_dataset, pool_from
 from ._sandbox import Execution, Sandbox, SandboxLimits
 from ._schema import (
@@ -68,8 +73,10 @@ from ._schema import (
 
 __all__ = [
     "ASSERTION_TYPES",
+    "BATCHES_FILE",
     "CODEX_STOPS",
     "REPORT_SCHEMA_VERSION",
+    "RESULTS_FILE",
     "Assertion",
     "AssertionResult",
     "AttemptRecord",
@@ -85,6 +92,7 @@ __all__ = [
     "PassAtKReport",
     "ProblemResult",
     "Report",
+    "ResultsLog",
     "SampleRecord",
     "Sandbox",
     "SandboxLimits",
@@ -109,7 +117,9 @@ __all__ = [
     "plan_evaluation",
     "pool_from",
     "program_for",
+    "run_batch_evaluation",
     "run_evaluation",
+    "run_fingerprint",
     "run_pass_at_k",
     "sampling_config",
     "score_candidates",

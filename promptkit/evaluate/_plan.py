@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from .._prompt import Example, Prompt
 from ..backends._base import Backend, GenerationConfig
 from ..errors import UsageError
 from ._metrics import compare_runs
+from ._resume import ResultsLog
 from ._runs import EvalItem, check_shots, evaluate, load_dataset, pool_from
 from ._sandbox import Sandbox
 from ._schema import Comparison, ShotReport
@@ -112,21 +114,23 @@ def run_evaluation(
     on_item: Callable[[], None] | None = None,
     grader: Backend | None = None,
     sandbox: Sandbox | None = None,
+    concurrency: int = 1,
+    log: ResultsLog | None = None,
 ) -> EvalOutcome:
     """Run every template of ``plan`` on its items for each shot count (see :func:`evaluate`;
     ``max_tokens``, ``temperature`` and ``top_p``, when given, override each template's own)
     and compare two templates item by item. ``grader`` judges llm-rubric assertions,
     ``sandbox`` runs python ones.
 
+    ``concurrency`` items run at once (API backends). With ``log`` every result is written to
+    it as it comes, and the items it already holds (a resumed run) are not run again.
     Raises what :func:`evaluate` raises before its first item (UsageError,
     UnsupportedCapabilityError, ConfigurationError); an item's own failure is recorded in its
     report.
     """
     runs = {}
     for name, prompt in plan.prompts.items():
-        config = prompt.config or GenerationConfig()
-        sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
-        config = config.replace(**{k: v for k, v in sampling.items() if v is not None})
+        config = plan_config(prompt, max_tokens, temperature, top_p)
         runs[name] = evaluate(
             prompt,
             plan.items[name],
@@ -140,6 +144,18 @@ def run_evaluation(
             method=method,
             grader=grader,
             sandbox=sandbox,
+            concurrency=concurrency,
+            done=log.done.get(name) if log is not None else None,
+            on_result=partial(log.write, name) if log is not None else None,
         )
     comparisons = compare_runs(*runs.values()) if len(runs) == 2 else []
     return EvalOutcome(runs, comparisons)
+
+
+def plan_config(
+    prompt: Prompt[Any], max_tokens: int | None, temperature: float | None, top_p: float | None
+) -> GenerationConfig:
+    """The template's generation config with the given sampling settings put over it."""
+    sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+    config = prompt.config or GenerationConfig()
+    return config.replace(**{k: v for k, v in sampling.items() if v is not None})

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ._html import write_html
 from ._schema import Comparison, Report, ShotReport
@@ -75,15 +75,22 @@ def write_report(
     data: str,
     comparisons: Sequence[Comparison] = (),
     method: Literal["generate", "score"] = "generate",
+    fingerprint: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write ``report.json`` (a :class:`Report`), ``report.md``, ``accuracy.png`` and
-    ``report.html`` (every item, with filters and a detail view) into ``out``; returns the paths
-    written (the plot is left out, with a note in the Markdown and the page, when matplotlib is
-    not installed). Raises OSError when the folder cannot be written."""
+    """Write ``report.json`` (a :class:`Report`, with the run's ``fingerprint`` when given),
+    ``report.md``, ``accuracy.png`` and ``report.html`` (every item, with filters and a detail
+    view) into ``out``; returns the paths written (the plot is left out, with a note in the
+    Markdown and the page, when matplotlib is not installed). Raises OSError when the folder
+    cannot be written."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(
-        backend=backend, data=data, method=method, templates=runs, comparisons=list(comparisons)
+        backend=backend,
+        data=data,
+        method=method,
+        templates=runs,
+        comparisons=list(comparisons),
+        fingerprint=fingerprint,
     )
     written = [folder / "report.json"]
     written[0].write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")

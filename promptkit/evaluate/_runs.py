@@ -14,8 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from .._batch import run_as_completed
 from .._demos import Selection, Strategy
 from .._prompt import Example, Prompt
+from .._runloop import Result
 from ..backends._base import Backend, GenerationConfig, PromptInput
 from ..errors import (
     AttemptRecord as _Attempt,
@@ -168,6 +170,9 @@ def evaluate(
     method: Literal["generate", "score"] = "generate",
     grader: Backend | None = None,
     sandbox: Sandbox | None = None,
+    concurrency: int = 1,
+    done: Mapping[tuple[int, int], ItemResult] | None = None,
+    on_result: Callable[[int, ItemResult], None] | None = None,
 ) -> list[ShotReport]:
     """Run ``prompt`` on every item for each shot count; ``on_item`` is called after each run.
 
@@ -175,9 +180,14 @@ def evaluate(
     generating an answer: label output types only, on backends that score. Items' assertions
     are checked on each answer: ``python`` ones in ``sandbox`` (default: a bubblewrap
     :class:`Sandbox`), ``llm-rubric`` ones by the ``grader`` backend.
+    ``concurrency`` items run at once (in threads; more than 1 on backends that declare
+    ``concurrent``, i.e. APIs). ``done`` holds results of an earlier run by (shot count, dataset
+    line): those items are not run again. ``on_result(shots, result)`` is called with each new
+    result as it comes (in the calling thread), e.g. to write it down at once.
     Raises UsageError when a shot count exceeds the pool (or the pool is empty), for
-    ``score`` on an output type that is not a label set, or for llm-rubric assertions without
-    a grader; UnsupportedCapabilityError for ``score`` on a backend that cannot score;
+    ``score`` on an output type that is not a label set, for llm-rubric assertions without
+    a grader, or for ``concurrency`` above 1 on a backend that is not ``concurrent``;
+    UnsupportedCapabilityError for ``score`` on a backend that cannot score;
     ConfigurationError for python assertions where the sandbox cannot isolate code (all
     before any item runs).
     """
@@ -189,23 +199,50 @@ def evaluate(
         backend.require("loglikelihood")
     pool = list(prompt.examples if pool is None else pool)
     check_shots(shots, pool)
+    check_concurrency(concurrency, backend)
     grading = Grading(sandbox or Sandbox(), grader)
     grading.prepare(item.assertions for item in items)
-    run = _ItemRun(prompt, backend, select, config, max_attempts, method, grading)
-    demonstrations = _PoolPrompts(prompt, pool)
+    run = ItemRun(prompt, backend, select, config, max_attempts, method, grading)
+    demonstrations = PoolPrompts(prompt, pool)
+    earlier = done or {}
     reports = []
     for count in shots:
-        results = []
-        for item in items:
-            runner = demonstrations.for_item(item) if count else demonstrations.whole
-            results.append(run(runner, item, min(count, len(runner.examples))))
+        todo = [  # each item's prompt is chosen here, in one thread
+            (demonstrations.for_item(item) if count else demonstrations.whole, item)
+            for item in items
+            if (count, item.line) not in earlier
+        ]
+
+        def one(job: tuple[Prompt[Any], EvalItem], count: int = count) -> ItemResult:
+            runner, item = job
+            return run(runner, item, min(count, len(runner.examples)))
+
+        def finished(index: int, result: ItemResult, count: int = count) -> None:
+            if on_result is not None:
+                on_result(count, result)
             if on_item is not None:
                 on_item()
-        reports.append(_summary(count, items, results, records=prompt.output.is_object))
+
+        fresh = run_as_completed(one, todo, concurrency=concurrency, on_done=finished)
+        known = {**earlier, **{(count, result.line): result for result in fresh}}
+        results = [known[(count, item.line)] for item in items]
+        reports.append(summarize(count, items, results, records=prompt.output.is_object))
     return reports
 
 
-class _PoolPrompts:
+def check_concurrency(concurrency: int, backend: Backend) -> None:
+    """Raise UsageError unless ``concurrency`` is a positive integer, and 1 on a backend that
+    does not declare ``concurrent`` (a local model runs one request at a time)."""
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise UsageError(f"concurrency must be a positive integer, got {concurrency!r}")
+    if concurrency > 1 and not backend.capabilities.concurrent:
+        raise UsageError(
+            f"--concurrency {concurrency}: {backend.name} runs one request at a time; "
+            "concurrency is for API backends (openai:, azure:)"
+        )
+
+
+class PoolPrompts:
     """The prompt with the pool as its examples, less, for an item, the pool examples with the
     item's own input (an item is never its own demonstration); one copy per exclusion."""
 
@@ -224,7 +261,7 @@ class _PoolPrompts:
 
 
 @dataclass(frozen=True)
-class _ItemRun:
+class ItemRun:
     """Runs one item (generating or scoring) and records everything about it."""
 
     prompt: Prompt[Any]
@@ -248,12 +285,21 @@ class _ItemRun:
                 max_attempts=self.max_attempts,
                 select=self.select,
             )
-            return self._record(item, began, result.output, result.text, result.attempts)
-        except OutputValidationError as exc:
+        except PromptkitError as exc:
+            return self.failed(item, began, exc)
+        return self.succeeded(item, began, result)
+
+    def succeeded(self, item: EvalItem, began: float, result: Result[Any]) -> ItemResult:
+        """The record of an item whose answer validated (``began``: its perf_counter start)."""
+        return self._record(item, began, result.output, result.text, result.attempts)
+
+    def failed(self, item: EvalItem, began: float, exc: PromptkitError) -> ItemResult:
+        """The record of an item that failed: every attempt of an OutputValidationError, the
+        one-line message of another error."""
+        if isinstance(exc, OutputValidationError):
             last = exc.attempts[-1].text if exc.attempts else None
             return self._record(item, began, None, last, exc.attempts, valid=False)
-        except PromptkitError as exc:
-            return self._record(item, began, None, None, (), valid=False, error=_one_line(exc))
+        return self._record(item, began, None, None, (), valid=False, error=_one_line(exc))
 
     def _score(self, runner: Prompt[Any], item: EvalItem, shots: int, began: float) -> ItemResult:
         chosen = runner.classify(item.inputs, backend=self.backend, shots=shots, select=self.select)
@@ -328,9 +374,10 @@ class _ItemRun:
         )
 
 
-def _summary(
+def summarize(
     shots: int, items: Sequence[EvalItem], results: list[ItemResult], *, records: bool
 ) -> ShotReport:
+    """One shot count's figures over its items' results (both in dataset order)."""
     n = len(results)
     return ShotReport(
         shots=shots,
@@ -363,6 +410,8 @@ def check_shots(shots: Sequence[int], pool: Sequence[Example]) -> None:
 
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
 def _sent(
     prompt: PromptInput | Sequence[Mapping[str, object]] | None,
 ) -> str | list[dict[str, Any]] | None:

@@ -225,3 +225,8 @@ class Report(_Record):
     comparisons: list[Comparison] = Field(default_factory=list)
     metric: Literal["accuracy", "pass@k"] = "accuracy"
     pass_at_k: PassAtKReport | None = Field(default=None, description="metric pass@k: the run")
+    fingerprint: dict[str, Any] | None = Field(
+        default=None,
+        description="what a resumed run must share with this one: digests of the template, "
+        "data and pool files, the backend, the settings (see results.jsonl)",
+    )
