@@ -4,6 +4,7 @@ into the user's model cache; skipped, saying why, only when it cannot be fetched
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -121,3 +122,56 @@ def test_greedy_answer_through_the_registry_name(smollm2_file, reference, monkey
     assert backend.tokenizer.eot_id in expected  # the answer ends its turn within 24 tokens
     assert answer[0] == expected[: expected.index(backend.tokenizer.eot_id)]
     assert reasons[0] == "stop"
+
+
+@pytest.fixture()
+def pulled_default(smollm2_file, monkeypatch):
+    """The user's cache, where the README's first command pulled the model, and nothing else
+    configured: what `promptkit run` finds on a machine set up as the README says."""
+    monkeypatch.setenv("PROMPTKIT_CACHE_DIR", str(smollm2_file.parents[2]))
+    monkeypatch.setenv("PROMPTKIT_OFFLINE", "1")
+    monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
+
+
+def test_the_readme_main_job_runs_on_the_pulled_model(pulled_default):
+    from click.testing import CliRunner
+
+    from promptkit.cli import cli
+
+    note = "promptkit: answered by scratch:smollm2-135m-instruct"
+    text = "The concert was superb and lovely."  # the README's set-up command
+    result = CliRunner().invoke(cli, ["run", "sentiment", "-i", f"text={text}", "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == '"positive"' and result.stderr.startswith(note)
+    text = "Zainab Okonkwo, 41, moved to Tromso last spring."  # the README's next example
+    result = CliRunner().invoke(cli, ["run", "extract", "-i", f"text={text}", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "name": "Zainab Okonkwo",
+        "age": 41,
+        "city": "Tromso",
+        "date": None,
+    }
+
+
+CODE = """
+def load_scores(path):
+    with open(path) as handle:
+        return [int(line) for line in handle]
+
+
+def average(scores):
+    return sum(scores) / len(scores)
+"""
+
+
+@pytest.mark.timeout(900)
+def test_the_code_explainer_runs_offline_end_to_end(pulled_default):
+    """The canonical prompt on the default model: a valid four-part record whose methods are
+    the functions of the code (their names are copied from it, by constraint)."""
+    explain = pk.load_prompt("code_explanation")
+    result = explain.run({"code": CODE}, backend=pk.get_backend())
+    record = result.output
+    assert record.summary and record.potential_issues and record.optimizations
+    assert {method.name for method in record.methods} <= {"load_scores", "average"}
+    assert record.methods[0].name == "load_scores", f"sha256 {SHA256}: {result.text}"
