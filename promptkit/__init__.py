@@ -28,6 +28,9 @@ __all__ = [
     "Selection",
     "SpanOf",
     "TemplateLimits",
+    "Tool",
+    "ToolCall",
+    "ToolStep",
     "__version__",
     "backends",
     "bundled_templates",
@@ -52,6 +55,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Selection": ("promptkit._demos", "Selection"),
     "SpanOf": ("promptkit._outputs", "SpanOf"),
     "TemplateLimits": ("promptkit._template_limits", "TemplateLimits"),
+    "Tool": ("promptkit._tools", "Tool"),
+    "ToolCall": ("promptkit._tools", "ToolCall"),
+    "ToolStep": ("promptkit._tools", "ToolStep"),
     "backends": ("promptkit.backends", None),
     "bundled_templates": ("promptkit._files", "bundled_templates"),
     "errors": ("promptkit.errors", None),
@@ -74,6 +80,7 @@ if TYPE_CHECKING:
     from ._runloop import Attempt, Result
     from ._scoring import multiple_choice
     from ._template_limits import TemplateLimits
+    from ._tools import Tool, ToolCall, ToolStep
     from .backends import get_backend
 
 

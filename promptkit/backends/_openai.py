@@ -44,11 +44,14 @@ from ._base import (
 )
 from ._openai_mapping import (
     MIN_SECRET_LENGTH,
+    api_messages,
     map_error,
+    read_tool_calls,
     request_params,
     response_format,
     scrub,
     scrubbed_copy,
+    tool_params,
 )
 
 __all__ = [
@@ -113,6 +116,7 @@ class OpenAIBackend(Backend):
             streaming=True,
             loglikelihood=completions,
             json_schema=True,
+            tools=True,
         )
 
     def cache_identity(self) -> dict[str, Any]:
@@ -187,8 +191,9 @@ class OpenAIBackend(Backend):
     def _chat_kwargs(self, messages: list[Message], config: GenerationConfig) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.model,
-            "messages": [dict(m) for m in messages],
+            "messages": api_messages(messages),
             **request_params(self.model, config, chat=True),
+            **tool_params(config),
         }
         if config.grammar is not None:
             kwargs["response_format"] = response_format(config.grammar)
@@ -227,6 +232,7 @@ class OpenAIBackend(Backend):
             if not isinstance(text, (str, type(None))):
                 raise TypeError(f"the answer's text is a {type(text).__name__}, not a string")
             finish = choice.finish_reason
+            calls = read_tool_calls(choice.message) if chat else ()
             counts = self._usage(response.usage)
         if finish == "content_filter":
             raise BackendError(
@@ -238,6 +244,7 @@ class OpenAIBackend(Backend):
             text=text or "",
             usage=counts,
             finish_reason="length" if finish == "length" else "stop",
+            tool_calls=calls,
         )
 
     def _usage(self, usage: Any) -> Usage:
@@ -378,7 +385,7 @@ class OpenAIBackend(Backend):
         """Exact with tiktoken when it is installed and has the model's encoding offline; else
         the base estimate (four characters a token)."""
         try:
-            import tiktoken  # type: ignore[import-not-found]
+            import tiktoken  # type: ignore[import-not-found, unused-ignore]
 
             return len(tiktoken.encoding_for_model(self.model).encode(text))
         except Exception:  # not installed, unknown model, or the encoding cannot be fetched
