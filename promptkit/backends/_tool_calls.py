@@ -199,7 +199,9 @@ def emulated_text(call: ToolCallData) -> str:
         arguments = json.loads(call["arguments"])
     except json.JSONDecodeError:
         arguments = call["arguments"]  # the model's text, kept as it was
-    payload = json.dumps({"name": call["name"], "arguments": arguments}, ensure_ascii=False)
+    payload = json.dumps(
+        {"name": call["name"], "arguments": arguments}, ensure_ascii=False, separators=(",", ":")
+    )
     return f"{CALL_OPEN}{payload}{CALL_CLOSE}"
 
 
@@ -214,7 +216,7 @@ def tools_system_text(tools: Sequence[ToolSpec], choice: ToolChoice) -> str:
         rule = f"Call the tool {choice}"
     return (
         f"You can call these tools:\n{listed}\n{rule} by writing "
-        f'{CALL_OPEN}{{"name": <tool name>, "arguments": <arguments as JSON>}}{CALL_CLOSE}'
+        f'{CALL_OPEN}{{"name":<tool name>,"arguments":<arguments as JSON>}}{CALL_CLOSE}'
     )
 
 
