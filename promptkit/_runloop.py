@@ -126,7 +126,9 @@ class RunLoop(Generic[OutputT]):
     that calls them is validated into :class:`ToolCall` s (bad calls are re-asked like bad
     answers). Without ``run_tools`` the calls end the run; with it they wait in
     :attr:`pending_calls` until :meth:`tool_results` hands back what they returned, which goes
-    to the model as tool messages, round after round, until it answers.
+    to the model as tool messages, round after round, until it answers. A ``tool_choice`` that
+    forces a call applies to the first round; later rounds are ``"auto"`` (else the model could
+    never answer).
     """
 
     def __init__(
@@ -181,7 +183,7 @@ class RunLoop(Generic[OutputT]):
         calls: tuple[ToolCall, ...] = ()
         try:
             if self._tools is not None:
-                calls = self._tools.calls(completion)
+                calls = self._tools.calls(completion, request.config.tool_choice)
             if not calls:
                 output = self._spec.parse(completion.text, self._inputs)
                 refused = self._check(output) if self._check is not None else None
@@ -264,7 +266,9 @@ class RunLoop(Generic[OutputT]):
         replies = [(call.id, text) for call, text in zip(calls, texts, strict=True)]
         round_ = tool_messages(completion, replies)
         self._conversation = [*_as_messages(self._conversation), *round_]
-        self._request = Request(self._conversation, self._request.config)
+        # a forced choice applies to the first round: after it the model may answer
+        config = self._request.config.replace(tool_choice="auto")
+        self._request = Request(self._conversation, config)
         self.pending_calls, self._called = (), None
 
 

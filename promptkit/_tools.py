@@ -275,8 +275,9 @@ class ToolSet:
         self.max_steps = max_steps
         self.specs = tuple(t.spec for t in tools)
 
-    def calls(self, completion: Completion) -> tuple[ToolCall, ...]:
-        """The completion's calls, validated; () when it answered instead (and may).
+    def calls(self, completion: Completion, choice: ToolChoice) -> tuple[ToolCall, ...]:
+        """The completion's calls, validated against ``choice`` (the run's ``tool_choice``, or
+        ``"auto"`` after a round of calls); () when it answered instead (and may).
 
         Raises OutputParseError for an unknown tool, arguments that do not validate, a call
         when ``tool_choice="none"``, a call to another tool than the one named, or an answer
@@ -284,14 +285,14 @@ class ToolSet:
         """
         raw = completion.tool_calls
         if not raw:
-            if self.choice not in ("auto", "none"):
-                wanted = "one of the tools" if self.choice == "required" else self.choice
+            if choice not in ("auto", "none"):
+                wanted = "one of the tools" if choice == "required" else choice
                 raise OutputParseError(
                     f"the model answered instead of calling {wanted}; call it",
                     raw_text=completion.text,
                 )
             return ()
-        if self.choice == "none":
+        if choice == "none":
             raise OutputParseError(
                 "the model called a tool, but tool_choice='none'; answer instead",
                 raw_text=completion.text,
@@ -299,8 +300,8 @@ class ToolSet:
         calls = []
         for call in raw:
             tool = self.tools.get(call.name)
-            if tool is None or self.choice not in (*CHOICE_KEYWORDS, call.name):
-                allowed = list(self.tools) if self.choice in CHOICE_KEYWORDS else [self.choice]
+            if tool is None or choice not in (*CHOICE_KEYWORDS, call.name):
+                allowed = list(self.tools) if choice in CHOICE_KEYWORDS else [choice]
                 raise OutputParseError(
                     f"the model called {call.name!r}, which is not a tool it may call; "
                     f"call one of {allowed}",
