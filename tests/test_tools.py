@@ -406,3 +406,15 @@ def test_tool_specs_are_openai_shaped():
         "type": "function",
         "function": {"name": "f", "parameters": {"type": "object"}, "description": "does f"},
     }
+
+
+def test_the_response_cache_keeps_the_calls(tmp_path):
+    backend = ScriptedBackend([call("get_weather", {"city": "Oslo"})], tools=True)
+    cached = pk.CachedBackend(backend, pk.ResponseCache(tmp_path / "c.sqlite"))
+    first = PROMPT.run({"city": "Oslo"}, backend=cached, tools=[WEATHER])
+    again = PROMPT.run({"city": "Oslo"}, backend=cached, tools=[WEATHER])  # from the cache
+    assert cached.calls == 1
+    assert again.tool_calls[0].raw == first.tool_calls[0].raw
+    backend.enqueue("fine")
+    other = PROMPT.run({"city": "Oslo"}, backend=cached, tools=[PERSON])  # other tools
+    assert other.output == "fine" and cached.calls == 2
