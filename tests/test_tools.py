@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Annotated, Any, Literal
 
 import pytest
@@ -344,13 +345,15 @@ def test_emulated_tools_in_the_chat_templates_slot_stay_in_the_config():
 
 def test_emulated_tools_on_a_text_model_go_above_the_prompt():
     backend = Masked(EMULATED, chat=False)  # calls again after the result: out of steps
-    with pytest.raises(MaxStepsError):
+    with pytest.raises(MaxStepsError) as caught:
         PROMPT.run({"city": "Oslo"}, backend=backend, tools=[WEATHER], run_tools=True, max_steps=1)
     assert backend.seen[0][0].startswith("You can call these tools")
     text, _ = backend.seen[1]  # the conversation so far, flattened
     assert text.startswith("System: You can call these tools")
     assert f"Assistant: {EMULATED}" in text  # the call and its result, as text
-    assert "User: Tool result (call_0):\nsunny in Oslo for 3 days" in text
+    assert re.search(r"User: Tool result \(call_[0-9a-f]{24}\):\nsunny in Oslo for 3 days", text)
+    first_id = re.findall(r"call_[0-9a-f]{24}", text)
+    assert first_id and caught.value.pending[0].id not in first_id  # every call its own id
 
 
 def test_a_lark_answer_cannot_be_an_alternative_to_a_call():

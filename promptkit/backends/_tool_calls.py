@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
@@ -176,7 +177,8 @@ def _answer_rule(answer: Grammar | None) -> str:
 
 def parse_emulated(text: str) -> FunctionCall | None:
     """The call in an emulated answer (``<tool_call>`` JSON ``</tool_call>``), or None when the
-    text is an answer. A call's arguments keep the model's text; its id is ``call_0``."""
+    text is an answer. The call gets a fresh id (``call_`` and 24 hex digits, as the APIs'
+    are unique), so that rounds of calls in one conversation never share one."""
     stripped = text.strip()
     if not (stripped.startswith(CALL_OPEN) and stripped.endswith(CALL_CLOSE)):
         return None
@@ -189,7 +191,9 @@ def parse_emulated(text: str) -> FunctionCall | None:
         return None
     arguments = data.get("arguments", {})
     return FunctionCall(
-        name=data["name"], arguments=json.dumps(arguments, ensure_ascii=False), id="call_0"
+        name=data["name"],
+        arguments=json.dumps(arguments, ensure_ascii=False),
+        id=f"call_{secrets.token_hex(12)}",
     )
 
 
