@@ -421,3 +421,13 @@ def test_the_response_cache_keeps_the_calls(tmp_path):
     backend.enqueue("fine")
     other = PROMPT.run({"city": "Oslo"}, backend=cached, tools=[PERSON])  # other tools
     assert other.output == "fine" and cached.calls == 2
+
+
+def test_a_config_with_tools_is_hashable_like_any_config():
+    # the server's worker groups requests by config: an unhashable one stopped it
+    assert hash(GenerationConfig(tools=(WEATHER.spec,))) == hash(
+        GenerationConfig(tools=(pk.Tool(get_weather).spec,))
+    )
+    assert (
+        len({GenerationConfig(tools=(WEATHER.spec,)), GenerationConfig(tools=(PERSON.spec,))}) == 2
+    )

@@ -67,6 +67,11 @@ class ToolSpec:
     description: str = ""
     parameters: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
 
+    def __hash__(self) -> int:
+        """Hashable like the rest of a GenerationConfig (which groups requests by config)."""
+        schema = json.dumps(self.parameters, sort_keys=True, default=str)
+        return hash((self.name, self.description, schema))
+
     def as_openai(self) -> dict[str, Any]:
         """The tool as the OpenAI API (and chat templates' ``tools`` slot) write it."""
         function: dict[str, Any] = {"name": self.name, "parameters": dict(self.parameters)}
