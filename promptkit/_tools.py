@@ -287,8 +287,12 @@ class ToolSet:
         if not raw:
             if choice not in ("auto", "none"):
                 wanted = "one of the tools" if choice == "required" else choice
+                cut = completion.finish_reason == "length"
                 raise OutputParseError(
-                    f"the model answered instead of calling {wanted}; call it",
+                    f"the answer stopped at max_tokens before a call to {wanted} was complete; "
+                    "raise max_tokens"
+                    if cut
+                    else f"the model answered instead of calling {wanted}; call it",
                     raw_text=completion.text,
                 )
             return ()

@@ -431,3 +431,12 @@ def test_a_config_with_tools_is_hashable_like_any_config():
     assert (
         len({GenerationConfig(tools=(WEATHER.spec,)), GenerationConfig(tools=(PERSON.spec,))}) == 2
     )
+
+
+def test_a_call_cut_off_at_max_tokens_says_so():
+    cut = Completion('<tool_call>{"name":"get_wea', finish_reason="length")
+    backend = ScriptedBackend([cut], tools=True)
+    with pytest.raises(OutputValidationError, match="stopped at max_tokens before a call to"):
+        PROMPT.run(
+            {"city": "x"}, backend=backend, tools=[WEATHER], tool_choice="required", max_attempts=1
+        )

@@ -3,6 +3,7 @@ answer's ``tool_calls`` typed and validated, results sent back as ``tool`` messa
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -126,4 +127,21 @@ def test_a_call_of_the_wrong_shape_is_a_bad_response():
         assert caught.value.kind == "bad_response"
         assert "does not have the expected shape" in str(caught.value)
         assert '"id": 7' in str(caught.value)  # what came back is quoted
+        backend.close()
+
+
+def test_the_async_client_carries_tools_too():
+    seen: list[dict[str, Any]] = []
+    with serve_in_thread(fake_api([reply(CALL, "tool_calls")], seen)) as url:
+        backend = from_spec("gpt-4o-mini", base_url=f"{url}/v1", api_key=KEY)
+
+        async def run() -> Any:
+            try:
+                return await PROMPT.arun({"city": "Oslo"}, backend=backend, tools=[WEATHER])
+            finally:
+                await backend.aclose()
+
+        result = asyncio.run(run())
+        assert result.tool_calls[0].arguments == WEATHER.arguments_type(city="Oslo", days=2)
+        assert seen[0]["tool_choice"] == "auto" and seen[0]["tools"][0]["type"] == "function"
         backend.close()
