@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_
 from pydantic.fields import FieldInfo
 
 from .backends import _base
-from .backends._tool_calls import ToolCallData
+from .backends._messages import ToolCallData
 from .errors import InputValidationError, TemplateError, UsageError
 
 __all__ = [

@@ -35,7 +35,9 @@ __all__ = [
     "ToolSet",
     "ToolStep",
     "arun_calls",
+    "result_text",
     "run_calls",
+    "tool_messages",
     "tool_set",
 ]
 

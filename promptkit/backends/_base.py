@@ -22,6 +22,11 @@ command line) never probe a backend with ``getattr``:
 ``close``/``aclose``   release connections or memory (nothing to do by default)
 =====================  ====================================================================
 
+Tools (``GenerationConfig.tools``): a backend that declares ``tools`` takes them natively (an
+API); one with ``token_masks`` gets them emulated here (shown in the chat template's tools slot,
+flag ``tool_template``, or the system message; decoding held to a call; the call parsed back:
+:mod:`promptkit.backends._tool_calls`); any other raises UnsupportedCapabilityError.
+
 The flag ``tokens`` says a backend is a local model with token-level access (``LocalScoring``:
 ``generate_tokens`` from token ids, ``token_id_logprobs`` with the top alternatives), which the
 server's token-id prompts and top log-probabilities use.
@@ -39,7 +44,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, Union
 from .._grammar import Grammar
 from ..errors import ConfigurationError, InputValidationError, UnsupportedCapabilityError
 from . import _tool_calls as _tc
-from ._messages import Message, check_messages, messages_to_text
+from ._messages import Message, check_messages, messages_to_text, plain_messages
 from ._tool_calls import FunctionCall, ToolChoice, ToolSpec
 
 __all__ = [
@@ -249,7 +254,7 @@ class Backend:
     def _emulate_tools(self, prompt: PromptInput, config: GenerationConfig) -> Completion:
         """Tools on a backend with token masks: shown in the chat template's tools slot or the
         system message, decoding held to a call (see :mod:`promptkit.backends._tool_calls`)."""
-        if not self.capabilities.token_masks:
+        if not self.capabilities.calls_tools():
             raise UnsupportedCapabilityError(
                 self.name,
                 "tools",
@@ -335,7 +340,7 @@ class Backend:
             self._check_grammar(config, chat=True)
             return on_chat(check_messages(messages), config)
         if not isinstance(prompt, str) and not caps.tools and not caps.tool_template:
-            prompt = _tc.plain_messages(check_messages(prompt))
+            prompt = plain_messages(check_messages(prompt))
         if isinstance(prompt, str):
             self._check_text(prompt)
             if self.capabilities.completion:

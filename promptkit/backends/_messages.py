@@ -1,20 +1,44 @@
-"""Chat messages as backends take them: the :class:`Message` shape, its validation, and the
-flattening of a conversation into one text prompt for a model that only completes text."""
+"""Chat messages as backends take them: the :class:`Message` shape (tool calls and results
+included), its validation, and the flattening of a conversation into plain messages or one text
+prompt for a model without a tools slot, or that only completes text; a call is then written
+``<tool_call>{"name": ..., "arguments": ...}</tool_call>``, as a model that emulates tool
+calling writes it (:mod:`promptkit.backends._tool_calls`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 from typing_extensions import NotRequired
 
 from ..errors import InputValidationError
-from . import _tool_calls as _tc
-from ._tool_calls import ToolCallData
 
-__all__ = ["ROLES", "Message", "check_messages", "messages_to_text"]
+__all__ = [
+    "CALL_CLOSE",
+    "CALL_OPEN",
+    "ROLES",
+    "Message",
+    "ToolCallData",
+    "check_messages",
+    "emulated_text",
+    "messages_to_text",
+    "plain_messages",
+]
+
+# How a model without native tool calling writes a call (Hermes / Qwen style).
+CALL_OPEN = "<tool_call>"
+CALL_CLOSE = "</tool_call>"
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+
+
+class ToolCallData(TypedDict):
+    """A call inside an assistant message (``message["tool_calls"]``): ``arguments`` is JSON."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 class Message(TypedDict):
@@ -35,9 +59,9 @@ def messages_to_text(messages: Sequence[Message]) -> str:
 
     Each message becomes ``"Role: content"``, separated by blank lines, ending with
     ``"Assistant:"`` so that the model writes the next assistant turn. Tool calls and results
-    are written as text first (see :func:`~promptkit.backends._tool_calls.plain_messages`).
+    are written as text first (see :func:`plain_messages`).
     """
-    parts = [f"{m['role'].capitalize()}: {m['content']}" for m in _tc.plain_messages(messages)]
+    parts = [f"{m['role'].capitalize()}: {m['content']}" for m in plain_messages(messages)]
     parts.append("Assistant:")
     return "\n\n".join(parts)
 
@@ -104,3 +128,32 @@ def _checked_tool_fields(i: int, m: Mapping[str, Any]) -> Message:
     if "tool_call_id" in m:
         message["tool_call_id"] = m["tool_call_id"]
     return message
+
+
+def plain_messages(messages: Sequence[Message]) -> list[Message]:
+    """Messages without tool fields, for a model that has no tools slot: an assistant's calls
+    become its text (as it writes them), a tool's result a user message naming the call."""
+    plain = []
+    for m in messages:
+        calls = m.get("tool_calls") or []
+        if calls:
+            content = "\n".join([m["content"], *(emulated_text(c) for c in calls)]).strip()
+            plain.append(Message(role="assistant", content=content))
+        elif m["role"] == "tool":
+            call_id = m.get("tool_call_id", "")
+            plain.append(Message(role="user", content=f"Tool result ({call_id}):\n{m['content']}"))
+        else:
+            plain.append(Message(role=m["role"], content=m["content"]))
+    return plain
+
+
+def emulated_text(call: ToolCallData) -> str:
+    """A call as an emulating model writes it (what :func:`parse_emulated` reads)."""
+    try:
+        arguments = json.loads(call["arguments"])
+    except json.JSONDecodeError:
+        arguments = call["arguments"]  # the model's text, kept as it was
+    payload = json.dumps(
+        {"name": call["name"], "arguments": arguments}, ensure_ascii=False, separators=(",", ":")
+    )
+    return f"{CALL_OPEN}{payload}{CALL_CLOSE}"

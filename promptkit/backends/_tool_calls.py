@@ -15,7 +15,8 @@ token masks (scratch, hf) get them *emulated* here, once for all of them:
 * the text is parsed back into a :class:`FunctionCall` (:func:`parse_emulated`).
 
 Conversations that carry calls and their results (assistant messages with ``tool_calls``,
-``tool`` messages) go to a model without a tools slot as plain text (:func:`plain_messages`).
+``tool`` messages) go to a model without a tools slot as plain text
+(:func:`~promptkit.backends._messages.plain_messages`).
 """
 
 from __future__ import annotations
@@ -25,32 +26,26 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
+from typing import Any, Literal, Union
 
 from .._grammar import Grammar
-from ..errors import ConfigurationError, ConstraintError
-
-if TYPE_CHECKING:
-    from ._messages import Message
+from ..errors import ConstraintError
+from ._messages import CALL_CLOSE, CALL_OPEN, Message, ToolCallData
 
 __all__ = [
-    "CALL_CLOSE",
-    "CALL_OPEN",
+    "CHOICE_KEYWORDS",
     "FunctionCall",
-    "ToolCallData",
     "ToolChoice",
     "ToolSpec",
     "check_tools",
     "emulation_grammar",
     "parse_emulated",
-    "plain_messages",
     "template_messages",
     "template_tools",
     "tools_system_text",
+    "with_tools_in_system",
 ]
 
-CALL_OPEN = "<tool_call>"
-CALL_CLOSE = "</tool_call>"
 # "auto" (the model answers or calls), "required" (it must call one), "none" (it must answer),
 # or the name of the one tool it must call.
 ToolChoice = Union[Literal["auto", "required", "none"], str]
@@ -91,14 +86,6 @@ class FunctionCall:
 
     def as_data(self) -> ToolCallData:
         return ToolCallData(id=self.id, name=self.name, arguments=self.arguments)
-
-
-class ToolCallData(TypedDict):
-    """A call inside an assistant message (``message["tool_calls"]``): ``arguments`` is JSON."""
-
-    id: str
-    name: str
-    arguments: str
 
 
 def check_tools(tools: Sequence[ToolSpec], choice: ToolChoice) -> list[str]:
@@ -202,18 +189,6 @@ def parse_emulated(text: str) -> FunctionCall | None:
     )
 
 
-def emulated_text(call: ToolCallData) -> str:
-    """A call as an emulating model writes it (what :func:`parse_emulated` reads)."""
-    try:
-        arguments = json.loads(call["arguments"])
-    except json.JSONDecodeError:
-        arguments = call["arguments"]  # the model's text, kept as it was
-    payload = json.dumps(
-        {"name": call["name"], "arguments": arguments}, ensure_ascii=False, separators=(",", ":")
-    )
-    return f"{CALL_OPEN}{payload}{CALL_CLOSE}"
-
-
 def tools_system_text(tools: Sequence[ToolSpec], choice: ToolChoice) -> str:
     """What a model without a tools slot is told about the tools (in the system message)."""
     listed = "\n".join(json.dumps(t.as_openai(), ensure_ascii=False) for t in tools)
@@ -234,8 +209,6 @@ def with_tools_in_system(
 ) -> str | list[Message]:
     """``prompt`` with the tools described in its system message (one added when it has none;
     a text prompt gets the description above it)."""
-    from ._messages import Message
-
     text = tools_system_text(tools, choice)
     if isinstance(prompt, str):
         return f"{text}\n\n{prompt}"
@@ -244,25 +217,6 @@ def with_tools_in_system(
         first = Message(role="system", content=f"{messages[0]['content']}\n\n{text}")
         return [first, *messages[1:]]
     return [Message(role="system", content=text), *messages]
-
-
-def plain_messages(messages: Sequence[Message]) -> list[Message]:
-    """Messages without tool fields, for a model that has no tools slot: an assistant's calls
-    become its text (as it writes them), a tool's result a user message naming the call."""
-    from ._messages import Message
-
-    plain = []
-    for m in messages:
-        calls = m.get("tool_calls") or []
-        if calls:
-            content = "\n".join([m["content"], *(emulated_text(c) for c in calls)]).strip()
-            plain.append(Message(role="assistant", content=content))
-        elif m["role"] == "tool":
-            call_id = m.get("tool_call_id", "")
-            plain.append(Message(role="user", content=f"Tool result ({call_id}):\n{m['content']}"))
-        else:
-            plain.append(Message(role=m["role"], content=m["content"]))
-    return plain
 
 
 def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -296,10 +250,3 @@ def _arguments(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
-
-
-def require_valid(tools: Sequence[ToolSpec], choice: ToolChoice) -> None:
-    """Raise ConfigurationError naming every problem of a request's tools (see check_tools)."""
-    problems = check_tools(tools, choice)
-    if problems:
-        raise ConfigurationError("invalid tools: " + "; ".join(problems))
