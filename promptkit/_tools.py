@@ -12,6 +12,7 @@ an :class:`~promptkit.errors.OutputParseError` saying what to fix, which the run
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import re
@@ -80,9 +81,12 @@ def _arguments_model(
 
     Raises UsageError for a parameter without a type annotation or a ``*args``/``**kwargs``
     one (the model could not be told what to pass)."""
-    signature = inspect.signature(function)
+    signature = inspect.signature(function)  # a partial's: the parameters it leaves
+    annotated: Any = function.func if isinstance(function, functools.partial) else function
+    if not (inspect.isfunction(annotated) or inspect.ismethod(annotated)):
+        annotated = type(annotated).__call__  # a callable object
     try:
-        hints = typing.get_type_hints(function, include_extras=True)
+        hints = typing.get_type_hints(annotated, include_extras=True)
     except (NameError, TypeError) as exc:
         raise UsageError(f"tool {name!r}: cannot resolve its parameter types ({exc})") from None
     fields: dict[str, Any] = {}
@@ -135,6 +139,10 @@ class Tool:
         elif callable(target) and not isinstance(target, type):
             summary, docs = _docstring(inspect.getdoc(target) or "")
             self.name = name or str(getattr(target, "__name__", ""))
+            if not self.name:
+                raise UsageError(
+                    f"{target!r} has no __name__; give the tool one: pk.Tool(fn, name=...)"
+                )
             self.function = target
             self.arguments_type = _arguments_model(target, self.name, docs)
         else:

@@ -4,6 +4,7 @@ run_tools rounds until an answer, MaxStepsError, and how each kind of backend ge
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from typing import Annotated, Any, Literal
@@ -114,6 +115,20 @@ def test_a_tool_that_cannot_be_described_is_a_usage_error(target, message):
 def test_a_tool_name_the_api_would_refuse_is_a_usage_error():
     with pytest.raises(UsageError, match="tool name 'get weather' must be 1 to 64"):
         pk.Tool(get_weather, name="get weather")
+    weekly = functools.partial(get_weather, days=7)
+    with pytest.raises(UsageError, match="has no __name__; give the tool one"):
+        pk.Tool(weekly)
+    assert pk.Tool(weekly, name="weekly").spec.parameters["properties"]["days"]["default"] == 7
+
+
+def test_a_callable_object_is_a_tool_too():
+    class Adder:
+        def __call__(self, a: int, b: int) -> int:
+            return a + b
+
+    tool = pk.Tool(Adder(), name="add")
+    assert tool.spec.parameters["required"] == ["a", "b"]
+    assert tool(tool.validate('{"a": 1, "b": 2}')) == 3
 
 
 def test_arguments_that_do_not_validate_say_which_and_why():

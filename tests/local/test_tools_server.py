@@ -50,6 +50,14 @@ CONVERT = {
     },
 }
 
+BROKEN = {  # a schema llguidance cannot compile
+    "type": "function",
+    "function": {
+        "name": "f",
+        "parameters": {"type": "object", "properties": {"x": {"type": "nope"}}},
+    },
+}
+
 
 class Forecast(BaseModel):
     """Today's forecast."""
@@ -142,6 +150,7 @@ def test_tool_results_are_taken_back_as_tool_messages(client):
         ({"tool_choice": "required"}, None, "needs tools"),
         ({"functions": [WEATHER["function"]]}, "functions", "offer the functions as tools"),
         ({"tools": [WEATHER], "stream": True}, "stream", "not supported with tools"),
+        ({"tools": [BROKEN], "tool_choice": "required"}, None, "cannot compile"),
     ],
 )
 def test_tools_of_the_wrong_shape_are_400s_that_say_why(client, extra, param, says):
