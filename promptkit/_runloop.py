@@ -18,7 +18,7 @@ from ._parsing import OutputSpec
 from ._tools import ToolCall, ToolSet, ToolStep, result_text, tool_messages
 from .backends._base import Completion, GenerationConfig, Message, PromptInput, Usage
 from .backends._tool_calls import FunctionCall
-from .errors import MaxStepsError, OutputParseError, OutputValidationError
+from .errors import MaxStepsError, OutputParseError, OutputValidationError, UsageError
 
 __all__ = ["Attempt", "Request", "Result", "RunLoop"]
 
@@ -258,9 +258,14 @@ class RunLoop(Generic[OutputT]):
         """Hand back what the :attr:`pending_calls` returned (in order): they go to the model
         as tool messages and the next request asks it to go on.
 
-        Raises UsageError for a result that cannot be sent as JSON."""
+        Raises UsageError when no calls are pending, for a number of results that is not
+        theirs, or for a result that cannot be sent as JSON."""
         calls, completion = self.pending_calls, self._called
-        assert completion is not None and len(results) == len(calls)
+        if completion is None or len(results) != len(calls):
+            raise UsageError(
+                f"tool_results takes one result per pending call: {len(calls)} pending, "
+                f"{len(results)} given"
+            )
         texts = tuple(result_text(call, value) for call, value in zip(calls, results, strict=True))
         self._steps.append(ToolStep(calls, tuple(results), texts))
         replies = [(call.id, text) for call, text in zip(calls, texts, strict=True)]

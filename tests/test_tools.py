@@ -455,3 +455,17 @@ def test_a_call_cut_off_at_max_tokens_says_so():
         PROMPT.run(
             {"city": "x"}, backend=backend, tools=[WEATHER], tool_choice="required", max_attempts=1
         )
+
+
+def test_results_must_match_the_pending_calls():
+    from promptkit._runloop import RunLoop
+    from promptkit._tools import ToolSet
+
+    loop: RunLoop[str] = RunLoop(
+        "hi", "chat", GenerationConfig(), PROMPT.output, 3, tools=ToolSet([WEATHER], run=True)
+    )
+    with pytest.raises(UsageError, match="0 pending, 1 given"):
+        loop.tool_results(["x"])
+    assert loop.accept(Completion("", tool_calls=(call("get_weather", {"city": "Oslo"}),))) is None
+    with pytest.raises(UsageError, match="1 pending, 2 given"):
+        loop.tool_results(["x", "y"])
