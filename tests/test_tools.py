@@ -469,3 +469,9 @@ def test_results_must_match_the_pending_calls():
     assert loop.accept(Completion("", tool_calls=(call("get_weather", {"city": "Oslo"}),))) is None
     with pytest.raises(UsageError, match="1 pending, 2 given"):
         loop.tool_results(["x", "y"])
+
+
+def test_an_empty_prompt_with_tools_is_refused_like_any_empty_prompt():
+    config = GenerationConfig(tools=(WEATHER.spec,))
+    with pytest.raises(InputValidationError, match="the prompt is empty"):
+        ScriptedBackend(["x"], tools=True).generate("", config)

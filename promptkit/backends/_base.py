@@ -336,6 +336,8 @@ class Backend:
         """
         caps = self.capabilities
         if config.tools and caps.tools:
+            if isinstance(prompt, str):
+                self._check_text(prompt)
             messages = [Message(role="user", content=prompt)] if isinstance(prompt, str) else prompt
             self._check_grammar(config, chat=True)
             return on_chat(check_messages(messages), config)
