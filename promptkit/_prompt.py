@@ -315,7 +315,7 @@ class Prompt(PromptRendering, Generic[OutputT]):
             lambda kept: self._render_context(context, selection.shown(kept), chosen, earlier),
             self._choose(context, count, selection),
             backend,
-            config.max_tokens,
+            config.max_tokens + (tools.reserved_tokens(backend) if tools else 0),
         )
         return RunLoop(
             rendered,

@@ -24,9 +24,16 @@ from typing import Any, TypedDict
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .backends._base import Completion
+from .backends._base import Backend, Completion
 from .backends._messages import Message
-from .backends._tool_calls import CHOICE_KEYWORDS, FunctionCall, ToolChoice, ToolSpec, check_tools
+from .backends._tool_calls import (
+    CHOICE_KEYWORDS,
+    FunctionCall,
+    ToolChoice,
+    ToolSpec,
+    check_tools,
+    tools_system_text,
+)
 from .errors import OutputParseError, UsageError
 
 __all__ = [
@@ -284,6 +291,12 @@ class ToolSet:
         self.run = run
         self.max_steps = max_steps
         self.specs = tuple(t.spec for t in tools)
+
+    def reserved_tokens(self, backend: Backend) -> int:
+        """Tokens the tools take in a prompt to ``backend`` (their description, as a model
+        without a tools slot sees it; APIs count tool definitions as prompt tokens too), so
+        that demonstrations are dropped to make room for them."""
+        return backend.count_tokens(tools_system_text(self.specs, self.choice))
 
     def calls(self, completion: Completion, choice: ToolChoice) -> tuple[ToolCall, ...]:
         """The completion's calls, validated against ``choice`` (the run's ``tool_choice``, or

@@ -475,3 +475,18 @@ def test_an_empty_prompt_with_tools_is_refused_like_any_empty_prompt():
     config = GenerationConfig(tools=(WEATHER.spec,))
     with pytest.raises(InputValidationError, match="the prompt is empty"):
         ScriptedBackend(["x"], tools=True).generate("", config)
+
+
+def test_demonstrations_are_dropped_to_make_room_for_the_tools():
+    examples = [pk.Example(input={"city": f"City{i}"}, output="sunny") for i in range(4)]
+    prompt = pk.Prompt(query="Weather in {{ city }}?", examples=examples)
+    plain = ScriptedBackend(["fine"], tools=True, context_window=230)
+    assert (
+        prompt.run({"city": "Oslo"}, backend=plain, config=GenerationConfig(max_tokens=50)).dropped
+        == ()
+    )
+    backend = ScriptedBackend(["fine"], tools=True, context_window=230)
+    result = prompt.run(
+        {"city": "Oslo"}, backend=backend, tools=[WEATHER], config=GenerationConfig(max_tokens=50)
+    )
+    assert result.dropped and "context window" in result.dropped[0][1]
