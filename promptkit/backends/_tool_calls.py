@@ -4,7 +4,8 @@ A request offers tools through :class:`~promptkit.backends.GenerationConfig` (``
 :class:`ToolSpec` each, ``tool_choice``); an answer that calls them carries
 :class:`FunctionCall` s in ``Completion.tool_calls``. Backends whose API calls tools natively
 (the OpenAI API, Azure) declare the ``tools`` capability and pass them through. Backends with
-token masks (scratch, hf) get them *emulated* here, once for all of them:
+token masks (scratch, hf) get them *emulated*, once for all of them (``Backend.generate``,
+with the pieces here):
 
 * the tools are shown to the model in its chat template's ``tools`` slot when it has one
   (capability ``tool_template``), else in the system message (:func:`tools_system_text`);
