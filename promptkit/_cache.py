@@ -42,6 +42,7 @@ from .backends._base import (
     TokenLogprob,
     Usage,
 )
+from .backends._tool_calls import FunctionCall
 from .errors import ConfigurationError
 
 __all__ = [
@@ -145,7 +146,10 @@ class ResponseCache:
             db.execute("UPDATE responses SET last_used = ? WHERE key = ?", (time.time(), key))
         data = json.loads(row[0])
         return Completion(
-            text=data["text"], usage=Usage(**data["usage"]), finish_reason=data["finish_reason"]
+            text=data["text"],
+            usage=Usage(**data["usage"]),
+            finish_reason=data["finish_reason"],
+            tool_calls=tuple(FunctionCall(**call) for call in data.get("tool_calls", [])),
         )
 
     def put(self, key: str, completion: Completion) -> None:
@@ -157,6 +161,7 @@ class ResponseCache:
                     "completion_tokens": completion.usage.completion_tokens,
                 },
                 "finish_reason": completion.finish_reason,
+                "tool_calls": [dict(call.as_data()) for call in completion.tool_calls],
             },
             ensure_ascii=False,
         )

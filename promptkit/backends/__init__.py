@@ -20,16 +20,20 @@ from ._base import (
     Usage,
 )
 from ._scripted import Request, ScriptedBackend
+from ._tool_calls import FunctionCall, ToolChoice, ToolSpec
 
 __all__ = [
     "Backend",
     "Capabilities",
     "Completion",
+    "FunctionCall",
     "GenerationConfig",
     "Message",
     "PromptInput",
     "Request",
     "ScriptedBackend",
+    "ToolChoice",
+    "ToolSpec",
     "Usage",
     "available_backends",
     "get_backend",

@@ -278,8 +278,11 @@ class HFBackend(LocalScoring):
     def generate_batch(
         self, prompts: Sequence[str], config: GenerationConfig | None = None
     ) -> list[Completion]:
-        """Generate for several prompts at once (left padding, one ``generate`` call)."""
+        """Generate for several prompts at once (left padding, one ``generate`` call; one at a
+        time for a request with tools, whose answers are parsed into calls)."""
         config = config or GenerationConfig()
+        if config.tools:
+            return [self.generate(prompt, config) for prompt in prompts]
         inputs = self._inputs(prompts, config)
         kwargs = self._call_kwargs(inputs, config)
         with torch.inference_mode():
