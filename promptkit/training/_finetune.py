@@ -6,6 +6,8 @@ renders it for the backend (see :mod:`~promptkit.training._finetune_data`); ``lm
 the language-model loss on the prompt tokens as an auxiliary objective (GPT-1's
 ``L3 = L2 + lambda * L1``). Either every weight trains (``lora_rank`` 0) or only a LoRA adapter
 (peft) on the decoder's projections, which is then merged into the weights or kept apart.
+Both of the scratch decoder's families train: GPT-2's and the Llama family's (SmolLM2, a GGUF
+file's dequantized weights), chat messages rendered with the model's own chat template.
 
 After every epoch the model answers the ``dev`` items through the real run loop (parse and
 validate; :func:`promptkit.evaluate.evaluate`), the best epoch's weights are kept (the highest
@@ -33,10 +35,15 @@ from torch import nn
 from .._files import load_prompt, resolve_template_path
 from .._prompt import Prompt
 from ..backends import get_backend
-from ..backends.scratch._adapter import to_torch_linears, weights_fingerprint
+from ..backends.scratch._adapter import (
+    default_lora_targets,
+    to_torch_linears,
+    weights_fingerprint,
+)
 from ..backends.scratch._backend import ScratchBackend
 from ..backends.scratch.gpt2 import GPT
-from ..errors import ConfigurationError, ContextWindowError, UnsupportedCapabilityError
+from ..backends.scratch.llama import Llama
+from ..errors import ConfigurationError, ContextWindowError
 from ..evaluate import EvalItem, check_shots, evaluate, load_dataset
 from ._finetune_data import (
     IGNORE,
@@ -95,8 +102,7 @@ def finetune(
     _check_out(out, config.resume)
     backend = _scratch_backend(config)
     model, tokenizer = backend.model, backend.tokenizer
-    if not isinstance(model, GPT):
-        raise UnsupportedCapabilityError(backend.name, "fine-tuning (GPT-2-family models only)")
+    targets = config.lora_targets or default_lora_targets(model)
     window = model.config.context_length
     encode = partial(encode_items, prompt, backend=backend, tokenizer=tokenizer, window=window)
     data = encode(items, shots=config.shots, strict=config.strict, source=config.data)
@@ -121,16 +127,17 @@ def finetune(
     dev = _DevSet(dev_items, encode(dev_items, shots=config.shots).examples)
     run = Run(
         config=config,
-        settings=_settings(config, template, backend.name),
+        settings=_settings(config, template, backend.name, targets),
         base_sha256=weights_fingerprint(model),
         prompt_name=prompt.name,
         template=template,
         tokenizer=tokenizer,
         dropped=data.dropped,
+        chat_template=backend.chat_template,
     )
     torch.manual_seed(config.seed)  # the LoRA adapter's initial weights
     model.train()
-    peft_model, lora_names = _trainable(model, config)
+    peft_model, lora_names = _trainable(model, config, targets)
     trainable = [p for p in model.parameters() if p.requires_grad]
     # LoRA's share is of the base model's parameters, the adapter's own left out
     parameters = sum(
@@ -173,7 +180,7 @@ def _scratch_backend(config: FinetuneConfig) -> ScratchBackend:
 
 
 def _check_memory(
-    model: GPT, trainable: list[nn.Parameter], data: EncodedData, batch_size: int
+    model: GPT | Llama, trainable: list[nn.Parameter], data: EncodedData, batch_size: int
 ) -> None:
     """Refuse (ConfigurationError) a batch whose estimated memory exceeds what is available."""
     estimate = estimate_memory(
@@ -198,7 +205,7 @@ class _DevSet:
 
 def _epochs(
     run: Run,
-    model: GPT,
+    model: GPT | Llama,
     prompt: Prompt[Any],
     data: EncodedData,
     dev: _DevSet,
@@ -241,7 +248,7 @@ def _epochs(
         row: dict[str, float] = {"epoch": result.epochs, "loss": sum(losses) / len(losses)}
         improved = True
         if dev.items:
-            row["dev_accuracy"] = _dev_accuracy(model, tokenizer, prompt, dev.items, config.shots)
+            row["dev_accuracy"] = _dev_accuracy(run, model, prompt, dev.items)
             row["dev_loss"] = _dev_loss(model, dev.examples, tokenizer.eot_id, config.batch_size)
             improved = result.dev_accuracy is None or (
                 (row["dev_accuracy"], -row["dev_loss"])
@@ -271,7 +278,7 @@ def _lr_at(step: int, total: int, peak: float) -> float:
 
 
 def _loss(
-    model: GPT, batch: Batch, lm_weight: float, precision: str = "float32"
+    model: GPT | Llama, batch: Batch, lm_weight: float, precision: str = "float32"
 ) -> tuple[torch.Tensor, float]:
     """The objective (answer loss + lm_weight x prompt LM loss) and the answer loss alone;
     ``precision`` "bfloat16" autocasts the matrix products."""
@@ -289,7 +296,9 @@ def _loss(
 
 
 @torch.no_grad()
-def _dev_loss(model: GPT, examples: list[TrainingExample], pad_id: int, batch_size: int) -> float:
+def _dev_loss(
+    model: GPT | Llama, examples: list[TrainingExample], pad_id: int, batch_size: int
+) -> float:
     """Mean loss on the dev answers' tokens (math.inf when no dev example fits the window)."""
     model.eval()
     total, count = 0.0, 0
@@ -303,23 +312,27 @@ def _dev_loss(model: GPT, examples: list[TrainingExample], pad_id: int, batch_si
 
 
 @torch.no_grad()
-def _dev_accuracy(
-    model: GPT, tokenizer: Any, prompt: Prompt[Any], dev: list[EvalItem], shots: int
-) -> float:
-    """Accuracy on the dev items through the real run loop (one attempt each)."""
-    backend = ScratchBackend(model, tokenizer, name="scratch:finetuning")
-    (report,) = evaluate(prompt, dev, backend=backend, shots=(shots,), max_attempts=1)
+def _dev_accuracy(run: Run, model: GPT | Llama, prompt: Prompt[Any], dev: list[EvalItem]) -> float:
+    """Accuracy on the dev items through the real run loop (one attempt each), prompts
+    rendered as for the model being tuned (its chat template included)."""
+    backend = ScratchBackend(model, run.tokenizer, name="scratch:finetuning")
+    backend.use_chat_template(run.chat_template)
+    shots = (run.config.shots,)
+    (report,) = evaluate(prompt, dev, backend=backend, shots=shots, max_attempts=1)
     model.train()
     return report.accuracy
 
 
-def _trainable(model: GPT, config: FinetuneConfig) -> tuple[PeftModel | None, list[str]]:
-    """Make the weights to train require gradients: all of them, or a new LoRA adapter's
-    (returns peft's wrapper and the names of the wrapped layers)."""
+def _trainable(
+    model: GPT | Llama, config: FinetuneConfig, targets: tuple[str, ...]
+) -> tuple[PeftModel | None, list[str]]:
+    """Make the weights to train require gradients: all of them, or a new LoRA adapter's on
+    the layers named ``targets`` (returns peft's wrapper and the names of the layers that were
+    swapped for ``nn.Linear`` ones)."""
     if not config.lora_rank:
         model.requires_grad_(True)
         return None, []
-    names = to_torch_linears(model, config.lora_targets)
+    names = to_torch_linears(model, targets)
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -329,7 +342,7 @@ def _trainable(model: GPT, config: FinetuneConfig) -> tuple[PeftModel | None, li
     lora = LoraConfig(
         r=config.lora_rank,
         lora_alpha=config.lora_alpha or 2 * config.lora_rank,
-        target_modules=list(config.lora_targets),
+        target_modules=list(targets),
         lora_dropout=0.0,
         bias="none",
     )
@@ -348,11 +361,13 @@ def _load_trained_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
             parameters[name].copy_(tensor)
 
 
-def _settings(config: FinetuneConfig, template: Path, base: str) -> dict[str, Any]:
-    """What a resumed run must share with the saved one: its settings and the fingerprints of
-    its template and data files."""
+def _settings(
+    config: FinetuneConfig, template: Path, base: str, targets: tuple[str, ...]
+) -> dict[str, Any]:
+    """What a resumed run must share with the saved one: its settings (``targets``: the LoRA
+    targets chosen) and the fingerprints of its template and data files."""
     settings = {k: v for k, v in asdict(config).items() if k not in _RESUMABLE}
-    settings["lora_targets"] = list(config.lora_targets)
+    settings["lora_targets"] = list(targets)
     settings["base"] = base
     settings["template_sha256"] = file_sha256(template)
     settings["data_sha256"] = file_sha256(config.data)

@@ -1,7 +1,10 @@
 """A fine-tuning run's settings (:class:`FinetuneConfig`), its result, and the folder it writes.
 
 The folder loads with ``scratch:DIR``. With every weight trained, or a LoRA adapter merged, it
-is a promptkit checkpoint (``config.json``, ``model.safetensors``, ``tokenizer.json``); with
+is a promptkit checkpoint (``config.json``, ``model.safetensors``, ``tokenizer.json``) for a
+GPT-2-family model, or a Hugging Face Llama-family folder (the same files plus
+``tokenizer_config.json`` with the end-of-text token and the model's chat template) for a
+Llama-family one, a GGUF base included (its weights dequantized to float32); with
 the adapter kept apart it holds peft's adapter files and a ``config.json`` of format
 ``promptkit-adapter`` naming the base by its ``scratch:`` spec and the sha256 of its weights
 (see :mod:`promptkit.backends.scratch._adapter`). Either way ``config.json`` records, under
@@ -20,14 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..backends.scratch._adapter import (
-    ADAPTER_FORMAT,
-    LORA_TARGETS,
-    to_layout_linears,
-)
+from ..backends._chat_templates import ChatTemplate
+from ..backends.scratch._adapter import ADAPTER_FORMAT, to_layout_linears
 from ..backends.scratch._checkpoint import save_checkpoint
+from ..backends.scratch._loading import save_hf_llama
 from ..backends.scratch._tokenizer import Tokenizer
 from ..backends.scratch.gpt2 import GPT
+from ..backends.scratch.llama import Llama
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -52,7 +54,8 @@ class FinetuneConfig:
     batch_size: int = 8  # examples per optimizer step
     lora_rank: int = 0  # rank of the LoRA adapter (0: fine-tune every weight)
     lora_alpha: int | None = None  # the update is scaled by alpha / rank (None: 2 * rank)
-    lora_targets: tuple[str, ...] = LORA_TARGETS  # names of the projections LoRA wraps
+    # names of the projections LoRA wraps (None: the family's attention and MLP projections)
+    lora_targets: tuple[str, ...] | None = None
     merge: bool = False  # merge the adapter into the weights (else saved apart)
     lm_weight: float = 0.0  # lambda: weight of the LM loss on the prompt tokens (GPT-1: 0.5)
     shots: int = 0  # demonstrations kept in each training prompt (the template's examples)
@@ -84,7 +87,7 @@ class FinetuneConfig:
             bad.append("lora_alpha must be positive")
         if self.merge and not self.lora_rank:
             bad.append("merge needs a LoRA adapter (lora_rank > 0)")
-        if not self.lora_targets:
+        if self.lora_targets is not None and not self.lora_targets:
             bad.append("lora_targets must name at least one layer")
         if not 0 <= self.lm_weight < math.inf:
             bad.append("lm_weight must be a finite number >= 0")
@@ -130,13 +133,15 @@ class Run:
     template: Path
     tokenizer: Tokenizer
     dropped: list[int]  # data lines too long for the context window
+    chat_template: ChatTemplate | None = None  # the model's own, saved with a full model
 
 
 def base_spec(spec: str) -> str:
-    """A backend spec that names the same model from anywhere: a folder's path made absolute,
-    a registry or hub name (or the bare kind, for the shipped model) kept as given."""
+    """A backend spec that names the same model from anywhere: a folder's or file's (GGUF)
+    path made absolute, a registry or hub name (or the bare kind, for the shipped model) kept
+    as given."""
     kind, _, arg = spec.partition(":")
-    if arg and Path(os.path.expanduser(arg)).is_dir():
+    if arg and Path(os.path.expanduser(arg)).exists():
         return f"{kind}:{Path(os.path.expanduser(arg)).resolve()}"
     return spec
 
@@ -149,7 +154,7 @@ def _record(run: Run, result: FinetuneResult) -> dict[str, Any]:
         lora = {
             "rank": config.lora_rank,
             "alpha": config.lora_alpha or 2 * config.lora_rank,
-            "targets": list(config.lora_targets),
+            "targets": settings["lora_targets"],
             "merged": config.merge,
         }
     return {
@@ -188,13 +193,13 @@ def _record(run: Run, result: FinetuneResult) -> dict[str, Any]:
 
 def save_output(
     run: Run,
-    model: GPT,
+    model: GPT | Llama,
     peft_model: PeftModel | None,
     lora_names: list[str],
     result: FinetuneResult,
 ) -> FinetuneResult:
     """Write the trained model into ``run.config.out``: a checkpoint (every weight trained, or
-    the adapter merged: ``model``'s layers go back to the CPU layout), or the adapter apart."""
+    the adapter merged: a GPT's layers go back to the CPU layout), or the adapter apart."""
     out = Path(run.config.out)
     out.mkdir(parents=True, exist_ok=True)
     record = _record(run, result)
@@ -202,7 +207,12 @@ def save_output(
         if peft_model is not None:
             peft_model.merge_and_unload()  # merges into ``model``'s layers, removes wrappers
             to_layout_linears(model, lora_names)
-        save_checkpoint(model, run.tokenizer, out, finetune=record)
+        if isinstance(model, Llama):
+            save_hf_llama(
+                model, run.tokenizer, out, chat_template=run.chat_template, finetune=record
+            )
+        else:
+            save_checkpoint(model, run.tokenizer, out, finetune=record)
         return result
     peft_model.save_pretrained(str(out))
     config = {"format": ADAPTER_FORMAT, "base": record["base"], "lora": record["lora"]}

@@ -26,7 +26,6 @@ from promptkit.errors import (
     ConfigurationError,
     ContextWindowError,
     InputValidationError,
-    UnsupportedCapabilityError,
     UsageError,
 )
 from promptkit.evaluate import evaluate, load_dataset
@@ -459,11 +458,6 @@ def test_bad_settings_and_backends_are_refused(task, tmp_path):
         finetune(settings(task, tmp_path / "o", backend="scripted"))
     with pytest.raises(ConfigurationError, match="no linear layer named nope"):
         finetune(settings(task, tmp_path / "o", lora_rank=1, lora_targets=("nope",)))
-    from .test_llama import make_hf_llama
-
-    llama = make_hf_llama(tmp_path / "llama")
-    with pytest.raises(UnsupportedCapabilityError, match="fine-tuning"):
-        finetune(settings(task, tmp_path / "o", backend=f"scratch:{llama}"))
 
 
 def test_cli_finetune_trains_and_reports_errors_in_one_line(task, tmp_path):
