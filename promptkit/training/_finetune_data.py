@@ -23,10 +23,9 @@ from typing import Any
 import torch
 
 from .._prompt import Prompt
-from ..backends._base import PromptInput
+from ..backends._base import Backend, PromptInput
 from ..backends.scratch._backend import ScratchBackend
-from ..backends.scratch._tokenizer import Tokenizer
-from ..errors import ContextWindowError
+from ..errors import ContextWindowError, UnsupportedCapabilityError
 from ..evaluate import EvalItem
 
 __all__ = [
@@ -75,7 +74,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def render_for_training(
-    prompt: Prompt[Any], backend: ScratchBackend, inputs: dict[str, Any], shots: int
+    prompt: Prompt[Any], backend: Backend, inputs: dict[str, Any], shots: int
 ) -> PromptInput:
     """What ``prompt.run`` sends to ``backend`` for these inputs with ``shots`` demonstrations
     (those that fit the context window, as run fits them): a text, or chat messages. Raises
@@ -83,11 +82,22 @@ def render_for_training(
     return prompt.first_request(inputs, backend=backend, shots=shots)
 
 
+def _prompt_ids(backend: Backend, tokenizer: Any, request: PromptInput) -> list[int]:
+    """The ids the model reads for ``request``: a text's tokens, or (a scratch model with a
+    chat template) the template's ids with the assistant's turn opened."""
+    if isinstance(request, str):
+        ids: list[int] = tokenizer.encode(request)
+        return ids
+    if not isinstance(backend, ScratchBackend):
+        raise UnsupportedCapabilityError(backend.name, "fine-tuning on chat messages")
+    return backend.prompt_ids(request)
+
+
 def encode_items(
     prompt: Prompt[Any],
     items: Sequence[EvalItem],
-    backend: ScratchBackend,
-    tokenizer: Tokenizer,
+    backend: Backend,
+    tokenizer: Any,
     *,
     shots: int,
     window: int,
@@ -95,7 +105,8 @@ def encode_items(
     source: str = "data",
 ) -> EncodedData:
     """Render and tokenize every item; an item longer than ``window`` positions is dropped
-    (its line recorded), or with ``strict`` raises ContextWindowError naming its line."""
+    (its line recorded), or with ``strict`` raises ContextWindowError naming its line.
+    ``tokenizer`` is the backend's (``encode`` and ``eot_id``)."""
     encoded = EncodedData(examples=[])
     for item in items:
         try:
@@ -114,7 +125,7 @@ def encode_items(
         if isinstance(request, str):
             answer = " " + answer  # as "{query} {answer}" demonstrations
         answer_ids = [*tokenizer.encode(answer), tokenizer.eot_id]
-        example = TrainingExample(item.line, backend.prompt_ids(request), answer_ids)
+        example = TrainingExample(item.line, _prompt_ids(backend, tokenizer, request), answer_ids)
         if example.length > window:
             if strict:
                 raise ContextWindowError(

@@ -454,7 +454,7 @@ def test_bad_settings_and_backends_are_refused(task, tmp_path):
         finetune(settings(task, tmp_path / "o", epochs=0, merge=True))
     with pytest.raises(UsageError, match="shots"):
         finetune(settings(task, tmp_path / "o", shots=5))
-    with pytest.raises(ConfigurationError, match="finetune trains scratch: models"):
+    with pytest.raises(ConfigurationError, match="finetune trains scratch: and hf: models"):
         finetune(settings(task, tmp_path / "o", backend="scripted"))
     with pytest.raises(ConfigurationError, match="no linear layer named nope"):
         finetune(settings(task, tmp_path / "o", lora_rank=1, lora_targets=("nope",)))
