@@ -472,3 +472,25 @@ def test_cli_finetune_trains_and_reports_errors_in_one_line(task, tmp_path):
     again = runner.invoke(cli, args)
     assert again.exit_code == 2
     assert again.stderr.startswith("error: ") and "already holds a model" in again.stderr
+
+
+def test_eval_puts_the_fine_tuned_model_beside_the_base_at_its_recorded_shots(task, tmp_path):
+    from promptkit.evaluate import Report
+
+    out = tmp_path / "tuned"
+    finetune(settings(task, out, shots=1))
+    args = ["eval", task["template"], "--data", task["test"], "--backend", task["base"]]
+    args += ["--vs-backend", f"scratch:{out}", "--no-cache", "--out", str(tmp_path / "r")]
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 0, done.output
+    report = Report.model_validate_json((tmp_path / "r" / "report.json").read_text())
+    (run,) = report.vs_backends
+    assert run.backend == f"scratch:{out}" and run.finetuned_shots == 1
+    assert [r.shots for r in run.reports] == [1]  # the count it was trained with
+    (comparison,) = report.backend_comparisons
+    assert comparison.baseline == task["base"] and comparison.shots == 1
+    assert (tmp_path / "r" / "accuracy.png").is_file()
+    given = CliRunner().invoke(cli, [*args, "--shots", "0,2", "--out", str(tmp_path / "r2")])
+    assert given.exit_code == 0, given.output
+    report = Report.model_validate_json((tmp_path / "r2" / "report.json").read_text())
+    assert [r.shots for r in report.vs_backends[0].reports] == [0, 2]  # --shots says otherwise
