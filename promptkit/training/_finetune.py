@@ -402,7 +402,8 @@ def _save_state(
     result: FinetuneResult,
     best: dict[str, torch.Tensor],
 ) -> None:
-    """The run after an epoch, for ``resume``: trained weights, optimizer, history, best."""
+    """The run after an epoch, for ``resume``: trained weights, optimizer, history, best, and
+    the random number generator's state."""
     out = Path(run.config.out)
     out.mkdir(parents=True, exist_ok=True)
     state = {
@@ -411,6 +412,7 @@ def _save_state(
         "optimizer": optimizer.state_dict(),
         "best": best,
         "result": {k: getattr(result, k) for k in _RESULT_FIELDS},
+        "rng": torch.get_rng_state(),  # dropout's (hf: models) draws go on as if never stopped
         "saved": time.time(),
     }
     partial = out / (STATE_FILE + ".partial")
@@ -447,6 +449,8 @@ def _restore(
         )
     _load_trained_state(model, state["trained"])
     optimizer.load_state_dict(state["optimizer"])
+    if "rng" in state:
+        torch.set_rng_state(state["rng"])
     for name in _RESULT_FIELDS:
         setattr(result, name, state["result"][name])
     best: dict[str, torch.Tensor] = state["best"]

@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -33,6 +33,7 @@ __all__ = [
     "Batch",
     "EncodedData",
     "TrainingExample",
+    "TrainingTokenizer",
     "batch_of",
     "encode_items",
     "file_sha256",
@@ -40,6 +41,16 @@ __all__ = [
 ]
 
 IGNORE = -100  # the target of a padding position (cross-entropy ignores it)
+
+
+class TrainingTokenizer(Protocol):
+    """What training needs of a backend's tokenizer (scratch's and hf:'s both have it)."""
+
+    eot_id: int  # the end-of-text token (a chat model's end of turn)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, special-token text taken as text."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -82,12 +93,11 @@ def render_for_training(
     return prompt.first_request(inputs, backend=backend, shots=shots)
 
 
-def _prompt_ids(backend: Backend, tokenizer: Any, request: PromptInput) -> list[int]:
+def _prompt_ids(backend: Backend, tokenizer: TrainingTokenizer, request: PromptInput) -> list[int]:
     """The ids the model reads for ``request``: a text's tokens, or (a scratch model with a
     chat template) the template's ids with the assistant's turn opened."""
     if isinstance(request, str):
-        ids: list[int] = tokenizer.encode(request)
-        return ids
+        return tokenizer.encode(request)
     if not isinstance(backend, ScratchBackend):
         raise UnsupportedCapabilityError(backend.name, "fine-tuning on chat messages")
     return backend.prompt_ids(request)
@@ -97,7 +107,7 @@ def encode_items(
     prompt: Prompt[Any],
     items: Sequence[EvalItem],
     backend: Backend,
-    tokenizer: Any,
+    tokenizer: TrainingTokenizer,
     *,
     shots: int,
     window: int,
@@ -105,8 +115,7 @@ def encode_items(
     source: str = "data",
 ) -> EncodedData:
     """Render and tokenize every item; an item longer than ``window`` positions is dropped
-    (its line recorded), or with ``strict`` raises ContextWindowError naming its line.
-    ``tokenizer`` is the backend's (``encode`` and ``eot_id``)."""
+    (its line recorded), or with ``strict`` raises ContextWindowError naming its line."""
     encoded = EncodedData(examples=[])
     for item in items:
         try:

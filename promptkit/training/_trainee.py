@@ -42,6 +42,7 @@ from ..backends.scratch._checkpoint import save_checkpoint
 from ..backends.scratch._loading import save_hf_llama
 from ..backends.scratch.llama import Llama
 from ..errors import ConfigurationError
+from ._finetune_data import TrainingTokenizer
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -59,7 +60,7 @@ class Trainee(ABC):
 
     backend: Backend  # the backend it was loaded as
     model: nn.Module
-    tokenizer: Any  # encode(text) -> ids, and eot_id
+    tokenizer: TrainingTokenizer
     chat_template: ChatTemplate | None = None
     window: int  # the context window, in tokens
     kind: str  # the backend kind its output folder loads with: "scratch" or "hf"
@@ -125,7 +126,9 @@ class ScratchTrainee(Trainee):
         return logits
 
     def evaluation_backend(self) -> Backend:
-        backend = ScratchBackend(self._scratch.model, self.tokenizer, name="scratch:finetuning")
+        backend = ScratchBackend(
+            self._scratch.model, self._scratch.tokenizer, name="scratch:finetuning"
+        )
         backend.use_chat_template(self.chat_template)
         return backend
 
@@ -154,10 +157,14 @@ class ScratchTrainee(Trainee):
                 to_layout_linears(model, swapped)
             if isinstance(model, Llama):
                 save_hf_llama(
-                    model, self.tokenizer, out, chat_template=self.chat_template, finetune=record
+                    model,
+                    self._scratch.tokenizer,
+                    out,
+                    chat_template=self.chat_template,
+                    finetune=record,
                 )
             else:
-                save_checkpoint(model, self.tokenizer, out, finetune=record)
+                save_checkpoint(model, self._scratch.tokenizer, out, finetune=record)
             return
         peft_model.save_pretrained(str(out))
         config = {"format": ADAPTER_FORMAT, "base": record["base"], "lora": record["lora"]}
@@ -176,7 +183,13 @@ class HFTrainee(Trainee):
         self._model: Any = copy.deepcopy(backend.model)
         self.model = self._model
         self.tokenizer = backend.tokenizer
-        self.window = backend.context_window or 1024
+        self._hf_tokenizer: Any = backend.tokenizer.hf
+        if backend.context_window is None:
+            raise ConfigurationError(
+                f"{backend.name}: its config names no context window (n_positions or "
+                "max_position_embeddings), which fine-tuning needs to fit the examples"
+            )
+        self.window = backend.context_window
 
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self._model(input_ids=inputs).logits
@@ -185,7 +198,7 @@ class HFTrainee(Trainee):
     def evaluation_backend(self) -> Backend:
         from ..backends._hf import HFBackend
 
-        return HFBackend(self._model, self.tokenizer.hf, name="hf:finetuning")
+        return HFBackend(self._model, self._hf_tokenizer, name="hf:finetuning")
 
     def default_lora_targets(self) -> tuple[str, ...]:
         from ..backends.scratch._adapter import LLAMA_LORA_TARGETS
@@ -225,7 +238,7 @@ class HFTrainee(Trainee):
             settings = peft_model.peft_config["default"]
             settings.base_model_name_or_path = record["base"]["spec"].partition(":")[2]
             peft_model.save_pretrained(str(out))
-        self.tokenizer.hf.save_pretrained(str(out))
+        self._hf_tokenizer.save_pretrained(str(out))
         text = json.dumps(record, indent=2) + "\n"
         (out / HF_FINETUNE_FILE).write_text(text, encoding="utf-8")
 

@@ -139,3 +139,21 @@ def test_each_family_gets_its_own_default_lora_targets_and_the_cli_names_the_kin
     done = CliRunner().invoke(cli, [*args, "--backend", hf_task["base"], "--epochs", "1"])
     assert done.exit_code == 0, done.output
     assert f"load it as hf:{out}" in done.output
+
+
+def test_an_interrupted_hf_run_resumes_into_the_same_model(hf_task, tmp_path):
+    from safetensors.torch import load_file
+
+    straight = finetune(settings(hf_task, tmp_path / "a", patience=5))
+
+    def interrupt(epoch: int, metrics: dict[str, float]) -> None:
+        raise KeyboardInterrupt  # after the first epoch, whose state is saved
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(settings(hf_task, tmp_path / "b", patience=5), on_epoch=interrupt)
+    resumed = finetune(settings(hf_task, tmp_path / "b", patience=5, resume=True))
+    assert resumed.history == straight.history
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "b" / "finetune_state.pt").exists()

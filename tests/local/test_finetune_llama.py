@@ -205,6 +205,14 @@ def test_lora_on_a_chat_llama_trains_the_adapter_only_and_merges_to_the_same_log
     assert sorted(adapter["target_modules"]) == sorted(LLAMA_LORA_TARGETS)
     record = json.loads((tmp_path / "kept" / "config.json").read_text())
     base = base_backend(chat_task)
+    # exactly the adapter's matrices train: rank x (in + out) per wrapped projection
+    wrapped = [
+        m
+        for n, m in base.model.named_modules()
+        if isinstance(m, torch.nn.Linear) and n.rpartition(".")[2] in LLAMA_LORA_TARGETS
+    ]
+    assert len(wrapped) == 7 * base.model.config.n_layer
+    assert kept.trainable_parameters == sum(2 * (m.in_features + m.out_features) for m in wrapped)
     assert record["base"]["sha256"] == weights_fingerprint(base.model)
     assert record["lora"]["targets"] == list(LLAMA_LORA_TARGETS)
     with_adapter = pk.get_backend(f"scratch:{tmp_path / 'kept'}", device="cpu")
