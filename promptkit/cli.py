@@ -264,12 +264,21 @@ def perplexity_command(
 )
 @backend_option(template=True)
 @click.option(
-    "--shots", default="0", show_default=True, help="Shot counts to evaluate, e.g. 0,1,3."
+    "--shots",
+    help="Shot counts to evaluate, e.g. 0,1,3 [default: 0; a fine-tuned --vs-backend: its own].",
 )
 @click.option("--out", "out_dir", help="Folder for report.json, report.md and accuracy.png.")
 @click.option("--pool", "pool_path", help="JSONL demonstrations (default: the template's).")
 @click.option("--expected-key", default="expected", show_default=True, help="Field of the answer.")
 @click.option("--vs", "other_file", help="A second template to compare on the same data.")
+@click.option(
+    "--vs-backend",
+    "vs_specs",
+    multiple=True,
+    metavar="SPEC",
+    help="Another backend beside --backend on the same data (repeatable); a fine-tuned DIR "
+    "runs at the shot count it records unless --shots is given.",
+)
 @click.option(
     "--select",
     type=click.Choice(["first", "random", "similar", "mmr"]),
@@ -357,11 +366,12 @@ def eval_command(
     file: str,
     data_path: str,
     backend_spec: str | None,
-    shots: str,
+    shots: str | None,
     out_dir: str | None,
     pool_path: str | None,
     expected_key: str,
     other_file: str | None,
+    vs_specs: tuple[str, ...],
     select: str,
     balanced: bool,
     method: str,
@@ -390,7 +400,8 @@ def eval_command(
         unused = {"--vs": other_file, "--pool": pool_path, "--method score": method != "generate"}
         unused["--grader"] = grader_spec
         unused |= {
-            "--shots": shots != "0",
+            "--shots": shots not in (None, "0"),
+            "--vs-backend": bool(vs_specs),
             "--backend (with --samples-file)": samples_file and backend_spec,
             "--concurrency": concurrency != 1,
             "--resume": resume,
@@ -428,15 +439,27 @@ def eval_command(
         run_fingerprint,
         write_report,
     )
+    from .evaluate._vs_backends import (
+        backends_markdown,
+        compare_backends,
+        plan_vs_backends,
+        run_vs_backends,
+    )
 
     pass_at_k_only = {"--k": ks != "1", "--samples": samples != 1}
     if any(pass_at_k_only.values()):
         given = ", ".join(k for k, v in pass_at_k_only.items() if v)
         raise UsageError(f"{given}: only with --metric pass@k")
     kind: Literal["generate", "score"] = "score" if method == "score" else "generate"
+    if other_file and vs_specs:
+        raise UsageError("--vs compares templates, --vs-backend backends: give one of them")
     templates = [file, *([other_file] if other_file else [])]
     plan = plan_evaluation(
-        templates, data_path, shots=shot_counts(shots), pool=pool_path, expected_key=expected_key
+        templates,
+        data_path,
+        shots=shot_counts(shots or "0"),
+        pool=pool_path,
+        expected_key=expected_key,
     )
     sandbox = assertion_sandbox(plan.assertion_types, grader_spec, unsafe_exec, exec_timeout)
     name, first = plan.first
@@ -448,6 +471,12 @@ def eval_command(
     api = backend.batch_api() if batch_api else None  # batches bypass the response cache
     if api is None:
         backend = with_cache(backend, not no_cache, cache_size)
+    planned = plan_vs_backends(plan, vs_specs, shots_given=shots is not None)
+    if planned and (api is not None or resume):
+        given = "--batch-api" if api is not None else "--resume"
+        raise UsageError(f"--vs-backend runs each backend directly: leave out {given}")
+    others = [(vs, with_cache(backend_for(vs.spec), not no_cache, cache_size)) for vs in planned]
+    extra = sum(len(plan.items[name]) * len(vs.shots) for vs in planned)
     settings: dict[str, Any] = {"shots": list(plan.shots), "expected_key": expected_key}
     settings |= {"select": select, "balanced": balanced, "method": kind, "max_tokens": max_tokens}
     settings |= {"temperature": temperature, "top_p": top_p, "max_attempts": max_attempts}
@@ -459,7 +488,7 @@ def eval_command(
     selection = Selection(select, balanced=balanced)  # type: ignore[arg-type]
     with (
         ResultsLog.open(out, fingerprint, total=plan.total, resume=resume) as log,
-        ItemProgress(plan.total - log.count) as progress,
+        ItemProgress(plan.total - log.count + extra) as progress,
     ):
         if api is not None:
             outcome = run_batch_evaluation(
@@ -492,6 +521,20 @@ def eval_command(
                 grader=grader,
                 sandbox=sandbox,
             )
+        vs_runs = run_vs_backends(
+            plan,
+            others,
+            on_item=progress.advance,
+            select=selection,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            max_attempts=max_attempts,
+            method=kind,
+            grader=grader,
+            sandbox=sandbox,
+        )
+    backend_comparisons = compare_backends(backend.name, outcome.runs[name], vs_runs)
     written = write_report(
         out,
         outcome.runs,
@@ -500,13 +543,19 @@ def eval_command(
         comparisons=outcome.comparisons,
         method=kind,
         fingerprint=fingerprint,
+        vs_backends=vs_runs,
+        backend_comparisons=backend_comparisons,
     )
     for template, reports in outcome.runs.items():
         click.echo(markdown(template, reports))
     for comparison in outcome.comparisons:
         click.echo(comparison_line(comparison))
+    for part in backends_markdown(vs_runs, backend_comparisons, markdown):
+        click.echo(part)
     calls = backend.calls if isinstance(backend, CachedBackend) else None
     note = model_calls(outcome.runs, calls, scoring=kind == "score")
+    if vs_runs:
+        note += f", plus the runs on {len(vs_runs)} other backend(s)"
     click.echo(f"wrote {', '.join(str(p) for p in written)}; {note}")
 
 

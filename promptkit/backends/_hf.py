@@ -27,6 +27,7 @@ from transformers import (
 
 from ..errors import BackendError, ConfigurationError
 from ._base import Completion, GenerationConfig, Usage, cut_at_stop
+from ._hf_adapter import is_hf_adapter_folder, merged_adapter, read_hf_adapter
 from ._hf_loading import load_cached
 from ._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
 from ._masking import TokenMasker, llg_tokenizer
@@ -422,8 +423,20 @@ def from_spec(
     from ..models._registry import lookup, pull
 
     label = f"hf:{arg}"
+    if is_hf_adapter_folder(Path(os.path.expanduser(arg))):
+        return _with_adapter(Path(os.path.expanduser(arg)), device, dtype)
     known = lookup(arg) if not Path(os.path.expanduser(arg)).exists() else None
     if known is not None:  # a registry name: its verified file, pulled on first use
         arg, label = str(pull(known.name)), f"hf:{known.name}"
     loaded = load_cached(arg, device, dtype)
     return HFBackend(loaded.model, loaded.tokenizer, name=label, folder=loaded.folder)
+
+
+def _with_adapter(folder: Path, device: str | None, dtype: str | None) -> HFBackend:
+    """``hf:DIR`` for a LoRA adapter folder: its base (by the spec it records), checked against
+    the recorded sha256, with the adapter merged into a copy. The backend's folder is the
+    adapter's, so its cache identity is the adapter's files, not the base's."""
+    record = read_hf_adapter(folder)
+    base = from_spec(record["base"]["spec"].partition(":")[2], device=device, dtype=dtype)
+    model = merged_adapter(folder, base.model, record["base"]["sha256"])
+    return HFBackend(model, base.tokenizer.hf, name=f"hf:{folder}", folder=folder)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from ...errors import ConfigurationError, UnsupportedCapabilityError
-from .._base import Completion, GenerationConfig, Message, Usage, cut_at_stop
+from .._base import Completion, GenerationConfig, Message, PromptInput, Usage, cut_at_stop
 from .._chat_templates import ChatTemplate
 from .._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
 from .._masking import TokenMasker, llg_tokenizer
@@ -167,6 +167,16 @@ class ScratchBackend(LocalScoring):
         text = self.chat_template.render(messages, add_generation_prompt=True, tools=tools)
         ids: list[int] = self.tokenizer.encode_with_special_tokens(text)
         return ids
+
+    def prompt_ids(self, prompt: PromptInput) -> list[int]:
+        """The token ids the model reads for ``prompt`` before it answers: a text's tokens, or
+        chat messages rendered by the chat template with the assistant's turn opened (what
+        fine-tuning trains on). Raises UnsupportedCapabilityError for messages to a model
+        without a chat template."""
+        if isinstance(prompt, str):
+            ids: list[int] = self.tokenizer.encode(prompt)
+            return ids
+        return self._chat_ids(list(prompt))
 
     def _chat(self, messages: list[Message], config: GenerationConfig) -> Completion:
         """Generate the assistant's answer to ``messages`` (ends at the end-of-turn token)."""
