@@ -327,6 +327,8 @@ def test_the_page_works_in_a_headless_browser(browser, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_readme_session_runs_as_shown(tmp_path, monkeypatch):
+    """The README's evaluation session (data with assertions, two variants, report.html) run as
+    shown on promptkit-mini: the same tables, pass rates included, and what its prose says."""
     from click.testing import CliRunner
 
     from promptkit.cli import cli
@@ -335,6 +337,9 @@ def test_the_readme_session_runs_as_shown(tmp_path, monkeypatch):
     session = readme.split("**A session, end to end", 1)[1]
     data = session.split("cat > reviews.jsonl <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
     shown = session.split("```\n", 3)[2]  # the output block after the commands
+    lines = [json.loads(line) for line in data.splitlines()]
+    assert [sorted(line) for line in lines[1:3]] == [["assert", "text"]] * 2  # instead of a label
+    assert all({"assert", "expected"} <= set(line) for line in lines[4:])  # besides it
     (tmp_path / "reviews.jsonl").write_text(data + "\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PROMPTKIT_CACHE_DIR", str(tmp_path / "cache"))
@@ -349,8 +354,22 @@ def test_the_readme_session_runs_as_shown(tmp_path, monkeypatch):
         return [row[:8] + row[9:] for row in rows]
 
     assert without_latency(result.output) == without_latency(shown)
+    assert "| shots | icontains | not-icontains | one word |\n" in shown  # the pass rates
     assert shown.splitlines()[-1] in result.output  # the files written and the model calls
-    assert (tmp_path / "report" / "report.html").is_file()
+    report = Report.model_validate_json((tmp_path / "report" / "report.json").read_text())
+    zero, four = report.templates["sentiment"]
+    assert zero.assertion_pass_rates == {"icontains": 0.0, "not-icontains": 0.0, "one word": 1.0}
+    assert four.assertion_pass_rates == {"icontains": 0.0, "not-icontains": 1.0, "one word": 1.0}
+    # The prose after the output: four demonstrations turn line 2 from positive to negative;
+    # line 5's label is wrong while its one-word check passes.
+    assert [shot.results[1].prediction for shot in (zero, four)] == ["positive", "negative"]
+    assert [shot.results[1].correct for shot in (zero, four)] == [False, True]
+    assert not four.results[4].correct and four.results[4].assertions[0].passed
+    # The screenshot opens the first item where the variants differ, under 4 shots: line 2,
+    # whose assertion passed there.
+    html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert _Page(html).rows[:2] == ["item", "item failed differs"]
+    assert four.results[1].assertions[0].passed
     assert "](docs/report.png)" in session
     assert (Path(__file__).resolve().parent.parent / "docs" / "report.png").is_file()
 
