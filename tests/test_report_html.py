@@ -206,6 +206,26 @@ def test_assertion_pass_rates_and_comparisons_reach_the_summary():
     assert "<tr><td>0</td><td>0</td><td>1</td><td>1</td></tr>" in summary
 
 
+def by_assertions_report() -> Report:
+    """Line 1 graded by its expected label, line 2 by its assertion alone (expected null)."""
+    passed = AssertionResult(
+        type="not-icontains", value="positive", passed=True, score=1.0,
+        reason="inverted (not-icontains): missing ['positive']", weight=1.0,
+    )  # fmt: skip
+    alone = _item(2, "negative", assertions=[passed], correct=True)
+    results = [_item(1, "positive"), alone.model_copy(update={"expected": None})]
+    return Report(
+        backend="scripted", data="reviews.jsonl", method="generate",
+        templates={"terse": [_shots(0, results)]},
+    )  # fmt: skip
+
+
+def test_an_item_graded_by_assertions_alone_shows_no_expected_output():
+    html = render_html(by_assertions_report())
+    expected = re.findall(r'<td class="text"><div class="clip">([^<]*)</div></td>', html)[1::2]
+    assert expected == ["positive", "—"]  # not "null", which reads as an expected JSON null
+
+
 def test_an_evaluation_records_the_prompt_it_sent_and_writes_the_page(tmp_path):
     labels = pk.Prompt(
         query="Review: {{ text }}\nSentiment:",
@@ -322,6 +342,26 @@ def test_the_page_works_in_a_headless_browser(browser, tmp_path):
     assert browser.execute_script("return window.pwned === undefined") is True
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
+
+
+@pytest.mark.timeout(60)
+def test_the_detail_of_an_item_graded_by_assertions_alone_says_so(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "report.html"
+    page.write_text(render_html(by_assertions_report(), None), encoding="utf-8")
+    browser.get(page.as_uri())
+    rows = browser.find_elements(By.CSS_SELECTOR, "#item-table tbody tr.item")
+    rows[1].find_element(By.CSS_SELECTOR, "button.open").click()
+    detail = browser.find_element(By.ID, "detail")
+    texts = [pre.text for pre in detail.find_elements(By.TAG_NAME, "pre")]
+    assert texts[1] == "(none: graded by its assertions)"  # after the inputs
+    cells = [td.text for td in detail.find_elements(By.CSS_SELECTOR, "table.assertions td")]
+    assert cells[:3] == ["not-icontains", "positive", "passed"]
+    browser.find_element(By.ID, "close-detail").click()
+    rows[0].find_element(By.CSS_SELECTOR, "button.open").click()
+    assert [pre.text for pre in detail.find_elements(By.TAG_NAME, "pre")][1] == "positive"
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
 @pytest.mark.slow
