@@ -29,6 +29,9 @@ __all__ = [
     "SpanOf",
     "StreamEvent",
     "TemplateLimits",
+    "Tool",
+    "ToolCall",
+    "ToolStep",
     "__version__",
     "backends",
     "bundled_templates",
@@ -54,6 +57,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "SpanOf": ("promptkit._outputs", "SpanOf"),
     "StreamEvent": ("promptkit._streaming", "StreamEvent"),
     "TemplateLimits": ("promptkit._template_limits", "TemplateLimits"),
+    "Tool": ("promptkit._tools", "Tool"),
+    "ToolCall": ("promptkit._tools", "ToolCall"),
+    "ToolStep": ("promptkit._tools", "ToolStep"),
     "backends": ("promptkit.backends", None),
     "bundled_templates": ("promptkit._files", "bundled_templates"),
     "errors": ("promptkit.errors", None),
@@ -77,6 +83,7 @@ if TYPE_CHECKING:
     from ._scoring import multiple_choice
     from ._streaming import StreamEvent
     from ._template_limits import TemplateLimits
+    from ._tools import Tool, ToolCall, ToolStep
     from .backends import get_backend
 
 

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._cache_dir import cache_dir
 from .backends._base import (
     Backend,
     BatchAPI,
@@ -42,6 +43,7 @@ from .backends._base import (
     TokenLogprob,
     Usage,
 )
+from .backends._tool_calls import FunctionCall
 from .errors import ConfigurationError
 
 __all__ = [
@@ -62,16 +64,6 @@ CREATE TABLE IF NOT EXISTS responses (
 );
 CREATE INDEX IF NOT EXISTS responses_last_used ON responses (last_used);
 """
-
-
-def cache_dir() -> Path:
-    """promptkit's cache directory (responses, pulled models): ``$PROMPTKIT_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/promptkit``, else ``~/.cache/promptkit``."""
-    folder = os.environ.get("PROMPTKIT_CACHE_DIR")
-    if folder:
-        return Path(folder)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "promptkit"
 
 
 def default_cache_path() -> Path:
@@ -145,7 +137,10 @@ class ResponseCache:
             db.execute("UPDATE responses SET last_used = ? WHERE key = ?", (time.time(), key))
         data = json.loads(row[0])
         return Completion(
-            text=data["text"], usage=Usage(**data["usage"]), finish_reason=data["finish_reason"]
+            text=data["text"],
+            usage=Usage(**data["usage"]),
+            finish_reason=data["finish_reason"],
+            tool_calls=tuple(FunctionCall(**call) for call in data.get("tool_calls", [])),
         )
 
     def put(self, key: str, completion: Completion) -> None:
@@ -157,6 +152,7 @@ class ResponseCache:
                     "completion_tokens": completion.usage.completion_tokens,
                 },
                 "finish_reason": completion.finish_reason,
+                "tool_calls": [dict(call.as_data()) for call in completion.tool_calls],
             },
             ensure_ascii=False,
         )

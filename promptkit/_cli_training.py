@@ -126,12 +126,13 @@ def train_command(ctx: click.Context, /, **options: Any) -> None:
 @click.command("finetune")
 @click.argument("template")
 @click.option("--data", required=True, help="Training data: JSONL as for eval (inputs, expected).")
-@click.option("--out", required=True, help="Output folder; it loads with scratch:DIR.")
+@click.option("--out", required=True, help="Output folder; it loads with scratch:DIR (or hf:DIR).")
 @click.option(
     "--backend",
     default=None,
     metavar="SPEC",
-    help="The scratch: model to start from. Default: $PROMPTKIT_BACKEND, else promptkit-mini.",
+    help="The scratch: or hf: model to start from. Default: $PROMPTKIT_BACKEND, else "
+    "promptkit-mini.",
 )
 @click.option("--dev", help="Dev data: accuracy each epoch, best epoch kept, early stopping.")
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
@@ -190,7 +191,7 @@ def finetune_command(template: str, backend: str | None, **options: Any) -> None
     dev = "" if result.dev_accuracy is None else f", dev accuracy {result.dev_accuracy:.1%}"
     dropped = f"; {len(result.dropped)} example(s) too long, left out" if result.dropped else ""
     click.echo(
-        f"saved {result.out} (load it as scratch:{result.out}): epoch {result.best_epoch} of "
+        f"saved {result.out} (load it as {result.kind}:{result.out}): epoch {result.best_epoch} of "
         f"{result.epochs}{dev}, {result.trainable_parameters:,} parameters trained "
         f"({result.trainable_share:.2%}){dropped}"
     )

@@ -19,14 +19,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
 from .backends import _base
+from .backends._messages import ToolCallData
 from .errors import InputValidationError, TemplateError, UsageError
 
 __all__ = [
     "Message",
+    "MessageToolCall",
     "SourcePiece",
     "ThreadSlot",
     "history_loop_names",
@@ -39,22 +41,51 @@ __all__ = [
 ]
 
 
+class MessageToolCall(BaseModel):
+    """A tool call inside an assistant :class:`Message`: ``arguments`` is the JSON text."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    name: str
+    arguments: str
+
+
 class Message(BaseModel):
     """One chat message as typed data: ``pk.Message(role="user", content="Hi")``.
 
-    Use ``list[pk.Message]`` as an input's type to pass a conversation to a prompt.
-    Raises pydantic's ValidationError (InputValidationError through a prompt) for another role
-    or non-text content.
+    Use ``list[pk.Message]`` as an input's type to pass a conversation to a prompt. An
+    assistant message that called tools has ``tool_calls``; a ``tool`` message (a call's
+    result) has the ``tool_call_id`` of the call it answers.
+    Raises pydantic's ValidationError (InputValidationError through a prompt) for another role,
+    non-text content, or tool fields on the wrong role.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: tuple[MessageToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _tool_fields_fit_the_role(self) -> Message:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message has tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message (and only a tool message) has a tool_call_id")
+        return self
 
     def as_chat(self) -> _base.Message:
-        """The message in the backends' ``{"role", "content"}`` form."""
-        return _base.Message(role=self.role, content=self.content)
+        """The message in the backends' ``{"role", "content"}`` form (with its tool fields)."""
+        message = _base.Message(role=self.role, content=self.content)
+        if self.tool_calls:
+            message["tool_calls"] = [
+                ToolCallData(id=c.id, name=c.name, arguments=c.arguments) for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 @dataclass(frozen=True)

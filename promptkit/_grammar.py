@@ -119,9 +119,9 @@ def grammar_for(spec: OutputSpec, inputs: Mapping[str, Any] | None = None) -> Gr
 
 def span_grammar(spec: OutputSpec, inputs: Mapping[str, Any]) -> Grammar | None:
     """The grammar of ``spec`` for one run, its :class:`~promptkit._outputs.SpanOf` strings
-    restricted to the text of their inputs; None when the output type has no spans where a
-    grammar can place them (the output itself, or the properties of an object output, directly
-    or as an ``anyOf`` option such as ``str | None``). Spans deeper down are left to validation.
+    restricted to the text of their inputs (at any depth: the output itself, properties of
+    objects, ``anyOf`` options such as ``str | None``, items of arrays); None when the output
+    type has no spans.
 
     Raises ConstraintError when a required span's input holds no letter or digit (no valid
     answer exists); an optional one (``str | None``) can then only be null.
@@ -133,15 +133,8 @@ def span_grammar(spec: OutputSpec, inputs: Mapping[str, Any]) -> Grammar | None:
     try:
         if builder.is_span(schema):
             answer = builder.span(schema, quoted=spec.kind == "json")
-        elif schema.get("type") == "object" and isinstance(schema.get("properties"), dict):
-            properties = schema["properties"]
-            if not any(builder.has_span(sub) for sub in properties.values()):
-                return None
-            members = ' "," '.join(
-                f"{_lark_string(json.dumps(name, ensure_ascii=False) + ':')} {builder.value(sub)}"
-                for name, sub in properties.items()
-            )
-            answer = f'"{{" {members} "}}"' if members else '"{}"'
+        elif builder.has_span(schema):
+            answer = builder.value(schema)
         else:
             return None
     except _NoSpan as missing:
@@ -181,11 +174,58 @@ class _SpanGrammar:
         return isinstance(schema, dict) and isinstance(schema.get(SPAN_KEY), str)
 
     def has_span(self, schema: Any) -> bool:
+        """Whether a value of ``schema`` holds a span at any depth the grammar places them: an
+        ``anyOf`` option, a property of an object (every property is written, in order), an
+        array's items."""
         schema = self.resolve(schema)
+        if not isinstance(schema, dict):
+            return False
         if self.is_span(schema):
             return True
-        options = schema.get("anyOf") if isinstance(schema, dict) else None
-        return isinstance(options, list) and any(self.is_span(o) for o in options)
+        options = schema.get("anyOf")
+        if isinstance(options, list):
+            return any(self.has_span(o) for o in options)
+        if self._whole_object(schema):
+            return any(self.has_span(sub) for sub in schema["properties"].values())
+        if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
+            return self.has_span(schema["items"])
+        return False
+
+    @staticmethod
+    def _whole_object(schema: dict[str, Any]) -> bool:
+        return schema.get("type") == "object" and isinstance(schema.get("properties"), dict)
+
+    def _object(self, schema: dict[str, Any]) -> str:
+        """An object with every property in order, compact (as the JSON grammar writes it)."""
+        members = ' "," '.join(
+            f"{_lark_string(json.dumps(name, ensure_ascii=False) + ':')} {self.value(sub)}"
+            for name, sub in schema["properties"].items()
+        )
+        return f'"{{" {members} "}}"' if members else '"{}"'
+
+    def _array(self, schema: dict[str, Any]) -> str:
+        """An array of ``items`` within ``minItems``/``maxItems``. Raises _NoSpan when it
+        needs an item and no item can be valid."""
+        low, high = int(schema.get("minItems", 0)), schema.get("maxItems")
+        try:
+            item = self.value(schema["items"])
+        except _NoSpan:
+            if low:
+                raise
+            return '"[]"'
+        name = f"ITEM_{len(self.rules)}"
+        self.rules.append(f"{name.lower()}: {item}")
+        item = name.lower()
+        more = f'("," {item})*'
+        if high is not None:  # the optional items after the required ones, nested
+            more = ""
+            for _ in range(int(high) - max(low, 1)):
+                more = f'("," {item} {more})?'
+        required = " ".join([item] + [f'"," {item}'] * (low - 1)) if low else ""
+        inner = f"{required} {more}".strip() if low else f"({item} {more})?"
+        if high == 0:
+            return '"[]"'
+        return f'"[" {inner} "]"'
 
     def value(self, schema: Any) -> str:
         """A Lark expression of one JSON value of ``schema``; raises _NoSpan when no value
@@ -193,6 +233,10 @@ class _SpanGrammar:
         resolved = self.resolve(schema)
         if self.is_span(resolved):
             return self.span(resolved)
+        if self.has_span(resolved) and self._whole_object(resolved):
+            return self._object(resolved)
+        if self.has_span(resolved) and resolved.get("type") == "array":
+            return self._array(resolved)
         if self.has_span(resolved):
             options: list[str] = []
             impossible: _NoSpan | None = None
@@ -206,7 +250,7 @@ class _SpanGrammar:
             return "(" + " | ".join(options) + ")"
         embedded = without_spans(resolved) if isinstance(resolved, dict) else resolved
         if isinstance(embedded, dict):
-            if self.defs:
+            if self.defs and "$ref" in json.dumps(embedded):
                 embedded = {**embedded, "$defs": without_spans(self.defs)}
             embedded = {**embedded, "x-guidance": {"whitespace_flexible": False}}
         return "%json " + json.dumps(embedded, ensure_ascii=False)

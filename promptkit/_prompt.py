@@ -35,6 +35,7 @@ from ._rendering import PromptRendering
 from ._runloop import Attempt, Result, RunLoop
 from ._scoring import Classification, classify_labels
 from ._streaming import StreamEvent, astream_run, stream_run
+from ._tools import ToolOptions, ToolSet, arun_calls, run_calls, tool_set
 from .backends._base import GenerationConfig, PromptInput
 from .errors import UsageError
 
@@ -288,6 +289,7 @@ class Prompt(PromptRendering, Generic[OutputT]):
         constrained: Constrained,
         select: Selection | Strategy | None = None,
         history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
+        tools: ToolSet | None = None,
     ) -> RunLoop[OutputT]:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise UsageError(f"max_attempts must be a positive integer, got {max_attempts!r}")
@@ -314,7 +316,7 @@ class Prompt(PromptRendering, Generic[OutputT]):
             lambda kept: self._render_context(context, selection.shown(kept), chosen, earlier),
             self._choose(context, count, selection),
             backend,
-            config.max_tokens,
+            config.max_tokens + (tools.reserved_tokens(backend) if tools else 0),
         )
         return RunLoop(
             rendered,
@@ -326,6 +328,7 @@ class Prompt(PromptRendering, Generic[OutputT]):
             dropped=tuple(dropped),
             inputs=context,
             check=None if self.check is None else partial(run_check, self.check, validated),
+            tools=tools,
         )
 
     def constraint(
@@ -367,6 +370,7 @@ class Prompt(PromptRendering, Generic[OutputT]):
         constrained: Constrained = None,
         select: Selection | Strategy | None = None,
         history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
+        **tool_options: Unpack[ToolOptions],
     ) -> Result[OutputT]:
         """Render, generate, parse and validate; re-ask with the error on failure.
 
@@ -384,19 +388,30 @@ class Prompt(PromptRendering, Generic[OutputT]):
         decoding, so the first answer is already valid; see :meth:`constraint` for
         ``constrained``.
 
+        Tools (``tool_options``, see :class:`~promptkit._tools.ToolOptions`): ``tools`` may be
+        called instead of answering, as ``tool_choice`` allows; the result then has no output
+        and holds the validated calls (``result.tool_calls``). With ``run_tools=True`` the
+        calls are run and their results sent back as tool messages until the model answers
+        (``result.tool_steps``), at most ``max_steps`` rounds.
+
         Returns a :class:`Result`. Raises OutputValidationError (carrying every attempt) when
         ``max_attempts`` answers all fail, InputValidationError for bad inputs, ConstraintError
         when the output type cannot be a constraint (or ``max_tokens`` cannot hold any valid
-        answer), and whatever the backend raises (BackendError, ContextWindowError, ...).
+        answer), MaxStepsError (holding the steps) when the model calls tools past
+        ``max_steps``, UnsupportedCapabilityError for tools on a backend that cannot call them,
+        UsageError for invalid tools, and whatever the backend (or a tool) raises.
         """
+        tools = tool_set(**tool_options)
         loop = self._loop(
-            inputs, backend, shots, max_attempts, config, style, constrained, select, history
+            inputs, backend, shots, max_attempts, config, style, constrained, select, history, tools
         )
         while True:
             request = loop.next_request()
             done = loop.accept(backend.generate(request.prompt, request.config))
             if done is not None:
                 return done
+            if loop.pending_calls:
+                loop.tool_results(run_calls(loop.pending_calls))
 
     def start(
         self,
@@ -441,16 +456,20 @@ class Prompt(PromptRendering, Generic[OutputT]):
         constrained: Constrained = None,
         select: Selection | Strategy | None = None,
         history: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
+        **tool_options: Unpack[ToolOptions],
     ) -> Result[OutputT]:
-        """The async twin of :meth:`run`."""
+        """The async twin of :meth:`run` (async tools are awaited)."""
+        tools = tool_set(**tool_options)
         loop = self._loop(
-            inputs, backend, shots, max_attempts, config, style, constrained, select, history
+            inputs, backend, shots, max_attempts, config, style, constrained, select, history, tools
         )
         while True:
             request = loop.next_request()
             done = loop.accept(await backend.agenerate(request.prompt, request.config))
             if done is not None:
                 return done
+            if loop.pending_calls:
+                loop.tool_results(await arun_calls(loop.pending_calls))
 
     def stream(
         self,

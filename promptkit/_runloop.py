@@ -9,14 +9,16 @@ completion, and it returns a :class:`Result` or the next request, or raises
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ._conversation import Message as ChatMessage
 from ._parsing import OutputSpec
+from ._tools import ToolCall, ToolSet, ToolStep, result_text, tool_messages
 from .backends._base import Completion, GenerationConfig, Message, PromptInput, Usage
-from .errors import OutputParseError, OutputValidationError
+from .backends._tool_calls import FunctionCall
+from .errors import MaxStepsError, OutputParseError, OutputValidationError, UsageError
 
 __all__ = ["Attempt", "Request", "Result", "RunLoop"]
 
@@ -34,13 +36,15 @@ class Attempt:
     error: str | None
     usage: Usage
     latency_s: float
+    tool_calls: tuple[FunctionCall, ...] = ()  # the tools it called, raw (the text may be "")
 
 
 @dataclass(frozen=True)
 class Result(Generic[OutputT]):
     """A validated answer and how it was obtained."""
 
-    output: OutputT  # the validated instance of the output type
+    # the validated instance of the output type; None when the run ended with tool calls
+    output: OutputT
     text: str  # raw text of the accepted attempt
     attempts: tuple[Attempt, ...]  # every attempt, the accepted one last
     usage: Usage  # token counts summed over all attempts
@@ -51,6 +55,9 @@ class Result(Generic[OutputT]):
     # the conversation as the model first saw it, then its accepted answer (re-asks are in
     # attempts); a completion prompt is one user message. Continue it with run(history=...).
     messages: tuple[ChatMessage, ...] = ()
+    # the calls the model made instead of answering (run with tools=, run_tools=False)
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_steps: tuple[ToolStep, ...] = ()  # the rounds of tool calls run (run_tools=True)
 
     @property
     def examples_used(self) -> int:
@@ -113,7 +120,16 @@ REASK: dict[str, ReaskStrategy] = {"chat": _reask_chat, "completion": _reask_com
 
 
 class RunLoop(Generic[OutputT]):
-    """The state of one run (see the module docstring)."""
+    """The state of one run (see the module docstring).
+
+    With ``tools`` (a :class:`~promptkit._tools.ToolSet`) each request offers them; an answer
+    that calls them is validated into :class:`ToolCall` s (bad calls are re-asked like bad
+    answers). Without ``run_tools`` the calls end the run; with it they wait in
+    :attr:`pending_calls` until :meth:`tool_results` hands back what they returned, which goes
+    to the model as tool messages, round after round, until it answers. A ``tool_choice`` that
+    forces a call applies to the first round; later rounds are ``"auto"`` (else the model could
+    never answer).
+    """
 
     def __init__(
         self,
@@ -127,8 +143,12 @@ class RunLoop(Generic[OutputT]):
         dropped: tuple[tuple[int, str], ...] = (),
         inputs: Mapping[str, Any] | None = None,
         check: Check | None = None,
+        tools: ToolSet | None = None,
     ):
+        if tools is not None:
+            config = config.replace(tools=tools.specs, tool_choice=tools.choice)
         self._request = Request(prompt, config)
+        self._conversation = prompt  # what the model saw, with tool rounds but no re-asks
         self._inputs = inputs  # what SpanOf answers and bounds are checked against
         self._check = check
         self._reask = REASK[style]
@@ -137,6 +157,11 @@ class RunLoop(Generic[OutputT]):
         self._demonstrations = demonstrations
         self._dropped = dropped
         self._attempts: list[Attempt] = []
+        self._failures = 0  # failed attempts since the last accepted one
+        self._tools = tools
+        self._steps: list[ToolStep] = []
+        self._called: Completion | None = None  # the completion whose calls are pending
+        self.pending_calls: tuple[ToolCall, ...] = ()  # calls to run (run_tools=True)
         self._started = time.perf_counter()
         self._sent_at = self._started
 
@@ -160,44 +185,60 @@ class RunLoop(Generic[OutputT]):
         return self._request
 
     def accept(self, completion: Completion) -> Result[OutputT] | None:
-        """Take the backend's completion: a Result when it validates, else None (ask again).
+        """Take the backend's completion: a Result when it validates (or, without
+        ``run_tools``, calls tools), else None: ask again, or run :attr:`pending_calls` first.
 
         A parsed output that the prompt's check refuses counts as a failed attempt, its
         reason sent back like a validation error. Raises OutputValidationError with every
-        attempt when none are left.
+        attempt when none are left, MaxStepsError when the model calls tools again after
+        ``max_steps`` rounds.
         """
         now = time.perf_counter()
         request = self._request
+        calls: tuple[ToolCall, ...] = ()
         try:
-            output = self._spec.parse(completion.text, self._inputs)
-            refused = self._check(output) if self._check is not None else None
+            if self._tools is not None:
+                calls = self._tools.calls(completion, request.config.tool_choice)
+            if not calls:
+                output = self._spec.parse(completion.text, self._inputs)
+                refused = self._check(output) if self._check is not None else None
         except OutputParseError as exc:
             refused = str(exc)
-        if refused is not None:
-            error = refused
-            self._attempts.append(
-                Attempt(
-                    request.prompt, completion.text, error, completion.usage, now - self._sent_at
-                )
-            )
-            if len(self._attempts) >= self._max_attempts:
-                raise OutputValidationError(
-                    f"no valid output after {len(self._attempts)} attempt(s); last error: {error}",
-                    attempts=self._attempts,
-                    raw_text=completion.text,
-                ) from None
-            self._request = self._reask(
-                request.prompt, completion.text, error, request.config, self._spec, self._inputs
-            )
-            return None
-        self._attempts.append(
-            Attempt(request.prompt, completion.text, None, completion.usage, now - self._sent_at)
+        if calls:
+            refused = None
+        attempt = Attempt(
+            request.prompt,
+            completion.text,
+            refused,
+            completion.usage,
+            now - self._sent_at,
+            completion.tool_calls,
         )
+        self._attempts.append(attempt)
+        if refused is not None:
+            self._refuse(request, completion, refused)
+            return None
+        self._failures = 0
+        if calls and self._tools is not None and self._tools.run:
+            if len(self._steps) >= self._tools.max_steps:
+                raise MaxStepsError(
+                    f"the model still called tools after max_steps={self._tools.max_steps} "
+                    "round(s); raise max_steps, or look at the steps taken (error.steps)",
+                    max_steps=self._tools.max_steps,
+                    steps=self._steps,
+                    pending=calls,
+                    attempts=self._attempts,
+                )
+            self.pending_calls, self._called = calls, completion
+            return None
         usage = Usage()
-        for attempt in self._attempts:
-            usage = usage + attempt.usage
+        for each in self._attempts:
+            usage = usage + each.usage
+        said = Message(role="assistant", content=completion.text)
+        if completion.tool_calls:
+            said["tool_calls"] = [call.as_data() for call in completion.tool_calls]
         return Result(
-            output=output,
+            output=None if calls else output,  # type: ignore[arg-type]
             text=completion.text,
             attempts=tuple(self._attempts),
             usage=usage,
@@ -205,13 +246,57 @@ class RunLoop(Generic[OutputT]):
             demonstrations=self._demonstrations,
             dropped=self._dropped,
             constrained=request.config.grammar is not None,
-            messages=_conversation(self._attempts[0].prompt, completion.text),
+            messages=_conversation(self._conversation, said),
+            tool_calls=calls,
+            tool_steps=tuple(self._steps),
         )
 
+    def _refuse(self, request: Request, completion: Completion, error: str) -> None:
+        """Count a failed attempt: raise when none are left, else set up the re-ask."""
+        self._failures += 1
+        if self._failures >= self._max_attempts:
+            raise OutputValidationError(
+                f"no valid output after {len(self._attempts)} attempt(s); last error: {error}",
+                attempts=self._attempts,
+                raw_text=completion.text,
+            ) from None
+        if completion.tool_calls:  # each call answered with the error, as the APIs expect
+            replies = [(call.id, f"error: {error}") for call in completion.tool_calls]
+            messages = [*_as_messages(request.prompt), *tool_messages(completion, replies)]
+            self._request = Request(messages, request.config)
+        else:
+            self._request = self._reask(
+                request.prompt, completion.text, error, request.config, self._spec, self._inputs
+            )
 
-def _conversation(prompt: PromptInput, answer: str) -> tuple[ChatMessage, ...]:
+    def tool_results(self, results: Sequence[Any]) -> None:
+        """Hand back what the :attr:`pending_calls` returned (in order): they go to the model
+        as tool messages and the next request asks it to go on.
+
+        Raises UsageError when no calls are pending, for a number of results that is not
+        theirs, or for a result that cannot be sent as JSON."""
+        calls, completion = self.pending_calls, self._called
+        if completion is None or len(results) != len(calls):
+            raise UsageError(
+                f"tool_results takes one result per pending call: {len(calls)} pending, "
+                f"{len(results)} given"
+            )
+        texts = tuple(result_text(call, value) for call, value in zip(calls, results, strict=True))
+        self._steps.append(ToolStep(calls, tuple(results), texts))
+        replies = [(call.id, text) for call, text in zip(calls, texts, strict=True)]
+        round_ = tool_messages(completion, replies)
+        self._conversation = [*_as_messages(self._conversation), *round_]
+        # a forced choice applies to the first round: after it the model may answer
+        config = self._request.config.replace(tool_choice="auto")
+        self._request = Request(self._conversation, config)
+        self.pending_calls, self._called = (), None
+
+
+def _as_messages(prompt: PromptInput) -> list[Message]:
+    """A prompt as chat messages (a text prompt is one user message)."""
+    return [Message(role="user", content=prompt)] if isinstance(prompt, str) else list(prompt)
+
+
+def _conversation(prompt: PromptInput, answer: Message) -> tuple[ChatMessage, ...]:
     """The messages of a prompt and its answer, as typed data."""
-    sent = [Message(role="user", content=prompt)] if isinstance(prompt, str) else prompt
-    return tuple(
-        ChatMessage.model_validate(m) for m in [*sent, Message(role="assistant", content=answer)]
-    )
+    return tuple(ChatMessage.model_validate(m) for m in [*_as_messages(prompt), answer])

@@ -14,6 +14,7 @@ errors of the *world* (a model that answered badly, a service that failed)::
     │   └── ContextWindowError         the prompt does not fit the model's context window
     ├── OutputValidationError          the model's text never became a valid output
     │   └── OutputParseError           one text could not be parsed/validated (no attempts run)
+    ├── MaxStepsError                  the model kept calling tools past ``max_steps`` rounds
     └── BackendError                   the model or service failed (``retryable``: can a retry help)
 
 Every error's message says what was wrong and how to fix it. Secrets never appear in a message.
@@ -34,6 +35,7 @@ __all__ = [
     "ConstraintError",
     "ContextWindowError",
     "InputValidationError",
+    "MaxStepsError",
     "MissingVariableError",
     "OutputParseError",
     "OutputValidationError",
@@ -193,6 +195,31 @@ class OutputParseError(OutputValidationError):
 
     def __init__(self, message: str, *, raw_text: str):
         super().__init__(message, raw_text=raw_text)
+
+
+class MaxStepsError(PromptkitError):
+    """A run with ``run_tools=True`` reached ``max_steps`` rounds of tool calls and the model
+    asked for more instead of answering.
+
+    ``steps`` holds every round taken (a :class:`promptkit.ToolStep`: the calls and their
+    results), ``pending`` the calls the model asked for next (not run), ``attempts`` every call
+    to the model: nothing the model said is lost.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        max_steps: int,
+        steps: Sequence[object] = (),
+        pending: Sequence[object] = (),
+        attempts: Sequence[AttemptRecord] = (),
+    ):
+        self.max_steps = max_steps
+        self.steps: tuple[object, ...] = tuple(steps)
+        self.pending: tuple[object, ...] = tuple(pending)
+        self.attempts: tuple[AttemptRecord, ...] = tuple(attempts)
+        super().__init__(message)
 
 
 class BackendError(PromptkitError):

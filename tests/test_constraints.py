@@ -207,7 +207,7 @@ def test_a_span_grammar_refuses_what_is_not_copied_or_not_valid(answer, why):
     assert not grammar.matches(answer), why
 
 
-def test_a_span_output_and_spans_the_grammar_cannot_place():
+def test_a_span_output_and_spans_in_nested_records():
     spanned = Annotated[str, pk.SpanOf("passage")]
     grammar = span_grammar(output_spec(spanned), {"passage": "The capital is\nParis.\nEnd"})
     assert grammar is not None
@@ -217,7 +217,11 @@ def test_a_span_output_and_spans_the_grammar_cannot_place():
     class Nested(BaseModel):
         people: list[Sighting]
 
-    assert span_grammar(output_spec(Nested), {"text": SIGHTING}) is None  # validation checks
+    nested = span_grammar(output_spec(Nested), {"text": SIGHTING})  # spans at any depth
+    assert nested is not None and nested.matches('{"people":[]}')
+    one = '{"name":"Ana","city":null,"count":3,"code":null}'
+    assert nested.matches('{"people":[' + one + "]}")
+    assert not nested.matches('{"people":[' + one.replace("Ana", "Bea") + "]}")
     assert span_grammar(output_spec(Item), {"text": SIGHTING}) is None  # no spans at all
 
 
@@ -294,3 +298,27 @@ def test_spans_of_any_script_or_digit_are_words(name):
     assert output_spec(Sighting).parse(compact, {"text": text}).name == name
     grammar = span_grammar(output_spec(Sighting), {"text": text})
     assert grammar is not None and grammar.matches(compact)
+
+
+class _Step(BaseModel):
+    name: Annotated[str, pk.SpanOf("text")]
+    note: str
+
+
+class _Walkthrough(BaseModel):
+    summary: str
+    steps: Annotated[list[_Step], Field(min_length=1, max_length=3)]
+
+
+def test_spans_inside_arrays_of_objects_are_held_to_the_input():
+    """A span nested in a list of records (the code explainer's method names) is decoded from
+    the input too, within the list's bounds; before, only top-level spans were, and a nested
+    one was refused by validation after the model had written it."""
+    grammar = span_grammar(output_spec(_Walkthrough), {"text": "def load(path): return 1"})
+    assert grammar is not None and grammar.kind == "lark"
+    good = '{"summary":"s","steps":[{"name":"load","note":"n"},{"name":"path","note":"m"}]}'
+    assert grammar.matches(good)
+    assert not grammar.matches(good.replace('"path"', '"summary"'))  # not in the input
+    assert not grammar.matches('{"summary":"s","steps":[]}')  # min_length 1
+    four = ",".join(['{"name":"load","note":"n"}'] * 4)
+    assert not grammar.matches('{"summary":"s","steps":[' + four + "]}")  # max_length 3

@@ -20,6 +20,10 @@ EXPECTED = {
     "few_shot_classifier.py": ["--- 3-shot prompt ---", "3-shot answer: politics"],
     "code_explainer.py": ["Summary: Defines the command-line entry point", "  main: Parses"],
     "testing_with_scripted_backend.py": ["ok  test_routes_to_the_label_the_model_gives"],
+    "tool_calling.py": [
+        'step 1: check_stock({"product":"router"}) -> 0',
+        "answer: Sorry, the router is out of stock",
+    ],
 }
 
 

@@ -206,6 +206,26 @@ def test_assertion_pass_rates_and_comparisons_reach_the_summary():
     assert "<tr><td>0</td><td>0</td><td>1</td><td>1</td></tr>" in summary
 
 
+def by_assertions_report() -> Report:
+    """Line 1 graded by its expected label, line 2 by its assertion alone (expected null)."""
+    passed = AssertionResult(
+        type="not-icontains", value="positive", passed=True, score=1.0,
+        reason="inverted (not-icontains): missing ['positive']", weight=1.0,
+    )  # fmt: skip
+    alone = _item(2, "negative", assertions=[passed], correct=True)
+    results = [_item(1, "positive"), alone.model_copy(update={"expected": None})]
+    return Report(
+        backend="scripted", data="reviews.jsonl", method="generate",
+        templates={"terse": [_shots(0, results)]},
+    )  # fmt: skip
+
+
+def test_an_item_graded_by_assertions_alone_shows_no_expected_output():
+    html = render_html(by_assertions_report())
+    expected = re.findall(r'<td class="text"><div class="clip">([^<]*)</div></td>', html)[1::2]
+    assert expected == ["positive", "—"]  # not "null", which reads as an expected JSON null
+
+
 def test_an_evaluation_records_the_prompt_it_sent_and_writes_the_page(tmp_path):
     labels = pk.Prompt(
         query="Review: {{ text }}\nSentiment:",
@@ -324,9 +344,31 @@ def test_the_page_works_in_a_headless_browser(browser, tmp_path):
     assert errors == []
 
 
+@pytest.mark.timeout(60)
+def test_the_detail_of_an_item_graded_by_assertions_alone_says_so(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "report.html"
+    page.write_text(render_html(by_assertions_report(), None), encoding="utf-8")
+    browser.get(page.as_uri())
+    rows = browser.find_elements(By.CSS_SELECTOR, "#item-table tbody tr.item")
+    rows[1].find_element(By.CSS_SELECTOR, "button.open").click()
+    detail = browser.find_element(By.ID, "detail")
+    texts = [pre.text for pre in detail.find_elements(By.TAG_NAME, "pre")]
+    assert texts[1] == "(none: graded by its assertions)"  # after the inputs
+    cells = [td.text for td in detail.find_elements(By.CSS_SELECTOR, "table.assertions td")]
+    assert cells[:3] == ["not-icontains", "positive", "passed"]
+    browser.find_element(By.ID, "close-detail").click()
+    rows[0].find_element(By.CSS_SELECTOR, "button.open").click()
+    assert [pre.text for pre in detail.find_elements(By.TAG_NAME, "pre")][1] == "positive"
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_readme_session_runs_as_shown(tmp_path, monkeypatch):
+    """The README's evaluation session (data with assertions, two variants, report.html) run as
+    shown on promptkit-mini: the same tables, pass rates included, and what its prose says."""
     from click.testing import CliRunner
 
     from promptkit.cli import cli
@@ -335,6 +377,9 @@ def test_the_readme_session_runs_as_shown(tmp_path, monkeypatch):
     session = readme.split("**A session, end to end", 1)[1]
     data = session.split("cat > reviews.jsonl <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
     shown = session.split("```\n", 3)[2]  # the output block after the commands
+    lines = [json.loads(line) for line in data.splitlines()]
+    assert [sorted(line) for line in lines[1:3]] == [["assert", "text"]] * 2  # instead of a label
+    assert all({"assert", "expected"} <= set(line) for line in lines[4:])  # besides it
     (tmp_path / "reviews.jsonl").write_text(data + "\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PROMPTKIT_CACHE_DIR", str(tmp_path / "cache"))
@@ -349,8 +394,22 @@ def test_the_readme_session_runs_as_shown(tmp_path, monkeypatch):
         return [row[:8] + row[9:] for row in rows]
 
     assert without_latency(result.output) == without_latency(shown)
+    assert "| shots | icontains | not-icontains | one word |\n" in shown  # the pass rates
     assert shown.splitlines()[-1] in result.output  # the files written and the model calls
-    assert (tmp_path / "report" / "report.html").is_file()
+    report = Report.model_validate_json((tmp_path / "report" / "report.json").read_text())
+    zero, four = report.templates["sentiment"]
+    assert zero.assertion_pass_rates == {"icontains": 0.0, "not-icontains": 0.0, "one word": 1.0}
+    assert four.assertion_pass_rates == {"icontains": 0.0, "not-icontains": 1.0, "one word": 1.0}
+    # The prose after the output: four demonstrations turn line 2 from positive to negative;
+    # line 5's label is wrong while its one-word check passes.
+    assert [shot.results[1].prediction for shot in (zero, four)] == ["positive", "negative"]
+    assert [shot.results[1].correct for shot in (zero, four)] == [False, True]
+    assert not four.results[4].correct and four.results[4].assertions[0].passed
+    # The screenshot opens the first item where the variants differ, under 4 shots: line 2,
+    # whose assertion passed there.
+    html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert _Page(html).rows[:2] == ["item", "item failed differs"]
+    assert four.results[1].assertions[0].passed
     assert "](docs/report.png)" in session
     assert (Path(__file__).resolve().parent.parent / "docs" / "report.png").is_file()
 

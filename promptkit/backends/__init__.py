@@ -21,17 +21,21 @@ from ._base import (
     Usage,
 )
 from ._scripted import Request, ScriptedBackend
+from ._tool_calls import FunctionCall, ToolChoice, ToolSpec
 
 __all__ = [
     "Backend",
     "Capabilities",
     "Completion",
     "DefaultBackend",
+    "FunctionCall",
     "GenerationConfig",
     "Message",
     "PromptInput",
     "Request",
     "ScriptedBackend",
+    "ToolChoice",
+    "ToolSpec",
     "Usage",
     "available_backends",
     "default_backend",

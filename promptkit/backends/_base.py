@@ -23,6 +23,11 @@ command line) never probe a backend with ``getattr``:
 ``close``/``aclose``   release connections or memory (nothing to do by default)
 =====================  ====================================================================
 
+Tools (``GenerationConfig.tools``): a backend that declares ``tools`` takes them natively (an
+API); one with ``token_masks`` gets them emulated here (shown in the chat template's tools slot,
+flag ``tool_template``, or the system message; decoding held to a call; the call parsed back:
+:mod:`promptkit.backends._tool_calls`); any other raises UnsupportedCapabilityError.
+
 The flag ``tokens`` says a backend is a local model with token-level access (``LocalScoring``:
 ``generate_tokens`` from token ids, ``token_id_logprobs`` with the top alternatives), which the
 server's token-id prompts and top log-probabilities use.
@@ -36,7 +41,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, TypedDict, TypeVar, Union
+from typing import Any, Literal, NamedTuple, TypeVar, Union
 
 from .._grammar import Grammar
 from ..errors import (
@@ -45,6 +50,9 @@ from ..errors import (
     PromptkitError,
     UnsupportedCapabilityError,
 )
+from . import _tool_calls as _tc
+from ._messages import Message, check_messages, messages_to_text, plain_messages
+from ._tool_calls import FunctionCall, ToolChoice, ToolSpec
 
 __all__ = [
     "Backend",
@@ -57,22 +65,13 @@ __all__ = [
     "PromptInput",
     "TokenLogprob",
     "Usage",
+    "check_messages",
     "cut_at_stop",
     "encode_line",
     "messages_to_text",
 ]
 
 R = TypeVar("R")
-ROLES: tuple[str, ...] = ("system", "user", "assistant")
-
-
-class Message(TypedDict):
-    """One chat message: ``{"role": "system" | "user" | "assistant", "content": "..."}``."""
-
-    role: str
-    content: str
-
-
 PromptInput = Union[str, Sequence[Message]]
 
 
@@ -92,13 +91,19 @@ class GenerationConfig:
     # constrain decoding to this grammar (backends with token masks); the grammar decides where
     # the answer ends, so ``stop`` is not applied to constrained output
     grammar: Grammar | None = None
+    tools: tuple[ToolSpec, ...] = ()  # tools the model may call (see promptkit.Tool)
+    # "auto" (answer or call), "required" (call one), "none" (answer), or a tool's name
+    tool_choice: ToolChoice = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         else:
             object.__setattr__(self, "stop", tuple(self.stop))
-        problems = []
+        object.__setattr__(self, "tools", tuple(self.tools))
+        problems = _tc.check_tools(self.tools, self.tool_choice) if self.tools else []
+        if not self.tools and self.tool_choice != "auto":
+            problems.append(f"tool_choice={self.tool_choice!r} needs tools; give some or leave it")
         if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
             problems.append(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
@@ -153,11 +158,13 @@ class Usage:
 
 @dataclass(frozen=True)
 class Completion:
-    """What a backend produced: the text, token usage, and why generation ended."""
+    """What a backend produced: the text, token usage, why generation ended, and the tools the
+    model called (``tool_calls``: raw, as it wrote them; the text may be empty then)."""
 
     text: str
     usage: Usage = field(default_factory=Usage)
     finish_reason: Literal["stop", "length"] = "stop"
+    tool_calls: tuple[FunctionCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,12 @@ class Capabilities:
     tokens: bool = False  # token-level access (a local model): token-id prompts, top logprobs
     concurrent: bool = False  # calls may run at once (an API: each call is its own request)
     batch_api: bool = False  # takes requests in bulk through the provider's batch endpoint
+    tools: bool = False  # calls tools natively (the API takes tools, answers with tool calls)
+    tool_template: bool = False  # the chat template has a tools slot (else: the system message)
+
+    def calls_tools(self) -> bool:
+        """Whether the backend can call tools: natively, or emulated under token masks."""
+        return self.tools or self.token_masks
 
     def enforces(self, grammar: Grammar, *, chat: bool) -> bool:
         """Whether decoding can be held to ``grammar`` on a backend with these capabilities.
@@ -221,41 +234,6 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Cut ``text`` at the earliest stop sequence; returns the text and whether it was cut."""
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-def messages_to_text(messages: Sequence[Message]) -> str:
-    """Flatten chat messages into one prompt for a model that only completes text.
-
-    Each message becomes ``"Role: content"``, separated by blank lines, ending with
-    ``"Assistant:"`` so that the model writes the next assistant turn.
-    """
-    parts = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-    parts.append("Assistant:")
-    return "\n\n".join(parts)
-
-
-def check_messages(messages: Sequence[Any]) -> list[Message]:
-    """Validate a list of chat messages; raises InputValidationError naming the bad one."""
-    if not isinstance(messages, (list, tuple)):
-        raise InputValidationError(
-            f"a prompt must be a string or a list of messages, got {type(messages).__name__}"
-        )
-    if not messages:
-        raise InputValidationError("the prompt has no messages; pass at least one user message")
-    checked: list[Message] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping) or set(m) != {"role", "content"}:
-            raise InputValidationError(
-                f"message {i} must be a mapping with exactly the keys 'role' and 'content', "
-                f"got {m!r}"
-            )
-        if m["role"] not in ROLES or not isinstance(m["content"], str):
-            raise InputValidationError(
-                f"message {i} needs a role in {ROLES} and string content, got role "
-                f"{m['role']!r} and content of type {type(m['content']).__name__}"
-            )
-        checked.append(Message(role=m["role"], content=m["content"]))
-    return checked
 
 
 class BatchAPI(abc.ABC):
@@ -306,9 +284,38 @@ class Backend:
 
         Raises InputValidationError for a malformed prompt, UnsupportedCapabilityError for a
         grammar the backend cannot enforce, and the backend's own errors (BackendError,
-        ContextWindowError).
+        ContextWindowError). With ``config.tools``: UnsupportedCapabilityError naming
+        ``tools`` on a backend that can neither call tools natively nor emulate them under
+        token masks (:meth:`Capabilities.calls_tools`).
         """
-        return self._route(prompt, config or GenerationConfig(), self._complete, self._chat)
+        config = config or GenerationConfig()
+        if config.tools and not self.capabilities.tools:
+            return self._emulate_tools(prompt, config)
+        return self._route(prompt, config, self._complete, self._chat)
+
+    def _emulate_tools(self, prompt: PromptInput, config: GenerationConfig) -> Completion:
+        """Tools on a backend with token masks: shown in the chat template's tools slot or the
+        system message, decoding held to a call (see :mod:`promptkit.backends._tool_calls`)."""
+        if not self.capabilities.calls_tools():
+            raise UnsupportedCapabilityError(
+                self.name,
+                "tools",
+                "use a backend that calls tools natively (openai, azure) or one that "
+                "constrains decoding to a call (scratch, hf)",
+            )
+        if config.tool_choice == "none":
+            plain = config.replace(tools=(), tool_choice="auto")
+            return self._route(prompt, plain, self._complete, self._chat)
+        grammar = _tc.emulation_grammar(config.tools, config.tool_choice, config.grammar)
+        caps = self.capabilities
+        if caps.tool_template and caps.chat and not isinstance(prompt, str):
+            sent = config.replace(grammar=grammar)  # the chat template renders config.tools
+        else:
+            prompt = _tc.with_tools_in_system(prompt, config.tools, config.tool_choice)
+            sent = config.replace(grammar=grammar, tools=(), tool_choice="auto")
+        completion = self._route(prompt, sent, self._complete, self._chat)
+        call = _tc.parse_emulated(completion.text)
+        return completion if call is None else dataclasses.replace(completion, tool_calls=(call,))
 
     def generate_batch(
         self, prompts: Sequence[str], config: GenerationConfig | None = None
@@ -346,10 +353,15 @@ class Backend:
     def stream(self, prompt: PromptInput, config: GenerationConfig | None = None) -> Iterator[str]:
         """Yield the completion's text in pieces as it is produced.
 
-        Raises UnsupportedCapabilityError unless the backend declares ``streaming``.
+        Raises UnsupportedCapabilityError unless the backend declares ``streaming``, and for
+        a request with tools (a stream of text cannot carry tool calls: use :meth:`generate`).
         """
         self.require("streaming")
         config = config or GenerationConfig()
+        if config.tools:
+            raise UnsupportedCapabilityError(
+                self.name, "streaming tool calls", "call generate() for a request with tools"
+            )
         return self._route(prompt, config, self._stream_complete, self._stream_chat)
 
     def _route(
@@ -359,7 +371,20 @@ class Backend:
         on_text: Callable[[str, GenerationConfig], R],
         on_chat: Callable[[list[Message], GenerationConfig], R],
     ) -> R:
-        """Validate the prompt and send it to the hook for the form the backend speaks."""
+        """Validate the prompt and send it to the hook for the form the backend speaks.
+
+        Tools go to a native backend's chat hook; tool calls and results in the messages reach
+        a backend without a tools slot as plain text (``plain_messages``).
+        """
+        caps = self.capabilities
+        if config.tools and caps.tools:
+            if isinstance(prompt, str):
+                self._check_text(prompt)
+            messages = [Message(role="user", content=prompt)] if isinstance(prompt, str) else prompt
+            self._check_grammar(config, chat=True)
+            return on_chat(check_messages(messages), config)
+        if not isinstance(prompt, str) and not caps.tools and not caps.tool_template:
+            prompt = plain_messages(check_messages(prompt))
         if isinstance(prompt, str):
             self._check_text(prompt)
             if self.capabilities.completion:

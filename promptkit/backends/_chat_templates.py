@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import jinja2
+from jinja2 import meta
 from jinja2.exceptions import SecurityError
 
 from .. import _template_limits as _limits
 from .._template_limits import LIMITS, TemplateLimits
 from .._templating import sandboxed_environment
 from ..errors import ConfigurationError, TemplateError
-from ._base import Message
+from ._messages import Message
+from ._tool_calls import ToolSpec, template_messages, template_tools
 
 __all__ = ["ChatTemplate", "folder_chat_template"]
 
@@ -73,20 +75,32 @@ class ChatTemplate:
             ) from None
         except RecursionError:
             raise TemplateError("the model's chat template nests too deeply", source=name) from None
+        # a tools slot: the template reads a ``tools`` variable (tools are shown there)
+        self.takes_tools = "tools" in meta.find_undeclared_variables(_CHAT_ENV.parse(source))
 
     def __repr__(self) -> str:
         return f"<ChatTemplate {self.name!r} ({len(self.source):,} characters)>"
 
-    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[ToolSpec] = (),
+    ) -> str:
         """The prompt text of ``messages`` (ending with the assistant's turn opened, when
-        ``add_generation_prompt``). Raises TemplateError for a template that fails or goes over
-        a limit (its message names the limit, e.g. ``max_steps``)."""
+        ``add_generation_prompt``), with ``tools`` in the template's tools slot (transformers'
+        shapes: see :func:`~promptkit.backends._tool_calls.template_messages`). Raises
+        TemplateError for a template that fails or goes over a limit (its message names the
+        limit, e.g. ``max_steps``)."""
         context: dict[str, Any] = {
-            "messages": [dict(message) for message in messages],
+            "messages": template_messages(messages),
             "add_generation_prompt": add_generation_prompt,
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
         }
+        if tools:
+            context["tools"] = template_tools(tools)
         _limits.start(self.limits)
         try:
             return self._template.render(context)

@@ -22,15 +22,16 @@ import torch
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
-    StoppingCriteria,
     StoppingCriteriaList,
 )
 
 from ..errors import BackendError, ConfigurationError, UnsupportedCapabilityError
 from ._base import Completion, GenerationConfig, Message, Usage, cut_at_stop
 from ._chat_templates import ChatTemplate
+from ._hf_adapter import is_hf_adapter_folder, merged_adapter, read_hf_adapter
+from ._hf_generation import Abandoned, GrammarLogitsProcessor, SamplingProcessor, eager_streamer
 from ._hf_loading import load_cached
-from ._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
+from ._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix
 from ._masking import TokenMasker, llg_tokenizer
 
 __all__ = ["GrammarLogitsProcessor", "HFBackend", "from_spec"]
@@ -50,109 +51,6 @@ class _Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.hf.decode(list(ids), skip_special_tokens=False))
-
-
-def _eager_streamer(hf_tokenizer: Any) -> Any:
-    """transformers' ``TextIteratorStreamer``, passing text on as soon as it is whole: it holds
-    back only an incomplete character and trailing spaces (which a next token's punctuation may
-    clean away). transformers' own waits for a space after any symbol, so text without spaces
-    arrived only when generation ended, and a reader that left could not stop it."""
-    from transformers import TextIteratorStreamer
-
-    class EagerStreamer(TextIteratorStreamer):
-        def put(self, value: torch.Tensor) -> None:
-            if value.dim() > 1:
-                value = value[0]
-            if self.skip_prompt and self.next_tokens_are_prompt:
-                self.next_tokens_are_prompt = False
-                return
-            self.token_cache.extend(value.tolist())
-            text = str(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
-            ready = text.rstrip("\ufffd").rstrip()
-            if len(ready) > self.print_len:
-                self.on_finalized_text(ready[self.print_len :])
-                self.print_len = len(ready)
-
-    return EagerStreamer(hf_tokenizer, skip_prompt=True, skip_special_tokens=True)
-
-
-class _Abandoned(StoppingCriteria):
-    """Stops ``generate`` once ``event`` is set (a streaming reader has gone)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        done = self.event.is_set()
-        return torch.full((input_ids.size(0),), done, dtype=torch.bool, device=input_ids.device)
-
-
-class GrammarLogitsProcessor(LogitsProcessor):
-    """transformers' hook onto promptkit's :class:`~promptkit.backends._masking.TokenMasker`.
-
-    Pass it to ``model.generate(..., logits_processor=LogitsProcessorList([processor]))`` with
-    ``max_new_tokens`` equal to the masker's ``max_tokens``. Each call feeds the tokens sampled
-    at the previous step to the matchers, then masks what may not come next; rows whose answer
-    is complete may only end (EOS). The mask alone keeps answers inside the budget only near its
-    end: transformers' own sampler cannot be asked to draw again a token that commits to more
-    than the budget holds, which :class:`HFBackend` does (``masker.sample``).
-    """
-
-    def __init__(self, masker: TokenMasker, prompt_width: int):
-        self.masker = masker
-        self.prompt_width = prompt_width
-        self.done = [False] * len(masker.rows)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if input_ids.size(1) > self.prompt_width:
-            for row, token in enumerate(input_ids[:, -1].tolist()):
-                if self.done[row]:
-                    continue
-                self.masker.advance(row, token)
-                if token == self.masker.eos:
-                    self.done[row] = True
-        live = [row for row in range(len(self.done)) if not self.done[row]]
-        if live:
-            self.masker.apply(scores, live)
-        return scores
-
-    def complete(self, sequences: torch.Tensor) -> list[bool]:
-        """After ``generate``: feed the last tokens and say which rows' answers are complete."""
-        if sequences.size(1) > self.prompt_width:
-            for row, token in enumerate(sequences[:, -1].tolist()):
-                if not self.done[row]:
-                    self.masker.advance(row, token)
-                    self.done[row] = token == self.masker.eos
-        return [self.done[row] or self.masker.finished(row) for row in range(len(self.done))]
-
-
-class _SamplingProcessor(LogitsProcessor):
-    """Samples each row's next token with the call's own generators (temperature, top-k and
-    top-p as on the scratch backend) and leaves only that token possible, so that
-    transformers' greedy step takes it: no global random state is read or changed. With the
-    grammar's ``masker``, a token that would not leave room to end the answer is drawn again
-    (:meth:`TokenMasker.sample`)."""
-
-    def __init__(
-        self,
-        config: GenerationConfig,
-        generators: list[torch.Generator] | None,
-        masker: TokenMasker | None = None,
-        done: list[bool] | None = None,
-    ):
-        self.config = config
-        self.generators = generators
-        self.masker = masker
-        self.done = done
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.masker is None:
-            chosen = sample_next(scores, self.config, self.generators)  # (B,)
-        else:
-            live = [row for row, done in enumerate(self.done or []) if not done]
-            chosen = self.masker.sample(scores, live, self.config, self.generators)
-        only = torch.full_like(scores, float("-inf"))
-        return only.scatter_(1, chosen[:, None], 0.0)
 
 
 class HFBackend(LocalScoring):
@@ -176,7 +74,11 @@ class HFBackend(LocalScoring):
         """Render chat messages with ``template`` (the model's own) and declare ``chat``; None
         goes back to flattening messages into text."""
         self.chat_template = template
-        self.capabilities = replace(LOCAL_CAPABILITIES, chat=template is not None)
+        self.capabilities = replace(
+            LOCAL_CAPABILITIES,
+            chat=template is not None,
+            tool_template=template is not None and template.takes_tools,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -259,9 +161,9 @@ class HFBackend(LocalScoring):
                     generator.manual_seed(config.seed)
                 generators.append(generator)
         if grammar is not None:  # also when greedy: a token must leave room to end
-            processors.append(_SamplingProcessor(config, generators, grammar.masker, grammar.done))
+            processors.append(SamplingProcessor(config, generators, grammar.masker, grammar.done))
         elif generators is not None:
-            processors.append(_SamplingProcessor(config, generators))
+            processors.append(SamplingProcessor(config, generators))
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         return kwargs
@@ -288,30 +190,41 @@ class HFBackend(LocalScoring):
             "attention_mask": attention_mask.to(self.device),
         }
 
-    def _chat_ids(self, messages: list[Message]) -> list[int]:
+    def _chat_ids(
+        self, messages: list[Message], config: GenerationConfig | None = None
+    ) -> list[int]:
         """The prompt ids of ``messages``: the chat template's text, assistant turn opened, with
-        its special tokens recognised (message contents were rendered into it as text)."""
+        its special tokens recognised (message contents were rendered into it as text), and
+        the config's tools in its tools slot."""
         if self.chat_template is None:
             raise UnsupportedCapabilityError(self.name, "chat")
-        text = self.chat_template.render(messages, add_generation_prompt=True)
+        tools = config.tools if config is not None else ()
+        text = self.chat_template.render(messages, add_generation_prompt=True, tools=tools)
         return list(self.tokenizer.hf(text, add_special_tokens=False)["input_ids"])
 
     def _chat(self, messages: list[Message], config: GenerationConfig) -> Completion:
         """Generate the assistant's answer to ``messages`` (ends at the end-of-turn token)."""
-        (completion,) = self._generate(self._id_inputs([self._chat_ids(messages)], config), config)
+        (completion,) = self._generate(
+            self._id_inputs([self._chat_ids(messages, config)], config), config
+        )
         return completion
 
     def _stream_chat(
         self, messages: list[Message], config: GenerationConfig
     ) -> Generator[str, None, Completion]:
         """Stream the assistant's answer to ``messages`` (see :meth:`_stream_complete`)."""
-        return self._stream_inputs(self._id_inputs([self._chat_ids(messages)], config), config)
+        return self._stream_inputs(
+            self._id_inputs([self._chat_ids(messages, config)], config), config
+        )
 
     def generate_batch(
         self, prompts: Sequence[str], config: GenerationConfig | None = None
     ) -> list[Completion]:
-        """Generate for several prompts at once (left padding, one ``generate`` call)."""
+        """Generate for several prompts at once (left padding, one ``generate`` call; one at a
+        time for a request with tools, whose answers are parsed into calls)."""
         config = config or GenerationConfig()
+        if config.tools:
+            return [self.generate(prompt, config) for prompt in prompts]
         return self._generate(self._inputs(prompts, config), config)
 
     def _generate(self, inputs: dict[str, Any], config: GenerationConfig) -> list[Completion]:
@@ -369,12 +282,12 @@ class HFBackend(LocalScoring):
         self, inputs: dict[str, Any], config: GenerationConfig
     ) -> Generator[str, None, Completion]:
         """Stream the text generated after one prepared prompt."""
-        streamer = _eager_streamer(self.tokenizer.hf)
+        streamer = eager_streamer(self.tokenizer.hf)
         abandoned = threading.Event()  # the reader closed the stream: stop generating
         kwargs = {
             **self._call_kwargs(inputs, config),
             "streamer": streamer,
-            "stopping_criteria": StoppingCriteriaList([_Abandoned(abandoned)]),
+            "stopping_criteria": StoppingCriteriaList([Abandoned(abandoned)]),
         }
         failures: list[BaseException] = []
         outputs: list[torch.Tensor] = []
@@ -466,6 +379,8 @@ def from_spec(
     from ..models._registry import lookup, pull
 
     label = f"hf:{arg}"
+    if is_hf_adapter_folder(Path(os.path.expanduser(arg))):
+        return _with_adapter(Path(os.path.expanduser(arg)), device, dtype)
     known = lookup(arg) if not Path(os.path.expanduser(arg)).exists() else None
     if known is not None:  # a registry name: its verified file, pulled on first use
         arg, label = str(pull(known.name)), f"hf:{known.name}"
@@ -492,3 +407,15 @@ def _tokenizer_chat_template(hf_tokenizer: Any, name: str) -> ChatTemplate | Non
         eos_token=hf_tokenizer.eos_token or "",
         name=f"{name} (chat template)",
     )
+
+
+def _with_adapter(folder: Path, device: str | None, dtype: str | None) -> HFBackend:
+    """``hf:DIR`` for a LoRA adapter folder: its base (by the spec it records), checked against
+    the recorded sha256, with the adapter merged into a copy. The backend's folder is the
+    adapter's, so its cache identity is the adapter's files, not the base's."""
+    record = read_hf_adapter(folder)
+    base = from_spec(record["base"]["spec"].partition(":")[2], device=device, dtype=dtype)
+    model = merged_adapter(folder, base.model, record["base"]["sha256"])
+    backend = HFBackend(model, base.tokenizer.hf, name=f"hf:{folder}", folder=folder)
+    backend.use_chat_template(base.chat_template)
+    return backend

@@ -45,11 +45,14 @@ from ._base import (
 )
 from ._openai_mapping import (
     MIN_SECRET_LENGTH,
+    api_messages,
     map_error,
+    read_tool_calls,
     request_params,
     response_format,
     scrub,
     scrubbed_copy,
+    tool_params,
 )
 
 __all__ = [
@@ -118,6 +121,7 @@ class OpenAIBackend(Backend):
             json_schema=True,
             concurrent=True,
             batch_api=batch_api,
+            tools=True,
         )
 
     def cache_identity(self) -> dict[str, Any]:
@@ -192,8 +196,9 @@ class OpenAIBackend(Backend):
     def _chat_kwargs(self, messages: list[Message], config: GenerationConfig) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.model,
-            "messages": [dict(m) for m in messages],
+            "messages": api_messages(messages),
             **request_params(self.model, config, chat=True),
+            **tool_params(config),
         }
         if config.grammar is not None:
             kwargs["response_format"] = response_format(config.grammar)
@@ -232,6 +237,7 @@ class OpenAIBackend(Backend):
             if not isinstance(text, (str, type(None))):
                 raise TypeError(f"the answer's text is a {type(text).__name__}, not a string")
             finish = choice.finish_reason
+            calls = read_tool_calls(choice.message) if chat else ()
             counts = self._usage(response.usage)
         if finish == "content_filter":
             raise BackendError(
@@ -243,6 +249,7 @@ class OpenAIBackend(Backend):
             text=text or "",
             usage=counts,
             finish_reason="length" if finish == "length" else "stop",
+            tool_calls=calls,
         )
 
     def _usage(self, usage: Any) -> Usage:

@@ -14,15 +14,20 @@ from typing import Any
 from .._grammar import Grammar
 from ..errors import BackendError, ConfigurationError, ContextWindowError
 from ._base import GenerationConfig
+from ._messages import Message
+from ._tool_calls import CHOICE_KEYWORDS, FunctionCall
 
 __all__ = [
     "MIN_SECRET_LENGTH",
+    "api_messages",
     "map_error",
+    "read_tool_calls",
     "request_params",
     "response_format",
     "scrub",
     "scrubbed_copy",
     "status_error",
+    "tool_params",
 ]
 
 # Models that take max_completion_tokens and fix temperature/top_p (reasoning models).
@@ -61,6 +66,51 @@ def request_params(model: str, config: GenerationConfig, *, chat: bool) -> dict[
     if config.seed is not None:
         params["seed"] = config.seed
     return params
+
+
+def tool_params(config: GenerationConfig) -> dict[str, Any]:
+    """``tools`` and ``tool_choice`` of a request that offers tools (none otherwise)."""
+    if not config.tools:
+        return {}
+    choice: Any = config.tool_choice
+    if choice not in CHOICE_KEYWORDS:
+        choice = {"type": "function", "function": {"name": choice}}
+    return {"tools": [t.as_openai() for t in config.tools], "tool_choice": choice}
+
+
+def api_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Messages in the API's shape: an assistant's calls as ``tool_calls`` of functions."""
+    shaped: list[dict[str, Any]] = []
+    for m in messages:
+        item: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            item["tool_calls"] = [
+                {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": c["arguments"]},
+                }
+                for c in m["tool_calls"]
+            ]
+        if "tool_call_id" in m:
+            item["tool_call_id"] = m["tool_call_id"]
+        shaped.append(item)
+    return shaped
+
+
+def read_tool_calls(message: Any) -> tuple[FunctionCall, ...]:
+    """The function calls of a response message, raw (arguments as the model wrote them).
+
+    Raises TypeError for a call of the wrong shape (the caller reports the response)."""
+    calls = getattr(message, "tool_calls", None) or []
+    read = []
+    for call in calls:
+        function = call.function
+        name, arguments, call_id = function.name, function.arguments, call.id
+        if not all(isinstance(v, str) for v in (name, arguments, call_id)):
+            raise TypeError(f"a tool call's name, arguments and id must be strings, got {call!r}")
+        read.append(FunctionCall(name=name, arguments=arguments, id=call_id))
+    return tuple(read)
 
 
 def response_format(grammar: Grammar) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from ._base import (
     Usage,
     cut_at_stop,
 )
+from ._tool_calls import FunctionCall
 
 __all__ = ["Request", "ScriptedBackend"]
 
@@ -40,7 +41,7 @@ class Request:
     config: GenerationConfig
 
 
-Reply = Union[str, BaseException, Callable[[Request], str]]
+Reply = Union[str, Completion, FunctionCall, BaseException, Callable[[Request], str]]
 
 
 def _count_words(prompt: PromptInput) -> int:
@@ -61,7 +62,11 @@ class ScriptedBackend(Backend):
     ``chat=False`` makes it a completion-only model (chat messages arrive flattened to text);
     ``json_schema=True`` makes it stand in for an API with structured output: chat requests
     for an object output type then carry the schema as ``request.config.grammar`` (the replies
-    are not checked against it: the script decides what the "model" says).
+    are not checked against it: the script decides what the "model" says). ``tools=True``
+    makes it an API that calls tools natively: a reply may then be a
+    :class:`~promptkit.backends.FunctionCall` (the model calls that tool) or a whole
+    :class:`~promptkit.backends.Completion` (text and calls), and the request's tools are in
+    ``request.config.tools``.
     """
 
     def __init__(
@@ -71,11 +76,12 @@ class ScriptedBackend(Backend):
         name: str = "scripted",
         chat: bool = True,
         json_schema: bool = False,
+        tools: bool = False,
         context_window: int | None = None,
     ):
         self.name = name
         self.capabilities = Capabilities(
-            completion=True, chat=chat, streaming=True, json_schema=json_schema
+            completion=True, chat=chat, streaming=True, json_schema=json_schema, tools=tools
         )
         self.context_window = context_window
         self.requests: list[Request] = []
@@ -105,6 +111,16 @@ class ScriptedBackend(Backend):
             reply = self._replies.popleft()
         if isinstance(reply, BaseException):
             raise reply
+        if isinstance(reply, FunctionCall):
+            reply = Completion(text="", tool_calls=(reply,))
+        if isinstance(reply, Completion):
+            if reply.tool_calls and not config.tools:
+                raise BackendError(
+                    f"scripted reply {len(self.requests)} calls tools, but the request "
+                    "offered none; script a text reply for it",
+                    backend=self.name,
+                )
+            return reply
         text = reply(request) if callable(reply) else reply
         text, _ = cut_at_stop(text, config.stop)
         usage = Usage(prompt_tokens=_count_words(prompt), completion_tokens=len(text.split()))

@@ -92,7 +92,7 @@ def _accuracy_page(report: Report, plot_png: bytes | None) -> str:
     for line in sorted({line for items in by_variant for line in items}):
         cells = [items.get(line) for items in by_variant]
         known = next(cell for cell in cells if cell is not None)
-        rows.append(_Row(line, _compact(known.inputs), _compact(known.expected), cells))
+        rows.append(_Row(line, _compact(known.inputs), _expected(known), cells))
     first, second = [*report.templates, "", ""][:2]  # the templates McNemar compares
     data = {
         "kind": "accuracy",
@@ -142,6 +142,14 @@ def _render(template: str, data: Any, plot_png: bytes | None, **context: Any) ->
         style=Markup((_PAGE / "report.css").read_text(encoding="utf-8")),
         script=Markup((_PAGE / "report.js").read_text(encoding="utf-8")),
     )
+
+
+def _expected(item: ItemResult) -> str:
+    """An item's expected output as the table shows it: a dash for an item graded by its
+    assertions alone (its ``expected`` is null in report.json)."""
+    if item.expected is None and item.assertions:
+        return "—"
+    return _compact(item.expected)
 
 
 def _compact(value: Any) -> str:

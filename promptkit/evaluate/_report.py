@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._html import write_html
-from ._schema import Comparison, Report, ShotReport
+from ._schema import BackendComparison, BackendRun, Comparison, Report, ShotReport
 
 
 def markdown(name: str, reports: Sequence[ShotReport]) -> str:
@@ -76,12 +76,18 @@ def write_report(
     comparisons: Sequence[Comparison] = (),
     method: Literal["generate", "score"] = "generate",
     fingerprint: dict[str, Any] | None = None,
+    vs_backends: Sequence[BackendRun] = (),
+    backend_comparisons: Sequence[BackendComparison] = (),
 ) -> list[Path]:
     """Write ``report.json`` (a :class:`Report`, with the run's ``fingerprint`` when given),
     ``report.md``, ``accuracy.png`` and ``report.html`` (every item, with filters and a detail
     view) into ``out``; returns the paths written (the plot is left out, with a note in the
-    Markdown and the page, when matplotlib is not installed). Raises OSError when the folder
-    cannot be written."""
+    Markdown and the page, when matplotlib is not installed). ``vs_backends``: the first
+    template on other backends, drawn on the same chart (see
+    :mod:`~promptkit.evaluate._vs_backends`). Raises OSError when the folder cannot be
+    written."""
+    from ._vs_backends import backend_lines, backends_markdown
+
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(
@@ -91,6 +97,8 @@ def write_report(
         templates=runs,
         comparisons=list(comparisons),
         fingerprint=fingerprint,
+        vs_backends=list(vs_backends),
+        backend_comparisons=list(backend_comparisons),
     )
     written = [folder / "report.json"]
     written[0].write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -107,8 +115,10 @@ def write_report(
                 for c in comparisons
             )
         )
+    parts += backends_markdown(vs_backends, backend_comparisons, markdown)
     plot = folder / "accuracy.png"
-    drawn = _plot(plot, runs)
+    named = {f"{backend} ({name})": r for name, r in runs.items()} if vs_backends else runs
+    drawn = _plot(plot, named, *backend_lines(vs_backends))
     if drawn:
         parts.append("![accuracy against shots](accuracy.png)\n")
     else:
@@ -122,14 +132,25 @@ def write_report(
     return written
 
 
-def _plot(path: Path, runs: dict[str, list[ShotReport]]) -> bool:
-    lines = {
+def _plot(
+    path: Path,
+    runs: dict[str, list[ShotReport]],
+    extra: Mapping[str, tuple[Sequence[int], Sequence[float]]] | None = None,
+    levels: Mapping[str, float] | None = None,
+) -> bool:
+    lines: dict[str, tuple[Sequence[int], Sequence[float]]] = {
         name: ([r.shots for r in reports], [r.accuracy for r in reports])
         for name, reports in runs.items()
     }
-    ticks = sorted({r.shots for reports in runs.values() for r in reports})
+    lines |= extra or {}
+    ticks = sorted({x for xs, _ in lines.values() for x in xs})
     return line_plot(
-        path, lines, x_label="demonstrations (shots)", y_label="accuracy", x_ticks=ticks
+        path,
+        lines,
+        x_label="demonstrations (shots)",
+        y_label="accuracy",
+        x_ticks=ticks,
+        levels=levels or {},
     )
 
 
@@ -141,9 +162,11 @@ def line_plot(
     y_label: str,
     x_ticks: Sequence[int],
     log_x: bool = False,
+    levels: Mapping[str, float] | None = None,
 ) -> bool:
-    """Draw ``lines`` (label -> x and y values, y between 0 and 1) into the PNG at ``path``;
-    False when matplotlib is not installed (the report then says how to get the plot)."""
+    """Draw ``lines`` (label -> x and y values, y between 0 and 1) and ``levels`` (label -> a y
+    value drawn as a dashed line across the chart) into the PNG at ``path``; False when
+    matplotlib is not installed (the report then says how to get the plot)."""
     try:
         import matplotlib
 
@@ -154,12 +177,15 @@ def line_plot(
     figure, axes = plt.subplots(figsize=(5, 3.5), dpi=120)
     for label, (xs, ys) in lines.items():
         axes.plot(xs, ys, marker="o", label=label)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (label, y) in enumerate((levels or {}).items(), start=len(lines)):
+        axes.axhline(y, linestyle="--", color=colours[index % len(colours)], label=label)
     if log_x:
         axes.set_xscale("log")
     axes.set_xticks(x_ticks, [str(t) for t in x_ticks])
     axes.set_xlabel(x_label)
     axes.set_ylabel(y_label)
-    axes.set_ylim(0, 1)
+    axes.set_ylim(0, 1.02)  # a line at 1.0 stays visible above the frame
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()

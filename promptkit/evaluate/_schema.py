@@ -19,6 +19,8 @@ __all__ = [
     "REPORT_SCHEMA_VERSION",
     "AssertionResult",
     "AttemptRecord",
+    "BackendComparison",
+    "BackendRun",
     "Comparison",
     "ItemResult",
     "PassAtKReport",
@@ -156,6 +158,29 @@ class Comparison(_Record):
     p_value: float = Field(ge=0, le=1)
 
 
+class BackendRun(_Record):
+    """The first template on another backend (``--vs-backend``), beside the main backend's."""
+
+    backend: str = Field(description="the backend's name (never a key)")
+    finetuned_shots: int | None = Field(
+        default=None, ge=0, description="the shot count a fine-tuned model's folder records"
+    )
+    reports: list[ShotReport] = Field(description="one report per shot count it ran at")
+
+
+class BackendComparison(_Record):
+    """McNemar's exact test between the main backend at its best shot count (the best
+    few-shot baseline) and another backend (a fine-tuned model) on the same items."""
+
+    baseline: str = Field(description="the main backend's name")
+    baseline_shots: int = Field(ge=0, description="its most accurate shot count")
+    backend: str = Field(description="the other backend's name")
+    shots: int = Field(ge=0, description="the other backend's shot count compared")
+    only_baseline: int = Field(ge=0, description="items only the baseline got right")
+    only_backend: int = Field(ge=0, description="items only the other backend got right")
+    p_value: float = Field(ge=0, le=1)
+
+
 class SampleRecord(_Record):
     """One completion of a code problem, and how its program ended in the sandbox."""
 
@@ -229,4 +254,10 @@ class Report(_Record):
         default=None,
         description="what a resumed run must share with this one: digests of the template, "
         "data and pool files, the backend, the settings (see results.jsonl)",
+    )
+    vs_backends: list[BackendRun] = Field(
+        default_factory=list, description="the first template on each --vs-backend"
+    )
+    backend_comparisons: list[BackendComparison] = Field(
+        default_factory=list, description="the best few-shot baseline against each of those"
     )

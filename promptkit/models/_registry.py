@@ -26,7 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._cache import cache_dir
+from .._cache_dir import cache_dir
 from ..errors import BackendError, ConfigurationError
 
 __all__ = [

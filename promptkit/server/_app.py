@@ -22,10 +22,19 @@ from ..backends._base import (
     check_messages,
     messages_to_text,
 )
+from ..backends._tool_calls import tools_system_text
 from ..errors import InputValidationError, UnsupportedCapabilityError
 from ._errors import ApiError, api_error
 from ._guard import Guard, ServerLimits
-from ._shapes import ChatRequest, CompletionRequest, EventStream, configs, message, usage
+from ._shapes import (
+    ChatRequest,
+    CompletionRequest,
+    EventStream,
+    configs,
+    message,
+    tool_calls,
+    usage,
+)
 from ._tokens import chat_scores, completion_scores, local_model, prompt_scores
 from ._worker import Stream, Worker
 
@@ -126,10 +135,13 @@ class _Service:
             raise ApiError(400, "streaming does not return logprobs", param="logprobs")
         self.limits.check("max_choices", body.n, "completions (n)", "n")
         max_tokens = body.max_completion_tokens or body.max_tokens or 256
+        tools = body.tool_settings()
+        settings = configs(body, max_tokens, body.response_format, tools)
         text = messages_to_text(messages)
+        if tools[0]:  # counted as a model without a tools slot sees them
+            text = f"{tools_system_text(*tools)}\n\n{text}"
         counted = await asyncio.to_thread(self.backend.count_tokens, text)
         self._check_tokens(counted, body.n, max_tokens)
-        settings = configs(body, max_tokens, body.response_format)
         created, ident = int(time.time()), f"chatcmpl-{secrets.token_hex(12)}"
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -163,6 +175,13 @@ class _Service:
                 "message": {"role": "assistant", "content": completion.text},
                 "finish_reason": completion.finish_reason,
             }
+            if completion.tool_calls:  # the calls stand instead of an answer, as in the API
+                choice["message"] = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": tool_calls(completion),
+                }
+                choice["finish_reason"] = "tool_calls"
             if body.logprobs:
                 choice["logprobs"] = scores
             choices.append(choice)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from .._grammar import Grammar
 from ..backends._base import Completion, GenerationConfig
+from ..backends._tool_calls import ToolChoice, ToolSpec
 from ..errors import UsageError
 from ._errors import ApiError
 from ._guard import check_unicode
@@ -22,9 +23,9 @@ if TYPE_CHECKING:
 
 SEED_RANGE = 2**32  # seeds reach the backend modulo this (numpy's and transformers' range)
 
-# Request fields promptkit does not serve yet: a client that sends them is told so, instead of
-# getting an answer that silently ignored them (tool calling comes with a later release).
-UNSUPPORTED_FIELDS = ("tools", "functions", "tool_choice", "function_call")
+# The API's deprecated way to offer tools: a client that sends them is told to send ``tools``,
+# instead of getting an answer that silently ignored them.
+UNSUPPORTED_FIELDS = ("functions", "function_call")
 
 
 class _Request(BaseModel):
@@ -53,8 +54,8 @@ class _Request(BaseModel):
             if (self.model_extra or {}).get(field) not in (None, [], "none"):
                 raise ApiError(
                     400,
-                    f"{field!r} is not supported by promptkit serve (tool calling is not "
-                    "available yet); send the request without it",
+                    f"{field!r} (the deprecated function calling) is not supported by promptkit "
+                    "serve; offer the functions as tools (and tool_choice) instead",
                     param=field,
                     code="unsupported_parameter",
                 )
@@ -76,12 +77,38 @@ class ChatRequest(_Request):
     response_format: dict[str, Any] | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Any] | None = None
+    tool_choice: Union[str, dict[str, Any], None] = None
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> ChatRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if self.tools and (self.stream or self.logprobs):
+            field = "stream" if self.stream else "logprobs"
+            raise ApiError(
+                400,
+                f"{field} is not supported with tools; send the request without it",
+                param=field,
+            )
         return self
+
+    def tool_settings(self) -> tuple[tuple[ToolSpec, ...], ToolChoice]:
+        """The offered tools and the tool_choice (a function's name for a named one).
+
+        Raises ApiError (400, naming the field) for a tool or choice of the wrong shape."""
+        specs = tuple(_tool_spec(i, tool) for i, tool in enumerate(self.tools or []))
+        choice: Any = self.tool_choice
+        if choice is None or (choice == "none" and not specs):
+            return specs, "auto"
+        if isinstance(choice, dict):
+            function = choice.get("function")
+            if choice.get("type") != "function" or not isinstance(function, dict):
+                raise ApiError(400, _CHOICE_SHAPE, param="tool_choice")
+            choice = function.get("name")
+        if not isinstance(choice, str):
+            raise ApiError(400, _CHOICE_SHAPE, param="tool_choice")
+        return specs, choice
 
 
 class CompletionRequest(_Request):
@@ -103,8 +130,37 @@ class CompletionRequest(_Request):
         return list(self.prompt)  # type: ignore[arg-type]
 
 
+_CHOICE_SHAPE = (
+    "tool_choice must be 'auto', 'required', 'none' or "
+    '{"type": "function", "function": {"name": ...}}'
+)
+
+
+def _tool_spec(i: int, tool: Any) -> ToolSpec:
+    """Tool ``i`` of a request (``{"type": "function", "function": {"name", "description",
+    "parameters"}}``) as a ToolSpec; ApiError (400) for another shape."""
+    function = tool.get("function") if isinstance(tool, dict) else None
+    if not (
+        isinstance(tool, dict)
+        and tool.get("type") == "function"
+        and isinstance(function, dict)
+        and isinstance(function.get("name"), str)
+        and isinstance(function.get("description", ""), str)
+        and isinstance(function.get("parameters", {}), dict)
+    ):
+        raise ApiError(
+            400,
+            f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ..., "
+            "'description': ..., 'parameters': {JSON schema}}}",
+            param="tools",
+        )
+    parameters = function.get("parameters") or {"type": "object", "properties": {}}
+    return ToolSpec(function["name"], function.get("description", ""), parameters)
+
+
 def message(raw: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI message as promptkit's {role, content} (text parts of content lists joined)."""
+    """An OpenAI message as promptkit's {role, content} (text parts of content lists joined),
+    with an assistant's ``tool_calls`` and a tool message's ``tool_call_id``."""
     content = raw.get("content")
     if isinstance(content, list):
         parts = []
@@ -116,14 +172,53 @@ def message(raw: dict[str, Any]) -> dict[str, Any]:
     role = raw.get("role")
     if role == "developer":
         role = "system"
-    return {"role": role, "content": content}
+    converted: dict[str, Any] = {"role": role, "content": content}
+    if role == "assistant" and raw.get("tool_calls"):
+        converted["content"] = content or ""  # an answer that only calls tools has none
+        converted["tool_calls"] = [_call(call) for call in raw["tool_calls"]]
+    if "tool_call_id" in raw:
+        converted["tool_call_id"] = raw["tool_call_id"]
+    return converted
+
+
+def _call(call: Any) -> dict[str, Any]:
+    """An API tool call as promptkit's ``{"id", "name", "arguments"}``; 400 for another shape."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not (isinstance(call, dict) and isinstance(function, dict)):
+        raise ApiError(
+            400,
+            "a tool call must be {'id': ..., 'type': 'function', 'function': {'name': ..., "
+            "'arguments': ...}}",
+            param="messages",
+        )
+    return {
+        "id": call.get("id"),
+        "name": function.get("name"),
+        "arguments": function.get("arguments"),
+    }
+
+
+def tool_calls(completion: Completion) -> list[dict[str, Any]]:
+    """A completion's calls in the API's shape."""
+    return [
+        {
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        for call in completion.tool_calls
+    ]
 
 
 def configs(
-    body: _Request, max_tokens: int, response_format: dict[str, Any] | None = None
+    body: _Request,
+    max_tokens: int,
+    response_format: dict[str, Any] | None = None,
+    tools: tuple[tuple[ToolSpec, ...], ToolChoice] = ((), "auto"),
 ) -> list[GenerationConfig]:
-    """One GenerationConfig per choice (``n``); sampled choices get consecutive seeds. A seed
-    (OpenAI's: any 64-bit integer) reaches the backend modulo ``SEED_RANGE``."""
+    """One GenerationConfig per choice (``n``), offering ``tools`` (the tools and the choice);
+    sampled choices get consecutive seeds. A seed (OpenAI's: any 64-bit integer) reaches the
+    backend modulo ``SEED_RANGE``."""
     grammar = _grammar(response_format)
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     seed = None if body.seed is None else body.seed % SEED_RANGE
@@ -135,6 +230,8 @@ def configs(
             stop=tuple(stop),
             seed=seed,
             grammar=grammar,
+            tools=tools[0],
+            tool_choice=tools[1],
         )
     except UsageError as exc:
         raise ApiError(400, str(exc)) from exc

@@ -6,9 +6,10 @@
   held-out evaluation sets;
 - :mod:`~promptkit.training._documents` reads a corpus from disk;
 - :mod:`~promptkit.training._pretrain` is the training loop (:func:`train`, :class:`TrainConfig`);
-- :mod:`~promptkit.training._finetune` fine-tunes a model on a template's data
-  (:func:`finetune`, :class:`FinetuneConfig`; LoRA with peft), its data rendered by
-  :mod:`~promptkit.training._finetune_data`, its output folder written by
+- :mod:`~promptkit.training._finetune` fine-tunes a local model (``scratch:``, GPT-2 or Llama
+  family, or ``hf:``) on a template's data (:func:`finetune`, :class:`FinetuneConfig`; LoRA
+  with peft), its data rendered by :mod:`~promptkit.training._finetune_data`, each model kind
+  trained and saved through :mod:`~promptkit.training._trainee`, its output folder written by
   :mod:`~promptkit.training._finetune_run`, its memory checked by
   :mod:`~promptkit.training._memory`;
 - :mod:`~promptkit.training._progress` shows a run's progress;

@@ -6,13 +6,17 @@ renders it for the backend (see :mod:`~promptkit.training._finetune_data`); ``lm
 the language-model loss on the prompt tokens as an auxiliary objective (GPT-1's
 ``L3 = L2 + lambda * L1``). Either every weight trains (``lora_rank`` 0) or only a LoRA adapter
 (peft) on the decoder's projections, which is then merged into the weights or kept apart.
+Both of the scratch decoder's families train, GPT-2's and the Llama family's (SmolLM2, a GGUF
+file's dequantized weights), chat messages rendered with the model's own chat template; so do
+``hf:`` models (transformers'), each into a folder its own backend kind loads (see
+:mod:`~promptkit.training._trainee`).
 
 After every epoch the model answers the ``dev`` items through the real run loop (parse and
 validate; :func:`promptkit.evaluate.evaluate`), the best epoch's weights are kept (the highest
 dev accuracy; of equals, the lowest dev loss on the answer tokens), and training stops early
 after ``patience`` epochs without a better one. The same settings and seed
 give the same model; an interrupted run continues with ``resume``. Output folders load with
-``scratch:DIR`` (see :mod:`~promptkit.training._finetune_run`).
+``scratch:DIR`` or ``hf:DIR`` (see :mod:`~promptkit.training._finetune_run`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -33,10 +38,8 @@ from torch import nn
 from .._files import load_prompt, resolve_template_path
 from .._prompt import Prompt
 from ..backends import get_backend
-from ..backends.scratch._adapter import to_torch_linears, weights_fingerprint
-from ..backends.scratch._backend import ScratchBackend
-from ..backends.scratch.gpt2 import GPT
-from ..errors import ConfigurationError, ContextWindowError, UnsupportedCapabilityError
+from ..backends.scratch._adapter import weights_fingerprint
+from ..errors import ConfigurationError, ContextWindowError
 from ..evaluate import EvalItem, check_shots, evaluate, load_dataset
 from ._finetune_data import (
     IGNORE,
@@ -51,6 +54,7 @@ from ._finetune_run import STATE_FILE, FinetuneConfig, FinetuneResult, Run, save
 from ._memory import available_memory, check_fits_memory, estimate_memory
 from ._pretrain import check_output_folder
 from ._progress import FinetuneProgress
+from ._trainee import Trainee, trainee_for
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -75,7 +79,8 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune ``config.backend`` on ``config.data`` and save the result to ``config.out``.
 
-    Raises ConfigurationError for bad settings, a backend that is not a scratch model, an
+    Raises ConfigurationError for bad settings, a backend that is not a local (scratch: or
+    hf:) model, an
     ``out`` that already holds a model (without ``resume``), a resumed run whose settings
     differ, or a batch that would not fit in memory (with a batch size that would);
     InputValidationError naming the file, line and field of a bad data line; TemplateError for
@@ -96,12 +101,13 @@ def finetune(
     )
     out = Path(config.out)
     _check_out(out, config.resume)
-    backend = _scratch_backend(config)
-    model, tokenizer = backend.model, backend.tokenizer
-    if not isinstance(model, GPT):
-        raise UnsupportedCapabilityError(backend.name, "fine-tuning (GPT-2-family models only)")
-    window = model.config.context_length
-    encode = partial(encode_items, prompt, backend=backend, tokenizer=tokenizer, window=window)
+    trainee = _trainee(config)
+    model = trainee.model
+    targets = config.lora_targets or trainee.default_lora_targets()
+    window = trainee.window
+    encode = partial(
+        encode_items, prompt, backend=trainee.backend, tokenizer=trainee.tokenizer, window=window
+    )
     data = encode(items, shots=config.shots, strict=config.strict, source=config.data)
     if not data.examples:
         raise ContextWindowError(
@@ -124,22 +130,22 @@ def finetune(
     dev = _DevSet(dev_items, encode(dev_items, shots=config.shots).examples)
     run = Run(
         config=config,
-        settings=_settings(config, template, backend.name),
+        settings=_settings(config, template, trainee.backend.name, targets),
         base_sha256=weights_fingerprint(model),
         prompt_name=prompt.name,
         template=template,
-        tokenizer=tokenizer,
+        trainee=trainee,
         dropped=data.dropped,
     )
     torch.manual_seed(config.seed)  # the LoRA adapter's initial weights
     model.train()
-    peft_model, lora_names = _trainable(model, config)
+    peft_model, lora_names = _trainable(trainee, config, targets)
     trainable = [p for p in model.parameters() if p.requires_grad]
     # LoRA's share is of the base model's parameters, the adapter's own left out
     parameters = sum(
         p.numel() for p in model.parameters() if peft_model is None or not p.requires_grad
     )
-    _check_memory(model, trainable, data, config.batch_size)
+    _check_memory(trainee, trainable, data, config.batch_size)
     optimizer = torch.optim.AdamW(
         trainable, lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -153,38 +159,34 @@ def finetune(
         parameters=parameters,
         dropped=data.dropped,
         stopped_early=False,
+        kind=trainee.kind,
     )
     best = _trained_state(model)
     if config.resume:
         best = _restore(out / STATE_FILE, run.settings, model, optimizer, result)
-    _epochs(run, model, prompt, data, dev, optimizer, result, best, on_step, on_epoch)
-    save_output(run, model, peft_model, lora_names, result)
+    _epochs(run, prompt, data, dev, optimizer, result, best, on_step, on_epoch)
+    save_output(run, peft_model, lora_names, result)
     (out / STATE_FILE).unlink()  # the run is done: its state (weights and optimizer) goes
     return result
 
 
-def _scratch_backend(config: FinetuneConfig) -> ScratchBackend:
-    """The model to start from; raises ConfigurationError for a backend that is not scratch."""
+def _trainee(config: FinetuneConfig) -> Trainee:
+    """The model to start from; raises ConfigurationError for a backend that is not local."""
     options = {"device": config.device} if config.device else {}
-    backend = get_backend(config.backend, **options)
-    if not isinstance(backend, ScratchBackend):
-        raise ConfigurationError(
-            f"finetune trains scratch: models, not {backend.name!r}; a Hugging Face GPT-2 "
-            "folder loads as scratch:PATH"
-        )
-    return backend
+    return trainee_for(get_backend(config.backend, **options))
 
 
 def _check_memory(
-    model: GPT, trainable: list[nn.Parameter], data: EncodedData, batch_size: int
+    trainee: Trainee, trainable: list[nn.Parameter], data: EncodedData, batch_size: int
 ) -> None:
     """Refuse (ConfigurationError) a batch whose estimated memory exceeds what is available."""
+    n_layer, n_embd, n_head, vocab_size = trainee.shape()
     estimate = estimate_memory(
         trainable=sum(p.numel() for p in trainable),
-        n_layer=model.config.n_layer,
-        n_embd=model.config.n_embd,
-        n_head=model.config.n_head,
-        vocab_size=model.config.vocab_size,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        vocab_size=vocab_size,
         tokens=max(e.length for e in data.examples),
     )
     check_fits_memory(estimate, batch_size, available_memory())
@@ -201,7 +203,6 @@ class _DevSet:
 
 def _epochs(
     run: Run,
-    model: GPT,
     prompt: Prompt[Any],
     data: EncodedData,
     dev: _DevSet,
@@ -212,12 +213,13 @@ def _epochs(
     on_epoch: EpochProgress | None,
 ) -> None:
     """Train the epochs left, evaluating and saving the run's state after each; leaves the
-    best epoch's weights in ``model``."""
-    config, tokenizer = run.config, run.tokenizer
+    best epoch's weights in the model."""
+    config, trainee = run.config, run.trainee
+    model, eot = trainee.model, trainee.tokenizer.eot_id
     count = len(data.examples)
     per_epoch = math.ceil(count / config.batch_size)
     total = per_epoch * config.epochs
-    device = model.wte.weight.device
+    device = trainee.device
     since_best = result.epochs - result.best_epoch
     while result.epochs < config.epochs and not result.stopped_early:
         epoch = result.epochs
@@ -226,10 +228,10 @@ def _epochs(
         for start in range(0, count, config.batch_size):
             step = epoch * per_epoch + start // config.batch_size
             chosen = [data.examples[i] for i in order[start : start + config.batch_size].tolist()]
-            batch = batch_of(chosen, tokenizer.eot_id).to(device)
+            batch = batch_of(chosen, eot).to(device)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total, config.learning_rate)
-            objective, answer_loss = _loss(model, batch, config.lm_weight, config.precision)
+            objective, answer_loss = _loss(trainee, batch, config.lm_weight, config.precision)
             objective.backward()  # type: ignore[no-untyped-call]
             if config.clip > 0:
                 torch.nn.utils.clip_grad_norm_(
@@ -244,8 +246,8 @@ def _epochs(
         row: dict[str, float] = {"epoch": result.epochs, "loss": sum(losses) / len(losses)}
         improved = True
         if dev.items:
-            row["dev_accuracy"] = _dev_accuracy(model, tokenizer, prompt, dev.items, config.shots)
-            row["dev_loss"] = _dev_loss(model, dev.examples, tokenizer.eot_id, config.batch_size)
+            row["dev_accuracy"] = _dev_accuracy(run, prompt, dev.items)
+            row["dev_loss"] = _dev_loss(trainee, dev.examples, config.batch_size)
             improved = result.dev_accuracy is None or (
                 (row["dev_accuracy"], -row["dev_loss"])
                 > (result.dev_accuracy, -(result.dev_loss or 0.0))
@@ -274,13 +276,13 @@ def _lr_at(step: int, total: int, peak: float) -> float:
 
 
 def _loss(
-    model: GPT, batch: Batch, lm_weight: float, precision: str = "float32"
+    trainee: Trainee, batch: Batch, lm_weight: float, precision: str = "float32"
 ) -> tuple[torch.Tensor, float]:
     """The objective (answer loss + lm_weight x prompt LM loss) and the answer loss alone;
     ``precision`` "bfloat16" autocasts the matrix products."""
     kind = batch.inputs.device.type
     with torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-        logits = model.logits(model(batch.inputs)).float()  # (B, T, vocab)
+        logits = trainee.logits(batch.inputs).float()  # (B, T, vocab)
     flat = logits.view(-1, logits.size(-1))  # (B*T, vocab)
     each = F.cross_entropy(flat, batch.targets.view(-1), reduction="none", ignore_index=IGNORE)
     each = each.view(batch.targets.shape)  # (B, T)
@@ -292,37 +294,42 @@ def _loss(
 
 
 @torch.no_grad()
-def _dev_loss(model: GPT, examples: list[TrainingExample], pad_id: int, batch_size: int) -> float:
+def _dev_loss(trainee: Trainee, examples: list[TrainingExample], batch_size: int) -> float:
     """Mean loss on the dev answers' tokens (math.inf when no dev example fits the window)."""
-    model.eval()
+    trainee.model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = batch_of(examples[start : start + batch_size], pad_id).to(model.wte.weight.device)
+        chosen = examples[start : start + batch_size]
+        batch = batch_of(chosen, trainee.tokenizer.eot_id).to(trainee.device)
         tokens = int(batch.answer.sum())
-        total += _loss(model, batch, 0.0)[1] * tokens
+        total += _loss(trainee, batch, 0.0)[1] * tokens
         count += tokens
-    model.train()
+    trainee.model.train()
     return total / count if count else math.inf
 
 
 @torch.no_grad()
-def _dev_accuracy(
-    model: GPT, tokenizer: Any, prompt: Prompt[Any], dev: list[EvalItem], shots: int
-) -> float:
-    """Accuracy on the dev items through the real run loop (one attempt each)."""
-    backend = ScratchBackend(model, tokenizer, name="scratch:finetuning")
-    (report,) = evaluate(prompt, dev, backend=backend, shots=(shots,), max_attempts=1)
-    model.train()
+def _dev_accuracy(run: Run, prompt: Prompt[Any], dev: list[EvalItem]) -> float:
+    """Accuracy on the dev items through the real run loop (one attempt each), prompts
+    rendered as for the model being tuned (its chat template included)."""
+    backend = run.trainee.evaluation_backend()
+    shots = (run.config.shots,)
+    (report,) = evaluate(prompt, dev, backend=backend, shots=shots, max_attempts=1)
+    run.trainee.model.train()
     return report.accuracy
 
 
-def _trainable(model: GPT, config: FinetuneConfig) -> tuple[PeftModel | None, list[str]]:
-    """Make the weights to train require gradients: all of them, or a new LoRA adapter's
-    (returns peft's wrapper and the names of the wrapped layers)."""
+def _trainable(
+    trainee: Trainee, config: FinetuneConfig, targets: tuple[str, ...]
+) -> tuple[PeftModel | None, list[str]]:
+    """Make the weights to train require gradients: all of them, or a new LoRA adapter's on
+    the layers named ``targets`` (returns peft's wrapper and the names of the layers that were
+    swapped for ``nn.Linear`` ones)."""
+    model = trainee.model
     if not config.lora_rank:
         model.requires_grad_(True)
         return None, []
-    names = to_torch_linears(model, config.lora_targets)
+    names = trainee.prepare_lora(targets)
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -332,11 +339,19 @@ def _trainable(model: GPT, config: FinetuneConfig) -> tuple[PeftModel | None, li
     lora = LoraConfig(
         r=config.lora_rank,
         lora_alpha=config.lora_alpha or 2 * config.lora_rank,
-        target_modules=list(config.lora_targets),
+        target_modules=list(targets),
+        fan_in_fan_out=trainee.fan_in_fan_out(targets),
         lora_dropout=0.0,
         bias="none",
     )
-    return get_peft_model(model, lora), names
+    try:
+        with warnings.catch_warnings():  # peft asks transformers models a deprecated property
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated")
+            return get_peft_model(model, lora), names
+    except ValueError as exc:  # peft: no module matched the targets
+        raise ConfigurationError(
+            f"LoRA cannot wrap the layers {', '.join(targets)} of {trainee.backend.name}: {exc}"
+        ) from None
 
 
 def _trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -351,11 +366,13 @@ def _load_trained_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
             parameters[name].copy_(tensor)
 
 
-def _settings(config: FinetuneConfig, template: Path, base: str) -> dict[str, Any]:
-    """What a resumed run must share with the saved one: its settings and the fingerprints of
-    its template and data files."""
+def _settings(
+    config: FinetuneConfig, template: Path, base: str, targets: tuple[str, ...]
+) -> dict[str, Any]:
+    """What a resumed run must share with the saved one: its settings (``targets``: the LoRA
+    targets chosen) and the fingerprints of its template and data files."""
     settings = {k: v for k, v in asdict(config).items() if k not in _RESUMABLE}
-    settings["lora_targets"] = list(config.lora_targets)
+    settings["lora_targets"] = list(targets)
     settings["base"] = base
     settings["template_sha256"] = file_sha256(template)
     settings["data_sha256"] = file_sha256(config.data)
@@ -388,7 +405,8 @@ def _save_state(
     result: FinetuneResult,
     best: dict[str, torch.Tensor],
 ) -> None:
-    """The run after an epoch, for ``resume``: trained weights, optimizer, history, best."""
+    """The run after an epoch, for ``resume``: trained weights, optimizer, history, best, and
+    the random number generator's state."""
     out = Path(run.config.out)
     out.mkdir(parents=True, exist_ok=True)
     state = {
@@ -397,6 +415,7 @@ def _save_state(
         "optimizer": optimizer.state_dict(),
         "best": best,
         "result": {k: getattr(result, k) for k in _RESULT_FIELDS},
+        "rng": torch.get_rng_state(),  # dropout's (hf: models) draws go on as if never stopped
         "saved": time.time(),
     }
     partial = out / (STATE_FILE + ".partial")
@@ -433,6 +452,8 @@ def _restore(
         )
     _load_trained_state(model, state["trained"])
     optimizer.load_state_dict(state["optimizer"])
+    if "rng" in state:
+        torch.set_rng_state(state["rng"])
     for name in _RESULT_FIELDS:
         setattr(result, name, state["result"][name])
     best: dict[str, torch.Tensor] = state["best"]

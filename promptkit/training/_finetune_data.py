@@ -1,9 +1,13 @@
 """Fine-tuning data: eval-format JSONL items rendered as ``run`` renders them, as token ids.
 
 Each item becomes the prompt that :meth:`Prompt.run` sends to the backend (its style for that
-backend, ``shots`` demonstrations) followed by the answer the model must write: a space, the
-output as demonstrations write it (the label, or the compact JSON of a record) and the
-end-of-text token, without which a tuned model would never stop. :func:`batch_of` pads a
+backend, ``shots`` demonstrations) as the ids the model reads, followed by the answer the model
+must write: the output as demonstrations write it (the label, or the compact JSON of a record)
+and the end-of-text token, without which a tuned model would never stop. A completion-style
+prompt is text, and its answer follows a space (as in ``"{query} {answer}"`` demonstrations);
+chat messages to a model with a chat template become the template's ids with the assistant's
+turn opened, and the answer is the assistant's message followed by the end-of-turn token (the
+tokenizer's end of text for such a model: ``<|im_end|>`` for SmolLM2). :func:`batch_of` pads a
 batch and marks which targets are answer tokens and which are prompt tokens (for the auxiliary
 language-model loss).
 """
@@ -14,13 +18,13 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from .._prompt import Prompt
-from ..backends._base import Backend
-from ..backends.scratch._tokenizer import Tokenizer
+from ..backends._base import Backend, PromptInput
+from ..backends.scratch._backend import ScratchBackend
 from ..errors import ContextWindowError, UnsupportedCapabilityError
 from ..evaluate import EvalItem
 
@@ -29,12 +33,24 @@ __all__ = [
     "Batch",
     "EncodedData",
     "TrainingExample",
+    "TrainingTokenizer",
     "batch_of",
     "encode_items",
     "file_sha256",
+    "render_for_training",
 ]
 
 IGNORE = -100  # the target of a padding position (cross-entropy ignores it)
+
+
+class TrainingTokenizer(Protocol):
+    """What training needs of a backend's tokenizer (scratch's and hf:'s both have it)."""
+
+    eot_id: int  # the end-of-text token (a chat model's end of turn)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, special-token text taken as text."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -70,26 +86,28 @@ def file_sha256(path: str | Path) -> str:
 
 def render_for_training(
     prompt: Prompt[Any], backend: Backend, inputs: dict[str, Any], shots: int
-) -> str:
-    """The text ``prompt.run`` sends to ``backend`` for these inputs with ``shots``
-    demonstrations (those that fit the context window, as run fits them). Raises
-    UnsupportedCapabilityError for a backend that takes chat messages (whose text form only
-    the backend knows)."""
-    rendered = prompt.first_request(inputs, backend=backend, shots=shots)
-    if not isinstance(rendered, str):
-        raise UnsupportedCapabilityError(
-            backend.name,
-            "fine-tuning on chat messages",
-            "fine-tune a model that completes text (scratch: models do)",
-        )
-    return rendered
+) -> PromptInput:
+    """What ``prompt.run`` sends to ``backend`` for these inputs with ``shots`` demonstrations
+    (those that fit the context window, as run fits them): a text, or chat messages. Raises
+    what :meth:`Prompt.first_request` raises."""
+    return prompt.first_request(inputs, backend=backend, shots=shots)
+
+
+def _prompt_ids(backend: Backend, tokenizer: TrainingTokenizer, request: PromptInput) -> list[int]:
+    """The ids the model reads for ``request``: a text's tokens, or (a scratch model with a
+    chat template) the template's ids with the assistant's turn opened."""
+    if isinstance(request, str):
+        return tokenizer.encode(request)
+    if not isinstance(backend, ScratchBackend):
+        raise UnsupportedCapabilityError(backend.name, "fine-tuning on chat messages")
+    return backend.prompt_ids(request)
 
 
 def encode_items(
     prompt: Prompt[Any],
     items: Sequence[EvalItem],
     backend: Backend,
-    tokenizer: Tokenizer,
+    tokenizer: TrainingTokenizer,
     *,
     shots: int,
     window: int,
@@ -100,10 +118,8 @@ def encode_items(
     (its line recorded), or with ``strict`` raises ContextWindowError naming its line."""
     encoded = EncodedData(examples=[])
     for item in items:
-        answer = " " + prompt.output.serialize(item.expected)  # as "{query} {answer}" demos
-        answer_ids = [*tokenizer.encode(answer), tokenizer.eot_id]
         try:
-            text = render_for_training(prompt, backend, item.inputs, shots)
+            request = render_for_training(prompt, backend, item.inputs, shots)
         except ContextWindowError as exc:  # the query alone leaves no room to answer
             if strict:
                 raise ContextWindowError(
@@ -114,7 +130,11 @@ def encode_items(
                 ) from None
             encoded.dropped.append(item.line)
             continue
-        example = TrainingExample(item.line, tokenizer.encode(text), answer_ids)
+        answer = prompt.output.serialize(item.expected)
+        if isinstance(request, str):
+            answer = " " + answer  # as "{query} {answer}" demonstrations
+        answer_ids = [*tokenizer.encode(answer), tokenizer.eot_id]
+        example = TrainingExample(item.line, _prompt_ids(backend, tokenizer, request), answer_ids)
         if example.length > window:
             if strict:
                 raise ContextWindowError(

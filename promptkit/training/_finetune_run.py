@@ -1,37 +1,35 @@
 """A fine-tuning run's settings (:class:`FinetuneConfig`), its result, and the folder it writes.
 
-The folder loads with ``scratch:DIR``. With every weight trained, or a LoRA adapter merged, it
-is a promptkit checkpoint (``config.json``, ``model.safetensors``, ``tokenizer.json``); with
+The folder loads with the backend kind the model was trained from, ``scratch:DIR`` or
+``hf:DIR``. For ``scratch:``, with every weight trained or a LoRA adapter merged, it is a
+promptkit checkpoint (``config.json``, ``model.safetensors``, ``tokenizer.json``) for a
+GPT-2-family model, or a Hugging Face Llama-family folder (the same files plus
+``tokenizer_config.json`` with the end-of-text token and the model's chat template) for a
+Llama-family one, a GGUF base included (its weights dequantized to float32); with
 the adapter kept apart it holds peft's adapter files and a ``config.json`` of format
 ``promptkit-adapter`` naming the base by its ``scratch:`` spec and the sha256 of its weights
-(see :mod:`promptkit.backends.scratch._adapter`). Either way ``config.json`` records, under
-``finetune``, the template (path, name, sha256), the data's and dev data's sha256, the shot
-count, the settings and each epoch's loss and dev accuracy. ``finetune_state.pt`` beside them,
-written after every epoch and removed when the run finishes, lets ``resume`` continue an
+(see :mod:`promptkit.backends.scratch._adapter`). ``config.json`` records the run under
+``finetune`` (an ``hf:`` folder in ``finetune.json``: see :mod:`~promptkit.training._trainee`):
+the template (path, name, sha256), the data's and dev data's sha256, the shot count, the base,
+the settings and each epoch's loss and dev accuracy. ``finetune_state.pt`` beside them, written
+after every epoch and removed when the run finishes, lets ``resume`` continue an
 interrupted run.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..backends.scratch._adapter import (
-    ADAPTER_FORMAT,
-    LORA_TARGETS,
-    to_layout_linears,
-)
-from ..backends.scratch._checkpoint import save_checkpoint
-from ..backends.scratch._tokenizer import Tokenizer
-from ..backends.scratch.gpt2 import GPT
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
     from peft import PeftModel
+
+    from ._trainee import Trainee
 
 __all__ = ["STATE_FILE", "FinetuneConfig", "FinetuneResult", "Run", "base_spec", "save_output"]
 
@@ -44,15 +42,16 @@ class FinetuneConfig:
 
     template: str  # template file (or bundled template name) whose rendering is trained
     data: str  # training data, JSONL in `promptkit eval`'s format (inputs and "expected")
-    out: str  # output folder (loads with scratch:DIR)
-    backend: str = "scratch"  # the scratch: model to start from
+    out: str  # output folder (loads with scratch:DIR or hf:DIR, as the backend's kind)
+    backend: str = "scratch"  # the scratch: or hf: model to start from
     dev: str | None = None  # dev data: accuracy each epoch, best epoch kept, early stopping
     epochs: int = 3  # passes over the training data (at most, with early stopping)
     lr: float | None = None  # peak learning rate (None: 1e-4, or 1e-3 with LoRA)
     batch_size: int = 8  # examples per optimizer step
     lora_rank: int = 0  # rank of the LoRA adapter (0: fine-tune every weight)
     lora_alpha: int | None = None  # the update is scaled by alpha / rank (None: 2 * rank)
-    lora_targets: tuple[str, ...] = LORA_TARGETS  # names of the projections LoRA wraps
+    # names of the projections LoRA wraps (None: the family's attention and MLP projections)
+    lora_targets: tuple[str, ...] | None = None
     merge: bool = False  # merge the adapter into the weights (else saved apart)
     lm_weight: float = 0.0  # lambda: weight of the LM loss on the prompt tokens (GPT-1: 0.5)
     shots: int = 0  # demonstrations kept in each training prompt (the template's examples)
@@ -84,7 +83,7 @@ class FinetuneConfig:
             bad.append("lora_alpha must be positive")
         if self.merge and not self.lora_rank:
             bad.append("merge needs a LoRA adapter (lora_rank > 0)")
-        if not self.lora_targets:
+        if self.lora_targets is not None and not self.lora_targets:
             bad.append("lora_targets must name at least one layer")
         if not 0 <= self.lm_weight < math.inf:
             bad.append("lm_weight must be a finite number >= 0")
@@ -112,6 +111,7 @@ class FinetuneResult:
     dropped: list[int]  # data lines left out: too long for the context window
     stopped_early: bool
     history: list[dict[str, float]] = field(default_factory=list)
+    kind: str = "scratch"  # the backend kind ``out`` loads with: scratch:DIR or hf:DIR
 
     @property
     def trainable_share(self) -> float:
@@ -128,15 +128,16 @@ class Run:
     base_sha256: str  # fingerprint of the starting weights
     prompt_name: str | None
     template: Path
-    tokenizer: Tokenizer
+    trainee: Trainee  # the model being trained, and how its kind saves it
     dropped: list[int]  # data lines too long for the context window
 
 
 def base_spec(spec: str) -> str:
-    """A backend spec that names the same model from anywhere: a folder's path made absolute,
-    a registry or hub name (or the bare kind, for the shipped model) kept as given."""
+    """A backend spec that names the same model from anywhere: a folder's or file's (GGUF)
+    path made absolute, a registry or hub name (or the bare kind, for the shipped model) kept
+    as given."""
     kind, _, arg = spec.partition(":")
-    if arg and Path(os.path.expanduser(arg)).is_dir():
+    if arg and Path(os.path.expanduser(arg)).exists():
         return f"{kind}:{Path(os.path.expanduser(arg)).resolve()}"
     return spec
 
@@ -149,7 +150,7 @@ def _record(run: Run, result: FinetuneResult) -> dict[str, Any]:
         lora = {
             "rank": config.lora_rank,
             "alpha": config.lora_alpha or 2 * config.lora_rank,
-            "targets": list(config.lora_targets),
+            "targets": settings["lora_targets"],
             "merged": config.merge,
         }
     return {
@@ -188,24 +189,13 @@ def _record(run: Run, result: FinetuneResult) -> dict[str, Any]:
 
 def save_output(
     run: Run,
-    model: GPT,
     peft_model: PeftModel | None,
-    lora_names: list[str],
+    swapped: list[str],
     result: FinetuneResult,
 ) -> FinetuneResult:
-    """Write the trained model into ``run.config.out``: a checkpoint (every weight trained, or
-    the adapter merged: ``model``'s layers go back to the CPU layout), or the adapter apart."""
+    """Write the trained model into ``run.config.out`` as its backend kind loads it (see
+    :mod:`~promptkit.training._trainee`): every weight, or the adapter merged or apart."""
     out = Path(run.config.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = _record(run, result)
-    if peft_model is None or run.config.merge:
-        if peft_model is not None:
-            peft_model.merge_and_unload()  # merges into ``model``'s layers, removes wrappers
-            to_layout_linears(model, lora_names)
-        save_checkpoint(model, run.tokenizer, out, finetune=record)
-        return result
-    peft_model.save_pretrained(str(out))
-    config = {"format": ADAPTER_FORMAT, "base": record["base"], "lora": record["lora"]}
-    text = json.dumps({**config, "finetune": record}, indent=2) + "\n"
-    (out / "config.json").write_text(text, encoding="utf-8")
+    run.trainee.save(out, _record(run, result), peft_model, swapped, run.config.merge)
     return result

@@ -41,9 +41,10 @@ MESSAGES = [
 ]
 
 
-def make_chat_llama(folder: Path, template: str | None = CHATML) -> Path:
+def make_chat_llama(folder: Path, template: str | None = CHATML, **shape: int) -> Path:
     """A random Llama with promptkit-mini's tokenizer plus ``<|im_start|>``/``<|im_end|>``
-    (its end of turn and end of text), and ``template`` in tokenizer_config.json."""
+    (its end of turn and end of text), and ``template`` in tokenizer_config.json; ``shape``
+    overrides :data:`SHAPE`'s sizes."""
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = HFTokenizer.from_file(str(MINI_TOKENIZER))
     tokenizer.add_special_tokens(["<|im_start|>", "<|im_end|>"])
@@ -58,7 +59,7 @@ def make_chat_llama(folder: Path, template: str | None = CHATML) -> Path:
         vocab_size=tokenizer.get_vocab_size(),
         bos_token_id=tokenizer.token_to_id("<|endoftext|>"),
         eos_token_id=end_of_turn,
-        **SHAPE,
+        **{**SHAPE, **shape},
     )
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
     return folder

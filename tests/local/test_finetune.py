@@ -26,7 +26,6 @@ from promptkit.errors import (
     ConfigurationError,
     ContextWindowError,
     InputValidationError,
-    UnsupportedCapabilityError,
     UsageError,
 )
 from promptkit.evaluate import evaluate, load_dataset
@@ -459,15 +458,10 @@ def test_bad_settings_and_backends_are_refused(task, tmp_path):
         finetune(settings(task, tmp_path / "o", epochs=0, merge=True))
     with pytest.raises(UsageError, match="shots"):
         finetune(settings(task, tmp_path / "o", shots=5))
-    with pytest.raises(ConfigurationError, match="finetune trains scratch: models"):
+    with pytest.raises(ConfigurationError, match="finetune trains scratch: and hf: models"):
         finetune(settings(task, tmp_path / "o", backend="scripted"))
     with pytest.raises(ConfigurationError, match="no linear layer named nope"):
         finetune(settings(task, tmp_path / "o", lora_rank=1, lora_targets=("nope",)))
-    from .test_llama import make_hf_llama
-
-    llama = make_hf_llama(tmp_path / "llama")
-    with pytest.raises(UnsupportedCapabilityError, match="fine-tuning"):
-        finetune(settings(task, tmp_path / "o", backend=f"scratch:{llama}"))
 
 
 def test_cli_finetune_trains_and_reports_errors_in_one_line(task, tmp_path):
@@ -482,3 +476,25 @@ def test_cli_finetune_trains_and_reports_errors_in_one_line(task, tmp_path):
     again = runner.invoke(cli, args)
     assert again.exit_code == 2
     assert again.stderr.startswith("error: ") and "already holds a model" in again.stderr
+
+
+def test_eval_puts_the_fine_tuned_model_beside_the_base_at_its_recorded_shots(task, tmp_path):
+    from promptkit.evaluate import Report
+
+    out = tmp_path / "tuned"
+    finetune(settings(task, out, shots=1))
+    args = ["eval", task["template"], "--data", task["test"], "--backend", task["base"]]
+    args += ["--vs-backend", f"scratch:{out}", "--no-cache", "--out", str(tmp_path / "r")]
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 0, done.output
+    report = Report.model_validate_json((tmp_path / "r" / "report.json").read_text())
+    (run,) = report.vs_backends
+    assert run.backend == f"scratch:{out}" and run.finetuned_shots == 1
+    assert [r.shots for r in run.reports] == [1]  # the count it was trained with
+    (comparison,) = report.backend_comparisons
+    assert comparison.baseline == task["base"] and comparison.shots == 1
+    assert (tmp_path / "r" / "accuracy.png").is_file()
+    given = CliRunner().invoke(cli, [*args, "--shots", "0,2", "--out", str(tmp_path / "r2")])
+    assert given.exit_code == 0, given.output
+    report = Report.model_validate_json((tmp_path / "r2" / "report.json").read_text())
+    assert [r.shots for r in report.vs_backends[0].reports] == [0, 2]  # --shots says otherwise

@@ -403,22 +403,21 @@ def test_the_default_limits_refuse_a_flood_of_prompts_at_once(url):
     assert status == 400 and "limit max_choices is 64" in answer["error"]["message"]
 
 
-def test_tools_and_functions_are_refused_until_supported(open_url):
+def test_the_deprecated_functions_are_refused_and_a_choice_needs_tools(open_url):
     with openai.OpenAI(base_url=f"{open_url}/v1", api_key="none", max_retries=0) as client:
         hi = [{"role": "user", "content": "Hi"}]
-        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-        requests = [
-            {"tools": [tool]},
-            {"tools": [tool], "tool_choice": "auto"},
-            {"functions": [tool["function"]]},
-            {"tool_choice": "required"},
-        ]
-        for extra in requests:
+        function = {"name": "f", "parameters": {"type": "object"}}
+        for extra in ({"functions": [function]}, {"function_call": "auto"}):
             with pytest.raises(openai.BadRequestError) as refused:
                 client.chat.completions.create(model="hf:/some/folder", messages=hi, **extra)
             assert refused.value.body["code"] == "unsupported_parameter"
-            assert "not supported" in refused.value.body["message"]
+            assert "offer the functions as tools" in refused.value.body["message"]
             assert refused.value.body["param"] == next(iter(extra))
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(
+                model="hf:/some/folder", messages=hi, tool_choice="required"
+            )
+        assert "tool_choice='required' needs tools" in refused.value.body["message"]
         answer = client.chat.completions.create(
             model="hf:/some/folder", messages=hi, max_tokens=2, tool_choice="none"
         )

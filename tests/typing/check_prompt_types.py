@@ -34,6 +34,10 @@ def check() -> None:
     assert_type(counted, pk.Prompt[int])
     labelled = pk.Prompt(query="{{ text }}", check=lambda inputs, out: bool(out.strip()))
     assert_type(labelled, pk.Prompt[str])
+    tool = pk.Tool(positive)
+    called = typed.run({"text": "x"}, backend=backend, tools=[tool], tool_choice="required")
+    assert_type(called.tool_calls, tuple[pk.ToolCall, ...])
+    assert_type(called.tool_steps, tuple[pk.ToolStep, ...])
 
 
 async def streamed() -> None:

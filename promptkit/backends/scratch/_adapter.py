@@ -1,10 +1,12 @@
 """LoRA adapters on promptkit's decoders, with peft: wrapping, fingerprints, loading.
 
-peft's LoRA wraps ``torch.nn.Linear`` layers, while the decoders store each projection in the
-CPU layout of :class:`~promptkit.backends.scratch._layout.Linear`. For training,
-:func:`to_torch_linears` swaps the targeted layers for equivalent ``nn.Linear`` ones before
-peft wraps them, and :func:`to_layout_linears` swaps them back once the adapter is merged.
-Loading a saved adapter (:func:`apply_adapter`) merges its matrices without peft.
+peft's LoRA wraps ``torch.nn.Linear`` layers. The Llama family's projections are such layers
+already, while GPT-2's store each projection in the CPU layout of
+:class:`~promptkit.backends.scratch._layout.Linear`: for training, :func:`to_torch_linears` swaps
+the targeted ones for equivalent ``nn.Linear`` layers before peft wraps them, and
+:func:`to_layout_linears` swaps them back once the adapter is merged. Each family has its own
+default targets (:func:`default_lora_targets`). Loading a saved adapter (:func:`apply_adapter`)
+merges its matrices without peft.
 
 An adapter folder (written by ``promptkit finetune --lora-rank R`` without ``--merge``) holds
 peft's ``adapter_config.json`` and ``adapter_model.safetensors`` beside promptkit's
@@ -25,13 +27,16 @@ from torch import nn
 
 from ...errors import ConfigurationError
 from ._layout import Linear
+from .llama import Llama
 
 __all__ = [
     "ADAPTER_FILE",
     "ADAPTER_FORMAT",
+    "LLAMA_LORA_TARGETS",
     "LORA_TARGETS",
     "adapter_fingerprint",
     "apply_adapter",
+    "default_lora_targets",
     "is_adapter_folder",
     "read_adapter_config",
     "to_layout_linears",
@@ -43,6 +48,14 @@ ADAPTER_FORMAT = "promptkit-adapter"
 ADAPTER_FILE = "adapter_model.safetensors"  # peft's name for the adapter's weights
 # The projections LoRA wraps by default: attention's q/k/v and output, the MLP's two layers.
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
+# The same for the Llama family: attention's four projections, the SwiGLU MLP's three.
+LLAMA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def default_lora_targets(model: nn.Module) -> tuple[str, ...]:
+    """The projections LoRA wraps by default in ``model``: its family's attention and MLP
+    layers."""
+    return LLAMA_LORA_TARGETS if isinstance(model, Llama) else LORA_TARGETS
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -67,19 +80,22 @@ def _torch_layout(model: nn.Module, name: str, value: torch.Tensor) -> torch.Ten
 
 
 def to_torch_linears(model: nn.Module, targets: tuple[str, ...] = LORA_TARGETS) -> list[str]:
-    """Replace, in place, every layout Linear whose name ends with one of ``targets`` by an
-    ``nn.Linear`` computing the same function; returns the replaced modules' names.
+    """Make every linear layer whose name ends with one of ``targets`` an ``nn.Linear`` (what
+    peft wraps): a layout Linear is replaced, in place, by one computing the same function, an
+    ``nn.Linear`` is kept. Returns the replaced modules' names.
 
     Raises ConfigurationError when no layer matches (naming the layers there are).
     """
-    found = [
+    linears = (Linear, nn.Linear)
+    matching = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, Linear) and name.rpartition(".")[2] in targets
+        if isinstance(module, linears) and name.rpartition(".")[2] in targets
     ]
-    if not found:
+    found = [name for name in matching if isinstance(model.get_submodule(name), Linear)]
+    if not matching:
         names = sorted(
-            {n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, Linear)}
+            {n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, linears)}
         )
         raise ConfigurationError(
             f"no linear layer named {', '.join(targets)} in the model; its linear layers are "
@@ -167,7 +183,8 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
 def apply_adapter(model: nn.Module, folder: Path, config: dict[str, Any]) -> None:
     """Merge the LoRA adapter in ``folder`` into ``model`` (the base it was trained on), in
     place: each wrapped layer's weight gains ``scale * B @ A`` (peft's merge, without importing
-    peft, so loading stays quick). The layers keep the CPU layout.
+    peft, so loading stays quick). The layers keep their layout (a layout Linear's, or
+    ``nn.Linear``'s ``(out, in)``).
 
     Raises ConfigurationError when the base's weights are not those the adapter was trained
     on (their fingerprint differs), or for an adapter this loader does not read (not LoRA,
@@ -196,7 +213,7 @@ def apply_adapter(model: nn.Module, folder: Path, config: dict[str, Any]) -> Non
         for name, pair in sorted(pairs.items()):
             layer = _lora_layer(model, name, pair, folder)
             delta = scale * (pair["B"].float() @ pair["A"].float())  # (out, in)
-            change = delta if layer.transposed else delta.t()  # the layout's orientation
+            change = delta if _out_in(layer) else delta.t()  # the layer's orientation
             layer.weight.add_(change.to(device=layer.weight.device, dtype=layer.weight.dtype))
 
 
@@ -218,18 +235,26 @@ def _check_lora_settings(settings: dict[str, Any], folder: Path) -> None:
         )
 
 
-def _lora_layer(model: nn.Module, name: str, pair: dict[str, torch.Tensor], folder: Path) -> Linear:
-    """The layout Linear that adapter tensors ``name`` belong to, checked against them."""
+def _out_in(layer: Linear | nn.Linear) -> bool:
+    """Whether ``layer`` stores its weight ``(out, in)`` (nn.Linear, a transposed layout
+    Linear) rather than ``(in, out)``."""
+    return isinstance(layer, nn.Linear) or layer.transposed
+
+
+def _lora_layer(
+    model: nn.Module, name: str, pair: dict[str, torch.Tensor], folder: Path
+) -> Linear | nn.Linear:
+    """The linear layer that adapter tensors ``name`` belong to, checked against them."""
     try:
         layer = model.get_submodule(name)
     except AttributeError:
         layer = None
-    if not isinstance(layer, Linear) or set(pair) != {"A", "B"}:
+    if not isinstance(layer, (Linear, nn.Linear)) or set(pair) != {"A", "B"}:
         raise ConfigurationError(
             f"the adapter in {str(folder)!r} does not fit its base: {name!r} is not a linear "
             "layer of the model with both LoRA matrices (A and B)"
         )
-    n_out, n_in = layer.weight.shape if layer.transposed else layer.weight.shape[::-1]
+    n_out, n_in = layer.weight.shape if _out_in(layer) else layer.weight.shape[::-1]
     a, b = pair["A"], pair["B"]
     if a.shape[1] != n_in or b.shape[0] != n_out or a.shape[0] != b.shape[1]:
         raise ConfigurationError(

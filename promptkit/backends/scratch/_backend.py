@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from ...errors import ConfigurationError, UnsupportedCapabilityError
-from .._base import Completion, GenerationConfig, Message, Usage, cut_at_stop
+from .._base import Completion, GenerationConfig, Message, PromptInput, Usage, cut_at_stop
 from .._chat_templates import ChatTemplate
 from .._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
 from .._masking import TokenMasker, llg_tokenizer
@@ -74,7 +74,11 @@ class ScratchBackend(LocalScoring):
         """Render chat messages with ``template`` (the model's own) and declare ``chat``; None
         goes back to flattening messages into text."""
         self.chat_template = template
-        self.capabilities = replace(LOCAL_CAPABILITIES, chat=template is not None)
+        self.capabilities = replace(
+            LOCAL_CAPABILITIES,
+            chat=template is not None,
+            tool_template=template is not None and template.takes_tools,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -106,8 +110,11 @@ class ScratchBackend(LocalScoring):
     def generate_batch(
         self, prompts: Sequence[str], config: GenerationConfig | None = None
     ) -> list[Completion]:
-        """Generate for several text prompts at once; each gets what it would get alone."""
+        """Generate for several text prompts at once; each gets what it would get alone (one
+        at a time for a request with tools, whose answers are parsed into calls)."""
         config = config or GenerationConfig()
+        if config.tools:
+            return [self.generate(prompt, config) for prompt in prompts]
         for prompt in prompts:
             self._check_text(prompt)
         encoded = self.tokenizer.encode_batch(prompts)
@@ -148,18 +155,32 @@ class ScratchBackend(LocalScoring):
             ids.append(self.tokenizer.eot_id)
         return ids, "stop" if reason == "stop" else "length"
 
-    def _chat_ids(self, messages: list[Message]) -> list[int]:
+    def _chat_ids(
+        self, messages: list[Message], config: GenerationConfig | None = None
+    ) -> list[int]:
         """The prompt ids of ``messages``: the chat template's text, assistant turn opened, with
-        its special tokens recognised (message contents were rendered into it as text)."""
+        its special tokens recognised (message contents were rendered into it as text), and
+        the config's tools in its tools slot."""
         if self.chat_template is None:
             raise UnsupportedCapabilityError(self.name, "chat")
-        text = self.chat_template.render(messages, add_generation_prompt=True)
+        tools = config.tools if config is not None else ()
+        text = self.chat_template.render(messages, add_generation_prompt=True, tools=tools)
         ids: list[int] = self.tokenizer.encode_with_special_tokens(text)
         return ids
 
+    def prompt_ids(self, prompt: PromptInput) -> list[int]:
+        """The token ids the model reads for ``prompt`` before it answers: a text's tokens, or
+        chat messages rendered by the chat template with the assistant's turn opened (what
+        fine-tuning trains on). Raises UnsupportedCapabilityError for messages to a model
+        without a chat template."""
+        if isinstance(prompt, str):
+            ids: list[int] = self.tokenizer.encode(prompt)
+            return ids
+        return self._chat_ids(list(prompt))
+
     def _chat(self, messages: list[Message], config: GenerationConfig) -> Completion:
         """Generate the assistant's answer to ``messages`` (ends at the end-of-turn token)."""
-        prompt = self._chat_ids(messages)
+        prompt = self._chat_ids(messages, config)
         (ids,), (reason,) = self.generate_ids([prompt], config)
         text, _ = cut_at_stop(self.tokenizer.decode(ids), config.stops)
         usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(ids))
@@ -169,7 +190,7 @@ class ScratchBackend(LocalScoring):
         self, messages: list[Message], config: GenerationConfig
     ) -> Generator[str, None, Completion]:
         """Stream the assistant's answer to ``messages`` (see :meth:`_stream_complete`)."""
-        return self._stream_ids(self._chat_ids(messages), config)
+        return self._stream_ids(self._chat_ids(messages, config), config)
 
     def _stream_complete(
         self, text: str, config: GenerationConfig

@@ -5,6 +5,8 @@ folders (``model_type`` llama, qwen2, mistral) imported tensor by tensor into :c
 ``checkpoint.load_checkpoint``; a Llama-family folder is read here: config -> :class:`LlamaConfig`
 (refusing variants not implemented), tensors renamed (:data:`HF_RENAMES`) from
 ``model.safetensors`` or its shards, and the tokenizer with the model's own end-of-text token.
+:func:`save_hf_llama` writes such a folder back from a :class:`Llama` (a fine-tuned model, a
+dequantized GGUF one), with its tokenizer and chat template.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from ...errors import ConfigurationError
+from .._chat_templates import ChatTemplate
 from ._checkpoint import load_checkpoint, load_state
 from ._tokenizer import END_OF_TEXT, Tokenizer
 from .gpt2 import GPT
@@ -28,6 +31,7 @@ __all__ = [
     "hf_end_of_text",
     "load_hf_llama",
     "load_model",
+    "save_hf_llama",
 ]
 
 HF_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -180,3 +184,97 @@ def hf_end_of_text(root: Path, config: dict[str, Any]) -> str:
         if eos_id in names:
             return str(names[eos_id])
     return END_OF_TEXT
+
+
+# Our block-level names -> Hugging Face's (the inverse of HF_RENAMES inside a layer).
+_HF_LAYER_PARTS = {
+    "attn": "self_attn",
+    "attn_norm": "input_layernorm",
+    "mlp_norm": "post_attention_layernorm",
+}
+
+
+def _hf_name(name: str) -> str:
+    """A tensor's Hugging Face name (``h.3.attn.q_proj.weight`` -> ``model.layers.3.self_attn.
+    q_proj.weight``), the inverse of :data:`HF_RENAMES`."""
+    if name.startswith("wte."):
+        return "model.embed_tokens." + name.removeprefix("wte.")
+    if name.startswith("norm."):
+        return "model." + name
+    if name.startswith("h."):
+        _, index, rest = name.split(".", 2)
+        part, _, tail = rest.partition(".")
+        return f"model.layers.{index}.{_HF_LAYER_PARTS.get(part, part)}.{tail}"
+    return name
+
+
+def _hf_config(config: LlamaConfig, eos_id: int) -> dict[str, Any]:
+    """The Hugging Face config.json of a model of this shape (``llama``, or ``qwen2`` for
+    biases on q/k/v alone); raises ConfigurationError for a bias layout neither has."""
+    if config.o_bias and not config.qkv_bias:
+        raise ConfigurationError(
+            "a Llama-family model with a bias on the attention output but none on q/k/v has no "
+            "Hugging Face model_type to save it as"
+        )
+    model_type = "qwen2" if config.qkv_bias and not config.o_bias else "llama"
+    architecture = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[model_type]
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": config.vocab_size,
+        "max_position_embeddings": config.context_length,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_kv_head,
+        "hidden_size": config.n_embd,
+        "head_dim": config.head_dim,
+        "intermediate_size": config.n_inner,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": config.rope_scaling,
+        "attention_bias": config.o_bias,
+        "tie_word_embeddings": config.tie_embeddings,
+        "eos_token_id": eos_id,
+        "torch_dtype": "float32",
+    }
+
+
+def save_hf_llama(
+    model: Llama,
+    tokenizer: Tokenizer,
+    folder: str | os.PathLike[str],
+    *,
+    chat_template: ChatTemplate | None = None,
+    **extra: Any,
+) -> Path:
+    """Write ``model`` as a Hugging Face Llama-family folder that :func:`load_model` (and
+    transformers) read back: config.json (with ``extra`` keys beside the model's), float32
+    ``model.safetensors``, tokenizer.json, and tokenizer_config.json naming the end-of-text
+    token and carrying ``chat_template``. Raises ConfigurationError for a shape no Hugging Face
+    model_type describes."""
+    from safetensors.torch import save_file
+
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    config = {**_hf_config(model.config, tokenizer.eot_id), **extra}
+    state = {
+        _hf_name(name): tensor.detach().float().contiguous().cpu()
+        for name, tensor in model.state_dict().items()
+    }
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(root / "model.safetensors"), metadata={"format": "pt"})
+    (root / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    tokenizer.save(root)
+    settings: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": tokenizer.decode([tokenizer.eot_id]),
+    }
+    if chat_template is not None:
+        settings["chat_template"] = chat_template.source
+        if chat_template.bos_token:
+            settings["bos_token"] = chat_template.bos_token
+    text = json.dumps(settings, indent=2) + "\n"
+    (root / "tokenizer_config.json").write_text(text, encoding="utf-8")
+    return root
