@@ -168,10 +168,11 @@ def average(scores):
 @pytest.mark.timeout(900)
 def test_the_code_explainer_runs_offline_end_to_end(pulled_default):
     """The canonical prompt on the default model: a valid four-part record whose methods are
-    the functions of the code (their names are copied from it, by constraint)."""
+    functions of the code (their names are copied from it, by constraint; a 135M model does
+    not always list every one)."""
     explain = pk.load_prompt("code_explanation")
     result = explain.run({"code": CODE}, backend=pk.get_backend())
     record = result.output
     assert record.summary and record.potential_issues and record.optimizations
-    assert {method.name for method in record.methods} <= {"load_scores", "average"}
-    assert record.methods[0].name == "load_scores", f"sha256 {SHA256}: {result.text}"
+    names = {method.name for method in record.methods}
+    assert names and names <= {"load_scores", "average"}, f"sha256 {SHA256}: {result.text}"
