@@ -27,6 +27,7 @@ from ._adapter import (
     is_adapter_folder,
     read_adapter_config,
 )
+from ._quant import PRECISIONS, auto_precision, check_precision, precision_of, reduce_precision
 from ._tokenizer import Tokenizer
 from .gpt2 import GPT
 from .llama import Llama
@@ -60,13 +61,14 @@ class ScratchBackend(LocalScoring):
 
     def cache_identity(self) -> dict[str, Any]:
         """The weights (every file of the checkpoint folder: path, size and modification
-        time), the dtype, the device type and the chat template messages are rendered with."""
+        time), their precision (float32, bfloat16, int8 or int4), the device type and the chat
+        template messages are rendered with."""
         folder = None if self.weights_path is None else self.weights_path.parent
         return {
             **super().cache_identity(),
             "folder": None if folder is None else str(folder.resolve()),
             "files": None if folder is None else folder_fingerprint(folder),
-            "dtype": str(self.model.wte.weight.dtype),
+            "dtype": precision_of(self.model),
             "device": self.device.type,
             "adapter": self.adapter_sha256,  # a LoRA adapter merged in at load, if any
             "chat_template": None if self.chat_template is None else self.chat_template.source,
@@ -373,7 +375,12 @@ def _from_hub(name: str) -> Path:
 
 
 def from_spec(
-    arg: str, *, device: str | None = None, chat_template: bool = True, **options: Any
+    arg: str,
+    *,
+    device: str | None = None,
+    chat_template: bool = True,
+    dtype: str | None = None,
+    **options: Any,
 ) -> ScratchBackend:
     """``scratch:PATH``: a promptkit checkpoint folder, a Hugging Face GPT-2 or Llama-family
     folder, or a GGUF file; a known model name (``scratch:smollm2-135m-instruct``, see
@@ -382,7 +389,13 @@ def from_spec(
     in its local cache); plain ``scratch`` is the shipped promptkit-mini.
 
     A model with a chat template (an instruction-tuned one) gets chat messages rendered with it;
-    ``chat_template=False`` flattens them into text as for a model without one."""
+    ``chat_template=False`` flattens them into text as for a model without one.
+
+    ``dtype`` is the weights' precision: ``float32`` (the default), ``bfloat16``, ``int8``,
+    ``int4`` or ``auto`` (see ``_quant``); the spec may name it after an ``@``
+    (``scratch:smollm2-135m-instruct@int4``), which is how the command line passes it. int8
+    and int4 run on the CPU only. Raises ConfigurationError for an unknown dtype, one the
+    spec and the option give differently, or int8/int4 on another device."""
     from ...models._registry import lookup, pull
     from .._chat_templates import folder_chat_template
     from ._gguf import gguf_chat_template, load_gguf
@@ -390,6 +403,13 @@ def from_spec(
 
     if options:
         raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")
+    arg, dtype = _split_dtype(arg, check_precision(dtype))
+    chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype in ("int8", "int4") and torch.device(chosen).type != "cpu":
+        raise ConfigurationError(
+            f"scratch: dtype={dtype!r} runs on the CPU only (PyTorch's weight-only CPU kernels); "
+            f"use device='cpu', or dtype='bfloat16' on {chosen}"
+        )
     name = None
     if not arg:
         from ...models import mini_path
@@ -406,11 +426,10 @@ def from_spec(
     if known is not None:  # a registry name: its verified file, pulled on first use
         path, name = pull(known.name), f"scratch:{known.name}"
     if path.is_dir() and is_adapter_folder(path):
-        return _with_adapter(path, device)
-    chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return _with_adapter(path, device, dtype)
     model: GPT | Llama
     if path.is_file() and path.suffix == ".gguf":
-        model, tokenizer = load_gguf(path, device=chosen)
+        model, tokenizer = load_gguf(path, device=chosen, dtype=dtype)
         weights = path
         template = gguf_chat_template(path, tokenizer) if chat_template else None
     else:
@@ -427,12 +446,35 @@ def from_spec(
         if not path.is_dir():
             path = _from_hub(arg)
         model, tokenizer = load_model(path, device=chosen)
+        reduce_precision(model, auto_precision(chosen) if dtype == "auto" else dtype or "float32")
         weights = path / "model.safetensors"
         template = folder_chat_template(path) if chat_template else None
     backend = ScratchBackend(model, tokenizer, name=name or f"scratch:{path}")
+    if precision_of(model) != "float32":  # auto: the precision it chose
+        backend.name += f"@{precision_of(model)}"
     backend.weights_path = weights
     backend.use_chat_template(template)
     return backend
+
+
+def _split_dtype(arg: str, dtype: str | None) -> tuple[str, str | None]:
+    """The model part of ``arg`` and the dtype, from the option or an ``@DTYPE`` suffix (a
+    path that exists with an ``@`` in it stays whole); raises ConfigurationError for an
+    unknown suffix or one that contradicts the option."""
+    model, at, suffix = arg.rpartition("@")
+    if not at or Path(os.path.expanduser(arg)).exists():
+        return arg, dtype
+    if suffix != "auto" and suffix not in PRECISIONS:
+        raise ConfigurationError(
+            f"scratch: unknown dtype {suffix!r} after '@' in {arg!r}; choose one of "
+            f"{', '.join(PRECISIONS)} or auto (scratch:MODEL@int4)"
+        )
+    if dtype is not None and dtype != suffix:
+        raise ConfigurationError(
+            f"scratch: the spec asks for dtype {suffix!r} but the dtype option for {dtype!r}; "
+            "give it once"
+        )
+    return model, suffix
 
 
 def _looks_like_a_path(arg: str) -> bool:
@@ -444,15 +486,20 @@ def _looks_like_a_path(arg: str) -> bool:
     )
 
 
-def _with_adapter(folder: Path, device: str | None) -> ScratchBackend:
+def _with_adapter(folder: Path, device: str | None, dtype: str | None) -> ScratchBackend:
     """``scratch:DIR`` for a LoRA adapter folder: its base (by the spec it records), checked
     against the recorded fingerprint, with the adapter merged in. The backend's weights file is
     the adapter's, so its cache identity is the adapter's, not the base's; ``adapter`` and
-    ``adapter_sha256`` say which adapter, as it was when loaded."""
+    ``adapter_sha256`` say which adapter, as it was when loaded. The adapter is merged into the
+    float32 weights before they are brought to ``dtype``."""
     config = read_adapter_config(folder)
     base = from_spec(config["base"]["spec"].partition(":")[2], device=device)
     apply_adapter(base.model, folder, config)
+    chosen = device or base.device.type
+    reduce_precision(base.model, auto_precision(chosen) if dtype == "auto" else dtype or "float32")
     backend = ScratchBackend(base.model, base.tokenizer, name=f"scratch:{folder}")
+    if precision_of(base.model) != "float32":
+        backend.name += f"@{precision_of(base.model)}"
     backend.weights_path = folder / ADAPTER_FILE
     backend.use_chat_template(base.chat_template)
     backend.adapter = folder

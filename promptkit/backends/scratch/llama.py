@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigurationError
+from ._quant import Int8Linear
 from .gpt2 import KVCache, attention_mask
 
 __all__ = ["Llama", "LlamaCache", "LlamaConfig"]
@@ -245,6 +246,7 @@ class Llama(nn.Module):
             if config.tie_embeddings
             else nn.Linear(config.n_embd, config.vocab_size, bias=False)
         )
+        self.head: Int8Linear | None = None  # the output projection in int8 (see _quant)
         self.inv_freq: torch.Tensor  # rotary frequencies (move with .to(device), never saved)
         self.register_buffer("inv_freq", rotary_frequencies(config), persistent=False)
         self._output_key: tuple[Any, ...] | None = None  # what _output_t was copied from
@@ -281,21 +283,30 @@ class Llama(nn.Module):
             x = block(x, rotation, mask, layer_cache, past)
         if cache is not None:
             cache.length = past + T
-        out: torch.Tensor = self.norm(x)
+        out: torch.Tensor = self.norm(x).float()  # float32 whatever the weights' precision
         return out
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Project hidden states to vocabulary logits: ``(..., n_embd) -> (..., vocab)``."""
-        if torch.is_grad_enabled() and self.output_weight.requires_grad:
-            return F.linear(hidden, self.output_weight)
+        """Project hidden states to float32 vocabulary logits: ``(..., n_embd) -> (..., vocab)``
+        (in reduced precision, by the int8 head or the bfloat16 matrix)."""
+        weight = self.output_weight
+        if self.head is not None:
+            projected: torch.Tensor = self.head(hidden)
+            return projected.float()
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return F.linear(hidden, weight)
+        if weight.dtype != hidden.dtype:
+            return F.linear(hidden.to(weight.dtype), weight).float()
         return hidden @ self.output_matrix()
 
     def output_matrix(self) -> torch.Tensor:
-        """The output matrix as ``(n_embd, vocab)``, cached until the weights change."""
-        weight = self.output_weight
+        """The float32 output matrix as ``(n_embd, vocab)`` (the int8 head's, when there is
+        one), cached until the weights change."""
+        weight = self.output_weight if self.head is None else self.head.weight
         key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
         if self._output_key != key:
-            self._output_t = weight.detach().t().contiguous()
+            full = weight if self.head is None else self.head.dequantized()
+            self._output_t = full.detach().float().t().contiguous()
             self._output_key = key
         return self._output_t
 
