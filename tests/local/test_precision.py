@@ -97,7 +97,7 @@ def test_int4_layer_shapes_the_kernel_cannot_take_become_int8(folders, tmp_path)
     odd = make_hf_llama(tmp_path / "odd", "llama", intermediate_size=80)  # down_proj: 80 inputs
     backend = pk.get_backend(f"scratch:{odd}", device="cpu", dtype="int4")
     assert isinstance(backend.model.h[0].mlp.down_proj, Int8Linear)
-    assert isinstance(backend.model.h[0].mlp.up_proj, Int4Linear)
+    assert isinstance(backend.model.h[0].mlp.gate_up_proj, Int4Linear)  # 160 outputs, 64 inputs
 
 
 # -- whole models -----------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def test_gguf_q4_blocks_become_int4_weights_block_for_block(tmp_path, qtype):
     path = tmp_path / "model.gguf"
     write_gguf(folder, path, {"*": getattr(Q, qtype), "token_embd": Q.Q8_0})
     float32 = pk.get_backend(f"scratch:{path}", device="cpu")
-    metadata, tensors = read_gguf(path)
+    _, tensors = read_gguf(path)
     config = float32.model.config
     state = state_from_gguf(tensors, config, "llama")  # gguf's own dequantization, unpermuted
     found = int4_weights(path, config, "llama")
@@ -174,17 +174,17 @@ def test_gguf_q4_blocks_become_int4_weights_block_for_block(tmp_path, qtype):
         assert torch.allclose(weights.dequantized(), state[f"{name}.weight"], rtol=0, atol=1e-6)
     # the loaded int4 model holds those blocks (scales as the kernel keeps them, bfloat16)
     reduced = pk.get_backend(f"scratch:{path}", device="cpu", dtype="int4")
-    layer = reduced.model.h[1].attn.q_proj
+    layer = reduced.model.h[1].attn.qkv_proj  # q, k and v joined, in that order
     assert isinstance(layer, Int4Linear)
-    kept = found["h.1.attn.q_proj"]
-    assert torch.equal(layer.scale_zero[..., 0], kept.scale.t().bfloat16())
-    x = torch.randn(3, config.n_embd)
-    expected = (
-        x.bfloat16().float()
-        @ Int4Weights(kept.codes, kept.scale.bfloat16().float(), kept.zero.bfloat16().float())
-        .dequantized()
-        .t()
+    parts = [found[f"h.1.attn.{p}_proj"] for p in "qkv"]
+    kept = Int4Weights(
+        *(torch.cat([getattr(p, f) for p in parts]) for f in ("codes", "scale", "zero"))
     )
+    assert torch.equal(layer.scale_zero[..., 0], kept.scale.t().bfloat16())
+    assert torch.equal(layer.scale_zero[..., 1], kept.zero.t().bfloat16())
+    x = torch.randn(3, config.n_embd)
+    exact = Int4Weights(kept.codes, kept.scale.bfloat16().float(), kept.zero.bfloat16().float())
+    expected = x.bfloat16().float() @ exact.dequantized().t()
     assert torch.allclose(layer(x).float(), expected, rtol=0.02, atol=0.02)
     # and computes the float32 model's logits up to bfloat16 rounding
     ids = random_ids(config.vocab_size)
@@ -237,3 +237,15 @@ def test_auto_picks_by_what_the_cpu_offers(folders, monkeypatch, native, expecte
     assert backend.cache_identity()["dtype"] == expected
     assert _quant.auto_precision("cuda") == "bfloat16"
     assert _quant.auto_precision("cpu", "int4") == "int4"
+
+
+def test_llama_projections_are_joined_in_reduced_precision(folders):
+    """q, k and v are one product, and so are gate and up; the separate layers are gone (no
+    second copy of their weights). float32 keeps the layers as loaded."""
+    plain = pk.get_backend(f"scratch:{folders['llama']}", device="cpu").model.h[0]
+    assert plain.attn.qkv_proj is None and plain.mlp.gate_up_proj is None
+    for dtype in REDUCED:
+        block = pk.get_backend(f"scratch:{folders['llama']}", device="cpu", dtype=dtype).model.h[0]
+        children = {name for name, _ in block.named_modules()}
+        assert {"attn.qkv_proj", "mlp.gate_up_proj", "attn.o_proj", "mlp.down_proj"} <= children
+        assert not children & {"attn.q_proj", "attn.k_proj", "attn.v_proj", "mlp.gate_proj"}

@@ -89,8 +89,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps)  # x / rms(x), one fused op
         return self.weight * h.to(x.dtype)
 
 
@@ -144,6 +143,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.n_embd, config.n_kv_head * config.head_dim, bias=qkv)
         self.v_proj = nn.Linear(config.n_embd, config.n_kv_head * config.head_dim, bias=qkv)
         self.o_proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.o_bias)
+        # q, k and v as one product, in reduced precision (``_quant`` joins them)
+        self.qkv_proj: nn.Module | None = None
+        self.widths = (config.n_head * config.head_dim, *[config.n_kv_head * config.head_dim] * 2)
 
     def forward(
         self,
@@ -155,9 +157,13 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.size()  # batch, time, channels
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
-        q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k_proj(x).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        v = self.v_proj(x).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split(self.widths, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         cos, sin = rotation
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
@@ -188,9 +194,15 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.n_embd, config.n_inner, bias=False)
         self.up_proj = nn.Linear(config.n_embd, config.n_inner, bias=False)
         self.down_proj = nn.Linear(config.n_inner, config.n_embd, bias=False)
+        # gate and up as one product, in reduced precision (``_quant`` joins them)
+        self.gate_up_proj: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        out: torch.Tensor = self.down_proj(F.silu(gate) * up)
         return out
 
 
