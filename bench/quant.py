@@ -2,19 +2,20 @@
 
     promptkit pull smollm2
     python bench/quant.py [--threads 2] [--precisions float32,bfloat16,int8,int4]
-                          [--new 16] [--score 128] [--ppl-chars 4000] [--no-transformers] [--gpt2]
+                          [--new 32] [--score 128] [--ppl-chars 4000] [--no-transformers] [--gpt2]
 
 SmolLM2-135M-Instruct from the pulled Q4_1 GGUF at every precision (``scratch:...@int4`` keeps
 the file's Q4_1 blocks as they are). For each precision: perplexity on the start of WikiText-2's
 test split (``../shared/data/corpora/wiki.test.raw``) and its change from float32, the memory
-the weights take, greedy decoding at batch 1 and batch 8 (KV cache, ``--new`` tokens, end of
-text ignored), scoring 8 sequences of ``--score`` tokens, and agreement with float32: the share
-of WikiText positions whose top token is float32's (teacher-forced), and how many of the batch-1
-greedy tokens equal float32's. Ratios are against transformers float32 on the same file, and
-against transformers at the same precision where it runs one on a CPU (bfloat16; int8 and int4
-need torchao there, not installed). ``--gpt2``: GPT-2 small shape (random weights) decoding at
-batch 1, the same against transformers float32. Prints the CPU (lscpu's model name, PyTorch's
-CPU capability) and the load average with the figures: timings on a shared machine are noisy.
+the weights take, greedy decoding at batch 1 and batch 8 (KV cache, end of text ignored; the
+time of ``--new`` tokens less that of one, so that the prompt's pass is left out), scoring 8
+sequences of ``--score`` tokens, and agreement with float32: the share of WikiText positions
+whose top token is float32's (teacher-forced), and how many of the batch-1 greedy tokens equal
+float32's. Ratios are against transformers float32 on the same file, and against transformers
+at the same precision where it runs one on a CPU (bfloat16; int8 and int4 need torchao there,
+not installed). ``--gpt2``: GPT-2 small shape (random weights) decoding at batch 1, the same
+against transformers float32. Prints the CPU (lscpu's model name, PyTorch's CPU capability)
+and the load average with the figures: timings on a shared machine are noisy.
 """
 
 from __future__ import annotations
@@ -63,29 +64,34 @@ def weight_megabytes(model: torch.nn.Module) -> float:
 def decode_rate(
     backend: ScratchBackend, prompt: torch.Tensor, new: int, repeats: int
 ) -> tuple[float, list[list[int]]]:
-    """Tokens per second of greedy decoding ``prompt`` ``(B, T)``, and the tokens made."""
-    config = GenerationConfig(max_tokens=new)
+    """Tokens per second of greedy decoding after ``prompt`` ``(B, T)`` (the prompt's own pass
+    left out: ``new`` tokens' time less one token's), and the tokens made."""
 
-    def run() -> list[list[int]]:
+    def run(count: int) -> list[list[int]]:
+        config = GenerationConfig(max_tokens=count)
         return backend.generate_ids(prompt.tolist(), config, stop_at_end_of_text=False)[0]
 
-    return prompt.size(0) * new / best_time(run, repeats), run()
+    seconds = best_time(lambda: run(new), repeats) - best_time(lambda: run(1), repeats)
+    return prompt.size(0) * (new - 1) / seconds, run(new)
 
 
 def hf_decode_rate(model: Any, prompt: torch.Tensor, new: int, pad: int, repeats: int) -> float:
-    def run() -> Any:
+    """transformers' tokens per second, measured as :func:`decode_rate` measures ours."""
+
+    def run(count: int) -> Any:
         with torch.inference_mode():
             return model.generate(
                 prompt,
                 attention_mask=torch.ones_like(prompt),
                 do_sample=False,
-                max_new_tokens=new,
-                min_new_tokens=new,
+                max_new_tokens=count,
+                min_new_tokens=count,
                 eos_token_id=None,
                 pad_token_id=pad,
             )
 
-    return prompt.size(0) * new / best_time(run, repeats)
+    seconds = best_time(lambda: run(new), repeats) - best_time(lambda: run(1), repeats)
+    return prompt.size(0) * (new - 1) / seconds
 
 
 def hf_score_rate(model: Any, ids: torch.Tensor, repeats: int) -> float:
@@ -208,7 +214,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precisions", default="float32,bfloat16,int8,int4")
     parser.add_argument("--prompt", type=int, default=64)
-    parser.add_argument("--new", type=int, default=16)
+    parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--score", type=int, default=128)
     parser.add_argument("--ppl-chars", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=1)
