@@ -279,3 +279,49 @@ def test_the_shipped_model_runs_in_every_precision(dtype):
     assert backend.generate(prompt, config).usage.completion_tokens > 0
     ids = torch.tensor([reference.tokenizer.encode(prompt)])
     assert relative_error(logits_of(backend, ids), logits_of(reference, ids)) <= TOLERANCE[dtype]
+
+
+def test_the_command_line_passes_the_dtype_in_the_spec(folders, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from promptkit import cli as cli_module
+
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 4, encoding="utf-8")
+    figures = {}
+    for dtype in ("float32", "int4"):
+        spec = f"scratch:{folders['llama']}@{dtype}"
+        result = CliRunner().invoke(
+            cli_module.cli, ["perplexity", str(text), "--backend", spec, "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        figures[dtype] = json.loads(result.output)["perplexity"]
+    assert figures["int4"] != figures["float32"]  # another precision did run
+    assert abs(figures["int4"] / figures["float32"] - 1) < 0.1
+    refused = CliRunner().invoke(
+        cli_module.cli,
+        ["perplexity", str(text), "--backend", f"scratch:{folders['llama']}@int2"],
+    )
+    assert refused.exit_code != 0 and "unknown dtype 'int2'" in refused.output
+    assert "Traceback" not in refused.output
+
+
+def test_an_adapter_is_merged_in_float32_before_the_precision_is_reduced(tmp_path):
+    from promptkit.backends.scratch._adapter import weights_fingerprint
+
+    from .test_finetune import fake_adapter
+
+    folder = make_hf_gpt2(tmp_path / "base", mini_tokenizer=True)
+    base = pk.get_backend(f"scratch:{folder}", device="cpu")
+    task = {"base": f"scratch:{folder}"}
+    fake_adapter(task, tmp_path / "adapter", weights_fingerprint(base.model))
+    merged = pk.get_backend(f"scratch:{tmp_path / 'adapter'}", device="cpu")
+    reduced = pk.get_backend(f"scratch:{tmp_path / 'adapter'}@int8", device="cpu")
+    assert reduced.name == f"scratch:{tmp_path / 'adapter'}@int8"
+    assert reduced.cache_identity()["dtype"] == "int8"
+    assert reduced.cache_identity()["adapter"] == merged.cache_identity()["adapter"]
+    ids = random_ids(base.model.config.vocab_size)
+    unmerged = relative_error(logits_of(base, ids), logits_of(merged, ids))
+    assert relative_error(logits_of(reduced, ids), logits_of(merged, ids)) < unmerged / 4
