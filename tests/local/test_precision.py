@@ -325,3 +325,37 @@ def test_an_adapter_is_merged_in_float32_before_the_precision_is_reduced(tmp_pat
     ids = random_ids(base.model.config.vocab_size)
     unmerged = relative_error(logits_of(base, ids), logits_of(merged, ids))
     assert relative_error(logits_of(reduced, ids), logits_of(merged, ids)) < unmerged / 4
+
+
+# -- constrained decoding at the new speeds ---------------------------------------------------
+
+
+class CountingTokenizer:
+    """An llguidance tokenizer that records what it is asked to tokenize."""
+
+    def __init__(self, inner: object):
+        self.inner = inner
+        self.tokenized: list[bytes] = []
+
+    def tokenize_bytes(self, data: bytes) -> list[int]:
+        self.tokenized.append(data)
+        return list(self.inner.tokenize_bytes(data))  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_the_masker_tokenizes_a_recurring_ending_once(folders):
+    """Near the end of the budget the same ending is checked step after step (inside a string
+    or a number): it is tokenized once, and callers get their own copy of the tokens."""
+    backend = pk.get_backend(f"scratch:{folders['llama']}@int4", device="cpu")
+    config = GenerationConfig(max_tokens=40, grammar=grammar_for(output_spec(Answer)))
+    masker = backend._masker(config, 1)
+    counting = CountingTokenizer(masker.tokenizer)
+    masker.tokenizer = counting  # type: ignore[assignment]
+    row = masker.rows[0]
+    first = masker._tokens(row, b'{"count":1,"ok":true}', None)
+    first.append(-1)  # a caller's change stays its own
+    again = masker._tokens(row, b'{"count":1,"ok":true}', None)
+    assert again == first[:-1] and again
+    assert counting.tokenized == [b'{"count":1,"ok":true}']
