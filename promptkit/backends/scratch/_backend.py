@@ -27,7 +27,13 @@ from ._adapter import (
     is_adapter_folder,
     read_adapter_config,
 )
-from ._quant import PRECISIONS, auto_precision, check_precision, precision_of, reduce_precision
+from ._quant import (
+    auto_precision,
+    check_precision,
+    precision_of,
+    reduce_precision,
+    split_spec_dtype,
+)
 from ._tokenizer import Tokenizer
 from .gpt2 import GPT
 from .llama import Llama
@@ -403,7 +409,7 @@ def from_spec(
 
     if options:
         raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")
-    arg, dtype = _split_dtype(arg, check_precision(dtype))
+    arg, dtype = split_spec_dtype(arg, check_precision(dtype))
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype in ("int8", "int4") and torch.device(chosen).type != "cpu":
         raise ConfigurationError(
@@ -455,26 +461,6 @@ def from_spec(
     backend.weights_path = weights
     backend.use_chat_template(template)
     return backend
-
-
-def _split_dtype(arg: str, dtype: str | None) -> tuple[str, str | None]:
-    """The model part of ``arg`` and the dtype, from the option or an ``@DTYPE`` suffix (a
-    path that exists with an ``@`` in it stays whole); raises ConfigurationError for an
-    unknown suffix or one that contradicts the option."""
-    model, at, suffix = arg.rpartition("@")
-    if not at or Path(os.path.expanduser(arg)).exists():
-        return arg, dtype
-    if suffix != "auto" and suffix not in PRECISIONS:
-        raise ConfigurationError(
-            f"scratch: unknown dtype {suffix!r} after '@' in {arg!r}; choose one of "
-            f"{', '.join(PRECISIONS)} or auto (scratch:MODEL@int4)"
-        )
-    if dtype is not None and dtype != suffix:
-        raise ConfigurationError(
-            f"scratch: the spec asks for dtype {suffix!r} but the dtype option for {dtype!r}; "
-            "give it once"
-        )
-    return model, suffix
 
 
 def _looks_like_a_path(arg: str) -> bool:

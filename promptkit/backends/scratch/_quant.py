@@ -20,7 +20,9 @@ scoring and sampling read float32 logits whatever the precision.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,6 +45,7 @@ __all__ = [
     "check_precision",
     "precision_of",
     "reduce_precision",
+    "split_spec_dtype",
 ]
 
 PRECISIONS = ("float32", "bfloat16", "int8", "int4")  # what dtype= accepts, besides "auto"
@@ -58,6 +61,27 @@ def check_precision(dtype: str | None) -> str | None:
     raise ConfigurationError(
         f"unknown dtype {dtype!r} for scratch; choose one of {', '.join(PRECISIONS)} or auto"
     )
+
+
+def split_spec_dtype(arg: str, dtype: str | None) -> tuple[str, str | None]:
+    """The model part of a ``scratch:`` argument and the dtype, from the ``dtype`` option or
+    an ``@DTYPE`` suffix (``smollm2-135m-instruct@int4``: how the command line, which passes
+    only a spec, asks for one); a path that exists with an ``@`` in it stays whole. Raises
+    ConfigurationError for an unknown suffix or one that contradicts the option."""
+    model, at, suffix = arg.rpartition("@")
+    if not at or Path(os.path.expanduser(arg)).exists():
+        return arg, dtype
+    if suffix != "auto" and suffix not in PRECISIONS:
+        raise ConfigurationError(
+            f"scratch: unknown dtype {suffix!r} after '@' in {arg!r}; choose one of "
+            f"{', '.join(PRECISIONS)} or auto (scratch:MODEL@int4)"
+        )
+    if dtype is not None and dtype != suffix:
+        raise ConfigurationError(
+            f"scratch: the spec asks for dtype {suffix!r} but the dtype option for {dtype!r}; "
+            "give it once"
+        )
+    return model, suffix
 
 
 def has_bfloat16_arithmetic() -> bool:
