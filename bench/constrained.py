@@ -1,10 +1,11 @@
 """Cost of constrained decoding: the token mask vs the model step, GPT-2 small, random weights.
 
-    python bench/constrained.py [--threads 2] [--new 64] [--runs 3]
+    python bench/constrained.py [--threads 2] [--new 64] [--runs 3] [--dtype int4]
 
-The same model (our GPT-2 small, random weights, float32, CPU), the same prompt (the bundled
-``extract`` template rendered with its sample, about 300 tokens) and the same number of new
-tokens, decoded greedily without and with the output type's grammar. Prints:
+The same model (our GPT-2 small, random weights, float32 or ``--dtype``'s precision, CPU),
+the same prompt (the bundled ``extract`` template rendered with its sample, about 300 tokens)
+and the same number of new tokens, decoded greedily without and with the output type's
+grammar. Prints:
 
 - the median and mean time per decoding step spent in the token masker (computing the allowed
   tokens, applying them to the logits, feeding the chosen token, fast-forward and budget
@@ -36,6 +37,7 @@ from promptkit.backends import GenerationConfig
 from promptkit.backends._base import messages_to_text
 from promptkit.backends._masking import TokenMasker, llg_tokenizer
 from promptkit.backends.scratch._backend import ScratchBackend
+from promptkit.backends.scratch._quant import reduce_precision
 from promptkit.backends.scratch._tokenizer import Tokenizer
 from promptkit.backends.scratch.gpt2 import GPT, PRESETS
 
@@ -72,13 +74,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", help="weights' precision (see _quant)")
     args = parser.parse_args()
     if not (TOKENIZER / "tokenizer.json").is_file():
         sys.exit(f"needs GPT-2's tokenizer in {TOKENIZER}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tokenizer = Tokenizer.from_folder(TOKENIZER)
-    backend = ScratchBackend(GPT(PRESETS["gpt2"]).eval(), tokenizer)
+    model = GPT(PRESETS["gpt2"]).eval()
+    reduce_precision(model, args.dtype)  # a faster step makes the masker's share larger
+    backend = ScratchBackend(model, tokenizer)
     vocab = backend.model.config.vocab_size
 
     began = time.perf_counter()
@@ -91,7 +96,7 @@ def main() -> None:
     plain = GenerationConfig(max_tokens=args.new)
     constrained = plain.replace(grammar=grammar)
     print(
-        f"{args.threads} threads, GPT-2 small (random weights), prompt "
+        f"{args.threads} threads, GPT-2 small (random weights, {args.dtype}), prompt "
         f"{backend.count_tokens(prompt)} tokens, {args.new} new tokens, greedy"
     )
 

@@ -58,7 +58,7 @@ _BUILTIN: dict[str, _Builtin] = {
     ),
     "hf": _Builtin("promptkit.backends._hf", "from_spec", "local", "hf:NAME_OR_FOLDER"),
     "scratch": _Builtin(
-        "promptkit.backends.scratch._backend", "from_spec", "local", "scratch:MODEL_FOLDER"
+        "promptkit.backends.scratch._spec", "from_spec", "local", "scratch:MODEL_FOLDER"
     ),
     "openai": _Builtin("promptkit.backends._openai", "from_spec", "openai", "openai:MODEL"),
     "azure": _Builtin(

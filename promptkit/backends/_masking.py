@@ -117,6 +117,7 @@ class TokenMasker:
         self.max_tokens = max_tokens
         self.candidates = 1 if greedy else CANDIDATES  # greedy takes the top token or nothing
         self._token_bytes: dict[int, bytes] = {}
+        self._tokenized: dict[bytes, list[int]] = {}  # endings as tokens, by their bytes
         self.rows: list[_Row] = []
         first = llg.LLMatcher(tokenizer, compiled, log_level=0)
         if first.is_error():
@@ -389,7 +390,10 @@ class TokenMasker:
 
     def _tokens(self, row: _Row, tail: bytes, after: int | None) -> list[int]:
         """``tail`` as tokens the row's matcher accepts (after ``after``, when given)."""
-        tokens = list(self.tokenizer.tokenize_bytes(tail))
+        tokens = self._tokenized.get(tail)
+        if tokens is None:  # the same ending recurs step after step (inside a string, a number)
+            tokens = self._tokenized[tail] = list(self.tokenizer.tokenize_bytes(tail))
+        tokens = list(tokens)
         matcher = row.matcher
         if after is not None:
             matcher = matcher.deep_copy()

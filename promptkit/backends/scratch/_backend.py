@@ -9,7 +9,6 @@ instruction and demonstrations, a system prompt) compute it once.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,30 +16,25 @@ from typing import Any, Literal
 
 import torch
 
-from ...errors import ConfigurationError, UnsupportedCapabilityError
+from ...errors import UnsupportedCapabilityError
 from .._base import Completion, GenerationConfig, Message, PromptInput, Usage, cut_at_stop
 from .._chat_templates import ChatTemplate
 from .._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
 from .._masking import TokenMasker, llg_tokenizer
-from ._adapter import (
-    ADAPTER_FILE,
-    adapter_fingerprint,
-    apply_adapter,
-    is_adapter_folder,
-    read_adapter_config,
-)
 from ._prefix_cache import (
     DEFAULT_PREFIX_CACHE_BYTES,
     PrefixCache,
-    check_budget,
     reuse_prefixes,
     store_prefixes,
+)
+from ._quant import (
+    precision_of,
 )
 from ._tokenizer import Tokenizer
 from .gpt2 import GPT
 from .llama import Llama
 
-__all__ = ["ScratchBackend", "from_spec", "sample_next"]
+__all__ = ["ScratchBackend", "sample_next"]
 
 
 class ScratchBackend(LocalScoring):
@@ -86,13 +80,14 @@ class ScratchBackend(LocalScoring):
 
     def cache_identity(self) -> dict[str, Any]:
         """The weights (every file of the checkpoint folder: path, size and modification
-        time), the dtype, the device type and the chat template messages are rendered with."""
+        time), their precision (float32, bfloat16, int8 or int4), the device type and the chat
+        template messages are rendered with."""
         folder = None if self.weights_path is None else self.weights_path.parent
         return {
             **super().cache_identity(),
             "folder": None if folder is None else str(folder.resolve()),
             "files": None if folder is None else folder_fingerprint(folder),
-            "dtype": str(self.model.wte.weight.dtype),
+            "dtype": precision_of(self.model),
             "device": self.device.type,
             "adapter": self.adapter_sha256,  # a LoRA adapter merged in at load, if any
             "chat_template": None if self.chat_template is None else self.chat_template.source,
@@ -387,136 +382,3 @@ class ScratchBackend(LocalScoring):
             0, torch.tensor(owners), logprobs.double().cpu()
         )
         return [float(x) for x in sums]
-
-
-HUB_FILES = [
-    "config.json",
-    "model.safetensors",
-    "model-*-of-*.safetensors",  # sharded weights (larger Llama-family models)
-    "model.safetensors.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",  # names a Llama-family model's end-of-text token
-    "vocab.json",
-    "merges.txt",
-]
-
-
-def _from_hub(name: str) -> Path:
-    """The local folder of a hub model (downloaded once, then cached by huggingface_hub)."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ConfigurationError(
-            f"scratch: no model folder at {name!r} (and huggingface_hub, needed to fetch a hub "
-            "model by name, is not installed)"
-        ) from None
-    try:
-        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
-    except Exception as exc:  # network, authentication and not-found errors all land here
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigurationError(
-            f"scratch: no model folder at {name!r}, and it could not be fetched from the Hugging "
-            f"Face hub ({first}); give a local folder, or download it once where the network "
-            "allows"
-        ) from None
-
-
-def from_spec(
-    arg: str,
-    *,
-    device: str | None = None,
-    chat_template: bool = True,
-    prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
-    **options: Any,
-) -> ScratchBackend:
-    """``scratch:PATH``: a promptkit checkpoint folder, a Hugging Face GPT-2 or Llama-family
-    folder, or a GGUF file; a known model name (``scratch:smollm2-135m-instruct``, see
-    ``promptkit models``) is its pulled file, pulled on first use; another name that is no folder
-    (``scratch:gpt2``) is fetched from the Hugging Face hub where the network allows (or found
-    in its local cache); plain ``scratch`` is the shipped promptkit-mini.
-
-    A model with a chat template (an instruction-tuned one) gets chat messages rendered with it;
-    ``chat_template=False`` flattens them into text as for a model without one.
-
-    ``prefix_cache_bytes`` bounds the cache of prompt prefixes kept across requests (see
-    :class:`ScratchBackend`; 0 disables it)."""
-    from ...models._registry import lookup, pull
-    from .._chat_templates import folder_chat_template
-    from ._gguf import gguf_chat_template, load_gguf
-    from ._loading import load_model
-
-    if options:
-        raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")
-    check_budget(prefix_cache_bytes)  # before the model loads
-    name = None
-    if not arg:
-        from ...models import mini_path
-
-        shipped = mini_path()
-        if shipped is None:
-            raise ConfigurationError(
-                "scratch needs a model folder: scratch:PATH (a checkpoint from `promptkit train` "
-                "or a Hugging Face GPT-2 folder); this copy of promptkit ships no default model"
-            )
-        arg, name = str(shipped), "scratch:promptkit-mini"
-    path = Path(os.path.expanduser(arg))
-    known = lookup(arg) if not path.exists() else None
-    if known is not None:  # a registry name: its verified file, pulled on first use
-        path, name = pull(known.name), f"scratch:{known.name}"
-    if path.is_dir() and is_adapter_folder(path):
-        return _with_adapter(path, device, prefix_cache_bytes)
-    chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model: GPT | Llama
-    if path.is_file() and path.suffix == ".gguf":
-        model, tokenizer = load_gguf(path, device=chosen)
-        weights = path
-        template = gguf_chat_template(path, tokenizer) if chat_template else None
-    else:
-        if path.is_file():
-            raise ConfigurationError(
-                f"scratch: {arg!r} is a file, not a model: give a model folder (a checkpoint or "
-                "a Hugging Face folder) or a .gguf file"
-            )
-        if not path.is_dir() and _looks_like_a_path(arg):
-            raise ConfigurationError(
-                f"scratch: no such model folder or file: {arg!r}; give a checkpoint folder, a "
-                "Hugging Face folder or a .gguf file (`promptkit models` lists pullable names)"
-            )
-        if not path.is_dir():
-            path = _from_hub(arg)
-        model, tokenizer = load_model(path, device=chosen)
-        weights = path / "model.safetensors"
-        template = folder_chat_template(path) if chat_template else None
-    backend = ScratchBackend(
-        model, tokenizer, name=name or f"scratch:{path}", prefix_cache_bytes=prefix_cache_bytes
-    )
-    backend.weights_path = weights
-    backend.use_chat_template(template)
-    return backend
-
-
-def _looks_like_a_path(arg: str) -> bool:
-    """Whether ``arg`` is written as a path (absolute, home- or dot-relative, or with a folder
-    separator beyond a hub name's one ``owner/name``), so that a missing one is not looked up
-    on the hub."""
-    return (
-        arg.startswith(("/", "~", ".")) or arg.count("/") > 1 or (os.sep != "/" and os.sep in arg)
-    )
-
-
-def _with_adapter(folder: Path, device: str | None, prefix_cache_bytes: int) -> ScratchBackend:
-    """``scratch:DIR`` for a LoRA adapter folder: its base (by the spec it records), checked
-    against the recorded fingerprint, with the adapter merged in. The backend's weights file is
-    the adapter's, so its cache identity is the adapter's, not the base's; ``adapter`` and
-    ``adapter_sha256`` say which adapter, as it was when loaded."""
-    config = read_adapter_config(folder)
-    base = from_spec(config["base"]["spec"].partition(":")[2], device=device, prefix_cache_bytes=0)
-    apply_adapter(base.model, folder, config)
-    backend = ScratchBackend(
-        base.model, base.tokenizer, name=f"scratch:{folder}", prefix_cache_bytes=prefix_cache_bytes
-    )
-    backend.weights_path = folder / ADAPTER_FILE
-    backend.use_chat_template(base.chat_template)
-    backend.adapter = folder
-    backend.adapter_sha256 = adapter_fingerprint(folder)
-    return backend

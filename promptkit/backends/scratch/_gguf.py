@@ -10,7 +10,10 @@ takes four named steps:
 3. names mapped to ours (:data:`GGUF_NAMES`), and llama.cpp's rotary permutation of the query
    and key projections undone (:func:`unpermute`) for the ``llama`` architecture;
 4. the tokenizer built from the metadata by transformers' GGUF conversion (kept in the model
-   cache after the first load).
+   cache after the first load);
+5. the weights brought to the precision asked for (``dtype``, see ``_quant``): for int4, the
+   Q4_0 and Q4_1 blocks are taken as they are (:func:`int4_weights`), not dequantized and
+   quantized again; ``auto`` keeps a Q4 file int4 and a Q8_0 file int8.
 
 Needs the ``gguf`` package (and transformers for the tokenizer); raises ConfigurationError
 naming what is missing or unsupported.
@@ -25,11 +28,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ...errors import ConfigurationError
 from .._chat_templates import ChatTemplate
 from ._checkpoint import load_state
+from ._quant import GROUP, Int4Weights, auto_precision, reduce_precision
 from ._tokenizer import Tokenizer
 from .llama import Llama, LlamaConfig
 
@@ -38,6 +43,7 @@ __all__ = [
     "config_from_gguf",
     "gguf_chat_template",
     "gguf_tokenizer",
+    "int4_weights",
     "load_gguf",
     "read_gguf",
     "unpermute",
@@ -61,6 +67,8 @@ GGUF_NAMES = {
     "ffn_down": "mlp.down_proj",
 }
 GLOBAL_NAMES = {"token_embd": "wte", "output_norm": "norm", "output": "lm_head"}
+# Block types whose precision a model keeps under dtype="auto" (those of its blocks' weights).
+FILE_PRECISIONS = {"Q4_0": "int4", "Q4_1": "int4", "Q8_0": "int8"}
 
 
 def _gguf() -> Any:
@@ -158,26 +166,67 @@ def unpermute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     return weight.reshape(n_head, half, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
 
 
+def _our_name(name: str, config: LlamaConfig, arch: str) -> tuple[str, int | None]:
+    """Our name for a GGUF tensor, and the head count to unpermute its rows by (None when
+    they are in our order already)."""
+    stem, _, kind = name.rpartition(".")  # "blk.3.attn_q", "weight"
+    parts = stem.split(".")
+    if parts[0] == "blk" and len(parts) == 3 and parts[2] in GGUF_NAMES:
+        heads = {"attn_q": config.n_head, "attn_k": config.n_kv_head}.get(parts[2])
+        return f"h.{parts[1]}.{GGUF_NAMES[parts[2]]}.{kind}", heads if arch in PERMUTED else None
+    if stem in GLOBAL_NAMES:
+        return f"{GLOBAL_NAMES[stem]}.{kind}", None
+    return name, None  # unknown: load_state names it as unexpected
+
+
 def state_from_gguf(
     tensors: dict[str, torch.Tensor], config: LlamaConfig, arch: str
 ) -> dict[str, torch.Tensor]:
     """GGUF tensors under our names, with Q and K unpermuted where the architecture needs it."""
     state = {}
     for name, tensor in tensors.items():
-        stem, _, kind = name.rpartition(".")  # "blk.3.attn_q", "weight"
-        parts = stem.split(".")
-        if parts[0] == "blk" and len(parts) == 3 and parts[2] in GGUF_NAMES:
-            ours = f"h.{parts[1]}.{GGUF_NAMES[parts[2]]}.{kind}"
-            if arch in PERMUTED and parts[2] == "attn_q":
-                tensor = unpermute(tensor, config.n_head)
-            elif arch in PERMUTED and parts[2] == "attn_k":
-                tensor = unpermute(tensor, config.n_kv_head)
-        elif stem in GLOBAL_NAMES:
-            ours = f"{GLOBAL_NAMES[stem]}.{kind}"
-        else:
-            ours = name  # unknown: load_state names it as unexpected
-        state[ours] = tensor
+        ours, heads = _our_name(name, config, arch)
+        state[ours] = tensor if heads is None else unpermute(tensor, heads)
     return state
+
+
+def int4_weights(path: Path, config: LlamaConfig, arch: str) -> dict[str, Int4Weights]:
+    """The Q4_0 and Q4_1 linear weights of a GGUF file as int4 weights, block for block
+    (by our module names, Q and K unpermuted): a Q4_1 block ``d * q + m`` has scale ``d`` and
+    zero ``m + 8d``, a Q4_0 block ``d * (q - 8)`` scale ``d`` and zero 0."""
+    found = {}
+    for tensor in _gguf().GGUFReader(str(path)).tensors:
+        kind = tensor.tensor_type.name
+        ours, heads = _our_name(tensor.name, config, arch)
+        if kind not in ("Q4_0", "Q4_1") or not ours.startswith("h.") or len(tensor.shape) != 2:
+            continue
+        out, width = (int(n) for n in reversed(tensor.shape))
+        blocks = np.asarray(tensor.data).reshape(out, width // GROUP, -1)  # (out, groups, bytes)
+        d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # (out, groups)
+        if kind == "Q4_1":
+            m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+            zero, packed = m + 8 * d, blocks[..., 4:]
+        else:
+            zero, packed = np.zeros_like(d), blocks[..., 2:]
+        # byte j of a block holds value j (low nibble) and value j + 16 (high nibble)
+        codes = np.concatenate((packed & 0x0F, packed >> 4), axis=-1).reshape(out, width)
+        weights = Int4Weights(
+            torch.from_numpy(codes.astype(np.uint8)), torch.from_numpy(d), torch.from_numpy(zero)
+        )
+        if heads is not None:
+            order = unpermute(torch.arange(out), heads)
+            weights = weights.rows(order)
+        found[ours.removesuffix(".weight")] = weights
+    return found
+
+
+def file_precision(path: Path) -> str | None:
+    """The precision a GGUF file's block weights are quantized to (int4 for Q4_0/Q4_1, int8
+    for Q8_0; the most common type among them), or None for another type."""
+    tensors = _gguf().GGUFReader(str(path)).tensors
+    kinds = [t.tensor_type.name for t in tensors if t.name.startswith("blk.") and len(t.shape) == 2]
+    common = max(set(kinds), key=kinds.count) if kinds else None
+    return FILE_PRECISIONS.get(common) if common is not None else None
 
 
 def gguf_tokenizer(path: Path) -> Tokenizer:
@@ -229,16 +278,22 @@ def _convert_tokenizer(path: Path) -> tuple[Any, str]:
 
 
 def load_gguf(
-    path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", dtype: str | None = None
 ) -> tuple[Llama, Tokenizer]:
-    """A GGUF file as our Llama and its tokenizer (see the module docstring for the steps);
-    raises ConfigurationError."""
+    """A GGUF file as our Llama in precision ``dtype`` (default float32; ``auto``: the file's
+    own where it is Q4 or Q8_0, see ``_quant``) and its tokenizer (see the module docstring
+    for the steps); raises ConfigurationError."""
     source = Path(path)
     metadata, tensors = read_gguf(source)
     config = config_from_gguf(metadata, tensors, str(source))
     model = Llama(config)
-    state = state_from_gguf(tensors, config, metadata["general.architecture"])
-    load_state(model, state, source)
+    arch = metadata["general.architecture"]
+    load_state(model, state_from_gguf(tensors, config, arch), source)
+    del tensors
+    if dtype == "auto":
+        dtype = auto_precision(torch.device(device).type, file_precision(source))
+    known = int4_weights(source, config, arch) if dtype == "int4" else None
+    reduce_precision(model, dtype or "float32", known)
     tokenizer = gguf_tokenizer(source)
     if tokenizer.vocab_size > config.vocab_size:
         raise ConfigurationError(

@@ -23,6 +23,7 @@ from torch import nn
 from ...errors import ConfigurationError
 from ._gpt2_extras import LocalMix, alibi_bias, alibi_slopes, mimetic, sinusoids, smeared
 from ._layout import FEW_ROWS, Linear, rows_times
+from ._quant import Int8Linear
 
 __all__ = ["GPT", "PRESETS", "GPTConfig", "KVCache", "attention_mask", "preset"]
 
@@ -258,6 +259,7 @@ class GPT(nn.Module):
             if config.tie_embeddings
             else nn.Linear(config.n_embd, config.vocab_size, bias=False)
         )
+        self.head: Int8Linear | None = None  # the output projection in int8 (see _quant)
         self.apply(self._init_weights)
         for name, parameter in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
@@ -316,6 +318,8 @@ class GPT(nn.Module):
                 positions = torch.arange(past, past + T, device=idx.device).expand(B, T)
             x = x + self.wpe(positions)
         x = self.drop(x)
+        if mask is not None and mask.is_floating_point():  # ALiBi biases, in the model's dtype
+            mask = mask.to(x.dtype)
         valid = key_valid[:, past:] if key_valid is not None else None
         for i, block in enumerate(self.h):
             layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
@@ -323,27 +327,37 @@ class GPT(nn.Module):
             x = block(x, mask, layer_cache, past, has_previous, valid, inputs)
         if cache is not None:
             cache.length = past + T
-        return self.ln_f(x)  # type: ignore[no-any-return]
+        out: torch.Tensor = self.ln_f(x)
+        return out.float()  # float32 whatever the weights' precision
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Project hidden states to vocabulary logits: ``(..., n_embd) -> (..., vocab)``.
+        """Project hidden states to float32 vocabulary logits: ``(..., n_embd) -> (..., vocab)``.
 
         Without gradients it multiplies by a cached ``(n_embd, vocab)`` copy of the output
-        matrix (the fast layout, see :class:`Linear`), refreshed whenever the weights change.
+        matrix (the fast layout, see :class:`Linear`), refreshed whenever the weights change;
+        in reduced precision, by the int8 head or the bfloat16 matrix.
         """
-        if torch.is_grad_enabled() and self.output_weight.requires_grad:
-            return F.linear(hidden, self.output_weight)
+        weight = self.output_weight
+        if self.head is not None:
+            projected: torch.Tensor = self.head(hidden)
+            return projected.float()
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return F.linear(hidden, weight)
+        if weight.dtype != hidden.dtype:
+            return F.linear(hidden.to(weight.dtype), weight).float()
         rows = hidden.numel() // hidden.size(-1)
         if 1 < rows <= FEW_ROWS:
-            return rows_times(self.output_weight, hidden)
+            return rows_times(weight, hidden)
         return hidden @ self.output_matrix()
 
     def output_matrix(self) -> torch.Tensor:
-        """The output matrix as ``(n_embd, vocab)``, cached until the weights change."""
-        weight = self.output_weight
+        """The float32 output matrix as ``(n_embd, vocab)`` (the int8 head's, when there is
+        one), cached until the weights change."""
+        weight = self.output_weight if self.head is None else self.head.weight
         key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
         if getattr(self, "_output_key", None) != key:
-            self._output_t = weight.detach().t().contiguous()
+            full = weight if self.head is None else self.head.dequantized()
+            self._output_t = full.detach().float().t().contiguous()
             self._output_key = key
         return self._output_t
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigurationError
+from ._quant import Int8Linear
 from .gpt2 import KVCache, attention_mask
 
 __all__ = ["Llama", "LlamaCache", "LlamaConfig"]
@@ -88,8 +89,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps)  # x / rms(x), one fused op
         return self.weight * h.to(x.dtype)
 
 
@@ -143,6 +143,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.n_embd, config.n_kv_head * config.head_dim, bias=qkv)
         self.v_proj = nn.Linear(config.n_embd, config.n_kv_head * config.head_dim, bias=qkv)
         self.o_proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.o_bias)
+        # q, k and v as one product, in reduced precision (``_quant`` joins them)
+        self.qkv_proj: nn.Module | None = None
+        self.widths = (config.n_head * config.head_dim, *[config.n_kv_head * config.head_dim] * 2)
 
     def forward(
         self,
@@ -154,9 +157,13 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.size()  # batch, time, channels
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
-        q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k_proj(x).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        v = self.v_proj(x).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split(self.widths, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         cos, sin = rotation
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
@@ -187,9 +194,15 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.n_embd, config.n_inner, bias=False)
         self.up_proj = nn.Linear(config.n_embd, config.n_inner, bias=False)
         self.down_proj = nn.Linear(config.n_inner, config.n_embd, bias=False)
+        # gate and up as one product, in reduced precision (``_quant`` joins them)
+        self.gate_up_proj: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        out: torch.Tensor = self.down_proj(F.silu(gate) * up)
         return out
 
 
@@ -245,6 +258,7 @@ class Llama(nn.Module):
             if config.tie_embeddings
             else nn.Linear(config.n_embd, config.vocab_size, bias=False)
         )
+        self.head: Int8Linear | None = None  # the output projection in int8 (see _quant)
         self.inv_freq: torch.Tensor  # rotary frequencies (move with .to(device), never saved)
         self.register_buffer("inv_freq", rotary_frequencies(config), persistent=False)
         self._output_key: tuple[Any, ...] | None = None  # what _output_t was copied from
@@ -281,21 +295,30 @@ class Llama(nn.Module):
             x = block(x, rotation, mask, layer_cache, past)
         if cache is not None:
             cache.length = past + T
-        out: torch.Tensor = self.norm(x)
+        out: torch.Tensor = self.norm(x).float()  # float32 whatever the weights' precision
         return out
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Project hidden states to vocabulary logits: ``(..., n_embd) -> (..., vocab)``."""
-        if torch.is_grad_enabled() and self.output_weight.requires_grad:
-            return F.linear(hidden, self.output_weight)
+        """Project hidden states to float32 vocabulary logits: ``(..., n_embd) -> (..., vocab)``
+        (in reduced precision, by the int8 head or the bfloat16 matrix)."""
+        weight = self.output_weight
+        if self.head is not None:
+            projected: torch.Tensor = self.head(hidden)
+            return projected.float()
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return F.linear(hidden, weight)
+        if weight.dtype != hidden.dtype:
+            return F.linear(hidden.to(weight.dtype), weight).float()
         return hidden @ self.output_matrix()
 
     def output_matrix(self) -> torch.Tensor:
-        """The output matrix as ``(n_embd, vocab)``, cached until the weights change."""
-        weight = self.output_weight
+        """The float32 output matrix as ``(n_embd, vocab)`` (the int8 head's, when there is
+        one), cached until the weights change."""
+        weight = self.output_weight if self.head is None else self.head.weight
         key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
         if self._output_key != key:
-            self._output_t = weight.detach().t().contiguous()
+            full = weight if self.head is None else self.head.dequantized()
+            self._output_t = full.detach().float().t().contiguous()
             self._output_key = key
         return self._output_t
 
