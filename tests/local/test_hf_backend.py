@@ -287,7 +287,7 @@ def test_hf_hub_offline_fails_at_once_in_one_line(monkeypatch):
 def test_the_scratch_backend_identity_holds_its_checkpoint_files(backend, hf_folder):
     identity = backend.cache_identity()
     assert identity["folder"] == str(hf_folder.resolve())
-    assert identity["dtype"] == "torch.float32" and identity["device"] == "cpu"
+    assert identity["dtype"] == "float32" and identity["device"] == "cpu"
     names = {name for name, _, _ in identity["files"]}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
 
