@@ -228,7 +228,9 @@ def test_plain_scratch_is_the_model_shipped_in_the_package(hf_folder, tmp_path, 
     monkeypatch.setattr(promptkit.models, "MINI", tmp_path / "mini")
     with pytest.raises(ConfigurationError, match="ships no default model"):
         pk.get_backend("scratch")
-    with pytest.raises(pk.errors.UsageError, match="no backend configured and no model to fall back on"):
+    with pytest.raises(
+        pk.errors.UsageError, match="no backend configured and no model to fall back on"
+    ):
         backend_for(None, pk.load_prompt("sentiment"))
     shutil.copytree(hf_folder, tmp_path / "mini")
     for chosen in (
