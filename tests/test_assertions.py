@@ -628,12 +628,15 @@ def test_code_bugs_set_is_eval_data_for_the_code_explanation_template(tmp_path):
         )
         assert found.value and item.metadata["bug"] and item.inputs["code_language"]
     first, second = items[:2]
-    answer = {"summary": "s", "methods": [], "optimizations": []}
+
+    def answer(item: Any, issue: str) -> str:
+        method = {"name": item.metadata["functions"][0], "walkthrough": "w"}
+        record = {"summary": "s", "methods": [method], "optimizations": ["o"]}
+        return json.dumps({**record, "potential_issues": [issue]})
+
     replies = [
-        json.dumps(
-            {**answer, "potential_issues": [f"Watch out: {first.assertions[0].value[0].upper()}"]}
-        ),
-        json.dumps({**answer, "potential_issues": ["Nothing wrong here."]}),
+        answer(first, f"Watch out: {first.assertions[0].value[0].upper()}"),
+        answer(second, "Nothing wrong here."),
     ]
     (report,) = evaluate(prompt, items[:2], backend=pk.backends.ScriptedBackend(replies))
     assert report.correct == [True, False]

@@ -54,6 +54,7 @@ def test_backends_surface_is_locked():
         "Backend",
         "Capabilities",
         "Completion",
+        "DefaultBackend",
         "FunctionCall",
         "GenerationConfig",
         "Message",
@@ -64,6 +65,7 @@ def test_backends_surface_is_locked():
         "ToolSpec",
         "Usage",
         "available_backends",
+        "default_backend",
         "get_backend",
     ]
 
