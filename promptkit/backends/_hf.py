@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Generator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +24,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from ..errors import BackendError, ConfigurationError, UnsupportedCapabilityError
+from ..errors import BackendError, ConfigurationError
 from ._base import Completion, GenerationConfig, Message, Usage, cut_at_stop
 from ._chat_templates import ChatTemplate
 from ._hf_adapter import is_hf_adapter_folder, merged_adapter, read_hf_adapter
@@ -68,17 +67,7 @@ class HFBackend(LocalScoring):
             config, "max_position_embeddings", None
         )
         self.capabilities = LOCAL_CAPABILITIES
-        self.chat_template: ChatTemplate | None = None  # the model's own, when it has one
-
-    def use_chat_template(self, template: ChatTemplate | None) -> None:
-        """Render chat messages with ``template`` (the model's own) and declare ``chat``; None
-        goes back to flattening messages into text."""
-        self.chat_template = template
-        self.capabilities = replace(
-            LOCAL_CAPABILITIES,
-            chat=template is not None,
-            tool_template=template is not None and template.takes_tools,
-        )
+        self.chat_template = None
 
     @property
     def device(self) -> torch.device:
@@ -196,10 +185,7 @@ class HFBackend(LocalScoring):
         """The prompt ids of ``messages``: the chat template's text, assistant turn opened, with
         its special tokens recognised (message contents were rendered into it as text), and
         the config's tools in its tools slot."""
-        if self.chat_template is None:
-            raise UnsupportedCapabilityError(self.name, "chat")
-        tools = config.tools if config is not None else ()
-        text = self.chat_template.render(messages, add_generation_prompt=True, tools=tools)
+        text = self._chat_text(messages, config)
         return list(self.tokenizer.hf(text, add_special_tokens=False)["input_ids"])
 
     def _chat(self, messages: list[Message], config: GenerationConfig) -> Completion:

@@ -9,21 +9,29 @@ that every local backend scores with exactly the same semantics.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from ..errors import ConfigurationError, ContextWindowError, InputValidationError
+from ..errors import (
+    ConfigurationError,
+    ContextWindowError,
+    InputValidationError,
+    UnsupportedCapabilityError,
+)
 from ._base import (
     Backend,
     Capabilities,
     Completion,
     GenerationConfig,
+    Message,
     PerplexityStats,
     TokenLogprob,
     check_choices,
 )
+from ._chat_templates import ChatTemplate
 
 __all__ = [
     "LOCAL_CAPABILITIES",
@@ -57,6 +65,26 @@ class LocalScoring(Backend):
     """Scoring for backends that hold a model: see the module docstring for the hooks."""
 
     tokenizer: Any  # encode(text) -> list[int], eot_id: int
+    chat_template: ChatTemplate | None = None  # the model's own, when it has one
+
+    def use_chat_template(self, template: ChatTemplate | None) -> None:
+        """Render chat messages with ``template`` (the model's own) and declare ``chat`` (and
+        ``tool_template`` when it has a tools slot); None goes back to flattening messages."""
+        self.chat_template = template
+        self.capabilities = replace(
+            LOCAL_CAPABILITIES,
+            chat=template is not None,
+            tool_template=template is not None and template.takes_tools,
+        )
+
+    def _chat_text(self, messages: list[Message], config: GenerationConfig | None) -> str:
+        """The prompt text of ``messages``: the chat template's rendering with the assistant's
+        turn opened and the config's tools in its tools slot. Raises
+        UnsupportedCapabilityError for a model without a chat template."""
+        if self.chat_template is None:
+            raise UnsupportedCapabilityError(self.name, "chat")
+        tools = config.tools if config is not None else ()
+        return self.chat_template.render(messages, add_generation_prompt=True, tools=tools)
 
     @property
     def device(self) -> torch.device:

@@ -10,15 +10,12 @@ instruction and demonstrations, a system prompt) compute it once.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from ...errors import UnsupportedCapabilityError
 from .._base import Completion, GenerationConfig, Message, PromptInput, Usage, cut_at_stop
-from .._chat_templates import ChatTemplate
 from .._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
 from .._masking import TokenMasker, llg_tokenizer
 from ._prefix_cache import (
@@ -61,18 +58,8 @@ class ScratchBackend(LocalScoring):
         self.adapter_sha256: str | None = None  # its fingerprint when it was loaded
         self.context_window = model.config.context_length
         self.capabilities = LOCAL_CAPABILITIES
-        self.chat_template: ChatTemplate | None = None  # the model's own, when it has one
+        self.chat_template = None
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
-
-    def use_chat_template(self, template: ChatTemplate | None) -> None:
-        """Render chat messages with ``template`` (the model's own) and declare ``chat``; None
-        goes back to flattening messages into text."""
-        self.chat_template = template
-        self.capabilities = replace(
-            LOCAL_CAPABILITIES,
-            chat=template is not None,
-            tool_template=template is not None and template.takes_tools,
-        )
 
     @property
     def device(self) -> torch.device:
@@ -156,10 +143,7 @@ class ScratchBackend(LocalScoring):
         """The prompt ids of ``messages``: the chat template's text, assistant turn opened, with
         its special tokens recognised (message contents were rendered into it as text), and
         the config's tools in its tools slot."""
-        if self.chat_template is None:
-            raise UnsupportedCapabilityError(self.name, "chat")
-        tools = config.tools if config is not None else ()
-        text = self.chat_template.render(messages, add_generation_prompt=True, tools=tools)
+        text = self._chat_text(messages, config)
         ids: list[int] = self.tokenizer.encode_with_special_tokens(text)
         return ids
 
