@@ -260,50 +260,23 @@ def eval_command(
         ResultsLog.open(out, fingerprint, total=plan.total, resume=resume) as log,
         ItemProgress(plan.total - log.count + extra) as progress,
     ):
+        common: dict[str, Any] = {
+            "select": selection,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_attempts": max_attempts,
+            "on_item": progress.advance,
+            "grader": grader,
+            "sandbox": sandbox,
+        }
         if api is not None:
-            outcome = run_batch_evaluation(
-                plan,
-                backend=backend,
-                api=api,
-                log=log,
-                select=selection,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                max_attempts=max_attempts,
-                on_item=progress.advance,
-                grader=grader,
-                sandbox=sandbox,
-            )
+            outcome = run_batch_evaluation(plan, backend=backend, api=api, log=log, **common)
         else:
             outcome = run_evaluation(
-                plan,
-                backend=backend,
-                select=selection,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                max_attempts=max_attempts,
-                method=kind,
-                on_item=progress.advance,
-                concurrency=concurrency,
-                log=log,
-                grader=grader,
-                sandbox=sandbox,
+                plan, backend=backend, method=kind, concurrency=concurrency, log=log, **common
             )
-        vs_runs = run_vs_backends(
-            plan,
-            others,
-            on_item=progress.advance,
-            select=selection,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            max_attempts=max_attempts,
-            method=kind,
-            grader=grader,
-            sandbox=sandbox,
-        )
+        vs_runs = run_vs_backends(plan, others, method=kind, **common)
     backend_comparisons = compare_backends(backend.name, outcome.runs[name], vs_runs)
     written = write_report(
         out,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigurationError
@@ -39,6 +40,7 @@ __all__ = [
     "Int8Linear",
     "auto_precision",
     "check_precision",
+    "plain_logits",
     "precision_of",
     "reduce_precision",
     "split_spec_dtype",
@@ -311,3 +313,19 @@ def precision_of(model: nn.Module) -> str:
     if Int8Linear in kinds:
         return "int8"
     return str(model.get_submodule("wte").weight.dtype).removeprefix("torch.")
+
+
+def plain_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, head: Int8Linear | None
+) -> torch.Tensor | None:
+    """Float32 logits of ``hidden`` where no fast float32 layout applies: through the int8
+    ``head``, the bfloat16 ``weight``, or ``weight`` itself while training (gradients flow);
+    None when the caller's float32 inference path should project."""
+    if head is not None:
+        projected: torch.Tensor = head(hidden)
+        return projected.float()
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return F.linear(hidden, weight)
+    if weight.dtype != hidden.dtype:
+        return F.linear(hidden.to(weight.dtype), weight).float()
+    return None

@@ -23,7 +23,7 @@ from torch import nn
 from ...errors import ConfigurationError
 from ._gpt2_extras import LocalMix, alibi_bias, alibi_slopes, mimetic, sinusoids, smeared
 from ._layout import FEW_ROWS, Linear, rows_times
-from ._quant import Int8Linear
+from ._quant import Int8Linear, plain_logits
 
 __all__ = ["GPT", "PRESETS", "GPTConfig", "KVCache", "attention_mask", "preset"]
 
@@ -338,13 +338,9 @@ class GPT(nn.Module):
         in reduced precision, by the int8 head or the bfloat16 matrix.
         """
         weight = self.output_weight
-        if self.head is not None:
-            projected: torch.Tensor = self.head(hidden)
-            return projected.float()
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return F.linear(hidden, weight)
-        if weight.dtype != hidden.dtype:
-            return F.linear(hidden.to(weight.dtype), weight).float()
+        plain = plain_logits(hidden, weight, self.head)
+        if plain is not None:
+            return plain
         rows = hidden.numel() // hidden.size(-1)
         if 1 < rows <= FEW_ROWS:
             return rows_times(weight, hidden)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigurationError
-from ._quant import Int8Linear
+from ._quant import Int8Linear, plain_logits
 from .gpt2 import KVCache, attention_mask
 
 __all__ = ["Llama", "LlamaCache", "LlamaConfig"]
@@ -302,13 +302,9 @@ class Llama(nn.Module):
         """Project hidden states to float32 vocabulary logits: ``(..., n_embd) -> (..., vocab)``
         (in reduced precision, by the int8 head or the bfloat16 matrix)."""
         weight = self.output_weight
-        if self.head is not None:
-            projected: torch.Tensor = self.head(hidden)
-            return projected.float()
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return F.linear(hidden, weight)
-        if weight.dtype != hidden.dtype:
-            return F.linear(hidden.to(weight.dtype), weight).float()
+        plain = plain_logits(hidden, weight, self.head)
+        if plain is not None:
+            return plain
         return hidden @ self.output_matrix()
 
     def output_matrix(self) -> torch.Tensor:
