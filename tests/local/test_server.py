@@ -260,7 +260,7 @@ def wide_url(tmp_path_factory):
 def test_bundled_templates_run_end_to_end_through_the_server(wide_url, name):
     remote = from_spec("w", base_url=f"{wide_url}/v1", completions=True, max_retries=0)
     prompt = pk.load_prompt(name)
-    config = (prompt.config or GenerationConfig()).replace(max_tokens=48)
+    config = (prompt.config or GenerationConfig()).replace(max_tokens=64)
     try:
         result = prompt.run(prompt.metadata["sample"], backend=remote, config=config)
         assert prompt.output.parse(result.text) == result.output
