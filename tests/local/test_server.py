@@ -251,7 +251,7 @@ def wide_url(tmp_path_factory):
     from .conftest import make_hf_gpt2
 
     # room for every bundled template with its re-asks (the code explainer's three attempts)
-    folder = make_hf_gpt2(tmp_path_factory.mktemp("serve-wide"), n_positions=2048)
+    folder = make_hf_gpt2(tmp_path_factory.mktemp("serve-wide"), n_positions=4096)
     with serve_in_thread(create_app(pk.get_backend(f"scratch:{folder}"), model_name="w")) as base:
         yield base
 
