@@ -28,7 +28,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -259,12 +259,34 @@ class CachedBackend(Backend):
             return self.backend.generate_batch(prompts, config)
         identity = self.cache_identity()
         keys = [request_key(identity, prompt, config) for prompt in prompts]
+        return self._cached(
+            keys, lambda missing: self.backend.generate_batch([prompts[i] for i in missing], config)
+        )
+
+    def generate_samples(
+        self, prompt: PromptInput, config: GenerationConfig, seeds: Sequence[int]
+    ) -> list[Completion]:
+        """Answer the seeds drawn before from the cache (each sample is deterministic under
+        its seed) and draw the rest from the wrapped backend together."""
+        identity = self.cache_identity()
+        keys = [request_key(identity, prompt, config.replace(seed=seed)) for seed in seeds]
+        return self._cached(
+            keys,
+            lambda missing: self.backend.generate_samples(
+                prompt, config, [seeds[i] for i in missing]
+            ),
+        )
+
+    def _cached(
+        self, keys: list[str], draw: Callable[[list[int]], list[Completion]]
+    ) -> list[Completion]:
+        """The cached answer of each key; ``draw(missing)`` generates those of the missing
+        positions together, and they are stored."""
         answers: list[Completion | None] = [self.cache.get(key) for key in keys]
         missing = [i for i, answer in enumerate(answers) if answer is None]
         if missing:
             self.calls += len(missing)
-            fresh = self.backend.generate_batch([prompts[i] for i in missing], config)
-            for i, completion in zip(missing, fresh, strict=True):
+            for i, completion in zip(missing, draw(missing), strict=True):
                 self.cache.put(keys[i], completion)
                 answers[i] = completion
         return [answer for answer in answers if answer is not None]

@@ -167,6 +167,18 @@ def test_a_batch_goes_through_the_cache(cache):
     assert backend.calls == 3 and len(cache) == 3
 
 
+def test_samples_are_cached_one_per_seed(cache):
+    scripted = ScriptedBackend(["s1", "s2", "s3"])
+    backend = CachedBackend(scripted, cache)
+    sampled = GenerationConfig(max_tokens=5, temperature=0.8)
+    assert backend.generate("p", sampled.replace(seed=2)).text == "s1"  # seed 2 drawn before
+    drawn = backend.generate_samples("p", sampled, [1, 2, 3])
+    assert [c.text for c in drawn] == ["s2", "s1", "s3"]
+    assert [r.config.seed for r in scripted.requests] == [2, 1, 3]  # only the missing seeds
+    again = backend.generate_samples("p", sampled, [3, 1])
+    assert [c.text for c in again] == ["s3", "s2"] and backend.calls == 3 and len(cache) == 3
+
+
 def test_a_batch_sampled_without_a_seed_skips_the_cache(cache):
     backend = CachedBackend(ScriptedBackend(["x", "y"]), cache)
     sampled = GenerationConfig(temperature=0.9)

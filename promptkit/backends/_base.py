@@ -328,6 +328,17 @@ class Backend:
         """
         return [self.generate(prompt, config) for prompt in prompts]
 
+    def generate_samples(
+        self, prompt: PromptInput, config: GenerationConfig, seeds: Sequence[int]
+    ) -> list[Completion]:
+        """One sampled completion of ``prompt`` per seed, in order: for each ``s`` what
+        ``generate(prompt, config.replace(seed=s))`` gives (pass@k's n samples of a problem).
+
+        Backends that declare ``capabilities.batching`` draw them together; this default
+        draws one after the other. Raises what :meth:`generate` raises.
+        """
+        return [self.generate(prompt, config.replace(seed=seed)) for seed in seeds]
+
     async def agenerate(
         self, prompt: PromptInput, config: GenerationConfig | None = None
     ) -> Completion:

@@ -347,6 +347,9 @@ def safe_prefix(text: str, stops: Sequence[str]) -> str:
     return text
 
 
+NUCLEUS_CANDIDATES = 256  # most likely tokens tried first for the nucleus (else: the whole sort)
+
+
 def sample_next(
     logits: torch.Tensor, config: GenerationConfig, generators: Sequence[torch.Generator] | None
 ) -> torch.Tensor:
@@ -356,21 +359,41 @@ def sample_next(
     if config.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / config.temperature
-    if config.top_k is not None and config.top_k < logits.size(-1):
-        kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if config.top_p < 1.0:
-        ordered, order = torch.sort(logits, dim=-1, descending=True)
-        probs = ordered.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > config.top_p  # keep the smallest set >= top_p
-        ordered = ordered.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
-    probs = logits.softmax(dim=-1)
+    values, ids = _candidates(logits, config)
+    if ids is not None:  # drawn over the whole vocabulary still: the draws transformers makes
+        values = torch.full_like(logits, float("-inf")).scatter(-1, ids, values)
+    probs = values.softmax(dim=-1)
     rows = [
         torch.multinomial(probs[i], 1, generator=generators[i] if generators else None)
         for i in range(probs.size(0))
     ]
     return torch.cat(rows)
+
+
+def _candidates(
+    logits: torch.Tensor, config: GenerationConfig
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The logits ``(B, n)`` a token is drawn from after top-k and top-p filtering (dropped
+    ones at -inf) and their token ids (None: the whole vocabulary, in order).
+
+    The nucleus is looked for among the :data:`NUCLEUS_CANDIDATES` most likely tokens first:
+    when they hold ``top_p`` of every row's probability it lies among them, the same set a
+    sort of the whole vocabulary gives, at a fraction of the cost; else the whole is sorted.
+    """
+    vocab = logits.size(-1)
+    if config.top_k is None and config.top_p >= 1.0:
+        return logits, None
+    values, ids = torch.topk(logits, min(config.top_k or NUCLEUS_CANDIDATES, vocab), dim=-1)
+    if config.top_p >= 1.0:
+        return values, ids
+    # top-p over what top-k kept (renormalised), or over the whole vocabulary
+    total = (values if config.top_k is not None else logits).logsumexp(dim=-1, keepdim=True)
+    probs = (values - total).exp()
+    if config.top_k is None and values.size(-1) < vocab and (probs.sum(-1) < config.top_p).any():
+        values, ids = torch.sort(logits, dim=-1, descending=True)
+        probs = (values - total).exp()
+    drop = probs.cumsum(dim=-1) - probs > config.top_p  # keep the smallest set >= top_p
+    return values.masked_fill(drop, float("-inf")), ids
 
 
 FINGERPRINT_FILES = 1000  # most files of a model folder fingerprinted one by one

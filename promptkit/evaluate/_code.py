@@ -101,10 +101,13 @@ def generate_candidates(
 ) -> dict[str, list[Candidate]]:
     """``samples`` completions per problem; sample j is drawn with seed ``config.seed + j``
     (0 + j without a seed), so a run is repeatable and the response cache keeps each sample.
+    A problem's samples are drawn together (:meth:`Backend.generate_samples`: one batch on
+    local backends).
 
-    A backend failure (BackendError) becomes a candidate with ``error`` set (it counts as not
-    passed); errors of use are raised: InputValidationError when the template's inputs do not
-    fit the problems, UnsupportedCapabilityError, ConfigurationError.
+    A backend failure (BackendError) becomes a candidate with ``error`` set for each of the
+    problem's samples (they count as not passed); errors of use are raised:
+    InputValidationError when the template's inputs do not fit the problems,
+    UnsupportedCapabilityError, ConfigurationError.
     """
     fields = set(prompt.input_type.model_fields)
     chat = prompt.style == "chat"
@@ -112,30 +115,32 @@ def generate_candidates(
     candidates: dict[str, list[Candidate]] = {}
     for problem in problems:
         rendered = prompt.render({k: v for k, v in problem.inputs().items() if k in fields})
-        drawn = candidates.setdefault(problem.task_id, [])
-        for j in range(samples):
-            seeded = config
+        began = time.perf_counter()
+        try:
             if config.temperature > 0:
-                seeded = config.replace(seed=(config.seed or 0) + j)
-            began = time.perf_counter()
-            try:
-                answer = backend.generate(rendered, seeded)
-            except BackendError as exc:
-                drawn.append(Candidate("", None, error=" ".join(str(exc).split())))
+                seeds = [(config.seed or 0) + j for j in range(samples)]
+                answers = backend.generate_samples(rendered, config, seeds)
             else:
-                text = answer.text
-                drawn.append(
-                    Candidate(
-                        completion=completion_from_answer(problem, text)
-                        if chat
-                        else cut_at_stop(text, stops)[0],
-                        text=text,
-                        prompt_tokens=answer.usage.prompt_tokens,
-                        completion_tokens=answer.usage.completion_tokens,
-                        latency_s=time.perf_counter() - began,
-                    )
+                answers = [backend.generate(rendered, config) for _ in range(samples)]
+        except BackendError as exc:
+            error = " ".join(str(exc).split())
+            candidates[problem.task_id] = [Candidate("", None, error=error)] * samples
+        else:
+            latency = (time.perf_counter() - began) / samples
+            candidates[problem.task_id] = [
+                Candidate(
+                    completion=completion_from_answer(problem, answer.text)
+                    if chat
+                    else cut_at_stop(answer.text, stops)[0],
+                    text=answer.text,
+                    prompt_tokens=answer.usage.prompt_tokens,
+                    completion_tokens=answer.usage.completion_tokens,
+                    latency_s=latency,
                 )
-            if on_sample is not None:
+                for answer in answers
+            ]
+        if on_sample is not None:
+            for _ in range(samples):
                 on_sample()
     return candidates
 

@@ -49,6 +49,22 @@ def test_batched_generation_equals_generating_alone(backend):
     assert [c.text for c in backend.generate_batch(PROMPTS, sampled)] == [
         backend.generate(p, sampled).text for p in PROMPTS
     ]
+    # rows that stop early leave the batch; the others go on as they would alone
+    for stopping in (config.replace(stop=("018",)), sampled.replace(stop=("examples", "FEC"))):
+        batch = backend.generate_batch(PROMPTS, stopping)
+        alone = [backend.generate(p, stopping) for p in PROMPTS]
+        assert [(c.text, c.usage) for c in batch] == [(c.text, c.usage) for c in alone]
+        assert len({c.usage.completion_tokens for c in alone}) > 1  # they did stop apart
+
+
+def test_samples_drawn_together_equal_each_seed_drawn_alone(backend):
+    config = GenerationConfig(max_tokens=12, temperature=1.0, stop=("e",))
+    together = backend.generate_samples("The quick brown fox", config, [5, 6, 7, 8])
+    alone = [backend.generate("The quick brown fox", config.replace(seed=s)) for s in (5, 6, 7, 8)]
+    assert [c.text for c in together] == [c.text for c in alone]
+    assert [c.finish_reason for c in together] == [c.finish_reason for c in alone]
+    assert [c.usage for c in together] == [c.usage for c in alone]
+    assert len({c.text for c in together}) > 1  # the seeds differ, so do the samples
 
 
 def test_usage_and_finish_reason(backend):
@@ -84,6 +100,32 @@ def test_sample_next_filters():
     assert {scratch_backend.sample_next(logits, nucleus, generators).item() for _ in range(50)} == {
         3
     }
+
+
+@pytest.mark.parametrize("spread", [0.5, 8.0])  # flat (the nucleus is wide) or peaked
+def test_the_nucleus_is_the_one_a_full_sort_gives(spread):
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3000) * spread
+    for config in (
+        GenerationConfig(temperature=1.0, top_p=0.9),
+        GenerationConfig(temperature=1.0, top_p=0.3, top_k=40),
+    ):
+        kept = logits
+        if config.top_k is not None:
+            kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]
+            kept = logits.masked_fill(logits < kth, float("-inf"))
+        ordered, order = torch.sort(kept, dim=-1, descending=True)
+        probs = ordered.softmax(dim=-1)
+        dropped = ordered.masked_fill(probs.cumsum(-1) - probs > config.top_p, float("-inf"))
+        expected = torch.full_like(kept, float("-inf")).scatter(-1, order, dropped)
+        values, ids = _local._candidates(logits, config)
+        assert ids is not None
+        got = torch.full_like(logits, float("-inf")).scatter(-1, ids, values)
+        assert torch.equal(got.isfinite(), expected.isfinite())
+        assert torch.equal(got[got.isfinite()], expected[expected.isfinite()])
+        if config.top_k is None:  # both paths: a nucleus past the first candidates, and within
+            wide = (expected.isfinite().sum(-1) > _local.NUCLEUS_CANDIDATES).any()
+            assert bool(wide) == (spread == 0.5)
 
 
 def test_stop_sequences_cut_the_text_and_stop_generation(backend):

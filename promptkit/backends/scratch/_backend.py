@@ -99,8 +99,24 @@ class ScratchBackend(LocalScoring):
             return [self.generate(prompt, config) for prompt in prompts]
         for prompt in prompts:
             self._check_text(prompt)
-        encoded = self.tokenizer.encode_batch(prompts)
-        outputs, reasons = self.generate_ids(encoded, config)
+        return self._completions(self.tokenizer.encode_batch(prompts), config)
+
+    def generate_samples(
+        self, prompt: PromptInput, config: GenerationConfig, seeds: Sequence[int]
+    ) -> list[Completion]:
+        """One sample per seed, drawn together as one batch of the same prompt whose row j
+        samples with ``seeds[j]`` (each gets what it would get alone; the prompt's keys and
+        values are computed once and shared through the prefix cache when it has one)."""
+        if config.tools or config.temperature == 0 or len(seeds) < 2:
+            return super().generate_samples(prompt, config, seeds)
+        encode = self.tokenizer.encode
+        ids = self._route(prompt, config, lambda text, _: encode(text), self._chat_ids)
+        return self._completions([ids] * len(seeds), config, seeds=list(seeds))
+
+    def _completions(
+        self, encoded: list[list[int]], config: GenerationConfig, seeds: list[int] | None = None
+    ) -> list[Completion]:
+        outputs, reasons = self.generate_ids(encoded, config, seeds=seeds)
         completions = []
         for ids, reason, prompt_ids in zip(outputs, reasons, encoded, strict=True):
             text, _ = cut_at_stop(self.tokenizer.decode(ids), config.stops)
@@ -114,11 +130,13 @@ class ScratchBackend(LocalScoring):
         config: GenerationConfig,
         *,
         stop_at_end_of_text: bool = True,
+        seeds: list[int] | None = None,
     ) -> tuple[list[list[int]], list[str]]:
-        """Token-level generation: the new ids of each prompt and why each ended."""
+        """Token-level generation: the new ids of each prompt and why each ended (row i
+        samples with ``seeds[i]`` when given, else every row with ``config.seed``)."""
         outputs: list[list[int]] = [[] for _ in prompts]
         reasons = ["length"] * len(prompts)
-        for row, token, reason in self._decode(prompts, config, stop_at_end_of_text):
+        for row, token, reason in self._decode(prompts, config, stop_at_end_of_text, seeds):
             if token is not None:
                 outputs[row].append(token)
             if reason is not None:
@@ -207,7 +225,11 @@ class ScratchBackend(LocalScoring):
 
     @torch.inference_mode()
     def _decode(
-        self, prompts: list[list[int]], config: GenerationConfig, stop_at_end_of_text: bool = True
+        self,
+        prompts: list[list[int]],
+        config: GenerationConfig,
+        stop_at_end_of_text: bool = True,
+        seeds: list[int] | None = None,
     ) -> Iterator[tuple[int, int | None, str | None]]:
         """Yield ``(row, token or None, finish reason or None)`` as tokens are produced.
 
@@ -227,7 +249,9 @@ class ScratchBackend(LocalScoring):
         padded = any(len(ids) != longest for ids in prompts)
         positions = (key_valid[:, :longest].cumsum(-1) - 1).clamp(min=0)
         lengths = torch.tensor([len(ids) for ids in prompts], device=device)
-        generators = self._generators(batch, config.seed) if config.temperature > 0 else None
+        generators = (
+            self._generators(seeds or [config.seed] * batch) if config.temperature > 0 else None
+        )
         cache = self.model.new_cache(batch, longest + config.max_tokens)
         start = reuse_prefixes(self.prefix_cache, self.model, cache, prompts, longest)
         hidden = self.model(
@@ -240,19 +264,20 @@ class ScratchBackend(LocalScoring):
         logits = self.model.logits(hidden[:, -1])  # (B, vocab)
         alive = [True] * batch
         generated: list[list[int]] = [[] for _ in prompts]
+        # the prompt each batch row holds: without a grammar, finished rows leave the batch
+        rows = list(range(batch))
         used = 0  # cache slots filled after the prompts (the same for every row)
         while True:
-            live = [row for row in range(batch) if alive[row]]
-            if masker is not None:
+            live = [i for i, row in enumerate(rows) if alive[row]]
+            if masker is not None:  # rows never leave: a batch row is its prompt
                 masker.apply(logits, live)
                 next_tokens = masker.sample(logits, live, config, generators)  # (B,)
             else:
                 next_tokens = sample_next(logits, config, generators)  # (B,)
             feed = [[token] for token in next_tokens.tolist()]
-            for row in live:
-                token = feed[row][0]
+            for i in live:
                 yield from self._take(
-                    row, token, generated, alive, masker, config, stop_at_end_of_text
+                    rows[i], feed[i][0], generated, alive, masker, config, stop_at_end_of_text
                 )
             if masker is not None:  # fast-forward: tokens the grammar forces need no sampling
                 forced = {row: masker.forced(row) for row in range(batch) if alive[row]}
@@ -267,6 +292,14 @@ class ScratchBackend(LocalScoring):
             used += len(feed[0])
             if not any(alive) or used >= config.max_tokens:
                 break
+            if masker is None and not all(alive[row] for row in rows):
+                keep = [i for i, row in enumerate(rows) if alive[row]]
+                index = torch.tensor(keep, device=device)
+                cache.select(index)
+                key_valid = key_valid.index_select(0, index)
+                lengths = lengths.index_select(0, index)
+                rows, feed = [rows[i] for i in keep], [feed[i] for i in keep]
+                generators = [generators[i] for i in keep] if generators else None
             width = len(feed[0])
             steps = torch.arange(width, device=device)
             hidden = self.model(
@@ -311,9 +344,9 @@ class ScratchBackend(LocalScoring):
         tokenizer = llg_tokenizer(self.tokenizer, self.tokenizer.to_llguidance, vocab)
         return TokenMasker.for_request(config, tokenizer, batch=batch, vocab_size=vocab)
 
-    def _generators(self, batch: int, seed: int | None) -> list[torch.Generator]:
+    def _generators(self, seeds: Sequence[int | None]) -> list[torch.Generator]:
         generators = []
-        for _ in range(batch):
+        for seed in seeds:
             generator = torch.Generator(device=self.device)
             if seed is None:
                 generator.seed()
