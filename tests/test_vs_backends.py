@@ -117,6 +117,10 @@ def test_the_report_puts_other_backends_beside_the_base_curve(tmp_path):
     assert "### scratch:tuned (fine-tuned with 0 shots)" in text
     assert "| scripted | 0 | scratch:tuned | 0 | 3 | 3 | 1 |" in text
     assert written[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tmp_path / "report.html").read_text()  # the other backend is a column of the page
+    assert "<th>scratch:tuned · labels · 0 shots</th>" in page
+    assert "<td>scratch:tuned</td>" in page and 'id="backend-comparisons"' in page
+    assert "<td>scripted · 0 shots</td><td>scratch:tuned · 0 shots</td>" in page
     # an older report (no such fields) still reads
     data = json.loads((tmp_path / "report.json").read_text())
     del data["vs_backends"], data["backend_comparisons"]

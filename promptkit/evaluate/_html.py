@@ -36,14 +36,17 @@ _JSON_ESCAPES = str.maketrans(
 
 @dataclass(frozen=True)
 class _Variant:
-    """One column of the item table: a template at one shot count."""
+    """One column of the item table: a template at one shot count, on the main backend or on
+    a ``--vs-backend`` one (``backend`` set)."""
 
     template: str
     shots: int
+    backend: str | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.template} · {self.shots} shot{'' if self.shots == 1 else 's'}"
+        label = f"{self.template} · {self.shots} shot{'' if self.shots == 1 else 's'}"
+        return label if self.backend is None else f"{self.backend} · {label}"
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,10 @@ def _accuracy_page(report: Report, plot_png: bytes | None) -> str:
         _Variant(name, shot.shots) for name, shots in report.templates.items() for shot in shots
     ]
     summaries = [shot for shots in report.templates.values() for shot in shots]
+    first_template = next(iter(report.templates), "")
+    for run in report.vs_backends:  # the first template on each other backend
+        variants += [_Variant(first_template, shot.shots, run.backend) for shot in run.reports]
+        summaries += run.reports
     by_variant = [{item.line: item for item in shot.results} for shot in summaries]
     rows = []
     for line in sorted({line for items in by_variant for line in items}):
