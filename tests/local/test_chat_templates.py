@@ -121,6 +121,14 @@ def test_streaming_messages_gives_the_generated_text(chat_backend):
     )
 
 
+def test_samples_of_messages_drawn_together_equal_each_drawn_alone(chat_backend):
+    config = GenerationConfig(max_tokens=8, temperature=1.0)
+    together = chat_backend.generate_samples(MESSAGES, config, [1, 2, 3])
+    alone = [chat_backend.generate(MESSAGES, config.replace(seed=s)) for s in (1, 2, 3)]
+    assert [(c.text, c.usage) for c in together] == [(c.text, c.usage) for c in alone]
+    assert together[0].usage.prompt_tokens == len(chat_backend._chat_ids(MESSAGES))
+
+
 def test_constrained_json_answer_from_messages_is_valid(chat_backend):
     from pydantic import BaseModel
 
