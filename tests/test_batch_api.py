@@ -226,7 +226,7 @@ def test_a_round_larger_than_a_batch_may_be_is_split(tmp_path, api, monkeypatch)
 
 
 def test_azure_deployments_have_no_batch_api():
-    from promptkit.backends._openai import azure_from_spec
+    from promptkit.backends._openai_spec import azure_from_spec
 
     backend = azure_from_spec(
         "dep", endpoint="https://x.openai.azure.com", api_key="k" * 20, api_version="2024-06-01"

@@ -240,7 +240,8 @@ def test_the_default_identity_names_the_class_and_the_backend():
 
 def test_the_identity_of_an_api_backend_holds_where_it_sends_and_never_the_key():
     openai = pytest.importorskip("openai")
-    from promptkit.backends._openai import OpenAIBackend, azure_from_spec, from_spec
+    from promptkit.backends._openai import OpenAIBackend
+    from promptkit.backends._openai_spec import azure_from_spec, from_spec
 
     key = "sk-live-abcdefghijklmnop123456"
 

@@ -14,11 +14,11 @@ from promptkit._grammar import Grammar
 from promptkit.backends import GenerationConfig
 from promptkit.backends._openai import (
     MIN_SECRET_LENGTH,
-    from_spec,
     request_params,
     response_format,
     scrub,
 )
+from promptkit.backends._openai_spec import from_spec
 from promptkit.errors import BackendError, ConfigurationError, ContextWindowError
 
 openai = pytest.importorskip("openai")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import promptkit as pk
-from promptkit.backends._openai import azure_from_spec, from_spec
+from promptkit.backends._openai_spec import azure_from_spec, from_spec
 
 openai = pytest.importorskip("openai")
 fastapi = pytest.importorskip("fastapi")

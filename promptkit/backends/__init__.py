@@ -60,9 +60,9 @@ _BUILTIN: dict[str, _Builtin] = {
     "scratch": _Builtin(
         "promptkit.backends.scratch._spec", "from_spec", "local", "scratch:MODEL_FOLDER"
     ),
-    "openai": _Builtin("promptkit.backends._openai", "from_spec", "openai", "openai:MODEL"),
+    "openai": _Builtin("promptkit.backends._openai_spec", "from_spec", "openai", "openai:MODEL"),
     "azure": _Builtin(
-        "promptkit.backends._openai", "azure_from_spec", "openai", "azure:DEPLOYMENT"
+        "promptkit.backends._openai_spec", "azure_from_spec", "openai", "azure:DEPLOYMENT"
     ),
 }
 

@@ -18,7 +18,8 @@ import promptkit as pk
 from promptkit._outputs import span_sources
 from promptkit.backends import GenerationConfig
 from promptkit.backends._base import Backend, Capabilities, Completion, Usage
-from promptkit.backends._openai import OpenAIBackend, azure_from_spec, from_spec
+from promptkit.backends._openai import OpenAIBackend
+from promptkit.backends._openai_spec import azure_from_spec, from_spec
 from promptkit.errors import BackendError, ConfigurationError, ContextWindowError
 
 openai = pytest.importorskip("openai")

@@ -13,7 +13,7 @@ from servers import serve_in_thread
 
 import promptkit as pk
 from promptkit.backends import GenerationConfig
-from promptkit.backends._openai import from_spec
+from promptkit.backends._openai_spec import from_spec
 
 pytest.importorskip("llguidance")
 
