@@ -118,22 +118,30 @@ class Worker:
                     self._queue.put(None)  # stop after this round
                     break
                 waiting.append(job)
-            groups: dict[GenerationConfig, list[tuple[Any, Future[Any]]]] = {}
-            for kind, payload, future in waiting:
-                if kind == "generate" and future.set_running_or_notify_cancel():
-                    prompt, config = payload
-                    groups.setdefault(config, []).append((prompt, future))
-            for config, group in groups.items():
-                self._generate(config, group)
-            for kind, payload, future in waiting:
-                if kind == "stream":
-                    self._stream(payload)
-                elif kind == "call" and future.set_running_or_notify_cancel():
-                    function, args = payload
-                    try:
-                        future.set_result(function(*args))
-                    except Exception as exc:
-                        future.set_exception(exc)
+            try:
+                self._round(waiting)
+            except Exception as exc:  # a fault outside the backend's calls: fail what is left
+                _fail(waiting, exc)  # of this round and go on serving
+
+    def _round(self, waiting: list[tuple[str, Any, Any]]) -> None:
+        """Run the jobs taken together: generations grouped by config, then streams and
+        calls in turn."""
+        groups: dict[GenerationConfig, list[tuple[Any, Future[Any]]]] = {}
+        for kind, payload, future in waiting:
+            if kind == "generate" and future.set_running_or_notify_cancel():
+                prompt, config = payload
+                groups.setdefault(config, []).append((prompt, future))
+        for config, group in groups.items():
+            self._generate(config, group)
+        for kind, payload, future in waiting:
+            if kind == "stream":
+                self._stream(payload)
+            elif kind == "call" and future.set_running_or_notify_cancel():
+                function, args = payload
+                try:
+                    future.set_result(function(*args))
+                except Exception as exc:
+                    future.set_exception(exc)
 
     def _generate(self, config: GenerationConfig, group: list[tuple[Any, Future[Any]]]) -> None:
         texts = [self._as_text(prompt) for prompt, _ in group]
@@ -185,3 +193,12 @@ class Worker:
         if self.backend.capabilities.chat:
             return None
         return messages_to_text(prompt)
+
+
+def _fail(waiting: list[tuple[str, Any, Any]], error: Exception) -> None:
+    """End every job of a round that has no answer yet with ``error``."""
+    for kind, payload, future in waiting:
+        if kind == "stream":
+            payload.put("error", error)
+        elif not future.done():
+            future.set_exception(error)
