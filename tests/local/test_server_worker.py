@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from promptkit.backends import GenerationConfig  # noqa: E402
-from promptkit.backends._scripted import ScriptedBackend  # noqa: E402
-from promptkit.server._errors import ApiError  # noqa: E402
-from promptkit.server._worker import Worker  # noqa: E402
+from promptkit.backends import GenerationConfig
+from promptkit.backends._scripted import ScriptedBackend
+from promptkit.server._errors import ApiError
+from promptkit.server._worker import Worker
 
 
 def test_a_fault_in_a_round_fails_its_requests_and_the_worker_lives_on(monkeypatch):
