@@ -30,7 +30,7 @@ import torch
 
 from .._endings import shortest_ending
 from .._grammar import Grammar
-from .._llg import load_llguidance
+from .._llg import BYTE_EOS, load_llguidance
 from ..errors import BackendError, ConstraintError
 from ._base import GenerationConfig
 from ._local import sample_next
@@ -119,6 +119,7 @@ class TokenMasker:
         self._token_bytes: dict[int, bytes] = {}
         self._tokenized: dict[bytes, list[int]] = {}  # endings as tokens, by their bytes
         self.rows: list[_Row] = []
+        self._unmasked: set[int] = set()  # rows a lazy apply left unmasked this step
         first = llg.LLMatcher(tokenizer, compiled, log_level=0)
         if first.is_error():
             raise ConstraintError(
@@ -169,9 +170,30 @@ class TokenMasker:
 
     # -- per step -----------------------------------------------------------------------------
 
-    def apply(self, logits: torch.Tensor, rows: Sequence[int]) -> None:
+    def apply(self, logits: torch.Tensor, rows: Sequence[int], *, lazy: bool = False) -> None:
         """Set to -inf, in place, the logits ``(B, vocab)`` of every token that ``rows`` may not
-        take next (other rows are left alone)."""
+        take next (other rows are left alone).
+
+        ``lazy``, for greedy decoding that draws through :meth:`sample`: a row whose most likely
+        token is allowed is left unmasked, since greedy decoding takes that token anyway, and
+        :meth:`sample` masks it should that token not fit the budget. This spares computing
+        and applying a mask over the whole vocabulary at most steps."""
+        free = [i for i in rows if not (self.rows[i].forced or self.rows[i].matcher.is_stopped())]
+        self._unmasked = set()
+        if lazy and self.candidates == 1:
+            self._unmasked = {i for i in free if self._top_allowed(i, logits[i])}
+        self._mask(logits, [i for i in rows if i not in self._unmasked])
+        for i in free:
+            self._guard_budget(i, logits[i])
+
+    def _top_allowed(self, i: int, logits: torch.Tensor) -> bool:
+        """Whether row ``i`` may take its most likely token (one row's ``logits``)."""
+        return bool(self.rows[i].matcher.validate_tokens([int(logits.argmax())]) == 1)
+
+    def _mask(self, logits: torch.Tensor, rows: Sequence[int]) -> None:
+        """Compute the allowed tokens of ``rows`` and set the others' logits to -inf."""
+        if not rows:
+            return
         free = [i for i in rows if not (self.rows[i].forced or self.rows[i].matcher.is_stopped())]
         bitmask = self._bitmask
         width = bitmask.size(1) * 4
@@ -195,8 +217,6 @@ class TokenMasker:
         else:
             on_device = torch.tensor(list(rows), dtype=torch.long, device=logits.device)
             logits[on_device] = logits[on_device].masked_fill(blocked, float("-inf"))
-        for i in free:
-            self._guard_budget(i, logits[i])
 
     def _blocked(self, rows: Sequence[int], vocab: int) -> torch.Tensor:
         """``(len(rows), vocab)`` booleans, True where the token is not allowed."""
@@ -231,7 +251,7 @@ class TokenMasker:
         for token in candidates:
             if token in keep:
                 continue
-            if token == self.eos or self._fits_after(row, token, left - 1):
+            if self.fits(i, token):  # cheap when the known ending still ends after it
                 keep.append(token)
         self._only(logits, keep)
 
@@ -251,6 +271,9 @@ class TokenMasker:
             token = int(tokens[i])
             while not self.fits(i, token):
                 logits[i, token] = float("-inf")
+                if i in self._unmasked:  # left unmasked by a lazy apply: mask it now
+                    self._unmasked.discard(i)
+                    self._mask(logits, [i])
                 if not torch.isfinite(logits[i]).any():
                     raise BackendError(
                         "constrained decoding went wrong: no allowed token leaves room to end "
@@ -286,16 +309,16 @@ class TokenMasker:
             return True  # the known way to finish (it fits whenever anything does)
         tail = row.tail
         if tail is not None and len(ending) <= left and self._still_ends(row, token, tail):
-            row.endings_after[token] = (tail, self._tokens(row, tail, token))
-            return len(row.endings_after[token][1]) <= left
+            after = (tail, self._tokens(row, tail, token))
+            if len(after[1]) <= left:
+                row.endings_after[token] = after
+                return True
         return self._fits_after(row, token, left)
 
     def _still_ends(self, row: _Row, token: int, tail: bytes) -> bool:
         """Whether ``tail`` (the row's known ending) still ends the answer after ``token``."""
-        after = row.bytes.deep_copy()
-        return bool(after.consume_tokens(list(self._bytes(token) + tail))) and (
-            after.is_accepting() or shortest_ending(after, 0) == b""
-        )
+        taken = [*self._bytes(token), *tail, BYTE_EOS]  # validated, not consumed: cheaper
+        return bool(row.bytes.validate_tokens(taken) == len(taken))
 
     @staticmethod
     def _only(logits: torch.Tensor, tokens: list[int]) -> None:
@@ -394,11 +417,8 @@ class TokenMasker:
         if tokens is None:  # the same ending recurs step after step (inside a string, a number)
             tokens = self._tokenized[tail] = list(self.tokenizer.tokenize_bytes(tail))
         tokens = list(tokens)
-        matcher = row.matcher
-        if after is not None:
-            matcher = matcher.deep_copy()
-            matcher.consume_token(after)
-        if matcher.validate_tokens(tokens) == len(tokens):
+        checked = tokens if after is None else [after, *tokens]
+        if row.matcher.validate_tokens(checked) == len(checked):
             return tokens
         single = [self.tokenizer.tokenize_bytes(bytes([b])) for b in tail]
         if all(len(t) == 1 for t in single):

@@ -237,3 +237,70 @@ def test_a_drawn_token_without_room_to_end_is_drawn_again(mini_tokenizer_folder)
     only_brace[0, brace] = 0.0
     with pytest.raises(BackendError, match="no allowed token leaves room to end the answer"):
         masker.sample(only_brace, [0], config, None)
+
+
+@pytest.mark.parametrize("schema", [OPTIONAL_EMAILS, PAIR, BUDGET_COUNTEREXAMPLE])
+def test_greedy_decoding_masks_lazily_and_takes_the_same_tokens(
+    mini_tokenizer_folder, monkeypatch, schema
+):
+    """Greedy decoding on scratch: a step whose most likely token is allowed computes no mask
+    (TokenMasker.apply with lazy=True); the answers are the tokens a full mask at every step
+    gives, at every budget, including steps where the top token does not fit and the row is
+    masked after all."""
+    backend = pk.get_backend(f"scratch:{mini_tokenizer_folder}", device="cpu")
+    grammar = grammar_for(output_spec(type_from_schema(schema, name="Schema")))
+    assert grammar is not None
+    masked: list[int] = []  # rows masked, call by call
+    mask, apply = TokenMasker._mask, TokenMasker.apply
+
+    def counted(self: TokenMasker, logits: torch.Tensor, rows: list[int]) -> None:
+        masked.append(len(rows))
+        mask(self, logits, rows)
+
+    monkeypatch.setattr(TokenMasker, "_mask", counted)
+
+    def generate(max_tokens: int, lazy: bool) -> list[int]:
+        def chosen(self: TokenMasker, logits: torch.Tensor, rows: list[int], **_: bool) -> None:
+            apply(self, logits, rows, lazy=lazy)
+
+        monkeypatch.setattr(TokenMasker, "apply", chosen)
+        config = GenerationConfig(max_tokens=max_tokens, temperature=0, grammar=grammar)
+        try:
+            return backend.generate_ids([backend.tokenizer.encode("JSON:")], config)[0][0]
+        except ConstraintError:  # too small a budget for any answer: the same either way
+            return []
+
+    skipped = 0
+    for max_tokens in range(8, 64, 5):
+        masked.clear()
+        eager = generate(max_tokens, lazy=False)
+        eager_masks = sum(masked)
+        masked.clear()
+        assert generate(max_tokens, lazy=True) == eager, max_tokens
+        skipped += eager_masks - sum(masked)
+    assert skipped > 0  # the lazy path did leave steps unmasked
+
+
+def test_a_row_left_unmasked_is_masked_when_its_top_token_does_not_fit(mini_tokenizer_folder):
+    """After '{"x":' with 24 tokens left (too many for the budget guard to check tokens one by
+    one), the model prefers '{' (allowed, but four e-mail
+    addresses would follow), then 'a' (not allowed there), then 'null'. A lazy apply leaves the
+    row unmasked, since '{' is allowed; when '{' does not fit, the row is masked before it is
+    drawn again, so the answer takes 'null', never 'a'."""
+    backend = pk.get_backend(f"scratch:{mini_tokenizer_folder}", device="cpu")
+    vocab = backend.model.config.vocab_size
+    tokenizer = llg_tokenizer(backend.tokenizer, backend.tokenizer.to_llguidance, vocab)
+    grammar = grammar_for(output_spec(type_from_schema(OPTIONAL_EMAILS, name="Optional")))
+    assert grammar is not None
+    start = tokenizer.tokenize_str('{"x":')
+    config = GenerationConfig(max_tokens=len(start) + 24, temperature=0, grammar=grammar)
+    masker = TokenMasker.for_request(config, tokenizer, batch=1, vocab_size=vocab)
+    for token in start:
+        masker.advance(0, token)
+    (brace,), (letter,), (null,) = (tokenizer.tokenize_str(s) for s in ("{", "a", "null"))
+    logits = torch.zeros((1, vocab))
+    logits[0, brace], logits[0, letter], logits[0, null] = 5.0, 3.0, 1.0
+    masker.apply(logits, [0], lazy=True)
+    assert logits[0, letter] == 3.0  # left unmasked: the top token is allowed
+    assert masker.sample(logits, [0], config, None).tolist() == [null]
+    assert torch.isinf(logits[0, letter]) and torch.isinf(logits[0, letter + 1])  # all masked

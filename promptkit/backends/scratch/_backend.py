@@ -270,7 +270,7 @@ class ScratchBackend(LocalScoring):
         while True:
             live = [i for i, row in enumerate(rows) if alive[row]]
             if masker is not None:  # rows never leave: a batch row is its prompt
-                masker.apply(logits, live)
+                masker.apply(logits, live, lazy=config.temperature == 0)
                 next_tokens = masker.sample(logits, live, config, generators)  # (B,)
             else:
                 next_tokens = sample_next(logits, config, generators)  # (B,)
