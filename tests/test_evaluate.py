@@ -266,6 +266,28 @@ def test_score_method_counts_requests_and_prompt_tokens():
     assert first.scores == {"positive": -9.0, "negative": -8.0}  # the labels are listed once
 
 
+class ImpossibleScorer(Scorer):
+    """Gives "positive" a log-probability of -inf (a label the model cannot produce)."""
+
+    def _loglikelihood(self, context: str, continuation: str) -> float:
+        return float("-inf") if "positive" in continuation else -3.0
+
+
+def test_a_label_score_of_minus_infinity_survives_report_json(tmp_path):
+    """JSON has no -inf: it is written as the string "-Infinity" (not null, which report.json's
+    own schema refused when read back) and read back as -inf."""
+    items = [EvalItem(1, {"text": "meh"}, "negative")]
+    (report,) = evaluate(LABELS, items, backend=ImpossibleScorer(), shots=[0], method="score")
+    written = write_report(tmp_path, {"labels": [report]}, backend="scorer", data="d.jsonl")
+    text = written[0].read_text(encoding="utf-8")
+    assert '"positive": "-Infinity"' in text
+    loaded = Report.model_validate_json(text)
+    assert loaded.templates["labels"][0].results[0].scores == {
+        "positive": float("-inf"),
+        "negative": -3.0,
+    }
+
+
 def test_cli_eval_score_counts_model_calls_on_an_empty_cache(tmp_path, monkeypatch):
     import promptkit.backends
 

@@ -34,7 +34,9 @@ REPORT_SCHEMA_VERSION: Literal["1"] = "1"
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # JSON has no infinities: a label that cannot be produced scores "-Infinity", read back
+    # as -inf (pydantic writes null by default, which these float fields refuse)
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
 
 
 class AttemptRecord(_Record):
