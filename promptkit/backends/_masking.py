@@ -2,7 +2,8 @@
 
 :class:`TokenMasker` holds one llguidance matcher per sequence of a batch. Each step it computes
 the allowed tokens of every live row (in parallel, into one bitmask) and applies them to the
-logits in eager PyTorch; after sampling, :meth:`TokenMasker.advance` feeds the chosen token to
+logits in eager PyTorch (greedy decoding on ``scratch:`` skips a row whose most likely token is
+allowed: it takes that token anyway); after sampling, :meth:`TokenMasker.advance` feeds the chosen token to
 the row's matcher, and :meth:`TokenMasker.forced` says which tokens the grammar now forces (the
 scratch backend feeds them without sampling: fast-forward). transformers' ``generate`` uses the
 same masker through :class:`~promptkit.backends._hf.GrammarLogitsProcessor`.
