@@ -1,6 +1,6 @@
 """Fine-tuned against few-shot on one held-out house task (issue 22, item 5).
 
-    python bench/finetune.py [--backend SPEC] [--out DIR] [--epochs N] [--lora-epochs N]
+    python bench/finetune.py [--backend SPEC] [--out DIR] [--epochs N] [--lora-epochs N] [--lora-lr LR]
 
 The task: bench/finetune/routing.prompty routes a customer message of a made-up outdoor-gear
 shop to one of eight arbitrary house queue codes (KESTREL, MARLOW, ...). The data in
@@ -45,14 +45,15 @@ def _run(command: list[str]) -> float:
     return time.perf_counter() - began
 
 
-def _finetune(backend: str, out: Path, rank: int, epochs: int) -> float:
+def _finetune(backend: str, out: Path, rank: int, epochs: int, lr: float | None) -> float:
+    rate = [] if lr is None else ["--lr", str(lr)]
     return _run(
         [
             "promptkit", "finetune", str(TEMPLATE),
             "--data", str(DATA / "train.jsonl"), "--dev", str(DATA / "dev.jsonl"),
             "--backend", backend, "--out", str(out), "--epochs", str(epochs),
             "--batch-size", "4", "--lora-rank", str(rank), "--precision", "bfloat16",
-            "--seed", "0",
+            "--seed", "0", *rate,
         ]
     )  # fmt: skip
 
@@ -74,14 +75,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backend", default="scratch:smollm2-135m-instruct")
     parser.add_argument("--out", default="bench-finetune-out")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lora-epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lora-epochs", type=int, default=2)
+    parser.add_argument("--lora-lr", type=float, default=3e-3, help="LoRA's peak learning rate")
     args = parser.parse_args()
     out = Path(args.out)
     full, lora = out / "full", out / "lora"
     seconds = {
-        "full": _finetune(args.backend, full, 0, args.epochs),
-        "lora": _finetune(args.backend, lora, 8, args.lora_epochs),
+        "full": _finetune(args.backend, full, 0, args.epochs, None),
+        "lora": _finetune(args.backend, lora, 8, args.lora_epochs, args.lora_lr),
     }
     _run(
         [
