@@ -1,6 +1,7 @@
 """Fine-tuned against few-shot on one held-out house task (issue 22, item 5).
 
-    python bench/finetune.py [--backend SPEC] [--out DIR] [--epochs N] [--lora-epochs N] [--lora-lr LR]
+    python bench/finetune.py [--backend SPEC] [--out DIR] [--epochs N] [--lora-epochs N]
+                              [--lora-lr LR]
 
 The task: bench/finetune/routing.prompty routes a customer message of a made-up outdoor-gear
 shop to one of eight arbitrary house queue codes (KESTREL, MARLOW, ...). The data in

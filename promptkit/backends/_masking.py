@@ -3,10 +3,10 @@
 :class:`TokenMasker` holds one llguidance matcher per sequence of a batch. Each step it computes
 the allowed tokens of every live row (in parallel, into one bitmask) and applies them to the
 logits in eager PyTorch (greedy decoding on ``scratch:`` skips a row whose most likely token is
-allowed: it takes that token anyway); after sampling, :meth:`TokenMasker.advance` feeds the chosen token to
-the row's matcher, and :meth:`TokenMasker.forced` says which tokens the grammar now forces (the
-scratch backend feeds them without sampling: fast-forward). transformers' ``generate`` uses the
-same masker through :class:`~promptkit.backends._hf.GrammarLogitsProcessor`.
+allowed: it takes that token anyway); after sampling, :meth:`TokenMasker.advance` feeds the
+chosen token to the row's matcher, and :meth:`TokenMasker.forced` says which tokens the grammar
+now forces (the scratch backend feeds them without sampling: fast-forward). transformers'
+``generate`` uses the same masker through :class:`~promptkit.backends._hf.GrammarLogitsProcessor`.
 
 The token budget is part of the constraint: each row keeps a short valid ending of its answer
 (found on a byte-level view of the grammar). When the tokens left come close to what that ending
