@@ -245,8 +245,8 @@ def test_greedy_decoding_masks_lazily_and_takes_the_same_tokens(
 ):
     """Greedy decoding on scratch: a step whose most likely token is allowed computes no mask
     (TokenMasker.apply with lazy=True); the answers are the tokens a full mask at every step
-    gives, at every budget, including steps where the top token does not fit and the row is
-    masked after all."""
+    gives, at every budget (near the budget the guard keeps only candidates that fit; a top token
+    that does not fit far from it is the next test's case)."""
     backend = pk.get_backend(f"scratch:{mini_tokenizer_folder}", device="cpu")
     grammar = grammar_for(output_spec(type_from_schema(schema, name="Schema")))
     assert grammar is not None
@@ -283,10 +283,9 @@ def test_greedy_decoding_masks_lazily_and_takes_the_same_tokens(
 
 def test_a_row_left_unmasked_is_masked_when_its_top_token_does_not_fit(mini_tokenizer_folder):
     """After '{"x":' with 24 tokens left (too many for the budget guard to check tokens one by
-    one), the model prefers '{' (allowed, but four e-mail
-    addresses would follow), then 'a' (not allowed there), then 'null'. A lazy apply leaves the
-    row unmasked, since '{' is allowed; when '{' does not fit, the row is masked before it is
-    drawn again, so the answer takes 'null', never 'a'."""
+    one), the model prefers '{' (allowed, but four e-mail addresses would follow), then 'a' (not
+    allowed there), then 'null'. A lazy apply leaves the row unmasked, since '{' is allowed; when
+    '{' does not fit, the row is masked before it is drawn again, so the answer takes 'null'."""
     backend = pk.get_backend(f"scratch:{mini_tokenizer_folder}", device="cpu")
     vocab = backend.model.config.vocab_size
     tokenizer = llg_tokenizer(backend.tokenizer, backend.tokenizer.to_llguidance, vocab)
