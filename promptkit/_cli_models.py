@@ -25,11 +25,13 @@ def pull_command(name: str) -> None:
 @click.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def models_command(as_json: bool) -> None:
-    """List the known real models: pulled or not, size, sha256, path."""
-    from .models._registry import status
+    """List the known real models (pulled or not, size, sha256, path) and the adapters shipped
+    for them."""
+    from .models._registry import SHIPPED_ADAPTERS, ready, status
 
     rows = [
         {
+            "kind": "model",
             "name": row.model.name,
             "aliases": list(row.model.aliases),
             "pulled": row.pulled,
@@ -41,6 +43,17 @@ def models_command(as_json: bool) -> None:
         }
         for row in status()
     ]
+    rows += [
+        {
+            "kind": "adapter",
+            "name": adapter.name,
+            "base": adapter.base,
+            "ready": ready(adapter.name),
+            "path": str(adapter.folder),
+            "description": adapter.description,
+        }
+        for adapter in SHIPPED_ADAPTERS
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -51,3 +64,8 @@ def models_command(as_json: bool) -> None:
         click.echo(f"{model.name}{aliases}  {model.size / 1e6:.1f} MB  {state}")
         click.echo(f"    {model.description}; {model.license}")
         click.echo(f"    {item.path}  sha256 {model.sha256}")
+    for adapter in SHIPPED_ADAPTERS:
+        state = "ready" if ready(adapter.name) else f"needs promptkit pull {adapter.base}"
+        click.echo(f"{adapter.name}  adapter of {adapter.base}, shipped  {state}")
+        click.echo(f"    {adapter.description}")
+        click.echo(f"    {adapter.folder}")

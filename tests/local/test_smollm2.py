@@ -154,6 +154,27 @@ def test_the_readme_main_job_runs_on_the_pulled_model(pulled_default):
     }
 
 
+ACCEPTANCE = Path(__file__).resolve().parents[2] / "bench" / "acceptance" / "extract.jsonl"
+
+
+@pytest.mark.timeout(900)
+def test_the_extract_template_on_its_own_model_over_a_dozen_held_out_texts(pulled_default):
+    """Issue 20's sample of the extraction acceptance run: the bundled extract on the model it
+    names (SmolLM2 with the shipped LoRA adapter, bench/RESULTS.md) over the first 12 texts of
+    the hand-written acceptance set: every answer valid, at least 90% of fields right."""
+    from promptkit._prompty import backend_from_prompt
+
+    prompt = pk.load_prompt("extract")
+    backend = backend_from_prompt(prompt)
+    assert backend is not None and backend.name == "scratch:smollm2-135m-instruct-extract"
+    items = [json.loads(line) for line in ACCEPTANCE.read_text(encoding="utf-8").splitlines()]
+    right = 0
+    for item in items[:12]:
+        record = prompt.run({"text": item["text"]}, backend=backend).output.model_dump()
+        right += sum(record[key] == value for key, value in item["expected"].items())
+    assert right >= 0.9 * 4 * 12
+
+
 CODE = """
 def load_scores(path):
     with open(path) as handle:

@@ -79,9 +79,10 @@ def from_spec(
 ) -> ScratchBackend:
     """``scratch:PATH``: a promptkit checkpoint folder, a Hugging Face GPT-2 or Llama-family
     folder, or a GGUF file; a known model name (``scratch:smollm2-135m-instruct``, see
-    ``promptkit models``) is its pulled file, pulled on first use; another name that is no folder
-    (``scratch:gpt2``) is fetched from the Hugging Face hub where the network allows (or found
-    in its local cache); plain ``scratch`` is the shipped promptkit-mini.
+    ``promptkit models``) is its pulled file, pulled on first use; a shipped adapter's name
+    (``scratch:smollm2-135m-instruct-extract``) is its base with the adapter merged; another
+    name that is no folder (``scratch:gpt2``) is fetched from the Hugging Face hub where the
+    network allows (or found in its local cache); plain ``scratch`` is the shipped promptkit-mini.
 
     A model with a chat template (an instruction-tuned one) gets chat messages rendered with it;
     ``chat_template=False`` flattens them into text as for a model without one.
@@ -94,7 +95,7 @@ def from_spec(
     (``scratch:smollm2-135m-instruct@int4``), which is how the command line passes it. int8
     and int4 run on the CPU only. Raises ConfigurationError for an unknown dtype, one the
     spec and the option give differently, or int8/int4 on another device."""
-    from ...models._registry import lookup, pull
+    from ...models._registry import lookup, pull, shipped_adapter
     from .._chat_templates import folder_chat_template
     from ._gguf import gguf_chat_template, load_gguf
     from ._loading import load_model
@@ -121,6 +122,11 @@ def from_spec(
             )
         arg, name = str(shipped), "scratch:promptkit-mini"
     path = Path(os.path.expanduser(arg))
+    adapter = shipped_adapter(arg) if not path.exists() else None
+    if adapter is not None:
+        return _with_adapter(
+            adapter.folder, device, dtype, prefix_cache_bytes, name=f"scratch:{adapter.name}"
+        )
     known = lookup(arg) if not path.exists() else None
     if known is not None:  # a registry name: its verified file, pulled on first use
         path, name = pull(known.name), f"scratch:{known.name}"
@@ -168,20 +174,28 @@ def _looks_like_a_path(arg: str) -> bool:
 
 
 def _with_adapter(
-    folder: Path, device: str | None, dtype: str | None, prefix_cache_bytes: int
+    folder: Path,
+    device: str | None,
+    dtype: str | None,
+    prefix_cache_bytes: int,
+    name: str | None = None,
 ) -> ScratchBackend:
     """``scratch:DIR`` for a LoRA adapter folder: its base (by the spec it records), checked
     against the recorded fingerprint, with the adapter merged in. The backend's weights file is
     the adapter's, so its cache identity is the adapter's, not the base's; ``adapter`` and
     ``adapter_sha256`` say which adapter, as it was when loaded. The adapter is merged into the
-    float32 weights before they are brought to ``dtype``."""
+    float32 weights before they are brought to ``dtype``. ``name`` is the backend's name
+    (default ``scratch:FOLDER``)."""
     config = read_adapter_config(folder)
     base = from_spec(config["base"]["spec"].partition(":")[2], device=device, prefix_cache_bytes=0)
     apply_adapter(base.model, folder, config)
     chosen = device or base.device.type
     reduce_precision(base.model, auto_precision(chosen) if dtype == "auto" else dtype or "float32")
     backend = ScratchBackend(
-        base.model, base.tokenizer, name=f"scratch:{folder}", prefix_cache_bytes=prefix_cache_bytes
+        base.model,
+        base.tokenizer,
+        name=name or f"scratch:{folder}",
+        prefix_cache_bytes=prefix_cache_bytes,
     )
     if precision_of(base.model) != "float32":
         backend.name += f"@{precision_of(base.model)}"
