@@ -34,7 +34,7 @@ from .._grammar import Grammar
 from .._llg import BYTE_EOS, load_llguidance
 from ..errors import BackendError, ConstraintError
 from ._base import GenerationConfig
-from ._local import sample_next
+from ._local import any_allowed, sample_next, top_token
 
 if TYPE_CHECKING:
     from llguidance import LLMatcher, LLTokenizer
@@ -46,6 +46,7 @@ CANDIDATES = 8  # most likely tokens checked one by one near the end of the budg
 SLACK = 8  # until this close to NEAR, the ending is looked for only every REFRESH tokens
 REFRESH = 4
 ENDING_LIMIT = 8192  # bytes searched for a valid ending before giving up on one
+TAIL_CUTS = 4  # shortened known endings tried after a token before searching for a new one
 
 _TOKENIZERS: weakref.WeakKeyDictionary[Any, dict[int, LLTokenizer]] = weakref.WeakKeyDictionary()
 _TOKENIZERS_LOCK = threading.Lock()
@@ -120,7 +121,7 @@ class TokenMasker:
         self._token_bytes: dict[int, bytes] = {}
         self._tokenized: dict[bytes, list[int]] = {}  # endings as tokens, by their bytes
         self.rows: list[_Row] = []
-        self._unmasked: set[int] = set()  # rows a lazy apply left unmasked this step
+        self._unmasked: dict[int, int] = {}  # rows a lazy apply left unmasked: their top token
         first = llg.LLMatcher(tokenizer, compiled, log_level=0)
         if first.is_error():
             raise ConstraintError(
@@ -180,16 +181,16 @@ class TokenMasker:
         :meth:`sample` masks it should that token not fit the budget. This spares computing
         and applying a mask over the whole vocabulary at most steps."""
         free = [i for i in rows if not (self.rows[i].forced or self.rows[i].matcher.is_stopped())]
-        self._unmasked = set()
+        self._unmasked = {}
         if lazy and self.candidates == 1:
-            self._unmasked = {i for i in free if self._top_allowed(i, logits[i])}
+            for i in free:
+                top = top_token(logits[i])
+                if self.rows[i].matcher.validate_tokens([top]) == 1:
+                    self._unmasked[i] = top
         self._mask(logits, [i for i in rows if i not in self._unmasked])
         for i in free:
-            self._guard_budget(i, logits[i])
-
-    def _top_allowed(self, i: int, logits: torch.Tensor) -> bool:
-        """Whether row ``i`` may take its most likely token (one row's ``logits``)."""
-        return bool(self.rows[i].matcher.validate_tokens([int(logits.argmax())]) == 1)
+            if self._guard_budget(i, logits[i], self._unmasked.get(i)):
+                self._unmasked.pop(i, None)  # its most likely token may be gone
 
     def _mask(self, logits: torch.Tensor, rows: Sequence[int]) -> None:
         """Compute the allowed tokens of ``rows`` and set the others' logits to -inf."""
@@ -227,34 +228,37 @@ class TokenMasker:
         bits = np.unpackbits(np.invert(packed), axis=-1, bitorder="little", count=vocab)
         return torch.from_numpy(bits).view(torch.bool)  # 0/1 bytes reinterpreted, no copy
 
-    def _guard_budget(self, i: int, logits: torch.Tensor) -> None:
-        """Near the end of the budget, keep only tokens after which the answer can still end."""
+    def _guard_budget(self, i: int, logits: torch.Tensor, top: int | None = None) -> bool:
+        """Near the end of the budget, keep only tokens after which the answer can still end;
+        whether it did (and so changed the row's ``logits``). ``top``: the row's most likely
+        token when already known."""
         row = self.rows[i]
         left = self.max_tokens - row.produced
         if row.tail is None and left > row.ending_length + NEAR + SLACK and row.since < REFRESH:
-            return  # not yet near the end of the budget: looking every few tokens is enough
+            return False  # not yet near the end of the budget: looking every few tokens is enough
         ending = self._ending(row)
         if ending is None or left - len(ending) > NEAR:
-            return
+            return False
         if ending and len(ending) > left:  # no room for anything else: force the ending
             row.forced = list(ending)
             self._only(logits, [ending[0]])
-            return
+            return True
         # The ending found is one way to finish; the model's own candidates stay allowed when
         # an ending still fits after them, even when the ending found exactly fills the budget
         # (forcing it then would overrule a model that prefers another answer of that length).
         keep = [ending[0]] if ending else [self.eos]
         if self.candidates == 1:
-            candidates = [int(logits.argmax())]
+            candidates = [top_token(logits) if top is None else top]
         else:
-            count = min(self.candidates, int(torch.isfinite(logits).sum()))
-            candidates = torch.topk(logits, count).indices.tolist()
+            values, ids = torch.topk(logits, min(self.candidates, logits.size(-1)))
+            candidates = ids[values > float("-inf")].tolist()  # masked tokens are no candidates
         for token in candidates:
             if token in keep:
                 continue
             if self.fits(i, token):  # cheap when the known ending still ends after it
                 keep.append(token)
         self._only(logits, keep)
+        return True
 
     def sample(
         self,
@@ -267,15 +271,17 @@ class TokenMasker:
         :func:`~promptkit.backends._local.sample_next` draws it, except that a token of one of
         ``rows`` that does not :meth:`fit <fits>` the budget is set to -inf (in place) and that
         row drawn again. Raises BackendError when no allowed token leaves room to end."""
-        tokens = sample_next(logits, config, generators)  # (B,)
+        if config.temperature == 0 and len(self._unmasked) == logits.size(0):
+            tokens = torch.tensor([self._unmasked[i] for i in range(logits.size(0))])  # known
+        else:
+            tokens = sample_next(logits, config, generators)  # (B,)
         for i in rows:
             token = int(tokens[i])
             while not self.fits(i, token):
                 logits[i, token] = float("-inf")
-                if i in self._unmasked:  # left unmasked by a lazy apply: mask it now
-                    self._unmasked.discard(i)
+                if self._unmasked.pop(i, None) is not None:  # left unmasked: mask it now
                     self._mask(logits, [i])
-                if not torch.isfinite(logits[i]).any():
+                if not any_allowed(logits[i]):
                     raise BackendError(
                         "constrained decoding went wrong: no allowed token leaves room to end "
                         f"the answer within max_tokens={self.max_tokens}"
@@ -292,9 +298,10 @@ class TokenMasker:
         The mask alone cannot promise it far from the budget, where tokens are not checked
         one by one: a ``{`` may open an object whose required fields take more tokens than are
         left. So the local backends ask this of the token they sampled, and sample again
-        without it when it does not fit. Cheap for a token after which the ending known
-        still ends the answer (inside a string, a number, a free choice); otherwise an ending
-        is looked for after it (kept for :meth:`advance`).
+        without it when it does not fit. Cheap for a token after which the ending known, or
+        what is left of it, still ends the answer (inside a string, a number, a closing
+        quote: :meth:`_ending_after`); otherwise an ending is looked for after it. Either is
+        kept for :meth:`advance`.
         """
         row = self.rows[i]
         if row.forced or token == self.eos or row.matcher.is_stopped():
@@ -308,18 +315,47 @@ class TokenMasker:
             return True  # no ending known to compare with: the mask is all there is
         if ending and ending[0] == token:
             return True  # the known way to finish (it fits whenever anything does)
-        tail = row.tail
-        if tail is not None and len(ending) <= left and self._still_ends(row, token, tail):
-            after = (tail, self._tokens(row, tail, token))
-            if len(after[1]) <= left:
+        if row.tail is not None:
+            after, tail_ends = self._ending_after(row, token, row.tail, left)
+            if after is not None:
                 row.endings_after[token] = after
                 return True
+            if tail_ends:  # the known ending still ends it, but too long: no search either
+                return False
         return self._fits_after(row, token, left)
 
-    def _still_ends(self, row: _Row, token: int, tail: bytes) -> bool:
-        """Whether ``tail`` (the row's known ending) still ends the answer after ``token``."""
-        taken = [*self._bytes(token), *tail, BYTE_EOS]  # validated, not consumed: cheaper
-        return bool(row.bytes.validate_tokens(taken) == len(taken))
+    def _ending_after(
+        self, row: _Row, token: int, tail: bytes, left: int
+    ) -> tuple[tuple[bytes, list[int]] | None, bool]:
+        """An ending (bytes, tokens) of at most ``left`` tokens after ``token``, known without a
+        search: ``tail`` (the row's known ending) itself, as inside a string; else what is left
+        of it once the token's bytes took the place of its first few (``tail[cut:]``: ``"``
+        closing a string whose ending began ``","``; ``45`` in a date whose ending began
+        ``01-``). Also whether ``tail`` itself still ends the answer after ``token``: then a
+        search would find an ending no shorter, and a token none of these fit is refused."""
+        taken = self._bytes(token)
+        shared = next(
+            (k for k, (a, b) in enumerate(zip(taken, tail, strict=False)) if a != b),
+            min(len(taken), len(tail)),
+        )  # bytes the token and the tail begin with alike
+        cuts = dict.fromkeys((0, shared, len(taken), *range(1, len(taken))))
+        tail_ends = False
+        for cut in [c for c in cuts if c <= len(tail)][:TAIL_CUTS]:
+            rest = tail[cut:]
+            tokens = self._tokenization(rest)
+            checked = [token, *tokens, self.eos]
+            if row.matcher.validate_tokens(checked) == len(checked):  # one check: cheap
+                tail_ends = tail_ends or cut == 0
+                if len(tokens) <= left:
+                    return (rest, list(tokens)), tail_ends
+        if not tail_ends:  # tokenized otherwise, the tail may still end it: check its bytes
+            checked_bytes = [*taken, *tail, BYTE_EOS]
+            tail_ends = row.bytes.validate_tokens(checked_bytes) == len(checked_bytes)
+            if tail_ends:
+                tokens = self._tokens(row, tail, token)
+                if len(tokens) <= left:
+                    return (tail, tokens), True
+        return None, tail_ends
 
     @staticmethod
     def _only(logits: torch.Tensor, tokens: list[int]) -> None:
@@ -414,16 +450,21 @@ class TokenMasker:
 
     def _tokens(self, row: _Row, tail: bytes, after: int | None) -> list[int]:
         """``tail`` as tokens the row's matcher accepts (after ``after``, when given)."""
-        tokens = self._tokenized.get(tail)
-        if tokens is None:  # the same ending recurs step after step (inside a string, a number)
-            tokens = self._tokenized[tail] = list(self.tokenizer.tokenize_bytes(tail))
-        tokens = list(tokens)
+        tokens = list(self._tokenization(tail))
         checked = tokens if after is None else [after, *tokens]
         if row.matcher.validate_tokens(checked) == len(checked):
             return tokens
         single = [self.tokenizer.tokenize_bytes(bytes([b])) for b in tail]
         if all(len(t) == 1 for t in single):
             return [t[0] for t in single]
+        return tokens
+
+    def _tokenization(self, tail: bytes) -> list[int]:
+        """The tokenizer's tokens of ``tail`` (cached: the same ending recurs step after step,
+        inside a string or a number); not to be modified."""
+        tokens = self._tokenized.get(tail)
+        if tokens is None:
+            tokens = self._tokenized[tail] = list(self.tokenizer.tokenize_bytes(tail))
         return tokens
 
     def _bytes(self, token: int) -> bytes:

@@ -117,6 +117,28 @@ def test_sample_next_filters():
     }
 
 
+def test_the_greedy_token_is_argmax_s_whatever_the_logits():
+    """top_tokens reads float32 CPU logits through NumPy; its answer must be torch.argmax's:
+    the first of equal maxima, a row of -inf but one, NaN (taken as the maximum by both), a
+    strided view, and the paths NumPy does not take (bfloat16, logits needing gradients)."""
+    torch.manual_seed(0)
+    logits = torch.randn(5, 50_257)
+    logits[1, 7] = logits[1, 9] = logits[1].max() + 1  # a tie: the first one
+    logits[2] = float("-inf")
+    logits[2, 123] = -1e30
+    logits[3, 40_000] = float("nan")
+    cases = [logits, logits[:, ::2], logits.to(torch.bfloat16), logits.clone().requires_grad_()]
+    for case in cases:
+        assert _local.top_tokens(case).tolist() == case.argmax(dim=-1).tolist()
+        assert [_local.top_token(row) for row in case] == case.argmax(dim=-1).tolist()
+    assert _local.top_tokens(logits).dtype == torch.long
+    assert _local.any_allowed(logits[2]) and not _local.any_allowed(torch.full((9,), -math.inf))
+    greedy = GenerationConfig(temperature=0)
+    assert scratch_backend.sample_next(logits, greedy, None).tolist() == [
+        int(i) for i in logits.argmax(dim=-1)
+    ]
+
+
 @pytest.mark.parametrize("spread", [0.5, 8.0])  # flat (the nucleus is wide) or peaked
 def test_the_nucleus_is_the_one_a_full_sort_gives(spread):
     torch.manual_seed(0)

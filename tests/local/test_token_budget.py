@@ -15,7 +15,7 @@ import promptkit as pk
 from promptkit._grammar import grammar_for
 from promptkit._parsing import output_spec
 from promptkit._schema import type_from_schema
-from promptkit.backends import GenerationConfig
+from promptkit.backends import GenerationConfig, _masking
 from promptkit.backends._masking import NEAR, SLACK, TokenMasker, llg_tokenizer
 from promptkit.errors import BackendError, ConstraintError
 
@@ -303,3 +303,53 @@ def test_a_row_left_unmasked_is_masked_when_its_top_token_does_not_fit(mini_toke
     assert logits[0, letter] == 3.0  # left unmasked: the top token is allowed
     assert masker.sample(logits, [0], config, None).tolist() == [null]
     assert torch.isinf(logits[0, letter]) and torch.isinf(logits[0, letter + 1])  # all masked
+
+
+PERSON = object_schema(
+    {
+        "name": {"type": "string"},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "date": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+    },
+    [True, True, True],
+)
+
+
+@pytest.mark.parametrize(
+    ("before", "token"),
+    [
+        ('{"name":"Ann', '"'),  # the quote that closes the string: the ending began '",'
+        ('{"name":"Ann', "a"),  # inside the string: the ending known is unchanged
+        ('{"name":"Ann","age":', "4"),  # a digit where the ending began with '0'
+        ('{"name":"Ann","age":4,"date":"', "19"),  # digits of a date the ending spelled 0123
+    ],
+)
+def test_a_token_near_the_budget_is_checked_without_searching_for_an_ending(
+    mini_tokenizer_folder, monkeypatch, before, token
+):
+    """Checking whether a token fits the budget searches for a new ending only when neither
+    the ending known nor what is left of it once the token took its place ends the answer (a
+    search costs about a millisecond; the check, one validation of some tokens). The ending
+    recorded for the token is a valid end of the answer that fits the tokens left."""
+    backend = pk.get_backend(f"scratch:{mini_tokenizer_folder}", device="cpu")
+    vocab = backend.model.config.vocab_size
+    tokenizer = llg_tokenizer(backend.tokenizer, backend.tokenizer.to_llguidance, vocab)
+    grammar = grammar_for(output_spec(type_from_schema(PERSON, name="Person")))
+    assert grammar is not None
+    start = tokenizer.tokenize_str(before)
+    (chosen,) = tokenizer.tokenize_str(token)
+    config = GenerationConfig(max_tokens=len(start) + 30, temperature=0, grammar=grammar)
+    masker = TokenMasker.for_request(config, tokenizer, batch=1, vocab_size=vocab)
+    for step in start:
+        masker.advance(0, step)
+    assert masker._ending(masker.rows[0]) is not None  # an ending is known before the token
+    searches: list[int] = []
+    search = _masking.shortest_ending
+    monkeypatch.setattr(_masking, "shortest_ending", lambda *a: searches.append(1) or search(*a))
+    assert masker.fits(0, chosen)
+    assert searches == []
+    tail, ending = masker.rows[0].endings_after[chosen]
+    assert tokenizer.decode_bytes(ending) == tail
+    after = masker.rows[0].matcher.deep_copy()
+    assert after.consume_tokens([chosen, *ending]) and after.is_accepting()
+    assert len(ending) <= config.max_tokens - len(start) - 1
