@@ -272,11 +272,11 @@ class TokenMasker:
         ``rows`` that does not :meth:`fit <fits>` the budget is set to -inf (in place) and that
         row drawn again. Raises BackendError when no allowed token leaves room to end."""
         if config.temperature == 0 and len(self._unmasked) == logits.size(0):
-            tokens = torch.tensor([self._unmasked[i] for i in range(logits.size(0))])  # known
+            tokens = [self._unmasked[i] for i in range(logits.size(0))]  # known from apply
         else:
-            tokens = sample_next(logits, config, generators)  # (B,)
+            tokens = sample_next(logits, config, generators).tolist()
         for i in rows:
-            token = int(tokens[i])
+            token = tokens[i]
             while not self.fits(i, token):
                 logits[i, token] = float("-inf")
                 if self._unmasked.pop(i, None) is not None:  # left unmasked: mask it now
@@ -289,7 +289,7 @@ class TokenMasker:
                 own = [generators[i]] if generators else None
                 token = int(sample_next(logits[i : i + 1], config, own)[0])
             tokens[i] = token
-        return tokens
+        return torch.tensor(tokens, device=logits.device)
 
     def fits(self, i: int, token: int) -> bool:
         """Whether row ``i`` may take ``token`` (one the mask allows) without outgrowing its
