@@ -34,7 +34,7 @@ from .._grammar import Grammar
 from .._llg import BYTE_EOS, load_llguidance
 from ..errors import BackendError, ConstraintError
 from ._base import GenerationConfig
-from ._local import any_allowed, sample_next, top_token
+from ._local import any_allowed, sample_next, top_token, top_tokens
 
 if TYPE_CHECKING:
     from llguidance import LLMatcher, LLTokenizer
@@ -182,14 +182,16 @@ class TokenMasker:
         and applying a mask over the whole vocabulary at most steps."""
         free = [i for i in rows if not (self.rows[i].forced or self.rows[i].matcher.is_stopped())]
         self._unmasked = {}
-        if lazy and self.candidates == 1:
+        if lazy and self.candidates == 1 and free:
+            tops = top_tokens(logits).tolist()  # one argmax over the batch
             for i in free:
-                top = top_token(logits[i])
-                if self.rows[i].matcher.validate_tokens([top]) == 1:
-                    self._unmasked[i] = top
+                if self.rows[i].matcher.validate_tokens([tops[i]]) == 1:
+                    self._unmasked[i] = tops[i]
         self._mask(logits, [i for i in rows if i not in self._unmasked])
         for i in free:
-            if self._guard_budget(i, logits[i], self._unmasked.get(i)):
+            if self._guard_due(self.rows[i]) and self._guard_budget(
+                i, logits[i], self._unmasked.get(i)
+            ):
                 self._unmasked.pop(i, None)  # its most likely token may be gone
 
     def _mask(self, logits: torch.Tensor, rows: Sequence[int]) -> None:
@@ -228,14 +230,20 @@ class TokenMasker:
         bits = np.unpackbits(np.invert(packed), axis=-1, bitorder="little", count=vocab)
         return torch.from_numpy(bits).view(torch.bool)  # 0/1 bytes reinterpreted, no copy
 
+    def _guard_due(self, row: _Row) -> bool:
+        """Whether the budget guard looks at ``row`` this step: not while it is far from the
+        end of its budget with no ending known, except every few tokens."""
+        left = self.max_tokens - row.produced
+        return not (
+            row.tail is None and left > row.ending_length + NEAR + SLACK and row.since < REFRESH
+        )
+
     def _guard_budget(self, i: int, logits: torch.Tensor, top: int | None = None) -> bool:
         """Near the end of the budget, keep only tokens after which the answer can still end;
         whether it did (and so changed the row's ``logits``). ``top``: the row's most likely
         token when already known."""
         row = self.rows[i]
         left = self.max_tokens - row.produced
-        if row.tail is None and left > row.ending_length + NEAR + SLACK and row.since < REFRESH:
-            return False  # not yet near the end of the budget: looking every few tokens is enough
         ending = self._ending(row)
         if ending is None or left - len(ending) > NEAR:
             return False
