@@ -114,6 +114,29 @@ def test_logits_equal_transformers_over_128_positions(llama_pair):
     assert max_logit_difference(backend, reference, ids) <= 1e-3
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotating_queries_and_keys_gives_transformers_rotary_values_exactly(dtype):
+    """The decoder turns queries and keys with a roll and a signed sine (fewer operations a
+    step); the values must be transformers' ``q * cos + rotate_half(q) * sin``, bit for bit,
+    at every position of a left-padded batch."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from promptkit.backends.scratch.llama import rotary, rotary_frequencies, rotate
+
+    config = LlamaConfig(head_dim=16, rope_theta=10000.0)
+    positions = torch.tensor([[0, 0, 1, 2, 3], [0, 1, 2, 3, 4]])  # (B, T)
+    q, k = torch.randn(2, 5, 6, 16).to(dtype), torch.randn(2, 5, 3, 16).to(dtype)
+    angles = positions.float()[..., None] * rotary_frequencies(config)
+    angles = torch.cat((angles, angles), dim=-1)
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)  # transformers' (B, T, hd)
+    expected_q, expected_k = apply_rotary_pos_emb(
+        q.transpose(1, 2), k.transpose(1, 2), cos, sin
+    )  # (B, heads, T, hd)
+    rotation = rotary(rotary_frequencies(config), positions, dtype)
+    assert torch.equal(rotate(q, rotation).transpose(1, 2), expected_q)
+    assert torch.equal(rotate(k, rotation).transpose(1, 2), expected_k)
+
+
 def test_cache_and_left_padding_equal_a_full_pass(llama_pair):
     backend, _ = llama_pair
     model = backend.model

@@ -89,8 +89,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps)  # x / rms(x), one fused op
-        return self.weight * h.to(x.dtype)
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)  # one call, same values
+        h = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps)  # x / rms(x) in float32
+        return self.weight * h.to(x.dtype)  # rounded, then scaled, as transformers does
 
 
 def rotary_frequencies(config: LlamaConfig) -> torch.Tensor:
@@ -115,19 +117,23 @@ def rotary_frequencies(config: LlamaConfig) -> torch.Tensor:
     return inv_freq
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """``(x1, x2) -> (-x2, x1)`` over the two halves of the last dimension."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def rotary(
     inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cos`` and ``sin`` ``(B, 1, T, head_dim)`` of each position's rotation angles."""
+    """``cos`` and signed ``sin`` ``(B, T, 1, head_dim)`` of each position's rotation angles,
+    for :func:`rotate`: the sine's first half negated, so that rotating is two products and a
+    sum (transformers' ``x * cos + rotate_half(x) * sin``, the same values)."""
     angles = positions.float()[..., None] * inv_freq  # (B, T, hd/2)
-    angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, hd)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    sin = angles.sin()
+    signed = torch.cat((-sin, sin), dim=-1)[:, :, None]  # (B, T, 1, hd)
+    return torch.cat((angles, angles), dim=-1)[:, :, None].cos().to(dtype), signed.to(dtype)
+
+
+def rotate(x: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Heads ``x`` ``(B, T, heads, head_dim)`` turned by their positions' angles: each pair
+    ``(x1, x2)`` of the two halves becomes ``(x1 cos - x2 sin, x2 cos + x1 sin)``."""
+    cos, signed_sin = rotation
+    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * signed_sin  # roll: (x2, x1)
 
 
 class Attention(nn.Module):
@@ -145,7 +151,6 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.o_bias)
         # q, k and v as one product, in reduced precision (``_quant`` joins them)
         self.qkv_proj: nn.Module | None = None
-        self.widths = (config.n_head * config.head_dim, *[config.n_kv_head * config.head_dim] * 2)
 
     def forward(
         self,
@@ -157,16 +162,16 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.size()  # batch, time, channels
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
-        if self.qkv_proj is not None:
-            q, k, v = self.qkv_proj(x).split(self.widths, dim=-1)
+        if self.qkv_proj is not None:  # one product, then queries and keys rotated together
+            qkv = self.qkv_proj(x).view(B, T, nh + 2 * nkv, hs)
+            turned = rotate(qkv[:, :, : nh + nkv], rotation)
+            q, k = turned[:, :, :nh], turned[:, :, nh:]
+            v = qkv[:, :, nh + nkv :]
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        cos, sin = rotation
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+            q = rotate(self.q_proj(x).view(B, T, nh, hs), rotation)
+            k = rotate(self.k_proj(x).view(B, T, nkv, hs), rotation)
+            v = self.v_proj(x).view(B, T, nkv, hs)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hs)
         if cache is not None:  # the cache holds rotated keys
             key_cache, value_cache = cache
             key_cache[:, :, past : past + T] = k
