@@ -359,7 +359,7 @@ def top_tokens(logits: torch.Tensor) -> torch.Tensor:
     argmax reads a 50k vocabulary in about 5 us where PyTorch's CPU argmax took 150-600 us
     (measured on an Intel Xeon, 1 and 8 rows): a greedy step pays it for every token."""
     if _numpy_readable(logits):
-        return torch.from_numpy(logits.numpy().argmax(axis=-1))
+        return torch.as_tensor(logits.numpy().argmax(axis=-1))
     return logits.argmax(dim=-1)
 
 
