@@ -132,6 +132,8 @@ def test_the_greedy_token_is_argmax_s_whatever_the_logits():
         assert _local.top_tokens(case).tolist() == case.argmax(dim=-1).tolist()
         assert [_local.top_token(row) for row in case] == case.argmax(dim=-1).tolist()
     assert _local.top_tokens(logits).dtype == torch.long
+    one = _local.top_tokens(logits[1])  # a single row: a 0-d tensor, as argmax gives
+    assert one.shape == () and int(one) == int(logits[1].argmax())
     assert _local.any_allowed(logits[2]) and not _local.any_allowed(torch.full((9,), -math.inf))
     greedy = GenerationConfig(temperature=0)
     assert scratch_backend.sample_next(logits, greedy, None).tolist() == [
