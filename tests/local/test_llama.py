@@ -137,6 +137,33 @@ def test_rotating_queries_and_keys_gives_transformers_rotary_values_exactly(dtyp
     assert torch.equal(rotate(k, rotation).transpose(1, 2), expected_k)
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8", "int4"])
+def test_blocks_called_as_modules_give_the_model_s_values(precision):
+    """``Llama.forward`` runs each block's math over rows without module calls (cheaper at
+    batch 1); the blocks, attentions and MLPs called as modules on ``(B, T, C)`` must give
+    the same hidden states, with the q/k/v and gate/up products separate or joined."""
+    from promptkit.backends.scratch._quant import reduce_precision
+    from promptkit.backends.scratch.llama import rotary
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=96, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, head_dim=16, n_inner=96
+    )
+    model = Llama(config).eval()
+    reduce_precision(model, precision)
+    idx = torch.randint(0, 96, (2, 5))
+    with torch.no_grad():
+        expected = model(idx)
+        x = model.wte(idx)
+        rotation = rotary(model.inv_freq, torch.arange(5).expand(2, 5), x.dtype)
+        for block in model.h:
+            attended = x + block.attn(block.attn_norm(x), rotation, None, None, 0)
+            by_parts = attended + block.mlp(block.mlp_norm(attended))
+            x = block(x, rotation, None, None, 0)
+            assert torch.equal(x, by_parts)
+        assert torch.equal(model.norm(x).float(), expected)
+
+
 def test_cache_and_left_padding_equal_a_full_pass(llama_pair):
     backend, _ = llama_pair
     model = backend.model

@@ -49,6 +49,9 @@ __all__ = [
 PRECISIONS = ("float32", "bfloat16", "int8", "int4")  # what dtype= accepts, besides "auto"
 GROUP = 32  # int4 inputs sharing one scale and zero point
 _PACK_ROWS = 16  # the int4 kernel packs output channels sixteen at a time
+# The weight-only kernels' overloads, resolved once (a packet resolves its overload per call).
+_INT8_MM = torch.ops.aten._weight_int8pack_mm.default
+_INT4_MM = torch.ops.aten._weight_int4pack_mm_for_cpu.default
 
 
 def check_precision(dtype: str | None) -> str | None:
@@ -135,10 +138,8 @@ class Int4Weights:
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
-    """``x`` as the ``(N, in)`` bfloat16 rows the weight-only kernels take (no cast, a call
-    less per layer, when it is bfloat16 already: between the layers of a quantized model)."""
-    flat = x.reshape(-1, x.size(-1))
-    return flat if flat.dtype == torch.bfloat16 else flat.to(torch.bfloat16)
+    """``x`` ``(..., in)`` as the ``(N, in)`` rows the weight-only kernels take."""
+    return x.reshape(-1, x.size(-1))
 
 
 class Int8Linear(nn.Module):
@@ -160,10 +161,14 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y: torch.Tensor = torch.ops.aten._weight_int8pack_mm(_rows(x), self.weight, self.scale)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], y.size(-1))
+        return self.multiply(_rows(x)).view(*x.shape[:-1], self.weight.size(0))
+
+    def multiply(self, rows: torch.Tensor) -> torch.Tensor:
+        """The layer's output ``(N, out)`` for ``rows`` ``(N, in)`` (bfloat16, or cast to it)."""
+        if rows.dtype != torch.bfloat16:
+            rows = rows.to(torch.bfloat16)
+        y: torch.Tensor = _INT8_MM(rows, self.weight, self.scale)
+        return y if self.bias is None else y + self.bias
 
     def dequantized(self) -> torch.Tensor:
         """The float32 ``(out, in)`` weight this layer multiplies by."""
@@ -192,12 +197,14 @@ class Int4Linear(nn.Module):
         return in_features % GROUP == 0 and out_features % _PACK_ROWS == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            _rows(x), self.packed, GROUP, self.scale_zero
-        )  # (N, out)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], self.out_features)
+        return self.multiply(_rows(x)).view(*x.shape[:-1], self.out_features)
+
+    def multiply(self, rows: torch.Tensor) -> torch.Tensor:
+        """The layer's output ``(N, out)`` for ``rows`` ``(N, in)`` (bfloat16, or cast to it)."""
+        if rows.dtype != torch.bfloat16:
+            rows = rows.to(torch.bfloat16)
+        y: torch.Tensor = _INT4_MM(rows, self.packed, GROUP, self.scale_zero)
+        return y if self.bias is None else y + self.bias
 
 
 # Llama projections that reduced precision computes as one product: (fused name, parts).

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigurationError
-from ._quant import Int8Linear, plain_logits
+from ._quant import Int4Linear, Int8Linear, plain_logits
 from .gpt2 import KVCache, attention_mask
 
 __all__ = ["Llama", "LlamaCache", "LlamaConfig"]
@@ -89,10 +89,16 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)  # one call, same values
-        h = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps)  # x / rms(x) in float32
-        return self.weight * h.to(x.dtype)  # rounded, then scaled, as transformers does
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """:class:`RMSNorm` of ``x`` with ``weight``: one call in float32; in bfloat16, normalized
+    in float32, rounded, then scaled (transformers' order, the same values)."""
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, (x.size(-1),), weight, eps)
+    h = F.rms_norm(x.float(), (x.size(-1),), eps=eps)  # x / rms(x) in float32
+    return weight * h.to(x.dtype)
 
 
 def rotary_frequencies(config: LlamaConfig) -> torch.Tensor:
@@ -136,6 +142,19 @@ def rotate(x: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torc
     return x * cos + x.roll(x.size(-1) // 2, dims=-1) * signed_sin  # roll: (x2, x1)
 
 
+def _product(layer: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """``layer`` applied to ``rows`` ``(N, in)``: a plain or reduced-precision linear layer's
+    product called directly, any other module (an adapter's LoRA wrapper) called as usual.
+    At batch 1 on a CPU a module call and the reshapes around it cost about as much as a
+    small product, and a step makes some 200 of them."""
+    if type(layer) is nn.Linear:
+        return F.linear(rows, layer.weight, layer.bias)
+    if isinstance(layer, (Int4Linear, Int8Linear)):
+        return layer.multiply(rows)
+    out: torch.Tensor = layer(rows)
+    return out
+
+
 class Attention(nn.Module):
     """Causal self-attention with rotary positions and grouped key/value heads."""
 
@@ -160,18 +179,33 @@ class Attention(nn.Module):
         cache: tuple[torch.Tensor, torch.Tensor] | None,
         past: int,
     ) -> torch.Tensor:
-        B, T, _ = x.size()  # batch, time, channels
+        """Attention of ``x`` ``(B, T, C)``; see :meth:`attend`."""
+        B, T, C = x.size()
+        return self.attend(x.reshape(B * T, C), rotation, mask, cache, past).view(B, T, -1)
+
+    def attend(
+        self,
+        rows: torch.Tensor,
+        rotation: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        past: int,
+    ) -> torch.Tensor:
+        """Attention of the ``(B * T, C)`` rows of ``B`` sequences of ``T`` positions (the
+        shape of ``rotation``'s ``(B, T, 1, head_dim)``); with ``cache`` (this layer's key and
+        value tensors) the new keys and values go after its ``past`` ones."""
+        B, T = rotation[0].shape[:2]  # batch, time
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
-        if self.qkv_proj is not None:  # one product, then queries and keys rotated together
-            qkv = self.qkv_proj(x).view(B, T, nh + 2 * nkv, hs)
-            turned = rotate(qkv[:, :, : nh + nkv], rotation)
-            q, k = turned[:, :, :nh], turned[:, :, nh:]
-            v = qkv[:, :, nh + nkv :]
+        if self.qkv_proj is not None:  # one product
+            qkv = _product(self.qkv_proj, rows)
         else:
-            q = rotate(self.q_proj(x).view(B, T, nh, hs), rotation)
-            k = rotate(self.k_proj(x).view(B, T, nkv, hs), rotation)
-            v = self.v_proj(x).view(B, T, nkv, hs)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hs)
+            parts = (self.q_proj, self.k_proj, self.v_proj)
+            qkv = torch.cat([_product(part, rows) for part in parts], dim=-1)
+        qkv = qkv.view(B, T, nh + 2 * nkv, hs)
+        turned = rotate(qkv[:, :, : nh + nkv], rotation)  # queries and keys together
+        q = turned[:, :, :nh].transpose(1, 2)  # (B, nh, T, hs)
+        k = turned[:, :, nh:].transpose(1, 2)  # (B, nkv, T, hs)
+        v = qkv[:, :, nh + nkv :].transpose(1, 2)
         if cache is not None:  # the cache holds rotated keys
             key_cache, value_cache = cache
             key_cache[:, :, past : past + T] = k
@@ -184,11 +218,9 @@ class Attention(nn.Module):
             v,
             attn_mask=mask,
             is_causal=mask is None and T > 1,
-            enable_gqa=self.n_kv_head != self.n_head,
+            enable_gqa=nkv != nh,
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, nh * hs)  # re-assemble the heads
-        out: torch.Tensor = self.o_proj(y)
-        return out
+        return _product(self.o_proj, y.transpose(1, 2).reshape(B * T, nh * hs))
 
 
 class MLP(nn.Module):
@@ -203,12 +235,16 @@ class MLP(nn.Module):
         self.gate_up_proj: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP on ``x`` ``(..., C)``; see :meth:`transform`."""
+        return self.transform(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], -1)
+
+    def transform(self, rows: torch.Tensor) -> torch.Tensor:
+        """The MLP on ``(N, C)`` rows, its products called directly (:func:`_product`)."""
         if self.gate_up_proj is not None:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            gate, up = _product(self.gate_up_proj, rows).chunk(2, dim=-1)
         else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        out: torch.Tensor = self.down_proj(F.silu(gate) * up)
-        return out
+            gate, up = _product(self.gate_proj, rows), _product(self.up_proj, rows)
+        return _product(self.down_proj, F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -229,9 +265,25 @@ class Block(nn.Module):
         cache: tuple[torch.Tensor, torch.Tensor] | None,
         past: int,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rotation, mask, cache, past)
-        out: torch.Tensor = x + self.mlp(self.mlp_norm(x))
-        return out
+        """The block on ``x`` ``(B, T, C)``; see :meth:`step`."""
+        B, T, C = x.size()
+        return self.step(x.reshape(B * T, C), rotation, mask, cache, past).view(B, T, C)
+
+    def step(
+        self,
+        rows: torch.Tensor,
+        rotation: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        past: int,
+    ) -> torch.Tensor:
+        """The block on ``(B * T, C)`` rows (see :meth:`Attention.attend`), its layers' math
+        run without module calls (:func:`_product`)."""
+        norm = self.attn_norm
+        h = rms_norm(rows, norm.weight, norm.eps)
+        x = rows + self.attn.attend(h, rotation, mask, cache, past)
+        norm = self.mlp_norm
+        return x + self.mlp.transform(rms_norm(x, norm.weight, norm.eps))
 
 
 class LlamaCache(KVCache):
@@ -293,15 +345,16 @@ class Llama(nn.Module):
         if positions is None:
             positions = torch.arange(past, past + T, device=idx.device).expand(B, T)
         mask = attention_mask(key_valid, T, past)
-        x = self.wte(idx)  # (B, T, C)
+        x = F.embedding(idx.reshape(B * T), self.wte.weight)  # (B * T, C): rows
         rotation = rotary(self.inv_freq, positions, x.dtype)
         for i, block in enumerate(self.h):
             layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
-            x = block(x, rotation, mask, layer_cache, past)
+            x = cast(Block, block).step(x, rotation, mask, layer_cache, past)
         if cache is not None:
             cache.length = past + T
-        out: torch.Tensor = self.norm(x).float()  # float32 whatever the weights' precision
-        return out
+        norm = self.norm
+        out = rms_norm(x, norm.weight, norm.eps).float()  # float32 whatever the precision
+        return out.view(B, T, -1)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states to float32 vocabulary logits: ``(..., n_embd) -> (..., vocab)``
