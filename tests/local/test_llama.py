@@ -137,6 +137,25 @@ def test_rotating_queries_and_keys_gives_transformers_rotary_values_exactly(dtyp
     assert torch.equal(rotate(k, rotation).transpose(1, 2), expected_k)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_gives_transformers_values_exactly(dtype):
+    """In bfloat16 the norm is normalized in float32, rounded, then scaled, as transformers'
+    LlamaRMSNorm does: the same values bit for bit (a different order changes the roundings)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from promptkit.backends.scratch.llama import rms_norm
+
+    torch.manual_seed(0)
+    for width in (64, 576):
+        reference = LlamaRMSNorm(width, eps=1e-5)
+        with torch.no_grad():
+            reference.weight.copy_(torch.randn(width))
+        reference = reference.to(dtype)
+        x = (torch.randn(3, 40, width) * 5).to(dtype)
+        with torch.no_grad():
+            assert torch.equal(rms_norm(x, reference.weight, 1e-5), reference(x))
+
+
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8", "int4"])
 def test_blocks_called_as_modules_give_the_model_s_values(precision):
     """``Llama.forward`` runs each block's math over rows without module calls (cheaper at

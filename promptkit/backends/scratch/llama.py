@@ -94,11 +94,11 @@ class RMSNorm(nn.Module):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """:class:`RMSNorm` of ``x`` with ``weight``: one call in float32; in bfloat16, normalized
-    in float32, rounded, then scaled (transformers' order, the same values)."""
+    in float32 (``F.rms_norm`` computes in float32 inside), rounded, then scaled:
+    transformers' order and values, without two casts."""
     if x.dtype == torch.float32 and weight.dtype == torch.float32:
         return F.rms_norm(x, (x.size(-1),), weight, eps)
-    h = F.rms_norm(x.float(), (x.size(-1),), eps=eps)  # x / rms(x) in float32
-    return weight * h.to(x.dtype)
+    return weight * F.rms_norm(x, (x.size(-1),), eps=eps)
 
 
 def rotary_frequencies(config: LlamaConfig) -> torch.Tensor:
