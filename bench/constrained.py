@@ -9,7 +9,11 @@ grammar. Prints:
 
 - the median and mean time per decoding step spent in the token masker (computing the allowed
   tokens, applying them to the logits, feeding the chosen token, fast-forward and budget
-  checks), in microseconds, and that mean as a fraction of an unconstrained step (target <= 5%);
+  checks), in microseconds, and that mean as a fraction of an unconstrained step (target <= 5%):
+  of the model's forward pass alone, and of a whole turn of the unconstrained decoding loop
+  (the interval between two forward passes: the pass, the output projection, sampling). The
+  masker's time includes the greedy argmax, which a constrained step takes in place of the
+  sampler's;
 - the end-to-end time per new token, constrained vs unconstrained (fast-forward lets the
   constrained side skip the model for tokens the grammar forces);
 - grammar preparation for every bundled template with a structured output type, after the
@@ -21,6 +25,7 @@ Needs GPT-2's tokenizer files from ../shared/data/gpt2-tokenizer (a real 50k voc
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -44,12 +49,17 @@ from promptkit.backends.scratch.gpt2 import GPT, PRESETS
 TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
 
 
-def timed(owner: Any, name: str, into: list[tuple[str, float]]) -> Callable[[], None]:
-    """Record the wall time of every call of ``owner.name``; returns the undo."""
+def timed(
+    owner: Any, name: str, into: list[tuple[str, float]], starts: list[float] | None = None
+) -> Callable[[], None]:
+    """Record the wall time of every call of ``owner.name`` (and, in ``starts``, when each
+    began); returns the undo."""
     original = getattr(owner, name)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
+        if starts is not None:
+            starts.append(began)
         try:
             return original(*args, **kwargs)
         finally:
@@ -101,23 +111,28 @@ def main() -> None:
     )
 
     forward: list[tuple[str, float]] = []
-    undo = timed(backend.model, "forward", forward)
-    plain_steps: list[float] = []
+    starts: list[float] = []
+    undo = timed(backend.model, "forward", forward, starts)
+    plain_steps: list[float] = []  # the model's forward pass alone
+    whole_steps: list[float] = []  # forward, logits, sampling: one turn of the decoding loop
     seconds_per_token: dict[str, list[float]] = {"plain": [], "constrained": []}
     for _ in range(args.runs):
         forward.clear()
+        starts.clear()
         began = time.perf_counter()
         completion = backend.generate(prompt, plain)
         seconds_per_token["plain"].append(
             (time.perf_counter() - began) / completion.usage.completion_tokens
         )
         plain_steps += [seconds for _, seconds in forward[1:]]  # after the prompt's pass
+        whole_steps += [b - a for a, b in itertools.pairwise(starts[1:])]  # after the prompt
     undo()
 
     calls: list[tuple[str, float]] = []
     names = ("apply", "fits", "advance", "forced")  # fits: the drawn token's budget check
     undos = [timed(TokenMasker, name, calls) for name in names]
     masker_steps: list[float] = []
+    all_calls: list[tuple[str, float]] = []
     apply_calls: list[float] = []
     text = ""
     for _ in range(args.runs):
@@ -128,20 +143,30 @@ def main() -> None:
             (time.perf_counter() - began) / completion.usage.completion_tokens
         )
         masker_steps += per_step(calls)
+        all_calls += calls
         apply_calls += [seconds for name, seconds in calls if name == "apply"]
         text = completion.text
     for undo in undos:
         undo()
 
     step = statistics.median(plain_steps)
+    whole = statistics.median(whole_steps)
     mean = statistics.mean(masker_steps)
     print(
-        f"unconstrained model step: median {step * 1e3:.2f} ms\n"
+        f"unconstrained model step: median {step * 1e3:.2f} ms; whole decoding step (model, "
+        f"output projection, sampling, bookkeeping): median {whole * 1e3:.2f} ms\n"
         f"token masker per step: median {statistics.median(masker_steps) * 1e6:.0f} us, "
-        f"mean {mean * 1e6:.0f} us = {mean / step:.1%} of a step (target <= 5%)\n"
+        f"mean {mean * 1e6:.0f} us = {mean / step:.1%} of a model step, "
+        f"{mean / whole:.1%} of a whole decoding step (target <= 5%)\n"
         f"  of which the mask (compute, apply, budget guard): median "
         f"{statistics.median(apply_calls) * 1e6:.0f} us, max {max(apply_calls) * 1e6:.0f} us"
     )
+    steps = len(masker_steps)
+    shares = ", ".join(
+        f"{name} {sum(sec for n, sec in all_calls if n == name) / steps * 1e6:.0f} us"
+        for name in names
+    )
+    print(f"  the masker's mean per step by method: {shares}")
     plain_token = statistics.median(seconds_per_token["plain"])
     constrained_token = statistics.median(seconds_per_token["constrained"])
     print(
