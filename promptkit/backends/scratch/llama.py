@@ -212,7 +212,7 @@ class Attention(nn.Module):
             k = key_cache[:, :, : past + T]  # (B, nkv, past + T, hs)
             v = value_cache[:, :, : past + T]
         if T == 1:  # one new position sees every key: a group's query heads attend as if they
-            # were positions of one head (the same values, a third of SDPA's time at batch 8)
+            # were positions of one head (the same values; SDPA takes 40% less time at batch 8)
             y = F.scaled_dot_product_attention(
                 turned[:, :, :nh].view(B, nkv, nh // nkv, hs), k, v, attn_mask=mask
             )  # (B, nkv, nh / nkv, hs): the heads in order
@@ -350,7 +350,7 @@ class Llama(nn.Module):
         if positions is None:
             positions = torch.arange(past, past + T, device=idx.device).expand(B, T)
         mask = attention_mask(key_valid, T, past)
-        x = F.embedding(idx.reshape(B * T), self.wte.weight)  # (B * T, C): rows
+        x = self.wte(idx.reshape(B * T))  # (B * T, C): rows
         rotation = rotary(self.inv_freq, positions, x.dtype)
         for i, block in enumerate(self.h):
             layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
