@@ -365,9 +365,7 @@ def top_tokens(logits: torch.Tensor) -> torch.Tensor:
 
 def top_token(logits: torch.Tensor) -> int:
     """The most likely token of one row of ``logits`` ``(vocab,)``, as :func:`top_tokens`."""
-    if _numpy_readable(logits):
-        return int(logits.numpy().argmax())
-    return int(logits.argmax())
+    return int(top_tokens(logits))
 
 
 def _numpy_readable(logits: torch.Tensor) -> bool:
