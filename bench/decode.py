@@ -62,7 +62,7 @@ def main() -> None:
         rate_theirs, rate_mine = batch * args.new / t_theirs, batch * args.new / t_mine
         print(
             f"batch {batch}: transformers {rate_theirs:6.1f} tok/s   ours {rate_mine:6.1f} tok/s"
-            f"   ratio {rate_mine / rate_theirs:.2f}x (target >= 1.3x)   same tokens: {same}"
+            f"   same tokens: {same}   (target >= 1.3x) ratio {rate_mine / rate_theirs:.2f}x"
         )
         if batch == 1 and bandwidth:
             limit = bandwidth * 1e9 / weight_bytes

@@ -79,7 +79,7 @@ def main() -> None:
     print(
         f"{args.threads} threads, prompt {args.prompt}, {args.new} new tokens, batch 1: "
         f"llama.cpp (Q4_1) {rate_theirs:6.1f} tok/s   ours ({args.dtype}) {rate_mine:6.1f} tok/s   "
-        f"ratio {rate_mine / rate_theirs:.2f}x   same tokens {same}/{args.new}"
+        f"same tokens {same}/{args.new}   ratio {rate_mine / rate_theirs:.2f}x"
     )
     print(cpu_line())
 

@@ -5,22 +5,29 @@
                           [--new 32] [--score 128] [--ppl-chars 4000] [--no-transformers] [--gpt2]
 
 SmolLM2-135M-Instruct from the pulled Q4_1 GGUF at every precision (``scratch:...@int4`` keeps
-the file's Q4_1 blocks as they are). For each precision: perplexity on the start of WikiText-2's
-test split (``../shared/data/corpora/wiki.test.raw``) and its change from float32, the memory
-the weights take, greedy decoding at batch 1 and batch 8 (KV cache, end of text ignored; the
-time of ``--new`` tokens less that of one, so that the prompt's pass is left out), scoring 8
-sequences of ``--score`` tokens, and agreement with float32: the share of WikiText positions
-whose top token is float32's (teacher-forced), and how many of the batch-1 greedy tokens equal
-float32's. Ratios are against transformers float32 on the same file, and against transformers
-at the same precision where it runs one on a CPU (bfloat16; int8 and int4 need torchao there,
-not installed). ``--gpt2``: GPT-2 small shape (random weights) decoding at batch 1, the same
-against transformers float32. Prints the CPU (lscpu's model name, PyTorch's CPU capability)
-and the load average with the figures: timings on a shared machine are noisy.
+the file's Q4_1 blocks as they are). For each precision, one line per figure, each ending in
+``ratio N.NNx`` against a baseline measured in the same run:
+
+- greedy decoding at batch 1 and batch 8 (KV cache, end of text ignored; the time of ``--new``
+  tokens less that of one, so that the prompt's pass is left out), against transformers float32
+  on the same file and prompts, timed straight before ours (this machine's speed drifts within
+  minutes; ``paired.py`` gives medians over alternating rounds), and against transformers at
+  the same precision where it runs one on a CPU (bfloat16; int8 and int4 need torchao there);
+- scoring 8 sequences of ``--score`` tokens, the same against transformers float32;
+- the memory the weights take, and the perplexity on the start of WikiText-2's test split
+  (``../shared/data/corpora/wiki.test.raw``), against the first precision listed (float32);
+
+then the agreement with it: the share of WikiText positions whose top token is float32's
+(teacher-forced), and how many of the batch-1 greedy tokens equal float32's. ``--gpt2``: GPT-2
+small shape (random weights) decoding at batch 1, the same against transformers float32.
+Prints the CPU (lscpu's model name, PyTorch's CPU capability) and the load average with the
+figures: timings on a shared machine are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import subprocess
 import time
@@ -103,12 +110,10 @@ def hf_score_rate(model: Any, ids: torch.Tensor, repeats: int) -> float:
     return ids.numel() / best_time(run, repeats)
 
 
-def score_rate(backend: ScratchBackend, length: int, repeats: int) -> float:
-    """Tokens per second of scoring 8 random sequences of ``length`` tokens."""
-    vocab = backend.model.config.vocab_size
-    rows = torch.randint(0, vocab, (8, length), generator=torch.Generator().manual_seed(3))
-    requests = [([0], row) for row in rows.tolist()]
-    return 8 * length / best_time(lambda: backend.score_ids(requests), repeats)
+def score_rate(backend: ScratchBackend, ids: torch.Tensor, repeats: int) -> float:
+    """Tokens per second of scoring the rows of ``ids`` ``(B, T)``, each whole."""
+    requests = [([0], row) for row in ids.tolist()]
+    return ids.numel() / best_time(lambda: backend.score_ids(requests), repeats)
 
 
 def wikitext_pass(backend: ScratchBackend, ids: list[int]) -> tuple[float, torch.Tensor]:
@@ -124,71 +129,81 @@ def wikitext_pass(backend: ScratchBackend, ids: list[int]) -> tuple[float, torch
         return float(torch.cat(nll).mean().exp()), torch.cat(top)
 
 
-def ratio(mine: float, theirs: float | None) -> str:
-    return "n/a" if theirs is None else f"{mine / theirs:.2f}x"
+def figure(label: str, mine: float, base_label: str, base: float, unit: str) -> str:
+    """One bench line: our figure against a baseline measured in the same run."""
+    return f"{label}: {mine:.1f} {unit}, {base_label} {base:.1f} {unit}: ratio {mine / base:.2f}x"
 
 
 def smollm2(args: argparse.Namespace) -> None:
     path = pull("smollm2-135m-instruct")
     text = WIKITEXT.read_text(encoding="utf-8")[: args.ppl_chars] if WIKITEXT.is_file() else None
+    if text is None:
+        print(f"no perplexity: {WIKITEXT} is not there (it comes with ../shared/data)")
     generator = torch.Generator().manual_seed(0)
-    reference: dict[str, Any] = {}
-    hf: dict[str, dict[str, float]] = {}
+    theirs: dict[str, Any] = {}  # transformers at float32 and bfloat16, loaded once
     if args.transformers:
         import transformers
 
         model = transformers.AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, dtype=torch.float32
         ).eval()
-        for name in ("float32", "bfloat16"):
-            model = model.to(getattr(torch, name))
-            vocab = model.config.vocab_size
-            rates = {}
-            for batch in (1, 8):
-                prompt = torch.randint(0, vocab, (batch, args.prompt), generator=generator)
-                rates[f"b{batch}"] = hf_decode_rate(model, prompt, args.new, 0, args.repeats)
-            ids = torch.randint(0, vocab, (8, args.score), generator=generator)
-            rates["score"] = hf_score_rate(model, ids, args.repeats)
-            hf[name] = rates
-            print(
-                f"transformers {name:8s}: batch 1 {rates['b1']:6.1f} tok/s, batch 8 "
-                f"{rates['b8']:6.1f} tok/s, scoring {rates['score']:6.0f} tok/s"
-            )
-        del model
-    print(
-        "precision  load s  weights MB  perplexity (change)  top-1 = f32  greedy = f32  "
-        "batch 1 tok/s (vs hf f32, same prec)  batch 8 tok/s (vs hf f32)  scoring tok/s (vs hf f32)"
-    )
+        theirs = {"float32": model, "bfloat16": copy.deepcopy(model).to(torch.bfloat16)}
+    reference: dict[str, Any] = {}
     for precision in args.precisions.split(","):
         began = time.perf_counter()
         backend = pk.get_backend(f"scratch:{path}@{precision}", device="cpu")
         assert isinstance(backend, ScratchBackend)
         load = time.perf_counter() - began
         vocab = backend.model.config.vocab_size
+        megabytes = weight_megabytes(backend.model)
         ppl, top = float("nan"), None
         if text is not None:
             ppl, top = wikitext_pass(backend, backend.tokenizer.encode(text))
         generator.manual_seed(1)
-        rates, tokens = {}, None
+        tokens = None
+        # transformers is timed straight before each of our figures, on the same prompts:
+        # this machine's speed drifts within minutes (see paired.py for medians over rounds)
+        baselines = [name for name in ("float32", precision) if name in theirs]
         for batch in (1, 8):
             prompt = torch.randint(0, vocab, (batch, args.prompt), generator=generator)
-            rates[f"b{batch}"], made = decode_rate(backend, prompt, args.new, args.repeats)
+            before = {
+                name: hf_decode_rate(theirs[name], prompt, args.new, 0, args.repeats)
+                for name in dict.fromkeys(baselines)
+            }
+            rate, made = decode_rate(backend, prompt, args.new, args.repeats)
             tokens = made[0] if batch == 1 else tokens
-        rates["score"] = score_rate(backend, args.score, args.repeats)
-        if precision == "float32" or not reference:
-            reference = {"ppl": ppl, "tokens": tokens, "top": top}
+            if not before:
+                print(f"{precision} batch {batch}: {rate:.1f} tok/s")
+            for name, base in before.items():
+                label = f"transformers {name} just before"
+                print(figure(f"{precision} batch {batch}", rate, label, base, "tok/s"))
+        ids = torch.randint(0, vocab, (8, args.score), generator=generator)
+        if "float32" in theirs:
+            base = hf_score_rate(theirs["float32"], ids, args.repeats)
+        scored = score_rate(backend, ids, args.repeats)
+        label = f"{precision} scoring 8 x {args.score}"
+        if "float32" in theirs:
+            print(figure(label, scored, "transformers float32 just before", base, "tok/s"))
+        else:
+            print(f"{label}: {scored:.0f} tok/s")
+        if not reference:  # float32 when it is listed first
+            reference = {"precision": precision, "ppl": ppl, "tokens": tokens, "top": top}
+            reference["megabytes"] = megabytes
+        first = reference["precision"]
+        print(figure(f"{precision} weights", megabytes, f"{first}'s", reference["megabytes"], "MB"))
+        if text is not None:
+            change = f"{ppl / reference['ppl'] - 1:+.2%}"
+            print(
+                f"{precision} WikiText-2 perplexity ({change}): {ppl:.2f}, {first}'s "
+                f"{reference['ppl']:.2f}: ratio {ppl / reference['ppl']:.2f}x"
+            )
         agree = "n/a"
         if top is not None and reference["top"] is not None:
             agree = f"{float((top == reference['top']).float().mean()):.1%}"
         same = sum(a == b for a, b in zip(tokens or [], reference["tokens"] or [], strict=True))
-        base, same_precision = hf.get("float32", {}), hf.get(precision, {})
         print(
-            f"{precision:9s}  {load:6.1f}  {weight_megabytes(backend.model):10.0f}  "
-            f"{ppl:10.2f} ({ppl / reference['ppl'] - 1:+.2%})  {agree:>11s}  "
-            f"{same:>5d}/{args.new:<6d}  {rates['b1']:6.1f} ({ratio(rates['b1'], base.get('b1'))}, "
-            f"{ratio(rates['b1'], same_precision.get('b1'))})  {rates['b8']:6.1f} "
-            f"({ratio(rates['b8'], base.get('b8'))})  {rates['score']:6.0f} "
-            f"({ratio(rates['score'], base.get('score'))})"
+            f"{precision} agreement with {first}: top token at {agree} of WikiText-2 positions, "
+            f"{same}/{args.new} batch-1 greedy tokens; loaded in {load:.1f} s"
         )
 
 
@@ -199,14 +214,14 @@ def gpt2(args: argparse.Namespace) -> None:
 
     hf_model, _ = same_weights()
     prompt = torch.randint(0, 50000, (1, args.prompt), generator=torch.Generator().manual_seed(2))
-    theirs = hf_decode_rate(hf_model, prompt, args.new, 50256, args.repeats)
-    print(f"GPT-2 small (random weights), batch 1: transformers float32 {theirs:6.1f} tok/s")
     for precision in args.precisions.split(","):
         _, ours = same_weights()
         reduce_precision(ours, precision)
         backend = ScratchBackend(ours, IdsOnlyTokenizer())
+        theirs = hf_decode_rate(hf_model, prompt, args.new, 50256, args.repeats)
         rate, _ = decode_rate(backend, prompt, args.new, args.repeats)
-        print(f"  ours {precision:8s} {rate:6.1f} tok/s ({rate / theirs:.2f}x)")
+        label = f"GPT-2 small (random weights) {precision} batch 1"
+        print(figure(label, rate, "transformers float32 just before", theirs, "tok/s"))
 
 
 def main() -> None:
