@@ -178,14 +178,13 @@ def smollm2(args: argparse.Namespace) -> None:
                 label = f"transformers {name} just before"
                 print(figure(f"{precision} batch {batch}", rate, label, base, "tok/s"))
         ids = torch.randint(0, vocab, (8, args.score), generator=generator)
-        if "float32" in theirs:
-            base = hf_score_rate(theirs["float32"], ids, args.repeats)
+        base = hf_score_rate(theirs["float32"], ids, args.repeats) if theirs else None
         scored = score_rate(backend, ids, args.repeats)
         label = f"{precision} scoring 8 x {args.score}"
-        if "float32" in theirs:
-            print(figure(label, scored, "transformers float32 just before", base, "tok/s"))
-        else:
+        if base is None:
             print(f"{label}: {scored:.0f} tok/s")
+        else:
+            print(figure(label, scored, "transformers float32 just before", base, "tok/s"))
         if not reference:  # float32 when it is listed first
             reference = {"precision": precision, "ppl": ppl, "tokens": tokens, "top": top}
             reference["megabytes"] = megabytes
