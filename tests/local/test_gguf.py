@@ -161,6 +161,25 @@ def test_float32_gguf_gives_the_original_models_logits(tmp_path, kind):
     assert float((logits_of(backend, ids) - expected).abs().max()) <= 1e-3
 
 
+def test_reader_over_a_plain_array_reads_what_gguf_reads(tmp_path):
+    """open_gguf's reader slices a plain ndarray view of the memory map (3x faster to parse):
+    every field and every tensor's bytes must be gguf's own reader's."""
+    from promptkit.backends.scratch._gguf import open_gguf
+
+    folder = make_hf_llama(tmp_path / "hf", "llama")
+    path = tmp_path / "model.gguf"
+    write_gguf(folder, path, {"*": Q.Q4_1, "token_embd": Q.Q8_0}, chat_template="{{ x }}")
+    ours, theirs = open_gguf(path), gguf.GGUFReader(str(path))
+    assert type(ours.data) is np.ndarray and isinstance(theirs.data, np.memmap)
+    assert list(ours.fields) == list(theirs.fields)
+    for key, field in theirs.fields.items():
+        assert ours.fields[key].contents() == field.contents(), key
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    for mine, reference in zip(ours.tensors, theirs.tensors, strict=True):
+        assert mine.tensor_type == reference.tensor_type
+        assert np.array_equal(mine.data, reference.data), mine.name
+
+
 def test_unpermuting_is_needed_and_is_llama_cpps_inverse():
     from promptkit.backends.scratch._gguf import unpermute
 

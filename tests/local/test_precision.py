@@ -154,7 +154,12 @@ def test_untied_llama_keeps_its_own_output_matrix(tmp_path):
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
 def test_gguf_q4_blocks_become_int4_weights_block_for_block(tmp_path, qtype):
     gguf = pytest.importorskip("gguf")
-    from promptkit.backends.scratch._gguf import int4_weights, read_gguf, state_from_gguf
+    from promptkit.backends.scratch._gguf import (
+        int4_weights,
+        open_gguf,
+        read_gguf,
+        state_from_gguf,
+    )
 
     from .test_gguf import write_gguf
 
@@ -163,10 +168,11 @@ def test_gguf_q4_blocks_become_int4_weights_block_for_block(tmp_path, qtype):
     path = tmp_path / "model.gguf"
     write_gguf(folder, path, {"*": getattr(Q, qtype), "token_embd": Q.Q8_0})
     float32 = pk.get_backend(f"scratch:{path}", device="cpu")
-    _, tensors = read_gguf(path)
+    reader = open_gguf(path)
+    _, tensors = read_gguf(reader, str(path))
     config = float32.model.config
     state = state_from_gguf(tensors, config, "llama")  # gguf's own dequantization, unpermuted
-    found = int4_weights(path, config, "llama")
+    found = int4_weights(reader, config, "llama")
     assert set(found) == {n.removesuffix(".weight") for n in state if n.startswith("h.")} - {
         f"h.{i}.{norm}" for i in range(config.n_layer) for norm in ("attn_norm", "mlp_norm")
     }

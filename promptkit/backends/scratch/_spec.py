@@ -97,7 +97,7 @@ def from_spec(
     spec and the option give differently, or int8/int4 on another device."""
     from ...models._registry import lookup, pull, shipped_adapter
     from .._chat_templates import folder_chat_template
-    from ._gguf import gguf_chat_template, load_gguf
+    from ._gguf import load_gguf
     from ._loading import load_model
 
     if options:
@@ -134,9 +134,10 @@ def from_spec(
         return _with_adapter(path, device, dtype, prefix_cache_bytes)
     model: GPT | Llama
     if path.is_file() and path.suffix == ".gguf":
-        model, tokenizer = load_gguf(path, device=chosen, dtype=dtype)
+        model, tokenizer, template = load_gguf(
+            path, device=chosen, dtype=dtype, chat_template=chat_template
+        )
         weights = path
-        template = gguf_chat_template(path, tokenizer) if chat_template else None
     else:
         if path.is_file():
             raise ConfigurationError(

@@ -326,6 +326,18 @@ class Llama(nn.Module):
         self._output_key: tuple[Any, ...] | None = None  # what _output_t was copied from
         self._output_t = torch.empty(0)
 
+    @classmethod
+    def for_loading(cls, config: LlamaConfig) -> Llama:
+        """A model whose parameters are allocated on the CPU but not initialized, for a loader
+        that then copies every one of them in (``load_state`` refuses a missing tensor): the
+        random initialization of 135M parameters costs about a second."""
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to_empty(device="cpu")
+        model.inv_freq = rotary_frequencies(config)  # computed, not loaded
+        model._output_t = torch.empty(0)
+        return model
+
     @property
     def output_weight(self) -> torch.Tensor:
         """The ``(vocab, n_embd)`` matrix that maps hidden states to logits."""
