@@ -4,13 +4,13 @@
     python bench/paired.py [--threads 2] [--precisions int4,int8,bfloat16] [--batches 1,8]
                            [--rounds 5] [--repeats 2] [--new 33]
 
-``bench/quant.py`` measures transformers first and each precision after it, minutes apart; on a
-machine whose speed drifts by 10-30% within minutes (this project's virtual machines) that
-moves its ratios by as much. Here each round times transformers float32 and then each of our
-precisions on the same prompts, back to back, and the figure is the median over rounds of the
-paired ratios. Greedy decoding, the end of text ignored, the prompt's pass left out (the time
-of ``--new`` tokens less that of one; best of ``--repeats``). Both models stay loaded: the
-pulled Q4_1 GGUF file, dequantized by transformers and taken as it is by ``scratch:``.
+``bench/quant.py`` times transformers once before each of its figures; on a machine whose
+speed drifts by 10-30% within minutes (this project's virtual machines) one pair moves by as
+much. Here each round times transformers float32 and then each of our precisions on the same
+prompts, back to back, and the figure is the median over rounds of the paired ratios. Greedy
+decoding, the end of text ignored, the prompt's pass left out (the time of ``--new`` tokens
+less that of one; best of ``--repeats``). Both models stay loaded: the pulled Q4_1 GGUF file,
+dequantized by transformers and taken as it is by ``scratch:``.
 
 Prints each round, then per precision and batch one line ending in ``ratio N.NNx`` (targets of
 issue 21: int4 batch 1 >= 3x, int8 batch 1 >= 2x, batch 8 >= 3x on a CPU with bfloat16

@@ -2,7 +2,7 @@
 
 A GGUF file holds one model: key/value metadata (the architecture's shape, the tokenizer's
 vocabulary and merges, the chat template) and tensors, many of them quantized. Loading it here
-takes four named steps:
+parses the file once (:func:`open_gguf`) and takes five named steps:
 
 1. metadata -> :class:`LlamaConfig` (:func:`config_from_gguf`);
 2. every tensor dequantized to float32 with the ``gguf`` package (``gguf.quants.dequantize``:
