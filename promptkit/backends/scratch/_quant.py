@@ -142,6 +142,16 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.size(-1))
 
 
+def _bfloat16(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` in bfloat16, the weight-only kernels' input (no cast when already so)."""
+    return rows if rows.dtype == torch.bfloat16 else rows.to(torch.bfloat16)
+
+
+def _biased(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A kernel's output with the layer's bias, if it has one, added."""
+    return y if bias is None else y + bias
+
+
 class Int8Linear(nn.Module):
     """``y = x W^T + b`` with ``W`` in int8, one bfloat16 scale per output channel; computes in
     bfloat16."""
@@ -165,10 +175,7 @@ class Int8Linear(nn.Module):
 
     def multiply(self, rows: torch.Tensor) -> torch.Tensor:
         """The layer's output ``(N, out)`` for ``rows`` ``(N, in)`` (bfloat16, or cast to it)."""
-        if rows.dtype != torch.bfloat16:
-            rows = rows.to(torch.bfloat16)
-        y: torch.Tensor = _INT8_MM(rows, self.weight, self.scale)
-        return y if self.bias is None else y + self.bias
+        return _biased(_INT8_MM(_bfloat16(rows), self.weight, self.scale), self.bias)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 ``(out, in)`` weight this layer multiplies by."""
@@ -201,10 +208,7 @@ class Int4Linear(nn.Module):
 
     def multiply(self, rows: torch.Tensor) -> torch.Tensor:
         """The layer's output ``(N, out)`` for ``rows`` ``(N, in)`` (bfloat16, or cast to it)."""
-        if rows.dtype != torch.bfloat16:
-            rows = rows.to(torch.bfloat16)
-        y: torch.Tensor = _INT4_MM(rows, self.packed, GROUP, self.scale_zero)
-        return y if self.bias is None else y + self.bias
+        return _biased(_INT4_MM(_bfloat16(rows), self.packed, GROUP, self.scale_zero), self.bias)
 
 
 # Llama projections that reduced precision computes as one product: (fused name, parts).
