@@ -42,7 +42,7 @@ from promptkit.backends import GenerationConfig
 from promptkit.backends._base import messages_to_text
 from promptkit.backends._masking import TokenMasker, llg_tokenizer
 from promptkit.backends.scratch._backend import ScratchBackend
-from promptkit.backends.scratch._quant import reduce_precision
+from promptkit.backends.scratch._reduce import reduce_precision
 from promptkit.backends.scratch._tokenizer import Tokenizer
 from promptkit.backends.scratch.gpt2 import GPT, PRESETS
 

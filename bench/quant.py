@@ -209,7 +209,7 @@ def smollm2(args: argparse.Namespace) -> None:
 def gpt2(args: argparse.Namespace) -> None:
     from common import IdsOnlyTokenizer, same_weights
 
-    from promptkit.backends.scratch._quant import reduce_precision
+    from promptkit.backends.scratch._reduce import reduce_precision
 
     hf_model, _ = same_weights()
     prompt = torch.randint(0, 50000, (1, args.prompt), generator=torch.Generator().manual_seed(2))

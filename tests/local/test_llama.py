@@ -161,7 +161,7 @@ def test_blocks_called_as_modules_give_the_model_s_values(precision):
     """``Llama.forward`` runs each block's math over rows without module calls (cheaper at
     batch 1); the blocks, attentions and MLPs called as modules on ``(B, T, C)`` must give
     the same hidden states, with the q/k/v and gate/up products separate or joined."""
-    from promptkit.backends.scratch._quant import reduce_precision
+    from promptkit.backends.scratch._reduce import reduce_precision
     from promptkit.backends.scratch.llama import rotary
 
     torch.manual_seed(0)

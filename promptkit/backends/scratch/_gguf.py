@@ -35,7 +35,8 @@ import torch
 from ...errors import ConfigurationError
 from .._chat_templates import ChatTemplate
 from ._checkpoint import load_state
-from ._quant import GROUP, Int4Weights, auto_precision, reduce_precision
+from ._quant import GROUP, Int4Weights, auto_precision
+from ._reduce import reduce_precision
 from ._tokenizer import Tokenizer
 from .llama import Llama, LlamaConfig
 

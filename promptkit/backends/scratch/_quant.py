@@ -13,9 +13,10 @@ A precision is chosen when a model is loaded (``get_backend("scratch:...", dtype
 The int8 and int4 layers run PyTorch's weight-only CPU kernels (``_weight_int8pack_mm``,
 ``_weight_int4pack_mm_for_cpu``), fast with bfloat16 activations: the quantized models compute in
 bfloat16 between their layers (norms in float32), as a bfloat16 model does. Their output
-projection is int8 in both (int4 logits cost more perplexity than the time they save), and the
-token embedding stays bfloat16 (a lookup, not a product). Final hidden states are float32, so
-scoring and sampling read float32 logits whatever the precision.
+projection is int8 in both (int4 logits cost more perplexity than the time they save), with its
+inputs quantized to int8 per row on CPUs with AVX512-VNNI (:mod:`._int8_head`), and the token
+embedding stays bfloat16 (a lookup, not a product). Final hidden states are float32, so scoring
+and sampling read float32 logits whatever the precision. :mod:`._reduce` converts a model.
 """
 
 from __future__ import annotations
@@ -23,14 +24,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigurationError
-from ._layout import Linear
 
 __all__ = [
     "GROUP",
@@ -42,7 +41,6 @@ __all__ = [
     "check_precision",
     "plain_logits",
     "precision_of",
-    "reduce_precision",
     "split_spec_dtype",
 ]
 
@@ -209,116 +207,6 @@ class Int4Linear(nn.Module):
     def multiply(self, rows: torch.Tensor) -> torch.Tensor:
         """The layer's output ``(N, out)`` for ``rows`` ``(N, in)`` (bfloat16, or cast to it)."""
         return _biased(_INT4_MM(_bfloat16(rows), self.packed, GROUP, self.scale_zero), self.bias)
-
-
-# Llama projections that reduced precision computes as one product: (fused name, parts).
-FUSED = (
-    ("attn.qkv_proj", ("attn.q_proj", "attn.k_proj", "attn.v_proj")),
-    ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj")),
-)
-
-
-def _weight_of(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A float linear layer's ``(out, in)`` weight and its bias."""
-    if isinstance(layer, Linear):
-        weight = layer.weight if layer.transposed else layer.weight.t()
-        return weight.detach(), layer.bias
-    assert isinstance(layer, nn.Linear)
-    return layer.weight.detach(), layer.bias
-
-
-def _groups(model: nn.Module) -> list[tuple[str, list[str]]]:
-    """The linear layers of the blocks to convert, as (new name, the layers it replaces):
-    Llama's q/k/v and gate/up projections joined (see :data:`FUSED`), the rest one by one."""
-    linears = [
-        name
-        for name, module in model.named_modules()
-        if name.startswith("h.") and isinstance(module, (Linear, nn.Linear))
-    ]
-    groups, taken = [], set()
-    for index in range(len(cast(nn.ModuleList, model.get_submodule("h")))):
-        for fused, parts in FUSED:
-            names = [f"h.{index}.{part}" for part in parts]
-            if all(name in linears for name in names):
-                groups.append((f"h.{index}.{fused}", names))
-                taken.update(names)
-    return groups + [(name, [name]) for name in linears if name not in taken]
-
-
-def _reduced_layer(
-    precision: str,
-    weights: list[torch.Tensor],
-    known: list[Int4Weights | None],
-    bias: torch.Tensor | None,
-) -> nn.Module:
-    """One layer computing the float ``(out, in)`` ``weights`` stacked by rows, in
-    ``precision``; ``known`` holds the int4 weights already known for some of them."""
-    weight = torch.cat(weights)
-    if precision == "bfloat16":
-        layer = nn.Linear(weight.size(1), weight.size(0), bias=bias is not None)
-        with torch.no_grad():
-            layer.weight.copy_(weight)
-            if bias is not None and layer.bias is not None:
-                layer.bias.copy_(bias)
-        return layer
-    if precision == "int4" and Int4Linear.fits(*weight.shape):
-        parts = [
-            k if k is not None else Int4Weights.quantize(w)
-            for w, k in zip(weights, known, strict=True)
-        ]
-        joined = Int4Weights(
-            torch.cat([p.codes for p in parts]),
-            torch.cat([p.scale for p in parts]),
-            torch.cat([p.zero for p in parts]),
-        )
-        return Int4Linear(joined, bias)
-    return Int8Linear(weight, bias)
-
-
-def reduce_precision(
-    model: nn.Module, precision: str, int4_weights: dict[str, Int4Weights] | None = None
-) -> None:
-    """Convert ``model`` (a GPT or Llama in float32) to ``precision`` in place; Llama's query,
-    key and value projections become one layer (``attn.qkv_proj``), and so do its gate and up
-    projections (``mlp.gate_up_proj``): one product each instead of three and two.
-
-    For int4, ``int4_weights`` gives layers (by module name) whose int4 weights are already
-    known (a GGUF file's Q4 blocks): they are taken as they are, not quantized again. A layer
-    the int4 kernel cannot take (inputs not a multiple of 32, outputs not of 16) becomes int8.
-
-    Raises ConfigurationError for an unknown precision.
-    """
-    if check_precision(precision) in (None, "float32"):
-        return
-    if precision == "auto":
-        raise ConfigurationError("resolve dtype='auto' with auto_precision before converting")
-    known = int4_weights or {}
-    for target, names in _groups(model):
-        if precision == "bfloat16" and len(names) == 1:
-            continue  # converted with the rest below
-        weights, biases = zip(
-            *(_weight_of(model.get_submodule(name)) for name in names), strict=True
-        )
-        bias = None
-        if any(b is not None for b in biases):
-            bias = torch.cat(
-                [
-                    torch.zeros(w.size(0)) if b is None else b
-                    for w, b in zip(weights, biases, strict=True)
-                ]
-            )
-        layer = _reduced_layer(precision, list(weights), [known.get(n) for n in names], bias)
-        for name in names:
-            parent, _, child = name.rpartition(".")
-            delattr(model.get_submodule(parent), child)
-        parent, _, child = target.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer)
-    if precision in ("int8", "int4"):
-        model.head = Int8Linear(cast(torch.Tensor, model.output_weight), None)
-    exact = {n: b for n, b in model.named_buffers() if n in ("inv_freq", "slopes")}
-    model.to(torch.bfloat16)
-    for name, buffer in exact.items():  # rotary frequencies and ALiBi slopes stay float32
-        setattr(model, name, buffer)
 
 
 def precision_of(model: nn.Module) -> str:

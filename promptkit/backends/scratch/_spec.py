@@ -27,9 +27,9 @@ from ._quant import (
     auto_precision,
     check_precision,
     precision_of,
-    reduce_precision,
     split_spec_dtype,
 )
+from ._reduce import reduce_precision
 from .gpt2 import GPT
 from .llama import Llama
 

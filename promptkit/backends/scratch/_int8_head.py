@@ -1,0 +1,147 @@
+"""The int8 output projection, its inputs quantized to int8 per row on CPUs with AVX512-VNNI.
+
+An int8 or int4 model's output projection (``head``: 49,152 x 576 int8 weights in SmolLM2) is
+the largest product of a decoding step. PyTorch's weight-only kernel (``_weight_int8pack_mm``)
+widens every weight to bfloat16 and is bound by that arithmetic: on the Intel Xeon of
+bench/RESULTS.md 2.4 ms for one row, 6.3 ms for 8 rows, 530 ms for 512. FBGEMM's int8 x int8
+product (``quantized::linear_dynamic``, with AVX512-VNNI) takes 1.1, 2.2 and 175 ms.
+
+That product quantizes its float32 input per tensor, to 8 bits with one scale and zero point.
+Used as it is, a row's logits would depend on the other rows of its batch, and a few channels
+far larger than the rest (in SmolLM2's final hidden states one channel averages 59 times the
+median's magnitude, 16 over 4 times) would leave the others a handful of levels: WikiText-2
+perplexity rose by 60%. :class:`Int8Head` does two things around it:
+
+- **Per row.** Each row is divided by its own largest magnitude, and two columns holding -1
+  and +1 (their weights zero) are appended: the tensor's range is then [-1, 1] whatever the
+  batch, so each row is quantized on its own scale, and a row's logits are the same alone or
+  in a batch. The product is multiplied back by each row's magnitude.
+- **Outlier channels apart.** The channels whose mean magnitude is over 4 times the median
+  channel's, on hidden states of random tokens computed once at load
+  (:func:`outlier_channels`), stay out of the int8 product and are added in float32.
+
+On SmolLM2-135M int4 (bench/RESULTS.md): perplexity 15.253 against the weight-only head's 15.251,
+top-1 agreement with float32 97.0% against 96.3%. Elsewhere (no FBGEMM, no AVX512-VNNI, where
+its 8-bit products could saturate; a GPU) the head is the weight-only kernel.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._quant import Int8Linear
+
+__all__ = ["Int8Head", "outlier_channels", "row_quantized_products"]
+
+_OUTLIER_RATIO = 4.0  # an outlier channel's mean magnitude, in median channels' magnitudes
+_CALIBRATION = (4, 64)  # random-token rows and positions whose hidden states find the outliers
+
+
+def row_quantized_products() -> bool:
+    """Whether this CPU and PyTorch run :class:`Int8Head`'s int8 x int8 product: FBGEMM built in,
+    its operators and quantized tensors still in PyTorch, and AVX512-VNNI, whose 8-bit
+    multiply-adds do not saturate (AVX2's can, at full range)."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return False
+    if not torch.cpu._is_vnni_supported():
+        return False
+    operators = ("linear_prepack", "linear_dynamic")
+    if not all(hasattr(torch.ops.quantized, name) for name in operators):
+        return False
+    return hasattr(torch, "_make_per_channel_quantized_tensor")
+
+
+def outlier_channels(model: nn.Module) -> torch.Tensor:
+    """Indices of the channels of ``model``'s final hidden states (a GPT or Llama) whose mean
+    magnitude is over 4 times the median channel's, at most one in 16 channels: measured on
+    4 x 64 random tokens (seeded, so a model always gets the same channels)."""
+    config: Any = model.config
+    rows, positions = _CALIBRATION
+    generator = torch.Generator().manual_seed(0)
+    shape = (rows, min(positions, config.context_length))
+    ids = torch.randint(0, config.vocab_size, shape, generator=generator)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        hidden: torch.Tensor = model(ids.to(device))
+        magnitude = hidden.float().abs().mean(dim=(0, 1)).cpu()  # (n_embd,)
+    ranked = magnitude.argsort(descending=True)[: magnitude.numel() // 16]
+    chosen = ranked[magnitude[ranked] > _OUTLIER_RATIO * magnitude.median()]
+    return chosen.sort().values
+
+
+class Int8Head(Int8Linear):
+    """An :class:`Int8Linear` output projection whose CPU product quantizes its inputs to int8
+    per row, with ``outliers`` (channel indices) kept in float32 (see the module's docstring).
+    Its weights, scales and :meth:`dequantized` are :class:`Int8Linear`'s."""
+
+    def __init__(self, head: Int8Linear, outliers: torch.Tensor):
+        """The same weights and scales as ``head`` (no bias: an output projection has none)."""
+        nn.Module.__init__(self)  # the codes are taken as they are, not quantized again
+        if head.bias is not None:
+            raise ValueError("Int8Head is an output projection, which has no bias")
+        self.weight: torch.Tensor
+        self.scale: torch.Tensor
+        self.bias: torch.Tensor | None
+        self.outliers: torch.Tensor
+        self.kept: torch.Tensor
+        kept = torch.ones(head.weight.size(1), dtype=torch.bool)
+        kept[outliers] = False
+        self.register_buffer("weight", head.weight)  # (out, in)
+        self.register_buffer("scale", head.scale)  # (out,)
+        self.register_buffer("bias", None)
+        self.register_buffer("outliers", outliers.long(), persistent=False)
+        self.register_buffer("kept", kept.nonzero().squeeze(1), persistent=False)
+        self._bounds = torch.tensor([[-1.0, 1.0]])  # the two appended columns
+        self._packed_key: tuple[Any, ...] | None = None  # what the packed weights came from
+        self._packed: Any = None  # FBGEMM's packed kept columns (not a tensor: rebuilt on change)
+        self._outlier_t = torch.empty(0)  # (outliers, out) float32
+
+    def multiply(self, rows: torch.Tensor) -> torch.Tensor:
+        """Float32 outputs ``(N, out)`` of ``rows`` ``(N, in)``; off the CPU, the weight-only
+        kernel's (bfloat16)."""
+        if not rows.is_cpu:
+            return super().multiply(rows)
+        packed, outlier_t = self._prepared()
+        x = rows.float()
+        kept = x.index_select(1, self.kept)
+        magnitude = kept.abs().amax(dim=1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
+        scaled = torch.cat((kept / magnitude, self._bounds.expand(x.size(0), 2)), dim=1)
+        y: torch.Tensor = torch.ops.quantized.linear_dynamic(scaled, packed, False)
+        y = y.mul_(magnitude)
+        if outlier_t.numel():
+            y = y.addmm_(x.index_select(1, self.outliers), outlier_t)
+        return y
+
+    def _prepared(self) -> tuple[Any, torch.Tensor]:
+        """FBGEMM's packing of the kept columns (and two zero columns for the bounds) and the
+        outlier columns as float32 ``(outliers, out)``, made again when the weights change."""
+        key = (self.weight.data_ptr(), self.weight._version, self.scale._version)
+        if self._packed_key != key:
+            codes = self.weight.index_select(1, self.kept)
+            codes = torch.cat((codes, codes.new_zeros(codes.size(0), 2)), dim=1)
+            scale = self.scale.double()
+            self._packed = _fbgemm_pack(codes, scale)
+            full = self.weight.index_select(1, self.outliers).float() * self.scale.float()[:, None]
+            self._outlier_t = full.t().contiguous()
+            self._packed_key = key
+        return self._packed, self._outlier_t
+
+
+def _fbgemm_pack(codes: torch.Tensor, scale: torch.Tensor) -> Any:
+    """``codes`` ``(out, in)`` int8 with ``scale`` per output channel, packed by FBGEMM (the
+    engine set for the call, then restored). PyTorch warns that quantized tensors, which the
+    packing takes, are deprecated; :func:`row_quantized_products` is false where they are gone."""
+    engine = torch.backends.quantized.engine
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation.*")
+        zero = torch.zeros_like(scale, dtype=torch.long)
+        quantized = torch._make_per_channel_quantized_tensor(codes, scale, zero, 0)
+        try:
+            torch.backends.quantized.engine = "fbgemm"
+            return torch.ops.quantized.linear_prepack(quantized, None)
+        finally:
+            torch.backends.quantized.engine = engine
