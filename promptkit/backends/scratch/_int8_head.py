@@ -2,9 +2,10 @@
 
 An int8 or int4 model's output projection (``head``: 49,152 x 576 int8 weights in SmolLM2) is
 the largest product of a decoding step. PyTorch's weight-only kernel (``_weight_int8pack_mm``)
-widens every weight to bfloat16 and is bound by that arithmetic: on the Intel Xeon of
-bench/RESULTS.md 2.4 ms for one row, 6.3 ms for 8 rows, 530 ms for 512. FBGEMM's int8 x int8
-product (``quantized::linear_dynamic``, with AVX512-VNNI) takes 1.1, 2.2 and 175 ms.
+widens every weight to bfloat16 and is bound by that arithmetic: in SmolLM2 int4 on the Intel
+Xeon of bench/RESULTS.md, 2.9 ms for one row, 8.9 ms for 8 rows, 584 ms for 512. FBGEMM's
+int8 x int8 product (``quantized::linear_dynamic``, with AVX512-VNNI) takes 1.8, 3.0 and 147 ms
+there (``bench/head.py``).
 
 That product quantizes its float32 input per tensor, to 8 bits with one scale and zero point.
 Used as it is, a row's logits would depend on the other rows of its batch, and a few channels
@@ -20,9 +21,11 @@ perplexity rose by 60%. :class:`Int8Head` does two things around it:
   channel's, on hidden states of random tokens computed once at load
   (:func:`outlier_channels`), stay out of the int8 product and are added in float32.
 
-On SmolLM2-135M int4 (bench/RESULTS.md): perplexity 15.253 against the weight-only head's 15.251,
-top-1 agreement with float32 97.0% against 96.3%. Elsewhere (no FBGEMM, no AVX512-VNNI, where
-its 8-bit products could saturate; a GPU) the head is the weight-only kernel.
+On SmolLM2-135M int4 (``bench/head.py``): perplexity 15.253 against the weight-only head's
+15.251, top-1 agreement with float32 97.0% against 96.3%. FBGEMM keeps its own packed copy of
+the weights (28 MB for SmolLM2) beside the int8 buffer that :meth:`dequantized` reads.
+Elsewhere (no FBGEMM; no AVX512-VNNI, where its 8-bit products could saturate; a GPU) the head
+is the weight-only kernel.
 """
 
 from __future__ import annotations
@@ -99,6 +102,8 @@ class Int8Head(Int8Linear):
         self._packed_key: tuple[Any, ...] | None = None  # what the packed weights came from
         self._packed: Any = None  # FBGEMM's packed kept columns (not a tensor: rebuilt on change)
         self._outlier_t = torch.empty(0)  # (outliers, out) float32
+        if self.weight.is_cpu:
+            self._prepared()  # packed now, not by the first of several threads to decode
 
     def multiply(self, rows: torch.Tensor) -> torch.Tensor:
         """Float32 outputs ``(N, out)`` of ``rows`` ``(N, in)``; off the CPU, the weight-only
