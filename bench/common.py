@@ -28,15 +28,20 @@ def same_weights(n_layer: int = 12, n_embd: int = 768, n_head: int = 12) -> tupl
     return hf_model, ours
 
 
-def best_time(function: Callable[[], object], repeats: int = 3) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up call."""
+def call_times(function: Callable[[], object], count: int) -> list[float]:
+    """Wall times of ``count`` calls after one warm-up call."""
     function()
     times = []
-    for _ in range(repeats):
+    for _ in range(count):
         began = time.perf_counter()
         function()
         times.append(time.perf_counter() - began)
-    return min(times)
+    return times
+
+
+def best_time(function: Callable[[], object], repeats: int = 3) -> float:
+    """Best wall time of ``repeats`` calls after one warm-up call."""
+    return min(call_times(function, repeats))
 
 
 def memory_bandwidth_gb_s() -> float:

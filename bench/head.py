@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from common import call_times
 from quant import WIKITEXT, cpu_line, decode_rate, wikitext_pass
 
 import promptkit as pk
@@ -49,13 +49,8 @@ def load(spec: str, row_quantized: bool) -> ScratchBackend:
 
 
 def median_ms(call: Callable[[], object], count: int = 20) -> float:
-    call()
-    times = []
-    for _ in range(count):
-        began = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times) * 1e3
+    """Median milliseconds of ``count`` calls after a warm-up call."""
+    return statistics.median(call_times(call, count)) * 1e3
 
 
 def main() -> None:
