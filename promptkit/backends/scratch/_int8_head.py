@@ -11,7 +11,8 @@ That product quantizes its float32 input per tensor, to 8 bits with one scale an
 Used as it is, a row's logits would depend on the other rows of its batch, and a few channels
 far larger than the rest (in SmolLM2's final hidden states one channel averages 59 times the
 median's magnitude, 16 over 4 times) would leave the others a handful of levels: WikiText-2
-perplexity rose by 60%. :class:`Int8Head` does two things around it:
+perplexity rose by 1.6% and top-1 agreement with float32 fell from 96.3% to 93.5% (256 rows a
+call). :class:`Int8Head` does two things around it:
 
 - **Per row.** Each row is divided by its own largest magnitude, and two columns holding -1
   and +1 (their weights zero) are appended: the tensor's range is then [-1, 1] whatever the
