@@ -18,6 +18,7 @@ import torch
 from .._base import Completion, GenerationConfig, Message, PromptInput, Usage, cut_at_stop
 from .._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
 from .._masking import TokenMasker, llg_tokenizer
+from ._int8_head import head_kind
 from ._prefix_cache import (
     DEFAULT_PREFIX_CACHE_BYTES,
     PrefixCache,
@@ -67,14 +68,15 @@ class ScratchBackend(LocalScoring):
 
     def cache_identity(self) -> dict[str, Any]:
         """The weights (every file of the checkpoint folder: path, size and modification
-        time), their precision (float32, bfloat16, int8 or int4), the device type and the chat
-        template messages are rendered with."""
+        time), their precision (float32, bfloat16, int8 or int4) and output projection (see
+        :func:`head_kind`), the device type and the chat template messages are rendered with."""
         folder = None if self.weights_path is None else self.weights_path.parent
         return {
             **super().cache_identity(),
             "folder": None if folder is None else str(folder.resolve()),
             "files": None if folder is None else folder_fingerprint(folder),
             "dtype": precision_of(self.model),
+            "head": head_kind(self.model.head),  # int8 and int4: how the logits are computed
             "device": self.device.type,
             "adapter": self.adapter_sha256,  # a LoRA adapter merged in at load, if any
             "chat_template": None if self.chat_template is None else self.chat_template.source,

@@ -17,20 +17,23 @@ call). :class:`Int8Head` does two things around it:
 - **Per row.** Each row is divided by its own largest magnitude, and two columns holding -1
   and +1 (their weights zero) are appended: the tensor's range is then [-1, 1] whatever the
   batch, so each row is quantized on its own scale, and a row's logits are the same alone or
-  in a batch. The product is multiplied back by each row's magnitude.
+  in a batch, bit for bit. The product is multiplied back by each row's magnitude.
 - **Outlier channels apart.** The channels whose mean magnitude is over 4 times the median
   channel's, on hidden states of random tokens computed once at load
-  (:func:`outlier_channels`), stay out of the int8 product and are added in float32.
+  (:func:`outlier_channels`), stay out of the int8 product and are added in float32, one
+  product per row (a matrix product of several rows rounds differently from one row's).
 
 On SmolLM2-135M int4 (``bench/head.py``): perplexity 15.253 against the weight-only head's
 15.251, top-1 agreement with float32 97.0% against 96.3%. FBGEMM keeps its own packed copy of
 the weights (28 MB for SmolLM2) beside the int8 buffer that :meth:`dequantized` reads.
-Elsewhere (no FBGEMM; no AVX512-VNNI, where its 8-bit products could saturate; a GPU) the head
-is the weight-only kernel.
+Where FBGEMM is missing or its product is not exact at full range (its AVX2 kernels saturate;
+:func:`row_quantized_products`), the head is the weight-only kernel.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 import warnings
 from typing import Any
 
@@ -39,24 +42,39 @@ from torch import nn
 
 from ._quant import Int8Linear
 
-__all__ = ["Int8Head", "outlier_channels", "row_quantized_products"]
+__all__ = ["Int8Head", "head_kind", "outlier_channels", "row_quantized_products"]
 
 _OUTLIER_RATIO = 4.0  # an outlier channel's mean magnitude, in median channels' magnitudes
 _CALIBRATION = (4, 64)  # random-token rows and positions whose hidden states find the outliers
+_PACKING = threading.Lock()  # packing sets the process-wide quantized engine for a moment
 
 
+@functools.cache
 def row_quantized_products() -> bool:
-    """Whether this CPU and PyTorch run :class:`Int8Head`'s int8 x int8 product: FBGEMM built in,
-    its operators and quantized tensors still in PyTorch, and AVX512-VNNI, whose 8-bit
-    multiply-adds do not saturate (AVX2's can, at full range)."""
+    """Whether :class:`Int8Head`'s int8 x int8 product runs here, exactly: FBGEMM built in, its
+    operators and quantized tensors still in PyTorch, and a product at full range that comes
+    out right. FBGEMM's AVX2 and plain AVX512 kernels add pairs of 8-bit products in 16 bits,
+    which saturates there (the head's inputs reach 255 after quantization); its AVX512-VNNI
+    kernels do not. Checked once per process on a small product."""
     if "fbgemm" not in torch.backends.quantized.supported_engines:
-        return False
-    if not torch.cpu._is_vnni_supported():
         return False
     operators = ("linear_prepack", "linear_dynamic")
     if not all(hasattr(torch.ops.quantized, name) for name in operators):
         return False
-    return hasattr(torch, "_make_per_channel_quantized_tensor")
+    if not hasattr(torch, "_make_per_channel_quantized_tensor"):
+        return False
+    return _exact_at_full_range()
+
+
+def _exact_at_full_range() -> bool:
+    """FBGEMM's product of 63 inputs at +1 and one at -1 (so quantized to 255 and 0) with
+    weights of 127, against the exact 62 * 127: saturating kernels are about half off."""
+    codes = torch.full((16, 64), 127, dtype=torch.int8)
+    packed = _fbgemm_pack(codes, torch.ones(16, dtype=torch.float64))
+    x = torch.ones(1, 64)
+    x[0, 0] = -1.0
+    found = torch.ops.quantized.linear_dynamic(x, packed, False)
+    return bool(((found - 62 * 127).abs() < 0.02 * 62 * 127).all())
 
 
 def outlier_channels(model: nn.Module) -> torch.Tensor:
@@ -100,52 +118,66 @@ class Int8Head(Int8Linear):
         self.register_buffer("outliers", outliers.long(), persistent=False)
         self.register_buffer("kept", kept.nonzero().squeeze(1), persistent=False)
         self._bounds = torch.tensor([[-1.0, 1.0]])  # the two appended columns
-        self._packed_key: tuple[Any, ...] | None = None  # what the packed weights came from
-        self._packed: Any = None  # FBGEMM's packed kept columns (not a tensor: rebuilt on change)
-        self._outlier_t = torch.empty(0)  # (outliers, out) float32
+        # (what they came from, FBGEMM's packed kept columns, the outliers' (outliers, out)
+        # float32 weights), replaced whole when the weights change
+        self._packed: tuple[tuple[Any, ...], Any, torch.Tensor] | None = None
         if self.weight.is_cpu:
             self._prepared()  # packed now, not by the first of several threads to decode
 
     def multiply(self, rows: torch.Tensor) -> torch.Tensor:
-        """Float32 outputs ``(N, out)`` of ``rows`` ``(N, in)``; off the CPU, the weight-only
-        kernel's (bfloat16)."""
+        """Float32 outputs ``(N, out)`` of ``rows`` ``(N, in)``, each row computed as it would
+        be alone (a row holding NaN or infinity comes out NaN, as in the weight-only kernel,
+        and leaves the others alone); off the CPU, the weight-only kernel's (bfloat16)."""
         if not rows.is_cpu:
             return super().multiply(rows)
         packed, outlier_t = self._prepared()
         x = rows.float()
         kept = x.index_select(1, self.kept)
         magnitude = kept.abs().amax(dim=1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
-        scaled = torch.cat((kept / magnitude, self._bounds.expand(x.size(0), 2)), dim=1)
+        # NaN (a row with NaN or infinity) to 0 here: FBGEMM's range would fail on it
+        scaled = (kept / magnitude).nan_to_num_(nan=0.0)
+        scaled = torch.cat((scaled, self._bounds.expand(x.size(0), 2)), dim=1)
         y: torch.Tensor = torch.ops.quantized.linear_dynamic(scaled, packed, False)
         y = y.mul_(magnitude)
-        if outlier_t.numel():
-            y = y.addmm_(x.index_select(1, self.outliers), outlier_t)
+        if outlier_t.numel():  # one product per row: a matrix product rounds a batch otherwise
+            apart = x.index_select(1, self.outliers)[:, None]  # (N, 1, outliers)
+            y = y.add_(torch.bmm(apart, outlier_t.expand(x.size(0), -1, -1))[:, 0])
         return y
 
     def _prepared(self) -> tuple[Any, torch.Tensor]:
         """FBGEMM's packing of the kept columns (and two zero columns for the bounds) and the
         outlier columns as float32 ``(outliers, out)``, made again when the weights change."""
-        key = (self.weight.data_ptr(), self.weight._version, self.scale._version)
-        if self._packed_key != key:
-            codes = self.weight.index_select(1, self.kept)
+        weight, scale = self.weight, self.scale
+        key = (weight.data_ptr(), weight._version, scale.data_ptr(), scale._version, scale.dtype)
+        if self._packed is None or self._packed[0] != key:
+            codes = weight.index_select(1, self.kept)
             codes = torch.cat((codes, codes.new_zeros(codes.size(0), 2)), dim=1)
-            scale = self.scale.double()
-            self._packed = _fbgemm_pack(codes, scale)
-            full = self.weight.index_select(1, self.outliers).float() * self.scale.float()[:, None]
-            self._outlier_t = full.t().contiguous()
-            self._packed_key = key
-        return self._packed, self._outlier_t
+            packed = _fbgemm_pack(codes, scale.double())
+            full = weight.index_select(1, self.outliers).float() * scale.float()[:, None]
+            self._packed = (key, packed, full.t().contiguous())
+        return self._packed[1], self._packed[2]
+
+
+def head_kind(head: Int8Linear | None) -> str | None:
+    """What computes an output projection, for a backend's cache identity: None (the model's
+    own weights), ``"int8"`` (the weight-only kernel) or ``"int8 per row"`` (:class:`Int8Head`,
+    whose logits differ slightly)."""
+    if head is None:
+        return None
+    return "int8 per row" if isinstance(head, Int8Head) else "int8"
 
 
 def _fbgemm_pack(codes: torch.Tensor, scale: torch.Tensor) -> Any:
     """``codes`` ``(out, in)`` int8 with ``scale`` per output channel, packed by FBGEMM (the
-    engine set for the call, then restored). PyTorch warns that quantized tensors, which the
-    packing takes, are deprecated; :func:`row_quantized_products` is false where they are gone."""
-    engine = torch.backends.quantized.engine
-    with warnings.catch_warnings():
+    process-wide engine set for the call and restored, under a lock). PyTorch warns once per
+    process that quantized tensors, which the packing takes, are deprecated; that warning is
+    silenced here (so a user's own use of them later in the process is not warned either), and
+    :func:`row_quantized_products` is false on a PyTorch without them."""
+    with _PACKING, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*quantized tensor creation.*")
         zero = torch.zeros_like(scale, dtype=torch.long)
         quantized = torch._make_per_channel_quantized_tensor(codes, scale, zero, 0)
+        engine = torch.backends.quantized.engine
         try:
             torch.backends.quantized.engine = "fbgemm"
             return torch.ops.quantized.linear_prepack(quantized, None)
