@@ -3,9 +3,9 @@
 An int8 or int4 model's output projection (``head``: 49,152 x 576 int8 weights in SmolLM2) is
 the largest product of a decoding step. PyTorch's weight-only kernel (``_weight_int8pack_mm``)
 widens every weight to bfloat16 and is bound by that arithmetic: in SmolLM2 int4 on the Intel
-Xeon of bench/RESULTS.md, 2.9 ms for one row, 8.9 ms for 8 rows, 584 ms for 512. FBGEMM's
-int8 x int8 product (``quantized::linear_dynamic``, with AVX512-VNNI) takes 1.8, 3.0 and 147 ms
-there (``bench/head.py``).
+Xeon of bench/RESULTS.md, 3.3 ms for one row, 7.8 ms for 8 rows, 538 ms for 512. With FBGEMM's
+int8 x int8 product (``quantized::linear_dynamic``, with AVX512-VNNI), :class:`Int8Head` takes
+2.4, 4.4 and 274 ms there (``bench/head.py``); decoding gains 1-14%, by run.
 
 That product quantizes its float32 input per tensor, to 8 bits with one scale and zero point.
 Used as it is, a row's logits would depend on the other rows of its batch, and a few channels
@@ -23,9 +23,10 @@ call). :class:`Int8Head` does two things around it:
   (:func:`outlier_channels`), stay out of the int8 product and are added in float32, one
   product per row (a matrix product of several rows rounds differently from one row's).
 
-On SmolLM2-135M int4 (``bench/head.py``): perplexity 15.253 against the weight-only head's
+On SmolLM2-135M int4 (``bench/head.py``): perplexity 15.256 against the weight-only head's
 15.251, top-1 agreement with float32 97.0% against 96.3%. FBGEMM keeps its own packed copy of
-the weights (28 MB for SmolLM2) beside the int8 buffer that :meth:`dequantized` reads.
+the weights (28 MB for SmolLM2) beside the int8 buffer that :meth:`dequantized` reads; finding
+the outliers and packing add about 0.6 s to loading SmolLM2.
 Where FBGEMM is missing or its product is not exact at full range (its AVX2 kernels saturate;
 :func:`row_quantized_products`), the head is the weight-only kernel.
 """
@@ -45,7 +46,7 @@ from ._quant import Int8Linear
 __all__ = ["Int8Head", "head_kind", "outlier_channels", "row_quantized_products"]
 
 _OUTLIER_RATIO = 4.0  # an outlier channel's mean magnitude, in median channels' magnitudes
-_CALIBRATION = (4, 64)  # random-token rows and positions whose hidden states find the outliers
+_CALIBRATION = (1, 64)  # random-token rows and positions whose hidden states find the outliers
 _PACKING = threading.Lock()  # packing sets the process-wide quantized engine for a moment
 
 
@@ -80,7 +81,7 @@ def _exact_at_full_range() -> bool:
 def outlier_channels(model: nn.Module) -> torch.Tensor:
     """Indices of the channels of ``model``'s final hidden states (a GPT or Llama) whose mean
     magnitude is over 4 times the median channel's, at most one in 16 channels: measured on
-    4 x 64 random tokens (seeded, so a model always gets the same channels)."""
+    64 random tokens (seeded, so a model always gets the same channels)."""
     config: Any = model.config
     rows, positions = _CALIBRATION
     generator = torch.Generator().manual_seed(0)
