@@ -17,7 +17,7 @@ from ._int8_head import Int8Head, outlier_channels, row_quantized_products
 from ._layout import Linear
 from ._quant import Int4Linear, Int4Weights, Int8Linear, check_precision
 
-__all__ = ["FUSED", "reduce_precision"]
+__all__ = ["reduce_precision"]
 
 
 # Llama projections that reduced precision computes as one product: (fused name, parts).
