@@ -73,7 +73,8 @@ def split_spec_dtype(arg: str, dtype: str | None) -> tuple[str, str | None]:
     if suffix != "auto" and suffix not in PRECISIONS:
         raise ConfigurationError(
             f"scratch: unknown dtype {suffix!r} after '@' in {arg!r}; choose one of "
-            f"{', '.join(PRECISIONS)} or auto (scratch:MODEL@int4)"
+            f"{', '.join(PRECISIONS)} or auto (scratch:MODEL@int4), and +compile to compile "
+            "the decoding steps (scratch:MODEL@int4+compile)"
         )
     if dtype is not None and dtype != suffix:
         raise ConfigurationError(

@@ -19,6 +19,7 @@ from ._adapter import (
     read_adapter_config,
 )
 from ._backend import ScratchBackend
+from ._compiled import check_compilable
 from ._prefix_cache import (
     DEFAULT_PREFIX_CACHE_BYTES,
     check_budget,
@@ -75,6 +76,7 @@ def from_spec(
     chat_template: bool = True,
     prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     dtype: str | None = None,
+    compile: bool = False,
     **options: Any,
 ) -> ScratchBackend:
     """``scratch:PATH``: a promptkit checkpoint folder, a Hugging Face GPT-2 or Llama-family
@@ -93,8 +95,14 @@ def from_spec(
     ``dtype`` is the weights' precision: ``float32`` (the default), ``bfloat16``, ``int8``,
     ``int4`` or ``auto`` (see ``_quant``); the spec may name it after an ``@``
     (``scratch:smollm2-135m-instruct@int4``), which is how the command line passes it. int8
-    and int4 run on the CPU only. Raises ConfigurationError for an unknown dtype, one the
-    spec and the option give differently, or int8/int4 on another device."""
+    and int4 run on the CPU only.
+
+    ``compile=True`` compiles the decoding steps with ``torch.compile`` (see
+    :class:`ScratchBackend`); the spec asks for it with ``+compile`` after the ``@``
+    (``scratch:smollm2-135m-instruct@int4+compile``, or ``@compile`` alone).
+
+    Raises ConfigurationError for an unknown dtype, one the spec and the option give
+    differently, int8/int4 on another device, or a compile option that cannot run here."""
     from ...models._registry import lookup, pull, shipped_adapter
     from .._chat_templates import folder_chat_template
     from ._gguf import load_gguf
@@ -103,8 +111,13 @@ def from_spec(
     if options:
         raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")
     check_budget(prefix_cache_bytes)  # before the model loads
+    if not isinstance(compile, bool):
+        raise ConfigurationError(f"scratch: compile must be True or False, got {compile!r}")
+    arg, compile = _split_compile(arg, compile)
     arg, dtype = split_spec_dtype(arg, check_precision(dtype))
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if compile:
+        check_compilable(torch.device(chosen))  # before the model loads
     if dtype in ("int8", "int4") and torch.device(chosen).type != "cpu":
         raise ConfigurationError(
             f"scratch: dtype={dtype!r} runs on the CPU only (PyTorch's weight-only CPU kernels); "
@@ -125,13 +138,18 @@ def from_spec(
     adapter = shipped_adapter(arg) if not path.exists() else None
     if adapter is not None:
         return _with_adapter(
-            adapter.folder, device, dtype, prefix_cache_bytes, name=f"scratch:{adapter.name}"
+            adapter.folder,
+            device,
+            dtype,
+            prefix_cache_bytes,
+            compile,
+            name=f"scratch:{adapter.name}",
         )
     known = lookup(arg) if not path.exists() else None
     if known is not None:  # a registry name: its verified file, pulled on first use
         path, name = pull(known.name), f"scratch:{known.name}"
     if path.is_dir() and is_adapter_folder(path):
-        return _with_adapter(path, device, dtype, prefix_cache_bytes)
+        return _with_adapter(path, device, dtype, prefix_cache_bytes, compile)
     model: GPT | Llama
     if path.is_file() and path.suffix == ".gguf":
         model, tokenizer, template = load_gguf(
@@ -156,13 +174,29 @@ def from_spec(
         weights = path / "model.safetensors"
         template = folder_chat_template(path) if chat_template else None
     backend = ScratchBackend(
-        model, tokenizer, name=name or f"scratch:{path}", prefix_cache_bytes=prefix_cache_bytes
+        model,
+        tokenizer,
+        name=name or f"scratch:{path}",
+        prefix_cache_bytes=prefix_cache_bytes,
+        compile=compile,
     )
     if precision_of(model) != "float32":  # auto: the precision it chose
         backend.name += f"@{precision_of(model)}"
     backend.weights_path = weights
     backend.use_chat_template(template)
     return backend
+
+
+def _split_compile(arg: str, compile: bool) -> tuple[str, bool]:
+    """``arg`` without a ``+compile`` in its ``@`` suffix (``NAME@int4+compile``,
+    ``NAME@compile``), and whether the option or the suffix asks to compile; a path that
+    exists with an ``@`` in it stays whole."""
+    model, at, suffix = arg.rpartition("@")
+    words = suffix.split("+")
+    if not at or "compile" not in words or Path(os.path.expanduser(arg)).exists():
+        return arg, compile
+    rest = "+".join(word for word in words if word != "compile")
+    return (f"{model}@{rest}" if rest else model), True
 
 
 def _looks_like_a_path(arg: str) -> bool:
@@ -179,6 +213,7 @@ def _with_adapter(
     device: str | None,
     dtype: str | None,
     prefix_cache_bytes: int,
+    compile: bool,
     name: str | None = None,
 ) -> ScratchBackend:
     """``scratch:DIR`` for a LoRA adapter folder: its base (by the spec it records), checked
@@ -197,6 +232,7 @@ def _with_adapter(
         base.tokenizer,
         name=name or f"scratch:{folder}",
         prefix_cache_bytes=prefix_cache_bytes,
+        compile=compile,
     )
     if precision_of(base.model) != "float32":
         backend.name += f"@{precision_of(base.model)}"

@@ -1,0 +1,157 @@
+"""Decoding steps through ``torch.compile`` (``compile=True`` on a scratch backend).
+
+After the prompt, each decoding step feeds one new position per row. With ``compile=True``
+those steps run a graph that inductor compiles with the model's weights frozen into it, its
+matrix products autotuned among PyTorch's own kernels and the C++ kernels inductor generates
+(on a CPU with AMX, its int4 and bfloat16 products use the AMX tiles). So the small operations
+of a step are fused, and products that process several rows run on those tiles.
+
+What stays eager:
+
+- the prompt's pass, which has a different length each request;
+- the several positions a grammar's fast-forward feeds at once;
+- scoring, and the output projection (see ``_int8_head``).
+
+There are two graphs: one for a single row, and one for two rows or more. In the second, the
+batch size is symbolic, so rows that finish and leave the batch do not recompile. Each graph
+is compiled on its first use. That takes minutes with a cold cache and about a minute once
+inductor's on-disk cache holds it (``bench/RESULTS.md`` has the figures), so compiling pays
+for a server or a long evaluation, not for one short request.
+
+The weights are frozen at that first call. A model changed afterwards is not seen; promptkit
+never changes a loaded backend's weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import types
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import ConfigurationError
+from .gpt2 import KVCache
+
+__all__ = ["CompiledStep", "check_compilable"]
+
+_logger = logging.getLogger("promptkit")
+
+# Inductor's settings while the step runs (a call may recompile): weights as constants, which
+# lets it repack them for its own kernels; products autotuned between its C++ kernels and
+# ATen's. Not torch.compile's options=, which left freezing and autotuning off in PyTorch
+# 2.13. And no FX graph cache: on a hit it handed a second model of the same shape the first
+# one's frozen weights (a test checks this).
+_SETTINGS: dict[str, Any] = {
+    "freezing": True,
+    "max_autotune": True,
+    "max_autotune_gemm_backends": "CPP,ATEN",
+    "fx_graph_cache": False,
+}
+# Inductor's settings and the warnings filters are process-wide: one compiled step at a time.
+_PROCESS_WIDE = threading.Lock()
+
+
+def check_compilable(device: torch.device) -> None:
+    """Raise ConfigurationError unless ``compile=True`` can work here: on the CPU, with a C++
+    compiler for inductor's kernels."""
+    if device.type != "cpu":
+        raise ConfigurationError(
+            f"scratch: compile=True runs on the CPU only (it is tested there); on {device.type} "
+            "leave compile off"
+        )
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as exc:  # inductor's InvalidCxxCompiler, or a failed probe of one
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigurationError(
+            f"scratch: compile=True needs a C++ compiler for torch.compile's CPU kernels "
+            f"({first}); install g++ or clang (or set CXX), or leave compile off"
+        ) from None
+
+
+class _Step(nn.Module):
+    """The model's forward pass as the module that ``torch.compile`` freezes."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        positions: torch.Tensor,
+        key_valid: torch.Tensor | None,
+        cache: KVCache,
+    ) -> torch.Tensor:
+        hidden: torch.Tensor = self.model(
+            idx, positions=positions, key_valid=key_valid, cache=cache
+        )
+        return hidden
+
+
+class CompiledStep:
+    """A model's one-position decoding step, compiled on first use (see the module's notes).
+
+    Call it as the model is called, with ``key_valid`` always given (a mask for every step,
+    padded batch or not, so that one graph serves both).
+    """
+
+    def __init__(self, model: nn.Module):
+        import torch._inductor.config as inductor_config
+
+        self._settings = inductor_config.patch
+        # Dynamo keeps its graphs, and its limit of 8 recompilations before it falls back to
+        # eager without a word, per code object: each step gets a forward of its own, so that
+        # models compiled earlier in the process neither use up this one's budget nor keep
+        # their frozen weights alive once their backends are gone.
+        forward = _Step.forward
+        own = types.FunctionType(forward.__code__.replace(), forward.__globals__, "forward")
+        step = type("_Step", (_Step,), {"forward": own})(model)
+        with _PROCESS_WIDE, _torch_s_own_warnings_silenced():
+            self._compiled: Any = torch.compile(step, dynamic=True)
+        self._compiled_for: set[bool] = set()  # whether a graph for one row / more is built
+
+    def __call__(
+        self,
+        idx: torch.Tensor,
+        *,
+        positions: torch.Tensor,
+        key_valid: torch.Tensor | None,
+        cache: KVCache,
+    ) -> torch.Tensor:
+        """Hidden states ``(B, 1, n_embd)`` of ``idx`` ``(B, 1)``, as ``model(...)`` gives."""
+        if idx.size(1) != 1:
+            raise ValueError(f"a compiled step takes one position per row, got {idx.size(1)}")
+        single = idx.size(0) == 1
+        if single in self._compiled_for:
+            with _PROCESS_WIDE, self._settings(_SETTINGS):
+                hidden: torch.Tensor = self._compiled(idx, positions, key_valid, cache)
+            return hidden
+        _logger.info(
+            "scratch: compiling the decoding step for %s (once per process; minutes with a "
+            "cold cache, about a minute with inductor's on-disk cache)",
+            "one row" if single else "batches",
+        )
+        with _PROCESS_WIDE, _torch_s_own_warnings_silenced(), self._settings(_SETTINGS):
+            hidden = self._compiled(idx, positions, key_valid, cache)
+        self._compiled_for.add(single)
+        return hidden
+
+
+@contextmanager
+def _torch_s_own_warnings_silenced() -> Iterator[None]:
+    """PyTorch's warnings about its own code, which compiling imports and runs
+    (``torch.jit.script_method`` in ``torch.utils.mkldnn``, ``TypedStorage`` in inductor's
+    lowerings, and the like): nothing a caller can act on."""
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning, UserWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"torch(\.|$)")
+        yield
