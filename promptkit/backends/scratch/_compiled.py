@@ -78,7 +78,10 @@ def check_compilable(device: torch.device) -> None:
 
 
 class _Step(nn.Module):
-    """The model's forward pass as the module that ``torch.compile`` freezes."""
+    """The model's forward pass as the module that ``torch.compile`` freezes. The cache's
+    length comes in as an argument (``past``), which a dynamic compilation treats as a symbol
+    from the start; read from the cache object, it would be a constant in the first graph and
+    cost a second compilation at the next step."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -90,7 +93,9 @@ class _Step(nn.Module):
         positions: torch.Tensor,
         key_valid: torch.Tensor | None,
         cache: KVCache,
+        past: int,
     ) -> torch.Tensor:
+        cache.length = past
         hidden: torch.Tensor = self.model(
             idx, positions=positions, key_valid=key_valid, cache=cache
         )
@@ -131,18 +136,16 @@ class CompiledStep:
         if idx.size(1) != 1:
             raise ValueError(f"a compiled step takes one position per row, got {idx.size(1)}")
         single = idx.size(0) == 1
-        if single in self._compiled_for:
-            with _PROCESS_WIDE, self._settings(_SETTINGS):
-                hidden: torch.Tensor = self._compiled(idx, positions, key_valid, cache)
-            return hidden
-        _logger.info(
-            "scratch: compiling the decoding step for %s (once per process; minutes with a "
-            "cold cache, about a minute with inductor's on-disk cache)",
-            "one row" if single else "batches",
-        )
-        with _PROCESS_WIDE, _torch_s_own_warnings_silenced(), self._settings(_SETTINGS):
-            hidden = self._compiled(idx, positions, key_valid, cache)
-        self._compiled_for.add(single)
+        if single not in self._compiled_for:
+            _logger.info(
+                "scratch: compiling the decoding step for %s (once per backend; a minute or "
+                "more, see bench/RESULTS.md)",
+                "one row" if single else "batches",
+            )
+            self._compiled_for.add(single)
+        # any call may (re)compile: the settings and silenced warnings hold for each
+        with _PROCESS_WIDE, self._settings(_SETTINGS), _torch_s_own_warnings_silenced():
+            hidden: torch.Tensor = self._compiled(idx, positions, key_valid, cache, cache.length)
         return hidden
 
 
