@@ -53,10 +53,11 @@ def teacher_forced_top1(
     time through the compiled step or the eager model."""
     model, step = backend.model, backend.compiled_step
     batch, total = rows.shape
-    key_valid = torch.ones(batch, total, dtype=torch.bool)
-    cache = model.new_cache(batch, total)
     tops = []
-    with torch.inference_mode():
+    with torch.inference_mode():  # the cache and rows made here, as generation makes them
+        cache = model.new_cache(batch, total)  # (else: another graph)
+        key_valid = torch.ones(batch, total, dtype=torch.bool)
+        rows = rows.clone()
         model(rows[:, :16], cache=cache)
         for i in range(16, total - 1):
             positions = torch.full((batch, 1), i)

@@ -24,6 +24,8 @@ never changes a loaded backend's weights.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import threading
 import types
@@ -38,20 +40,18 @@ from torch import nn
 from ...errors import ConfigurationError
 from .gpt2 import KVCache
 
-__all__ = ["CompiledStep", "check_compilable"]
+__all__ = ["CompiledStep", "check_compilable", "weights_fingerprint"]
 
 _logger = logging.getLogger("promptkit")
 
 # Inductor's settings while the step runs (a call may recompile): weights as constants, which
 # lets it repack them for its own kernels; products autotuned between its C++ kernels and
 # ATen's. Not torch.compile's options=, which left freezing and autotuning off in PyTorch
-# 2.13. And no FX graph cache: on a hit it handed a second model of the same shape the first
-# one's frozen weights (a test checks this).
+# 2.13.
 _SETTINGS: dict[str, Any] = {
     "freezing": True,
     "max_autotune": True,
     "max_autotune_gemm_backends": "CPP,ATEN",
-    "fx_graph_cache": False,
 }
 # Inductor's settings and the warnings filters are process-wide: one compiled step at a time.
 _PROCESS_WIDE = threading.Lock()
@@ -113,6 +113,8 @@ class CompiledStep:
         import torch._inductor.config as inductor_config
 
         self._settings = inductor_config.patch
+        self._model = model
+        self._weights: str | None = None  # their fingerprint, taken at the first step
         # Dynamo keeps its graphs, and its limit of 8 recompilations before it falls back to
         # eager without a word, per code object: each step gets a forward of its own, so that
         # models compiled earlier in the process neither use up this one's budget nor keep
@@ -143,10 +145,32 @@ class CompiledStep:
                 "one row" if single else "batches",
             )
             self._compiled_for.add(single)
-        # any call may (re)compile: the settings and silenced warnings hold for each
-        with _PROCESS_WIDE, self._settings(_SETTINGS), _torch_s_own_warnings_silenced():
+        if self._weights is None:
+            self._weights = weights_fingerprint(self._model)
+        # any call may (re)compile: the settings and silenced warnings hold for each, and the
+        # cache key names the weights. Inductor's FX graph cache keeps compiled graphs on disk
+        # (a later process loads them in seconds instead of compiling for minutes), but its
+        # key leaves frozen constants out: a second model of the same shape was handed the
+        # first one's weights (a test checks this no longer happens)
+        tag = torch.compiler.config.patch(  # type: ignore[attr-defined]
+            cache_key_tag=f"promptkit-weights-{self._weights}"
+        )
+        # contiguous: a view's strides would be another graph (they are guarded on)
+        idx, positions = idx.contiguous(), positions.contiguous()
+        with _PROCESS_WIDE, self._settings(_SETTINGS), tag, _torch_s_own_warnings_silenced():
             hidden: torch.Tensor = self._compiled(idx, positions, key_valid, cache, cache.length)
         return hidden
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A BLAKE2 digest of every parameter and buffer of ``model``: names, shapes, dtypes and
+    bytes (about a second for SmolLM2 in float32)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name} {tuple(data.shape)} {data.dtype};".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 @contextmanager
