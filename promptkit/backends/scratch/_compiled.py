@@ -152,9 +152,9 @@ class CompiledStep:
             self._weights = weights_fingerprint(self._model)
         # any call may (re)compile: the settings and silenced warnings hold for each, and the
         # cache key names the weights. Inductor's FX graph cache keeps compiled graphs on disk
-        # (a later process loads them in seconds instead of compiling for minutes), but its
-        # key leaves frozen constants out: a second model of the same shape was handed the
-        # first one's weights (a test checks this no longer happens)
+        # (a later process with the same weights took half the time), but its key leaves
+        # frozen constants out: a second model of the same shape was handed the first one's
+        # weights (a test checks this no longer happens)
         tag = torch.compiler.config.patch(  # type: ignore[attr-defined]
             cache_key_tag=f"promptkit-weights-{self._weights}"
         )
