@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from promptkit.backends.scratch._reduce import reduce_precision
 from promptkit.backends.scratch._spec import _split_compile
 from promptkit.backends.scratch._tokenizer import Tokenizer
 from promptkit.backends.scratch.llama import Llama, LlamaConfig
-from promptkit.errors import ConfigurationError
+from promptkit.errors import BackendError, ConfigurationError
 
 from .conftest import MINI_TOKENIZER
 
@@ -103,12 +104,49 @@ def test_an_unknown_word_after_the_at_names_compile_among_the_choices():
 
 
 @needs_compiler
+@pytest.mark.parametrize(
+    ("suffix", "name"),
+    [
+        ("@int4+compile", "@int4+compile"),
+        ("@compile+int4", "@int4+compile"),
+        ("@compile", "@compile"),
+    ],
+)
+def test_a_compiled_backend_s_name_says_so_as_its_spec_would(suffix, name):
+    from promptkit.models import mini_path
+
+    if mini_path() is None:
+        pytest.skip("this copy of promptkit ships no promptkit-mini")
+    backend = pk.get_backend(f"scratch:{suffix}", device="cpu")  # compiles nothing yet
+    assert backend.name == f"scratch:promptkit-mini{name}"
+
+
+@needs_compiler
 def test_a_compiled_backend_has_its_own_cache_identity():
     """Compiled kernels round differently, so cached responses must not be shared."""
     compiled = tiny_backend("float32", 0, compile=True)  # compiles nothing until a step
     eager = tiny_backend("float32", 0, compile=False)
     assert compiled.cache_identity()["compiled"] is True
     assert eager.cache_identity()["compiled"] is False
+
+
+@needs_compiler
+def test_a_failed_compilation_is_a_backend_error_that_says_how_to_go_on(monkeypatch):
+    with warnings.catch_warnings():  # PyTorch's own, on importing inductor
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch._inductor.compile_fx as inductor
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("no kernel for this")
+
+    monkeypatch.setattr(inductor, "compile_fx", failing)
+    backend = tiny_backend("float32", 0, compile=True)
+    prompt = backend.tokenizer.encode("Once upon a time")
+    with pytest.raises(BackendError, match="compiling the decoding step failed") as caught:
+        backend.generate_ids([prompt], GenerationConfig(max_tokens=3))
+    assert "no kernel for this" in str(caught.value)
+    assert "drop +compile from the spec, or pass compile=False" in str(caught.value)
+    assert isinstance(caught.value.__cause__, torch._dynamo.exc.TorchDynamoException)
 
 
 def teacher_forced(backend: ScratchBackend, rows: torch.Tensor, compiled: bool) -> torch.Tensor:

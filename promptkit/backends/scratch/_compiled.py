@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import ConfigurationError
+from ...errors import BackendError, ConfigurationError
 from .gpt2 import KVCache
 
 __all__ = ["CompiledStep", "check_compilable", "weights_fingerprint"]
@@ -56,6 +56,10 @@ _SETTINGS: dict[str, Any] = {
     "max_autotune": True,
     "max_autotune_gemm_backends": "CPP,ATEN",
 }
+# Dynamo's: the model's Python floats (the norms' epsilon) as the constants they are. With
+# dynamic=True they were traced as symbols first, which inductor then specialized, restarting
+# the whole trace: a third of each graph's compile time went that way.
+_TRACING: dict[str, Any] = {"specialize_float": True}
 # Inductor's settings and the warnings filters are process-wide: one compiled step at a time.
 _PROCESS_WIDE = threading.Lock()
 
@@ -113,11 +117,13 @@ class CompiledStep:
     """
 
     def __init__(self, model: nn.Module):
+        import torch._dynamo.config as dynamo_config
         import torch._inductor.config as inductor_config
 
-        self._settings = inductor_config.patch
+        # patches, entered around each call (PyTorch's patch objects may be entered again)
+        self._settings = (inductor_config.patch(_SETTINGS), dynamo_config.patch(_TRACING))
+        self._weights: Any = None  # the patch naming the weights, made at the first step
         self._model = model
-        self._weights: str | None = None  # their fingerprint, taken at the first step
         # Dynamo keeps its graphs, and its limit of 8 recompilations before it falls back to
         # eager without a word, per code object: each step gets a forward of its own, so that
         # models compiled earlier in the process neither use up this one's budget nor keep
@@ -149,19 +155,28 @@ class CompiledStep:
             )
             self._compiled_for.add(single)
         if self._weights is None:
-            self._weights = weights_fingerprint(self._model)
-        # any call may (re)compile: the settings and silenced warnings hold for each, and the
-        # cache key names the weights. Inductor's FX graph cache keeps compiled graphs on disk
-        # (a later process with the same weights took half the time), but its key leaves
-        # frozen constants out: a second model of the same shape was handed the first one's
-        # weights (a test checks this no longer happens)
-        tag = torch.compiler.config.patch(  # type: ignore[attr-defined]
-            cache_key_tag=f"promptkit-weights-{self._weights}"
-        )
+            # any call may (re)compile: the settings and silenced warnings hold for each, and
+            # the cache key names the weights. Inductor's FX graph cache keeps compiled graphs
+            # on disk (a later process with the same weights took half the time), but its key
+            # leaves frozen constants out: a second model of the same shape was handed the
+            # first one's weights (a test checks this no longer happens)
+            self._weights = torch.compiler.config.patch(  # type: ignore[attr-defined]
+                cache_key_tag=f"promptkit-weights-{weights_fingerprint(self._model)}"
+            )
         # contiguous: a view's strides would be another graph (they are guarded on)
         idx, positions = idx.contiguous(), positions.contiguous()
-        with _PROCESS_WIDE, self._settings(_SETTINGS), tag, _torch_s_own_warnings_silenced():
-            hidden: torch.Tensor = self._compiled(idx, positions, key_valid, cache, cache.length)
+        settings, tracing = self._settings
+        with _PROCESS_WIDE, settings, tracing, self._weights, _torch_s_own_warnings_silenced():
+            try:
+                hidden: torch.Tensor = self._compiled(
+                    idx, positions, key_valid, cache, cache.length
+                )
+            except torch._dynamo.exc.TorchDynamoException as exc:  # inductor's errors too
+                raise BackendError(
+                    f"scratch: compiling the decoding step failed ({_reason(exc)}); load the "
+                    "model without compile (drop +compile from the spec, or pass "
+                    "compile=False). PyTorch's error is this one's cause"
+                ) from exc
         return hidden
 
 
@@ -174,6 +189,14 @@ def weights_fingerprint(model: nn.Module) -> str:
         digest.update(f"{name} {tuple(data.shape)} {data.dtype};".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _reason(exc: Exception) -> str:
+    """What failed, in a line: the compiler's own error where dynamo wraps one."""
+    if isinstance(exc, torch._dynamo.exc.BackendCompilerFailed):
+        exc = exc.inner_exception
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
 
 
 @contextmanager

@@ -180,8 +180,11 @@ def from_spec(
         prefix_cache_bytes=prefix_cache_bytes,
         compile=compile,
     )
-    if precision_of(model) != "float32":  # auto: the precision it chose
-        backend.name += f"@{precision_of(model)}"
+    # the spec's suffix as it would ask for this backend (auto: the precision it chose)
+    suffix = [precision_of(model)] if precision_of(model) != "float32" else []
+    suffix += ["compile"] if compile else []
+    if suffix:
+        backend.name += "@" + "+".join(suffix)
     backend.weights_path = weights
     backend.use_chat_template(template)
     return backend
