@@ -3,7 +3,10 @@ on SmolLM2-135M-Instruct.
 
     promptkit pull smollm2
     python bench/compiled.py [--threads 2] [--precision int4] [--batches 1,8] [--rounds 3]
-                             [--new 33] [--prompt 64]
+                             [--new 33] [--prompt 64] [--model smollm2|gpt2]
+
+``--model gpt2`` runs our GPT-2 small with random weights instead (it needs GPT-2's tokenizer
+from ../shared/data/gpt2-tokenizer; no agreement figures, having no trained weights).
 
 Prints, for each batch size:
 
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from quant import WIKITEXT, cpu_line, decode_rate
@@ -32,7 +37,12 @@ from quant import WIKITEXT, cpu_line, decode_rate
 import promptkit as pk
 from promptkit.backends._base import GenerationConfig
 from promptkit.backends.scratch._backend import ScratchBackend
+from promptkit.backends.scratch._reduce import reduce_precision
+from promptkit.backends.scratch._tokenizer import Tokenizer
+from promptkit.backends.scratch.gpt2 import GPT, PRESETS
 from promptkit.models._registry import pull
+
+GPT2_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
 
 
 def first_call_seconds(backend: ScratchBackend, prompt: torch.Tensor, new: int) -> float:
@@ -44,6 +54,18 @@ def first_call_seconds(backend: ScratchBackend, prompt: torch.Tensor, new: int) 
         backend.generate_ids(prompt.tolist(), config, stop_at_end_of_text=False)
         times.append(time.perf_counter() - start)
     return times[0] - times[1]
+
+
+def gpt2_small(precision: str) -> tuple[ScratchBackend, ScratchBackend]:
+    """Our GPT-2 small with random weights in ``precision``: an eager backend and a compiled
+    one over the same model."""
+    if not (GPT2_TOKENIZER / "tokenizer.json").is_file():
+        sys.exit(f"--model gpt2 needs GPT-2's tokenizer in {GPT2_TOKENIZER}")
+    torch.manual_seed(0)
+    model = GPT(PRESETS["gpt2"]).eval()
+    reduce_precision(model, precision)
+    tokenizer = Tokenizer.from_folder(GPT2_TOKENIZER)
+    return ScratchBackend(model, tokenizer), ScratchBackend(model, tokenizer, compile=True)
 
 
 def teacher_forced_top1(
@@ -83,13 +105,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new", type=int, default=33)
+    parser.add_argument("--model", choices=("smollm2", "gpt2"), default="smollm2")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    path = pull("smollm2-135m-instruct")
     print(cpu_line())
-    eager = pk.get_backend(f"scratch:{path}@{args.precision}", device="cpu")
-    compiled = pk.get_backend(f"scratch:{path}@{args.precision}+compile", device="cpu")
+    if args.model == "gpt2":
+        eager, compiled = gpt2_small(args.precision)
+    else:
+        path = pull("smollm2-135m-instruct")
+        eager = pk.get_backend(f"scratch:{path}@{args.precision}", device="cpu")
+        compiled = pk.get_backend(f"scratch:{path}@{args.precision}+compile", device="cpu")
     assert isinstance(eager, ScratchBackend) and isinstance(compiled, ScratchBackend)
+    print(f"{args.model}, {args.precision}, {args.threads} threads")
     vocab = eager.model.config.vocab_size
     batches = [int(b) for b in args.batches.split(",")]
     generator = torch.Generator().manual_seed(0)
@@ -114,7 +141,9 @@ def main() -> None:
             f"{len(paired)} paired ratios (range {min(paired):.2f}-{max(paired):.2f}): "
             f"ratio {statistics.median(paired):.2f}x"
         )
-    if not WIKITEXT.is_file():
+    if args.model == "gpt2":
+        pass  # random weights: agreement with float32 would say nothing
+    elif not WIKITEXT.is_file():
         print(f"no agreement figures: {WIKITEXT} is not there (it comes with ../shared/data)")
     else:
         reference = pk.get_backend(f"scratch:{path}", device="cpu")

@@ -82,6 +82,7 @@ def serve_command(
         max_request_tokens=max_request_tokens,
     )
     app = create_app(backend, model_name=model_name, api_key=api_key, limits=limits)
+    backend.warm_up(lambda line: click.echo(line, err=True))  # before the first request
     click.echo(
         f"serving {backend.name} as {model_name or backend.name!r} on http://{host}:{port}/v1"
         + (" (API key required)" if api_key else ""),

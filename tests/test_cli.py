@@ -457,3 +457,18 @@ def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(invoke, specs
         result.stderr.startswith("error: cannot serve on 127.0.0.1:") and "--port" in result.stderr
     )
     assert "serving" not in result.stderr and specs == []  # refused before the backend was made
+
+
+def test_serve_warms_the_backend_up_before_the_first_request(invoke, specs, monkeypatch):
+    """A compiled scratch backend compiles its steps then, saying so, not in a request."""
+    warmed: list[str] = []
+
+    def warm_up(self, announce=None):
+        announce(f"{self.name}: compiling")
+        warmed.append(self.name)
+
+    monkeypatch.setattr(_Recorded, "warm_up", warm_up)
+    result = invoke("serve", "--port", "0", "--backend", "compiled")
+    assert result.exit_code == 0 and warmed == ["compiled"]
+    lines = result.stderr.splitlines()
+    assert lines[0] == "compiled: compiling" and lines[1].startswith("serving compiled")

@@ -320,6 +320,11 @@ class Backend:
             self.name, "batch_api", "the Batch API is OpenAI's: use an openai:MODEL backend"
         )
 
+    def warm_up(self, announce: Callable[[str], None] | None = None) -> None:
+        """Do now the slow set-up that would otherwise hold up the first requests (a scratch
+        backend with ``compile=True`` compiles its decoding steps), calling ``announce`` with
+        a line saying what before it starts. Nothing to do by default."""
+
     def close(self) -> None:
         """Release the backend's connections or memory (nothing to do by default)."""
 

@@ -121,6 +121,14 @@ def test_a_compiled_backend_s_name_says_so_as_its_spec_would(suffix, name):
     assert backend.name == f"scratch:promptkit-mini{name}"
 
 
+def test_warming_up_a_backend_that_does_not_compile_does_nothing():
+    said: list[str] = []
+    backend = tiny_backend("float32", 0, compile=False)
+    backend.warm_up(said.append)
+    pk.get_backend("scripted").warm_up(said.append)
+    assert said == []
+
+
 @needs_compiler
 def test_a_compiled_backend_has_its_own_cache_identity():
     """Compiled kernels round differently, so cached responses must not be shared."""
@@ -232,6 +240,13 @@ def test_compiled_generation_equals_eager_generation_in_float32():
     compiled = tiny_backend("float32", 3, compile=True)
     eager = ScratchBackend(compiled.model, compiled.tokenizer)
     graphs = counters["stats"]["unique_graphs"]
+    said: list[str] = []
+    compiled.warm_up(said.append)  # compiles both graphs now
+    assert counters["stats"]["unique_graphs"] == graphs + 2
+    assert said == [
+        "scratch: compiling the decoding steps, once per process (minutes the first time; "
+        "see the README's 'Compiled decoding steps')"
+    ]
     prompts = [compiled.tokenizer.encode(t) for t in ("Once upon a time", "The cat", "A")]
     plain, stopping = GenerationConfig(max_tokens=12), GenerationConfig(max_tokens=12, stop="e")
     for batch, config in ((prompts, plain), (prompts, stopping), (prompts[:1], plain)):
@@ -239,4 +254,4 @@ def test_compiled_generation_equals_eager_generation_in_float32():
         assert (ids, reasons) == eager.generate_ids(batch, config)
         if config is stopping:  # a row left the batch after its first token
             assert reasons[0] == "stop" and len(ids[0]) == 1 and len(ids[1]) == 12
-    assert counters["stats"]["unique_graphs"] == graphs + 2  # rows leaving do not recompile
+    assert counters["stats"]["unique_graphs"] == graphs + 2  # none since: rows leaving, too

@@ -9,7 +9,7 @@ instruction and demonstrations, a system prompt) compute it once.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,6 +103,22 @@ class ScratchBackend(LocalScoring):
 
     def _output_matrix(self) -> torch.Tensor:
         return self.model.output_matrix()
+
+    def warm_up(self, announce: Callable[[str], None] | None = None) -> None:
+        """With ``compile=True``, compile the decoding steps now (the graph for one row and the
+        one for batches) rather than in the first requests; nothing to do otherwise."""
+        if self.compiled_step is None:
+            return
+        if announce is not None:
+            announce(
+                f"{self.name}: compiling the decoding steps, once per process (minutes the "
+                "first time; see the README's 'Compiled decoding steps')"
+            )
+        # eight tokens: a cache length of 0 or 1 would be a constant of its own graph
+        prompt = [self.tokenizer.eot_id] * 8
+        config = GenerationConfig(max_tokens=2, temperature=0)  # the second token is a step
+        for rows in (1, 2):
+            self.generate_ids([prompt] * rows, config, stop_at_end_of_text=False)
 
     # -- generation ---------------------------------------------------------------------------
 

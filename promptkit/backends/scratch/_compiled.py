@@ -55,6 +55,9 @@ _SETTINGS: dict[str, Any] = {
     "freezing": True,
     "max_autotune": True,
     "max_autotune_gemm_backends": "CPP,ATEN",
+    # autotuning's reports, which it writes to stderr: a server's log is not the place
+    "autotune_num_choices_displayed": 0,
+    "max_autotune_report_choices_stats": False,
 }
 # Dynamo's: the model's Python floats (the norms' epsilon) as the constants they are. With
 # dynamic=True they were traced as symbols first, which inductor then specialized, restarting
