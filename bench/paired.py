@@ -2,7 +2,7 @@
 
     promptkit pull smollm2
     python bench/paired.py [--threads 2] [--precisions int4,int8,bfloat16] [--batches 1,8]
-                           [--rounds 5] [--repeats 2] [--new 33]
+                           [--rounds 5] [--repeats 2] [--new 33] [--score 512]
 
 ``bench/quant.py`` times transformers once before each of its figures; on a machine whose
 speed drifts by 10-30% within minutes (this project's virtual machines) one pair moves by as
@@ -12,9 +12,12 @@ decoding, the end of text ignored, the prompt's pass left out (the time of ``--n
 less that of one; best of ``--repeats``). Both models stay loaded: the pulled Q4_1 GGUF file,
 dequantized by transformers and taken as it is by ``scratch:``.
 
+``--score N`` also scores 8 random sequences of N tokens in each round (the log-probability of
+every token, as ``bench/quant.py`` times it) against transformers float32.
+
 Prints each round, then per precision and batch one line ending in ``ratio N.NNx`` (targets of
 issue 21: int4 batch 1 >= 3x, int8 batch 1 >= 2x, batch 8 >= 3x on a CPU with bfloat16
-arithmetic), and the CPU the figures ran on.
+arithmetic, scoring 8 x 512 >= 2x there), and the CPU the figures ran on.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import argparse
 import statistics
 
 import torch
-from quant import cpu_line, decode_rate, hf_decode_rate
+from quant import cpu_line, decode_rate, hf_decode_rate, hf_score_rate, score_rate
 
 import promptkit as pk
 from promptkit.backends.scratch._backend import ScratchBackend
 from promptkit.models._registry import pull
+
+SCORING = 0  # the batch key of --score's ratios
 
 
 def main() -> None:
@@ -39,6 +44,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new", type=int, default=33)
+    parser.add_argument(
+        "--score", type=int, default=0, help="also score 8 sequences of this many tokens"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
@@ -58,6 +66,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     prompts = {b: torch.randint(0, vocab, (b, args.prompt), generator=generator) for b in batches}
     ratios: dict[tuple[str, int], list[float]] = {(p, b): [] for p in ours for b in batches}
+    ratios.update({(p, SCORING): [] for p in ours})  # with --score
+    scored = torch.randint(0, vocab, (8, args.score), generator=generator)
     for round_ in range(1, args.rounds + 1):
         for batch in batches:
             prompt = prompts[batch]
@@ -68,10 +78,22 @@ def main() -> None:
                 ratios[precision, batch].append(mine / theirs)
                 line.append(f"{precision} {mine:6.1f} ({mine / theirs:.2f}x)")
             print(", ".join(line), flush=True)
+        if args.score:
+            theirs = hf_score_rate(reference, scored, args.repeats)
+            line = [f"round {round_} scoring: transformers float32 {theirs:6.0f} tok/s"]
+            for precision, backend in ours.items():
+                if "compile" not in precision:  # scoring is never compiled
+                    mine = score_rate(backend, scored, args.repeats)
+                    ratios[precision, SCORING].append(mine / theirs)
+                    line.append(f"{precision} {mine:6.0f} ({mine / theirs:.2f}x)")
+            print(", ".join(line), flush=True)
     for (precision, batch), paired in ratios.items():
+        if not paired:
+            continue
         spread = f"{min(paired):.2f}-{max(paired):.2f}"
+        what = f"scoring 8 x {args.score}" if batch == SCORING else f"batch {batch}"
         print(
-            f"{precision:8s} batch {batch}: median of {len(paired)} paired ratios to transformers "
+            f"{precision:8s} {what}: median of {len(paired)} paired ratios to transformers "
             f"float32 (range {spread}): ratio {statistics.median(paired):.2f}x"
         )
     print(cpu_line())

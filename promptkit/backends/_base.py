@@ -21,6 +21,7 @@ command line) never probe a backend with ``getattr``:
 ``perplexity_stats``   tokens scored and their summed negative log-likelihood (``perplexity``)
 ``cache_identity``     everything besides the request that decides an answer (the cache key)
 ``batch_api``          requests in bulk through the provider's batch endpoint (``batch_api``)
+``warm_up``            the slow set-up of the first requests done now (nothing by default)
 ``close``/``aclose``   release connections or memory (nothing to do by default)
 =====================  ====================================================================
 
