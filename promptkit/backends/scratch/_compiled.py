@@ -14,12 +14,13 @@ What stays eager:
 
 There are two graphs: one for a single row, and one for two rows or more. In the second, the
 batch size is symbolic, so other batch sizes, rows that finish and leave the batch, and
-requests of other lengths reuse it. Each graph is compiled on its first use. On a 2-core CPU
-with AMX, SmolLM2-135M took about 1.5 minutes (one row) and 3.5-4 minutes (batches) the first
-time, and 51 s and 97 s in a later process with the same weights. That later process loaded
-the graphs from inductor's on-disk FX graph cache, about 53 MB an entry under inductor's
-cache folder. ``bench/RESULTS.md`` has the figures. So compiling pays for a server or a long
-evaluation, not for one short request.
+requests of other lengths reuse it. Each graph is compiled on its first use, or at once by
+``ScratchBackend.warm_up``. On a 2-core CPU with AMX, SmolLM2-135M in int4 took 2.4 minutes
+(one row) and 2.9 minutes (batches) with inductor's caches empty, and 29 s and 47 s in a later
+process with the same weights. That later process loaded the compiled kernels from inductor's
+on-disk FX graph cache, about 53 MB an entry under inductor's cache folder. ``bench/RESULTS.md``
+has the figures. So compiling pays for a server or a long evaluation, not for one short
+request. A compilation that fails is a BackendError.
 
 The weights are frozen at that first call. A model changed afterwards is not seen; promptkit
 never changes a loaded backend's weights.
