@@ -329,6 +329,9 @@ class CachedBackend(Backend):
         """The wrapped backend's batch endpoint (its answers do not go through the cache)."""
         return self.backend.batch_api()
 
+    def warm_up(self, announce: Callable[[str], None] | None = None) -> None:
+        self.backend.warm_up(announce)
+
     def close(self) -> None:
         """Close the wrapped backend (the cache, which may be shared, stays open)."""
         self.backend.close()

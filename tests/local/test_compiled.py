@@ -11,8 +11,11 @@ import warnings
 
 import pytest
 import torch
+from pydantic import BaseModel, Field
 
 import promptkit as pk
+from promptkit._grammar import grammar_for
+from promptkit._parsing import output_spec
 from promptkit.backends._base import GenerationConfig
 from promptkit.backends.scratch._backend import ScratchBackend
 from promptkit.backends.scratch._compiled import check_compilable
@@ -40,6 +43,11 @@ needs_compiler = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "g++")) is None,
     reason="no C++ compiler for torch.compile's CPU kernels (install g++ or set CXX)",
 )
+
+
+class Record(BaseModel):
+    name: str = Field(max_length=8)
+    count: int
 
 
 def tiny_backend(precision: str, seed: int, compile: bool) -> ScratchBackend:
@@ -249,9 +257,16 @@ def test_compiled_generation_equals_eager_generation_in_float32():
     ]
     prompts = [compiled.tokenizer.encode(t) for t in ("Once upon a time", "The cat", "A")]
     plain, stopping = GenerationConfig(max_tokens=12), GenerationConfig(max_tokens=12, stop="e")
-    for batch, config in ((prompts, plain), (prompts, stopping), (prompts[:1], plain)):
+    # a grammar: forced tokens are fed several at a time (eagerly), the others one at a time
+    record = grammar_for(output_spec(Record))
+    constrained = GenerationConfig(max_tokens=40, grammar=record)
+    cases = [(prompts, plain), (prompts, stopping), (prompts[:1], plain), (prompts, constrained)]
+    for batch, config in cases:
         ids, reasons = compiled.generate_ids(batch, config)
         assert (ids, reasons) == eager.generate_ids(batch, config)
+        if config is constrained:
+            for row in ids:
+                assert record is not None and record.matches(compiled.tokenizer.decode(row))
         if config is stopping:  # a row left the batch after its first token
             assert reasons[0] == "stop" and len(ids[0]) == 1 and len(ids[1]) == 12
     assert counters["stats"]["unique_graphs"] == graphs + 2  # none since: rows leaving, too
