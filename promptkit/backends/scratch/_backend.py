@@ -45,7 +45,7 @@ class ScratchBackend(LocalScoring):
 
     ``compile=True`` runs the decoding steps after the prompt through ``torch.compile`` (CPU
     only, with a C++ compiler; see ``_compiled``): faster steps, each graph compiled on first
-    use, about a minute or more. Raises ConfigurationError for a budget that is not a
+    use or by ``warm_up()``, a minute or more. Raises ConfigurationError for a budget that is not a
     non-negative integer, a ``compile`` that is not a bool, or compiling where it cannot run;
     a compilation that fails at a step is a BackendError, with PyTorch's error as its cause.
     """
