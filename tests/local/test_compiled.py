@@ -6,6 +6,7 @@ compile are slow ones."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import warnings
 
@@ -104,6 +105,18 @@ def test_compiling_without_a_cpp_compiler_says_what_to_install(monkeypatch):
 )
 def test_the_spec_asks_to_compile_after_the_at(spec, expected):
     assert _split_compile(spec, False) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "meant"),
+    [
+        ("model+compile", "scratch:model@compile"),
+        ("model+int4+compile", "scratch:model@int4+compile"),
+    ],
+)
+def test_compile_without_the_at_says_where_it_goes(spec, meant):
+    with pytest.raises(ConfigurationError, match=f"goes after an '@': {re.escape(meant)}$"):
+        pk.get_backend(f"scratch:{spec}", device="cpu")  # not looked up anywhere
 
 
 def test_an_unknown_word_after_the_at_names_compile_among_the_choices():

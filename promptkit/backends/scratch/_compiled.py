@@ -18,7 +18,7 @@ requests of other lengths reuse it. Each graph is compiled on its first use, or 
 ``ScratchBackend.warm_up``. On a 2-core CPU with AMX, SmolLM2-135M in int4 took 2.4 minutes
 (one row) and 2.9 minutes (batches) with inductor's caches empty, and 29 s and 47 s in a later
 process with the same weights. That later process loaded the compiled kernels from inductor's
-on-disk FX graph cache, about 53 MB an entry under inductor's cache folder. ``bench/RESULTS.md``
+on-disk FX graph cache (63 MB for both graphs in a fresh cache folder). ``bench/RESULTS.md``
 has the figures. So compiling pays for a server or a long evaluation, not for one short
 request. A compilation that fails is a BackendError.
 

@@ -193,10 +193,18 @@ def from_spec(
 def _split_compile(arg: str, compile: bool) -> tuple[str, bool]:
     """``arg`` without a ``+compile`` in its ``@`` suffix (``NAME@int4+compile``,
     ``NAME@compile``), and whether the option or the suffix asks to compile; a path that
-    exists with an ``@`` in it stays whole."""
+    exists with an ``@`` in it stays whole. Raises ConfigurationError for ``NAME+compile``
+    (the ``@`` left out), saying where it goes."""
     model, at, suffix = arg.rpartition("@")
     words = suffix.split("+")
-    if not at or "compile" not in words or Path(os.path.expanduser(arg)).exists():
+    if Path(os.path.expanduser(arg)).exists():
+        return arg, compile
+    if not at and "compile" in words[1:]:  # NAME+compile: the @ left out
+        meant = "+".join([w for w in words[1:] if w != "compile"] + ["compile"])
+        raise ConfigurationError(
+            f"scratch: {arg!r} is no model; +compile goes after an '@': scratch:{words[0]}@{meant}"
+        )
+    if not at or "compile" not in words:
         return arg, compile
     rest = "+".join(word for word in words if word != "compile")
     return (f"{model}@{rest}" if rest else model), True
