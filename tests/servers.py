@@ -109,9 +109,11 @@ def connect(url: str) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=10)
 
 
-def stream_then_disconnect(url: str, path: str, body: Any, *, key: str | None = None) -> bytes:
-    """Start a streamed request over a raw socket, read up to the first event, then drop the
-    connection (what ``curl -N ... | head -2`` does); returns what was read."""
+def stream_then_disconnect(
+    url: str, path: str, body: Any, *, key: str | None = None, events: int = 1
+) -> bytes:
+    """Start a streamed request over a raw socket, read up to the first ``events`` events, then
+    drop the connection (what ``curl -N ... | head -2`` does); returns what was read."""
     host, port = url.removeprefix("http://").split(":")
     data = json.dumps(body).encode()
     head = (
@@ -123,7 +125,7 @@ def stream_then_disconnect(url: str, path: str, body: Any, *, key: str | None = 
     received = b""
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(head.encode() + data)
-        while b"data:" not in received:
+        while received.count(b"data:") < events:
             chunk = sock.recv(4096)
             if not chunk:
                 break
