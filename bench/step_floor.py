@@ -1,6 +1,6 @@
 """The floor of a decode step: only the matrix products, at each precision, on this CPU.
 
-    python bench/kernels.py [--threads 2] [--rows 1,8]
+    python bench/step_floor.py [--threads 2] [--rows 1,8]
 
 One decode step of SmolLM2-135M multiplies ``rows`` activations (the batch) by 121 matrices:
 per layer the fused q/k/v (960 x 576), the attention output (576 x 576), the fused gate/up

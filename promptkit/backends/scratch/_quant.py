@@ -17,10 +17,20 @@ projection is int8 in both (int4 logits cost more perplexity than the time they 
 inputs quantized to int8 per row on CPUs with AVX512-VNNI (:mod:`._int8_head`), and the token
 embedding stays bfloat16 (a lookup, not a product). Final hidden states are float32, so scoring
 and sampling read float32 logits whatever the precision. :mod:`._reduce` converts a model.
+
+Those kernels widen the weights again for every row they multiply, so their time grows with
+the rows: on the Intel Xeon of bench/RESULTS.md, a 1536 x 576 int4 product took 0.03 ms for one
+row and 39 ms for 4,096, where a bfloat16 product of the same shape took 2.2 ms. A prompt's pass
+and scoring multiply hundreds of rows at once. From :data:`DENSE_ROWS` rows up, a layer
+therefore widens its weight once (about 0.15 ms for int8 and 1 ms for int4 at that shape) and
+runs a dense product: bfloat16 on CPUs with bfloat16 arithmetic, float32 elsewhere. The int4
+weight is read back from the kernel's own packed layout (:func:`int4_layout`), with no second
+copy kept. Decoding steps, a few rows each, keep the kernels, and so do compiled steps.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +42,7 @@ from torch import nn
 from ...errors import ConfigurationError
 
 __all__ = [
+    "DENSE_ROWS",
     "GROUP",
     "PRECISIONS",
     "Int4Linear",
@@ -39,6 +50,7 @@ __all__ = [
     "Int8Linear",
     "auto_precision",
     "check_precision",
+    "int4_layout",
     "plain_logits",
     "precision_of",
     "split_spec_dtype",
@@ -50,6 +62,9 @@ _PACK_ROWS = 16  # the int4 kernel packs output channels sixteen at a time
 # The weight-only kernels' overloads, resolved once (a packet resolves its overload per call).
 _INT8_MM = torch.ops.aten._weight_int8pack_mm.default
 _INT4_MM = torch.ops.aten._weight_int4pack_mm_for_cpu.default
+# Rows from which a layer widens its weight once and runs a dense product (module docstring):
+# about where widening costs what the kernel spends on the rows (bench/dense.py).
+DENSE_ROWS = {"int8": 48, "int4": 112}
 
 
 def check_precision(dtype: str | None) -> str | None:
@@ -87,6 +102,32 @@ def split_spec_dtype(arg: str, dtype: str | None) -> tuple[str, str | None]:
 def has_bfloat16_arithmetic() -> bool:
     """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX)."""
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+@functools.cache
+def _cpu_dense_dtype() -> torch.dtype:
+    return torch.bfloat16 if has_bfloat16_arithmetic() else torch.float32
+
+
+def _dense_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the dense products: bfloat16, but float32 on a CPU without bfloat16
+    arithmetic (emulated bfloat16 products are slower than float32 ones)."""
+    return _cpu_dense_dtype() if device.type == "cpu" else torch.bfloat16
+
+
+def _dense_here(rows: torch.Tensor, kind: str) -> bool:
+    """Whether a product of ``rows`` goes dense (see the module's docstring): many rows, not
+    inside a compiled graph (whose kernels are chosen by inductor)."""
+    return not torch.compiler.is_compiling() and rows.size(0) >= DENSE_ROWS[kind]
+
+
+def _dense_product(
+    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``rows @ weight.T (+ bias)`` in ``weight``'s dtype, returned in bfloat16 as the kernels
+    return it."""
+    product = F.linear(rows.to(weight.dtype), weight).to(torch.bfloat16)
+    return _biased(product, bias)
 
 
 def auto_precision(device: str, file_precision: str | None = None) -> str:
@@ -136,6 +177,48 @@ class Int4Weights:
         return (self.codes.float() - 8) * scale + zero
 
 
+def _unpack(packed: torch.Tensor, out: int, width: int, layout: tuple[int, bool]) -> torch.Tensor:
+    """The ``(out, width)`` codes, uint8 0..15, that PyTorch's int4 packing put in ``packed``
+    with ``layout`` (see :func:`int4_layout`)."""
+    block, paired = layout
+    flat = packed.reshape(-1)
+    full = out // block * block
+    parts = []
+    if full:
+        blocks = flat[: full * width // 2].view(full // block, width, block // 2)
+        low, high = blocks & 15, blocks >> 4
+        if paired:  # channels 2i and 2i + 1 share a byte
+            codes = torch.stack((low, high), dim=-1).reshape(full // block, width, block)
+        else:  # the low halves hold the block's first half of channels, the high its second
+            codes = torch.cat((low, high), dim=-1)
+        parts.append(codes.transpose(1, 2).reshape(full, width))
+    if out > full:  # a last, shorter block: paired channels
+        tail = flat[full * width // 2 :].view(width, (out - full) // 2)
+        parts.append(torch.stack((tail & 15, tail >> 4), dim=-1).reshape(width, -1).t())
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+_LAYOUTS = ((64, False), (32, False), (32, True))  # AVX512's, AVX2's, and the plain C++ one's
+
+
+@functools.cache
+def int4_layout() -> tuple[int, bool] | None:
+    """How ``_convert_weight_to_int4pack_for_cpu`` lays codes out on this CPU, as ``(channels
+    per block, whether pairs of channels share a byte)``; None when it is none of the layouts
+    PyTorch 2.13 uses (AVX512, AVX2, plain C++), and int4 layers then keep the kernel for every
+    product. Found once per process by packing a probe of 80 channels (full blocks and a
+    shorter last one) and reading it back."""
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 16, (80, 64), dtype=torch.int32, generator=generator)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1)
+    if packed.dtype != torch.uint8 or packed.numel() != probe.numel() // 2:
+        return None
+    for layout in _LAYOUTS:
+        if torch.equal(_unpack(packed, 80, 64, layout).int(), probe):
+            return layout
+    return None
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     """``x`` ``(..., in)`` as the ``(N, in)`` rows the weight-only kernels take."""
     return x.reshape(-1, x.size(-1))
@@ -173,7 +256,11 @@ class Int8Linear(nn.Module):
         return self.multiply(_rows(x)).view(*x.shape[:-1], self.weight.size(0))
 
     def multiply(self, rows: torch.Tensor) -> torch.Tensor:
-        """The layer's output ``(N, out)`` for ``rows`` ``(N, in)`` (bfloat16, or cast to it)."""
+        """The layer's output ``(N, out)`` for ``rows`` ``(N, in)`` (bfloat16, or cast to it):
+        from :data:`DENSE_ROWS` rows up, a dense product with the weight widened once."""
+        if _dense_here(rows, "int8"):
+            weight = self.weight.to(_dense_dtype(rows.device)) * self.scale[:, None]
+            return _dense_product(rows, weight, self.bias)
         return _biased(_INT8_MM(_bfloat16(rows), self.weight, self.scale), self.bias)
 
     def dequantized(self) -> torch.Tensor:
@@ -206,8 +293,30 @@ class Int4Linear(nn.Module):
         return self.multiply(_rows(x)).view(*x.shape[:-1], self.out_features)
 
     def multiply(self, rows: torch.Tensor) -> torch.Tensor:
-        """The layer's output ``(N, out)`` for ``rows`` ``(N, in)`` (bfloat16, or cast to it)."""
+        """The layer's output ``(N, out)`` for ``rows`` ``(N, in)`` (bfloat16, or cast to it):
+        from :data:`DENSE_ROWS` rows up, a dense product with the weight widened once."""
+        if _dense_here(rows, "int4") and int4_layout() is not None:
+            return _dense_product(rows, self._widened(_dense_dtype(rows.device)), self.bias)
         return _biased(_INT4_MM(_bfloat16(rows), self.packed, GROUP, self.scale_zero), self.bias)
+
+    def dequantized(self) -> torch.Tensor:
+        """The float32 ``(out, in)`` weight this layer multiplies by."""
+        if int4_layout() is None:  # the kernel itself, on the identity: exact, slower
+            identity = torch.eye(self.in_features, dtype=torch.bfloat16)
+            widened: torch.Tensor = _INT4_MM(identity, self.packed, GROUP, self.scale_zero)
+            return widened.t().float()
+        return self._widened(torch.float32)
+
+    def _widened(self, dtype: torch.dtype) -> torch.Tensor:
+        """The ``(out, in)`` weight in ``dtype``, as the kernel widens it: ``(q - 8) * scale +
+        zero`` in float32 from the bfloat16 scales and zeros. Needs :func:`int4_layout`."""
+        layout = int4_layout()
+        assert layout is not None
+        out, width = self.out_features, self.in_features
+        codes = _unpack(self.packed, out, width, layout).view(out, width // GROUP, GROUP)
+        scale, zero = self.scale_zero.float().permute(2, 1, 0).contiguous()[..., None]
+        weight = codes.float().sub_(8).mul_(scale).add_(zero).view(out, width)
+        return weight if dtype == torch.float32 else weight.to(dtype)
 
 
 def precision_of(model: nn.Module) -> str:
