@@ -15,9 +15,10 @@ rounds. Prints, per precision:
   batch 1) at each ``--prompts`` length, dense against kernels, median of ``--rounds`` paired
   ratios;
 - scoring 8 x 512 tokens (every token's log-probability), the same way;
-- whether 32 greedy tokens after a 512-token prompt are the same both ways;
-- WikiText-2 perplexity over 2048 tokens in one pass, dense against kernels and float32
-  (``../shared/data/corpora/wiki.test.raw``; skipped with a message without it).
+- from WikiText-2 (``../shared/data/corpora/wiki.test.raw``; skipped with a message without
+  it): whether 32 greedy tokens after 512 of its tokens are the same both ways, and over 2048
+  tokens in one pass the perplexity and the top token's agreement with float32, dense against
+  kernels only.
 
 Each line ends in ``ratio N.NNx``; above 1 the dense products are faster (or, for perplexity,
 higher).
@@ -112,27 +113,34 @@ def main() -> None:
         rows = torch.randint(0, vocab, (8, 512), generator=generator)
         dense, kernels = paired(partial(score_rate, backend, rows, args.repeats), args.rounds)
         print(line(f"{precision} scoring 8 x 512", dense, kernels, "tok/s"), flush=True)
-        prompt = torch.randint(0, vocab, (512,), generator=generator).tolist()
-        config = GenerationConfig(max_tokens=32)
-        made = backend.generate_ids([prompt], config, stop_at_end_of_text=False)[0][0]
-        with kernels_only():
-            before = backend.generate_ids([prompt], config, stop_at_end_of_text=False)[0][0]
-        same = sum(a == b for a, b in zip(made, before, strict=True))
-        print(f"{precision} greedy after a 512-token prompt: same tokens {same}/{len(made)}")
         if text is None:
-            print(f"no perplexity figures: {WIKITEXT} is not there (it comes with ../shared/data)")
+            print(f"no WikiText-2 figures: {WIKITEXT} is not there (it comes with ../shared/data)")
             continue
         ids = backend.tokenizer.encode(text)[:2048]
+        config = GenerationConfig(max_tokens=32)
+        made = backend.generate_ids([ids[:512]], config, stop_at_end_of_text=False)[0][0]
+        with kernels_only():
+            before = backend.generate_ids([ids[:512]], config, stop_at_end_of_text=False)[0][0]
+        same = sum(a == b for a, b in zip(made, before, strict=True))
+        print(
+            f"{precision} greedy after 512 tokens of WikiText-2, dense against kernels only: "
+            f"same tokens {same}/{len(made)}"
+        )
         if reference is None:
             reference = pk.get_backend(f"scratch:{path}", device="cpu")
             assert isinstance(reference, ScratchBackend)
-            float32, _ = wikitext_pass(reference, ids)
-        dense_ppl, _ = wikitext_pass(backend, ids)
+            float32, truth = wikitext_pass(reference, ids)
+        dense_ppl, dense_top = wikitext_pass(backend, ids)
         with kernels_only():
-            kernel_ppl, _ = wikitext_pass(backend, ids)
+            kernel_ppl, kernel_top = wikitext_pass(backend, ids)
         print(
             f"{precision} WikiText-2 perplexity (2048 tokens): dense {dense_ppl:.3f}, kernels "
             f"only {kernel_ppl:.3f}, float32 {float32:.3f}: ratio {dense_ppl / kernel_ppl:.4f}x"
+        )
+        agree = [100 * float((top == truth).float().mean()) for top in (dense_top, kernel_top)]
+        print(
+            f"{precision} top token equal to float32's (2047 positions): dense {agree[0]:.1f}%, "
+            f"kernels only {agree[1]:.1f}%: ratio {agree[0] / agree[1]:.3f}x"
         )
     print(cpu_line())
 
