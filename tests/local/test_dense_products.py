@@ -1,12 +1,13 @@
 """Many rows at once in int8 and int4 (a prompt's pass, scoring): from ``DENSE_ROWS`` rows up a
 layer widens its weight once and runs a dense product instead of the weight-only kernel. The
-widened weight is the one the kernel multiplies by, read back from the kernel's own packing
-on every CPU layout PyTorch has; fewer rows, compiled steps and unknown layouts keep the
-kernel; a whole model's logits stay what the kernels give."""
+int4 codes are read back from the kernel's own packing on every x86 layout PyTorch has, and
+widened to the kernel's weights; fewer rows, compiled steps and unknown layouts keep the
+kernel; a whole model's logits stay close to what the kernels give."""
 
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,9 @@ def test_the_packing_of_this_cpu_is_read_back_code_for_code():
         assert torch.equal(layer.dequantized(), weights.dequantized())
 
 
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 CPU capabilities"
+)
 @pytest.mark.parametrize("capability", ["avx2", "default"])
 def test_the_other_packings_are_read_back_too(capability):
     """PyTorch packs int4 codes differently by the CPU capability it runs with; the variable
@@ -98,6 +102,8 @@ def test_the_other_packings_are_read_back_too(capability):
 
 @pytest.mark.parametrize("kind", ["int4", "int8"])
 def test_many_rows_take_a_dense_product_of_the_kernels_own_weight(kind, counted):
+    if kind == "int4" and _quant.int4_layout() is None:
+        pytest.skip("PyTorch's int4 packing here is not one this release reads")
     generator = torch.Generator().manual_seed(1)
     weight, bias = torch.randn(96, 64, generator=generator), torch.randn(96, generator=generator)
     layer = Int4Linear(Int4Weights.quantize(weight), bias) if kind == "int4" else None
@@ -144,6 +150,8 @@ def test_a_compiled_function_keeps_the_kernel(counted):
 
 @pytest.mark.parametrize("dtype", ["int4", "int8"])
 def test_a_long_pass_gives_the_kernels_logits(tmp_path, monkeypatch, dtype):
+    if dtype == "int4" and _quant.int4_layout() is None:
+        pytest.skip("PyTorch's int4 packing here is not one this release reads")
     folder = make_hf_llama(tmp_path / "llama", "llama")
     reduced = pk.get_backend(f"scratch:{folder}", device="cpu", dtype=dtype)
     model = reduced.model
@@ -152,6 +160,25 @@ def test_a_long_pass_gives_the_kernels_logits(tmp_path, monkeypatch, dtype):
         dense = model.logits(model(ids))
         monkeypatch.setitem(DENSE_ROWS, dtype, 1 << 30)
         kernels = model.logits(model(ids))
+    assert not torch.equal(dense, kernels)  # the dense products ran, and round differently
     assert float((dense - kernels).norm() / kernels.norm()) < 0.02
     agree = (dense.argmax(-1) == kernels.argmax(-1)).float().mean()
     assert float(agree) > 0.9
+
+
+@pytest.mark.parametrize("dtype", ["int4", "int8"])
+def test_a_prefix_cache_hit_scores_within_rounding(tmp_path, dtype):
+    """A cache hit leaves 10 rows of the context to compute (the kernels) where the whole
+    context is 150 (dense products): the scores differ by rounding only."""
+    folder = make_hf_llama(tmp_path / "llama", "llama")
+    plain = pk.get_backend(f"scratch:{folder}", device="cpu", dtype=dtype, prefix_cache_bytes=0)
+    cached = pk.get_backend(f"scratch:{folder}", device="cpu", dtype=dtype)
+    generator = torch.Generator().manual_seed(1)
+    vocab = plain.model.config.vocab_size
+    context = torch.randint(0, vocab, (150,), generator=generator).tolist()
+    choices = [torch.randint(0, vocab, (3,), generator=generator).tolist() for _ in range(4)]
+    expected = plain.score_choice_ids(context, choices)
+    cached.score_choice_ids(context[:140], choices)
+    found = cached.score_choice_ids(context, choices)
+    assert cached.prefix_cache.stats().tokens_reused == 140
+    assert max(abs(a - b) for a, b in zip(found, expected, strict=True)) < 5e-3

@@ -22,10 +22,15 @@ Those kernels widen the weights again for every row they multiply, so their time
 the rows: on the Intel Xeon of bench/RESULTS.md, a 1536 x 576 int4 product took 0.03 ms for one
 row and 39 ms for 4,096, where a bfloat16 product of the same shape took 2.2 ms. A prompt's pass
 and scoring multiply hundreds of rows at once. From :data:`DENSE_ROWS` rows up, a layer
-therefore widens its weight once (about 0.15 ms for int8 and 1 ms for int4 at that shape) and
-runs a dense product: bfloat16 on CPUs with bfloat16 arithmetic, float32 elsewhere. The int4
-weight is read back from the kernel's own packed layout (:func:`int4_layout`), with no second
-copy kept. Decoding steps, a few rows each, keep the kernels, and so do compiled steps.
+therefore widens its weight once per call (about 0.15 ms for int8 and 0.6-0.8 ms for int4 at
+that shape) and runs a dense product: bfloat16 on CPUs with bfloat16 arithmetic, float32
+elsewhere. The widened weight is the kernel's (``(q - 8) * scale + zero`` in float32), rounded
+to bfloat16 in the first case, as the bfloat16 precision rounds its weights. The int4 codes are
+read back from the kernel's own packed layout (:func:`int4_layout`): no second copy is kept
+between calls, and a call holds the widened layer (4 bytes a weight) while it runs. Decoding
+steps of fewer rows keep the kernels, and compiled steps always do. Whether a row goes dense
+depends on the rows of its call, so the same row in a smaller batch, or after a prefix-cache
+hit, can round differently.
 """
 
 from __future__ import annotations
@@ -301,15 +306,16 @@ class Int4Linear(nn.Module):
 
     def dequantized(self) -> torch.Tensor:
         """The float32 ``(out, in)`` weight this layer multiplies by."""
-        if int4_layout() is None:  # the kernel itself, on the identity: exact, slower
+        if int4_layout() is None:  # the kernel itself, on the identity (rounded to bfloat16)
             identity = torch.eye(self.in_features, dtype=torch.bfloat16)
             widened: torch.Tensor = _INT4_MM(identity, self.packed, GROUP, self.scale_zero)
             return widened.t().float()
         return self._widened(torch.float32)
 
     def _widened(self, dtype: torch.dtype) -> torch.Tensor:
-        """The ``(out, in)`` weight in ``dtype``, as the kernel widens it: ``(q - 8) * scale +
-        zero`` in float32 from the bfloat16 scales and zeros. Needs :func:`int4_layout`."""
+        """The ``(out, in)`` weight as the kernel widens it, ``(q - 8) * scale + zero`` in
+        float32 from the bfloat16 scales and zeros, then in ``dtype``. Needs
+        :func:`int4_layout`."""
         layout = int4_layout()
         assert layout is not None
         out, width = self.out_features, self.in_features
