@@ -100,10 +100,23 @@ def test_the_other_packings_are_read_back_too(capability):
 # -- which product runs -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dense", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("kind", ["int4", "int8"])
-def test_many_rows_take_a_dense_product_of_the_kernels_own_weight(kind, counted):
+def test_many_rows_take_a_dense_product_of_the_kernels_own_weight(
+    kind, dense, counted, monkeypatch
+):
+    """In bfloat16 (CPUs with bfloat16 arithmetic) and in float32 (the others)."""
     if kind == "int4" and _quant.int4_layout() is None:
         pytest.skip("PyTorch's int4 packing here is not one this release reads")
+    monkeypatch.setattr(_quant, "_cpu_dense_dtype", lambda: dense)
+    products = []
+    real_product = _quant._dense_product
+
+    def dense_product(rows: torch.Tensor, weight: torch.Tensor, bias: object) -> torch.Tensor:
+        products.append(weight.dtype)
+        return real_product(rows, weight, bias)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_quant, "_dense_product", dense_product)
     generator = torch.Generator().manual_seed(1)
     weight, bias = torch.randn(96, 64, generator=generator), torch.randn(96, generator=generator)
     layer = Int4Linear(Int4Weights.quantize(weight), bias) if kind == "int4" else None
@@ -114,7 +127,7 @@ def test_many_rows_take_a_dense_product_of_the_kernels_own_weight(kind, counted)
     few = layer.multiply(x[: threshold - 1])
     assert kernel.calls == 1  # under the threshold: the kernel, as it always was
     many = layer.multiply(x)
-    assert kernel.calls == 1  # from it on: the dense product
+    assert kernel.calls == 1 and products == [dense]  # from it on: the dense product
     assert many.dtype == few.dtype == torch.bfloat16 and many.shape == (threshold, 96)
     expected = x.float() @ layer.dequantized().t() + bias.bfloat16().float()
     assert torch.allclose(many.float(), expected, rtol=0.02, atol=0.1)
