@@ -119,8 +119,11 @@ def test_many_rows_take_a_dense_product_of_the_kernels_own_weight(
     monkeypatch.setattr(_quant, "_dense_product", dense_product)
     generator = torch.Generator().manual_seed(1)
     weight, bias = torch.randn(96, 64, generator=generator), torch.randn(96, generator=generator)
-    layer = Int4Linear(Int4Weights.quantize(weight), bias) if kind == "int4" else None
-    layer = layer or Int8Linear(weight, bias)
+    layer: Int4Linear | Int8Linear
+    if kind == "int4":
+        layer = Int4Linear(Int4Weights.quantize(weight), bias)
+    else:
+        layer = Int8Linear(weight, bias)
     threshold = DENSE_ROWS[kind]
     x = torch.randn(threshold, 64, generator=generator).bfloat16()
     kernel = counted[kind]

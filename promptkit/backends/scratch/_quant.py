@@ -300,24 +300,24 @@ class Int4Linear(nn.Module):
     def multiply(self, rows: torch.Tensor) -> torch.Tensor:
         """The layer's output ``(N, out)`` for ``rows`` ``(N, in)`` (bfloat16, or cast to it):
         from :data:`DENSE_ROWS` rows up, a dense product with the weight widened once."""
-        if _dense_here(rows, "int4") and int4_layout() is not None:
-            return _dense_product(rows, self._widened(_dense_dtype(rows.device)), self.bias)
+        if _dense_here(rows, "int4") and (layout := int4_layout()) is not None:
+            weight = self._widened(layout, _dense_dtype(rows.device))
+            return _dense_product(rows, weight, self.bias)
         return _biased(_INT4_MM(_bfloat16(rows), self.packed, GROUP, self.scale_zero), self.bias)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 ``(out, in)`` weight this layer multiplies by."""
-        if int4_layout() is None:  # the kernel itself, on the identity (rounded to bfloat16)
+        layout = int4_layout()
+        if layout is None:  # the kernel itself, on the identity (rounded to bfloat16)
             identity = torch.eye(self.in_features, dtype=torch.bfloat16)
             widened: torch.Tensor = _INT4_MM(identity, self.packed, GROUP, self.scale_zero)
             return widened.t().float()
-        return self._widened(torch.float32)
+        return self._widened(layout, torch.float32)
 
-    def _widened(self, dtype: torch.dtype) -> torch.Tensor:
+    def _widened(self, layout: tuple[int, bool], dtype: torch.dtype) -> torch.Tensor:
         """The ``(out, in)`` weight as the kernel widens it, ``(q - 8) * scale + zero`` in
-        float32 from the bfloat16 scales and zeros, then in ``dtype``. Needs
-        :func:`int4_layout`."""
-        layout = int4_layout()
-        assert layout is not None
+        float32 from the bfloat16 scales and zeros, then in ``dtype``; the codes read with
+        ``layout`` (:func:`int4_layout`)."""
         out, width = self.out_features, self.in_features
         codes = _unpack(self.packed, out, width, layout).view(out, width // GROUP, GROUP)
         scale, zero = self.scale_zero.float().permute(2, 1, 0).contiguous()[..., None]
