@@ -1,11 +1,15 @@
-"""Cost of constrained decoding: the token mask vs the model step, GPT-2 small, random weights.
+"""Cost of constrained decoding: the token mask vs the model step.
 
     python bench/constrained.py [--threads 2] [--new 64] [--runs 3] [--dtype int4] [--compile]
+                                [--model smollm2-135m-instruct]
 
-The same model (our GPT-2 small, random weights, float32 or ``--dtype``'s precision, CPU),
-the same prompt (the bundled ``extract`` template rendered with its sample, about 300 tokens)
-and the same number of new tokens, decoded greedily without and with the output type's
-grammar. Prints:
+The same model (by default our GPT-2 small with random weights; ``--model NAME`` a real model
+``scratch:`` loads, such as SmolLM2-135M-Instruct after ``promptkit pull``; float32 or
+``--dtype``'s precision, CPU), the same prompt (the bundled ``extract`` template rendered with
+its sample, about 300 tokens; a model with a chat template reads it as a conversation) and the
+same number of new tokens, decoded greedily without and with the output type's grammar.
+Random weights are the masker's worst case (their most likely token is rarely allowed, so
+the full mask is computed at most steps); a real model shows the usual case. Prints:
 
 - the median and mean time per decoding step spent in the token masker (computing the allowed
   tokens, applying them to the logits, feeding the chosen token, fast-forward and budget
@@ -23,7 +27,8 @@ grammar. Prints:
 unmeasured generation that compiles them. Its forward pass is then one compiled call, so the
 model step alone is not timed; a whole step is the interval between two output projections.
 
-Needs GPT-2's tokenizer files from ../shared/data/gpt2-tokenizer (a real 50k vocabulary).
+GPT-2 small needs GPT-2's tokenizer files from ../shared/data/gpt2-tokenizer (a real 50k
+vocabulary).
 """
 
 from __future__ import annotations
@@ -83,6 +88,21 @@ def per_step(calls: list[tuple[str, float]]) -> list[float]:
     return steps
 
 
+def load(model: str | None, dtype: str, compile: bool) -> tuple[ScratchBackend, str]:
+    """The scratch backend to measure, and its description."""
+    if model:
+        backend = pk.get_backend(f"scratch:{model}", dtype=dtype, compile=compile)
+        assert isinstance(backend, ScratchBackend)
+        return backend, model
+    if not (TOKENIZER / "tokenizer.json").is_file():
+        sys.exit(f"needs GPT-2's tokenizer in {TOKENIZER}")
+    net = GPT(PRESETS["gpt2"]).eval()
+    reduce_precision(net, dtype)
+    return ScratchBackend(
+        net, Tokenizer.from_folder(TOKENIZER), compile=compile
+    ), "GPT-2 small, random weights"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
@@ -90,15 +110,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dtype", default="float32", help="weights' precision (see _quant)")
     parser.add_argument("--compile", action="store_true", help="compiled decoding steps")
+    parser.add_argument("--model", help="a model scratch: loads (default: GPT-2, random weights)")
     args = parser.parse_args()
-    if not (TOKENIZER / "tokenizer.json").is_file():
-        sys.exit(f"needs GPT-2's tokenizer in {TOKENIZER}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    tokenizer = Tokenizer.from_folder(TOKENIZER)
-    model = GPT(PRESETS["gpt2"]).eval()
-    reduce_precision(model, args.dtype)  # a faster step makes the masker's share larger
-    backend = ScratchBackend(model, tokenizer, compile=args.compile)
+    # a faster step makes the masker's share larger
+    backend, described = load(args.model, args.dtype, args.compile)
+    tokenizer = backend.tokenizer
     vocab = backend.model.config.vocab_size
 
     began = time.perf_counter()
@@ -106,14 +124,15 @@ def main() -> None:
     print(f"llguidance tokenizer built once in {time.perf_counter() - began:.2f} s (then cached)")
 
     extract = pk.load_prompt("extract")
-    prompt = messages_to_text(extract.render(extract.metadata["sample"]))  # type: ignore[arg-type]
+    messages = extract.render(extract.metadata["sample"])  # type: ignore[arg-type]
+    prompt = messages if args.model else messages_to_text(messages)
     grammar = grammar_for(extract.output)
     plain = GenerationConfig(max_tokens=args.new)
     constrained = plain.replace(grammar=grammar)
     print(
-        f"{args.threads} threads, GPT-2 small (random weights, {args.dtype}"
+        f"{args.threads} threads, {described} ({args.dtype}"
         f"{', compiled steps' if args.compile else ''}), prompt "
-        f"{backend.count_tokens(prompt)} tokens, {args.new} new tokens, greedy"
+        f"{len(backend.prompt_ids(prompt))} tokens, {args.new} new tokens, greedy"
     )
 
     if args.compile:  # compiles the one-row step, unmeasured
