@@ -136,6 +136,7 @@ def eval_command(
     file: str,
     data_path: str,
     backend_spec: str | None,
+    backend_options: tuple[str, ...],
     shots: str | None,
     out_dir: str | None,
     pool_path: str | None,
@@ -173,6 +174,7 @@ def eval_command(
             "--shots": shots not in (None, "0"),
             "--vs-backend": bool(vs_specs),
             "--backend (with --samples-file)": samples_file and backend_spec,
+            "--backend-option (with --samples-file)": bool(samples_file and backend_options),
             "--concurrency": concurrency != 1,
             "--resume": resume,
             "--batch-api": batch_api,
@@ -181,6 +183,7 @@ def eval_command(
             file,
             data_path,
             backend_spec,
+            backend_options,
             out_dir=out_dir,
             ks=ks,
             samples=samples,
@@ -236,7 +239,7 @@ def eval_command(
     if batch_api and (concurrency != 1 or kind == "score"):
         given = "--concurrency" if concurrency != 1 else "--method score"
         raise UsageError(f"{given}: the Batch API sends every generation at once; leave it out")
-    backend: Backend = backend_for(backend_spec, first)
+    backend: Backend = backend_for(backend_spec, first, backend_options)
     grader = with_cache(backend_for(grader_spec), not no_cache, cache_size) if grader_spec else None
     api = backend.batch_api() if batch_api else None  # batches bypass the response cache
     if api is None:

@@ -1,5 +1,5 @@
 """The options the ``promptkit`` commands share and what they become: a template's inputs,
-the backend (by one default rule), the response cache, shot counts."""
+the backend (by one default rule) and its options, the response cache, shot counts."""
 
 from __future__ import annotations
 
@@ -57,11 +57,17 @@ def input_options(function: Any) -> Any:
     return click.argument("file")(function)
 
 
+# Option names that hold secrets: a command line is seen by every user of the machine (ps) and
+# kept in shell histories, so these come from the environment or a template's ${env:VAR}.
+_SECRET_WORDS = frozenset(("key", "token", "secret", "password"))
+
+
 def backend_option(*, template: bool) -> Callable[[_F], _F]:
-    """The --backend option of a command that needs a backend; its help states the default
-    rule of :func:`backend_for` as it applies to the command."""
+    """The --backend and --backend-option options of a command that needs a backend (the
+    command takes ``backend_spec`` and ``backend_options``); the help states the default rule
+    of :func:`backend_for` as it applies to the command."""
     fallback = "the template's model.configuration, else " if template else ""
-    return click.option(
+    spec = click.option(
         "--backend",
         "backend_spec",
         metavar="SPEC",
@@ -69,29 +75,79 @@ def backend_option(*, template: bool) -> Callable[[_F], _F]:
         f"$PROMPTKIT_BACKEND, else {fallback}SmolLM2-135M-Instruct once pulled (`promptkit "
         "pull smollm2-135m-instruct`), else the shipped promptkit-mini.",
     )
+    options = click.option(
+        "--backend-option",
+        "backend_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="An option of that backend, as get_backend takes it (e.g. prefix_cache_bytes=0, "
+        "chat_template=false, device=cpu, timeout=30); VALUE is read as JSON when it parses. "
+        "Repeatable.",
+    )
+
+    def decorate(function: _F) -> _F:
+        return spec(options(function))
+
+    return decorate
 
 
-def backend_for(spec: str | None, prompt: Any = None) -> Backend:
+def _backend_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """The ``--backend-option KEY=VALUE`` pairs as keyword arguments of ``get_backend``: each
+    VALUE read as JSON when it parses (``0``, ``false``, ``30.5``), else kept as text.
+
+    Raises UsageError for a pair without ``=`` or with a KEY that is no Python name, a KEY
+    given twice, and a KEY that names a secret (API keys come from the environment).
+    """
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep:  # not repeated: it may be a secret given without its KEY=
+            raise UsageError(
+                "--backend-option takes KEY=VALUE (such as prefix_cache_bytes=0); one was given "
+                "without '='"
+            )
+        if not key.isidentifier():
+            raise UsageError(
+                f"--backend-option {key!r}=...: the KEY must be an option name such as "
+                "prefix_cache_bytes (letters, digits and _)"
+            )
+        if _SECRET_WORDS.intersection(key.lower().split("_")):
+            raise UsageError(
+                f"--backend-option {key}: secrets are not taken on the command line, where "
+                "other users and shell histories can read them; set the backend's environment "
+                "variable (OPENAI_API_KEY, AZURE_OPENAI_API_KEY) or a template's ${env:VAR}"
+            )
+        if key in settings:
+            raise UsageError(f"--backend-option {key} is given twice; give it once")
+        settings[key] = _maybe_json(raw)
+    return settings
+
+
+def backend_for(spec: str | None, prompt: Any = None, options: Sequence[str] = ()) -> Backend:
     """The one default-backend rule of every command that needs a backend: --backend when
     given, then $PROMPTKIT_BACKEND, then (for a command with a template) the template's
     model.configuration, then SmolLM2-135M-Instruct when it is pulled, then the shipped
     promptkit-mini. The last two print a one-line note on stderr saying which model answers
-    (and, for promptkit-mini, how to get the real one).
+    (and, for promptkit-mini, how to get the real one). ``options`` (the --backend-option
+    pairs, :func:`_backend_settings`) go to whichever backend the rule picks, over a template's
+    own settings.
 
     Raises UsageError when none applies (a copy of promptkit without promptkit-mini and no
-    pulled model), and whatever building the backend raises (ConfigurationError for a bad
-    spec).
+    pulled model) or for a malformed option, and whatever building the backend raises
+    (ConfigurationError for a bad spec or an option the backend does not take).
     """
     from .backends import default_backend, get_backend
     from .errors import ConfigurationError
 
+    settings = _backend_settings(options)
     spec = spec or os.environ.get("PROMPTKIT_BACKEND")
     if spec:
-        return get_backend(spec)
+        return get_backend(spec, **settings)
     if prompt is not None:
         from ._prompty import backend_from_prompt
 
-        backend = backend_from_prompt(prompt)
+        backend = backend_from_prompt(prompt, settings)
         if backend is not None:
             return backend
     try:
@@ -100,7 +156,7 @@ def backend_for(spec: str | None, prompt: Any = None) -> Backend:
         declare = ", or declare model.configuration in the template" if prompt is not None else ""
         raise UsageError(f"{exc}{declare}") from None
     click.echo(default.note, err=True)
-    return get_backend(default.spec)
+    return get_backend(default.spec, **settings)
 
 
 def collect_inputs(

@@ -20,6 +20,7 @@ def eval_pass_at_k(
     file: str,
     data_path: str,
     backend_spec: str | None,
+    backend_options: tuple[str, ...],
     *,
     out_dir: str | None,
     ks: str,
@@ -64,7 +65,8 @@ def eval_pass_at_k(
     )
     generator = None
     if not samples_file:
-        generator = with_cache(backend_for(backend_spec, prompt), cache, cache_size)
+        backend = backend_for(backend_spec, prompt, backend_options)
+        generator = with_cache(backend, cache, cache_size)
     out = out_dir or f"eval-{prompt.name or Path(file).stem}"
     run, written = run_pass_at_k(prompt, data_path, backend=generator, options=options, out=out)
     click.echo(pass_at_k_markdown(run))

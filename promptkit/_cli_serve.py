@@ -54,6 +54,7 @@ __all__ = ["serve_command"]
 )
 def serve_command(
     backend_spec: str | None,
+    backend_options: tuple[str, ...],
     host: str,
     port: int,
     api_key: str | None,
@@ -74,7 +75,7 @@ def serve_command(
             f"promptkit serve needs FastAPI and uvicorn ({exc}); pip install 'promptkit[serve]'"
         ) from None
     _check_port(host, port)
-    backend = backend_for(backend_spec)
+    backend = backend_for(backend_spec, options=backend_options)
     limits = ServerLimits(
         max_body_bytes=max_body,
         max_prompts=max_prompts,

@@ -153,9 +153,18 @@ def sample_inputs(prompt: Prompt[Any]) -> dict[str, Any] | None:
     return sample or None
 
 
-def backend_from_prompt(prompt: Prompt[Any]) -> Backend | None:
+def _merged(template: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """A template's backend settings that are set, as text (YAML reads an unquoted
+    ``api_version: 2024-06-01`` as a date), with ``given`` options over them."""
+    return {**{k: str(v) for k, v in template.items() if v}, **given}
+
+
+def backend_from_prompt(
+    prompt: Prompt[Any], options: Mapping[str, Any] | None = None
+) -> Backend | None:
     """The backend a template's ``model.configuration`` (Prompty 1) or ``model.connection``
-    (Prompty 2) names, or None when it names none.
+    (Prompty 2) names, or None when it names none. ``options`` (the command line's
+    ``--backend-option``) go to ``get_backend`` too, over the template's own settings.
 
     ``type: azure_openai`` (``azure_deployment``, ``azure_endpoint``, ``api_version``,
     ``api_key``) gives ``azure:DEPLOYMENT``; ``type: openai`` (``name`` or ``model``,
@@ -176,31 +185,32 @@ def backend_from_prompt(prompt: Prompt[Any]) -> Backend | None:
     if not isinstance(settings, dict) or not settings.get("type"):
         return None
     source = prompt.source
+    extra = dict(options or {})
     values = {k: resolve_env(v, source) for k, v in settings.items() if k != "type"}
     kind = str(settings["type"]).lower()
     if kind in ("azure_openai", "azure"):
         deployment = values.pop("azure_deployment", None) or values.pop("deployment", None)
         if not deployment:
             raise ConfigurationError(f"{source}: model.configuration needs azure_deployment")
-        options = {
+        given = {
             "endpoint": values.get("azure_endpoint") or values.get("endpoint"),
             "api_version": values.get("api_version"),
             "api_key": values.get("api_key"),
         }
-        return get_backend(f"azure:{deployment}", **{k: v for k, v in options.items() if v})
+        return get_backend(f"azure:{deployment}", **_merged(given, extra))
     if kind == "openai":
         name = values.get("name") or values.get("model") or model.get("name")
         if not name:
             raise ConfigurationError(f"{source}: model.configuration needs the model's name")
-        options = {k: values.get(k) for k in ("api_key", "base_url", "organization")}
-        return get_backend(f"openai:{name}", **{k: v for k, v in options.items() if v})
+        given = {k: values.get(k) for k in ("api_key", "base_url", "organization")}
+        return get_backend(f"openai:{name}", **_merged(given, extra))
     if kind == "scratch":
         from .models._registry import ready
 
         name = values.get("name") or values.get("model") or model.get("name")
         if not name:
             raise ConfigurationError(f"{source}: model.configuration needs the model's name")
-        return get_backend(f"scratch:{name}") if ready(str(name)) else None
+        return get_backend(f"scratch:{name}", **extra) if ready(str(name)) else None
     raise ConfigurationError(
         f"{source}: model.configuration type {settings['type']!r} is not one promptkit knows "
         "(azure_openai, openai, scratch); pass --backend instead"

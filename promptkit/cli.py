@@ -181,6 +181,7 @@ def run_command(
     sample: bool,
     shots: int | None,
     backend_spec: str | None,
+    backend_options: tuple[str, ...],
     max_attempts: int,
     max_tokens: int | None,
     temperature: float | None,
@@ -199,7 +200,7 @@ def run_command(
 
     prompt = load_prompt(file)
     inputs = collect_inputs(prompt, input_pairs, inputs_json, sample)
-    backend = with_cache(backend_for(backend_spec, prompt), not no_cache)
+    backend = with_cache(backend_for(backend_spec, prompt, backend_options), not no_cache)
     changes = {
         k: v
         for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed))
@@ -231,11 +232,15 @@ def run_command(
 @click.option("--stride", type=click.IntRange(min=1), help="Tokens each window advances.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def perplexity_command(
-    path: str, backend_spec: str | None, stride: int | None, as_json: bool
+    path: str,
+    backend_spec: str | None,
+    backend_options: tuple[str, ...],
+    stride: int | None,
+    as_json: bool,
 ) -> None:
     """Perplexity of the text file PATH under a model (sliding window)."""
     text = read_at("@" + path, "PATH")
-    backend = backend_for(backend_spec)
+    backend = backend_for(backend_spec, options=backend_options)
     stats = backend.perplexity_stats(text, stride=stride)
     figures: dict[str, Any] = {
         "tokens": stats.tokens,

@@ -215,17 +215,26 @@ class _Recorded(Backend):
         return PerplexityStats(tokens=2, nll_sum=2 * math.log(2.0))
 
 
+class _Asked(list):
+    """The specs asked for, in order, and (``options``) the options each was asked with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.options: list[dict[str, object]] = []
+
+
 @pytest.fixture
 def specs(monkeypatch):
     """The specs the command line asked ``get_backend`` for, in order (no model is loaded)."""
     import promptkit.backends
     import promptkit.server
 
-    asked: list[str] = []
+    asked = _Asked()
 
     def get_backend(spec: str | None = None, **options: object) -> Backend:
         assert spec is not None, "the command line must always name the spec it wants"
         asked.append(spec)
+        asked.options.append(options)
         return _Recorded(spec)
 
     monkeypatch.setattr(promptkit.backends, "get_backend", get_backend)
@@ -265,6 +274,80 @@ def test_one_default_backend_rule_for_every_command(command, invoke, write, spec
         monkeypatch.delenv("PROMPTKIT_BACKEND")
         assert invoke(*with_template).exit_code == 0
         assert specs[3:] == ["from-env", "openai:from-template"]
+
+
+@pytest.mark.parametrize("command", ["run", "eval", "perplexity", "serve"])
+def test_backend_options_reach_the_backend_the_rule_picks(
+    command, invoke, write, specs, monkeypatch
+):
+    template = write("configured.prompty", CONFIGURED)
+    data = write("d.jsonl", '{"text": "hi", "expected": "positive"}\n')
+    args = {
+        "run": ["run", "sentiment", "-i", "text=hi", "--no-cache"],
+        "eval": ["eval", "sentiment", "--data", str(data), "--no-cache", "--out", str(data.parent)],
+        "perplexity": ["perplexity", str(write("t.txt", "some text"))],
+        "serve": ["serve"],
+    }[command]
+    given = ["--backend-option", "prefix_cache_bytes=0", "--backend-option", "chat_template=false"]
+    given += ["--backend-option", "device=cpu", "--backend-option", "timeout=2.5"]
+    expected = {"prefix_cache_bytes": 0, "chat_template": False, "device": "cpu", "timeout": 2.5}
+    assert invoke(*args, *given).exit_code == 0  # the shipped promptkit-mini
+    assert invoke(*args, *given, "--backend", "explicit").exit_code == 0
+    monkeypatch.setenv("PROMPTKIT_BACKEND", "from-env")
+    assert invoke(*args, *given).exit_code == 0
+    assert invoke(*args).exit_code == 0  # none given: none passed
+    assert specs == ["scratch", "explicit", "from-env", "from-env"]
+    assert specs.options == [expected, expected, expected, {}]
+    if command in ("run", "eval"):  # a template's own backend gets them too
+        monkeypatch.delenv("PROMPTKIT_BACKEND")
+        with_template = [str(template) if a == "sentiment" else a for a in args]
+        assert invoke(*with_template, "--backend-option", "base_url=http://h/v1").exit_code == 0
+        assert specs[-1] == "openai:from-template"
+        assert specs.options[-1] == {"base_url": "http://h/v1"}
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("prefix_cache_bytes", "KEY=VALUE (such as prefix_cache_bytes=0); one was given without"),
+        ("2x=1", "'2x'=...: the KEY must be an option name"),
+        ("api_key=sk-do-not-print", "--backend-option api_key: secrets are not taken"),
+        ("azure_ad_token=sk-do-not-print", "--backend-option azure_ad_token: secrets are not"),
+        ("sk-do-not-print", "one was given without '='"),
+    ],
+)
+def test_malformed_backend_options_are_one_line_usage_errors(invoke, specs, option, message):
+    result = invoke("run", "sentiment", "-i", "text=hi", "--backend-option", option)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert "do-not-print" not in result.output
+    assert specs == []  # refused before any backend is built
+
+
+def test_a_backend_option_given_twice_is_refused(invoke, write, specs):
+    twice = ["--backend-option", "timeout=1", "--backend-option", "timeout=2"]
+    result = invoke("perplexity", str(write("t.txt", "some text")), *twice)
+    assert result.exit_code == 2 and "timeout is given twice" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (
+            "foo=1",
+            "unknown option(s) for scripted: foo; it takes chat, context_window, json_schema",
+        ),
+        ("chat=no", "scripted: chat must be true or false, got str 'no'"),
+    ],
+)
+def test_options_a_backend_does_not_take_are_one_line_errors(invoke, option, message):
+    result = invoke(
+        "run", "sentiment", "--sample", "--backend", "scripted", "--backend-option", option
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
 
 
 @pytest.mark.parametrize("command", ["run", "eval", "perplexity", "serve"])

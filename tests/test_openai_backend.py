@@ -171,6 +171,39 @@ def test_configuration_from_the_environment(monkeypatch):
     backend.close()
 
 
+@pytest.mark.parametrize(
+    "spec, options, message",
+    [
+        ("openai:m", {"temperature": 0}, "for openai: temperature; it takes api_key, base_url"),
+        ("azure:d", {"seed": 1}, "for azure: seed; it takes api_key, api_version"),
+        ("openai:m", {"timeout": "30"}, "openai: timeout must be a number of seconds above 0"),
+        ("openai:m", {"timeout": 0}, "timeout must be a number of seconds above 0, got 0"),
+        ("openai:m", {"timeout": float("nan")}, "timeout must be a number of seconds above 0"),
+        ("openai:m", {"max_retries": -1}, "max_retries must be a whole number >= 0, got -1"),
+        ("openai:m", {"max_retries": True}, "max_retries must be a whole number >= 0"),
+        ("openai:m", {"completions": "no"}, "openai: completions must be true or false"),
+        ("azure:d", {"context_window": 0}, "azure: context_window must be a whole number >= 1"),
+        ("openai:m", {"base_url": 8080}, "openai: base_url must be text, got int"),
+        ("azure:d", {"azure_ad_token_provider": KEY}, "must be a function returning a token"),
+    ],
+)
+def test_options_of_the_wrong_kind_are_configuration_errors(monkeypatch, spec, options, message):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://example.invalid")
+    monkeypatch.setenv("OPENAI_API_VERSION", "2024-06-01")
+    with pytest.raises(ConfigurationError) as caught:
+        pk.get_backend(spec, **options)
+    assert message in str(caught.value) and KEY not in str(caught.value)
+
+
+def test_an_api_key_of_the_wrong_kind_is_not_repeated():
+    secret = int("314159265358979")  # a key pasted as a number: still a secret
+    with pytest.raises(ConfigurationError, match="openai: api_key must be text, got int") as caught:
+        pk.get_backend("openai:m", api_key=secret)
+    assert str(secret) not in str(caught.value)
+
+
 def test_a_429_with_retry_after_then_success_is_retried():
     from fastapi.responses import JSONResponse
 

@@ -408,7 +408,9 @@ def test_accuracy_runs_take_the_sampling_options_and_refuse_pass_at_k_ones(tmp_p
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"text": "Great cast", "expected": "positive"}) + "\n")
     backend = ScriptedBackend([" positive"])
-    monkeypatch.setattr("promptkit._cli_eval.backend_for", lambda spec, prompt=None: backend)
+    monkeypatch.setattr(
+        "promptkit._cli_eval.backend_for", lambda spec, prompt=None, options=(): backend
+    )
     args = ["eval", "sentiment", "--data", str(data), "--out", str(tmp_path / "out"), "--no-cache"]
     result = CliRunner().invoke(cli, [*args, "--samples", "3", "--k", "1,2"])
     assert result.exit_code == 2 and "--k, --samples: only with --metric pass@k" in result.output

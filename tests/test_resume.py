@@ -42,7 +42,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     template = tmp_path / "sentiment.prompty"
     template.write_text(Path(promptkit.load_prompt("sentiment").source).read_text())
     state: dict[str, Any] = {"data": data, "template": template, "tmp": tmp_path}
-    monkeypatch.setattr(promptkit._cli_eval, "backend_for", lambda spec, prompt: state["backend"])
+    monkeypatch.setattr(
+        promptkit._cli_eval, "backend_for", lambda spec, prompt, options=(): state["backend"]
+    )
     return state
 
 

@@ -32,6 +32,7 @@ from ._hf_generation import Abandoned, GrammarLogitsProcessor, SamplingProcessor
 from ._hf_loading import load_cached
 from ._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix
 from ._masking import TokenMasker, llg_tokenizer
+from ._options import check_known, flag, text
 
 __all__ = ["GrammarLogitsProcessor", "HFBackend", "from_spec"]
 
@@ -358,8 +359,9 @@ def from_spec(
     pulled on first use; see ``promptkit models``). A model whose tokenizer has a chat template
     (an instruction-tuned one) gets chat messages rendered with it, in promptkit's sandbox;
     ``chat_template=False`` flattens them into text as for a model without one."""
-    if options:
-        raise ConfigurationError(f"unknown option(s) for hf: {', '.join(sorted(options))}")
+    check_known("hf", options, ("device", "dtype", "chat_template"))
+    device, dtype = text("hf", "device", device), text("hf", "dtype", dtype)
+    chat_template = flag("hf", "chat_template", chat_template)
     if not arg:
         raise ConfigurationError("hf needs a model: hf:gpt2 or hf:/path/to/folder")
     from ..models._registry import lookup, pull

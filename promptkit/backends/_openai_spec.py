@@ -9,12 +9,17 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ._openai import OpenAIBackend
+from ._options import check_known, flag, seconds, text, whole
 
 __all__ = ["azure_from_spec", "from_spec"]
 
 
-def _option(options: dict[str, Any], key: str, env: str | None = None) -> Any:
-    value = options.pop(key, None)
+_COMMON = ("timeout", "max_retries", "completions", "context_window")
+
+
+def _option(backend: str, options: dict[str, Any], key: str, env: str | None = None) -> Any:
+    """Text option ``key`` (popped from ``options``), else the environment variable ``env``."""
+    value = text(backend, key, options.pop(key, None))
     if value is None and env:
         value = os.environ.get(env) or None
     return value
@@ -27,10 +32,10 @@ def from_spec(arg: str, **options: Any) -> OpenAIBackend:
 
     if not arg:
         raise ConfigurationError("openai needs a model: openai:gpt-4o-mini")
-    api_key = _option(options, "api_key", "OPENAI_API_KEY")
-    base_url = _option(options, "base_url", "OPENAI_BASE_URL")
-    organization = _option(options, "organization", "OPENAI_ORG_ID")
-    common, extra = _common(options)
+    api_key = _option("openai", options, "api_key", "OPENAI_API_KEY")
+    base_url = _option("openai", options, "base_url", "OPENAI_BASE_URL")
+    organization = _option("openai", options, "organization", "OPENAI_ORG_ID")
+    common, extra = _common("openai", options, ("api_key", "base_url", "organization"))
     if api_key is None:
         if base_url is None:
             raise ConfigurationError(
@@ -57,10 +62,15 @@ def azure_from_spec(arg: str, **options: Any) -> OpenAIBackend:
 
     if not arg:
         raise ConfigurationError("azure needs a deployment name: azure:my-gpt4o-deployment")
-    endpoint = _option(options, "endpoint", "AZURE_OPENAI_ENDPOINT")
-    api_key = _option(options, "api_key", "AZURE_OPENAI_API_KEY")
+    endpoint = _option("azure", options, "endpoint", "AZURE_OPENAI_ENDPOINT")
+    api_key = _option("azure", options, "api_key", "AZURE_OPENAI_API_KEY")
     provider = options.pop("azure_ad_token_provider", None)
-    api_version = _option(options, "api_version", "OPENAI_API_VERSION")
+    if provider is not None and not callable(provider):
+        raise ConfigurationError(
+            "azure: azure_ad_token_provider must be a function returning a token "
+            "(azure.identity.get_bearer_token_provider gives one)"
+        )
+    api_version = _option("azure", options, "api_version", "OPENAI_API_VERSION")
     missing = [
         what
         for what, value in (
@@ -75,7 +85,8 @@ def azure_from_spec(arg: str, **options: Any) -> OpenAIBackend:
     ]
     if missing:
         raise ConfigurationError(f"azure:{arg} needs " + "; ".join(missing))
-    common, extra = _common(options)
+    own = ("endpoint", "api_key", "azure_ad_token_provider", "api_version")
+    common, extra = _common("azure", options, own)
     settings: dict[str, Any] = {
         "azure_endpoint": endpoint,
         "api_version": api_version,
@@ -94,20 +105,23 @@ def azure_from_spec(arg: str, **options: Any) -> OpenAIBackend:
     )
 
 
-def _common(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split options into client settings (timeout, max_retries) and backend settings."""
+def _common(
+    backend: str, options: dict[str, Any], own: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split the options left after the backend's ``own`` into client settings (timeout,
+    max_retries) and backend settings (completions, context_window), checked."""
     client: dict[str, Any] = {}
-    backend: dict[str, Any] = {}
+    backend_settings: dict[str, Any] = {}
     if "timeout" in options:
-        client["timeout"] = float(options.pop("timeout"))
+        client["timeout"] = seconds(backend, "timeout", options.pop("timeout"))
     if "max_retries" in options:
-        client["max_retries"] = int(options.pop("max_retries"))
+        client["max_retries"] = whole(backend, "max_retries", options.pop("max_retries"), 0)
     if "completions" in options:
-        backend["completions"] = bool(options.pop("completions"))
+        backend_settings["completions"] = flag(backend, "completions", options.pop("completions"))
     if "context_window" in options:
-        backend["context_window"] = int(options.pop("context_window"))
-    if options:
-        raise ConfigurationError(f"unknown option(s): {', '.join(sorted(options))}")
+        window = options.pop("context_window")
+        backend_settings["context_window"] = whole(backend, "context_window", window, 1)
+    check_known(backend, options, own + _COMMON)
     client.setdefault("timeout", 60.0)
     client.setdefault("max_retries", 3)
-    return client, backend
+    return client, backend_settings

@@ -28,6 +28,7 @@ from ._base import (
     Usage,
     cut_at_stop,
 )
+from ._options import check_known, flag, text, whole
 from ._tool_calls import FunctionCall
 
 __all__ = ["Request", "ScriptedBackend"]
@@ -161,11 +162,21 @@ def _pieces(text: str) -> Iterator[str]:
         yield text[start:]
 
 
+_OPTIONS = ("replies", "name", "chat", "json_schema", "tools", "context_window")
+
+
 def from_spec(arg: str, **options: Any) -> ScriptedBackend:
     """``scripted`` (replies from ``replies=``) or ``scripted:FILE``.
 
     FILE holds a JSON list of reply strings, or JSON Lines with one string per line.
     """
+    check_known("scripted", {k: v for k, v in options.items() if k not in _OPTIONS}, _OPTIONS)
+    for name in ("chat", "json_schema", "tools"):
+        if name in options:
+            flag("scripted", name, options[name])
+    if options.get("context_window") is not None:
+        whole("scripted", "context_window", options["context_window"], 1)
+    text("scripted", "name", options.get("name"))
     replies: list[Reply] = list(options.pop("replies", []))
     if arg:
         path = Path(arg)

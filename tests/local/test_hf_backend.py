@@ -123,8 +123,12 @@ def test_a_bert_folder_is_not_a_causal_model(tmp_path):
 
 
 def test_bad_options():
-    with pytest.raises(ConfigurationError, match="unknown option"):
+    with pytest.raises(ConfigurationError, match="unknown option.*it takes chat_template"):
         pk.get_backend("hf:x", temperature=2)
+    with pytest.raises(ConfigurationError, match="hf: chat_template must be true or false"):
+        pk.get_backend("hf:x", chat_template="no")  # not read as true
+    with pytest.raises(ConfigurationError, match="hf: device must be text, got int"):
+        pk.get_backend("hf:x", device=0)
     with pytest.raises(ConfigurationError, match="needs a model"):
         pk.get_backend("hf")
 

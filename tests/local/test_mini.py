@@ -190,3 +190,15 @@ def test_the_main_job_runs_offline_on_the_default_model(monkeypatch):
         "city": "Tromso",
         "date": "2024-05-06",
     }
+
+
+def test_backend_options_reach_the_real_backend_from_the_command_line(monkeypatch):
+    monkeypatch.delenv("PROMPTKIT_BACKEND", raising=False)
+    run = ["run", "extract", "--sample", "--json", "--no-cache", "--backend", "scratch"]
+    bad = CliRunner().invoke(cli, [*run, "--backend-option", "prefix_cache_bytes=-1"])
+    assert bad.exit_code == 2
+    assert bad.stderr.startswith("error: prefix_cache_bytes must be a non-negative integer")
+    options = ["--backend-option", "prefix_cache_bytes=0", "--backend-option", "dtype=bfloat16"]
+    result = CliRunner().invoke(cli, [*run, *options])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)) == {"name", "age", "city", "date"}

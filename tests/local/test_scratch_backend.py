@@ -279,8 +279,12 @@ def test_spec_errors(tmp_path, monkeypatch):
         pk.get_backend("scratch")  # a copy of promptkit without promptkit-mini
     with pytest.raises(ConfigurationError, match="no such model folder or file"):
         pk.get_backend(f"scratch:{tmp_path / 'nope'}")
-    with pytest.raises(ConfigurationError, match="unknown option"):
+    with pytest.raises(ConfigurationError, match="unknown option.*it takes chat_template"):
         pk.get_backend(f"scratch:{tmp_path}", temperature=1)
+    with pytest.raises(ConfigurationError, match="scratch: chat_template must be true or false"):
+        pk.get_backend(f"scratch:{tmp_path}", chat_template="false")  # not read as true
+    with pytest.raises(ConfigurationError, match="scratch: device must be text, got int"):
+        pk.get_backend(f"scratch:{tmp_path}", device=0)
     with pytest.raises(ConfigurationError, match="no such model folder or file"):
         pk.get_backend("scratch:/nonexistent/model")  # a path: not looked up on the hub
     (tmp_path / "notes.txt").write_text("hello")

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ...errors import ConfigurationError
+from .._options import check_known, flag, text
 from ._adapter import (
     ADAPTER_FILE,
     adapter_fingerprint,
@@ -69,6 +70,9 @@ def _from_hub(name: str) -> Path:
         ) from None
 
 
+_OPTIONS = ("device", "chat_template", "prefix_cache_bytes", "dtype", "compile")
+
+
 def from_spec(
     arg: str,
     *,
@@ -108,8 +112,9 @@ def from_spec(
     from ._gguf import load_gguf
     from ._loading import load_model
 
-    if options:
-        raise ConfigurationError(f"unknown option(s) for scratch: {', '.join(sorted(options))}")
+    check_known("scratch", options, _OPTIONS)
+    device = text("scratch", "device", device)
+    chat_template = flag("scratch", "chat_template", chat_template)
     check_budget(prefix_cache_bytes)  # before the model loads
     if not isinstance(compile, bool):
         raise ConfigurationError(f"scratch: compile must be True or False, got {compile!r}")
