@@ -46,10 +46,10 @@ import torch
 
 import promptkit as pk
 from promptkit._grammar import grammar_for
-from promptkit._llg import compile_grammar
+from promptkit._llg import compile_grammar, llg_tokenizer
 from promptkit.backends import GenerationConfig
 from promptkit.backends._base import messages_to_text
-from promptkit.backends._masking import TokenMasker, llg_tokenizer
+from promptkit.backends._masking import TokenMasker
 from promptkit.backends.scratch._backend import ScratchBackend
 from promptkit.backends.scratch._reduce import reduce_precision
 from promptkit.backends.scratch._tokenizer import Tokenizer

@@ -3,12 +3,18 @@
 Every grammar promptkit compiles goes through :func:`compile_grammar`, which validates it and
 raises :class:`~promptkit.errors.ConstraintError` naming what llguidance cannot do. The
 byte-level tokenizer (the 256 bytes and an end token) lets text be checked against a grammar,
-and a partial answer be completed, without a model tokenizer.
+and a partial answer be completed, without a model tokenizer. A model tokenizer's llguidance
+view is built once and cached (:func:`llg_tokenizer`), as is the thread pool that computes the
+masks of several rows at once (:func:`executor`).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import threading
+import weakref
+from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -22,6 +28,8 @@ __all__ = [
     "byte_matcher",
     "byte_tokenizer",
     "compile_grammar",
+    "executor",
+    "llg_tokenizer",
     "load_llguidance",
     "text_matches",
 ]
@@ -106,3 +114,26 @@ def text_matches(compiled: str, text: str) -> bool:
     """Whether ``text`` is a complete answer of a compiled grammar."""
     matcher = byte_matcher(compiled)
     return matcher.consume_tokens(list(text.encode())) and matcher.is_accepting()
+
+
+_TOKENIZERS: weakref.WeakKeyDictionary[Any, dict[int, LLTokenizer]] = weakref.WeakKeyDictionary()
+_TOKENIZERS_LOCK = threading.Lock()
+_EXECUTOR: list[Any] = []
+
+
+def llg_tokenizer(owner: Any, build: Callable[[int], LLTokenizer], vocab_size: int) -> LLTokenizer:
+    """The llguidance tokenizer of ``owner`` (a tokenizer object) for a model vocabulary of
+    ``vocab_size``: built once by ``build(vocab_size)`` (about 0.3 s for GPT-2), then cached."""
+    with _TOKENIZERS_LOCK:
+        per_owner = _TOKENIZERS.setdefault(owner, {})
+        if vocab_size not in per_owner:
+            per_owner[vocab_size] = build(vocab_size)
+        return per_owner[vocab_size]
+
+
+def executor() -> Any:
+    """llguidance's thread pool for computing the masks of several rows at once (made once)."""
+    if not _EXECUTOR:
+        threads = max(1, min(4, (os.cpu_count() or 1) // 2))
+        _EXECUTOR.append(load_llguidance().LLExecutor(num_threads=threads))
+    return _EXECUTOR[0]

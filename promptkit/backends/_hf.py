@@ -24,6 +24,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from .._llg import llg_tokenizer
 from ..errors import BackendError, ConfigurationError
 from ._base import Completion, GenerationConfig, Message, Usage, cut_at_stop
 from ._chat_templates import ChatTemplate
@@ -31,7 +32,7 @@ from ._hf_adapter import is_hf_adapter_folder, merged_adapter, read_hf_adapter
 from ._hf_generation import Abandoned, GrammarLogitsProcessor, SamplingProcessor, eager_streamer
 from ._hf_loading import load_cached
 from ._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix
-from ._masking import TokenMasker, llg_tokenizer
+from ._masking import TokenMasker
 from ._options import check_known, flag, text
 
 __all__ = ["GrammarLogitsProcessor", "HFBackend", "from_spec"]

@@ -20,18 +20,15 @@ out, and ``max_tokens`` too small for any valid answer is an error before genera
 
 from __future__ import annotations
 
-import os
-import threading
-import weakref
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .._endings import shortest_ending
 from .._grammar import Grammar
-from .._llg import BYTE_EOS, load_llguidance
+from .._llg import BYTE_EOS, executor, load_llguidance
 from ..errors import BackendError, ConstraintError
 from ._base import GenerationConfig
 from ._local import any_allowed, sample_next, top_token, top_tokens
@@ -39,7 +36,7 @@ from ._local import any_allowed, sample_next, top_token, top_tokens
 if TYPE_CHECKING:
     from llguidance import LLMatcher, LLTokenizer
 
-__all__ = ["TokenMasker", "llg_tokenizer"]
+__all__ = ["TokenMasker"]
 
 NEAR = 16  # start guarding the budget this many tokens before the ending must begin
 CANDIDATES = 8  # most likely tokens checked one by one near the end of the budget
@@ -47,27 +44,6 @@ SLACK = 8  # until this close to NEAR, the ending is looked for only every REFRE
 REFRESH = 4
 ENDING_LIMIT = 8192  # bytes searched for a valid ending before giving up on one
 TAIL_CUTS = 4  # shortened known endings tried after a token before searching for a new one
-
-_TOKENIZERS: weakref.WeakKeyDictionary[Any, dict[int, LLTokenizer]] = weakref.WeakKeyDictionary()
-_TOKENIZERS_LOCK = threading.Lock()
-_EXECUTOR: list[Any] = []
-
-
-def llg_tokenizer(owner: Any, build: Callable[[int], LLTokenizer], vocab_size: int) -> LLTokenizer:
-    """The llguidance tokenizer of ``owner`` (a tokenizer object) for a model vocabulary of
-    ``vocab_size``: built once by ``build(vocab_size)`` (about 0.3 s for GPT-2), then cached."""
-    with _TOKENIZERS_LOCK:
-        per_owner = _TOKENIZERS.setdefault(owner, {})
-        if vocab_size not in per_owner:
-            per_owner[vocab_size] = build(vocab_size)
-        return per_owner[vocab_size]
-
-
-def _executor() -> Any:
-    if not _EXECUTOR:
-        threads = max(1, min(4, (os.cpu_count() or 1) // 2))
-        _EXECUTOR.append(load_llguidance().LLExecutor(num_threads=threads))
-    return _EXECUTOR[0]
 
 
 class _Row:
@@ -206,9 +182,7 @@ class TokenMasker:
             self.rows[free[0]].matcher.unsafe_compute_mask_ptr(row_mask.data_ptr(), width)
         elif free:
             matchers = [(self.rows[i].matcher, i) for i in free]
-            _executor().unsafe_compute_mask_ptr(
-                matchers, bitmask.data_ptr(), width, bitmask.size(0)
-            )
+            executor().unsafe_compute_mask_ptr(matchers, bitmask.data_ptr(), width, bitmask.size(0))
         for i in rows:
             row = self.rows[i]
             if row.forced or row.matcher.is_stopped():
@@ -360,7 +334,7 @@ class TokenMasker:
             checked_bytes = [*taken, *tail, BYTE_EOS]
             tail_ends = row.bytes.validate_tokens(checked_bytes) == len(checked_bytes)
             if tail_ends:
-                tokens = self._tokens(row, tail, token)
+                tokens = self._tokens(row, tail, [token])
                 if len(tokens) <= left:
                     return (tail, tokens), True
         return None, tail_ends
@@ -381,7 +355,7 @@ class TokenMasker:
         tail = shortest_ending(after, ENDING_LIMIT)
         if tail is None:
             return False
-        ending = self._tokens(row, tail, token)
+        ending = self._tokens(row, tail, [token])
         row.endings_after[token] = (tail, ending)
         return len(ending) <= left
 
@@ -411,13 +385,38 @@ class TokenMasker:
         row.endings_after.clear()
 
     def forced(self, i: int) -> list[int]:
-        """Tokens row ``i`` must take next, whatever the model says (possibly none)."""
+        """Tokens row ``i`` must take next, whatever the model says (possibly none).
+
+        The grammar forces text, and llguidance splits it into tokens its own way, which can
+        take more tokens than the ending the budget counts on (``],`` then ``[`` where the
+        ending has ``],[``). Where the answer could then no longer end within ``max_tokens``,
+        none are returned: the row samples that text token by token under the budget guard."""
         row = self.rows[i]
         if row.forced:
             return list(row.forced)
         if row.matcher.is_stopped():
             return []
-        return list(row.matcher.compute_ff_tokens())
+        tokens = list(row.matcher.compute_ff_tokens())
+        return tokens if not tokens or self._ends_after(row, tokens) else []
+
+    def _ends_after(self, row: _Row, tokens: list[int]) -> bool:
+        """Whether an ending of the answer still fits the budget after ``tokens`` (which the
+        row's matcher accepts); True when no ending is known, as in :meth:`fits`."""
+        left = self.max_tokens - row.produced - len(tokens)
+        ending = self._ending(row)
+        if ending is None or ending[: len(tokens)] == tokens:
+            return left >= 0  # the known ending goes through them: it fits if anything does
+        taken = b"".join(self._bytes(token) for token in tokens)
+        if row.tail is not None and row.tail.startswith(taken):  # the rest of the known ending
+            rest = self._tokenization(row.tail[len(taken) :])
+            checked = [*tokens, *rest, self.eos]
+            if len(rest) <= left and row.matcher.validate_tokens(checked) == len(checked):
+                return True
+        after = row.bytes.deep_copy()
+        if left < 0 or not after.consume_tokens(list(taken)):
+            return left >= 0
+        tail = shortest_ending(after, ENDING_LIMIT)
+        return tail is None or len(self._tokens(row, tail, tokens)) <= left
 
     def finished(self, i: int) -> bool:
         """Whether row ``i``'s answer is complete and nothing more may follow."""
@@ -434,7 +433,7 @@ class TokenMasker:
             row.tail, row.ending = tail, None
             row.since = 0
         if row.ending is None:
-            row.ending = self._tokens(row, row.tail, None)
+            row.ending = self._tokens(row, row.tail, ())
             if self.grammar.leading_space and row.produced == 0:
                 self._prefer_spaced(row)
             row.ending_length = len(row.ending)
@@ -452,14 +451,14 @@ class TokenMasker:
         check = row.bytes.deep_copy()
         if not (check.consume_tokens(list(spaced)) and check.is_accepting()):
             return
-        tokens = self._tokens(row, spaced, None)
+        tokens = self._tokens(row, spaced, ())
         if len(tokens) < len(row.ending) and row.matcher.validate_tokens(tokens) == len(tokens):
             row.tail, row.ending = spaced, tokens
 
-    def _tokens(self, row: _Row, tail: bytes, after: int | None) -> list[int]:
-        """``tail`` as tokens the row's matcher accepts (after ``after``, when given)."""
+    def _tokens(self, row: _Row, tail: bytes, after: Sequence[int]) -> list[int]:
+        """``tail`` as tokens the row's matcher accepts after the tokens ``after``."""
         tokens = list(self._tokenization(tail))
-        checked = tokens if after is None else [after, *tokens]
+        checked = [*after, *tokens]
         if row.matcher.validate_tokens(checked) == len(checked):
             return tokens
         single = [self.tokenizer.tokenize_bytes(bytes([b])) for b in tail]

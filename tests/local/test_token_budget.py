@@ -13,10 +13,11 @@ import torch
 
 import promptkit as pk
 from promptkit._grammar import grammar_for
+from promptkit._llg import llg_tokenizer
 from promptkit._parsing import output_spec
 from promptkit._schema import type_from_schema
 from promptkit.backends import GenerationConfig, _masking
-from promptkit.backends._masking import NEAR, SLACK, TokenMasker, llg_tokenizer
+from promptkit.backends._masking import NEAR, SLACK, TokenMasker
 from promptkit.errors import BackendError, ConstraintError
 
 from .conftest import GPT2_TOKENIZER, make_hf_gpt2, object_schema

@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 import torch
 
+from ..._llg import llg_tokenizer
 from ...errors import ConfigurationError
 from .._base import Completion, GenerationConfig, Message, PromptInput, Usage, cut_at_stop
 from .._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
-from .._masking import TokenMasker, llg_tokenizer
+from .._masking import TokenMasker
 from ._compiled import CompiledStep, check_compilable
 from ._int8_head import head_kind
 from ._prefix_cache import (
