@@ -1,6 +1,6 @@
 """An 8-shot evaluation with the prefix cache vs without it: same model, same 100 items.
 
-    python bench/eval_prefix.py [--threads 2] [--items 100] [--backend SPEC]
+    python bench/eval_prefix.py [--threads 2] [--items 100] [--backend SPEC] [--scores]
 
 What ``promptkit eval templates/sentiment.prompty --data bench/data/reviews_dev.jsonl --pool
 bench/data/reviews_pool.jsonl --shots 8 --select first`` runs, on SmolLM2-135M-Instruct (the
@@ -9,7 +9,13 @@ demonstrations open every prompt, so with the prefix cache they are computed onc
 and the pool are short product reviews written for this bench (bench/data, generated from
 phrase lists; not the acceptance data). The baseline is the same model with the cache off
 (``prefix_cache_bytes=0``), run first. Prints both times and the prompt tokens each computed;
-the answers must be identical.
+the answers must be identical (in float32; other precisions round differently after a cache
+hit, see the README).
+
+``--scores`` also scores each item's labels by likelihood (``--method score``) with the cache
+and without it, and prints the largest difference of a label's log-probability between the
+two: how much a cache hit moves the figures at the backend's precision (``--backend
+scratch:smollm2-135m-instruct@bfloat16``, ``@int8``, ``@int4``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--backend", default="scratch:smollm2-135m-instruct")
+    parser.add_argument("--scores", action="store_true", help="label log-probabilities too")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cached = pk.get_backend(args.backend, device="cpu")
@@ -74,6 +81,22 @@ def main() -> None:
         f"prompt tokens computed without / with (target >= 5x): ratio "
         f"{off.tokens_computed / max(on.tokens_computed, 1):.2f}x"
     )
+    if args.scores:
+        scored = [
+            run_evaluation(plan, backend=backend, select=select, method="score")
+            .runs["sentiment"][0]
+            .results
+            for backend in (plain, cached)
+        ]
+        moved = max(
+            abs(a.scores[label] - b.scores[label])
+            for a, b in zip(*scored, strict=True)
+            if a.scores and b.scores
+            for label in a.scores
+        )
+        print(
+            f"label log-probabilities, with the cache against without: largest change {moved:.2e}"
+        )
 
 
 if __name__ == "__main__":
