@@ -1,6 +1,7 @@
 """An 8-shot evaluation with the prefix cache vs without it: same model, same 100 items.
 
     python bench/eval_prefix.py [--threads 2] [--items 100] [--backend SPEC] [--scores]
+                                [--concurrency N]
 
 What ``promptkit eval templates/sentiment.prompty --data bench/data/reviews_dev.jsonl --pool
 bench/data/reviews_pool.jsonl --shots 8 --select first`` runs, on SmolLM2-135M-Instruct (the
@@ -11,6 +12,9 @@ phrase lists; not the acceptance data). The baseline is the same model with the 
 (``prefix_cache_bytes=0``), run first. Prints both times and the prompt tokens each computed;
 the answers must be identical (in float32; other precisions round differently after a cache
 hit, see the README).
+
+``--concurrency N`` keeps N items in flight on both sides (``promptkit eval --concurrency N``):
+a local backend runs concurrent items' passes together.
 
 ``--scores`` also scores each item's labels by likelihood (``--method score``) with the cache
 and without it, and prints the largest difference of a label's log-probability between the
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--backend", default="scratch:smollm2-135m-instruct")
     parser.add_argument("--scores", action="store_true", help="label log-probabilities too")
+    parser.add_argument("--concurrency", type=int, default=1, help="items in flight")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cached = pk.get_backend(args.backend, device="cpu")
@@ -61,7 +66,8 @@ def main() -> None:
     results = []
     for backend in (plain, cached):  # the baseline first: any warming up favours it
         began = time.perf_counter()
-        (report,) = run_evaluation(plan, backend=backend, select=select).runs["sentiment"]
+        outcome = run_evaluation(plan, backend=backend, select=select, concurrency=args.concurrency)
+        (report,) = outcome.runs["sentiment"]
         results.append((time.perf_counter() - began, report, backend.prefix_cache.stats()))
     (slow, without, off), (fast, with_cache, on) = results
     same = sum(
@@ -70,7 +76,8 @@ def main() -> None:
     )
     print(
         f"{args.backend} ({cached.model.wte.weight.dtype}, {args.threads} threads), sentiment "
-        f"template, 8 shots (first), {len(without.results)} items, accuracy "
+        f"template, 8 shots (first), {len(without.results)} items, {args.concurrency} in "
+        f"flight, accuracy "
         f"{without.accuracy:.0%}; prompt tokens {without.prompt_tokens} in both runs\n"
         f"without the prefix cache {slow:.1f} s, {off.tokens_computed} prompt tokens computed\n"
         f"with the prefix cache    {fast:.1f} s, {on.tokens_computed} prompt tokens computed "

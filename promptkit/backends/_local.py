@@ -75,7 +75,7 @@ class LocalScoring(Backend):
         ``tool_template`` when it has a tools slot); None goes back to flattening messages."""
         self.chat_template = template
         self.capabilities = replace(
-            LOCAL_CAPABILITIES,
+            self.capabilities,
             chat=template is not None,
             tool_template=template is not None and template.takes_tools,
         )

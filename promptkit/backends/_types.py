@@ -141,7 +141,9 @@ class Capabilities:
     batching: bool = False  # generate_batch runs prompts together (else it loops over generate)
     token_logprobs: bool = False  # can give each token's log-probability (token_logprobs)
     tokens: bool = False  # token-level access (a local model): token-id prompts, top logprobs
-    concurrent: bool = False  # calls may run at once (an API: each call is its own request)
+    # calls may run at once (an API: each call is its own request; scratch: concurrent calls
+    # share forward passes)
+    concurrent: bool = False
     batch_api: bool = False  # takes requests in bulk through the provider's batch endpoint
     tools: bool = False  # calls tools natively (the API takes tools, answers with tool calls)
     tool_template: bool = False  # the chat template has a tools slot (else: the system message)

@@ -238,7 +238,7 @@ def check_concurrency(concurrency: int, backend: Backend) -> None:
     if concurrency > 1 and not backend.capabilities.concurrent:
         raise UsageError(
             f"--concurrency {concurrency}: {backend.name} runs one request at a time; "
-            "concurrency is for API backends (openai:, azure:)"
+            "concurrency is for API backends (openai:, azure:) and scratch:"
         )
 
 

@@ -360,8 +360,8 @@ def test_the_masker_tokenizes_a_recurring_ending_once(folders):
     counting = CountingTokenizer(masker.tokenizer)
     masker.tokenizer = counting  # type: ignore[assignment]
     row = masker.rows[0]
-    first = masker._tokens(row, b'{"count":1,"ok":true}', None)
+    first = masker._tokens(row, b'{"count":1,"ok":true}', ())
     first.append(-1)  # a caller's change stays its own
-    again = masker._tokens(row, b'{"count":1,"ok":true}', None)
+    again = masker._tokens(row, b'{"count":1,"ok":true}', ())
     assert again == first[:-1] and again
     assert counting.tokenized == [b'{"count":1,"ok":true}']

@@ -72,6 +72,32 @@ def test_batched_generation_equals_generating_alone(backend):
         assert len({c.usage.completion_tokens for c in alone}) > 1  # they did stop apart
 
 
+def test_concurrent_calls_share_passes_and_get_what_they_would_alone(backend, monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [*PROMPTS, *PROMPTS]
+    config = GenerationConfig(max_tokens=6)
+    sampled = GenerationConfig(max_tokens=6, temperature=1.0, seed=3)
+    alone = [backend.generate(p, config).text for p in prompts]
+    alone_sampled = [backend.generate(p, sampled).text for p in prompts]
+    passes = []
+    forward = backend.model.forward
+    monkeypatch.setattr(
+        backend.model, "forward", lambda *a, **k: passes.append(a[0].size(0)) or forward(*a, **k)
+    )
+    start = threading.Barrier(len(prompts))
+
+    def one(prompt: str, using: GenerationConfig = config) -> str:
+        start.wait()
+        return backend.generate(prompt, using).text
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        assert list(pool.map(one, prompts)) == alone
+        assert max(passes) > 1  # rows of several calls in one pass
+        assert list(pool.map(one, prompts, [sampled] * len(prompts))) == alone_sampled
+
+
 def test_samples_drawn_together_equal_each_seed_drawn_alone(backend):
     config = GenerationConfig(max_tokens=12, temperature=1.0, stop=("e",))
     together = backend.generate_samples("The quick brown fox", config, [5, 6, 7, 8])

@@ -10,6 +10,7 @@ instruction and demonstrations, a system prompt) compute it once.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ import torch
 from ..._llg import llg_tokenizer
 from ...errors import ConfigurationError
 from .._base import Completion, GenerationConfig, Message, PromptInput, Usage, cut_at_stop
+from .._coalesce import Coalescer
 from .._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
 from .._masking import TokenMasker
 from ._compiled import CompiledStep, check_compilable
@@ -69,9 +71,12 @@ class ScratchBackend(LocalScoring):
         self.adapter: Path | None = None  # the LoRA adapter folder merged into the weights
         self.adapter_sha256: str | None = None  # its fingerprint when it was loaded
         self.context_window = model.config.context_length
-        self.capabilities = LOCAL_CAPABILITIES
+        # concurrent calls are welcome: they share forward passes (see _coalesce)
+        self.capabilities = replace(LOCAL_CAPABILITIES, concurrent=True)
         self.chat_template = None
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        # concurrent generate calls share forward passes (see _coalesce)
+        self._coalescer: Coalescer[list[int], Completion] = Coalescer(self._completions)
         self.compiled_step: CompiledStep | None = None  # compile=True: the decoding steps'
         if compile:
             check_compilable(self.device)
@@ -209,13 +214,17 @@ class ScratchBackend(LocalScoring):
             return ids
         return self._chat_ids(list(prompt))
 
+    def _complete(self, text: str, config: GenerationConfig) -> Completion:
+        """Generate a continuation of ``text``, in one batch with the concurrent calls that
+        share ``config`` (each gets what it would get alone)."""
+        if config.tools:
+            return super()._complete(text, config)
+        return self._coalescer.run(self.tokenizer.encode(text), config)
+
     def _chat(self, messages: list[Message], config: GenerationConfig) -> Completion:
-        """Generate the assistant's answer to ``messages`` (ends at the end-of-turn token)."""
-        prompt = self._chat_ids(messages, config)
-        (ids,), (reason,) = self.generate_ids([prompt], config)
-        text, _ = cut_at_stop(self.tokenizer.decode(ids), config.stops)
-        usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(ids))
-        return Completion(text=text, usage=usage, finish_reason=reason)  # type: ignore[arg-type]
+        """Generate the assistant's answer to ``messages`` (ends at the end-of-turn token), in
+        one batch with the concurrent calls that share ``config``."""
+        return self._coalescer.run(self._chat_ids(messages, config), config)
 
     def _stream_chat(
         self, messages: list[Message], config: GenerationConfig

@@ -1,0 +1,139 @@
+"""Concurrent generation calls on one local model, run together as batches.
+
+A local backend's forward pass reads every weight of the model whatever the number of rows it
+computes, so a few short prompts (the items of an evaluation after the prefix cache served their
+shared demonstrations) cost nearly as much one by one as together. :class:`Coalescer` lets
+threads that call ``generate`` at the same time (``promptkit eval --concurrency N``,
+``Prompt.run_batch(..., concurrency=N)``) share passes: the first caller leads, the others wait;
+the leader takes every waiting request with the same :class:`GenerationConfig` (at most
+``max_rows``) and runs them as one batch, then hands the lead to the next waiting request. A
+leader waits up to ``gather_s`` for as many requests as the previous batch held, so that the
+callers, each back with its next request a moment after its answer, keep meeting in batches.
+A lone caller never waits.
+
+Each request gets what it would get alone, up to the rounding of products of another number of
+rows (exact in float32 in practice; see the README on batches). When a batch fails, its requests
+run again one by one, so each gets its own answer or its own error.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+from ._types import GenerationConfig
+
+__all__ = ["Coalescer"]
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+
+class _Request(Generic[ItemT, ResultT]):
+    def __init__(self, item: ItemT, config: GenerationConfig):
+        self.item = item
+        self.config = config
+        self.lead = False  # handed the lead by the previous batch's leader
+        self.done = False
+        self.result: ResultT | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> ResultT:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class Coalescer(Generic[ItemT, ResultT]):
+    """Runs ``run_batch(items, config)`` (results in the items' order) for concurrent
+    :meth:`run` calls that share a config, at most ``max_rows`` items a batch."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[ItemT], GenerationConfig], Sequence[ResultT]],
+        *,
+        max_rows: int = 32,
+        gather_s: float = 0.02,
+    ):
+        self._run_batch = run_batch
+        self._max_rows = max_rows
+        self._gather_s = gather_s
+        self._changed = threading.Condition()
+        self._pending: list[_Request[ItemT, ResultT]] = []
+        self._busy = False  # a leader is gathering or running a batch
+        self._last = 1  # requests in the last batch: how many a leader waits for
+
+    def run(self, item: ItemT, config: GenerationConfig) -> ResultT:
+        """``run_batch([item], config)[0]``, computed in a batch with the concurrent calls that
+        share ``config``; raises what computing it alone would raise."""
+        me: _Request[ItemT, ResultT] = _Request(item, config)
+        with self._changed:
+            self._pending.append(me)
+            self._changed.notify_all()  # a gathering leader may be waiting for it
+            if self._busy:
+                self._changed.wait_for(lambda: me.done or me.lead)
+                if me.done:
+                    return me.outcome()
+            self._busy = True
+            batch = self._gather(me)
+        self._lead(batch)
+        return me.outcome()
+
+    def _gather(self, me: _Request[ItemT, ResultT]) -> list[_Request[ItemT, ResultT]]:
+        """Take ``me`` and the waiting requests that share its config, after waiting up to
+        ``gather_s`` for as many as the last batch held (the lock is held)."""
+        wanted = min(self._last, self._max_rows)
+        deadline = time.monotonic() + self._gather_s
+        while len(self._alike(me)) < wanted:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._changed.wait(left)
+        batch = self._alike(me)[: self._max_rows]
+        if me not in batch:  # older requests of the config came first: keep the leader's own
+            batch[-1] = me
+        taken = {id(request) for request in batch}
+        self._pending = [r for r in self._pending if id(r) not in taken]
+        self._last = len(batch)
+        return batch
+
+    def _alike(self, me: _Request[ItemT, ResultT]) -> list[_Request[ItemT, ResultT]]:
+        return [request for request in self._pending if request.config == me.config]
+
+    def _lead(self, batch: list[_Request[ItemT, ResultT]]) -> None:
+        """Run ``batch`` (each request alone when the batch fails), record every outcome and
+        hand the lead to the oldest waiting request."""
+        try:
+            try:
+                results = self._run_batch([r.item for r in batch], batch[0].config)
+                for request, result in zip(batch, results, strict=True):
+                    request.result = result
+            except Exception as exc:
+                if len(batch) == 1:
+                    batch[0].error = exc
+                else:
+                    for request in batch:
+                        self._alone(request)
+        except BaseException as exc:  # KeyboardInterrupt: every request of the batch raises it
+            for request in batch:
+                if request.result is None and request.error is None:
+                    request.error = exc
+            raise
+        finally:
+            with self._changed:
+                for request in batch:
+                    request.done = True
+                if self._pending:
+                    self._pending[0].lead = True
+                else:
+                    self._busy = False
+                self._changed.notify_all()
+
+    def _alone(self, request: _Request[ItemT, ResultT]) -> None:
+        try:
+            (request.result,) = self._run_batch([request.item], request.config)
+        except Exception as exc:
+            request.error = exc

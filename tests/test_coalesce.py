@@ -1,0 +1,110 @@
+"""Concurrent generate calls on a local model share batches (promptkit.backends._coalesce)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from promptkit.backends import GenerationConfig
+from promptkit.backends._coalesce import Coalescer
+
+GREEDY = GenerationConfig(max_tokens=4, temperature=0)
+
+
+class Batches:
+    """A batch function that records the batches it ran and answers ``item * 10`` (after a
+    pause, as a model's pass takes time); ``fail`` items make any batch holding them fail."""
+
+    def __init__(self, pause: float = 0.05, fail: frozenset[int] = frozenset()):
+        self.pause = pause
+        self.fail = fail
+        self.batches: list[tuple[list[int], GenerationConfig]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, items: list[int], config: GenerationConfig) -> list[int]:
+        with self.lock:
+            self.batches.append((list(items), config))
+        time.sleep(self.pause)
+        bad = self.fail.intersection(items)
+        if bad:
+            raise ValueError(f"item {min(bad)} is bad")
+        return [item * 10 for item in items]
+
+
+def _together(coalescer: Coalescer, calls: list[tuple[int, GenerationConfig]]) -> list[object]:
+    """Run the calls in as many threads, started together; each result or error in order."""
+    start = threading.Barrier(len(calls))
+
+    def one(call: tuple[int, GenerationConfig]) -> object:
+        start.wait()
+        try:
+            return coalescer.run(*call)
+        except ValueError as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(one, calls))
+
+
+def test_concurrent_calls_share_batches_and_each_gets_its_own_answer():
+    batches = Batches()
+    coalescer = Coalescer(batches)
+    results = _together(coalescer, [(i, GREEDY) for i in range(8)])
+    assert results == [i * 10 for i in range(8)]
+    sizes = [len(items) for items, _ in batches.batches]
+    assert sorted(i for items, _ in batches.batches for i in items) == list(range(8))
+    assert len(sizes) < 8 and max(sizes) > 1  # 8 calls in fewer passes
+
+
+def test_callers_that_come_back_keep_meeting_in_batches():
+    batches = Batches(pause=0.02)
+    coalescer = Coalescer(batches, gather_s=0.5)
+
+    def caller(first: int) -> list[int]:
+        return [coalescer.run(first + 100 * k, GREEDY) for k in range(5)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(caller, range(4)))
+    assert results == [[(i + 100 * k) * 10 for k in range(5)] for i in range(4)]
+    sizes = [len(items) for items, _ in batches.batches]
+    assert sum(sizes) == 20 and len(sizes) <= 7  # not 20 passes: the callers are gathered
+    assert max(sizes) == 4 and sum(size >= 3 for size in sizes) >= len(sizes) - 2
+
+
+def test_calls_with_other_configs_are_never_mixed():
+    batches = Batches()
+    coalescer = Coalescer(batches)
+    other = GREEDY.replace(max_tokens=9)
+    calls = [(i, GREEDY if i % 2 else other) for i in range(6)]
+    assert _together(coalescer, calls) == [i * 10 for i in range(6)]
+    for items, config in batches.batches:
+        assert {i % 2 for i in items} == {1 if config == GREEDY else 0}
+
+
+def test_a_failing_batch_is_run_again_one_by_one():
+    batches = Batches(fail=frozenset({3}))
+    coalescer = Coalescer(batches)
+    results = _together(coalescer, [(i, GREEDY) for i in range(6)])
+    assert [r for i, r in enumerate(results) if i != 3] == [i * 10 for i in range(6) if i != 3]
+    assert isinstance(results[3], ValueError) and str(results[3]) == "item 3 is bad"
+    with pytest.raises(ValueError, match="item 3 is bad"):  # alone too: its own error
+        coalescer.run(3, GREEDY)
+
+
+def test_batches_hold_at_most_max_rows():
+    batches = Batches()
+    coalescer = Coalescer(batches, max_rows=3)
+    assert _together(coalescer, [(i, GREEDY) for i in range(9)]) == [i * 10 for i in range(9)]
+    assert max(len(items) for items, _ in batches.batches) <= 3
+
+
+def test_a_lone_caller_does_not_wait():
+    batches = Batches(pause=0)
+    coalescer = Coalescer(batches, gather_s=5.0)
+    began = time.perf_counter()
+    assert [coalescer.run(i, GREEDY) for i in range(3)] == [0, 10, 20]
+    assert time.perf_counter() - began < 1.0
+    assert [items for items, _ in batches.batches] == [[0], [1], [2]]
