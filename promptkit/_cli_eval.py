@@ -37,7 +37,11 @@ if TYPE_CHECKING:
     "--shots",
     help="Shot counts to evaluate, e.g. 0,1,3 [default: 0; a fine-tuned --vs-backend: its own].",
 )
-@click.option("--out", "out_dir", help="Folder for report.json, report.md and accuracy.png.")
+@click.option(
+    "--out",
+    "out_dir",
+    help="Folder for report.json, report.md, report.html, accuracy.png and results.jsonl.",
+)
 @click.option("--pool", "pool_path", help="JSONL demonstrations (default: the template's).")
 @click.option("--expected-key", default="expected", show_default=True, help="Field of the answer.")
 @click.option("--vs", "other_file", help="A second template to compare on the same data.")

@@ -93,7 +93,8 @@ def backend_option(*, template: bool) -> Callable[[_F], _F]:
 
 def _backend_settings(pairs: Sequence[str]) -> dict[str, Any]:
     """The ``--backend-option KEY=VALUE`` pairs as keyword arguments of ``get_backend``: each
-    VALUE read as JSON when it parses (``0``, ``false``, ``30.5``), else kept as text.
+    VALUE read as JSON when it parses (``0``, ``false``, ``30.5``; ``True`` and ``FALSE`` too),
+    else kept as text.
 
     Raises UsageError for a pair without ``=`` or with a KEY that is no Python name, a KEY
     given twice, and a KEY that names a secret (API keys come from the environment).
@@ -116,11 +117,12 @@ def _backend_settings(pairs: Sequence[str]) -> dict[str, Any]:
             raise UsageError(
                 f"--backend-option {key}: secrets are not taken on the command line, where "
                 "other users and shell histories can read them; set the backend's environment "
-                "variable (OPENAI_API_KEY, AZURE_OPENAI_API_KEY) or a template's ${env:VAR}"
+                "variable (such as OPENAI_API_KEY) or use a template's ${env:VAR}"
             )
         if key in settings:
             raise UsageError(f"--backend-option {key} is given twice; give it once")
-        settings[key] = _maybe_json(raw)
+        flag = raw.strip().lower()
+        settings[key] = flag == "true" if flag in ("true", "false") else _maybe_json(raw)
     return settings
 
 
@@ -155,7 +157,8 @@ def backend_for(spec: str | None, prompt: Any = None, options: Sequence[str] = (
     except ConfigurationError as exc:
         declare = ", or declare model.configuration in the template" if prompt is not None else ""
         raise UsageError(f"{exc}{declare}") from None
-    click.echo(default.note, err=True)
+    given = ", ".join(f"{key}={value!r}" for key, value in settings.items())  # no secrets here
+    click.echo(f"{default.note}; with {given}" if given else default.note, err=True)
     return get_backend(default.spec, **settings)
 
 

@@ -288,7 +288,7 @@ def test_backend_options_reach_the_backend_the_rule_picks(
         "perplexity": ["perplexity", str(write("t.txt", "some text"))],
         "serve": ["serve"],
     }[command]
-    given = ["--backend-option", "prefix_cache_bytes=0", "--backend-option", "chat_template=false"]
+    given = ["--backend-option", "prefix_cache_bytes=0", "--backend-option", "chat_template=False"]
     given += ["--backend-option", "device=cpu", "--backend-option", "timeout=2.5"]
     expected = {"prefix_cache_bytes": 0, "chat_template": False, "device": "cpu", "timeout": 2.5}
     assert invoke(*args, *given).exit_code == 0  # the shipped promptkit-mini
@@ -323,6 +323,14 @@ def test_malformed_backend_options_are_one_line_usage_errors(invoke, specs, opti
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert "do-not-print" not in result.output
     assert specs == []  # refused before any backend is built
+
+
+def test_the_default_backend_s_note_names_the_options_it_is_built_with(invoke, write, specs):
+    text = str(write("t.txt", "some text"))
+    result = invoke("perplexity", text, "--backend-option", "dtype=int4")
+    assert result.exit_code == 0
+    assert result.stderr.strip().endswith("; with dtype='int4'")
+    assert "; with" not in invoke("perplexity", text).stderr
 
 
 def test_a_backend_option_given_twice_is_refused(invoke, write, specs):

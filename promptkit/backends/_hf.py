@@ -30,10 +30,10 @@ from ._base import Completion, GenerationConfig, Message, Usage, cut_at_stop
 from ._chat_templates import ChatTemplate
 from ._hf_adapter import is_hf_adapter_folder, merged_adapter, read_hf_adapter
 from ._hf_generation import Abandoned, GrammarLogitsProcessor, SamplingProcessor, eager_streamer
-from ._hf_loading import load_cached
+from ._hf_loading import check_dtype, load_cached
 from ._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix
 from ._masking import TokenMasker
-from ._options import check_known, flag, text
+from ._options import check_device, check_known, flag, text
 
 __all__ = ["GrammarLogitsProcessor", "HFBackend", "from_spec"]
 
@@ -362,6 +362,8 @@ def from_spec(
     ``chat_template=False`` flattens them into text as for a model without one."""
     check_known("hf", options, ("device", "dtype", "chat_template"))
     device, dtype = text("hf", "device", device), text("hf", "dtype", dtype)
+    check_device("hf", device)
+    check_dtype(dtype)
     chat_template = flag("hf", "chat_template", chat_template)
     if not arg:
         raise ConfigurationError("hf needs a model: hf:gpt2 or hf:/path/to/folder")

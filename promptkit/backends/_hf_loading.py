@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ConfigurationError
 
-__all__ = ["MODEL_CACHE_SIZE", "Loaded", "load_cached"]
+__all__ = ["DTYPES", "MODEL_CACHE_SIZE", "Loaded", "check_dtype", "load_cached"]
 
 MODEL_CACHE_SIZE = 2  # loaded models kept for reuse (least recently used evicted first)
 _CACHE: OrderedDict[tuple[str, str, str], Loaded] = OrderedDict()
@@ -40,6 +40,18 @@ class Loaded:
         self.model = model
         self.tokenizer = tokenizer
         self.folder = folder
+
+
+DTYPES = ("float32", "float16", "bfloat16")  # what transformers loads a model in here
+
+
+def check_dtype(dtype: str | None) -> None:
+    """Raise ConfigurationError unless ``dtype`` is None or one of :data:`DTYPES`."""
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigurationError(
+            f"hf: unknown dtype {dtype!r}; use {', '.join(DTYPES)} (int8 and int4 weights are "
+            "scratch:'s, e.g. scratch:smollm2-135m-instruct@int4)"
+        )
 
 
 def load_cached(name_or_path: str, device: str | None, dtype: str | None) -> Loaded:
@@ -71,9 +83,8 @@ def _offline() -> bool:
 def _load(name_or_path: str, device: str, dtype: str) -> Loaded:
     """Load from a local folder, else from the local hub cache, else (unless offline) from the
     hub once :func:`_check_hub` finds it answering; raises ConfigurationError in one line."""
-    torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ConfigurationError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+    check_dtype(dtype)
+    torch_dtype = getattr(torch, dtype)
     folder = Path(os.path.expanduser(name_or_path))
     if folder.is_file() and folder.suffix == ".gguf":  # transformers dequantizes it to dtype
         model, tokenizer = _load_gguf(folder, device, torch_dtype)

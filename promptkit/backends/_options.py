@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 
-__all__ = ["check_known", "flag", "seconds", "text", "whole"]
+__all__ = ["check_device", "check_known", "flag", "seconds", "text", "whole"]
 
 
 def check_known(backend: str, unknown: Mapping[str, Any], accepted: Iterable[str]) -> None:
@@ -62,3 +62,33 @@ def text(backend: str, name: str, value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ConfigurationError(f"{backend}: {name} must be text, got {type(value).__name__}")
     return value
+
+
+def check_device(backend: str, device: str | None) -> None:
+    """Raise ConfigurationError unless ``device`` (a PyTorch device string, or None for the
+    backend's default) names a device this machine has."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigurationError(
+            f"{backend}: device {device!r} is not a device PyTorch knows; use cpu, cuda, "
+            "cuda:N or mps"
+        ) from None
+    if chosen.type == "cuda":
+        present = torch.cuda.is_available() and (
+            chosen.index is None or chosen.index < torch.cuda.device_count()
+        )
+    else:
+        present = chosen.type == "cpu" or (
+            chosen.type == "mps" and torch.backends.mps.is_available()
+        )
+    if not present:
+        raise ConfigurationError(
+            f"{backend}: device {device!r} is not available here (this PyTorch, "
+            f"{torch.__version__}, sees {'a GPU' if torch.cuda.is_available() else 'no GPU'}); "
+            "use device='cpu'"
+        )

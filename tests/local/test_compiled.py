@@ -66,9 +66,9 @@ def tiny_backend(precision: str, seed: int, compile: bool) -> ScratchBackend:
 
 
 def test_the_compile_option_must_be_a_bool():
-    with pytest.raises(ConfigurationError, match="compile must be True or False, got 'yes'"):
+    with pytest.raises(ConfigurationError, match="compile must be true or false, got str 'yes'"):
         pk.get_backend("scratch:/no/such/folder", compile="yes")
-    with pytest.raises(ConfigurationError, match="compile must be True or False, got 1"):
+    with pytest.raises(ConfigurationError, match="compile must be true or false, got int 1"):
         tiny_backend("float32", 0, compile=1)  # type: ignore[arg-type]
 
 

@@ -129,6 +129,11 @@ def test_bad_options():
         pk.get_backend("hf:x", chat_template="no")  # not read as true
     with pytest.raises(ConfigurationError, match="hf: device must be text, got int"):
         pk.get_backend("hf:x", device=0)
+    with pytest.raises(ConfigurationError, match="hf: device 'quantum' is not a device PyTorch"):
+        pk.get_backend("hf:x", device="quantum")
+    for dtype in ("int4", "float64", "bogus"):  # not even a torch dtype name: one line, early
+        with pytest.raises(ConfigurationError, match=f"hf: unknown dtype '{dtype}'; use float32"):
+            pk.get_backend("hf:x", dtype=dtype)
     with pytest.raises(ConfigurationError, match="needs a model"):
         pk.get_backend("hf")
 

@@ -215,7 +215,7 @@ def test_the_spec_names_the_dtype_and_the_cache_identity_keeps_it(folders):
     assert backend.name.endswith("@int8")
 
 
-def test_bad_dtypes_are_configuration_errors_naming_the_choices(folders):
+def test_bad_dtypes_are_configuration_errors_naming_the_choices(folders, monkeypatch):
     spec = f"scratch:{folders['gpt2']}"
     with pytest.raises(ConfigurationError, match=r"unknown dtype 'int3'.*int8, int4 or auto"):
         pk.get_backend(f"{spec}@int3", device="cpu")
@@ -223,6 +223,10 @@ def test_bad_dtypes_are_configuration_errors_naming_the_choices(folders):
         pk.get_backend(spec, device="cpu", dtype="float64")
     with pytest.raises(ConfigurationError, match=r"asks for dtype 'int8'.*'int4'; give it once"):
         pk.get_backend(f"{spec}@int8", device="cpu", dtype="int4")
+    with pytest.raises(ConfigurationError, match=r"device 'cuda' is not available here"):
+        pk.get_backend(spec, device="cuda", dtype="int4")  # this CPU-only PyTorch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a machine with one
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigurationError, match=r"dtype='int4' runs on the CPU only"):
         pk.get_backend(spec, device="cuda", dtype="int4")
 

@@ -311,6 +311,11 @@ def test_spec_errors(tmp_path, monkeypatch):
         pk.get_backend(f"scratch:{tmp_path}", chat_template="false")  # not read as true
     with pytest.raises(ConfigurationError, match="scratch: device must be text, got int"):
         pk.get_backend(f"scratch:{tmp_path}", device=0)
+    with pytest.raises(ConfigurationError, match="device 'gpu' is not a device PyTorch knows"):
+        pk.get_backend(f"scratch:{tmp_path}", device="gpu")
+    if not torch.cuda.is_available():  # CI: a CPU-only PyTorch
+        with pytest.raises(ConfigurationError, match="device 'cuda:1' is not available here"):
+            pk.get_backend(f"scratch:{tmp_path}", device="cuda:1")
     with pytest.raises(ConfigurationError, match="no such model folder or file"):
         pk.get_backend("scratch:/nonexistent/model")  # a path: not looked up on the hub
     (tmp_path / "notes.txt").write_text("hello")

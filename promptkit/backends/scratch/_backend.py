@@ -17,11 +17,11 @@ from typing import Any, Literal
 import torch
 
 from ..._llg import llg_tokenizer
-from ...errors import ConfigurationError
 from .._base import Completion, GenerationConfig, Message, PromptInput, Usage, cut_at_stop
 from .._coalesce import Coalescer
 from .._local import LOCAL_CAPABILITIES, LocalScoring, folder_fingerprint, safe_prefix, sample_next
 from .._masking import TokenMasker
+from .._options import flag
 from ._compiled import CompiledStep, check_compilable
 from ._int8_head import head_kind
 from ._prefix_cache import (
@@ -62,8 +62,7 @@ class ScratchBackend(LocalScoring):
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
         compile: bool = False,
     ):
-        if not isinstance(compile, bool):
-            raise ConfigurationError(f"scratch: compile must be True or False, got {compile!r}")
+        flag("scratch", "compile", compile)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name

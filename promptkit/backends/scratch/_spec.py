@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ...errors import ConfigurationError
-from .._options import check_known, flag, text
+from .._options import check_device, check_known, flag, text
 from ._adapter import (
     ADAPTER_FILE,
     adapter_fingerprint,
@@ -114,11 +114,10 @@ def from_spec(
 
     check_known("scratch", options, _OPTIONS)
     device = text("scratch", "device", device)
+    check_device("scratch", device)
     chat_template = flag("scratch", "chat_template", chat_template)
     check_budget(prefix_cache_bytes)  # before the model loads
-    if not isinstance(compile, bool):
-        raise ConfigurationError(f"scratch: compile must be True or False, got {compile!r}")
-    arg, compile = _split_compile(arg, compile)
+    arg, compile = _split_compile(arg, flag("scratch", "compile", compile))
     arg, dtype = split_spec_dtype(arg, check_precision(dtype))
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if compile:
