@@ -12,7 +12,8 @@ callers, each back with its next request a moment after its answer, keep meeting
 A lone caller never waits.
 
 Each request gets what it would get alone, up to the rounding of products of another number of
-rows (exact in float32 in practice; see the README on batches). When a batch fails, its requests
+rows (the same tokens in float32 in practice; in bfloat16, int8 and int4 a near-tie can go the
+other way: see the README on batches). When a batch fails, its requests
 run again one by one, so each gets its own answer or its own error.
 """
 
