@@ -84,6 +84,24 @@ def test_calls_with_other_configs_are_never_mixed():
         assert {i % 2 for i in items} == {1 if config == GREEDY else 0}
 
 
+def test_callers_with_other_configs_do_not_make_a_leader_wait():
+    # two callers share a config, a third has its own: a leader stops waiting once as many
+    # requests wait as its last batch held, whatever their configs (waiting for its own kind
+    # only, it waited out gather_s again and again: 4 s here)
+    batches = Batches(pause=0.01)
+    coalescer = Coalescer(batches, gather_s=1.0)
+    configs = [GREEDY, GREEDY, GREEDY.replace(max_tokens=9)]
+
+    def caller(first: int) -> list[int]:
+        return [coalescer.run(first + 100 * k, configs[first]) for k in range(5)]
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(caller, range(3)))
+    assert results == [[(i + 100 * k) * 10 for k in range(5)] for i in range(3)]
+    assert time.perf_counter() - began < 0.9
+
+
 def test_a_failing_batch_is_run_again_one_by_one():
     batches = Batches(fail=frozenset({3}))
     coalescer = Coalescer(batches)

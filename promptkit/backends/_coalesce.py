@@ -7,9 +7,9 @@ threads that call ``generate`` at the same time (``promptkit eval --concurrency 
 ``Prompt.run_batch(..., concurrency=N)``) share passes: the first caller leads, the others wait;
 the leader takes every waiting request with the same :class:`GenerationConfig` (at most
 ``max_rows``) and runs them as one batch, then hands the lead to the next waiting request. A
-leader waits up to ``gather_s`` for as many requests as the previous batch held, so that the
-callers, each back with its next request a moment after its answer, keep meeting in batches.
-A lone caller never waits.
+leader waits up to ``gather_s`` until as many requests wait as the previous batch held (of any
+config), so that the callers, each back with its next request a moment after its answer, keep
+meeting in batches. A lone caller never waits.
 
 Each request gets what it would get alone, up to the rounding of products of another number of
 rows (the same tokens in float32 in practice; in bfloat16, int8 and int4 a near-tie can go the
@@ -85,10 +85,11 @@ class Coalescer(Generic[ItemT, ResultT]):
 
     def _gather(self, me: _Request[ItemT, ResultT]) -> list[_Request[ItemT, ResultT]]:
         """Take ``me`` and the waiting requests that share its config, after waiting up to
-        ``gather_s`` for as many as the last batch held (the lock is held)."""
+        ``gather_s`` until as many requests wait as the last batch held, whatever their
+        configs (callers with other configs are back too; the lock is held)."""
         wanted = min(self._last, self._max_rows)
         deadline = time.monotonic() + self._gather_s
-        while len(self._alike(me)) < wanted:
+        while len(self._pending) < wanted:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
