@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -126,3 +127,79 @@ def test_a_lone_caller_does_not_wait():
     assert [coalescer.run(i, GREEDY) for i in range(3)] == [0, 10, 20]
     assert time.perf_counter() - began < 1.0
     assert [items for items, _ in batches.batches] == [[0], [1], [2]]
+
+
+def test_max_rows_must_be_positive():
+    with pytest.raises(ValueError, match="max_rows must be at least 1, got 0"):
+        Coalescer(Batches(), max_rows=0)
+
+
+def test_a_batch_that_calls_back_runs_that_call_directly():
+    coalescer: Coalescer
+    inner: list[list[int]] = []
+
+    def calling_back(items: list[int], config: GenerationConfig) -> list[int]:
+        if items == [1]:  # a batch function that needs another answer first
+            inner.append([coalescer.run(2, config)])
+        return [item * 10 for item in items]
+
+    coalescer = Coalescer(calling_back)
+    with ThreadPoolExecutor(2) as pool:
+        assert pool.submit(coalescer.run, 1, GREEDY).result(timeout=10) == 10
+        assert pool.submit(coalescer.run, 3, GREEDY).result(timeout=10) == 30  # not stuck
+    assert inner == [[20]]
+
+
+def _interrupt_main_after(seconds: float) -> None:
+    """Ctrl-C, as the main thread receives it, in ``seconds``."""
+    main = threading.main_thread().ident
+    assert main is not None
+    threading.Timer(seconds, signal.pthread_kill, (main, signal.SIGINT)).start()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="needs the main thread"
+)
+def test_a_caller_interrupted_while_it_waits_leaves_the_queue():
+    running = threading.Event()
+
+    def slow(items: list[int], config: GenerationConfig) -> list[int]:
+        running.set()
+        time.sleep(0.6)
+        return [item * 10 for item in items]
+
+    coalescer = Coalescer(slow)
+    with ThreadPoolExecutor(2) as pool:
+        leader = pool.submit(coalescer.run, 1, GREEDY)
+        assert running.wait(10)
+        _interrupt_main_after(0.2)
+        with pytest.raises(KeyboardInterrupt):
+            coalescer.run(2, GREEDY)  # waits behind the leader's batch, then Ctrl-C
+        assert leader.result(timeout=10) == 10
+        assert pool.submit(coalescer.run, 3, GREEDY).result(timeout=10) == 30  # not stuck
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="needs the main thread"
+)
+def test_a_leader_interrupted_while_it_gathers_passes_the_lead_on():
+    release = threading.Event()
+
+    def gated(items: list[int], config: GenerationConfig) -> list[int]:
+        release.wait(10)
+        return [item * 10 for item in items]
+
+    coalescer = Coalescer(gated, gather_s=3.0)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(coalescer.run, 0, GREEDY)
+        time.sleep(0.1)
+        rest = [pool.submit(coalescer.run, i, GREEDY) for i in (1, 2, 3)]  # one batch of 3
+        time.sleep(0.1)
+        release.set()
+        assert [f.result(timeout=10) for f in (first, *rest)] == [0, 10, 20, 30]
+        _interrupt_main_after(0.3)
+        with pytest.raises(KeyboardInterrupt):
+            coalescer.run(9, GREEDY)  # alone, waiting for 3 callers that do not come
+        assert pool.submit(coalescer.run, 4, GREEDY).result(timeout=10) == 40  # not stuck

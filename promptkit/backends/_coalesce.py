@@ -9,7 +9,10 @@ the leader takes every waiting request with the same :class:`GenerationConfig` (
 ``max_rows``) and runs them as one batch, then hands the lead to the next waiting request. A
 leader waits up to ``gather_s`` until as many requests wait as the previous batch held (of any
 config), so that the callers, each back with its next request a moment after its answer, keep
-meeting in batches. A lone caller never waits.
+meeting in batches. A lone caller does not wait, except once after a burst of concurrent calls
+(at most ``gather_s``). A caller interrupted while it waits (KeyboardInterrupt) leaves the
+queue and passes on the lead it may hold; a ``run_batch`` that calls :meth:`~Coalescer.run`
+again runs that call directly.
 
 Each request gets what it would get alone, up to the rounding of products of another number of
 rows (the same tokens in float32 in practice; in bfloat16, int8 and int4 a near-tie can go the
@@ -27,6 +30,8 @@ from typing import Generic, TypeVar
 from ._types import GenerationConfig
 
 __all__ = ["Coalescer"]
+
+_LEADING = threading.local()  # .coalescer: the Coalescer whose batch this thread is running
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -59,6 +64,8 @@ class Coalescer(Generic[ItemT, ResultT]):
         max_rows: int = 32,
         gather_s: float = 0.02,
     ):
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         self._run_batch = run_batch
         self._max_rows = max_rows
         self._gather_s = gather_s
@@ -70,18 +77,46 @@ class Coalescer(Generic[ItemT, ResultT]):
     def run(self, item: ItemT, config: GenerationConfig) -> ResultT:
         """``run_batch([item], config)[0]``, computed in a batch with the concurrent calls that
         share ``config``; raises what computing it alone would raise."""
+        if self._leading_here():  # from inside a batch: nobody else could lead meanwhile
+            results = self._run_batch([item], config)
+            return results[0]
         me: _Request[ItemT, ResultT] = _Request(item, config)
+        leading = False
         with self._changed:
             self._pending.append(me)
             self._changed.notify_all()  # a gathering leader may be waiting for it
-            if self._busy:
-                self._changed.wait_for(lambda: me.done or me.lead)
-                if me.done:
-                    return me.outcome()
-            self._busy = True
-            batch = self._gather(me)
+            try:
+                if self._busy:
+                    self._changed.wait_for(lambda: me.done or me.lead)
+                    if me.done:
+                        return me.outcome()
+                self._busy = leading = True
+                batch = self._gather(me)
+            except BaseException:  # interrupted while waiting or gathering
+                self._leave(me, leading or me.lead)
+                raise
         self._lead(batch)
         return me.outcome()
+
+    def _leading_here(self) -> bool:
+        """Whether this thread is running one of this Coalescer's batches."""
+        leading: object = getattr(_LEADING, "coalescer", None)
+        return leading is self
+
+    def _leave(self, me: _Request[ItemT, ResultT], held_lead: bool) -> None:
+        """Take ``me`` out of the queue, its caller gone, and pass on the lead it held (the lock
+        is held)."""
+        self._pending = [request for request in self._pending if request is not me]
+        if held_lead:
+            self._hand_over()
+        self._changed.notify_all()
+
+    def _hand_over(self) -> None:
+        """Give the lead to the oldest waiting request, or free it (the lock is held)."""
+        if self._pending:
+            self._pending[0].lead = True
+        else:
+            self._busy = False
 
     def _gather(self, me: _Request[ItemT, ResultT]) -> list[_Request[ItemT, ResultT]]:
         """Take ``me`` and the waiting requests that share its config, after waiting up to
@@ -94,9 +129,7 @@ class Coalescer(Generic[ItemT, ResultT]):
             if left <= 0:
                 break
             self._changed.wait(left)
-        batch = self._alike(me)[: self._max_rows]
-        if me not in batch:  # older requests of the config came first: keep the leader's own
-            batch[-1] = me
+        batch = self._alike(me)[: self._max_rows]  # ``me`` first: the oldest of its config
         taken = {id(request) for request in batch}
         self._pending = [r for r in self._pending if id(r) not in taken]
         self._last = len(batch)
@@ -108,6 +141,7 @@ class Coalescer(Generic[ItemT, ResultT]):
     def _lead(self, batch: list[_Request[ItemT, ResultT]]) -> None:
         """Run ``batch`` (each request alone when the batch fails), record every outcome and
         hand the lead to the oldest waiting request."""
+        _LEADING.coalescer = self
         try:
             try:
                 results = self._run_batch([r.item for r in batch], batch[0].config)
@@ -125,13 +159,11 @@ class Coalescer(Generic[ItemT, ResultT]):
                     request.error = exc
             raise
         finally:
+            _LEADING.coalescer = None
             with self._changed:
                 for request in batch:
                     request.done = True
-                if self._pending:
-                    self._pending[0].lead = True
-                else:
-                    self._busy = False
+                self._hand_over()
                 self._changed.notify_all()
 
     def _alone(self, request: _Request[ItemT, ResultT]) -> None:

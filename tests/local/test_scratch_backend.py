@@ -72,6 +72,13 @@ def test_batched_generation_equals_generating_alone(backend):
         assert len({c.usage.completion_tokens for c in alone}) > 1  # they did stop apart
 
 
+def _outcome(call, *args):
+    try:
+        return call(*args)
+    except ContextWindowError as exc:
+        return exc
+
+
 def test_concurrent_calls_share_passes_and_get_what_they_would_alone(backend, monkeypatch):
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -96,6 +103,13 @@ def test_concurrent_calls_share_passes_and_get_what_they_would_alone(backend, mo
         assert list(pool.map(one, prompts)) == alone
         assert max(passes) > 1  # rows of several calls in one pass
         assert list(pool.map(one, prompts, [sampled] * len(prompts))) == alone_sampled
+        passes.clear()
+        too_long = "word " * (backend.context_window or 0)
+        outcomes = list(pool.map(lambda p: _outcome(one, p), [too_long, *prompts[1:]]))
+        assert isinstance(outcomes[0], ContextWindowError)
+        assert outcomes[1:] == alone[1:]
+        # refused before it joined: no batch failed and reran one by one (5 x 6 passes)
+        assert max(passes) > 1 and len(passes) < 5 * 6
 
 
 def test_samples_drawn_together_equal_each_seed_drawn_alone(backend):

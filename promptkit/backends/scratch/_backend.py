@@ -218,12 +218,16 @@ class ScratchBackend(LocalScoring):
         share ``config`` (each gets what it would get alone)."""
         if config.tools:
             return super()._complete(text, config)
-        return self._coalescer.run(self.tokenizer.encode(text), config)
+        return self._coalesced(self.tokenizer.encode(text), config)
 
     def _chat(self, messages: list[Message], config: GenerationConfig) -> Completion:
         """Generate the assistant's answer to ``messages`` (ends at the end-of-turn token), in
         one batch with the concurrent calls that share ``config``."""
-        return self._coalescer.run(self._chat_ids(messages, config), config)
+        return self._coalesced(self._chat_ids(messages, config), config)
+
+    def _coalesced(self, ids: list[int], config: GenerationConfig) -> Completion:
+        self.check_fits([len(ids)], config)  # alone: a prompt too long never fails a batch
+        return self._coalescer.run(ids, config)
 
     def _stream_chat(
         self, messages: list[Message], config: GenerationConfig
