@@ -150,6 +150,15 @@ def test_a_batch_that_calls_back_runs_that_call_directly():
     assert inner == [[20]]
 
 
+@pytest.fixture
+def ctrl_c():
+    """Python's own Ctrl-C handler for the test (a process started in the background by a
+    shell, as a CI step may be, ignores SIGINT), restored afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _interrupt_main_after(seconds: float) -> None:
     """Ctrl-C, as the main thread receives it, in ``seconds``."""
     main = threading.main_thread().ident
@@ -161,7 +170,7 @@ def _interrupt_main_after(seconds: float) -> None:
 @pytest.mark.skipif(
     threading.current_thread() is not threading.main_thread(), reason="needs the main thread"
 )
-def test_a_caller_interrupted_while_it_waits_leaves_the_queue():
+def test_a_caller_interrupted_while_it_waits_leaves_the_queue(ctrl_c):
     running = threading.Event()
 
     def slow(items: list[int], config: GenerationConfig) -> list[int]:
@@ -184,7 +193,7 @@ def test_a_caller_interrupted_while_it_waits_leaves_the_queue():
 @pytest.mark.skipif(
     threading.current_thread() is not threading.main_thread(), reason="needs the main thread"
 )
-def test_a_leader_interrupted_while_it_gathers_passes_the_lead_on():
+def test_a_leader_interrupted_while_it_gathers_passes_the_lead_on(ctrl_c):
     release = threading.Event()
 
     def gated(items: list[int], config: GenerationConfig) -> list[int]:
