@@ -81,6 +81,7 @@ def _outcome(call, *args):
 
 def test_concurrent_calls_share_passes_and_get_what_they_would_alone(backend, monkeypatch):
     import threading
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     prompts = [*PROMPTS, *PROMPTS]
@@ -90,9 +91,13 @@ def test_concurrent_calls_share_passes_and_get_what_they_would_alone(backend, mo
     alone_sampled = [backend.generate(p, sampled).text for p in prompts]
     passes = []
     forward = backend.model.forward
-    monkeypatch.setattr(
-        backend.model, "forward", lambda *a, **k: passes.append(a[0].size(0)) or forward(*a, **k)
-    )
+
+    def slow_forward(*args, **kwargs):  # a pass long enough for the other callers to queue
+        passes.append(args[0].size(0))
+        time.sleep(0.02)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(backend.model, "forward", slow_forward)
     start = threading.Barrier(len(prompts))
 
     def one(prompt: str, using: GenerationConfig = config) -> str:
