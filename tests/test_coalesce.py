@@ -150,6 +150,13 @@ def test_a_batch_that_calls_back_runs_that_call_directly():
     assert inner == [[20]]
 
 
+CTRL_C_REACHES_US = pytest.mark.skipif(
+    not hasattr(signal, "pthread_kill")
+    or threading.current_thread() is not threading.main_thread(),
+    reason="needs POSIX signals and the main thread",
+)
+
+
 @pytest.fixture
 def ctrl_c():
     """Python's own Ctrl-C handler for the test (a process started in the background by a
@@ -166,10 +173,7 @@ def _interrupt_main_after(seconds: float) -> None:
     threading.Timer(seconds, signal.pthread_kill, (main, signal.SIGINT)).start()
 
 
-@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
-@pytest.mark.skipif(
-    threading.current_thread() is not threading.main_thread(), reason="needs the main thread"
-)
+@CTRL_C_REACHES_US
 def test_a_caller_interrupted_while_it_waits_leaves_the_queue(ctrl_c):
     running = threading.Event()
 
@@ -189,10 +193,7 @@ def test_a_caller_interrupted_while_it_waits_leaves_the_queue(ctrl_c):
         assert pool.submit(coalescer.run, 3, GREEDY).result(timeout=10) == 30  # not stuck
 
 
-@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
-@pytest.mark.skipif(
-    threading.current_thread() is not threading.main_thread(), reason="needs the main thread"
-)
+@CTRL_C_REACHES_US
 def test_a_leader_interrupted_while_it_gathers_passes_the_lead_on(ctrl_c):
     release = threading.Event()
 
